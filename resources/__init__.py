@@ -1,0 +1,1 @@
+"""Data files shipped with zvstudio (installed as the package `zvstudio.resources`)."""

@@ -1,0 +1,42 @@
+"""Benchmarks run by `zvstudio bench ...`; each returns a JSON-ready report."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi")
+
+
+def shared_clips_dir() -> Path | None:
+    """The folder of real test clips (`../shared/clips` beside the checkout), if present."""
+    candidates = []
+    if os.environ.get("ZVSTUDIO_CLIPS"):
+        candidates.append(Path(os.environ["ZVSTUDIO_CLIPS"]))
+    candidates.append(Path.cwd().parent / "shared" / "clips")
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "clips")
+    return next((path for path in candidates if path.is_dir()), None)
+
+
+def shared_clips() -> list[Path]:
+    folder = shared_clips_dir()
+    if folder is None:
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+
+
+def timing_summary(milliseconds: list[float]) -> dict:
+    values = np.asarray(milliseconds, dtype=np.float64)
+    return {"mean_ms": round(float(values.mean()), 2),
+            "median_ms": round(float(np.median(values)), 2),
+            "p95_ms": round(float(np.percentile(values, 95)), 2),
+            "max_ms": round(float(values.max()), 2)}

@@ -1,0 +1,286 @@
+"""The `zvstudio` command line.
+
+Every command reports bad input as one clear message and a non-zero exit code, never a
+traceback (`--debug` shows one for bug reports). Ctrl+C cancels a render cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from zvstudio import __version__
+from zvstudio.errors import RenderCancelled, ZvsError
+from zvstudio.progress import CancelToken, Progress
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except ZvsError as exc:
+        _print_error(str(exc))
+        return EXIT_ERROR
+    except (RenderCancelled, KeyboardInterrupt):
+        print("\nzvstudio: cancelled; nothing was written and existing files are unchanged",
+              file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        _print_error(f"internal error: {type(exc).__name__}: {exc}\n"
+                     "  (this is a bug; run again with --debug and report the traceback)")
+        return EXIT_ERROR
+
+
+def _print_error(message: str) -> None:
+    print(f"zvstudio: error: {message}", file=sys.stderr)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zvstudio",
+        description="Re-render video with image diffusion models and patch propagation.",
+    )
+    parser.add_argument("--version", action="version", version=f"zvstudio {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_probe(commands)
+    _add_render(commands)
+    _add_styles(commands)
+    _add_bench(commands)
+    return parser
+
+
+# -- probe ------------------------------------------------------------------------------------
+def _add_probe(commands) -> None:
+    probe_parser = commands.add_parser("probe", help="describe a video file")
+    probe_parser.add_argument("file", type=Path)
+    probe_parser.add_argument("--json", action="store_true", help="print JSON")
+    probe_parser.set_defaults(command="probe", run=_run_probe)
+
+
+def _run_probe(args) -> int:
+    from zvstudio.media import probe
+
+    info = probe(args.file)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return 0
+    rotation = f", rotated {info.rotation} deg" if info.rotation else ""
+    rate = "variable" if info.is_vfr else "constant"
+    lines = [
+        f"{info.path}",
+        f"  container  {info.container}",
+        f"  video      {info.codec} {info.pixel_format}, {info.width}x{info.height}{rotation}"
+        f" (shown as {info.display_width}x{info.display_height})",
+        f"  frames     {info.frame_count} at {float(info.fps):.3f} fps ({rate} frame rate)",
+        f"  duration   {info.duration:.3f} s",
+    ]
+    for stream in info.audio:
+        lines.append(f"  audio      #{stream.index} {stream.codec}, {stream.sample_rate} Hz, "
+                     f"{stream.layout or str(stream.channels) + ' ch'}")
+    if not info.audio:
+        lines.append("  audio      none")
+    print("\n".join(lines))
+    return 0
+
+
+# -- render -----------------------------------------------------------------------------------
+def _add_render(commands) -> None:
+    from zvstudio.media import FORMATS
+
+    render_parser = commands.add_parser(
+        "render", help="render a clip (or the built-in demo) with a key renderer and export it"
+    )
+    source = render_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("input", nargs="?", type=Path, help="a video file or a .zvs project")
+    source.add_argument("--demo", action="store_true",
+                        help="render the built-in demo clip (procedural, with audio)")
+    render_parser.add_argument("-o", "--output", type=Path, required=True,
+                               help="output .mp4/.mov/.mkv file, or a folder for PNG frames")
+    render_parser.add_argument("--style", help="weightless style (see `zvstudio styles`)")
+    render_parser.add_argument("--from", dest="first", type=int, help="first frame (0-based)")
+    render_parser.add_argument("--to", dest="last", type=int, help="last frame (inclusive)")
+    render_parser.add_argument("--format", choices=FORMATS,
+                               help="codec (default: h264, or png for a folder)")
+    render_parser.add_argument("--crf", type=int, help="H.264/H.265 quality, 0-51 (default 18)")
+    render_parser.add_argument("--no-audio", action="store_true", help="leave the audio out")
+    render_parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    render_parser.set_defaults(command="render", run=_run_render)
+
+
+DEMO_STYLE = "cartoon"
+
+
+def _run_render(args) -> int:
+    from zvstudio.engine.render import render
+
+    with tempfile.TemporaryDirectory(prefix="zvstudio-demo-") as scratch:
+        request = _render_request(args, Path(scratch))
+        bar = ProgressBar(enabled=not args.quiet)
+        cancel = CancelToken()
+        with _cancel_on_ctrl_c(cancel):
+            result = render(request, progress=bar, cancel=cancel)
+        bar.finish()
+    print(f"wrote {result.output} ({result.frames} frames in {result.seconds:.1f} s)")
+    return 0
+
+
+def _render_request(args, scratch: Path):
+    """Build the render request from a video, a project or the demo, plus the options."""
+    from zvstudio.engine.request import KeyRendererSpec, RenderRequest, request_from_project
+    from zvstudio.media import ExportSettings, output_kind
+
+    if args.input is not None and args.input.suffix.lower() == ".zvs":
+        from zvstudio.project import load_project
+
+        request = request_from_project(load_project(args.input), args.output)
+    else:
+        source = args.input
+        if args.demo:
+            from zvstudio.demo import write_demo_clip
+
+            source = scratch / "demo.mp4"
+            write_demo_clip(source)
+        style = DEMO_STYLE if args.demo else "stylization"
+        fmt = "png" if output_kind(args.output) == "png" else "h264"
+        request = RenderRequest(source=source, output=args.output,
+                                renderer=KeyRendererSpec(style=style),
+                                export=ExportSettings(format=fmt))
+    return _with_overrides(request, args)
+
+
+def _with_overrides(request, args):
+    """Apply the command-line options that were given on top of the request."""
+    from dataclasses import replace
+
+    export = request.export
+    if args.format is not None:
+        export = replace(export, format=args.format)
+    if args.crf is not None:
+        export = replace(export, crf=args.crf)
+    if args.no_audio:
+        export = replace(export, audio=False)
+    renderer = request.renderer
+    if args.style is not None:
+        renderer = replace(renderer, kind="stylize", style=args.style)
+    first = request.first if args.first is None else args.first
+    last = request.last if args.last is None else args.last
+    return replace(request, export=export, renderer=renderer, first=first, last=last)
+
+
+class _cancel_on_ctrl_c:  # noqa: N801 - used as a context manager like a function
+    """The first Ctrl+C asks the render to stop at the next frame; a second one aborts."""
+
+    def __init__(self, cancel: CancelToken) -> None:
+        self.cancel = cancel
+
+    def __enter__(self) -> None:
+        self.previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, *_: object) -> None:
+        if self.cancel.cancelled:
+            raise KeyboardInterrupt
+        self.cancel.cancel()
+        print("\nzvstudio: cancelling (Ctrl+C again to abort at once)...", file=sys.stderr)
+
+    def __exit__(self, *_: object) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr with stage, frames, speed and ETA."""
+
+    def __init__(self, enabled: bool = True, width: int = 28) -> None:
+        self.enabled = enabled
+        self.width = width
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self._last_print = 0.0
+        self._shown = False
+
+    def __call__(self, event: Progress) -> None:
+        if not self.enabled or event.total <= 0:
+            return
+        now = time.monotonic()
+        final = event.done >= event.total
+        # On a terminal redraw often; in a log write a line every few seconds.
+        if now - self._last_print < (0.1 if self.tty else 5.0) and not final:
+            return
+        self._last_print = now
+        filled = int(self.width * event.fraction)
+        elapsed = now - self.started
+        rate = event.done / elapsed if elapsed > 0 else 0.0
+        eta = (event.total - event.done) / rate if rate > 0 else 0.0
+        line = (f"{event.stage:<8} [{'#' * filled}{'.' * (self.width - filled)}] "
+                f"{event.done}/{event.total}  {rate:5.1f}/s  ETA {_clock(eta)}")
+        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr,
+              flush=True)
+        self._shown = True
+
+    def finish(self) -> None:
+        if self.enabled and self.tty and self._shown:
+            print(file=sys.stderr)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+# -- styles -----------------------------------------------------------------------------------
+def _add_styles(commands) -> None:
+    styles_parser = commands.add_parser("styles", help="list the weightless styles")
+    styles_parser.set_defaults(command="styles", run=_run_styles)
+
+
+def _run_styles(args) -> int:
+    from zvstudio.stylize import available_styles, describe_style
+
+    for name in available_styles():
+        print(f"{name:<14} {describe_style(name)}")
+    return 0
+
+
+# -- bench ------------------------------------------------------------------------------------
+def _add_bench(commands) -> None:
+    bench_parser = commands.add_parser("bench", help="benchmarks (print JSON)")
+    which = bench_parser.add_subparsers(title="benchmarks", metavar="BENCHMARK", required=True)
+    decode = which.add_parser("decode", help="sequential, random-access and preview decoding")
+    decode.add_argument("videos", nargs="*", type=Path,
+                        help="clips to measure (default: ../shared/clips and a 1080p clip)")
+    decode.add_argument("--samples", type=int, default=40, help="random frames per clip")
+    decode.add_argument("--no-1080p", action="store_true",
+                        help="skip the synthetic 1080p H.264 clip")
+    decode.set_defaults(command="bench", run=_run_bench_decode)
+
+
+def _run_bench_decode(args) -> int:
+    from zvstudio.bench.decode import run_decode_benchmark
+
+    report = run_decode_benchmark(args.videos, samples=args.samples,
+                                  include_1080p=not args.no_1080p)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The render engine: requests, the render path, jobs. No Qt."""

@@ -1,0 +1,71 @@
+"""The key-frame renderer interface.
+
+Weightless stylizers, externally painted keys and the diffusion renderer all implement
+`KeyRenderer`, so the engine renders keys the same way whatever produces them. Images are
+RGB `uint8` arrays of shape (height, width, 3) throughout zvstudio.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
+
+
+@dataclass(frozen=True)
+class RenderedKey:
+    """A key frame that has already been rendered: the input frame and its result."""
+
+    frame_index: int
+    source: np.ndarray
+    result: np.ndarray
+
+
+@dataclass(frozen=True)
+class KeyParams:
+    """Per-key settings; `None` means "use the renderer's global setting"."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    strength: float | None = None
+
+
+@dataclass(frozen=True)
+class KeyContext:
+    """What a key renderer may use besides the frame itself.
+
+    `anchor` is the first rendered key and `previous` the key rendered just before this one;
+    diffusion uses them for its cross-frame constraints, per-frame stylizers ignore them.
+    """
+
+    frame_index: int
+    anchor: RenderedKey | None = None
+    previous: RenderedKey | None = None
+    params: KeyParams = field(default_factory=KeyParams)
+
+
+class KeyRenderer(ABC):
+    """Renders one key frame. Implementations must be deterministic for equal inputs."""
+
+    #: Short identifier used on the command line, in projects and in cache keys.
+    name: str = ""
+    #: Whether rendering needs model weights (the weightless stylizers do not).
+    needs_weights: bool = False
+
+    @abstractmethod
+    def settings_key(self) -> str:
+        """A stable string of every setting that determines the output (for content caching)."""
+
+    @abstractmethod
+    def render(
+        self,
+        frame: np.ndarray,
+        context: KeyContext,
+        progress: ProgressCallback = ignore_progress,
+        cancel: CancelToken | None = None,
+    ) -> np.ndarray:
+        """Render `frame` (RGB uint8, HxWx3) and return an image of the same shape."""

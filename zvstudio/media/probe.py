@@ -1,0 +1,246 @@
+"""Probing media files: what a clip contains and exactly when each frame is shown.
+
+The frame count, frame rate and duration come from the video stream's own packet timestamps,
+not from container headers (which are often wrong or missing and cannot describe a variable
+frame rate). Demuxing reads the file but decodes nothing, so it is fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from zvstudio.errors import MediaError
+
+# Relative spread of frame durations above which a clip counts as variable frame rate; below
+# it, the spread is timestamp rounding (e.g. 1/30 s in a 1/1000 time base).
+_VFR_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class AudioStreamInfo:
+    index: int
+    codec: str
+    sample_rate: int
+    channels: int
+    layout: str
+    duration: float | None
+    language: str | None
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Presentation timestamps of every frame, in display order, plus the keyframes.
+
+    `pts[i]` is frame i's timestamp in `time_base` units; `keyframe_pts` lists (sorted) the
+    timestamps of frames a decoder can start from.
+    """
+
+    time_base: Fraction
+    pts: np.ndarray
+    keyframe_pts: np.ndarray
+    last_duration: int
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def seconds(self, frame: int) -> float:
+        return float((int(self.pts[frame]) - int(self.pts[0])) * self.time_base)
+
+    def seek_points(self, frame: int) -> list[int]:
+        """Keyframe timestamps to try, nearest first, when seeking to `frame`."""
+        target = int(self.pts[frame])
+        position = int(np.searchsorted(self.keyframe_pts, target, side="right"))
+        return [int(p) for p in self.keyframe_pts[:position][::-1]]
+
+    def frame_at_seconds(self, seconds: float) -> int:
+        """The frame shown at `seconds` from the start."""
+        ticks = int(self.pts[0]) + round(seconds / self.time_base)
+        return max(0, int(np.searchsorted(self.pts, ticks, side="right")) - 1)
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What `probe` found. Sizes are in stored pixels; `display_*` apply the rotation."""
+
+    path: str
+    container: str
+    codec: str
+    pixel_format: str
+    width: int
+    height: int
+    rotation: int
+    fps: Fraction
+    is_vfr: bool
+    frame_count: int
+    duration: float
+    bit_rate: int | None
+    audio: tuple[AudioStreamInfo, ...]
+    index: FrameIndex
+
+    @property
+    def display_width(self) -> int:
+        return self.height if self.rotation % 180 else self.width
+
+    @property
+    def display_height(self) -> int:
+        return self.width if self.rotation % 180 else self.height
+
+    @property
+    def has_audio(self) -> bool:
+        return bool(self.audio)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (the frame index itself is left out)."""
+        data = {key: value for key, value in asdict(self).items() if key != "index"}
+        data["fps"] = float(self.fps)
+        data["fps_fraction"] = f"{self.fps.numerator}/{self.fps.denominator}"
+        data["display_width"] = self.display_width
+        data["display_height"] = self.display_height
+        data["audio"] = [asdict(stream) for stream in self.audio]
+        return data
+
+
+def open_input(path: str | os.PathLike[str]) -> av.container.InputContainer:
+    """Open a media file for reading, turning every failure into a clear `MediaError`."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"file not found: {path}")
+    if path.is_dir():
+        raise MediaError(f"{path} is a folder, not a video file")
+    try:
+        return av.open(str(path), "r")
+    except av.error.FFmpegError as exc:
+        raise MediaError(
+            f"cannot read {path}: not a video file or damaged ({_ffmpeg_reason(exc)})"
+        ) from exc
+    except OSError as exc:
+        raise MediaError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _video_stream(container: av.container.InputContainer, path: str) -> av.video.VideoStream:
+    if not container.streams.video:
+        raise MediaError(f"{path} has no video stream")
+    return container.streams.video[0]
+
+
+def build_frame_index(container: av.container.InputContainer, path: str) -> FrameIndex:
+    """Demux every video packet of `container` (no decoding) into a `FrameIndex`."""
+    stream = _video_stream(container, path)
+    pts_list: list[int] = []
+    key_list: list[int] = []
+    durations: list[int] = []
+    try:
+        for packet in container.demux(stream):
+            timestamp = packet.pts if packet.pts is not None else packet.dts
+            if timestamp is None or packet.size == 0 or packet.is_discard:
+                continue
+            pts_list.append(timestamp)
+            durations.append(packet.duration or 0)
+            if packet.is_keyframe:
+                key_list.append(timestamp)
+    except av.error.FFmpegError as exc:
+        if not pts_list:
+            raise MediaError(f"cannot read {path}: damaged video ({_ffmpeg_reason(exc)})") from exc
+        # A truncated file: keep the frames before the damage, as players do.
+    if not pts_list:
+        raise MediaError(f"{path} has a video stream with no frames")
+    order = np.argsort(np.asarray(pts_list, dtype=np.int64), kind="stable")
+    pts = np.asarray(pts_list, dtype=np.int64)[order]
+    pts = np.unique(pts)
+    keys = np.unique(np.asarray(key_list or [pts[0]], dtype=np.int64))
+    last_duration = int(np.asarray(durations)[order][-1])
+    if last_duration <= 0:
+        last_duration = int(np.median(np.diff(pts))) if len(pts) > 1 else 1
+    time_base = stream.time_base or Fraction(1, 1)
+    return FrameIndex(Fraction(time_base), pts, keys, last_duration)
+
+
+def _is_variable_rate(pts: np.ndarray) -> bool:
+    if len(pts) < 3:
+        return False
+    gaps = np.diff(pts)
+    median = float(np.median(gaps))
+    # One tick of slack absorbs timestamp rounding in coarse time bases.
+    return bool(np.max(np.abs(gaps - median)) > max(1.0, _VFR_TOLERANCE * median))
+
+
+def _frame_rate(stream: av.video.VideoStream, index: FrameIndex, duration: float) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if rate:
+        return Fraction(rate)
+    return Fraction(len(index) / duration).limit_denominator(1001) if duration > 0 else Fraction(0)
+
+
+def _first_frame_rotation(container: av.container.InputContainer, path: str) -> int:
+    """Display rotation in degrees counter-clockwise (0, 90, 180 or 270)."""
+    stream = _video_stream(container, path)
+    for frame in container.decode(stream):
+        return int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+    return 0
+
+
+def _audio_info(stream: av.audio.AudioStream) -> AudioStreamInfo:
+    duration = float(stream.duration * stream.time_base) if stream.duration else None
+    layout = stream.layout.name if stream.layout else ""
+    return AudioStreamInfo(
+        index=stream.index,
+        codec=stream.codec_context.name,
+        sample_rate=stream.rate or 0,
+        channels=stream.channels or 0,
+        layout=layout,
+        duration=duration,
+        language=stream.language,
+    )
+
+
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
+    """Describe the media file at `path`; raises `MediaError` if it is not a readable video."""
+    path_str = str(path)
+    with open_input(path) as container:
+        index = build_frame_index(container, path_str)
+    with open_input(path) as container:
+        stream = _video_stream(container, path_str)
+        codec = stream.codec_context
+        try:
+            rotation = _first_frame_rotation(container, path_str)
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"cannot decode {path_str}: {_ffmpeg_reason(exc)}") from exc
+        audio = tuple(_audio_info(s) for s in container.streams.audio)
+        bit_rate = container.bit_rate or None
+        container_name = container.format.name
+        fps = _frame_rate(stream, index, _span_seconds(index))
+        codec_name, pixel_format = codec.name, codec.format.name if codec.format else ""
+        width, height = codec.width, codec.height
+    duration = _span_seconds(index)
+    return MediaInfo(
+        path=path_str,
+        container=container_name,
+        codec=codec_name,
+        pixel_format=pixel_format,
+        width=width,
+        height=height,
+        rotation=rotation,
+        fps=fps,
+        is_vfr=_is_variable_rate(index.pts),
+        frame_count=len(index),
+        duration=duration,
+        bit_rate=bit_rate,
+        audio=audio,
+        index=index,
+    )
+
+
+def _span_seconds(index: FrameIndex) -> float:
+    """From the first frame's start to the last frame's end."""
+    span = int(index.pts[-1] - index.pts[0]) + index.last_duration
+    return float(span * index.time_base)

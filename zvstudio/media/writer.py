@@ -1,0 +1,470 @@
+"""Writing rendered frames: H.264, H.265, ProRes 422 or a PNG sequence, with the source audio.
+
+Every output keeps the source's frame timing (each frame's own timestamp, so a variable frame
+rate survives) and muxes the source audio: copied untouched when the container accepts its
+codec and the whole clip is exported, otherwise re-encoded (AAC, or WAV beside a PNG sequence)
+and cut to the exported range with sample accuracy.
+
+Outputs are written to a temporary name beside the target and moved into place only when
+complete, so a failure, a cancel or a full disk never leaves a half file or destroys an
+existing one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from zvstudio.errors import MediaError
+from zvstudio.media.probe import FrameIndex, open_input
+
+FORMATS = ("h264", "h265", "prores", "png")
+_VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".m4v": "mp4"}
+_ALLOWED_FORMATS = {
+    "mp4": {"h264", "h265"},
+    "mov": {"h264", "h265", "prores"},
+    "matroska": {"h264", "h265", "prores"},
+}
+# Audio codecs each container takes as a stream copy; anything else is re-encoded to AAC.
+_COPYABLE_AUDIO = {
+    "mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
+    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_s16be",
+            "pcm_s24be", "pcm_f32le"},
+    "matroska": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac", "vorbis", "pcm_s16le",
+                 "pcm_s24le", "pcm_f32le"},
+}
+PNG_TIMING_FILE = "timing.json"
+PNG_AUDIO_FILE = "audio.wav"
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How to encode. `crf` is the quality for H.264/H.265 (lower = better, 18 ~ transparent)."""
+
+    format: str = "h264"
+    crf: int = 18
+    preset: str = "medium"
+    audio: bool = True
+
+
+@dataclass(frozen=True)
+class FrameTiming:
+    """Presentation time of each output frame: `pts[i]` ticks of `time_base`, from 0."""
+
+    time_base: Fraction
+    pts: np.ndarray
+    last_duration: int
+
+    @classmethod
+    def from_index(cls, index: FrameIndex, start: int = 0, stop: int | None = None) -> FrameTiming:
+        """The timing of source frames start..stop-1, shifted to begin at 0."""
+        stop = len(index) if stop is None else stop
+        pts = index.pts[start:stop]
+        last = (int(index.pts[stop]) - int(pts[-1])) if stop < len(index) else index.last_duration
+        return cls(index.time_base, pts - pts[0], last)
+
+    @classmethod
+    def constant(cls, fps: Fraction, count: int) -> FrameTiming:
+        fps = Fraction(fps)
+        return cls(1 / fps, np.arange(count, dtype=np.int64), 1)
+
+    @property
+    def duration(self) -> float:
+        return float((int(self.pts[-1]) + self.last_duration) * self.time_base)
+
+    def seconds(self, number: int) -> float:
+        return float(int(self.pts[number]) * self.time_base)
+
+    def average_rate(self) -> Fraction:
+        return Fraction(len(self.pts) / self.duration).limit_denominator(100000)
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """Audio to mux: the first audio stream of `path`, from `start` seconds for `duration`."""
+
+    path: str
+    start: float = 0.0
+    duration: float | None = None
+    whole_clip: bool = True
+
+
+def output_kind(path: str | os.PathLike[str]) -> str:
+    """'png' for a folder (no extension), else the container name; unknown -> MediaError."""
+    suffix = Path(path).suffix.lower()
+    if suffix == "":
+        return "png"
+    if suffix not in _VIDEO_CONTAINERS:
+        raise MediaError(
+            f"cannot write {path}: unknown output type '{suffix}'",
+            hint="use .mp4, .mov or .mkv, or a folder name for a PNG sequence",
+        )
+    return _VIDEO_CONTAINERS[suffix]
+
+
+def check_output(path: str | os.PathLike[str], settings: ExportSettings) -> None:
+    """Fail early, before any rendering, if `path` cannot receive this export."""
+    path = Path(path)
+    kind = output_kind(path)
+    if settings.format not in FORMATS:
+        raise MediaError(f"unknown export format '{settings.format}'; choose one of "
+                         + ", ".join(FORMATS))
+    if kind == "png" and settings.format != "png" or kind != "png" and settings.format == "png":
+        raise MediaError(
+            f"format '{settings.format}' does not match output {path}",
+            hint="a PNG sequence is written to a folder (a path without extension)",
+        )
+    if kind != "png" and settings.format not in _ALLOWED_FORMATS[kind]:
+        raise MediaError(f"{settings.format} cannot be stored in a {path.suffix} file",
+                         hint="ProRes needs a .mov (or .mkv) output")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise MediaError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise MediaError(f"cannot write {path}: no permission to write in {parent}")
+    if path.is_dir() and kind != "png":
+        raise MediaError(f"cannot write {path}: a folder of that name exists")
+    if kind == "png" and path.exists():
+        _check_replaceable_folder(path)
+
+
+def _check_replaceable_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise MediaError(f"cannot write a PNG sequence to {path}: a file of that name exists")
+    if any(path.iterdir()) and not (path / PNG_TIMING_FILE).exists():
+        raise MediaError(
+            f"folder {path} is not empty and is not an earlier zvstudio export",
+            hint="choose an empty or new folder so that nothing of yours is overwritten",
+        )
+
+
+def _disk_error(path: Path, exc: OSError) -> MediaError:
+    reason = exc.strerror or str(exc)
+    return MediaError(f"cannot write {path}: {reason}",
+                      hint="free some disk space" if exc.errno == 28 else None)
+
+
+class VideoWriter:
+    """Write RGB frames with the given timing; `close()` finishes, `abort()` discards.
+
+    Use as a context manager: leaving it through an exception aborts, so the target is
+    either the complete new export or exactly what was there before.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        size: tuple[int, int],
+        timing: FrameTiming,
+        settings: ExportSettings = ExportSettings(),
+        audio: AudioSource | None = None,
+        first_number: int = 0,
+    ) -> None:
+        check_output(path, settings)
+        self.path = Path(path)
+        self.size = size
+        self.timing = timing
+        self.settings = settings
+        self.written = 0
+        audio = audio if settings.audio else None
+        if settings.format == "png":
+            self._sink = _PngSink(self.path, timing, audio, first_number)
+        else:
+            self._sink = _EncodedSink(self.path, size, timing, settings, audio)
+
+    def write(self, image: np.ndarray) -> None:
+        if self.written >= len(self.timing.pts):
+            raise MediaError(f"more frames than the {len(self.timing.pts)} planned for {self.path}")
+        if image.shape != (self.size[1], self.size[0], 3) or image.dtype != np.uint8:
+            raise ValueError(f"expected a {self.size[0]}x{self.size[1]} RGB uint8 frame, "
+                             f"got {image.shape} {image.dtype}")
+        try:
+            self._sink.write(self.written, image)
+        except OSError as exc:
+            self.abort()
+            raise _disk_error(self.path, exc) from exc
+        self.written += 1
+
+    def close(self) -> None:
+        """Finish the file (flush encoders, mux the rest of the audio) and move it into place."""
+        try:
+            self._sink.finish(self.written)
+        except OSError as exc:
+            self.abort()
+            raise _disk_error(self.path, exc) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        self._sink.discard()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class _EncodedSink:
+    """A video file: one encoded video stream plus the audio."""
+
+    def __init__(self, path, size, timing, settings, audio) -> None:
+        self.target = path
+        self.kind = output_kind(path)
+        handle, name = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.stem}.",
+                                        suffix=".partial" + path.suffix)
+        os.close(handle)
+        self.temp = Path(name)
+        self.timing = timing
+        # Each packet's duration, so the last frame lasts as long as in the source.
+        self._durations = dict(zip(timing.pts.tolist(),
+                                   [*np.diff(timing.pts).tolist(), timing.last_duration]))
+        self.container = av.open(str(self.temp), "w", format=self.kind)
+        try:
+            self.stream = _add_video_stream(self.container, self.kind, size, timing, settings)
+            self.audio = _AudioFeed.open(audio, self.container, self.kind) if audio else None
+        except BaseException:
+            self.discard()
+            raise
+
+    def write(self, number: int, image: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame = frame.reformat(format=self.stream.codec_context.pix_fmt,
+                               dst_colorspace="itu709", dst_color_range="MPEG")
+        frame.pts = int(self.timing.pts[number])
+        frame.time_base = self.timing.time_base
+        self._mux_video(self.stream.encode(frame))
+        if self.audio is not None:
+            self.audio.mux_until(self.timing.seconds(number) + 1.0)
+
+    def _mux_video(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            packet.duration = self._durations.get(packet.pts, packet.duration)
+            self.container.mux(packet)
+
+    def finish(self, written: int) -> None:
+        self._mux_video(self.stream.encode(None))
+        if self.audio is not None:
+            self.audio.mux_until(None)
+            self.audio.close()
+        self.container.close()
+        os.replace(self.temp, self.target)
+
+    def discard(self) -> None:
+        try:
+            if self.audio is not None:
+                self.audio.close()
+            self.container.close()
+        except Exception:  # noqa: BLE001 - discarding anyway; the original error matters
+            pass
+        self.temp.unlink(missing_ok=True)
+
+
+def _add_video_stream(container, kind, size, timing: FrameTiming, settings: ExportSettings):
+    codec, options, pix_fmt = {
+        "h264": ("libx264", {"crf": str(settings.crf), "preset": settings.preset}, "yuv420p"),
+        "h265": ("libx265", {"crf": str(settings.crf), "preset": settings.preset,
+                             "x265-params": "log-level=error"}, "yuv420p"),
+        # Profile 2 is ProRes 422 (standard); 10-bit 4:2:2 is what ProRes stores.
+        "prores": ("prores_ks", {"profile": "2"}, "yuv422p10le"),
+    }[settings.format]
+    stream = container.add_stream(codec, rate=timing.average_rate(), options=options)
+    stream.width, stream.height = size
+    stream.pix_fmt = pix_fmt
+    stream.time_base = timing.time_base
+    stream.codec_context.time_base = timing.time_base
+    context = stream.codec_context
+    # Tag what we encode (BT.709, limited range) so players convert colours back correctly.
+    context.colorspace = 1
+    context.color_primaries = 1
+    context.color_trc = 1
+    context.color_range = 1
+    if settings.format == "h265" and kind in ("mp4", "mov"):
+        context.codec_tag = "hvc1"  # the tag Apple players require for HEVC
+    return stream
+
+
+class _AudioFeed:
+    """Muxes the source audio into an output container a little ahead of the video."""
+
+    def __init__(self, source: AudioSource, output, copy: bool, codec: str) -> None:
+        self.source = source
+        self.input = open_input(source.path)
+        self.in_stream = self.input.streams.audio[0]
+        self.copy = copy
+        self.output = output
+        self.end = None if source.duration is None else source.start + source.duration
+        start_ticks = self.in_stream.start_time or 0
+        # Where output time 0 falls in this stream's samples (audio may not start at 0).
+        self.offset = source.start - float(start_ticks * self.in_stream.time_base)
+        if copy:
+            self.out_stream = output.add_stream_from_template(self.in_stream)
+            self._items = self._copied_packets()
+        else:
+            rate = self.in_stream.rate or 48000
+            layout = self.in_stream.layout.name if self.in_stream.layout else "stereo"
+            self.out_stream = output.add_stream(codec, rate=rate, layout=layout)
+            self._items = self._encoded_packets()
+        self._pending = None
+
+    @classmethod
+    def open(cls, source: AudioSource, output, kind: str) -> _AudioFeed | None:
+        with open_input(source.path) as probe_container:
+            if not probe_container.streams.audio:
+                return None
+            codec = probe_container.streams.audio[0].codec_context.name
+        if kind == "wav":
+            return cls(source, output, copy=False, codec="pcm_s16le")
+        copy = source.whole_clip and codec in _COPYABLE_AUDIO.get(kind, set())
+        return cls(source, output, copy=copy, codec="aac")
+
+    def mux_until(self, seconds: float | None) -> None:
+        """Mux every audio packet that starts before `seconds` (None: all the rest)."""
+        while True:
+            if self._pending is None:
+                self._pending = next(self._items, None)
+                if self._pending is None:
+                    return
+            packet, packet_seconds = self._pending
+            if seconds is not None and packet_seconds >= seconds:
+                return
+            self.output.mux(packet)
+            self._pending = None
+
+    def _copied_packets(self) -> Iterator[tuple[av.Packet, float]]:
+        for packet in self.input.demux(self.in_stream):
+            if packet.dts is None or packet.size == 0:
+                continue
+            shift = round(self.source.start / packet.time_base)
+            packet.pts = packet.pts - shift if packet.pts is not None else None
+            packet.dts -= shift
+            seconds = float(packet.pts * packet.time_base) if packet.pts is not None else 0.0
+            packet.stream = self.out_stream
+            yield packet, seconds
+
+    def _encoded_packets(self) -> Iterator[tuple[av.Packet, float]]:
+        rate = self.out_stream.codec_context.sample_rate
+        for frame in self._trimmed_frames(rate):
+            for packet in self.out_stream.encode(frame):
+                yield packet, float(packet.pts * packet.time_base) if packet.pts else 0.0
+        for packet in self.out_stream.encode(None):
+            yield packet, float(packet.pts * packet.time_base) if packet.pts else 0.0
+
+    def _trimmed_frames(self, rate: int) -> Iterator[av.AudioFrame]:
+        """Decoded source audio cut to [start, end) with sample accuracy, in encoder frames."""
+        context = self.out_stream.codec_context
+        resampler = av.AudioResampler(format=context.format, layout=context.layout, rate=rate,
+                                      frame_size=context.frame_size or 1024)
+        skip = max(0, round(self.offset * rate))
+        keep = None if self.end is None else round((self.end - self.source.start) * rate)
+        written = 0
+        decoded = self._decoded_frames()
+        for chunk in _resampled(resampler, decoded):
+            samples = chunk.to_ndarray()
+            first = min(skip, chunk.samples)
+            skip -= first
+            last = chunk.samples if keep is None else min(chunk.samples, first + keep - written)
+            if last <= first:
+                if keep is not None and written >= keep:
+                    return
+                continue
+            yield _audio_frame(samples, first, last, context, rate, written)
+            written += last - first
+
+    def _decoded_frames(self) -> Iterator[av.AudioFrame]:
+        try:
+            for frame in self.input.decode(self.in_stream):
+                frame.pts = None  # the resampler counts samples itself
+                yield frame
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"cannot decode the audio of {self.source.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.input.close()
+
+
+def _resampled(resampler: av.AudioResampler, frames) -> Iterator[av.AudioFrame]:
+    for frame in frames:
+        yield from resampler.resample(frame)
+    yield from resampler.resample(None)
+
+
+def _audio_frame(samples, first, last, context, rate, pts) -> av.AudioFrame:
+    planar = context.format.is_planar
+    part = samples[:, first:last] if planar else samples[:, first * context.layout.nb_channels
+                                                          : last * context.layout.nb_channels]
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format=context.format.name,
+                                       layout=context.layout.name)
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = Fraction(1, rate)
+    return frame
+
+
+class _PngSink:
+    """A folder of PNG files named by source frame number, plus timing.json and audio.wav."""
+
+    def __init__(self, path: Path, timing: FrameTiming, audio, first_number: int) -> None:
+        self.target = path
+        self.timing = timing
+        self.first_number = first_number
+        self.audio = audio
+        self.temp = Path(tempfile.mkdtemp(dir=path.absolute().parent,
+                                          prefix=f".{path.name}.", suffix=".partial"))
+
+    def write(self, number: int, image: np.ndarray) -> None:
+        name = self.temp / f"frame_{self.first_number + number:06d}.png"
+        ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        if not ok:
+            raise MediaError(f"cannot encode PNG frame {number}")
+        name.write_bytes(data.tobytes())
+
+    def finish(self, written: int) -> None:
+        timing = {
+            "writer": "zvstudio",
+            "time_base": f"{self.timing.time_base.numerator}/{self.timing.time_base.denominator}",
+            "first_frame": self.first_number,
+            "pts": [int(p) for p in self.timing.pts[:written]],
+            "last_duration": self.timing.last_duration,
+        }
+        (self.temp / PNG_TIMING_FILE).write_text(json.dumps(timing, indent=1) + "\n")
+        if self.audio is not None:
+            self._write_wav(self.temp / PNG_AUDIO_FILE)
+        self._move_into_place()
+
+    def _write_wav(self, path: Path) -> None:
+        with av.open(str(path), "w", format="wav") as output:
+            feed = _AudioFeed.open(self.audio, output, "wav")
+            if feed is not None:
+                feed.mux_until(None)
+                feed.close()
+        if path.stat().st_size <= 44:
+            path.unlink()
+
+    def _move_into_place(self) -> None:
+        old = None
+        if self.target.exists():
+            _check_replaceable_folder(self.target)
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+        os.replace(self.temp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.temp, ignore_errors=True)

@@ -1,0 +1,170 @@
+"""The project document: what an artist edits and saves in a `.zvs` file.
+
+Plain dataclasses with no Qt, so the engine, the CLI and the tests use them directly. The
+value types are frozen and check their fields on construction (a bad value raises
+`ProjectError` at once instead of surfacing in the middle of a render); edit them with
+`dataclasses.replace`. Each field's rule lives next to it (see `schema.rule`) and is the
+same rule the loader applies to a file. File paths are absolute in memory; `io` stores them
+relative to the project's folder where it can.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zvstudio.project.hashing import content_hash
+from zvstudio.project.schema import Validated, rule
+
+CURRENT_SCHEMA_VERSION = 1
+
+RENDERERS = ("stylize", "diffusion", "painted")
+OUTPUT_FORMATS = ("h264", "h265", "prores", "png")
+SEED_MAX = 2**32 - 1  # the range every UI and RNG in use accepts
+HASH_PATTERN = (r"(b2:[0-9a-f]{32})?", "empty or 'b2:' followed by 32 hex digits")
+
+
+@dataclass(frozen=True)
+class ClipRef(Validated):
+    """The source video. Its content hash tells whether the file on disk is still the one
+    the project and its render cache were made from; an empty hash means "not yet hashed"
+    (projects migrated from the pre-release format), to be filled in when the clip opens."""
+
+    path: str = field(metadata=rule("path"))
+    content_hash: str = field(default="", metadata=rule("str", pattern=HASH_PATTERN))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ClipRef:
+        """Reference the file at `path` with its current content hash."""
+        return cls(os.path.abspath(path), content_hash(path))
+
+
+@dataclass(frozen=True)
+class FrameRange(Validated):
+    """The frames to render, inclusive at both ends like an editor's in and out points."""
+
+    first: int = field(metadata=rule("int", low=0))
+    last: int = field(metadata=rule("int", low=0))
+
+    @staticmethod
+    def extra_problems(values: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        if values["last"] < values["first"]:
+            yield "last", f"must not be before first ({values['first']}), got {values['last']}"
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True)
+class KeyFrame(Validated):
+    """A frame rendered by the key renderer; every other frame is propagated from keys.
+    Each override left as None uses the global value from `RenderSettings`;
+    `painted_image` is an image painted outside zvstudio to use as this key's result."""
+
+    frame: int = field(metadata=rule("int", low=0))
+    prompt: str | None = field(default=None, metadata=rule("str", nullable=True))
+    negative_prompt: str | None = field(default=None, metadata=rule("str", nullable=True))
+    seed: int | None = field(
+        default=None, metadata=rule("int", nullable=True, low=0, high=SEED_MAX)
+    )
+    strength: float | None = field(
+        default=None, metadata=rule("float", nullable=True, low=0, high=1)
+    )
+    painted_image: str | None = field(default=None, metadata=rule("path", nullable=True))
+
+
+@dataclass(frozen=True)
+class LoraRef(Validated):
+    """A LoRA file applied to the diffusion model, scaled by `weight` (negative inverts it)."""
+
+    path: str = field(metadata=rule("path"))
+    weight: float = field(default=1.0, metadata=rule("float"))
+
+
+@dataclass(frozen=True)
+class OutputSettings(Validated):
+    """How the finished video is exported; `crf` is the H.264/H.265 quality (lower is better)."""
+
+    format: str = field(default="h264", metadata=rule("str", choices=OUTPUT_FORMATS))
+    crf: int = field(default=18, metadata=rule("int", low=0, high=51))
+    audio: bool = field(default=True, metadata=rule("bool"))
+
+
+@dataclass(frozen=True)
+class RenderSettings(Validated):
+    """The global render settings; key frames may override the prompt, seed and strength."""
+
+    renderer: str = field(default="stylize", metadata=rule("str", choices=RENDERERS))
+    style: str = field(default="stylization", metadata=rule("str", nonempty=True))
+    key_interval: int = field(default=10, metadata=rule("int", low=1))
+    prompt: str = field(default="", metadata=rule("str"))
+    negative_prompt: str = field(default="", metadata=rule("str"))
+    seed: int = field(default=0, metadata=rule("int", low=0, high=SEED_MAX))
+    strength: float = field(default=0.75, metadata=rule("float", low=0, high=1))
+    steps: int = field(default=20, metadata=rule("int", low=1, high=1000))
+    guidance_scale: float = field(default=7.5, metadata=rule("float", low=0, high=100))
+    model: str | None = field(default=None, metadata=rule("str", nullable=True, nonempty=True))
+    loras: list[LoraRef] = field(default_factory=list, metadata=rule("list", item=LoraRef))
+    controlnet: str | None = field(
+        default="canny", metadata=rule("str", nullable=True, nonempty=True)
+    )
+    controlnet_scale: float = field(default=0.7, metadata=rule("float", low=0, high=2))
+    output: OutputSettings = field(
+        default_factory=OutputSettings, metadata=rule("object", item=OutputSettings)
+    )
+
+
+@dataclass
+class Project(Validated):
+    """The whole document. `keyframes` is kept sorted by frame with unique frames; change it
+    through `set_key` and `remove_key`, which keep it that way."""
+
+    clip: ClipRef | None = field(default=None, metadata=rule("object", nullable=True, item=ClipRef))
+    frame_range: FrameRange | None = field(
+        default=None, metadata=rule("object", nullable=True, item=FrameRange)
+    )
+    keyframes: list[KeyFrame] = field(
+        default_factory=list, metadata=rule("list", item=KeyFrame, unique="frame")
+    )
+    settings: RenderSettings = field(
+        default_factory=RenderSettings, metadata=rule("object", item=RenderSettings)
+    )
+    schema_version: int = field(
+        default=CURRENT_SCHEMA_VERSION, metadata=rule("int", choices=(CURRENT_SCHEMA_VERSION,))
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.keyframes = sorted(self.keyframes, key=lambda key: key.frame)
+
+    def _index(self, frame: int) -> int:
+        return bisect.bisect_left(self.keyframes, frame, key=lambda key: key.frame)
+
+    def key_at(self, frame: int) -> KeyFrame | None:
+        """The key frame at `frame`, or None when that frame is not a key."""
+        i = self._index(frame)
+        found = i < len(self.keyframes) and self.keyframes[i].frame == frame
+        return self.keyframes[i] if found else None
+
+    def set_key(self, key: KeyFrame) -> KeyFrame | None:
+        """Add `key`, replacing the key at the same frame; returns the replaced one (for undo)."""
+        if not isinstance(key, KeyFrame):
+            raise TypeError(f"expected a KeyFrame, got {type(key).__name__}")
+        old = self.key_at(key.frame)
+        i = self._index(key.frame)
+        if old is None:
+            self.keyframes.insert(i, key)
+        else:
+            self.keyframes[i] = key
+        return old
+
+    def remove_key(self, frame: int) -> KeyFrame | None:
+        """Remove the key at `frame`; returns it, or None when there was none."""
+        old = self.key_at(frame)
+        if old is not None:
+            self.keyframes.pop(self._index(frame))
+        return old
