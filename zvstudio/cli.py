@@ -37,14 +37,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(str(exc))
         return EXIT_ERROR
     except (RenderCancelled, KeyboardInterrupt):
-        print("\nzvstudio: cancelled; nothing was written and existing files are unchanged",
-              file=sys.stderr)
+        print(
+            "\nzvstudio: cancelled; nothing was written and existing files are unchanged",
+            file=sys.stderr,
+        )
         return EXIT_CANCELLED
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        _print_error(f"internal error: {type(exc).__name__}: {exc}\n"
-                     "  (this is a bug; run again with --debug and report the traceback)")
+        _print_error(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "  (this is a bug; run again with --debug and report the traceback)"
+        )
         return EXIT_ERROR
 
 
@@ -94,8 +98,10 @@ def _run_probe(args) -> int:
         f"  duration   {info.duration:.3f} s",
     ]
     for stream in info.audio:
-        lines.append(f"  audio      #{stream.index} {stream.codec}, {stream.sample_rate} Hz, "
-                     f"{stream.layout or str(stream.channels) + ' ch'}")
+        lines.append(
+            f"  audio      #{stream.index} {stream.codec}, {stream.sample_rate} Hz, "
+            f"{stream.layout or str(stream.channels) + ' ch'}"
+        )
     if not info.audio:
         lines.append("  audio      none")
     print("\n".join(lines))
@@ -111,15 +117,22 @@ def _add_render(commands) -> None:
     )
     source = render_parser.add_mutually_exclusive_group(required=True)
     source.add_argument("input", nargs="?", type=Path, help="a video file or a .zvs project")
-    source.add_argument("--demo", action="store_true",
-                        help="render the built-in demo clip (procedural, with audio)")
-    render_parser.add_argument("-o", "--output", type=Path, required=True,
-                               help="output .mp4/.mov/.mkv file, or a folder for PNG frames")
+    source.add_argument(
+        "--demo", action="store_true", help="render the built-in demo clip (procedural, with audio)"
+    )
+    render_parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output .mp4/.mov/.mkv file, or a folder for PNG frames",
+    )
     render_parser.add_argument("--style", help="weightless style (see `zvstudio styles`)")
     render_parser.add_argument("--from", dest="first", type=int, help="first frame (0-based)")
     render_parser.add_argument("--to", dest="last", type=int, help="last frame (inclusive)")
-    render_parser.add_argument("--format", choices=FORMATS,
-                               help="codec (default: h264, or png for a folder)")
+    render_parser.add_argument(
+        "--format", choices=FORMATS, help="codec (default: h264, or png for a folder)"
+    )
     render_parser.add_argument("--crf", type=int, help="H.264/H.265 quality, 0-51 (default 18)")
     render_parser.add_argument("--no-audio", action="store_true", help="leave the audio out")
     render_parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -161,9 +174,12 @@ def _render_request(args, scratch: Path):
             write_demo_clip(source)
         style = DEMO_STYLE if args.demo else "stylization"
         fmt = "png" if output_kind(args.output) == "png" else "h264"
-        request = RenderRequest(source=source, output=args.output,
-                                renderer=KeyRendererSpec(style=style),
-                                export=ExportSettings(format=fmt))
+        request = RenderRequest(
+            source=source,
+            output=args.output,
+            renderer=KeyRendererSpec(style=style),
+            export=ExportSettings(format=fmt),
+        )
     return _with_overrides(request, args)
 
 
@@ -186,7 +202,7 @@ def _with_overrides(request, args):
     return replace(request, export=export, renderer=renderer, first=first, last=last)
 
 
-class _cancel_on_ctrl_c:  # noqa: N801 - used as a context manager like a function
+class _cancel_on_ctrl_c:
     """The first Ctrl+C asks the render to stop at the next frame; a second one aborts."""
 
     def __init__(self, cancel: CancelToken) -> None:
@@ -218,7 +234,7 @@ class ProgressBar:
         self._shown = False
 
     def __call__(self, event: Progress) -> None:
-        if not self.enabled or event.total <= 0:
+        if not self.enabled or event.total <= 0 or (event.done == 0 and not self.tty):
             return
         now = time.monotonic()
         final = event.done >= event.total
@@ -230,10 +246,16 @@ class ProgressBar:
         elapsed = now - self.started
         rate = event.done / elapsed if elapsed > 0 else 0.0
         eta = (event.total - event.done) / rate if rate > 0 else 0.0
-        line = (f"{event.stage:<8} [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{event.done}/{event.total}  {rate:5.1f}/s  ETA {_clock(eta)}")
-        print(("\r" if self.tty else "") + line, end="" if self.tty else "\n", file=sys.stderr,
-              flush=True)
+        line = (
+            f"{event.stage:<8} [{'#' * filled}{'.' * (self.width - filled)}] "
+            f"{event.done}/{event.total}  {rate:5.1f}/s  ETA {_clock(eta)}"
+        )
+        print(
+            ("\r" if self.tty else "") + line,
+            end="" if self.tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
         self._shown = True
 
     def finish(self) -> None:
@@ -242,7 +264,7 @@ class ProgressBar:
 
 
 def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}:{secs:02d}"
 
 
@@ -265,19 +287,25 @@ def _add_bench(commands) -> None:
     bench_parser = commands.add_parser("bench", help="benchmarks (print JSON)")
     which = bench_parser.add_subparsers(title="benchmarks", metavar="BENCHMARK", required=True)
     decode = which.add_parser("decode", help="sequential, random-access and preview decoding")
-    decode.add_argument("videos", nargs="*", type=Path,
-                        help="clips to measure (default: ../shared/clips and a 1080p clip)")
+    decode.add_argument(
+        "videos",
+        nargs="*",
+        type=Path,
+        help="clips to measure (default: ../shared/clips and a 1080p clip)",
+    )
     decode.add_argument("--samples", type=int, default=40, help="random frames per clip")
-    decode.add_argument("--no-1080p", action="store_true",
-                        help="skip the synthetic 1080p H.264 clip")
+    decode.add_argument(
+        "--no-1080p", action="store_true", help="skip the synthetic 1080p H.264 clip"
+    )
     decode.set_defaults(command="bench", run=_run_bench_decode)
 
 
 def _run_bench_decode(args) -> int:
     from zvstudio.bench.decode import run_decode_benchmark
 
-    report = run_decode_benchmark(args.videos, samples=args.samples,
-                                  include_1080p=not args.no_1080p)
+    report = run_decode_benchmark(
+        args.videos, samples=args.samples, include_1080p=not args.no_1080p
+    )
     print(json.dumps(report, indent=2))
     return 0
 

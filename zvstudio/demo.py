@@ -77,8 +77,14 @@ class DemoScene:
 
     def _draw_sun(self, image: np.ndarray) -> None:
         sun = self.scene["sun"]
-        cv2.circle(image, tuple(sun["center"]), sun["radius"], tuple(map(float, sun["colour"])),
-                   -1, cv2.LINE_AA)
+        cv2.circle(
+            image,
+            tuple(sun["center"]),
+            sun["radius"],
+            tuple(map(float, sun["colour"])),
+            -1,
+            cv2.LINE_AA,
+        )
 
     def _draw_clouds(self, image: np.ndarray, seconds: float) -> None:
         noise = self._scrolled(self.clouds, seconds * self.scene["cloud_speed"])
@@ -89,8 +95,9 @@ class DemoScene:
     def _draw_ground(self, image: np.ndarray, seconds: float) -> None:
         horizon = int(self.height * self.scene["horizon"])
         noise = self._scrolled(self.grass, seconds * self.scene["ground_speed"])[horizon:]
-        stripes = 0.5 + 0.5 * np.sin(np.arange(self.width)[None, :] / 9.0
-                                     + seconds * self.scene["ground_speed"] / 9.0)
+        stripes = 0.5 + 0.5 * np.sin(
+            np.arange(self.width)[None, :] / 9.0 + seconds * self.scene["ground_speed"] / 9.0
+        )
         shade = (0.55 + 0.6 * noise + 0.15 * stripes)[..., None]
         image[horizon:] = np.array(self.scene["ground"], np.float32) * shade
 
@@ -112,15 +119,19 @@ class DemoScene:
         x = (seconds * ball["x_speed"]) % travel - radius
         phase = abs(np.sin(np.pi * ball["bounces_per_second"] * seconds))
         y = horizon + radius * 0.6 - ball["bounce_height"] * phase
-        center = (int(round(x * 16)), int(round(y * 16)))
+        center = (round(x * 16), round(y * 16))
         cv2.circle(image, center, radius * 16, ball["colour"], -1, cv2.LINE_AA, shift=4)
         # Stripes rotate with the roll so the texture visibly moves.
         angle = x / radius
         for offset in (-0.5, 0.5):
-            start = (center[0] + int(16 * radius * np.cos(angle + offset)),
-                     center[1] + int(16 * radius * np.sin(angle + offset)))
-            end = (center[0] - int(16 * radius * np.cos(angle - offset)),
-                   center[1] - int(16 * radius * np.sin(angle - offset)))
+            start = (
+                center[0] + int(16 * radius * np.cos(angle + offset)),
+                center[1] + int(16 * radius * np.sin(angle + offset)),
+            )
+            end = (
+                center[0] - int(16 * radius * np.cos(angle - offset)),
+                center[1] - int(16 * radius * np.sin(angle - offset)),
+            )
             cv2.line(image, start, end, ball["stripe"], 5, cv2.LINE_AA, shift=4)
 
 
@@ -128,7 +139,11 @@ def write_demo_clip(path: str | os.PathLike[str], scene: dict | None = None) -> 
     """Write the demo clip (H.264 + AAC tone) to `path` and return its scene."""
     demo = DemoScene(scene)
     tone = demo.scene["tone"]
-    write_clip(path, demo.frames(), fps=demo.fps,
-               tone=Tone(frequency=tone["frequency"], volume=tone["volume"]),
-               options={"crf": "16", "preset": "fast"})
+    write_clip(
+        path,
+        demo.frames(),
+        fps=demo.fps,
+        tone=Tone(frequency=tone["frequency"], volume=tone["volume"]),
+        options={"crf": "16", "preset": "fast"},
+    )
     return demo

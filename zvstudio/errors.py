@@ -28,5 +28,5 @@ class ProjectError(ZvsError):
     """A project file is missing, broken or invalid."""
 
 
-class RenderCancelled(Exception):  # noqa: N818 - a cancel is an outcome, not an error
+class RenderCancelled(Exception):
     """The user cancelled the running work; finished results are kept."""

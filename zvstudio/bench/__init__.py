@@ -30,13 +30,19 @@ def shared_clips() -> list[Path]:
 
 def machine() -> dict:
     """What the figures were measured on."""
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def timing_summary(milliseconds: list[float]) -> dict:
     values = np.asarray(milliseconds, dtype=np.float64)
-    return {"mean_ms": round(float(values.mean()), 2),
-            "median_ms": round(float(np.median(values)), 2),
-            "p95_ms": round(float(np.percentile(values, 95)), 2),
-            "max_ms": round(float(values.max()), 2)}
+    return {
+        "mean_ms": round(float(values.mean()), 2),
+        "median_ms": round(float(np.median(values)), 2),
+        "p95_ms": round(float(np.percentile(values, 95)), 2),
+        "max_ms": round(float(values.max()), 2),
+    }

@@ -24,10 +24,13 @@ def make_1080p_clip(path: Path, seconds: float = 10.0, fps: int = 25) -> Path:
 
     scene = DemoScene()
     count = int(seconds * fps)
-    frames = (cv2.resize(scene.frame(n % scene.frame_count), (1920, 1080),
-                         interpolation=cv2.INTER_CUBIC) for n in range(count))
-    write_clip(path, frames, fps=fps, options={"preset": "veryfast", "crf": "20", "g": "250",
-                                               "bf": "3"})
+    frames = (
+        cv2.resize(scene.frame(n % scene.frame_count), (1920, 1080), interpolation=cv2.INTER_CUBIC)
+        for n in range(count)
+    )
+    write_clip(
+        path, frames, fps=fps, options={"preset": "veryfast", "crf": "20", "g": "250", "bf": "3"}
+    )
     return path
 
 
@@ -79,8 +82,7 @@ def _timed(fetch, picks: list[int]) -> dict:
     return timing_summary(times)
 
 
-def run_decode_benchmark(videos: list[Path], samples: int = 40,
-                         include_1080p: bool = True) -> dict:
+def run_decode_benchmark(videos: list[Path], samples: int = 40, include_1080p: bool = True) -> dict:
     clips = list(videos) or shared_clips()
     results = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zvstudio.errors import ZvsError
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
+from zvstudio.errors import ZvsError
 from zvstudio.keyrender import KeyContext, KeyRenderer, RenderedKey
 from zvstudio.media import AudioSource, FrameTiming, VideoReader, VideoWriter, check_output, probe
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
@@ -67,12 +67,17 @@ def render(
     total = last - first + 1
     timing = FrameTiming.from_index(info.index, first, last + 1)
     whole = first == 0 and last == info.frame_count - 1
-    audio = AudioSource(str(request.source), start=float(info.index.pts[first] * info.index.time_base),
-                        duration=timing.duration, whole_clip=whole) if info.has_audio else None
-    progress(Progress("render", 0, total, f"rendering {total} frames"))
-    with VideoReader(request.source, info=info) as reader, VideoWriter(
-        request.output, reader.size, timing, request.export, audio, first_number=first
-    ) as writer:
+    audio = None
+    if info.has_audio:
+        start = float(info.index.pts[first] * info.index.time_base)
+        audio = AudioSource(str(request.source), start, timing.duration, whole_clip=whole)
+    with (
+        VideoReader(request.source, info=info) as reader,
+        VideoWriter(
+            request.output, reader.size, timing, request.export, audio, first_number=first
+        ) as writer,
+    ):
+        progress(Progress("render", 0, total, f"rendering {total} frames"))
         anchor = previous = None
         for done, (number, frame) in enumerate(reader.frames(first, last + 1), start=1):
             cancel.raise_if_cancelled()

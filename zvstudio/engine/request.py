@@ -46,14 +46,17 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
         raise ZvsError("the project has no clip to render", hint="import a clip first")
     settings = project.settings
     if settings.renderer == "painted":
-        painted = tuple((key.frame, key.painted_image) for key in project.keyframes
-                        if key.painted_image)
+        painted = tuple(
+            (key.frame, key.painted_image) for key in project.keyframes if key.painted_image
+        )
         renderer = KeyRendererSpec(kind="painted", painted=painted)
     elif settings.renderer == "stylize":
         renderer = KeyRendererSpec(kind="stylize", style=settings.style)
     else:
-        raise ZvsError(f"the '{settings.renderer}' renderer is not available in this version",
-                       hint="choose a weightless style in the project settings")
+        raise ZvsError(
+            f"the '{settings.renderer}' renderer is not available in this version",
+            hint="choose a weightless style in the project settings",
+        )
     out = settings.output
     fmt = "png" if output_kind(output) == "png" else out.format
     export = ExportSettings(format=fmt, crf=out.crf, audio=out.audio)

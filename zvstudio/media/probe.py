@@ -154,15 +154,32 @@ def build_frame_index(container: av.container.InputContainer, path: str) -> Fram
         # A truncated file: keep the frames before the damage, as players do.
     if not pts_list:
         raise MediaError(f"{path} has a video stream with no frames")
-    order = np.argsort(np.asarray(pts_list, dtype=np.int64), kind="stable")
-    pts = np.asarray(pts_list, dtype=np.int64)[order]
-    pts = np.unique(pts)
+    pts = np.unique(np.asarray(pts_list, dtype=np.int64))
     keys = np.unique(np.asarray(key_list or [pts[0]], dtype=np.int64))
-    last_duration = int(np.asarray(durations)[order][-1])
-    if last_duration <= 0:
-        last_duration = int(np.median(np.diff(pts))) if len(pts) > 1 else 1
-    time_base = stream.time_base or Fraction(1, 1)
-    return FrameIndex(Fraction(time_base), pts, keys, last_duration)
+    time_base = Fraction(stream.time_base or Fraction(1, 1))
+    ends = np.asarray(pts_list, dtype=np.int64) + np.asarray(durations, dtype=np.int64)
+    last_duration = _last_frame_duration(container, stream, pts, int(ends.max()))
+    return FrameIndex(time_base, pts, keys, last_duration)
+
+
+def _last_frame_duration(container, stream, pts: np.ndarray, packet_end: int) -> int:
+    """How long the last frame is shown, in stream ticks.
+
+    MP4 stores decode durations per sample, so the last frame's own duration is only known
+    from the stream's total duration (the end of presentation). Fall back to the packets'
+    latest end, then to the container's duration (which may include longer audio), then to a
+    typical frame gap.
+    """
+    start = stream.start_time or 0
+    stream_end = start + stream.duration if stream.duration else None
+    container_end = None
+    if container.duration:
+        seconds = Fraction(container.duration, av.time_base)
+        container_end = start + round(seconds / stream.time_base)
+    for candidate in (stream_end, packet_end, container_end):
+        if candidate is not None and candidate > pts[-1]:
+            return int(candidate - pts[-1])
+    return int(np.median(np.diff(pts))) if len(pts) > 1 else 1
 
 
 def _is_variable_rate(pts: np.ndarray) -> bool:
@@ -185,7 +202,7 @@ def _first_frame_rotation(container: av.container.InputContainer, path: str) -> 
     """Display rotation in degrees counter-clockwise (0, 90, 180 or 270)."""
     stream = _video_stream(container, path)
     for frame in container.decode(stream):
-        return int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+        return round((frame.rotation or 0) / 90.0) * 90 % 360
     return 0
 
 

@@ -48,7 +48,7 @@ class Proxy:
         try:
             self._read_footer()
         except (OSError, ValueError, KeyError) as exc:
-            os.close(self._fd)
+            self.close()
             raise MediaError(f"damaged proxy file {self.path}: {exc}") from exc
 
     def _read_footer(self) -> None:
@@ -86,7 +86,7 @@ class Proxy:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
             self._fd = -1
 
@@ -119,8 +119,12 @@ def build_proxy(
     try:
         with os.fdopen(handle, "wb") as stream:
             offsets = _write_frames(reader, size, stream, progress, cancel)
-            metadata = {"max_side": max_side, "width": size[0], "height": size[1],
-                        "source": str(reader.path)}
+            metadata = {
+                "max_side": max_side,
+                "width": size[0],
+                "height": size[1],
+                "source": str(reader.path),
+            }
             _write_footer(stream, offsets, metadata)
         os.replace(temp_name, target)
     except BaseException:

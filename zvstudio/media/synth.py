@@ -56,8 +56,11 @@ def write_clip(
     time_base = time_base or 1 / fps
     with av.open(str(path), "w") as container:
         video = None
-        audio = container.add_stream(tone.codec, rate=tone.sample_rate, layout=tone.layout) \
-            if tone else None
+        audio = (
+            container.add_stream(tone.codec, rate=tone.sample_rate, layout=tone.layout)
+            if tone
+            else None
+        )
         samples_written = 0
         last_seconds = 0.0
         for number, image in enumerate(frames):
@@ -72,8 +75,7 @@ def write_clip(
             for packet in video.encode(frame):
                 container.mux(packet)
             if audio is not None:
-                samples_written = _write_tone(container, audio, tone, samples_written,
-                                              last_seconds)
+                samples_written = _write_tone(container, audio, tone, samples_written, last_seconds)
         if video is None:
             raise ValueError("write_clip needs at least one frame")
         for packet in video.encode(None):
@@ -105,8 +107,9 @@ def _write_tone(
     target = round(until_seconds * tone.sample_rate)
     while written + (1 if final else frame_size) <= target:
         count = min(frame_size, target - written)
-        frame = av.AudioFrame.from_ndarray(tone_samples(tone, written, count), format="fltp",
-                                           layout=tone.layout)
+        frame = av.AudioFrame.from_ndarray(
+            tone_samples(tone, written, count), format="fltp", layout=tone.layout
+        )
         frame.sample_rate = tone.sample_rate
         frame.pts = written
         frame.time_base = Fraction(1, tone.sample_rate)

@@ -38,10 +38,21 @@ _ALLOWED_FORMATS = {
 # Audio codecs each container takes as a stream copy; anything else is re-encoded to AAC.
 _COPYABLE_AUDIO = {
     "mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
-    "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_s16be",
-            "pcm_s24be", "pcm_f32le"},
-    "matroska": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac", "vorbis", "pcm_s16le",
-                 "pcm_s24le", "pcm_f32le"},
+    "mov": {
+        "aac",
+        "mp3",
+        "alac",
+        "ac3",
+        "eac3",
+        "pcm_s16le",
+        "pcm_s24le",
+        "pcm_s16be",
+        "pcm_s24be",
+        "pcm_f32le",
+    },
+    # Matroska keeps no edit list, so lossy codecs' encoder delay (AAC's 1024 priming
+    # samples) would play as extra audio; copy only codecs without one.
+    "matroska": {"flac", "opus", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
 }
 PNG_TIMING_FILE = "timing.json"
 PNG_AUDIO_FILE = "audio.wav"
@@ -117,16 +128,19 @@ def check_output(path: str | os.PathLike[str], settings: ExportSettings) -> None
     path = Path(path)
     kind = output_kind(path)
     if settings.format not in FORMATS:
-        raise MediaError(f"unknown export format '{settings.format}'; choose one of "
-                         + ", ".join(FORMATS))
-    if kind == "png" and settings.format != "png" or kind != "png" and settings.format == "png":
+        raise MediaError(
+            f"unknown export format '{settings.format}'; choose one of " + ", ".join(FORMATS)
+        )
+    if (kind == "png" and settings.format != "png") or (kind != "png" and settings.format == "png"):
         raise MediaError(
             f"format '{settings.format}' does not match output {path}",
             hint="a PNG sequence is written to a folder (a path without extension)",
         )
     if kind != "png" and settings.format not in _ALLOWED_FORMATS[kind]:
-        raise MediaError(f"{settings.format} cannot be stored in a {path.suffix} file",
-                         hint="ProRes needs a .mov (or .mkv) output")
+        raise MediaError(
+            f"{settings.format} cannot be stored in a {path.suffix} file",
+            hint="ProRes needs a .mov (or .mkv) output",
+        )
     parent = path.absolute().parent
     if not parent.is_dir():
         raise MediaError(f"cannot write {path}: folder {parent} does not exist")
@@ -150,8 +164,9 @@ def _check_replaceable_folder(path: Path) -> None:
 
 def _disk_error(path: Path, exc: OSError) -> MediaError:
     reason = exc.strerror or str(exc)
-    return MediaError(f"cannot write {path}: {reason}",
-                      hint="free some disk space" if exc.errno == 28 else None)
+    return MediaError(
+        f"cannot write {path}: {reason}", hint="free some disk space" if exc.errno == 28 else None
+    )
 
 
 class VideoWriter:
@@ -177,17 +192,22 @@ class VideoWriter:
         self.settings = settings
         self.written = 0
         audio = audio if settings.audio else None
-        if settings.format == "png":
-            self._sink = _PngSink(self.path, timing, audio, first_number)
-        else:
-            self._sink = _EncodedSink(self.path, size, timing, settings, audio)
+        try:
+            if settings.format == "png":
+                self._sink = _PngSink(self.path, timing, audio, first_number)
+            else:
+                self._sink = _EncodedSink(self.path, size, timing, settings, audio)
+        except OSError as exc:  # the folder refuses new files (read-only, full, special)
+            raise _disk_error(self.path, exc) from exc
 
     def write(self, image: np.ndarray) -> None:
         if self.written >= len(self.timing.pts):
             raise MediaError(f"more frames than the {len(self.timing.pts)} planned for {self.path}")
         if image.shape != (self.size[1], self.size[0], 3) or image.dtype != np.uint8:
-            raise ValueError(f"expected a {self.size[0]}x{self.size[1]} RGB uint8 frame, "
-                             f"got {image.shape} {image.dtype}")
+            raise ValueError(
+                f"expected a {self.size[0]}x{self.size[1]} RGB uint8 frame, "
+                f"got {image.shape} {image.dtype}"
+            )
         try:
             self._sink.write(self.written, image)
         except OSError as exc:
@@ -225,14 +245,20 @@ class _EncodedSink:
     def __init__(self, path, size, timing, settings, audio) -> None:
         self.target = path
         self.kind = output_kind(path)
-        handle, name = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.stem}.",
-                                        suffix=".partial" + path.suffix)
+        handle, name = tempfile.mkstemp(
+            dir=path.absolute().parent, prefix=f".{path.stem}.", suffix=".partial" + path.suffix
+        )
         os.close(handle)
         self.temp = Path(name)
         self.timing = timing
         # Each packet's duration, so the last frame lasts as long as in the source.
-        self._durations = dict(zip(timing.pts.tolist(),
-                                   [*np.diff(timing.pts).tolist(), timing.last_duration]))
+        self._durations = dict(
+            zip(
+                timing.pts.tolist(),
+                [*np.diff(timing.pts).tolist(), timing.last_duration],
+                strict=True,
+            )
+        )
         self.container = av.open(str(self.temp), "w", format=self.kind)
         try:
             self.stream = _add_video_stream(self.container, self.kind, size, timing, settings)
@@ -243,8 +269,11 @@ class _EncodedSink:
 
     def write(self, number: int, image: np.ndarray) -> None:
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame = frame.reformat(format=self.stream.codec_context.pix_fmt,
-                               dst_colorspace="itu709", dst_color_range="MPEG")
+        frame = frame.reformat(
+            format=self.stream.codec_context.pix_fmt,
+            dst_colorspace="itu709",
+            dst_color_range="MPEG",
+        )
         frame.pts = int(self.timing.pts[number])
         frame.time_base = self.timing.time_base
         self._mux_video(self.stream.encode(frame))
@@ -269,7 +298,7 @@ class _EncodedSink:
             if self.audio is not None:
                 self.audio.close()
             self.container.close()
-        except Exception:  # noqa: BLE001 - discarding anyway; the original error matters
+        except Exception:
             pass
         self.temp.unlink(missing_ok=True)
 
@@ -277,8 +306,11 @@ class _EncodedSink:
 def _add_video_stream(container, kind, size, timing: FrameTiming, settings: ExportSettings):
     codec, options, pix_fmt = {
         "h264": ("libx264", {"crf": str(settings.crf), "preset": settings.preset}, "yuv420p"),
-        "h265": ("libx265", {"crf": str(settings.crf), "preset": settings.preset,
-                             "x265-params": "log-level=error"}, "yuv420p"),
+        "h265": (
+            "libx265",
+            {"crf": str(settings.crf), "preset": settings.preset, "x265-params": "log-level=error"},
+            "yuv420p",
+        ),
         # Profile 2 is ProRes 422 (standard); 10-bit 4:2:2 is what ProRes stores.
         "prores": ("prores_ks", {"profile": "2"}, "yuv422p10le"),
     }[settings.format]
@@ -367,8 +399,12 @@ class _AudioFeed:
     def _trimmed_frames(self, rate: int) -> Iterator[av.AudioFrame]:
         """Decoded source audio cut to [start, end) with sample accuracy, in encoder frames."""
         context = self.out_stream.codec_context
-        resampler = av.AudioResampler(format=context.format, layout=context.layout, rate=rate,
-                                      frame_size=context.frame_size or 1024)
+        resampler = av.AudioResampler(
+            format=context.format,
+            layout=context.layout,
+            rate=rate,
+            frame_size=context.frame_size or 1024,
+        )
         skip = max(0, round(self.offset * rate))
         keep = None if self.end is None else round((self.end - self.source.start) * rate)
         written = 0
@@ -405,10 +441,14 @@ def _resampled(resampler: av.AudioResampler, frames) -> Iterator[av.AudioFrame]:
 
 def _audio_frame(samples, first, last, context, rate, pts) -> av.AudioFrame:
     planar = context.format.is_planar
-    part = samples[:, first:last] if planar else samples[:, first * context.layout.nb_channels
-                                                          : last * context.layout.nb_channels]
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(part), format=context.format.name,
-                                       layout=context.layout.name)
+    part = (
+        samples[:, first:last]
+        if planar
+        else samples[:, first * context.layout.nb_channels : last * context.layout.nb_channels]
+    )
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(part), format=context.format.name, layout=context.layout.name
+    )
     frame.sample_rate = rate
     frame.pts = pts
     frame.time_base = Fraction(1, rate)
@@ -423,13 +463,15 @@ class _PngSink:
         self.timing = timing
         self.first_number = first_number
         self.audio = audio
-        self.temp = Path(tempfile.mkdtemp(dir=path.absolute().parent,
-                                          prefix=f".{path.name}.", suffix=".partial"))
+        self.temp = Path(
+            tempfile.mkdtemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".partial")
+        )
 
     def write(self, number: int, image: np.ndarray) -> None:
         name = self.temp / f"frame_{self.first_number + number:06d}.png"
-        ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        ok, data = cv2.imencode(
+            ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3]
+        )
         if not ok:
             raise MediaError(f"cannot encode PNG frame {number}")
         name.write_bytes(data.tobytes())

@@ -114,7 +114,7 @@ class StylizationRenderer(StylizerRenderer):
 class PencilSettings(StyleSettings):
     sigma_s: float = param(60.0, 1, 200)
     sigma_r: float = param(0.07, 0.01, 1)
-    shade_factor: float = param(0.02, 0, 0.1)  # brightness of the paper, lower is lighter
+    shade_factor: float = param(0.02, 0.005, 0.1)  # paper brightness: higher is lighter
     color: bool = param(False)  # coloured pencils instead of graphite
     # Gaussian pre-blur in pixels: pencilSketch turns sensor noise into dark scribbles.
     denoise: float = param(1.5, 0, 10)
@@ -223,7 +223,7 @@ class OilSettings(StyleSettings):
     sigma_s: float = param(60.0, 1, 200)  # size of the smoothed "brush" areas, pixels
     sigma_r: float = param(0.4, 0.01, 1)
     detail: float = param(0.15, 0, 1)  # strength of the brush-stroke detail, 0 = none
-    levels: int = param(0, 0, 64)  # optional colour levels per channel, 0 = no quantisation
+    levels: int = param(0, 0, 64)  # optional colour levels per channel, below 2 = none
 
 
 class OilRenderer(StylizerRenderer):

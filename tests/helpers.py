@@ -1,0 +1,84 @@
+"""Synthetic clips whose frames say which frame they are.
+
+Each frame carries its number as a row of black/white blocks (robust to lossy compression), so a
+test can check that the reader returned exactly the frame it asked for.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from zvstudio.media.synth import Tone, write_clip
+
+BITS = 10
+BLOCK = 16
+
+
+def numbered_frame(number: int, width: int = 192, height: int = 112) -> np.ndarray:
+    """A textured frame with `number` encoded in its top row of blocks."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.empty((height, width, 3), np.uint8)
+    image[..., 0] = (x * 3 + number * 5) % 256
+    image[..., 1] = (y * 4 + number * 3) % 256
+    image[..., 2] = ((x + y) * 2) % 256
+    for bit in range(BITS):
+        image[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = 255 if (number >> bit) & 1 else 0
+    return image
+
+
+def frame_number(image: np.ndarray) -> int:
+    """Read back the number drawn by `numbered_frame` (image upright, any scale)."""
+    scale = image.shape[1] / 192
+    number = 0
+    for bit in range(BITS):
+        x0, x1 = int((bit * BLOCK + 4) * scale), int(((bit + 1) * BLOCK - 4) * scale)
+        block = image[int(4 * scale) : int((BLOCK - 4) * scale), x0:x1]
+        if block.mean() > 128:
+            number |= 1 << bit
+    return number
+
+
+def make_clip(
+    path: Path,
+    count: int = 48,
+    fps: int = 25,
+    *,
+    vfr: bool = False,
+    rotation: int = 0,
+    audio: bool = False,
+    bframes: int = 3,
+    gop: int = 12,
+    width: int = 192,
+    height: int = 112,
+) -> tuple[Path, np.ndarray, Fraction]:
+    """Write a numbered H.264 clip; returns (path, presentation times in seconds, time base)."""
+    time_base = Fraction(1, 90000)
+    if vfr:
+        rng = np.random.default_rng(1)
+        gaps = rng.choice([1500, 3000, 3600, 6000], size=count - 1)  # 60, 30, 25, 15 fps
+        pts = np.concatenate([[0], np.cumsum(gaps)]).astype(np.int64)
+    else:
+        pts = np.round(np.arange(count) * 90000 / fps).astype(np.int64)
+    frames = (numbered_frame(n, width, height) for n in range(count))
+    if rotation:
+        # Store the pixels turned the other way so that applying the rotation makes them upright.
+        frames = (np.ascontiguousarray(np.rot90(f, k=-rotation // 90)) for f in frames)
+    write_clip(
+        path,
+        frames,
+        fps=fps,
+        pts=pts,
+        time_base=time_base,
+        rotation=rotation,
+        tone=Tone() if audio else None,
+        options={
+            "bf": str(bframes),
+            "g": str(gop),
+            "preset": "ultrafast" if not bframes else "veryfast",
+            "crf": "12",
+        },
+    )
+    return path, pts / 90000.0, time_base

@@ -1,0 +1,224 @@
+"""The `zvstudio` command line end to end: real subprocesses where the exit path matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import frame_number, make_clip
+
+from zvstudio import __version__
+from zvstudio.cli import main
+from zvstudio.media import VideoReader, probe
+from zvstudio.project import ClipRef, FrameRange, Project, save_project
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed console script as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "zvstudio", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("zvstudio: error:")
+    assert message in result.stderr
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"zvstudio {__version__}"
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "render" in capsys.readouterr().out
+
+
+def test_probe_human_and_json(tmp_path, capsys):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=20, rotation=90, audio=True)
+    assert main(["probe", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "20 at 25.000 fps" in text and "rotated 90" in text and "aac" in text
+    assert main(["probe", "--json", str(path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["frame_count"] == 20
+    assert data["rotation"] == 90
+    assert (data["display_width"], data["display_height"]) == (192, 112)
+    assert data["is_vfr"] is False
+    assert data["audio"][0]["codec"] == "aac"
+
+
+def test_demo_render_end_to_end(tmp_path):
+    result = run_cli("render", "--demo", "-o", "demo.mp4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = probe(tmp_path / "demo.mp4")
+    assert info.frame_count == 72
+    assert info.duration == pytest.approx(3.0)
+    assert float(info.fps) == 24
+    assert info.has_audio and info.audio[0].duration == pytest.approx(3.0, abs=0.03)
+    assert (info.width, info.height) == (640, 360)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.mp4"]
+
+
+def test_render_a_video_range_to_prores(tmp_path, capsys):
+    path, times, _ = make_clip(tmp_path / "c.mp4", count=30, vfr=True, audio=True)
+    out = tmp_path / "out.mov"
+    code = main(
+        [
+            "render",
+            str(path),
+            "--style",
+            "posterize",
+            "--from",
+            "5",
+            "--to",
+            "24",
+            "--format",
+            "prores",
+            "-q",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert "wrote" in capsys.readouterr().out
+    info = probe(out)
+    assert info.codec == "prores" and info.frame_count == 20 and info.has_audio
+    assert [info.index.seconds(n) for n in range(20)] == pytest.approx(times[5:25] - times[5])
+
+
+def test_render_to_png_folder(tmp_path):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=6)
+    assert (
+        main(["render", str(path), "--style", "pencil", "-q", "-o", str(tmp_path / "frames")]) == 0
+    )
+    assert len(list((tmp_path / "frames").glob("frame_*.png"))) == 6
+
+
+def test_render_a_project(tmp_path):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=20)
+    project = Project(clip=ClipRef.from_file(path), frame_range=FrameRange(3, 8))
+    save_project(project, tmp_path / "p.zvs")
+    assert main(["render", str(tmp_path / "p.zvs"), "-q", "-o", str(tmp_path / "o.mp4")]) == 0
+    with VideoReader(tmp_path / "o.mp4") as reader:
+        assert len(reader) == 6
+        # posterize keeps the block code readable: frame 3 of the clip is the first output.
+    assert (
+        main(
+            [
+                "render",
+                str(tmp_path / "p.zvs"),
+                "--style",
+                "posterize",
+                "-q",
+                "-o",
+                str(tmp_path / "o2.mp4"),
+            ]
+        )
+        == 0
+    )
+    with VideoReader(tmp_path / "o2.mp4") as reader:
+        assert frame_number(reader.frame(0)) == 3
+
+
+# -- bad input: one clear message, non-zero exit, nothing lost ---------------------------------
+def test_missing_input(tmp_path):
+    assert_clean_failure(
+        run_cli("render", tmp_path / "nope.mp4", "-o", tmp_path / "o.mp4"), "file not found"
+    )
+    assert_clean_failure(run_cli("probe", tmp_path / "nope.mp4"), "file not found")
+
+
+def test_non_video_and_truncated_input(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("hello\n" * 500)
+    assert_clean_failure(run_cli("probe", text), "not a video file")
+    clip, _, _ = make_clip(tmp_path / "c.mp4", count=30)
+    clip.write_bytes(clip.read_bytes()[:3000])
+    assert_clean_failure(run_cli("render", clip, "-o", tmp_path / "o.mp4"), "cannot read")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_unwritable_output_keeps_existing_files(tmp_path):
+    clip, _, _ = make_clip(tmp_path / "c.mp4", count=5)
+    assert_clean_failure(
+        run_cli("render", clip, "-o", tmp_path / "no" / "such" / "o.mp4"), "does not exist"
+    )
+    if sys.platform.startswith("linux") and Path("/proc/self").exists():
+        # /proc refuses new files even for root, so this is a real unwritable folder.
+        assert_clean_failure(
+            run_cli("render", clip, "-o", "/proc/zvstudio-test.mp4"), "cannot write"
+        )
+    folder = tmp_path / "precious"
+    folder.mkdir()
+    (folder / "a.txt").write_text("keep me")
+    assert_clean_failure(run_cli("render", clip, "-o", folder), "not empty")
+    assert (folder / "a.txt").read_text() == "keep me"
+
+
+def test_bad_options_are_clear(tmp_path):
+    clip, _, _ = make_clip(tmp_path / "c.mp4", count=5)
+    assert_clean_failure(
+        run_cli("render", clip, "--style", "vangogh", "-o", tmp_path / "o.mp4"), "vangogh"
+    )
+    assert_clean_failure(
+        run_cli("render", clip, "--from", "3", "--to", "99", "-o", tmp_path / "o.mp4"),
+        "outside the clip",
+    )
+    assert_clean_failure(
+        run_cli("render", clip, "--format", "prores", "-o", tmp_path / "o.mp4"),
+        "ProRes needs a .mov",
+    )
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{broken", "broken JSON at line 1"),
+        ('{"format": "zvstudio-project", "schema_version": 99}', "newer zvstudio"),
+    ],
+)
+def test_broken_project_files(tmp_path, content, message):
+    project = tmp_path / "p.zvs"
+    project.write_text(content)
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"old render")
+    assert_clean_failure(run_cli("render", project, "-o", out), message)
+    assert out.read_bytes() == b"old render"
+    assert project.read_text() == content
+
+
+def test_ctrl_c_cancels_cleanly_and_keeps_the_old_output(tmp_path):
+    clip, _, _ = make_clip(tmp_path / "long.mp4", count=400, width=1280, height=720, bframes=0)
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"old render")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zvstudio", "render", str(clip), "--style", "oil", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    time.sleep(4.0)
+    assert process.poll() is None, "the render finished before it could be cancelled"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "cancelled" in stderr and "Traceback" not in stderr
+    assert out.read_bytes() == b"old render"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4", "o.mp4"]

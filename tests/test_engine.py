@@ -1,0 +1,112 @@
+"""The render path: request in, streamed frames out, progress reported, cancel honoured."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from helpers import frame_number, make_clip
+
+from zvstudio.engine.render import render
+from zvstudio.engine.request import KeyRendererSpec, RenderRequest, request_from_project
+from zvstudio.errors import RenderCancelled, ZvsError
+from zvstudio.keyrender import KeyContext
+from zvstudio.media import ExportSettings, VideoReader
+from zvstudio.progress import CancelToken
+from zvstudio.project import ClipRef, FrameRange, KeyFrame, Project, RenderSettings
+from zvstudio.stylize import create_stylizer
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path, _, _ = make_clip(tmp_path_factory.mktemp("src") / "c.mp4", count=16, audio=True)
+    return path
+
+
+def test_every_frame_is_rendered_by_the_key_renderer(clip, tmp_path):
+    events = []
+    # A PNG sequence is lossless, so the output must equal the renderer's result exactly.
+    request = RenderRequest(
+        clip,
+        tmp_path / "frames",
+        KeyRendererSpec(style="posterize", params=(("smooth", False),)),
+        ExportSettings("png"),
+    )
+    result = render(request, progress=events.append)
+    assert result.frames == 16
+    renderer = create_stylizer("posterize", smooth=False)
+    with VideoReader(clip) as source:
+        for number in (0, 7, 15):
+            expected = renderer.render(source.frame(number), KeyContext(number))
+            saved = cv2.imread(str(result.output / f"frame_{number:06d}.png"))
+            assert np.array_equal(cv2.cvtColor(saved, cv2.COLOR_BGR2RGB), expected)
+            assert frame_number(expected) == number
+    render_events = [e for e in events if e.stage == "render"]
+    assert [e.done for e in render_events] == list(range(17))
+    assert all(e.total == 16 for e in render_events)
+    assert (result.output / "audio.wav").exists()
+
+
+def test_cancel_stops_and_writes_nothing(clip, tmp_path):
+    cancel = CancelToken()
+    target = tmp_path / "o.mp4"
+    target.write_bytes(b"earlier")
+
+    def cancel_after_three(event):
+        if event.done == 3:
+            cancel.cancel()
+
+    request = RenderRequest(clip, target, KeyRendererSpec(style="posterize"))
+    with pytest.raises(RenderCancelled):
+        render(request, progress=cancel_after_three, cancel=cancel)
+    assert target.read_bytes() == b"earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4"]
+
+
+def test_painted_keys_render_through_the_same_path(clip, tmp_path):
+    painted = tmp_path / "key.png"
+    cv2.imwrite(str(painted), np.full((112, 192, 3), (0, 0, 255), np.uint8))  # red in BGR
+    request = RenderRequest(
+        clip,
+        tmp_path / "o.mp4",
+        KeyRendererSpec(kind="painted", painted=((2, str(painted)),)),
+        first=2,
+        last=2,
+    )
+    render(request)
+    with VideoReader(tmp_path / "o.mp4") as output:
+        red = output.frame(0)[..., 0].mean()
+    assert red > 240
+
+
+def test_invalid_requests_fail_before_any_work(clip, tmp_path):
+    with pytest.raises(ZvsError, match="outside the clip"):
+        render(RenderRequest(clip, tmp_path / "o.mp4", first=10, last=40))
+    with pytest.raises(ZvsError, match="unknown key renderer"):
+        render(RenderRequest(clip, tmp_path / "o.mp4", KeyRendererSpec(kind="magic")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_request_from_project(clip, tmp_path):
+    project = Project(
+        clip=ClipRef.from_file(clip),
+        frame_range=FrameRange(2, 9),
+        keyframes=[KeyFrame(4, painted_image=str(tmp_path / "k.png"))],
+        settings=RenderSettings(style="pencil"),
+    )
+    request = request_from_project(project, tmp_path / "o.mov")
+    assert (request.first, request.last) == (2, 9)
+    assert request.renderer == KeyRendererSpec(kind="stylize", style="pencil")
+    assert request.export.format == "h264"
+    painted = request_from_project(
+        Project(
+            clip=project.clip,
+            keyframes=project.keyframes,
+            settings=RenderSettings(renderer="painted"),
+        ),
+        tmp_path / "frames",
+    )
+    assert painted.renderer.painted == ((4, str(tmp_path / "k.png")),)
+    assert painted.export.format == "png"
+    with pytest.raises(ZvsError, match="no clip"):
+        request_from_project(Project(), tmp_path / "o.mp4")

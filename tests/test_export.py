@@ -1,0 +1,271 @@
+"""Export round trips: frame count, timestamps, content and audio survive every format."""
+
+from __future__ import annotations
+
+import errno
+import json
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from helpers import frame_number, make_clip
+
+from zvstudio.errors import MediaError
+from zvstudio.media import (
+    AudioSource,
+    ExportSettings,
+    FrameTiming,
+    VideoReader,
+    VideoWriter,
+    probe,
+)
+from zvstudio.media.synth import Tone, write_clip
+
+AUDIO_FRAME_SECONDS = 1024 / 48000
+
+
+def audio_seconds(path) -> float:
+    """Decoded audio duration: samples actually played, priming and padding removed."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return samples / stream.rate
+
+
+def export(source, target, settings=None, first=0, stop=None, transform=None):
+    """Export frames first..stop-1 of `source` like the render path does."""
+    settings = settings or ExportSettings()
+    info = probe(source)
+    stop = info.frame_count if stop is None else stop
+    timing = FrameTiming.from_index(info.index, first, stop)
+    audio = None
+    if info.has_audio:
+        audio = AudioSource(
+            str(source),
+            start=info.index.seconds(first) + float(info.index.pts[0] * info.index.time_base),
+            duration=timing.duration,
+            whole_clip=(first == 0 and stop == info.frame_count),
+        )
+    with (
+        VideoReader(source, info=info) as reader,
+        VideoWriter(target, reader.size, timing, settings, audio, first_number=first) as writer,
+    ):
+        for _, image in reader.frames(first, stop):
+            writer.write(transform(image) if transform else image)
+    return timing
+
+
+@pytest.fixture(scope="module")
+def vfr_clip(tmp_path_factory):
+    path, times, _ = make_clip(
+        tmp_path_factory.mktemp("src") / "vfr.mp4", count=40, vfr=True, audio=True
+    )
+    return path, times
+
+
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("out.mp4", ExportSettings("h264")),
+        ("out.mp4", ExportSettings("h265", crf=20)),
+        ("out.mov", ExportSettings("prores")),
+        ("out.mkv", ExportSettings("h264")),
+    ],
+    ids=["h264-mp4", "h265-mp4", "prores-mov", "h264-mkv"],
+)
+def test_video_export_keeps_frames_timing_and_audio(vfr_clip, tmp_path, name, settings):
+    source, times = vfr_clip
+    target = tmp_path / name
+    export(source, target, settings)
+    out = probe(target)
+    assert out.frame_count == len(times)
+    assert out.is_vfr
+    # Matroska stores milliseconds; MP4 and MOV keep the source's exact ticks.
+    tolerance = 5e-4 if name.endswith(".mkv") else 1e-6
+    assert np.allclose(
+        [out.index.seconds(n) for n in range(out.frame_count)], times, atol=tolerance
+    )
+    assert out.duration == pytest.approx(probe(source).duration, abs=2 * tolerance)
+    assert out.has_audio
+    assert audio_seconds(target) == pytest.approx(audio_seconds(source), abs=AUDIO_FRAME_SECONDS)
+    with VideoReader(target) as reader:
+        assert [frame_number(image) for _, image in reader.frames()] == list(range(len(times)))
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_whole_clip_export_copies_the_audio_packets(vfr_clip, tmp_path):
+    source, _ = vfr_clip
+    target = tmp_path / "copy.mp4"
+    export(source, target)
+
+    def packets(path):
+        with av.open(str(path)) as container:
+            return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+
+    assert packets(target) == packets(source)
+
+
+def test_range_export_cuts_video_and_audio_together(vfr_clip, tmp_path):
+    source, times = vfr_clip
+    target = tmp_path / "range.mp4"
+    timing = export(source, target, first=10, stop=30)
+    out = probe(target)
+    assert out.frame_count == 20
+    expected = times[10:30] - times[10]
+    assert np.allclose([out.index.seconds(n) for n in range(20)], expected, atol=1e-4)
+    assert audio_seconds(target) == pytest.approx(timing.duration, abs=AUDIO_FRAME_SECONDS)
+    with VideoReader(target) as reader:
+        assert frame_number(reader.frame(0)) == 10 and frame_number(reader.frame(19)) == 29
+
+
+def test_png_sequence_export_has_frames_timing_and_audio(vfr_clip, tmp_path):
+    source, times = vfr_clip
+    target = tmp_path / "frames"
+    timing = export(source, target, ExportSettings("png"), first=5, stop=25)
+    names = sorted(p.name for p in target.glob("frame_*.png"))
+    assert names == [f"frame_{n:06d}.png" for n in range(5, 25)]
+    recorded = json.loads((target / "timing.json").read_text())
+    tick = Fraction(recorded["time_base"])
+    assert np.allclose(
+        [float(p * tick) for p in recorded["pts"]], times[5:25] - times[5], atol=1e-6
+    )
+    assert audio_seconds(target / "audio.wav") == pytest.approx(timing.duration, abs=1e-3)
+    import cv2
+
+    image = cv2.cvtColor(cv2.imread(str(target / "frame_000017.png")), cv2.COLOR_BGR2RGB)
+    assert frame_number(image) == 17
+
+
+def test_png_export_is_lossless(tmp_path):
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=5)
+    target = tmp_path / "frames"
+    export(source, target, ExportSettings("png"))
+    import cv2
+
+    with VideoReader(source) as reader:
+        exact = reader.frame(2)
+    saved = cv2.cvtColor(cv2.imread(str(target / "frame_000002.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(saved, exact)
+
+
+def test_export_without_audio_when_asked(vfr_clip, tmp_path):
+    source, _ = vfr_clip
+    target = tmp_path / "silent.mp4"
+    export(source, target, ExportSettings(audio=False))
+    assert not probe(target).has_audio
+
+
+def test_source_without_audio_exports_video_only(tmp_path):
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=8)
+    export(source, tmp_path / "out.mov", ExportSettings("prores"))
+    out = probe(tmp_path / "out.mov")
+    assert out.frame_count == 8 and not out.has_audio and out.codec == "prores"
+
+
+def test_audio_the_container_cannot_hold_is_reencoded_to_aac(tmp_path):
+    source = tmp_path / "pcm.mov"
+    frames = (np.full((64, 96, 3), n * 10, np.uint8) for n in range(25))
+    write_clip(
+        source, frames, fps=25, tone=Tone(codec="pcm_s16le"), options={"preset": "ultrafast"}
+    )
+    assert probe(source).audio[0].codec == "pcm_s16le"
+    target = tmp_path / "out.mp4"
+    export(source, target)
+    assert probe(target).audio[0].codec == "aac"
+    assert audio_seconds(target) == pytest.approx(1.0, abs=AUDIO_FRAME_SECONDS)
+
+
+def test_exported_colours_stay_close_to_the_source(tmp_path):
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=4)
+    target = tmp_path / "out.mp4"
+    export(source, target, ExportSettings(crf=10))
+    with VideoReader(source) as a, VideoReader(target) as b:
+        difference = np.abs(a.frame(2).astype(int) - b.frame(2)).mean()
+    assert difference < 3.0  # a colour-matrix mismatch would shift colours by far more
+
+
+# -- failures lose nothing -----------------------------------------------------------------------
+def test_failure_mid_export_leaves_the_existing_file_untouched(tmp_path):
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=12)
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"the artist's previous export")
+
+    def explode_on_frame_five(image, seen=[]):  # noqa: B006 - a counter across calls
+        seen.append(1)
+        if len(seen) == 5:
+            raise RuntimeError("render failed")
+        return image
+
+    with pytest.raises(RuntimeError):
+        export(source, target, transform=explode_on_frame_five)
+    assert target.read_bytes() == b"the artist's previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "out.mp4"]
+
+
+def test_disk_full_is_reported_and_cleaned_up(tmp_path, monkeypatch):
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=12)
+    target = tmp_path / "out.mp4"
+    target.write_bytes(b"previous")
+    real_mux = av.container.OutputContainer.mux
+    calls = []
+
+    def full_disk(self, packets):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mux(self, packets)
+
+    monkeypatch.setattr(av.container.OutputContainer, "mux", full_disk)
+    with pytest.raises(MediaError, match="No space left") as caught:
+        export(source, target)
+    assert "disk space" in str(caught.value)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "out.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "message"),
+    [
+        ("missing/out.mp4", ExportSettings(), "does not exist"),
+        ("out.mp4", ExportSettings("prores"), "ProRes needs a .mov"),
+        ("out.avi", ExportSettings(), "unknown output type"),
+        ("out.mp4", ExportSettings("png"), "does not match"),
+        ("frames", ExportSettings("h264"), "does not match"),
+        ("out.mp4", ExportSettings("vp9"), "unknown export format"),
+    ],
+)
+def test_impossible_outputs_fail_before_writing(tmp_path, name, settings, message):
+    timing = FrameTiming.constant(Fraction(25), 3)
+    with pytest.raises(MediaError, match=message):
+        VideoWriter(tmp_path / name, (64, 32), timing, settings)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_png_export_refuses_a_folder_of_other_files(tmp_path):
+    folder = tmp_path / "holiday"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes(b"precious")
+    with pytest.raises(MediaError, match="not empty"):
+        VideoWriter(folder, (64, 32), FrameTiming.constant(Fraction(25), 3), ExportSettings("png"))
+    assert (folder / "photo.png").read_bytes() == b"precious"
+
+
+def test_png_export_replaces_its_own_earlier_export(tmp_path):
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=6)
+    target = tmp_path / "frames"
+    export(source, target, ExportSettings("png"))
+    export(source, target, ExportSettings("png"), first=2, stop=4)
+    assert sorted(p.name for p in target.glob("*.png")) == ["frame_000002.png", "frame_000003.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "frames"]
+
+
+def test_writer_rejects_wrong_frame_shape_and_extra_frames(tmp_path):
+    timing = FrameTiming.constant(Fraction(25), 1)
+    with VideoWriter(tmp_path / "o.mp4", (64, 32), timing) as writer:
+        with pytest.raises(ValueError, match="64x32"):
+            writer.write(np.zeros((64, 64, 3), np.uint8))
+        writer.write(np.zeros((32, 64, 3), np.uint8))
+        with pytest.raises(MediaError, match="more frames"):
+            writer.write(np.zeros((32, 64, 3), np.uint8))
+    assert probe(tmp_path / "o.mp4").frame_count == 1

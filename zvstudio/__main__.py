@@ -1,0 +1,5 @@
+import sys
+
+from zvstudio.cli import main
+
+sys.exit(main())
