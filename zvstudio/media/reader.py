@@ -180,8 +180,10 @@ class VideoReader:
     def _open(self) -> av.container.InputContainer:
         if self._container is None:
             self._container = open_input(self.path)
-            # Slice threads add no latency to a single frame; frame threads would.
-            self._container.streams.video[0].thread_type = "SLICE"
+            # Reaching a frame means decoding its GOP from the keyframe, which frame threads
+            # speed up more than their extra latency costs (measured: 113 vs 159 ms per
+            # random 960x720 frame with slice threads on 2 cores).
+            self._container.streams.video[0].thread_type = "AUTO"
         return self._container
 
     # -- sequential access -------------------------------------------------------------------
