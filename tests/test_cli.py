@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import frame_number, make_clip
 
@@ -72,6 +73,15 @@ def test_demo_render_end_to_end(tmp_path):
     assert info.has_audio and info.audio[0].duration == pytest.approx(3.0, abs=0.03)
     assert (info.width, info.height) == (640, 360)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.mp4"]
+    # It plays: every video frame and the whole tone decode without error.
+    import av
+
+    with av.open(str(tmp_path / "demo.mp4")) as container:
+        video = sum(1 for _ in container.decode(video=0))
+    with av.open(str(tmp_path / "demo.mp4")) as container:
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+    assert video == 72
+    assert samples / 48000 == pytest.approx(3.0, abs=1024 / 48000)
 
 
 def test_render_a_video_range_to_prores(tmp_path, capsys):
@@ -99,6 +109,46 @@ def test_render_a_video_range_to_prores(tmp_path, capsys):
     info = probe(out)
     assert info.codec == "prores" and info.frame_count == 20 and info.has_audio
     assert [info.index.seconds(n) for n in range(20)] == pytest.approx(times[5:25] - times[5])
+
+
+def test_style_parameters_change_the_result(tmp_path):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=2)
+    for levels in (2, 6):
+        assert (
+            main(
+                [
+                    "render",
+                    str(path),
+                    "--style",
+                    "posterize",
+                    "--param",
+                    f"levels={levels}",
+                    "--param",
+                    "smooth=false",
+                    "-q",
+                    "-o",
+                    str(tmp_path / f"p{levels}"),
+                ]
+            )
+            == 0
+        )
+    import cv2
+
+    two = cv2.imread(str(tmp_path / "p2" / "frame_000001.png"))
+    six = cv2.imread(str(tmp_path / "p6" / "frame_000001.png"))
+    assert len(np.unique(two)) == 2 and len(np.unique(six)) == 6
+    assert_clean_failure(
+        run_cli(
+            "render", path, "--style", "posterize", "--param", "levels", "-o", tmp_path / "x.mp4"
+        ),
+        "NAME=VALUE",
+    )
+    assert_clean_failure(
+        run_cli(
+            "render", path, "--style", "posterize", "--param", "hue=3", "-o", tmp_path / "x.mp4"
+        ),
+        "hue",
+    )
 
 
 def test_render_to_png_folder(tmp_path):

@@ -128,6 +128,13 @@ def _add_render(commands) -> None:
         help="output .mp4/.mov/.mkv file, or a folder for PNG frames",
     )
     render_parser.add_argument("--style", help="weightless style (see `zvstudio styles`)")
+    render_parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a style parameter, e.g. --param colors=6 (repeatable)",
+    )
     render_parser.add_argument("--from", dest="first", type=int, help="first frame (0-based)")
     render_parser.add_argument("--to", dest="last", type=int, help="last frame (inclusive)")
     render_parser.add_argument(
@@ -197,9 +204,24 @@ def _with_overrides(request, args):
     renderer = request.renderer
     if args.style is not None:
         renderer = replace(renderer, kind="stylize", style=args.style)
+    if args.param:
+        renderer = replace(renderer, params=renderer.params + _style_params(args.param))
     first = request.first if args.first is None else args.first
     last = request.last if args.last is None else args.last
     return replace(request, export=export, renderer=renderer, first=first, last=last)
+
+
+def _style_params(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """NAME=VALUE strings as pairs; the style converts each value to its parameter's type."""
+    from zvstudio.errors import ZvsError
+
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ZvsError(f"--param {item!r} is not NAME=VALUE", hint="e.g. --param colors=6")
+        pairs.append((name.strip(), value.strip()))
+    return tuple(pairs)
 
 
 class _cancel_on_ctrl_c:
