@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
+import pytest
 
 import zvstudio
 
@@ -55,6 +55,7 @@ def test_engine_and_algorithms_import_without_loading_qt():
 
 def test_every_subpackage_is_installed():
     """pyproject lists packages explicitly (resources/ is mapped in), so none may be missed."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     found = {".".join(p.relative_to(ROOT).parent.parts) for p in PACKAGE.rglob("__init__.py")}

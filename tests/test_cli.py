@@ -185,6 +185,17 @@ def test_render_a_project(tmp_path):
         assert frame_number(reader.frame(0)) == 3
 
 
+def test_bench_decode_prints_json(tmp_path, capsys):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=30)
+    assert main(["bench", "decode", str(path), "--samples", "4", "--no-1080p"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (clip,) = report["clips"]
+    assert clip["frames"] == 30 and clip["size"] == [192, 112]
+    assert clip["sequential_decode_fps"] > 0
+    for key in ("random_exact_full_res", "random_preview_from_proxy"):
+        assert 0 < clip[key]["median_ms"] <= clip[key]["max_ms"]
+
+
 # -- bad input: one clear message, non-zero exit, nothing lost ---------------------------------
 def test_missing_input(tmp_path):
     assert_clean_failure(
