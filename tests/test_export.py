@@ -269,3 +269,14 @@ def test_writer_rejects_wrong_frame_shape_and_extra_frames(tmp_path):
         with pytest.raises(MediaError, match="more frames"):
             writer.write(np.zeros((32, 64, 3), np.uint8))
     assert probe(tmp_path / "o.mp4").frame_count == 1
+
+
+def test_exports_get_the_users_normal_permissions(tmp_path):
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=3)
+    reference = tmp_path / "reference.txt"
+    reference.write_text("made with the user's umask")
+    export(source, tmp_path / "out.mp4")
+    export(source, tmp_path / "frames", ExportSettings("png"))
+    assert (tmp_path / "out.mp4").stat().st_mode == reference.stat().st_mode
+    (tmp_path / "reference").mkdir()
+    assert (tmp_path / "frames").stat().st_mode == (tmp_path / "reference").stat().st_mode

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -162,6 +162,19 @@ def _check_replaceable_folder(path: Path) -> None:
         )
 
 
+def partial_sibling(path: Path) -> Path:
+    """A fresh hidden name beside `path` for writing it before it is complete.
+
+    Unlike `tempfile`, which creates files readable only by their owner, files made under
+    this name get the user's normal permissions once moved into place.
+    """
+    while True:
+        name = f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}"
+        candidate = path.absolute().parent / name
+        if not candidate.exists():
+            return candidate
+
+
 def _disk_error(path: Path, exc: OSError) -> MediaError:
     reason = exc.strerror or str(exc)
     return MediaError(
@@ -245,11 +258,7 @@ class _EncodedSink:
     def __init__(self, path, size, timing, settings, audio) -> None:
         self.target = path
         self.kind = output_kind(path)
-        handle, name = tempfile.mkstemp(
-            dir=path.absolute().parent, prefix=f".{path.stem}.", suffix=".partial" + path.suffix
-        )
-        os.close(handle)
-        self.temp = Path(name)
+        self.temp = partial_sibling(path)
         self.timing = timing
         # Each packet's duration, so the last frame lasts as long as in the source.
         self._durations = dict(
@@ -463,9 +472,8 @@ class _PngSink:
         self.timing = timing
         self.first_number = first_number
         self.audio = audio
-        self.temp = Path(
-            tempfile.mkdtemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".partial")
-        )
+        self.temp = partial_sibling(path)
+        self.temp.mkdir()
 
     def write(self, number: int, image: np.ndarray) -> None:
         name = self.temp / f"frame_{self.first_number + number:06d}.png"
