@@ -67,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_probe(commands)
     _add_render(commands)
+    _add_propagate(commands)
     _add_styles(commands)
     _add_bench(commands)
     return parser
@@ -288,6 +289,106 @@ class ProgressBar:
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}:{secs:02d}"
+
+
+# -- propagate --------------------------------------------------------------------------------
+def _add_propagate(commands) -> None:
+    from zvstudio.flow import DIS_PRESETS
+    from zvstudio.media import FORMATS
+    from zvstudio.propagate.segment import BLEND_MODES
+
+    parser = commands.add_parser(
+        "propagate", help="carry rendered or hand-painted key frames to every frame of a clip"
+    )
+    parser.add_argument("video", type=Path)
+    parser.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        metavar="N=IMAGE",
+        help="frame N (0-based) looks like IMAGE (repeat for more keys)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output .mp4/.mov/.mkv (audio kept), or a folder for PNG frames",
+    )
+    parser.add_argument(
+        "--blend",
+        choices=BLEND_MODES,
+        default="soft",
+        help="soft: error-weighted (default); histogram: EbSynth/Rerender's",
+    )
+    parser.add_argument(
+        "--no-reanchor", action="store_true", help="follow chained frame-to-frame flow only"
+    )
+    parser.add_argument(
+        "--flow-preset",
+        choices=tuple(DIS_PRESETS),
+        default="fine",
+        help="optical-flow quality (default fine)",
+    )
+    parser.add_argument(
+        "--error-window",
+        type=int,
+        default=7,
+        help="window (pixels) over which guide errors are measured",
+    )
+    parser.add_argument("--format", choices=FORMATS, help="codec (default: h264, png for a folder)")
+    parser.add_argument("--crf", type=int, default=18, help="H.264/H.265 quality (default 18)")
+    parser.add_argument("--no-audio", action="store_true", help="leave the audio out")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(command="propagate", run=_run_propagate)
+
+
+def _run_propagate(args) -> int:
+    from zvstudio.engine.propagation import PropagateRequest, propagate_video
+    from zvstudio.media import ExportSettings, output_kind
+    from zvstudio.propagate.segment import PropagationSettings
+
+    if args.error_window < 1 or args.error_window % 2 == 0:
+        from zvstudio.errors import ZvsError
+
+        raise ZvsError(f"--error-window must be an odd number >= 1, got {args.error_window}")
+    fmt = args.format or ("png" if output_kind(args.output) == "png" else "h264")
+    request = PropagateRequest(
+        source=args.video,
+        keys=_parse_keys(args.key),
+        output=args.output,
+        settings=PropagationSettings(
+            reanchor=not args.no_reanchor, blend=args.blend, error_window=args.error_window
+        ),
+        export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio),
+        flow_preset=args.flow_preset,
+    )
+    bar = ProgressBar(enabled=not args.quiet)
+    cancel = CancelToken()
+    with _cancel_on_ctrl_c(cancel):
+        result = propagate_video(
+            request,
+            progress=bar,
+            cancel=cancel,
+            warn=lambda text: print(f"zvstudio: warning: {text}", file=sys.stderr),
+        )
+    bar.finish()
+    print(f"wrote {result.output} ({result.frames} frames in {result.seconds:.1f} s)")
+    return 0
+
+
+def _parse_keys(items: list[str]) -> dict[int, Path]:
+    from zvstudio.errors import ZvsError
+
+    keys: dict[int, Path] = {}
+    for item in items:
+        number, sep, image = item.partition("=")
+        if not sep or not number.strip().lstrip("-").isdigit() or not image:
+            raise ZvsError(f"--key {item!r} is not N=IMAGE", hint="e.g. --key 0=key0.png")
+        if int(number) in keys:
+            raise ZvsError(f"frame {int(number)} is given twice with --key")
+        keys[int(number)] = Path(image)
+    return keys
 
 
 # -- styles -----------------------------------------------------------------------------------

@@ -144,8 +144,7 @@ def check_output(path: str | os.PathLike[str], settings: ExportSettings) -> None
     parent = path.absolute().parent
     if not parent.is_dir():
         raise MediaError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise MediaError(f"cannot write {path}: no permission to write in {parent}")
+    _probe_writable(path)
     if path.is_dir() and kind != "png":
         raise MediaError(f"cannot write {path}: a folder of that name exists")
     if kind == "png" and path.exists():
@@ -160,6 +159,21 @@ def _check_replaceable_folder(path: Path) -> None:
             f"folder {path} is not empty and is not an earlier zvstudio export",
             hint="choose an empty or new folder so that nothing of yours is overwritten",
         )
+
+
+def _probe_writable(path: Path) -> None:
+    """Create and remove a file beside `path`: permissions alone do not tell (root ignores
+    them; read-only and special file systems refuse anyway)."""
+    probe_file = partial_sibling(path)
+    try:
+        with open(probe_file, "xb"):
+            pass
+        probe_file.unlink()
+    except OSError as exc:
+        raise MediaError(
+            f"cannot write {path}: {exc.strerror or exc} in {path.absolute().parent}",
+            hint="choose a folder you can write to",
+        ) from exc
 
 
 def partial_sibling(path: Path) -> Path:

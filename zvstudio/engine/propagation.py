@@ -1,0 +1,72 @@
+"""`zvstudio propagate`: carry a few rendered or hand-painted keys to a whole clip.
+
+This is the workflow of artists who paint keys by hand, and the second half of every
+diffusion render: read the clip, load the keys, propagate, export with the audio.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zvstudio.engine.render import RenderResult
+from zvstudio.flow import DISFlow, FlowCache
+from zvstudio.hashing import file_hash
+from zvstudio.media import (
+    AudioSource,
+    ExportSettings,
+    FrameTiming,
+    VideoReader,
+    VideoWriter,
+    check_output,
+    probe,
+)
+from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
+from zvstudio.propagate.clip import check_keys, load_key_image, propagate_clip
+from zvstudio.propagate.segment import PropagationSettings
+
+
+@dataclass(frozen=True)
+class PropagateRequest:
+    """Propagate the images `keys` (frame number -> image file) over `source`."""
+
+    source: Path
+    keys: Mapping[int, Path]
+    output: Path
+    settings: PropagationSettings = field(default_factory=PropagationSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    flow_preset: str = "fine"
+
+
+def propagate_video(
+    request: PropagateRequest,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> RenderResult:
+    """Run `request`; the output appears only when complete (see `VideoWriter`)."""
+    started = time.monotonic()
+    check_output(request.output, request.export)
+    info = probe(request.source)
+    last = info.frame_count - 1
+    check_keys(request.keys, 0, last)
+    size = (info.display_width, info.display_height)
+    keys = {}
+    for number, path in sorted(request.keys.items()):
+        keys[number], warning = load_key_image(path, size)
+        if warning:
+            warn(warning)
+    flows = FlowCache(DISFlow(request.flow_preset), file_hash(request.source))
+    timing = FrameTiming.from_index(info.index)
+    audio = AudioSource(str(request.source)) if info.has_audio else None
+    with (
+        VideoReader(request.source, info=info) as reader,
+        VideoWriter(request.output, size, timing, request.export, audio) as writer,
+    ):
+        for _, image in propagate_clip(
+            reader, keys, flows, request.settings, 0, last, progress, cancel
+        ):
+            writer.write(image)
+    return RenderResult(request.output, info.frame_count, time.monotonic() - started)

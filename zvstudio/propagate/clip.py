@@ -1,0 +1,173 @@
+"""Propagating keys over a whole clip, segment by segment, streaming frames out in order.
+
+Memory holds one segment (the frames between two neighbouring keys) at a time, whatever the
+clip's length. Frames before the first key and after the last are carried from that key
+alone; frames between two keys are carried from both and blended.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from zvstudio.errors import ZvsError
+from zvstudio.flow.cache import FlowCache
+from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+from zvstudio.propagate.blend import histogram_preserving_blend, monotone_masks, selection_mask
+from zvstudio.propagate.segment import (
+    BLEND_MODES,
+    Propagated,
+    PropagationSettings,
+    blend_soft,
+    carry_key,
+)
+
+
+def load_key_image(path: str | os.PathLike[str], size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """Read a key image as RGB uint8 at `size` (width, height).
+
+    Returns the image and a warning ("" if none): an image of another size is resized, since
+    artists often paint at another resolution, and the user is told.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # unlike imread, handles any path on Windows
+    except OSError as exc:
+        raise ZvsError(f"cannot read key image {path}: {exc.strerror or exc}") from exc
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ZvsError(f"cannot read key image {path}: not an image file or damaged")
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    height, width = image.shape[:2]
+    if (width, height) == tuple(size):
+        return image, ""
+    shrinking = width * height > size[0] * size[1]
+    resized = cv2.resize(
+        image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+    )
+    warning = f"key image {path} is {width}x{height}, the clip {size[0]}x{size[1]}: resized"
+    if abs(width / height - size[0] / size[1]) > 0.01 * size[0] / size[1]:
+        warning += " (its aspect ratio differs, so it is stretched)"
+    return resized, warning
+
+
+def check_keys(keys: Mapping[int, np.ndarray], first: int, last: int) -> list[int]:
+    """The key frame numbers in order; keys outside first..last are an error."""
+    if not keys:
+        raise ZvsError("at least one key frame is needed to propagate from")
+    outside = sorted(k for k in keys if not first <= k <= last)
+    if outside:
+        raise ZvsError(f"key frame(s) {outside} outside the clip's frames {first}..{last}")
+    return sorted(keys)
+
+
+class _SegmentFrames:
+    """The input frames of one segment, and their flows through the clip's flow cache."""
+
+    def __init__(self, reader, start: int, stop: int, flows: FlowCache) -> None:
+        self.frames = dict(reader.frames(start, stop + 1))
+        self.flows = flows
+
+    def flow(self, i: int, j: int) -> np.ndarray:
+        return self.flows.get(i, j, self.frames[i], self.frames[j])
+
+
+def propagate_clip(
+    reader,
+    keys: Mapping[int, np.ndarray],
+    flows: FlowCache,
+    settings: PropagationSettings | None = None,
+    first: int = 0,
+    last: int | None = None,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame number, RGB image) for every frame first..last, in order.
+
+    `reader` provides `frames(start, stop)` like `VideoReader`; `keys` maps frame numbers to
+    their rendered images (at the reader's size).
+    """
+    settings = settings or PropagationSettings()
+    if settings.blend not in BLEND_MODES:
+        raise ZvsError(f"unknown blend mode {settings.blend!r}; choose {', '.join(BLEND_MODES)}")
+    last = len(reader) - 1 if last is None else last
+    order = check_keys(keys, first, last)
+    total = last - first + 1
+    done = 0
+    for start, stop, results in _segments(
+        reader, keys, order, first, last, flows, settings, cancel
+    ):
+        for number in range(start, stop + 1):
+            yield number, results[number]
+            done += 1
+            progress(Progress("propagate", done, total))
+
+
+def _segments(reader, keys, order, first, last, flows, settings, cancel):
+    """(start, stop, {frame: image}) for each stretch of the clip, in order."""
+    if first < order[0]:
+        yield first, order[0] - 1, _one_way(reader, keys, order[0], first, flows, settings, cancel)
+    for key_a, key_b in itertools.pairwise(order):
+        yield key_a, key_b - 1, _between(reader, keys, key_a, key_b, flows, settings, cancel)
+    yield order[-1], last, _one_way(reader, keys, order[-1], last, flows, settings, cancel)
+
+
+def _one_way(reader, keys, key, end, flows, settings, cancel) -> dict[int, np.ndarray]:
+    """Frames from `key` to `end` (either side of it), carried from that key alone."""
+    if key == end:
+        return {key: keys[key]}
+    segment = _SegmentFrames(reader, min(key, end), max(key, end), flows)
+    step = 1 if end > key else -1
+    targets = list(range(key + step, end + step, step))
+    results = {key: keys[key]}
+    for number, carried in carry_key(
+        segment.frames, key, keys[key], targets, segment.flow, settings, cancel
+    ):
+        results[number] = carried.image
+    return results
+
+
+def _between(reader, keys, key_a, key_b, flows, settings, cancel) -> dict[int, np.ndarray]:
+    """Frames key_a..key_b-1: key_a itself and the frames carried from both keys, blended."""
+    results = {key_a: keys[key_a]}
+    if key_b - key_a < 2:
+        return results
+    segment = _SegmentFrames(reader, key_a, key_b, flows)
+    inner = list(range(key_a + 1, key_b))
+    forward = dict(
+        carry_key(segment.frames, key_a, keys[key_a], inner, segment.flow, settings, cancel)
+    )
+    backward = dict(
+        carry_key(segment.frames, key_b, keys[key_b], inner[::-1], segment.flow, settings, cancel)
+    )
+    weights = [(key_b - t) / (key_b - key_a) for t in inner]
+    if settings.blend == "histogram":
+        results.update(_blend_histogram(inner, forward, backward, weights, segment))
+    else:
+        for t, weight_a in zip(inner, weights, strict=True):
+            results[t] = blend_soft(forward[t], backward[t], weight_a, settings)
+    return results
+
+
+def _blend_histogram(inner, forward, backward, weights, segment) -> dict[int, np.ndarray]:
+    """Rerender-A-Video's blend: error-based selection made monotone in time, then the
+    histogram-preserving Lab blend."""
+    masks = [
+        selection_mask(_penalised(forward[t]), _penalised(backward[t]), weight)
+        for t, weight in zip(inner, weights, strict=True)
+    ]
+    masks = monotone_masks(masks, [segment.flow(t, t - 1) for t in inner[1:]])
+    return {
+        t: histogram_preserving_blend(forward[t].image, backward[t].image, mask, weight)
+        for t, mask, weight in zip(inner, masks, weights, strict=True)
+    }
+
+
+def _penalised(result: Propagated) -> np.ndarray:
+    """The guide error, made prohibitive where the flow chain was occluded."""
+    return result.error + 1e5 * ~result.valid
