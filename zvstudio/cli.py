@@ -421,6 +421,15 @@ def _add_bench(commands) -> None:
         "--no-1080p", action="store_true", help="skip the synthetic 1080p H.264 clip"
     )
     decode.set_defaults(command="bench", run=_run_bench_decode)
+    propagate = which.add_parser("propagate", help="key propagation: seconds/frame and fidelity")
+    propagate.add_argument(
+        "videos", nargs="*", type=Path, help="clips to measure (default: ../shared/clips)"
+    )
+    propagate.add_argument("--size", type=int, default=512, help="short side in pixels")
+    propagate.add_argument("--frames", type=int, default=31, help="frames per clip")
+    propagate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    propagate.add_argument("--no-1080p", action="store_true", help="skip the 1080p timing")
+    propagate.set_defaults(command="bench", run=_run_bench_propagate)
 
 
 def _run_bench_decode(args) -> int:
@@ -428,6 +437,20 @@ def _run_bench_decode(args) -> int:
 
     report = run_decode_benchmark(
         args.videos, samples=args.samples, include_1080p=not args.no_1080p
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _run_bench_propagate(args) -> int:
+    from zvstudio.bench.propagate import run_propagate_benchmark
+
+    report = run_propagate_benchmark(
+        args.videos,
+        size=args.size,
+        frames=args.frames,
+        device=args.device,
+        include_1080p=not args.no_1080p,
     )
     print(json.dumps(report, indent=2))
     return 0

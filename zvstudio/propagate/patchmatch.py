@@ -160,17 +160,21 @@ def vote(style: torch.Tensor, field: torch.Tensor, patch_size: int) -> torch.Ten
     """Resample `style` (C, Hs, Ws) through the field by averaging overlapping patches.
 
     Output pixel x receives, from each target patch centred at x - o that covers it, the
-    source pixel n(x - o) + o.
+    source pixel n(x - o) + o. Patches centred outside the frame do not exist, so border
+    pixels average fewer votes.
     """
     channels, source_h, source_w = style.shape
     _, height, width = field.shape
     yx = _all_pixels(height, width, field.device)
     flat_style = style.reshape(channels, -1)
     total = torch.zeros((channels, height * width), dtype=style.dtype, device=style.device)
+    votes = torch.zeros(height * width, dtype=style.dtype, device=style.device)
     for dy, dx in offsets(patch_size):
-        cy = (yx[0] - dy).clamp(0, height - 1)
-        cx = (yx[1] - dx).clamp(0, width - 1)
+        cy, cx = yx[0] - dy, yx[1] - dx
+        inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
+        cy, cx = cy.clamp(0, height - 1), cx.clamp(0, width - 1)
         sy = (field[0, cy, cx] + dy).clamp(0, source_h - 1)
         sx = (field[1, cy, cx] + dx).clamp(0, source_w - 1)
-        total += flat_style[:, sy * source_w + sx]
-    return (total / len(offsets(patch_size))).reshape(channels, height, width)
+        total += flat_style[:, sy * source_w + sx] * inside
+        votes += inside
+    return (total / votes).reshape(channels, height, width)

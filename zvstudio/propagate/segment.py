@@ -57,6 +57,7 @@ class Propagated:
     image: np.ndarray  # RGB uint8
     error: np.ndarray  # float32 guide error per pixel (windowed)
     valid: np.ndarray  # bool: the flow chain was consistent here
+    flow: np.ndarray  # the chosen flow from this frame to the key
 
 
 def guide_error(frame: np.ndarray, key_frame: np.ndarray, flow: np.ndarray, window: int):
@@ -98,7 +99,7 @@ def carry_key(
             composed, error = _reanchor(
                 frames[target], key_frame, composed, error, flow(target, key_index), settings
             )
-        yield target, Propagated(warp(key_image, composed), error, valid)
+        yield target, Propagated(warp(key_image, composed), error, valid, composed)
         previous = target
 
 

@@ -1,0 +1,355 @@
+"""Key propagation on sequences with a known motion, and its edge cases."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import make_clip
+
+from zvstudio.cli import main
+from zvstudio.errors import RenderCancelled, ZvsError
+from zvstudio.flow import DISFlow, FlowCache, identity_grid
+from zvstudio.media import VideoReader, probe
+from zvstudio.metrics import psnr
+from zvstudio.progress import CancelToken
+from zvstudio.propagate.clip import check_keys, load_key_image, propagate_clip
+from zvstudio.propagate.patchmatch import PatchMatchSettings, best_of, refine, vote
+from zvstudio.propagate.segment import (
+    Propagated,
+    PropagationSettings,
+    _reanchor,
+    blend_soft,
+    carry_key,
+)
+
+SIZE = 128
+
+
+class ListReader:
+    """The part of VideoReader that propagation uses, over frames in memory; it records how
+    many frames each read asks for."""
+
+    def __init__(self, frames):
+        self.images = frames
+        self.reads = []
+
+    def __len__(self):
+        return len(self.images)
+
+    def frames(self, start, stop):
+        self.reads.append(stop - start)
+        return ((n, self.images[n]) for n in range(start, stop))
+
+
+def texture(size: int = 3 * SIZE, seed: int = 0) -> np.ndarray:
+    """Smooth colourful noise with enough detail for optical flow at every scale."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((size, size, 3), np.float32)
+    for cells, weight in ((6, 1.0), (16, 0.6), (48, 0.4), (128, 0.3)):
+        grid = rng.random((cells, cells, 3), dtype=np.float32)
+        image += weight * cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+    image -= image.min()
+    return (255 * image / image.max()).astype(np.uint8)
+
+
+def moving_sequence(motion: str, count: int = 9) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Frames of a texture under a known motion, and each frame's affine map from frame 0.
+
+    The map A_t sends a pixel of frame 0 to where it appears in frame t.
+    """
+    big = texture()
+    centre = np.array([1.5 * SIZE, 1.5 * SIZE])
+    frames, maps = [], []
+    for t in range(count):
+        if motion == "translate":
+            matrix = np.array([[1, 0, 2.0 * t], [0, 1, -1.0 * t]])
+        elif motion == "rotate":
+            matrix = cv2.getRotationMatrix2D(tuple(centre), 1.5 * t, 1.0)
+        else:  # zoom
+            matrix = cv2.getRotationMatrix2D(tuple(centre), 0.0, 1.02**t)
+        frame = cv2.warpAffine(
+            big, matrix, big.shape[1::-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+        )
+        frames.append(frame[SIZE : 2 * SIZE, SIZE : 2 * SIZE].copy())
+        maps.append(matrix)
+    return frames, maps
+
+
+def style(frame: np.ndarray) -> np.ndarray:
+    """A per-pixel 'style' (a colour remapping), so the true answer for every frame is known."""
+    return np.ascontiguousarray(255 - frame[..., ::-1])
+
+
+def flows_for(tmp_path) -> FlowCache:
+    return FlowCache(DISFlow("fine"), "test-clip", root=tmp_path / "flows")
+
+
+def interior(image: np.ndarray, margin: int = 24) -> np.ndarray:
+    return image[margin:-margin, margin:-margin]
+
+
+@pytest.mark.parametrize("motion", ["translate", "rotate", "zoom"])
+def test_propagated_frames_match_the_known_answer(tmp_path, motion):
+    frames, _ = moving_sequence(motion)
+    keys = {0: style(frames[0]), 8: style(frames[8])}
+    result = dict(propagate_clip(ListReader(frames), keys, flows_for(tmp_path)))
+    assert sorted(result) == list(range(9))
+    assert np.array_equal(result[0], keys[0]) and np.array_equal(result[8], keys[8])
+    for t in range(1, 8):
+        expected = style(frames[t])
+        fidelity = psnr(interior(result[t]), interior(expected))
+        assert fidelity > 30, (motion, t)
+        # Holding the nearest key is far worse: the motion is really followed.
+        nearest = keys[0] if t <= 4 else keys[8]
+        assert psnr(interior(nearest), interior(expected)) < fidelity - 8
+
+
+@pytest.mark.parametrize("motion", ["translate", "rotate", "zoom"])
+def test_recovered_field_matches_the_known_motion(tmp_path, motion):
+    frames, maps = moving_sequence(motion)
+    cache = flows_for(tmp_path)
+    reader = ListReader(frames)
+    carried = dict(
+        carry_key(
+            dict(enumerate(frames)),
+            0,
+            style(frames[0]),
+            list(range(1, 9)),
+            lambda i, j: cache.get(i, j, frames[i], frames[j]),
+            PropagationSettings(),
+        )
+    )
+    for t in (3, 8):
+        # Where pixel x of frame t came from in frame 0: invert A_t (in crop coordinates).
+        forward = np.vstack([maps[t], [0, 0, 1]])
+        inverse = np.linalg.inv(forward)
+        points = identity_grid(SIZE, SIZE).reshape(-1, 2) + SIZE
+        source = points @ inverse[:2, :2].T + inverse[:2, 2] - SIZE
+        true_flow = (source - (points - SIZE)).reshape(SIZE, SIZE, 2)
+        error = np.linalg.norm(interior(carried[t].flow - true_flow), axis=2)
+        assert np.median(error) < 0.3, (motion, t, np.median(error))
+    assert reader.reads == []  # carry_key itself reads nothing; frames were given
+
+
+def test_single_key_propagates_both_ways(tmp_path):
+    frames, _ = moving_sequence("translate", count=7)
+    result = dict(propagate_clip(ListReader(frames), {3: style(frames[3])}, flows_for(tmp_path)))
+    assert sorted(result) == list(range(7))
+    for t in (0, 6):
+        assert psnr(interior(result[t]), interior(style(frames[t]))) > 28
+
+
+def test_adjacent_keys_and_keys_at_every_frame(tmp_path):
+    frames, _ = moving_sequence("translate", count=4)
+    keys = {n: style(frames[n]) for n in range(4)}
+    result = dict(propagate_clip(ListReader(frames), keys, flows_for(tmp_path)))
+    assert all(np.array_equal(result[n], keys[n]) for n in range(4))
+
+
+def test_clip_shorter_than_a_key_interval(tmp_path):
+    frames, _ = moving_sequence("translate", count=3)
+    result = dict(propagate_clip(ListReader(frames), {0: style(frames[0])}, flows_for(tmp_path)))
+    assert sorted(result) == [0, 1, 2]
+
+
+def test_memory_is_bounded_by_one_segment(tmp_path):
+    frames, _ = moving_sequence("translate", count=25)
+    reader = ListReader(frames)
+    keys = {n: style(frames[n]) for n in (0, 6, 12, 18, 24)}
+    assert len(dict(propagate_clip(reader, keys, flows_for(tmp_path)))) == 25
+    assert max(reader.reads) <= 7  # never more than the frames between two keys
+
+
+def test_keys_outside_the_clip_and_no_keys():
+    with pytest.raises(ZvsError, match=r"outside the clip's frames 0\.\.9"):
+        check_keys({3: None, 12: None}, 0, 9)
+    with pytest.raises(ZvsError, match="at least one key"):
+        check_keys({}, 0, 9)
+
+
+def test_cancel_stops_propagation(tmp_path):
+    frames, _ = moving_sequence("translate", count=9)
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(RenderCancelled):
+        list(
+            propagate_clip(
+                ListReader(frames),
+                {0: style(frames[0]), 8: style(frames[8])},
+                flows_for(tmp_path),
+                cancel=cancel,
+            )
+        )
+
+
+def test_histogram_blend_mode_also_follows_the_motion(tmp_path):
+    frames, _ = moving_sequence("translate")
+    keys = {0: style(frames[0]), 8: style(frames[8])}
+    result = dict(
+        propagate_clip(
+            ListReader(frames), keys, flows_for(tmp_path), PropagationSettings(blend="histogram")
+        )
+    )
+    assert psnr(interior(result[4]), interior(style(frames[4]))) > 28
+    with pytest.raises(ZvsError, match="blend mode"):
+        list(
+            propagate_clip(
+                ListReader(frames), keys, flows_for(tmp_path), PropagationSettings(blend="average")
+            )
+        )
+
+
+def test_soft_blend_weights():
+    shape = (16, 16)
+    no_flow = np.zeros((*shape, 2), np.float32)
+    black = Propagated(
+        np.zeros((*shape, 3), np.uint8), np.zeros(shape, np.float32), np.ones(shape, bool), no_flow
+    )
+    white = Propagated(
+        np.full((*shape, 3), 255, np.uint8),
+        np.zeros(shape, np.float32),
+        np.ones(shape, bool),
+        no_flow,
+    )
+    settings = PropagationSettings()
+    # Equal errors: the temporal weight decides.
+    assert blend_soft(black, white, 0.75, settings).mean() == pytest.approx(0.25 * 255, abs=1)
+    assert blend_soft(black, white, 1.0, settings).max() == 0
+    # A direction whose flow was occluded, or whose error is high, hands over to the other.
+    occluded = Propagated(black.image, black.error, np.zeros(shape, bool), no_flow)
+    expected = 255 * 0.25 / (0.25 + settings.occluded_weight * 0.75)
+    assert blend_soft(occluded, white, 0.75, settings).mean() == pytest.approx(expected, abs=1)
+    wrong = Propagated(black.image, np.full(shape, 5000, np.float32), black.valid, no_flow)
+    assert blend_soft(wrong, white, 0.75, settings).mean() > 0.99 * 255
+
+
+def test_reanchoring_takes_the_direct_flow_only_where_it_is_clearly_better():
+    frames, _ = moving_sequence("translate", count=2)
+    frame, key = frames[1], frames[0]
+    truth = np.zeros((SIZE, SIZE, 2), np.float32)
+    truth[...] = (-2.0, 1.0)  # frame 1 pixel x came from x + (-2, 1) in frame 0
+    drifted = truth + np.float32(3.0)
+    settings = PropagationSettings()
+    error_drifted = np.full((SIZE, SIZE), 1e4, np.float32)
+    chosen, error = _reanchor(frame, key, drifted, error_drifted, truth, settings)
+    assert np.allclose(interior(chosen), interior(truth))
+    assert interior(error).max() < 1e4
+    kept, _ = _reanchor(frame, key, truth, np.zeros((SIZE, SIZE), np.float32), drifted, settings)
+    assert np.array_equal(kept, truth)
+
+
+def test_key_images_of_another_size_are_resized_with_a_warning(tmp_path):
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[:, :40] = (255, 0, 0)
+    cv2.imwrite(str(tmp_path / "k.png"), image[..., ::-1])
+    loaded, warning = load_key_image(tmp_path / "k.png", (160, 120))
+    assert loaded.shape == (120, 160, 3) and loaded[60, 10, 0] == 255
+    assert "80x60" in warning and "resized" in warning and "stretched" not in warning
+    _, warning = load_key_image(tmp_path / "k.png", (160, 90))
+    assert "stretched" in warning
+    same, warning = load_key_image(tmp_path / "k.png", (80, 60))
+    assert warning == "" and np.array_equal(same, image)
+    (tmp_path / "bad.png").write_text("not a picture")
+    with pytest.raises(ZvsError, match="not an image"):
+        load_key_image(tmp_path / "bad.png", (80, 60))
+    with pytest.raises(ZvsError, match="cannot read key image"):
+        load_key_image(tmp_path / "missing.png", (80, 60))
+
+
+# -- guided PatchMatch (reference implementation) ----------------------------------------------
+def test_patchmatch_recovers_a_translation_from_a_poor_start():
+    frames, _ = moving_sequence("translate", count=3)
+    source = torch.from_numpy(frames[0].transpose(2, 0, 1).astype(np.float32))
+    target = torch.from_numpy(frames[2].transpose(2, 0, 1).astype(np.float32))
+    ys, xs = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    identity = torch.stack([ys, xs])
+    field, error = best_of(target, source, [identity], 5)
+    field, error = refine(
+        target, source, field, error, PatchMatchSettings(iterations=6, search_radius=8)
+    )
+    shift = (field - identity)[:, 16:-16, 16:-16].reshape(2, -1)
+    # Frame 2 is frame 0 moved by (+4, -2): target pixel (y, x) came from (y + 2, x - 4).
+    assert (shift[0] == 2).float().mean() > 0.95 and (shift[1] == -4).float().mean() > 0.95
+    assert vote(source, identity, 5).allclose(source)
+
+
+# -- zvstudio propagate ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def painted_clip(tmp_path_factory):
+    """A clip with audio and two 'painted' keys: the style applied to frames 0 and 10."""
+    folder = tmp_path_factory.mktemp("painted")
+    clip, _, _ = make_clip(folder / "c.mp4", count=16, audio=True, bframes=2)
+    with VideoReader(clip) as reader:
+        for number in (0, 10):
+            cv2.imwrite(str(folder / f"key{number}.png"), style(reader.frame(number))[..., ::-1])
+    return folder, clip
+
+
+def test_propagate_command_writes_every_frame_with_audio(painted_clip, tmp_path, capsys):
+    folder, clip = painted_clip
+    out = tmp_path / "out.mp4"
+    assert (
+        main(
+            [
+                "propagate",
+                str(clip),
+                "--key",
+                f"0={folder / 'key0.png'}",
+                "--key",
+                f"10={folder / 'key10.png'}",
+                "-q",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    info, source = probe(out), probe(clip)
+    assert info.frame_count == source.frame_count == 16
+    assert info.has_audio and info.duration == pytest.approx(source.duration)
+    with VideoReader(clip) as original, VideoReader(out) as result:
+        # The numbered test clip changes colour rather than moving, so only ask for a clear
+        # gain over holding the nearest key.
+        for number, nearest in ((4, 0), (13, 10)):
+            expected = style(original.frame(number))
+            held = style(original.frame(nearest))
+            assert psnr(result.frame(number), expected) > psnr(held, expected) + 2
+
+
+def test_propagate_command_to_png_frames(painted_clip, tmp_path):
+    folder, clip = painted_clip
+    assert (
+        main(
+            [
+                "propagate",
+                str(clip),
+                "--key",
+                f"10={folder / 'key10.png'}",
+                "--blend",
+                "histogram",
+                "-q",
+                "-o",
+                str(tmp_path / "frames"),
+            ]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "frames").glob("frame_*.png"))) == 16
+
+
+def test_propagate_command_bad_input(painted_clip, tmp_path, capsys):
+    folder, clip = painted_clip
+    out = str(tmp_path / "o.mp4")
+    assert main(["propagate", str(clip), "--key", "seven=x.png", "-o", out]) == 1
+    assert "N=IMAGE" in capsys.readouterr().err
+    assert main(["propagate", str(clip), "--key", f"40={folder / 'key0.png'}", "-o", out]) == 1
+    assert "outside the clip" in capsys.readouterr().err
+    assert main(["propagate", str(clip), "--key", f"0={tmp_path / 'none.png'}", "-o", out]) == 1
+    assert "cannot read key image" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(str(folder / "key0.png")), (96, 56)))
+    assert main(["propagate", str(clip), "--key", f"0={small}", "-q", "-o", out]) == 0
+    assert "resized" in capsys.readouterr().err
