@@ -283,3 +283,15 @@ def test_ctrl_c_cancels_cleanly_and_keeps_the_old_output(tmp_path):
     assert "cancelled" in stderr and "Traceback" not in stderr
     assert out.read_bytes() == b"old render"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4", "o.mp4"]
+
+
+def test_render_with_keys_and_propagation(tmp_path, capsys):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=12, audio=True)
+    assert main(["render", str(path), "--every", "4", "-q", "-o", str(tmp_path / "a.mp4")]) == 0
+    assert main(["render", str(path), "--keys", "0,7", "-q", "-o", str(tmp_path / "b.mp4")]) == 0
+    for name in ("a.mp4", "b.mp4"):
+        info = probe(tmp_path / name)
+        assert info.frame_count == 12 and info.has_audio
+    capsys.readouterr()
+    assert main(["render", str(path), "--keys", "0,x", "-o", str(tmp_path / "c.mp4")]) == 1
+    assert "--keys" in capsys.readouterr().err

@@ -110,3 +110,70 @@ def test_request_from_project(clip, tmp_path):
     assert painted.export.format == "png"
     with pytest.raises(ZvsError, match="no clip"):
         request_from_project(Project(), tmp_path / "o.mp4")
+
+
+def test_keys_every_k_are_rendered_and_the_rest_propagated(clip, tmp_path):
+    events = []
+    request = RenderRequest(
+        clip,
+        tmp_path / "frames",
+        KeyRendererSpec(style="oil"),
+        ExportSettings("png"),
+        key_interval=5,
+        flow_preset="medium",
+    )
+    result = render(request, progress=events.append)
+    assert result.frames == 16 and result.keys == 4  # keys 0, 5, 10, 15
+    assert [e.done for e in events if e.stage == "keys"] == [1, 2, 3, 4]
+    assert [e.done for e in events if e.stage == "propagate"] == list(range(1, 17))
+    renderer = create_stylizer("oil")
+    with VideoReader(clip) as source:
+        for number in (0, 5, 10, 15):
+            saved = cv2.cvtColor(
+                cv2.imread(str(tmp_path / "frames" / f"frame_{number:06d}.png")), cv2.COLOR_BGR2RGB
+            )
+            expected = renderer.render(source.frame(number), KeyContext(number))
+            assert np.array_equal(saved, expected)  # keys are the renderer's own output
+
+
+def test_explicit_keys_and_bad_key_plans(clip, tmp_path):
+    request = RenderRequest(
+        clip,
+        tmp_path / "o.mp4",
+        KeyRendererSpec(style="posterize"),
+        key_frames=(3, 12),
+        flow_preset="medium",
+    )
+    assert render(request).keys == 2
+    with pytest.raises(ZvsError, match="outside the rendered frames"):
+        render(RenderRequest(clip, tmp_path / "x.mp4", key_frames=(3, 40)))
+    with pytest.raises(ZvsError, match="at least 1"):
+        render(RenderRequest(clip, tmp_path / "x.mp4", key_interval=0))
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_rendered_keys_keep_only_a_few_in_memory(clip):
+    from zvstudio.engine.render import RenderedKeys
+
+    seen = []
+
+    class Recorder(type(create_stylizer("posterize"))):
+        def render(self, frame, context, progress=None, cancel=None):
+            seen.append(
+                (
+                    context.frame_index,
+                    context.anchor and context.anchor.frame_index,
+                    context.previous and context.previous.frame_index,
+                )
+            )
+            return frame
+
+    with VideoReader(clip) as reader:
+        keys = RenderedKeys(
+            reader, Recorder.from_params(), list(range(0, 16, 2)), lambda e: None, CancelToken()
+        )
+        assert keys[6] is not None and keys[14] is not None
+        assert len(keys._recent) <= RenderedKeys._KEEP
+    # Rendered in order, each with the anchor and the previous key as references.
+    assert seen[:3] == [(0, None, None), (2, 0, 0), (4, 0, 2)]
+    assert [number for number, _, _ in seen] == list(range(0, 16, 2))

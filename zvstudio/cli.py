@@ -129,6 +129,13 @@ def _add_render(commands) -> None:
         help="output .mp4/.mov/.mkv file, or a folder for PNG frames",
     )
     render_parser.add_argument("--style", help="weightless style (see `zvstudio styles`)")
+    keys = render_parser.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--every", type=int, metavar="K", help="render a key every K frames and propagate the rest"
+    )
+    keys.add_argument(
+        "--keys", metavar="N,M,...", help="render these key frames (0-based) and propagate the rest"
+    )
     render_parser.add_argument(
         "--param",
         action="append",
@@ -207,9 +214,33 @@ def _with_overrides(request, args):
         renderer = replace(renderer, kind="stylize", style=args.style)
     if args.param:
         renderer = replace(renderer, params=renderer.params + _style_params(args.param))
+    key_frames, key_interval = request.key_frames, request.key_interval
+    if args.every is not None:
+        key_frames, key_interval = (), args.every
+    if args.keys is not None:
+        key_frames, key_interval = _key_list(args.keys), None
     first = request.first if args.first is None else args.first
     last = request.last if args.last is None else args.last
-    return replace(request, export=export, renderer=renderer, first=first, last=last)
+    return replace(
+        request,
+        export=export,
+        renderer=renderer,
+        first=first,
+        last=last,
+        key_frames=key_frames,
+        key_interval=key_interval,
+    )
+
+
+def _key_list(text: str) -> tuple[int, ...]:
+    from zvstudio.errors import ZvsError
+
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ZvsError(
+            f"--keys {text!r} is not a list of frame numbers", hint="e.g. --keys 0,12,40"
+        ) from None
 
 
 def _style_params(items: list[str]) -> tuple[tuple[str, str], ...]:

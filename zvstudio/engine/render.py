@@ -1,22 +1,30 @@
-"""The render path: source frames -> key renderer -> encoder, streamed frame by frame.
+"""The render path: key frames -> key renderer -> propagation -> encoder, streamed.
 
-This first version renders every frame with the key renderer (the weightless stylizers are
-deterministic per frame, so they need no propagation); key selection, propagation between keys
-and the content cache join this same path later. Frames stream from the decoder to the encoder,
-so memory does not grow with the clip's length.
+Key frames (every K frames, a given list, or the painted frames) are rendered in order, each
+with the anchor (first key) and the previous key as references, and propagation carries them
+to every other frame. A stylizer with no keys asked for renders every frame on its own.
+Frames stream from the decoder to the encoder and keys are rendered as propagation reaches
+them, so memory holds about one segment whatever the clip's length. (The on-disk content cache
+and resume arrive with the engine's job system.)
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
 from zvstudio.errors import ZvsError
+from zvstudio.flow import DISFlow, FlowCache
+from zvstudio.hashing import file_hash
 from zvstudio.keyrender import KeyContext, KeyRenderer, RenderedKey
 from zvstudio.media import AudioSource, FrameTiming, VideoReader, VideoWriter, check_output, probe
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+from zvstudio.propagate.clip import propagate_clip
 from zvstudio.stylize import PaintedKeyRenderer, create_stylizer
 
 
@@ -25,6 +33,7 @@ class RenderResult:
     output: Path
     frames: int
     seconds: float
+    keys: int = 0
 
 
 def create_key_renderer(spec: KeyRendererSpec) -> KeyRenderer:
@@ -47,6 +56,77 @@ def resolve_range(request: RenderRequest, frame_count: int) -> tuple[int, int]:
     return first, last
 
 
+def plan_keys(request: RenderRequest, first: int, last: int) -> list[int] | None:
+    """The key frames to render, or None to render every frame on its own."""
+    if request.renderer.kind == "painted":
+        keys = sorted(frame for frame, _ in request.renderer.painted)
+        if not keys:
+            raise ZvsError("no painted key frames were given")
+    elif request.key_frames:
+        keys = sorted(set(request.key_frames))
+    elif request.key_interval is not None:
+        if request.key_interval < 1:
+            raise ZvsError(f"the key interval must be at least 1, got {request.key_interval}")
+        keys = list(range(first, last + 1, request.key_interval))
+    else:
+        return None
+    outside = [k for k in keys if not first <= k <= last]
+    if outside:
+        raise ZvsError(f"key frame(s) {outside} outside the rendered frames {first}..{last}")
+    return keys
+
+
+class RenderedKeys(Mapping):
+    """Key frames rendered on first access, in order (each needs the previous one), keeping
+    only the anchor and the last few in memory."""
+
+    _KEEP = 3
+
+    def __init__(
+        self,
+        reader: VideoReader,
+        renderer: KeyRenderer,
+        numbers: list[int],
+        progress: ProgressCallback,
+        cancel: CancelToken,
+    ) -> None:
+        self.reader, self.renderer, self.numbers = reader, renderer, numbers
+        self.progress, self.cancel = progress, cancel
+        self._recent: dict[int, RenderedKey] = {}
+        self._anchor: RenderedKey | None = None
+        self._done = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.numbers)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, number: int) -> np.ndarray:
+        if number not in self.numbers:
+            raise KeyError(number)
+        while number not in self._recent:
+            self._render_next()
+        return self._recent[number].result
+
+    def _render_next(self) -> None:
+        if self._done >= len(self.numbers):
+            raise ZvsError("internal: key requested after the last was rendered")
+        self.cancel.raise_if_cancelled()
+        number = self.numbers[self._done]
+        previous = self._recent[self.numbers[self._done - 1]] if self._done else None
+        frame = self.reader.frame(number)
+        context = KeyContext(number, anchor=self._anchor, previous=previous)
+        result = self.renderer.render(frame, context, cancel=self.cancel)
+        key = RenderedKey(number, frame, result)
+        self._anchor = self._anchor or key
+        self._recent[number] = key
+        for old in sorted(self._recent)[: -self._KEEP]:
+            del self._recent[old]
+        self._done += 1
+        self.progress(Progress("keys", self._done, len(self.numbers)))
+
+
 def render(
     request: RenderRequest,
     progress: ProgressCallback = ignore_progress,
@@ -64,7 +144,7 @@ def render(
     renderer = create_key_renderer(request.renderer)
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
-    total = last - first + 1
+    keys = plan_keys(request, first, last)
     timing = FrameTiming.from_index(info.index, first, last + 1)
     whole = first == 0 and last == info.frame_count - 1
     audio = None
@@ -77,15 +157,32 @@ def render(
             request.output, reader.size, timing, request.export, audio, first_number=first
         ) as writer,
     ):
-        progress(Progress("render", 0, total, f"rendering {total} frames"))
-        anchor = previous = None
-        for done, (number, frame) in enumerate(reader.frames(first, last + 1), start=1):
-            cancel.raise_if_cancelled()
-            context = KeyContext(number, anchor=anchor, previous=previous)
-            result = renderer.render(frame, context, cancel=cancel)
-            writer.write(result)
-            previous = RenderedKey(number, frame, result)
-            anchor = anchor or previous
-            progress(Progress("render", done, total))
-        progress(Progress("encode", total, total, "finishing the file"))
-    return RenderResult(request.output, total, time.monotonic() - started)
+        if keys is None:
+            frames = _every_frame(reader, renderer, first, last, progress, cancel)
+        else:
+            rendered = RenderedKeys(reader, renderer, keys, progress, cancel)
+            flows = FlowCache(DISFlow(request.flow_preset), file_hash(request.source))
+            frames = propagate_clip(
+                reader, rendered, flows, request.propagation, first, last, progress, cancel
+            )
+        for _, image in frames:
+            writer.write(image)
+        progress(Progress("encode", last - first + 1, last - first + 1, "finishing the file"))
+    return RenderResult(
+        request.output, last - first + 1, time.monotonic() - started, len(keys) if keys else 0
+    )
+
+
+def _every_frame(reader, renderer, first, last, progress, cancel):
+    """Every frame rendered on its own by the key renderer (per-frame stylizers)."""
+    total = last - first + 1
+    progress(Progress("render", 0, total, f"rendering {total} frames"))
+    anchor = previous = None
+    for done, (number, frame) in enumerate(reader.frames(first, last + 1), start=1):
+        cancel.raise_if_cancelled()
+        context = KeyContext(number, anchor=anchor, previous=previous)
+        result = renderer.render(frame, context, cancel=cancel)
+        previous = RenderedKey(number, frame, result)
+        anchor = anchor or previous
+        progress(Progress("render", done, total))
+        yield number, result

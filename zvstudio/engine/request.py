@@ -12,6 +12,7 @@ from pathlib import Path
 from zvstudio.errors import ZvsError
 from zvstudio.media.writer import ExportSettings, output_kind
 from zvstudio.project import Project
+from zvstudio.propagate.segment import PropagationSettings
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,12 @@ class KeyRendererSpec:
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """Render frames `first..last` (inclusive; None = the whole clip) of `source` to `output`."""
+    """Render frames `first..last` (inclusive; None = the whole clip) of `source` to `output`.
+
+    Key frames are `key_frames` if given, else every `key_interval` frames from `first`; the
+    key renderer renders them and propagation makes every other frame. With neither (and a
+    stylizer), every frame is rendered on its own. Painted keys are the painted frames.
+    """
 
     source: Path
     output: Path
@@ -38,6 +44,10 @@ class RenderRequest:
     export: ExportSettings = field(default_factory=ExportSettings)
     first: int | None = None
     last: int | None = None
+    key_frames: tuple[int, ...] = ()
+    key_interval: int | None = None
+    propagation: PropagationSettings = field(default_factory=PropagationSettings)
+    flow_preset: str = "fine"
 
 
 def request_from_project(project: Project, output: Path) -> RenderRequest:
@@ -68,4 +78,6 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
         export=export,
         first=frame_range.first if frame_range else None,
         last=frame_range.last if frame_range else None,
+        key_frames=tuple(key.frame for key in project.keyframes),
+        key_interval=settings.key_interval,
     )
