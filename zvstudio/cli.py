@@ -69,6 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_render(commands)
     _add_propagate(commands)
     _add_styles(commands)
+    _add_models(commands)
     _add_bench(commands)
     return parser
 
@@ -433,6 +434,47 @@ def _run_styles(args) -> int:
 
     for name in available_styles():
         print(f"{name:<14} {describe_style(name)}")
+    return 0
+
+
+# -- models -----------------------------------------------------------------------------------
+def _add_models(commands) -> None:
+    parser = commands.add_parser(
+        "models", help="list the checkpoints, LoRAs, ControlNets and VAEs found on this machine"
+    )
+    parser.add_argument(
+        "--folder",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="also scan DIR (a models folder, or an AUTOMATIC1111 or ComfyUI "
+        "install); repeatable; $ZVSTUDIO_MODELS works too",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--no-hash",
+        action="store_true",
+        help="skip the short hashes (reading every file the first time)",
+    )
+    parser.set_defaults(command="models", run=_run_models)
+
+
+def _run_models(args) -> int:
+    from zvstudio.diffusion.library import default_model_folders, format_table, scan
+    from zvstudio.errors import ZvsError
+
+    missing = [str(folder) for folder in args.folder if not folder.is_dir()]
+    if missing:
+        raise ZvsError(f"not a folder: {', '.join(missing)}")
+    folders = default_model_folders(roots=args.folder)
+    models = scan(folders)
+    if args.json:
+        entries = [info.to_dict(include_hash=not args.no_hash) for info in models]
+        print(json.dumps({"folders": [str(f) for f in folders], "models": entries}, indent=2))
+        return 0
+    print("scanned: " + (", ".join(str(f) for f in folders) or "(no model folders found)"))
+    print(format_table(models, hashes=not args.no_hash) if models else "no models found")
     return 0
 
 
