@@ -1,0 +1,251 @@
+"""Tiny random SD1.x-shaped models for tests, written in the layouts users have.
+
+The models keep SD1.x's structure (cross-attention UNet, KL VAE, CLIP text encoder, CLIP BPE
+tokenizer) at a few hundred kilobytes, so loading and sampling code runs in milliseconds on a
+CPU. `write_tiny_diffusers` writes a diffusers folder; `write_tiny_single_file` writes one
+`.safetensors` in the ORIGINAL (CompVis / A1111) key layout, and `write_tiny_config_dir` the
+config folder to pass as `load_sd15_components(..., config_dir=...)` for it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from zvstudio.diffusion.tokenizer import clip_vocab, sd15_config_dir, write_clip_tokenizer
+
+# A handful of words as BPE merges (first pair merged first), on top of the 2 x 256 byte tokens.
+TINY_MERGES = [
+    "c a",
+    "ca t</w>",
+    "d o",
+    "do g</w>",
+    "p h",
+    "o t",
+    "ph ot",
+    "phot o</w>",
+    "o f</w>",
+    "r e",
+    "re d</w>",
+]
+TINY_VOCAB_SIZE = len(clip_vocab(TINY_MERGES))
+
+TINY_UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [32, 64],
+    "cross_attention_dim": 32,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "in_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 8,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+}
+TINY_VAE = {
+    "_class_name": "AutoencoderKL",
+    "act_fn": "silu",
+    "block_out_channels": [32, 64],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 32,
+    "scaling_factor": 0.18215,
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+}
+TINY_TEXT = {
+    "architectures": ["CLIPTextModel"],
+    "model_type": "clip_text_model",
+    "hidden_act": "quick_gelu",
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,
+    "vocab_size": TINY_VOCAB_SIZE,
+    "bos_token_id": TINY_VOCAB_SIZE - 2,
+    "eos_token_id": TINY_VOCAB_SIZE - 1,
+    "pad_token_id": TINY_VOCAB_SIZE - 1,
+}
+
+
+def build_tiny_models(seed: int = 0) -> tuple:
+    """(unet, vae, text_encoder) with seeded random weights, in eval mode."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(TINY_UNET)
+    vae = AutoencoderKL.from_config(TINY_VAE)
+    text = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    # Randomise norms and biases too (they start at 1/0), so a wrongly mapped one shows.
+    with torch.no_grad():
+        for model in (unet, vae, text):
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    return unet.eval(), vae.eval(), text.eval()
+
+
+def write_tiny_tokenizer(dest: Path) -> Path:
+    """A CLIP tokenizer folder (vocab.json, merges.txt, configs) with the tiny vocabulary."""
+    return write_clip_tokenizer(TINY_MERGES, dest)
+
+
+def write_tiny_config_dir(dest: Path) -> Path:
+    """A diffusers-layout config folder (no weights) describing the tiny models."""
+    ours = sd15_config_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ours / "model_index.json", dest / "model_index.json")
+    for sub, config, name in (
+        ("unet", TINY_UNET, "config.json"),
+        ("vae", TINY_VAE, "config.json"),
+        ("text_encoder", TINY_TEXT, "config.json"),
+    ):
+        (dest / sub).mkdir(exist_ok=True)
+        (dest / sub / name).write_text(json.dumps(config, indent=2))
+    (dest / "scheduler").mkdir(exist_ok=True)
+    shutil.copyfile(
+        ours / "scheduler" / "scheduler_config.json", dest / "scheduler" / "scheduler_config.json"
+    )
+    write_tiny_tokenizer(dest / "tokenizer")
+    return dest
+
+
+def write_tiny_diffusers(dest: Path, seed: int = 0) -> Path:
+    """A complete diffusers model folder with the tiny models' weights (safetensors)."""
+    write_tiny_config_dir(dest)
+    for model, sub in zip(build_tiny_models(seed), ("unet", "vae", "text_encoder"), strict=True):
+        model.save_pretrained(dest / sub)
+    return dest
+
+
+def write_tiny_single_file(dest: Path, seed: int = 0, extras: bool = True) -> Path:
+    """The tiny models as one `.safetensors` in the original SD1.x key layout.
+
+    `extras` adds keys real files carry that no component uses (the DDPM schedule buffers,
+    CLIP's position_ids), so loaders are tested against them.
+    """
+    from safetensors.torch import save_file
+
+    unet, vae, text = build_tiny_models(seed)
+    state = to_original_layout(unet.state_dict(), vae.state_dict(), text.state_dict())
+    if extras:
+        state["alphas_cumprod"] = torch.linspace(0.999, 0.005, 1000)
+        state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[
+            None
+        ]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dest))
+    return dest
+
+
+# ---------------------------------------------- diffusers -> original (CompVis) key layout
+# The inverse of diffusers' single-file conversion, written after the table in diffusers'
+# scripts/convert_diffusers_to_original_stable_diffusion.py, generalised to any block count.
+
+_UNET_TOP = {
+    "time_embedding.linear_1.": "time_embed.0.",
+    "time_embedding.linear_2.": "time_embed.2.",
+    "conv_in.": "input_blocks.0.0.",
+    "conv_norm_out.": "out.0.",
+    "conv_out.": "out.2.",
+}
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_ATTN = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+
+
+def _rename_first(rest: str, table: dict[str, str]) -> str:
+    for new, old in table.items():
+        if rest.startswith(new + "."):
+            return old + rest[len(new) :]
+    return rest
+
+
+def unet_key_to_original(key: str, config: dict = TINY_UNET) -> str:
+    n = config["layers_per_block"] + 1
+    for new, old in _UNET_TOP.items():
+        if key.startswith(new):
+            return old + key[len(new) :]
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if kind == "resnets":
+            return f"input_blocks.{n * i + j + 1}.0.{_rename_first(rest, _UNET_RESNET)}"
+        return f"input_blocks.{n * i + j + 1}.1.{rest}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+        return f"input_blocks.{n * (int(m[1]) + 1)}.0.op.{m[2]}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.*)", key):
+        return f"middle_block.1.{m[1]}"
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.*)", key):
+        return f"middle_block.{2 * int(m[1])}.{_rename_first(m[2], _UNET_RESNET)}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if kind == "resnets":
+            return f"output_blocks.{n * i + j}.0.{_rename_first(rest, _UNET_RESNET)}"
+        return f"output_blocks.{n * i + j}.1.{rest}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
+        i = int(m[1])
+        slot = 2 if "CrossAttn" in config["up_block_types"][i] else 1
+        return f"output_blocks.{n * i + n - 1}.{slot}.{m[2]}"
+    raise KeyError(f"no original name for UNet key {key}")
+
+
+def vae_key_to_original(key: str, config: dict = TINY_VAE) -> str:
+    last = len(config["block_out_channels"]) - 1
+    key = key.replace("conv_norm_out.", "norm_out.")
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        return f"encoder.down.{m[1]}.block.{m[2]}.{m[3]}".replace("conv_shortcut", "nin_shortcut")
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.(.*)", key):
+        return f"encoder.down.{m[1]}.downsample.{m[2]}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        block = last - int(m[1])  # the original numbers decoder blocks from the bottom
+        return f"decoder.up.{block}.block.{m[2]}.{m[3]}".replace("conv_shortcut", "nin_shortcut")
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)", key):
+        return f"decoder.up.{last - int(m[1])}.upsample.{m[2]}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}".replace("conv_shortcut", "nin_shortcut")
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key):
+        return f"{m[1]}.mid.attn_1.{_rename_first(m[2], _VAE_ATTN)}"
+    return key  # conv_in, conv_out, norm_out, quant_conv, post_quant_conv keep their names
+
+
+def to_original_layout(
+    unet: dict[str, torch.Tensor],
+    vae: dict[str, torch.Tensor],
+    text: dict[str, torch.Tensor],
+    unet_config: dict = TINY_UNET,
+    vae_config: dict = TINY_VAE,
+) -> dict[str, torch.Tensor]:
+    """One state dict in the original SD1.x layout, from diffusers/transformers state dicts."""
+    out = {
+        "model.diffusion_model." + unet_key_to_original(k, unet_config): v for k, v in unet.items()
+    }
+    for k, v in vae.items():
+        name = "first_stage_model." + vae_key_to_original(k, vae_config)
+        # The original VAE attention projections are 1x1 convolutions.
+        out[name] = v[..., None, None] if ".mid.attn_1." in name and v.ndim == 2 else v
+    for k, v in text.items():
+        out["cond_stage_model.transformer.text_model." + k.removeprefix("text_model.")] = v
+    return out
