@@ -1,0 +1,152 @@
+"""The key-frame sampler on tiny random models: runs on the CPU, deterministic, constrained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import write_tiny_config_dir, write_tiny_diffusers
+
+from zvstudio.diffusion.constraints import ConstraintSchedule
+from zvstudio.diffusion.loading import load_sd15_components
+from zvstudio.diffusion.sampler import (
+    DiffusionKeyRenderer,
+    KeyFrameSampler,
+    KeySettings,
+    canny_condition,
+    latent_preview,
+)
+from zvstudio.errors import RenderCancelled
+from zvstudio.keyrender import KeyContext, RenderedKey
+from zvstudio.progress import CancelToken
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return write_tiny_diffusers(root / "model"), write_tiny_config_dir(root / "config")
+
+
+@pytest.fixture
+def components(folders):
+    model, config = folders
+    return load_sd15_components(model, config_dir=config)
+
+
+def frames(count: int = 3, height: int = 40, width: int = 56) -> list[np.ndarray]:
+    """A textured square moving right: consecutive 'video frames'."""
+    rng = np.random.default_rng(0)
+    background = (rng.random((height, width, 3)) * 80 + 60).astype(np.uint8)
+    result = []
+    for n in range(count):
+        frame = background.copy()
+        frame[10:30, 8 + 4 * n : 28 + 4 * n] = (220, 40, 40)
+        result.append(frame)
+    return result
+
+
+SETTINGS = KeySettings(prompt="a red cat", steps=4, strength=0.75, seed=3)
+
+
+def test_renders_keys_of_any_size_deterministically(components, folders):
+    sampler = KeyFrameSampler(components, SETTINGS)
+    events = []
+    first = sampler.render(frames()[0], is_anchor=True, progress=events.append)
+    assert first.shape == (40, 56, 3) and first.dtype == np.uint8  # 40x56 is not a multiple
+    assert [e.done for e in events] == [1, 2, 3]  # strength 0.75 of 4 steps: 3 steps run
+    sampler.close()
+    again = KeyFrameSampler(load_sd15_components(folders[0], config_dir=folders[1]), SETTINGS)
+    assert np.array_equal(again.render(frames()[0], is_anchor=True), first)
+
+
+def test_later_keys_are_constrained_by_the_anchor(components):
+    video = frames()
+    sampler = KeyFrameSampler(components, SETTINGS)
+    sampler.set_anchor_frame(video[0])
+    sampler.render(video[0], is_anchor=True)
+    constrained = sampler.render(video[1], is_anchor=False)
+    alone = sampler.render(video[1], is_anchor=True)
+    # Random tiny weights make the effect small, but the references must change the result
+    # (each constraint's exact effect is tested in test_constraints.py).
+    assert not np.array_equal(constrained, alone)
+
+
+def test_cross_frame_attention_off_leaves_the_unet_alone(components):
+    before = dict(components.unet.attn_processors)
+    sampler = KeyFrameSampler(components, KeySettings(steps=2, cross_frame_layers="off"))
+    assert dict(components.unet.attn_processors) == before
+    sampler.render(frames()[0], is_anchor=True)
+    with_attention = KeyFrameSampler(components, SETTINGS)
+    assert dict(components.unet.attn_processors) != before
+    with_attention.close()
+    assert {k: type(v) for k, v in components.unet.attn_processors.items()} == {
+        k: type(v) for k, v in before.items()
+    }
+
+
+def test_adain_pulls_statistics_towards_the_anchor(components):
+    video = frames()
+    only_adain = KeySettings(
+        prompt="x",
+        steps=4,
+        strength=1.0,
+        cross_frame_layers="off",
+        schedule=ConstraintSchedule(
+            cross_frame=None, shape_fusion=None, pixel_fusion=None, adain=(0.0, 1.0)
+        ),
+    )
+    sampler = KeyFrameSampler(components, only_adain)
+    sampler.render(video[0], is_anchor=True)
+    captured = {}
+    original = sampler._constrain
+
+    def spy(x0, index, t, scheduler, is_anchor, fusion):
+        result = original(x0, index, t, scheduler, is_anchor, fusion)
+        captured[index] = result
+        return result
+
+    sampler._constrain = spy
+    sampler.render(video[2], is_anchor=False)
+    for index, x0 in captured.items():
+        reference = sampler._anchor_x0[index]
+        assert torch.allclose(x0.mean(dim=(2, 3)), reference.mean(dim=(2, 3)), atol=1e-4)
+
+
+def test_controlnet_conditions_the_result(components):
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(0)
+    controlnet = ControlNetModel.from_unet(components.unet, conditioning_channels=3)
+    for name, parameter in controlnet.named_parameters():
+        if "zero_conv" in name or "controlnet_down_blocks" in name or "mid_block" in name:
+            parameter.data.normal_(0, 0.3)  # trained ControlNets are not zero any more
+    sampler = KeyFrameSampler(components, SETTINGS)
+    plain = sampler.render(frames()[0], is_anchor=True)
+    sampler.close()
+    controlled = KeyFrameSampler(components, SETTINGS, controlnet=controlnet)
+    result = controlled.render(frames()[0], is_anchor=True)
+    assert np.abs(result.astype(int) - plain).mean() > 0.5
+    edges = canny_condition(frames()[0], (100, 200))
+    assert edges.shape == (40, 56, 3) and set(np.unique(edges)) <= {0.0, 1.0}
+
+
+def test_cancel_and_previews(components):
+    sampler = KeyFrameSampler(components, SETTINGS)
+    previews = []
+    sampler.render(frames()[0], is_anchor=True, preview=previews.append)
+    assert len(previews) == 3 and previews[0].dtype == np.uint8 and previews[0].shape[2] == 3
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(RenderCancelled):
+        sampler.render(frames()[1], is_anchor=False, cancel=cancel)
+    assert latent_preview(torch.zeros(1, 4, 5, 7)).shape == (5, 7, 3)
+
+
+def test_key_renderer_interface(components):
+    renderer = DiffusionKeyRenderer(KeyFrameSampler(components, SETTINGS), "tiny")
+    video = frames()
+    anchor = renderer.render(video[0], KeyContext(0))
+    key = RenderedKey(0, video[0], anchor)
+    second = renderer.render(video[1], KeyContext(5, anchor=key, previous=key))
+    assert second.shape == video[1].shape
+    assert "tiny" in renderer.settings_key() and renderer.needs_weights

@@ -1,0 +1,265 @@
+"""The key-frame sampler: SD1.x img2img (SDEdit) with ControlNet and the cross-frame
+constraints that keep every key consistent with the anchor and the previous key.
+
+A readable top-to-bottom DDIM loop, as diffusers writes its pipelines, on our own model layer:
+
+1. SDEdit start on the truncated schedule (never steps on pure noise thrown away):
+   x_T = sqrt(ᾱ_T) E(I) + sqrt(1 - ᾱ_T) z with T = strength * T_max and the same seeded z for
+   every key.
+2. Each step runs the UNet on the [negative, positive] batch (classifier-free guidance in one
+   call), with ControlNet residuals from the frame's edges.
+3. Constraints (METHOD 1.1) at their schedule fractions: cross-frame attention (installed
+   processors attend to the anchor's and previous key's features), shape-aware fusion of the
+   predicted x̂0 with the anchor's x̂0 warped by optical flow, AdaIN of x̂0 to the anchor's
+   statistics. The DDIM update then uses the adjusted x̂0.
+
+Pixel-aware fusion (the second pass with the fidelity-oriented encoder) is the next step and
+not in this version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from zvstudio.diffusion.attention import ReferenceStore, install_cross_frame_attention
+from zvstudio.diffusion.constraints import ConstraintSchedule, adain, shape_aware_fusion
+from zvstudio.diffusion.encoding import decode, encode_mean
+from zvstudio.diffusion.loading import Components
+from zvstudio.errors import ZvsError
+from zvstudio.flow import DISFlow, consistency_mask
+from zvstudio.keyrender import KeyContext, KeyRenderer
+from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+
+# Approximate RGB of SD1.x latents (a linear map), for step previews without the VAE.
+_LATENT_RGB = torch.tensor(
+    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+)
+
+PreviewCallback = Callable[[np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """Everything that determines a key frame's rendering besides the models and the frame."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance_scale: float = 7.5
+    strength: float = 0.75
+    seed: int = 0
+    controlnet_scale: float = 0.7
+    canny_thresholds: tuple[int, int] = (100, 200)
+    cross_frame_layers: str = "decoder"  # "decoder", "decoder_loose", "all" or "off"
+    schedule: ConstraintSchedule = field(default_factory=ConstraintSchedule)
+
+
+def canny_condition(frame: np.ndarray, thresholds: tuple[int, int]) -> np.ndarray:
+    """The ControlNet canny conditioning image: edges as white on black, RGB float [0, 1]."""
+    edges = cv2.Canny(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), *thresholds)
+    return np.repeat(edges[..., None], 3, axis=2).astype(np.float32) / 255.0
+
+
+def latent_preview(x0: torch.Tensor) -> np.ndarray:
+    """A cheap RGB preview of predicted latents (no VAE): uint8, at latent size."""
+    rgb = torch.einsum("chw,cr->hwr", x0[0].float().cpu(), _LATENT_RGB)
+    return ((rgb + 1) * 127.5).clamp(0, 255).byte().numpy()
+
+
+def _pad_multiple(frame: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad to a multiple of `multiple` (never distort the aspect ratio by resizing)."""
+    height, width = frame.shape[:2]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    padded = cv2.copyMakeBorder(frame, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
+    return padded, (height, width)
+
+
+class KeyFrameSampler:
+    """Renders key frames in order; the first becomes the anchor of the ones that follow."""
+
+    def __init__(self, components: Components, settings: KeySettings, controlnet=None) -> None:
+        self.components = components
+        self.settings = settings
+        self.controlnet = controlnet
+        self.store = ReferenceStore()
+        self._installed = None
+        if settings.cross_frame_layers != "off":
+            self._installed = install_cross_frame_attention(
+                components.unet, self.store, settings.cross_frame_layers
+            )
+        self._anchor_x0: dict[int, torch.Tensor] = {}
+        self._anchor_frame: np.ndarray | None = None
+        self._flow = DISFlow("medium")
+        unet = components.unet
+        self.device, self.dtype = unet.device, unet.dtype
+        vae_blocks = len(components.vae.config.block_out_channels)
+        self.vae_scale = 2 ** (vae_blocks - 1)  # 8 for SD1.x
+        self.multiple = self.vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
+
+    def close(self) -> None:
+        """Put the UNet's original attention processors back."""
+        if self._installed is not None:
+            self._installed.restore()
+            self._installed = None
+
+    # -- one key ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def render(
+        self,
+        frame: np.ndarray,
+        is_anchor: bool,
+        prompt: str | None = None,
+        progress: ProgressCallback = ignore_progress,
+        cancel: CancelToken | None = None,
+        preview: PreviewCallback | None = None,
+    ) -> np.ndarray:
+        """Render `frame` (RGB uint8). `is_anchor` starts a new sequence of keys."""
+        settings = self.settings
+        padded, (height, width) = _pad_multiple(frame, self.multiple)
+        scheduler = self.components.make_scheduler()
+        scheduler.set_timesteps(settings.steps)
+        start = settings.steps - int(round(settings.steps * settings.strength))
+        timesteps = scheduler.timesteps[start:]
+        if len(timesteps) == 0:
+            raise ZvsError(f"strength {settings.strength} leaves no sampling steps")
+        embeddings = self._encode_prompts(prompt if prompt is not None else settings.prompt)
+        condition = self._control_image(padded)
+        fusion = None if is_anchor else self._fusion_inputs(padded)
+        self._begin_key(is_anchor)
+        latents = self._sdedit_start(padded, scheduler, timesteps[0])
+        for index, t in enumerate(timesteps):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            self.store.begin_step(index)
+            epsilon = self._predict_noise(latents, t, embeddings, condition)
+            alpha = scheduler.alphas_cumprod[int(t)].to(latents)
+            x0 = (latents - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
+            x0 = self._constrain(x0, index, int(t), scheduler, is_anchor, fusion)
+            latents = self._ddim_step(scheduler, t, x0, epsilon, index, timesteps)
+            progress(Progress("key", index + 1, len(timesteps)))
+            if preview is not None:
+                preview(latent_preview(x0))
+        if self._installed is not None:
+            self.store.promote()
+        image = decode(self.components.vae, latents)[0]
+        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return np.ascontiguousarray(rgb[:height, :width])
+
+    def _begin_key(self, is_anchor: bool) -> None:
+        if is_anchor:
+            self.store.clear()
+            self._anchor_x0 = {}
+            self.store.set_mode("store")
+        else:
+            if self._installed is not None and not self.store.has("anchor"):
+                raise ZvsError("render the anchor key before the keys that refer to it")
+            self.store.set_mode("use", record=True)
+
+    def _encode_prompts(self, prompt: str) -> torch.Tensor:
+        tokenizer, encoder = self.components.tokenizer, self.components.text_encoder
+        tokens = tokenizer(
+            [self.settings.negative_prompt, prompt],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return encoder(tokens.input_ids.to(encoder.device))[0].to(self.dtype)
+
+    def _control_image(self, frame: np.ndarray) -> torch.Tensor | None:
+        if self.controlnet is None:
+            return None
+        edges = canny_condition(frame, self.settings.canny_thresholds)
+        # ControlNet sees the image at 8x latent size (its embedding downsamples by 8); with
+        # SD1.x's VAE that is the frame's own size.
+        factor = 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
+        height, width = frame.shape[:2]
+        size = (width // self.vae_scale * factor, height // self.vae_scale * factor)
+        if size != (width, height):
+            edges = cv2.resize(edges, size, interpolation=cv2.INTER_NEAREST)
+        tensor = torch.from_numpy(edges).permute(2, 0, 1)[None]
+        return tensor.repeat(2, 1, 1, 1).to(self.device, self.controlnet.dtype)
+
+    def _sdedit_start(self, frame: np.ndarray, scheduler, t) -> torch.Tensor:
+        image = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 127.5 - 1
+        clean = encode_mean(self.components.vae, image.to(self.device))
+        # The same seeded noise for every key keeps them alike (METHOD 1.1).
+        generator = torch.Generator("cpu").manual_seed(self.settings.seed)
+        noise = torch.randn(clean.shape, generator=generator).to(clean)
+        return scheduler.add_noise(clean, noise, t.reshape(1)).to(self.dtype)
+
+    def _predict_noise(self, latents, t, embeddings, condition) -> torch.Tensor:
+        batch = torch.cat([latents, latents])
+        extra = {}
+        if condition is not None:
+            down, mid = self.controlnet(
+                batch,
+                t,
+                encoder_hidden_states=embeddings,
+                controlnet_cond=condition,
+                conditioning_scale=self.settings.controlnet_scale,
+                return_dict=False,
+            )
+            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        output = self.components.unet(batch, t, encoder_hidden_states=embeddings, **extra).sample
+        negative, positive = output.float().chunk(2)
+        return negative + self.settings.guidance_scale * (positive - negative)
+
+    def _fusion_inputs(self, frame: np.ndarray):
+        """Flow from this frame to the anchor frame and where it is valid (pixel size)."""
+        if self._anchor_frame is None:
+            return None
+        to_anchor, back = self._flow.compute_pair(frame, self._anchor_frame)
+        valid = consistency_mask(to_anchor, back).astype(np.float32)
+        return torch.from_numpy(to_anchor), torch.from_numpy(valid)
+
+    def _constrain(self, x0, index, t, scheduler, is_anchor, fusion) -> torch.Tensor:
+        active = self.settings.schedule.active(t, scheduler.config.num_train_timesteps)
+        if is_anchor:
+            self._anchor_x0[index] = x0.detach().clone()
+            return x0
+        reference = self._anchor_x0.get(index)
+        if reference is None:
+            return x0
+        if "shape_fusion" in active and fusion is not None:
+            x0 = shape_aware_fusion(x0, reference, fusion[0], fusion[1])
+        if "adain" in active:
+            x0 = adain(x0, reference)
+        return x0
+
+    def _ddim_step(self, scheduler, t, x0, epsilon, index, timesteps) -> torch.Tensor:
+        """x_{t-1} = sqrt(ᾱ_prev) x̂0 + sqrt(1 - ᾱ_prev) ε (DDIM, eta 0) with the adjusted x̂0."""
+        if index + 1 < len(timesteps):
+            alpha_prev = scheduler.alphas_cumprod[int(timesteps[index + 1])]
+        else:
+            alpha_prev = scheduler.final_alpha_cumprod
+        alpha_prev = alpha_prev.to(x0)
+        return (alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * epsilon).to(self.dtype)
+
+    def set_anchor_frame(self, frame: np.ndarray) -> None:
+        self._anchor_frame, _ = _pad_multiple(frame, self.multiple)
+
+
+class DiffusionKeyRenderer(KeyRenderer):
+    """The `KeyRenderer` face of the sampler, used by the engine like any stylizer."""
+
+    name = "diffusion"
+    needs_weights = True
+
+    def __init__(self, sampler: KeyFrameSampler, model_key: str) -> None:
+        self.sampler = sampler
+        self.model_key = model_key
+
+    def settings_key(self) -> str:
+        return f"diffusion:v1:{self.model_key}:{self.sampler.settings!r}"
+
+    def render(self, frame, context: KeyContext, progress=ignore_progress, cancel=None):
+        is_anchor = context.anchor is None
+        if is_anchor:
+            self.sampler.set_anchor_frame(frame)
+        return self.sampler.render(frame, is_anchor, context.params.prompt, progress, cancel)
