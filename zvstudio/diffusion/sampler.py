@@ -123,7 +123,7 @@ class KeyFrameSampler:
         padded, (height, width) = _pad_multiple(frame, self.multiple)
         scheduler = self.components.make_scheduler()
         scheduler.set_timesteps(settings.steps)
-        start = settings.steps - int(round(settings.steps * settings.strength))
+        start = settings.steps - round(settings.steps * settings.strength)
         timesteps = scheduler.timesteps[start:]
         if len(timesteps) == 0:
             raise ZvsError(f"strength {settings.strength} leaves no sampling steps")
