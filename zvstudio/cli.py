@@ -68,6 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_probe(commands)
     _add_render(commands)
     _add_propagate(commands)
+    _add_preview(commands)
     _add_styles(commands)
     _add_models(commands)
     _add_bench(commands)
@@ -421,6 +422,97 @@ def _parse_keys(items: list[str]) -> dict[int, Path]:
             raise ZvsError(f"frame {int(number)} is given twice with --key")
         keys[int(number)] = Path(image)
     return keys
+
+
+# -- preview ----------------------------------------------------------------------------------
+def _add_preview(commands) -> None:
+    parser = commands.add_parser("preview", help="render one key frame with a diffusion model")
+    parser.add_argument("video", type=Path)
+    parser.add_argument("--frame", type=int, default=0, help="the frame to render (0-based)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="an SD1.x checkpoint (.safetensors) or diffusers folder",
+    )
+    parser.add_argument("--prompt", default="", help="what the frame should look like")
+    parser.add_argument("--negative", default="", help="what it should not look like")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:WEIGHT]",
+        help="apply a LoRA (repeatable), e.g. --lora ink.safetensors:0.8",
+    )
+    parser.add_argument(
+        "--controlnet",
+        metavar="PATH[:SCALE]",
+        help="a canny ControlNet (diffusers folder) and its scale (0.7)",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=0.75,
+        help="how much to change the frame, 0-1 (default 0.75)",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow pickled .ckpt files (they can run code: only trusted ones)",
+    )
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)  # tests: tiny models
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the PNG to write")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(command="preview", run=_run_preview)
+
+
+def _run_preview(args) -> int:
+    from zvstudio.diffusion.lora import LoraSpec
+    from zvstudio.diffusion.sampler import KeySettings
+    from zvstudio.engine.preview import PreviewRequest, render_preview
+    from zvstudio.errors import ZvsError
+
+    if not 0 <= args.strength <= 1:
+        raise ZvsError(f"--strength must be between 0 and 1, got {args.strength}")
+    controlnet, scale = None, 0.7
+    if args.controlnet:
+        spec = LoraSpec.parse(args.controlnet)  # the same PATH[:NUMBER] form
+        given = spec.path != Path(args.controlnet)  # a scale followed the path
+        controlnet, scale = spec.path, spec.weight if given else 0.7
+    settings = KeySettings(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        steps=args.steps,
+        guidance_scale=args.cfg,
+        strength=args.strength,
+        seed=args.seed,
+        controlnet_scale=scale,
+    )
+    request = PreviewRequest(
+        video=args.video,
+        frame=args.frame,
+        model=args.model,
+        output=args.output,
+        settings=settings,
+        loras=[LoraSpec.parse(text) for text in args.lora],
+        controlnet=controlnet,
+        device=args.device,
+        allow_pickle=args.allow_pickle,
+        config_dir=args.config,
+    )
+    bar = ProgressBar(enabled=not args.quiet)
+    cancel = CancelToken()
+    with _cancel_on_ctrl_c(cancel):
+        render_preview(request, progress=bar, cancel=cancel)
+    bar.finish()
+    for warning in request.extra.get("warnings", []):
+        print(f"zvstudio: warning: {warning}", file=sys.stderr)
+    print(f"wrote {args.output}")
+    return 0
 
 
 # -- styles -----------------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""`zvstudio preview` end to end on tiny random models."""
+
+from __future__ import annotations
+
+import cv2
+import pytest
+import torch
+from helpers import make_clip
+from tiny_models import write_tiny_config_dir, write_tiny_diffusers
+
+from zvstudio.cli import main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("preview")
+    model = write_tiny_diffusers(root / "model")
+    config = write_tiny_config_dir(root / "config")
+    clip, _, _ = make_clip(root / "c.mp4", count=6, width=64, height=48)
+    from diffusers import ControlNetModel
+
+    from zvstudio.diffusion.loading import load_sd15_components
+
+    torch.manual_seed(0)
+    unet = load_sd15_components(model, config_dir=config).unet
+    ControlNetModel.from_unet(unet, conditioning_channels=3).save_pretrained(root / "canny")
+    return root, model, config, clip
+
+
+def test_preview_writes_the_key_png(setup, capsys):
+    root, model, config, clip = setup
+    out = root / "key.png"
+    args = [
+        "preview",
+        str(clip),
+        "--frame",
+        "3",
+        "--model",
+        str(model),
+        "--config",
+        str(config),
+        "--prompt",
+        "a red cat",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+        "-q",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    image = cv2.imread(str(out))
+    assert image.shape == (48, 64, 3)
+    assert "Shape-aware fusion will not run" in capsys.readouterr().err  # strength 0.75
+    assert (
+        main([*args[:-2], "--controlnet", f"{root / 'canny'}:0.5", "-o", str(root / "key2.png")])
+        == 0
+    )
+    assert cv2.imread(str(root / "key2.png")).shape == (48, 64, 3)
+
+
+def test_preview_bad_input(setup, capsys):
+    root, model, config, clip = setup
+    base = [
+        "preview",
+        str(clip),
+        "--model",
+        str(model),
+        "--config",
+        str(config),
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "-q",
+    ]
+    assert main([*base, "--frame", "60", "-o", str(root / "x.png")]) == 1
+    assert "outside the clip" in capsys.readouterr().err
+    assert main([*base, "-o", str(root / "x.jpg")]) == 1
+    assert "PNG" in capsys.readouterr().err
+    assert main([*base, "--strength", "1.5", "-o", str(root / "x.png")]) == 1
+    assert "strength" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "preview",
+                str(clip),
+                "--model",
+                str(model),
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "-q",
+                "-o",
+                str(root / "x.png"),
+            ]
+        )
+        == 1
+    )  # a tiny model is not SD1.x-shaped
+    assert "not an SD1.x model" in capsys.readouterr().err
+    assert main([*base, "--lora", str(root / "none.safetensors"), "-o", str(root / "x.png")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert not (root / "x.png").exists()

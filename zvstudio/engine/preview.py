@@ -1,0 +1,127 @@
+"""`zvstudio preview`: render one key frame with a diffusion model, to try settings quickly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from zvstudio.errors import ZvsError
+from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    video: Path
+    frame: int
+    model: Path
+    output: Path
+    settings: object  # zvstudio.diffusion.sampler.KeySettings
+    loras: Sequence[object] = ()  # zvstudio.diffusion.lora.LoraSpec
+    controlnet: Path | None = None
+    device: str = "auto"
+    allow_pickle: bool = False
+    config_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def choose_device(requested: str = "auto"):
+    """(device, dtype): the GPU in half precision when there is one, else the CPU in fp32."""
+    import torch
+
+    if requested == "auto":
+        requested = (
+            "cuda"
+            if torch.cuda.is_available()
+            else ("mps" if torch.backends.mps.is_available() else "cpu")
+        )
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ZvsError("no CUDA GPU is available", hint="use --device cpu")
+    dtype = torch.float32 if requested == "cpu" else torch.float16
+    return requested, dtype
+
+
+def load_controlnet(path: Path, device: str, dtype):
+    """A ControlNet from a diffusers folder (local files only)."""
+    from diffusers import ControlNetModel
+
+    from zvstudio.diffusion.loading import force_offline
+
+    if not path.is_dir():
+        raise ZvsError(
+            f"ControlNet {path}: only diffusers folders are supported so far",
+            hint="use a ControlNet saved as a diffusers folder (config.json + weights)",
+        )
+    force_offline()
+    try:
+        model = ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ZvsError(f"cannot load ControlNet {path}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def render_preview(
+    request: PreviewRequest,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+) -> Path:
+    """Render frame `request.frame` of the video as a key and write it as a PNG."""
+    import torch
+
+    from zvstudio.diffusion.constraints import check_schedule
+    from zvstudio.diffusion.loading import load_sd15_components
+    from zvstudio.diffusion.lora import apply_loras
+    from zvstudio.diffusion.sampler import KeyFrameSampler
+    from zvstudio.media import VideoReader
+
+    if request.output.suffix.lower() != ".png":
+        raise ZvsError(f"the preview is written as PNG: use a .png output, not {request.output}")
+    if not request.output.absolute().parent.is_dir():
+        raise ZvsError(f"cannot write {request.output}: its folder does not exist")
+    with VideoReader(request.video) as reader:
+        if not 0 <= request.frame < len(reader):
+            raise ZvsError(
+                f"frame {request.frame} is outside the clip's frames 0..{len(reader) - 1}"
+            )
+        frame = reader.frame(request.frame)
+    device, dtype = choose_device(request.device)
+    for warning in check_schedule(request.settings.schedule, request.settings.strength):
+        request.extra.setdefault("warnings", []).append(warning)
+    try:
+        components = load_sd15_components(
+            request.model,
+            dtype=dtype,
+            device=device,
+            allow_pickle=request.allow_pickle,
+            config_dir=request.config_dir,
+        )
+        apply_loras(components, list(request.loras))
+        controlnet = (
+            load_controlnet(request.controlnet, device, dtype) if request.controlnet else None
+        )
+        sampler = KeyFrameSampler(components, request.settings, controlnet=controlnet)
+        image = sampler.render(frame, is_anchor=True, progress=progress, cancel=cancel)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ZvsError(
+            "the GPU ran out of memory", hint="lower the resolution, or use --device cpu"
+        ) from exc
+    _write_png(request.output, image)
+    return request.output
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """Write atomically: a half-written file never replaces an existing one."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ZvsError(f"cannot encode {path}")
+    temp = path.with_name(f".{path.name}.partial")
+    try:
+        temp.write_bytes(data.tobytes())
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise ZvsError(f"cannot write {path}: {exc.strerror or exc}") from exc
