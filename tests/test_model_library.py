@@ -788,19 +788,9 @@ def test_models_command_lists_what_it_finds(tmp_path, monkeypatch, capsys):
     loras = install / "models" / "Lora"
     loras.mkdir(parents=True)
     (install / "webui.py").write_text("")
-    write_st(
-        loras / "inkwash.safetensors",
-        {
-            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": (
-                4,
-                768,
-            ),
-            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": (
-                320,
-                4,
-            ),
-        },
-    )
+    layer = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    shapes = {f"{layer}.lora_down.weight": (4, 768), f"{layer}.lora_up.weight": (320, 4)}
+    write_st(loras / "inkwash.safetensors", shapes)
     assert main(["models", "--folder", str(install), "--json", "--no-hash"]) == 0
     listed = json.loads(capsys.readouterr().out)["models"]
     assert [(m["name"], m["kind"], m["base"]) for m in listed] == [("inkwash", "lora", "sd1")]
