@@ -103,3 +103,53 @@ def test_preview_bad_input(setup, capsys):
     assert main([*base, "--lora", str(root / "none.safetensors"), "-o", str(root / "x.png")]) == 1
     assert "not found" in capsys.readouterr().err
     assert not (root / "x.png").exists()
+
+
+def test_render_a_clip_with_diffusion_keys(setup, capsys):
+    from zvstudio.media import probe
+
+    root, model, config, clip = setup
+    out = root / "diffused.mp4"
+    assert (
+        main(
+            [
+                "render",
+                str(clip),
+                "--model",
+                str(model),
+                "--config",
+                str(config),
+                "--prompt",
+                "a red cat",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--every",
+                "3",
+                "-q",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "(6 frames" in capsys.readouterr().out
+    info = probe(out)
+    assert info.frame_count == 6 and (info.width, info.height) == (64, 48)
+    assert (
+        main(
+            [
+                "render",
+                str(clip),
+                "--model",
+                str(model),
+                "--style",
+                "oil",
+                "-o",
+                str(root / "x.mp4"),
+            ]
+        )
+        == 1
+    )
+    assert "either --style" in capsys.readouterr().err

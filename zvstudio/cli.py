@@ -131,6 +131,7 @@ def _add_render(commands) -> None:
         help="output .mp4/.mov/.mkv file, or a folder for PNG frames",
     )
     render_parser.add_argument("--style", help="weightless style (see `zvstudio styles`)")
+    _add_diffusion_options(render_parser, model_required=False)
     keys = render_parser.add_mutually_exclusive_group()
     keys.add_argument(
         "--every", type=int, metavar="K", help="render a key every K frames and propagate the rest"
@@ -212,6 +213,12 @@ def _with_overrides(request, args):
     if args.no_audio:
         export = replace(export, audio=False)
     renderer = request.renderer
+    if args.model is not None and args.style is not None:
+        from zvstudio.errors import ZvsError
+
+        raise ZvsError("choose either --style (a weightless style) or --model (diffusion)")
+    if args.model is not None:
+        renderer = replace(renderer, kind="diffusion", diffusion=_diffusion_spec(args))
     if args.style is not None:
         renderer = replace(renderer, kind="stylize", style=args.style)
     if args.param:
@@ -425,18 +432,16 @@ def _parse_keys(items: list[str]) -> dict[int, Path]:
 
 
 # -- preview ----------------------------------------------------------------------------------
-def _add_preview(commands) -> None:
-    parser = commands.add_parser("preview", help="render one key frame with a diffusion model")
-    parser.add_argument("video", type=Path)
-    parser.add_argument("--frame", type=int, default=0, help="the frame to render (0-based)")
+def _add_diffusion_options(parser, model_required: bool) -> None:
+    """Options of the diffusion key renderer, shared by `preview` and `render`."""
     parser.add_argument(
         "--model",
         type=Path,
-        required=True,
+        required=model_required,
         help="an SD1.x checkpoint (.safetensors) or diffusers folder",
     )
-    parser.add_argument("--prompt", default="", help="what the frame should look like")
-    parser.add_argument("--negative", default="", help="what it should not look like")
+    parser.add_argument("--prompt", default="", help="what the frames should look like")
+    parser.add_argument("--negative", default="", help="what they should not look like")
     parser.add_argument(
         "--lora",
         action="append",
@@ -453,7 +458,7 @@ def _add_preview(commands) -> None:
         "--strength",
         type=float,
         default=0.75,
-        help="how much to change the frame, 0-1 (default 0.75)",
+        help="how much to change the frames, 0-1 (default 0.75)",
     )
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
@@ -465,19 +470,19 @@ def _add_preview(commands) -> None:
         help="allow pickled .ckpt files (they can run code: only trusted ones)",
     )
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)  # tests: tiny models
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the PNG to write")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(command="preview", run=_run_preview)
 
 
-def _run_preview(args) -> int:
+def _diffusion_spec(args):
+    """The DiffusionSpec the diffusion options describe."""
     from zvstudio.diffusion.lora import LoraSpec
     from zvstudio.diffusion.sampler import KeySettings
-    from zvstudio.engine.preview import PreviewRequest, render_preview
+    from zvstudio.engine.preview import DiffusionSpec
     from zvstudio.errors import ZvsError
 
     if not 0 <= args.strength <= 1:
         raise ZvsError(f"--strength must be between 0 and 1, got {args.strength}")
+    if args.steps < 1:
+        raise ZvsError(f"--steps must be at least 1, got {args.steps}")
     controlnet, scale = None, 0.7
     if args.controlnet:
         spec = LoraSpec.parse(args.controlnet)  # the same PATH[:NUMBER] form
@@ -492,17 +497,43 @@ def _run_preview(args) -> int:
         seed=args.seed,
         controlnet_scale=scale,
     )
+    return DiffusionSpec(
+        args.model,
+        settings,
+        tuple(LoraSpec.parse(t) for t in args.lora),
+        controlnet,
+        args.device,
+        args.allow_pickle,
+        args.config,
+    )
+
+
+# -- preview ----------------------------------------------------------------------------------
+def _add_preview(commands) -> None:
+    parser = commands.add_parser("preview", help="render one key frame with a diffusion model")
+    parser.add_argument("video", type=Path)
+    parser.add_argument("--frame", type=int, default=0, help="the frame to render (0-based)")
+    _add_diffusion_options(parser, model_required=True)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the PNG to write")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(command="preview", run=_run_preview)
+
+
+def _run_preview(args) -> int:
+    from zvstudio.engine.preview import PreviewRequest, render_preview
+
+    spec = _diffusion_spec(args)
     request = PreviewRequest(
         video=args.video,
         frame=args.frame,
-        model=args.model,
+        model=spec.model,
         output=args.output,
-        settings=settings,
-        loras=[LoraSpec.parse(text) for text in args.lora],
-        controlnet=controlnet,
-        device=args.device,
-        allow_pickle=args.allow_pickle,
-        config_dir=args.config,
+        settings=spec.settings,
+        loras=spec.loras,
+        controlnet=spec.controlnet,
+        device=spec.device,
+        allow_pickle=spec.allow_pickle,
+        config_dir=spec.config_dir,
     )
     bar = ProgressBar(enabled=not args.quiet)
     cancel = CancelToken()

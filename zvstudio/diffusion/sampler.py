@@ -262,4 +262,10 @@ class DiffusionKeyRenderer(KeyRenderer):
         is_anchor = context.anchor is None
         if is_anchor:
             self.sampler.set_anchor_frame(frame)
-        return self.sampler.render(frame, is_anchor, context.params.prompt, progress, cancel)
+        try:
+            return self.sampler.render(frame, is_anchor, context.params.prompt, progress, cancel)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise ZvsError(
+                "the GPU ran out of memory",
+                hint="lower the resolution, close other GPU programs, or use --device cpu",
+            ) from exc

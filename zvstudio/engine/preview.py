@@ -64,6 +64,57 @@ def load_controlnet(path: Path, device: str, dtype):
     return model.to(device).eval()
 
 
+@dataclass(frozen=True)
+class DiffusionSpec:
+    """The diffusion key renderer's model files and settings (one request's worth)."""
+
+    model: Path
+    settings: object  # zvstudio.diffusion.sampler.KeySettings
+    loras: tuple = ()  # zvstudio.diffusion.lora.LoraSpec
+    controlnet: Path | None = None
+    device: str = "auto"
+    allow_pickle: bool = False
+    config_dir: Path | None = None
+
+
+def build_sampler(spec: DiffusionSpec):
+    """Load the model, its LoRAs and ControlNet, and make a key-frame sampler."""
+    from zvstudio.diffusion.loading import load_sd15_components
+    from zvstudio.diffusion.lora import apply_loras
+    from zvstudio.diffusion.sampler import KeyFrameSampler
+
+    device, dtype = choose_device(spec.device)
+    components = load_sd15_components(
+        spec.model,
+        dtype=dtype,
+        device=device,
+        allow_pickle=spec.allow_pickle,
+        config_dir=spec.config_dir,
+    )
+    apply_loras(components, list(spec.loras))
+    controlnet = load_controlnet(spec.controlnet, device, dtype) if spec.controlnet else None
+    return KeyFrameSampler(components, spec.settings, controlnet=controlnet)
+
+
+def create_diffusion_renderer(spec: DiffusionSpec):
+    """The diffusion `KeyRenderer` for the engine; its cache key names the model files."""
+    from zvstudio.diffusion.sampler import DiffusionKeyRenderer
+
+    files = [
+        str(spec.model),
+        *(f"{lora.path}:{lora.weight}" for lora in spec.loras),
+        str(spec.controlnet or ""),
+    ]
+    return DiffusionKeyRenderer(build_sampler(spec), "|".join(files))
+
+
+def out_of_memory_error(exc: BaseException) -> ZvsError:
+    return ZvsError(
+        "the GPU ran out of memory",
+        hint="lower the resolution, close other GPU programs, or use --device cpu",
+    )
+
+
 def render_preview(
     request: PreviewRequest,
     progress: ProgressCallback = ignore_progress,
@@ -73,9 +124,6 @@ def render_preview(
     import torch
 
     from zvstudio.diffusion.constraints import check_schedule
-    from zvstudio.diffusion.loading import load_sd15_components
-    from zvstudio.diffusion.lora import apply_loras
-    from zvstudio.diffusion.sampler import KeyFrameSampler
     from zvstudio.media import VideoReader
 
     if request.output.suffix.lower() != ".png":
@@ -88,27 +136,22 @@ def render_preview(
                 f"frame {request.frame} is outside the clip's frames 0..{len(reader) - 1}"
             )
         frame = reader.frame(request.frame)
-    device, dtype = choose_device(request.device)
     for warning in check_schedule(request.settings.schedule, request.settings.strength):
         request.extra.setdefault("warnings", []).append(warning)
+    spec = DiffusionSpec(
+        request.model,
+        request.settings,
+        tuple(request.loras),
+        request.controlnet,
+        request.device,
+        request.allow_pickle,
+        request.config_dir,
+    )
     try:
-        components = load_sd15_components(
-            request.model,
-            dtype=dtype,
-            device=device,
-            allow_pickle=request.allow_pickle,
-            config_dir=request.config_dir,
-        )
-        apply_loras(components, list(request.loras))
-        controlnet = (
-            load_controlnet(request.controlnet, device, dtype) if request.controlnet else None
-        )
-        sampler = KeyFrameSampler(components, request.settings, controlnet=controlnet)
+        sampler = build_sampler(spec)
         image = sampler.render(frame, is_anchor=True, progress=progress, cancel=cancel)
     except torch.cuda.OutOfMemoryError as exc:
-        raise ZvsError(
-            "the GPU ran out of memory", hint="lower the resolution, or use --device cpu"
-        ) from exc
+        raise out_of_memory_error(exc) from exc
     _write_png(request.output, image)
     return request.output
 

@@ -41,7 +41,14 @@ def create_key_renderer(spec: KeyRendererSpec) -> KeyRenderer:
         return create_stylizer(spec.style, **dict(spec.params))
     if spec.kind == "painted":
         return PaintedKeyRenderer({frame: path for frame, path in spec.painted})
-    raise ZvsError(f"unknown key renderer '{spec.kind}'; choose 'stylize' or 'painted'")
+    if spec.kind == "diffusion" and spec.diffusion is not None:
+        from zvstudio.engine.preview import create_diffusion_renderer
+
+        return create_diffusion_renderer(spec.diffusion)
+    raise ZvsError(
+        f"unknown key renderer '{spec.kind}'; choose 'stylize', 'painted' or "
+        "'diffusion' (with a model)"
+    )
 
 
 def resolve_range(request: RenderRequest, frame_count: int) -> tuple[int, int]:
@@ -58,6 +65,8 @@ def resolve_range(request: RenderRequest, frame_count: int) -> tuple[int, int]:
 
 def plan_keys(request: RenderRequest, first: int, last: int) -> list[int] | None:
     """The key frames to render, or None to render every frame on its own."""
+    if request.renderer.kind == "diffusion" and not (request.key_frames or request.key_interval):
+        return list(range(first, last + 1, 10))  # diffusion on every frame would be waste
     if request.renderer.kind == "painted":
         keys = sorted(frame for frame, _ in request.renderer.painted)
         if not keys:

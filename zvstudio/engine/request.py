@@ -19,14 +19,16 @@ from zvstudio.propagate.segment import PropagationSettings
 class KeyRendererSpec:
     """Which key renderer to use and its settings.
 
-    `kind` is "stylize" (a weightless OpenCV style named by `style`, tuned by `params`) or
-    "painted" (the artist's own images, `painted` maps frame numbers to image files).
+    `kind` is "stylize" (a weightless OpenCV style named by `style`, tuned by `params`),
+    "painted" (the artist's own images, `painted` maps frame numbers to image files) or
+    "diffusion" (an SD1.x model with the settings in `diffusion`).
     """
 
     kind: str = "stylize"
     style: str = "stylization"
     params: tuple[tuple[str, float | int | str | bool], ...] = ()
     painted: tuple[tuple[int, str], ...] = ()
+    diffusion: object | None = None  # zvstudio.engine.preview.DiffusionSpec for "diffusion"
 
 
 @dataclass(frozen=True)
