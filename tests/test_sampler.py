@@ -150,3 +150,63 @@ def test_key_renderer_interface(components):
     second = renderer.render(video[1], KeyContext(5, anchor=key, previous=key))
     assert second.shape == video[1].shape
     assert "tiny" in renderer.settings_key() and renderer.needs_weights
+
+
+def test_pixel_aware_fusion_pulls_towards_the_warped_references(components):
+    video = frames()
+    target = np.zeros_like(video[1])
+    target[...] = (30, 200, 60)
+    # Fusion at every step with weight 1: the final latent must become the composite's E*
+    # latent (the tiny VAE is random, so this is checked in latent space).
+    only_pixels = KeySettings(
+        prompt="x",
+        steps=6,
+        strength=1.0,
+        cross_frame_layers="off",
+        schedule=ConstraintSchedule(
+            cross_frame=None, shape_fusion=None, pixel_fusion=(0.0, 1.0), adain=None
+        ),
+    )
+    sampler = KeyFrameSampler(components, only_pixels)
+    sampler.render(video[0], is_anchor=True)
+    seen = []
+    fuse = sampler._fuse_pixels
+
+    def spy(latents, guide, index, run):
+        fused = fuse(latents, guide, index, run)
+        seen.append(
+            (
+                (latents - guide[0]).abs().mean().item(),
+                (fused - guide[0]).abs().mean().item(),
+                guide[1].mean().item(),
+            )
+        )
+        return fused
+
+    sampler._fuse_pixels = spy
+    # The reference is this very frame (flow ~0, valid everywhere) rendered as solid green.
+    sampler.render(video[1], is_anchor=False, references=[(video[1], target)])
+    assert len(seen) == 6 and all(coverage == 1.0 for _, _, coverage in seen)
+    assert all(after < before for before, after, _ in seen)
+    assert seen[-1][1] < 0.05  # only the last step's tiny noise level remains
+
+
+def test_second_pass_resumes_exactly(components, folders):
+    video = frames()
+    settings = KeySettings(prompt="x", steps=6, strength=1.0, seed=5)
+    results = {}
+    for resume in (True, False):
+        fresh = load_sd15_components(folders[0], config_dir=folders[1])
+        from dataclasses import replace
+
+        sampler = KeyFrameSampler(fresh, replace(settings, resume_second_pass=resume))
+        sampler.set_anchor_frame(video[0])
+        anchor = sampler.render(video[0], is_anchor=True)
+        events = []
+        results[resume] = sampler.render(
+            video[1], is_anchor=False, progress=events.append, references=[(video[0], anchor)]
+        )
+        results[f"steps {resume}"] = len(events)
+    assert np.array_equal(results[True], results[False])
+    # Resuming skips the steps before the fusion range (t > 0.8 T_max: 1 of 6 here).
+    assert results["steps True"] < results["steps False"] == 12

@@ -13,13 +13,17 @@ A readable top-to-bottom DDIM loop, as diffusers writes its pipelines, on our ow
    predicted x̂0 with the anchor's x̂0 warped by optical flow, AdaIN of x̂0 to the anchor's
    statistics. The DDIM update then uses the adjusted x̂0.
 
-Pixel-aware fusion (the second pass with the fidelity-oriented encoder) is the next step and
-not in this version.
+4. Pixel-aware fusion: a first pass gives a rough render; the anchor's and the previous
+   key's renders, warped to this frame by optical flow, are composited over it where the flow
+   is valid (anchor first), encoded with the fidelity-oriented encoder E*, and a second pass
+   pulls x_{t-1} towards that composite (noised to t-1) inside the fusion range. The second
+   pass is identical to the first until the range starts, so it resumes from the first pass's
+   latent there instead of re-running those steps (`resume_second_pass`; exactly equal).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -27,11 +31,17 @@ import numpy as np
 import torch
 
 from zvstudio.diffusion.attention import ReferenceStore, install_cross_frame_attention
-from zvstudio.diffusion.constraints import ConstraintSchedule, adain, shape_aware_fusion
-from zvstudio.diffusion.encoding import decode, encode_mean
+from zvstudio.diffusion.constraints import (
+    ConstraintSchedule,
+    adain,
+    pixel_aware_fusion,
+    q_sample,
+    shape_aware_fusion,
+)
+from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode
 from zvstudio.diffusion.loading import Components
 from zvstudio.errors import ZvsError
-from zvstudio.flow import DISFlow, consistency_mask
+from zvstudio.flow import DISFlow, consistency_mask, warp
 from zvstudio.keyrender import KeyContext, KeyRenderer
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 
@@ -57,6 +67,31 @@ class KeySettings:
     canny_thresholds: tuple[int, int] = (100, 200)
     cross_frame_layers: str = "decoder"  # "decoder", "decoder_loose", "all" or "off"
     schedule: ConstraintSchedule = field(default_factory=ConstraintSchedule)
+    pixel_fusion_weight: float = 1.0  # how hard the second pass follows the warped keys
+    resume_second_pass: bool = True  # resume pass two from pass one's latent (exact, faster)
+
+
+def seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
+    """The same noise for every key of a render (METHOD 1.1): drawn on the CPU from `seed`."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(like.shape, generator=generator).to(like)
+
+
+@dataclass
+class _Run:
+    """What one key's sampling passes share."""
+
+    frame: np.ndarray
+    scheduler: object
+    timesteps: torch.Tensor
+    embeddings: torch.Tensor
+    condition: torch.Tensor | None
+    fusion: tuple | None
+    is_anchor: bool
+    seed: int = 0
+
+    def noise_like(self, latents: torch.Tensor) -> torch.Tensor:
+        return seeded_noise(latents.float(), self.seed)
 
 
 def canny_condition(frame: np.ndarray, thresholds: tuple[int, int]) -> np.ndarray:
@@ -117,8 +152,13 @@ class KeyFrameSampler:
         progress: ProgressCallback = ignore_progress,
         cancel: CancelToken | None = None,
         preview: PreviewCallback | None = None,
+        references: Sequence[tuple[np.ndarray, np.ndarray]] = (),
     ) -> np.ndarray:
-        """Render `frame` (RGB uint8). `is_anchor` starts a new sequence of keys."""
+        """Render `frame` (RGB uint8). `is_anchor` starts a new sequence of keys.
+
+        `references` are (source frame, rendered key) pairs for pixel-aware fusion, in
+        priority order (the anchor first, then the previous key).
+        """
         settings = self.settings
         padded, (height, width) = _pad_multiple(frame, self.multiple)
         scheduler = self.components.make_scheduler()
@@ -127,28 +167,105 @@ class KeyFrameSampler:
         timesteps = scheduler.timesteps[start:]
         if len(timesteps) == 0:
             raise ZvsError(f"strength {settings.strength} leaves no sampling steps")
-        embeddings = self._encode_prompts(prompt if prompt is not None else settings.prompt)
-        condition = self._control_image(padded)
-        fusion = None if is_anchor else self._fusion_inputs(padded)
+        run = _Run(
+            padded,
+            scheduler,
+            timesteps,
+            self._encode_prompts(prompt if prompt is not None else settings.prompt),
+            self._control_image(padded),
+            None if is_anchor else self._fusion_inputs(padded),
+            is_anchor,
+            settings.seed,
+        )
         self._begin_key(is_anchor)
         latents = self._sdedit_start(padded, scheduler, timesteps[0])
-        for index, t in enumerate(timesteps):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            self.store.begin_step(index)
-            epsilon = self._predict_noise(latents, t, embeddings, condition)
-            alpha = scheduler.alphas_cumprod[int(t)].to(latents)
-            x0 = (latents - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
-            x0 = self._constrain(x0, index, int(t), scheduler, is_anchor, fusion)
-            latents = self._ddim_step(scheduler, t, x0, epsilon, index, timesteps)
-            progress(Progress("key", index + 1, len(timesteps)))
-            if preview is not None:
-                preview(latent_preview(x0))
+        fusion_steps = self._pixel_fusion_steps(run) if references and not is_anchor else []
+        first_pass = self._denoise(
+            run,
+            latents,
+            0,
+            None,
+            progress,
+            cancel,
+            preview,
+            keep_at=fusion_steps[0] if fusion_steps else None,
+        )
+        if fusion_steps:
+            composite, valid = self._composite(padded, first_pass[0], references)
+            resume_at = fusion_steps[0] if settings.resume_second_pass else 0
+            start_latent = first_pass[1] if settings.resume_second_pass else latents
+            guide = (composite, valid, set(fusion_steps))
+            first_pass = self._denoise(
+                run, start_latent, resume_at, guide, progress, cancel, preview
+            )
         if self._installed is not None:
             self.store.promote()
+        return self._to_image(first_pass[0])[:height, :width]
+
+    def _denoise(self, run, latents, first_index, guide, progress, cancel, preview, keep_at=None):
+        """DDIM from step `first_index` to the end; returns (final latent, the latent before
+        step `keep_at`). `guide` = (composite latent, valid mask, step indices) fuses."""
+        kept = latents if keep_at == first_index else None
+        total = len(run.timesteps)
+        for index in range(first_index, total):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            t = run.timesteps[index]
+            self.store.begin_step(index)
+            epsilon = self._predict_noise(latents, t, run.embeddings, run.condition)
+            alpha = run.scheduler.alphas_cumprod[int(t)].to(latents)
+            x0 = (latents - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
+            x0 = self._constrain(x0, index, int(t), run.scheduler, run.is_anchor, run.fusion)
+            latents = self._ddim_step(run.scheduler, t, x0, epsilon, index, run.timesteps)
+            if guide is not None and index in guide[2]:
+                latents = self._fuse_pixels(latents, guide, index, run)
+            if index + 1 == keep_at:
+                kept = latents.clone()
+            progress(Progress("key", index + 1, total))
+            if preview is not None:
+                preview(latent_preview(x0))
+        return latents, kept
+
+    def _pixel_fusion_steps(self, run) -> list[int]:
+        """Indices of the steps inside the pixel-aware fusion range."""
+        t_max = run.scheduler.config.num_train_timesteps
+        return [
+            i
+            for i, t in enumerate(run.timesteps)
+            if "pixel_fusion" in self.settings.schedule.active(int(t), t_max)
+        ]
+
+    def _composite(self, frame, rough_latent, references):
+        """The warped reference renders over the rough render where their flow is valid
+        (earlier references win), encoded with E*; and the union of valid regions."""
+        rough = self._to_image(rough_latent).astype(np.float32)
+        composite = rough.copy()
+        covered = np.zeros(frame.shape[:2], bool)
+        for source, rendered in reversed(references):  # the first reference ends on top
+            source, _ = _pad_multiple(source, self.multiple)
+            rendered, _ = _pad_multiple(rendered, self.multiple)
+            to_reference, back = self._flow.compute_pair(frame, source)
+            valid = consistency_mask(to_reference, back)
+            composite[valid] = warp(rendered, to_reference)[valid]
+            covered |= valid
+        image = torch.from_numpy(composite).permute(2, 0, 1)[None] / 127.5 - 1
+        latent = fidelity_encode(self.components.vae, image.to(self.device))
+        return latent, torch.from_numpy(covered.astype(np.float32))
+
+    def _fuse_pixels(self, latents, guide, index, run) -> torch.Tensor:
+        """Pull x_{t-1} towards the composite noised to the same level, inside the mask."""
+        composite, valid, _ = guide
+        if index + 1 < len(run.timesteps):
+            alpha_prev = run.scheduler.alphas_cumprod[int(run.timesteps[index + 1])]
+        else:
+            alpha_prev = run.scheduler.final_alpha_cumprod
+        noised = q_sample(composite.to(latents), run.noise_like(latents), alpha_prev)
+        return pixel_aware_fusion(latents, noised, valid, self.settings.pixel_fusion_weight)
+
+    def _to_image(self, latents: torch.Tensor) -> np.ndarray:
         image = decode(self.components.vae, latents)[0]
         rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        return np.ascontiguousarray(rgb[:height, :width])
+        return np.ascontiguousarray(rgb)
 
     def _begin_key(self, is_anchor: bool) -> None:
         if is_anchor:
@@ -188,9 +305,7 @@ class KeyFrameSampler:
     def _sdedit_start(self, frame: np.ndarray, scheduler, t) -> torch.Tensor:
         image = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 127.5 - 1
         clean = encode_mean(self.components.vae, image.to(self.device))
-        # The same seeded noise for every key keeps them alike (METHOD 1.1).
-        generator = torch.Generator("cpu").manual_seed(self.settings.seed)
-        noise = torch.randn(clean.shape, generator=generator).to(clean)
+        noise = seeded_noise(clean, self.settings.seed)
         return scheduler.add_noise(clean, noise, t.reshape(1)).to(self.dtype)
 
     def _predict_noise(self, latents, t, embeddings, condition) -> torch.Tensor:
@@ -262,8 +377,17 @@ class DiffusionKeyRenderer(KeyRenderer):
         is_anchor = context.anchor is None
         if is_anchor:
             self.sampler.set_anchor_frame(frame)
+        references = [
+            (key.source, key.result)
+            for key in (context.anchor, context.previous)
+            if key is not None
+        ]
+        if context.previous is not None and context.previous is context.anchor:
+            references = references[:1]
         try:
-            return self.sampler.render(frame, is_anchor, context.params.prompt, progress, cancel)
+            return self.sampler.render(
+                frame, is_anchor, context.params.prompt, progress, cancel, references=references
+            )
         except torch.cuda.OutOfMemoryError as exc:
             raise ZvsError(
                 "the GPU ran out of memory",
