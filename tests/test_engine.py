@@ -158,6 +158,8 @@ def test_rendered_keys_keep_only_a_few_in_memory(clip):
     seen = []
 
     class Recorder(type(create_stylizer("posterize"))):
+        uses_references = True  # like diffusion: keys must be rendered in order
+
         def render(self, frame, context, progress=None, cancel=None):
             seen.append(
                 (
@@ -177,3 +179,53 @@ def test_rendered_keys_keep_only_a_few_in_memory(clip):
     # Rendered in order, each with the anchor and the previous key as references.
     assert seen[:3] == [(0, None, None), (2, 0, 0), (4, 0, 2)]
     assert [number for number, _, _ in seen] == list(range(0, 16, 2))
+    # Independent keys (plain stylizers) are rendered only when asked for.
+    with VideoReader(clip) as reader:
+        independent = RenderedKeys(
+            reader,
+            create_stylizer("posterize"),
+            list(range(0, 16, 2)),
+            lambda e: None,
+            CancelToken(),
+        )
+        independent[10]
+        assert independent.rendered == 1
+
+
+def test_segments_are_cached_so_a_changed_key_recomputes_only_its_neighbours(clip, tmp_path):
+    from zvstudio.propagate.cache import SegmentCache
+
+    paintings = {}
+    with VideoReader(clip) as reader:
+        for number in (0, 5, 10, 15):
+            path = tmp_path / f"key{number}.png"
+            cv2.imwrite(str(path), 255 - reader.frame(number))
+            paintings[number] = str(path)
+    counts = []
+    original_load = SegmentCache.load
+
+    def counting_load(self, start, stop, ids):
+        result = original_load(self, start, stop, ids)
+        counts.append((start, result is not None))
+        return result
+
+    def run(name):
+        request = RenderRequest(
+            clip,
+            tmp_path / name,
+            KeyRendererSpec(kind="painted", painted=tuple(paintings.items())),
+            flow_preset="medium",
+        )
+        counts.clear()
+        render(request)
+        return dict(counts)
+
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SegmentCache, "load", counting_load)
+        assert run("a.mp4") == {0: False, 5: False, 10: False, 15: False}
+        assert run("b.mp4") == {0: True, 5: True, 10: True, 15: True}  # all reused
+        with VideoReader(clip) as reader:  # repaint key 10
+            cv2.imwrite(paintings[10], reader.frame(10))
+        assert run("c.mp4") == {0: True, 5: False, 10: False, 15: True}

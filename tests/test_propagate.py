@@ -353,3 +353,27 @@ def test_propagate_command_bad_input(painted_clip, tmp_path, capsys):
     cv2.imwrite(str(small), cv2.resize(cv2.imread(str(folder / "key0.png")), (96, 56)))
     assert main(["propagate", str(clip), "--key", f"0={small}", "-q", "-o", out]) == 0
     assert "resized" in capsys.readouterr().err
+
+
+def test_segment_cache_round_trip_and_eviction(tmp_path):
+    import os
+    import time
+
+    from zvstudio.propagate.cache import SegmentCache
+
+    frames = {n: np.full((8, 8, 3), n * 20, np.uint8) for n in range(3)}
+    cache = SegmentCache("clip-a", root=tmp_path, limit=10**9)
+    assert cache.load(0, 2, ("k0", "k3")) is None
+    cache.store(0, 2, ("k0", "k3"), frames)
+    loaded = cache.load(0, 2, ("k0", "k3"))
+    assert all(np.array_equal(loaded[n], frames[n]) for n in range(3))
+    assert cache.load(0, 2, ("k0", "k3-repainted")) is None  # another key: not this segment
+    assert (cache.hits, cache.misses) == (1, 2)
+    one_segment = cache.size()
+    old = next(p for p in tmp_path.glob("*/*") if p.is_dir())
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    small = SegmentCache("clip-b", root=tmp_path, limit=one_segment)
+    small.store(3, 5, ("k3", "k6"), {n + 3: image for n, image in frames.items()})
+    assert small.load(3, 5, ("k3", "k6")) is not None
+    assert cache.load(0, 2, ("k0", "k3")) is None  # the older segment was evicted
+    assert not [p for p in tmp_path.rglob("*") if "partial" in p.name]

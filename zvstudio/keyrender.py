@@ -55,10 +55,17 @@ class KeyRenderer(ABC):
     name: str = ""
     #: Whether rendering needs model weights (the weightless stylizers do not).
     needs_weights: bool = False
+    #: Whether a key's result depends on the anchor and previous keys (diffusion does).
+    uses_references: bool = False
 
     @abstractmethod
     def settings_key(self) -> str:
         """A stable string of every setting that determines the output (for content caching)."""
+
+    def key_identity(self, frame_index: int) -> str:
+        """A stable string of everything that determines the key at `frame_index` (besides the
+        frame itself and, when `uses_references`, the earlier keys): its cache identity."""
+        return self.settings_key()
 
     @abstractmethod
     def render(

@@ -365,6 +365,7 @@ class DiffusionKeyRenderer(KeyRenderer):
 
     name = "diffusion"
     needs_weights = True
+    uses_references = True
 
     def __init__(self, sampler: KeyFrameSampler, model_key: str) -> None:
         self.sampler = sampler

@@ -20,10 +20,11 @@ import numpy as np
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, FlowCache
-from zvstudio.hashing import file_hash
+from zvstudio.hashing import file_hash, text_hash
 from zvstudio.keyrender import KeyContext, KeyRenderer, RenderedKey
 from zvstudio.media import AudioSource, FrameTiming, VideoReader, VideoWriter, check_output, probe
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+from zvstudio.propagate.cache import SegmentCache
 from zvstudio.propagate.clip import propagate_clip
 from zvstudio.stylize import PaintedKeyRenderer, create_stylizer
 
@@ -98,12 +99,24 @@ class RenderedKeys(Mapping):
         numbers: list[int],
         progress: ProgressCallback,
         cancel: CancelToken,
+        clip_id: str = "",
     ) -> None:
         self.reader, self.renderer, self.numbers = reader, renderer, numbers
         self.progress, self.cancel = progress, cancel
         self._recent: dict[int, RenderedKey] = {}
         self._anchor: RenderedKey | None = None
         self._done = 0
+        self.rendered = 0
+        self.identities = self._identities(clip_id)
+
+    def _identities(self, clip_id: str) -> dict[int, str]:
+        """Each key's content identity; with references, it includes the earlier keys'."""
+        identities, previous = {}, ""
+        for number in self.numbers:
+            own = text_hash(clip_id, str(number), self.renderer.key_identity(number))
+            identities[number] = text_hash(own, previous) if self.renderer.uses_references else own
+            previous = identities[number]
+        return identities
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.numbers)
@@ -114,6 +127,9 @@ class RenderedKeys(Mapping):
     def __getitem__(self, number: int) -> np.ndarray:
         if number not in self.numbers:
             raise KeyError(number)
+        if not self.renderer.uses_references and number not in self._recent:
+            # Keys are independent: render just this one (others may come from the cache).
+            self._done = self.numbers.index(number)
         while number not in self._recent:
             self._render_next()
         return self._recent[number].result
@@ -123,7 +139,7 @@ class RenderedKeys(Mapping):
             raise ZvsError("internal: key requested after the last was rendered")
         self.cancel.raise_if_cancelled()
         number = self.numbers[self._done]
-        previous = self._recent[self.numbers[self._done - 1]] if self._done else None
+        previous = self._recent.get(self.numbers[self._done - 1]) if self._done else None
         frame = self.reader.frame(number)
         context = KeyContext(number, anchor=self._anchor, previous=previous)
         result = self.renderer.render(frame, context, cancel=self.cancel)
@@ -133,7 +149,8 @@ class RenderedKeys(Mapping):
         for old in sorted(self._recent)[: -self._KEEP]:
             del self._recent[old]
         self._done += 1
-        self.progress(Progress("keys", self._done, len(self.numbers)))
+        self.rendered += 1
+        self.progress(Progress("keys", min(self.rendered, len(self.numbers)), len(self.numbers)))
 
 
 def render(
@@ -169,10 +186,24 @@ def render(
         if keys is None:
             frames = _every_frame(reader, renderer, first, last, progress, cancel)
         else:
-            rendered = RenderedKeys(reader, renderer, keys, progress, cancel)
-            flows = FlowCache(DISFlow(request.flow_preset), file_hash(request.source))
+            clip_id = file_hash(request.source)
+            rendered = RenderedKeys(reader, renderer, keys, progress, cancel, clip_id)
+            estimator = DISFlow(request.flow_preset)
+            flows = FlowCache(estimator, clip_id)
+            context = text_hash(
+                clip_id, estimator.settings_key(), repr(request.propagation), str(reader.size)
+            )
             frames = propagate_clip(
-                reader, rendered, flows, request.propagation, first, last, progress, cancel
+                reader,
+                rendered,
+                flows,
+                request.propagation,
+                first,
+                last,
+                progress,
+                cancel,
+                SegmentCache(context),
+                rendered.identities,
             )
         for _, image in frames:
             writer.write(image)

@@ -7,6 +7,7 @@ alone; frames between two keys are carried from both and blended.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections.abc import Iterator, Mapping
@@ -17,8 +18,10 @@ import numpy as np
 
 from zvstudio.errors import ZvsError
 from zvstudio.flow.cache import FlowCache
+from zvstudio.hashing import text_hash
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 from zvstudio.propagate.blend import histogram_preserving_blend, monotone_masks, selection_mask
+from zvstudio.propagate.cache import SegmentCache
 from zvstudio.propagate.segment import (
     BLEND_MODES,
     Propagated,
@@ -86,11 +89,15 @@ def propagate_clip(
     last: int | None = None,
     progress: ProgressCallback = ignore_progress,
     cancel: CancelToken | None = None,
+    cache: SegmentCache | None = None,
+    key_ids: Mapping[int, str] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame number, RGB image) for every frame first..last, in order.
 
     `reader` provides `frames(start, stop)` like `VideoReader`; `keys` maps frame numbers to
-    their rendered images (at the reader's size).
+    their rendered images (at the reader's size). With a `cache`, finished segments are kept
+    on disk and reused; `key_ids` names each key's content (default: a hash of its pixels),
+    so a cached segment is found without rendering its keys again.
     """
     settings = settings or PropagationSettings()
     if settings.blend not in BLEND_MODES:
@@ -99,22 +106,53 @@ def propagate_clip(
     order = check_keys(keys, first, last)
     total = last - first + 1
     done = 0
-    for start, stop, results in _segments(
+    for start, stop, involved, compute in _segments(
         reader, keys, order, first, last, flows, settings, cancel
     ):
+        results = None
+        if cache is not None:
+            ids = tuple(key_ids[k] if key_ids else _pixels_id(keys[k]) for k in involved)
+            results = cache.load(start, stop, ids)
+        if results is None:
+            results = compute()
+            if cache is not None:
+                cache.store(start, stop, ids, results)
         for number in range(start, stop + 1):
             yield number, results[number]
             done += 1
             progress(Progress("propagate", done, total))
 
 
+def _pixels_id(image: np.ndarray) -> str:
+    return text_hash(str(image.shape), hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest())
+
+
 def _segments(reader, keys, order, first, last, flows, settings, cancel):
-    """(start, stop, {frame: image}) for each stretch of the clip, in order."""
+    """(start, stop, keys involved, compute) for each stretch of the clip, in order; compute()
+    returns {frame: image} for start..stop."""
+    args = (reader, keys)
+    rest = (flows, settings, cancel)
     if first < order[0]:
-        yield first, order[0] - 1, _one_way(reader, keys, order[0], first, flows, settings, cancel)
+        yield (
+            first,
+            order[0] - 1,
+            (order[0],),
+            lambda: _drop(_one_way(*args, order[0], first, *rest), order[0]),
+        )
     for key_a, key_b in itertools.pairwise(order):
-        yield key_a, key_b - 1, _between(reader, keys, key_a, key_b, flows, settings, cancel)
-    yield order[-1], last, _one_way(reader, keys, order[-1], last, flows, settings, cancel)
+        yield (
+            key_a,
+            key_b - 1,
+            (key_a, key_b),
+            lambda a=key_a, b=key_b: _between(*args, a, b, *rest),
+        )
+    yield order[-1], last, (order[-1],), lambda: _one_way(*args, order[-1], last, *rest)
+
+
+def _drop(results: dict[int, np.ndarray], number: int) -> dict[int, np.ndarray]:
+    """The frames before the first key: its own frame belongs to the next segment."""
+    results.pop(number, None)
+    return results
 
 
 def _one_way(reader, keys, key, end, flows, settings, cancel) -> dict[int, np.ndarray]:

@@ -49,6 +49,11 @@ class PaintedKeyRenderer(KeyRenderer):
         hashes = {str(index): _file_hash(path) for index, path in sorted(self.paintings.items())}
         return f"painted:v{self.version}:{json.dumps(hashes, sort_keys=True)}"
 
+    def key_identity(self, frame_index: int) -> str:
+        # One painting per key: repainting one key must not invalidate the others.
+        path = self.paintings.get(frame_index)
+        return f"painted:v{self.version}:{_file_hash(path) if path else 'none'}"
+
     def render(
         self,
         frame: np.ndarray,
