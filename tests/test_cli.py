@@ -295,3 +295,34 @@ def test_render_with_keys_and_propagation(tmp_path, capsys):
     capsys.readouterr()
     assert main(["render", str(path), "--keys", "0,x", "-o", str(tmp_path / "c.mp4")]) == 1
     assert "--keys" in capsys.readouterr().err
+
+
+def test_a_cancelled_render_resumes_from_finished_segments(tmp_path, capsys):
+    from zvstudio.engine.render import render
+    from zvstudio.engine.request import KeyRendererSpec, RenderRequest
+    from zvstudio.errors import RenderCancelled
+    from zvstudio.progress import CancelToken
+
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=24)
+    out = tmp_path / "o.mp4"
+    cancel = CancelToken()
+
+    def stop_in_the_second_segment(event):
+        if event.stage == "propagate" and event.done == 9:
+            cancel.cancel()
+
+    request = RenderRequest(
+        path, out, KeyRendererSpec(style="posterize"), key_interval=8, flow_preset="medium"
+    )
+    with pytest.raises(RenderCancelled):
+        render(request, progress=stop_in_the_second_segment, cancel=cancel)
+    assert not out.exists()
+    result = render(request)
+    assert (result.reused_segments, result.segments) == (2, 3)
+    assert probe(out).frame_count == 24
+    # The command line says so.
+    argv = ["render", str(path), "--style", "posterize", "--every", "8", "-q", "-o"]
+    assert main([*argv, str(tmp_path / "a.mp4")]) == 0
+    capsys.readouterr()
+    assert main([*argv, str(tmp_path / "b.mp4")]) == 0
+    assert "resumed: 3 of 3 segments" in capsys.readouterr().out

@@ -170,6 +170,11 @@ def _run_render(args) -> int:
         with _cancel_on_ctrl_c(cancel):
             result = render(request, progress=bar, cancel=cancel)
         bar.finish()
+    if result.reused_segments:
+        print(
+            f"resumed: {result.reused_segments} of {result.segments} segments were already "
+            "rendered and came from the cache"
+        )
     print(f"wrote {result.output} ({result.frames} frames in {result.seconds:.1f} s)")
     return 0
 

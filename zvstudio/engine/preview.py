@@ -46,22 +46,10 @@ def choose_device(requested: str = "auto"):
 
 
 def load_controlnet(path: Path, device: str, dtype):
-    """A ControlNet from a diffusers folder (local files only)."""
-    from diffusers import ControlNetModel
+    """A ControlNet from a diffusers folder or a single file (local files only)."""
+    from zvstudio.diffusion.controlnet import load_controlnet_model
 
-    from zvstudio.diffusion.loading import force_offline
-
-    if not path.is_dir():
-        raise ZvsError(
-            f"ControlNet {path}: only diffusers folders are supported so far",
-            hint="use a ControlNet saved as a diffusers folder (config.json + weights)",
-        )
-    force_offline()
-    try:
-        model = ControlNetModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ZvsError(f"cannot load ControlNet {path}: {exc}") from exc
-    return model.to(device).eval()
+    return load_controlnet_model(path, device, dtype)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ class RenderResult:
     frames: int
     seconds: float
     keys: int = 0
+    reused_segments: int = 0  # taken from the cache (a resumed or partly changed render)
+    segments: int = 0
 
 
 def create_key_renderer(spec: KeyRendererSpec) -> KeyRenderer:
@@ -183,6 +185,7 @@ def render(
             request.output, reader.size, timing, request.export, audio, first_number=first
         ) as writer,
     ):
+        segments = None
         if keys is None:
             frames = _every_frame(reader, renderer, first, last, progress, cancel)
         else:
@@ -202,14 +205,20 @@ def render(
                 last,
                 progress,
                 cancel,
-                SegmentCache(context),
+                segments := SegmentCache(context),
                 rendered.identities,
             )
         for _, image in frames:
+            cancel.raise_if_cancelled()
             writer.write(image)
         progress(Progress("encode", last - first + 1, last - first + 1, "finishing the file"))
     return RenderResult(
-        request.output, last - first + 1, time.monotonic() - started, len(keys) if keys else 0
+        request.output,
+        last - first + 1,
+        time.monotonic() - started,
+        len(keys) if keys else 0,
+        segments.hits if segments else 0,
+        segments.hits + segments.misses if segments else 0,
     )
 
 
