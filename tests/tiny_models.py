@@ -249,3 +249,60 @@ def to_original_layout(
     for k, v in text.items():
         out["cond_stage_model.transformer.text_model." + k.removeprefix("text_model.")] = v
     return out
+
+
+# ------------------------------------------------------------------------------- ControlNets
+
+
+def build_tiny_controlnet(unet, seed: int = 0):
+    """A ControlNet made from `unet` (SD1.5's 3-channel hint embedding), seeded random weights."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3)
+    # from_unet zeroes the zero convolutions; randomise everything so a wrongly mapped one shows.
+    with torch.no_grad():
+        for p in controlnet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return controlnet.eval()
+
+
+def write_tiny_controlnet_config_dir(dest: Path, controlnet) -> Path:
+    """The tiny config folder plus `controlnet/config.json`, to pass as `config_dir`."""
+    write_tiny_config_dir(dest)
+    controlnet.save_config(dest / "controlnet")
+    return dest
+
+
+def controlnet_key_to_original(key: str, config) -> str:
+    """The original (lllyasviel) name of a diffusers ControlNet key, without `control_model.`."""
+    hint_convs = 2 * (len(config["conditioning_embedding_out_channels"]) - 1)
+    if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(.*)", key):
+        return f"zero_convs.{m[1]}.0.{m[2]}"
+    if m := re.fullmatch(r"controlnet_mid_block\.(.*)", key):
+        return f"middle_block_out.0.{m[1]}"
+    # input_hint_block is a Sequential of convolutions with a SiLU after each but the last.
+    if m := re.fullmatch(r"controlnet_cond_embedding\.conv_in\.(.*)", key):
+        return f"input_hint_block.0.{m[1]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.(.*)", key):
+        return f"input_hint_block.{2 * int(m[1]) + 2}.{m[2]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.conv_out\.(.*)", key):
+        return f"input_hint_block.{2 * hint_convs + 2}.{m[1]}"
+    return unet_key_to_original(key, config)  # the encoder half is named as in the UNet
+
+
+def write_tiny_controlnet_single_file(
+    dest: Path, controlnet, config=None, prefix: str = "control_model."
+) -> Path:
+    """`controlnet` as one `.safetensors` in the ORIGINAL layout (`control_model.*` keys, or no
+    prefix with `prefix=""`); `config` defaults to the model's own."""
+    from safetensors.torch import save_file
+
+    config = config or controlnet.config
+    state = {
+        prefix + controlnet_key_to_original(k, config): v.contiguous()
+        for k, v in controlnet.state_dict().items()
+    }
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(dest))
+    return dest

@@ -457,7 +457,8 @@ def _add_diffusion_options(parser, model_required: bool) -> None:
     parser.add_argument(
         "--controlnet",
         metavar="PATH[:SCALE]",
-        help="a canny ControlNet (diffusers folder) and its scale (0.7)",
+        help="a canny ControlNet: 'canny' (found in your model folders), a .safetensors file "
+        "or a diffusers folder, with an optional :SCALE (default 0.7)",
     )
     parser.add_argument(
         "--strength",
@@ -490,9 +491,12 @@ def _diffusion_spec(args):
         raise ZvsError(f"--steps must be at least 1, got {args.steps}")
     controlnet, scale = None, 0.7
     if args.controlnet:
-        spec = LoraSpec.parse(args.controlnet)  # the same PATH[:NUMBER] form
-        given = spec.path != Path(args.controlnet)  # a scale followed the path
-        controlnet, scale = spec.path, spec.weight if given else 0.7
+        from zvstudio.diffusion.controlnet import resolve_controlnet
+
+        choice = resolve_controlnet(args.controlnet)
+        controlnet, scale = choice.path, choice.scale
+        if choice.note:
+            print(f"zvstudio: note: {choice.note}", file=sys.stderr)
     settings = KeySettings(
         prompt=args.prompt,
         negative_prompt=args.negative,

@@ -45,11 +45,11 @@ def choose_device(requested: str = "auto"):
     return requested, dtype
 
 
-def load_controlnet(path: Path, device: str, dtype):
+def load_controlnet(path: Path, device: str, dtype, allow_pickle: bool = False):
     """A ControlNet from a diffusers folder or a single file (local files only)."""
     from zvstudio.diffusion.controlnet import load_controlnet_model
 
-    return load_controlnet_model(path, device, dtype)
+    return load_controlnet_model(path, device, dtype, allow_pickle=allow_pickle)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,11 @@ def build_sampler(spec: DiffusionSpec):
         config_dir=spec.config_dir,
     )
     apply_loras(components, list(spec.loras))
-    controlnet = load_controlnet(spec.controlnet, device, dtype) if spec.controlnet else None
+    controlnet = (
+        load_controlnet(spec.controlnet, device, dtype, spec.allow_pickle)
+        if spec.controlnet
+        else None
+    )
     return KeyFrameSampler(components, spec.settings, controlnet=controlnet)
 
 
