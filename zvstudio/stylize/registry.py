@@ -41,7 +41,14 @@ def register_style(
     _styles[name] = _Style(factory, " ".join(description.split()))
 
 
+def _with_plugins() -> None:
+    from zvstudio.plugins import load_plugins
+
+    load_plugins()
+
+
 def available_styles() -> list[str]:
+    _with_plugins()
     return sorted(_styles)
 
 
@@ -63,6 +70,7 @@ def create_stylizer(name: str, **params: Any) -> KeyRenderer:
 
 
 def _lookup(name: str) -> _Style:
+    _with_plugins()
     style = _styles.get(name.strip().lower())
     if style is None:
         raise ZvsError(
