@@ -31,20 +31,6 @@ from zvstudio.engine.preview import load_controlnet
 from zvstudio.errors import ZvsError
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch, tmp_path):
-    """Prove that nothing here reaches the network, and keep any real HF cache out of it."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny ControlNet written in every layout, and the config folder for single files."""
