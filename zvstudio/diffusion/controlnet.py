@@ -30,6 +30,7 @@ from zvstudio.diffusion.loading import (
     _same_shape,
     _weights_kwargs,
     force_offline,
+    from_pretrained_checked,
 )
 from zvstudio.diffusion.tokenizer import sd15_config_dir
 from zvstudio.errors import ZvsError
@@ -116,17 +117,9 @@ def _load_folder(path: Path, dtype: torch.dtype, allow_pickle: bool) -> ControlN
             hint=_hint(info.kind, info.base, info.details),
         )
     kwargs = _weights_kwargs(path, allow_pickle)
-    try:
-        model, loading = ControlNetModel.from_pretrained(
-            path, local_files_only=True, output_loading_info=True, torch_dtype=dtype, **kwargs
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ZvsError(f"The ControlNet {path} cannot be loaded: {exc}") from exc
-    bad = {k: len(v) for k, v in loading.items() if k != "error_msgs" and v}
-    if bad:
-        detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in bad.items())
-        raise ZvsError(f"The ControlNet {path} does not match its config ({detail}).")
-    return model
+    return from_pretrained_checked(
+        ControlNetModel, path, f"The ControlNet {path}", torch_dtype=dtype, **kwargs
+    )
 
 
 def empty_controlnet(config_dir: Path | None = None) -> ControlNetModel:

@@ -150,21 +150,28 @@ def _load_diffusers_folder(
         (CLIPTextModel, "text_encoder"),
     ):
         kwargs = _weights_kwargs(path / sub, allow_pickle)
-        try:
-            if sub != "text_encoder":
-                kwargs["torch_dtype"] = dtype
-            model, info = cls.from_pretrained(
-                path, subfolder=sub, local_files_only=True, output_loading_info=True, **kwargs
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ZvsError(f"The {sub} of {path} cannot be loaded: {exc}") from exc
-        bad = {k: len(v) for k, v in info.items() if k != "error_msgs" and v}
-        if bad:
-            detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in bad.items())
-            raise ZvsError(f"The {sub} of {path} does not match its config ({detail}).")
+        if sub != "text_encoder":
+            kwargs["torch_dtype"] = dtype
+        model = from_pretrained_checked(cls, path, f"The {sub} of {path}", subfolder=sub, **kwargs)
         # transformers names the argument dtype, diffusers torch_dtype: cast afterwards.
         models.append(model if sub != "text_encoder" else model.to(dtype))
     return tuple(models)
+
+
+def from_pretrained_checked(cls: Any, path: Path, what: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained` from local files only, with every missing, unexpected or
+    mismatched tensor an error (diffusers and transformers only log those)."""
+    try:
+        model, info = cls.from_pretrained(
+            path, local_files_only=True, output_loading_info=True, **kwargs
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ZvsError(f"{what} cannot be loaded: {exc}") from exc
+    bad = {k: len(v) for k, v in info.items() if k != "error_msgs" and v}
+    if bad:
+        detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in bad.items())
+        raise ZvsError(f"{what} does not match its config ({detail}).")
+    return model
 
 
 def _weights_kwargs(folder: Path, allow_pickle: bool) -> dict[str, Any]:
