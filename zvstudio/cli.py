@@ -531,25 +531,13 @@ def _add_preview(commands) -> None:
 def _run_preview(args) -> int:
     from zvstudio.engine.preview import PreviewRequest, render_preview
 
-    spec = _diffusion_spec(args)
-    request = PreviewRequest(
-        video=args.video,
-        frame=args.frame,
-        model=spec.model,
-        output=args.output,
-        settings=spec.settings,
-        loras=spec.loras,
-        controlnet=spec.controlnet,
-        device=spec.device,
-        allow_pickle=spec.allow_pickle,
-        config_dir=spec.config_dir,
-    )
+    request = PreviewRequest(args.video, args.frame, args.output, _diffusion_spec(args))
     bar = ProgressBar(enabled=not args.quiet)
     cancel = CancelToken()
     with _cancel_on_ctrl_c(cancel):
-        render_preview(request, progress=bar, cancel=cancel)
+        warnings = render_preview(request, progress=bar, cancel=cancel)
     bar.finish()
-    for warning in request.extra.get("warnings", []):
+    for warning in warnings:
         print(f"zvstudio: warning: {warning}", file=sys.stderr)
     print(f"wrote {args.output}")
     return 0

@@ -71,6 +71,14 @@ class KeySettings:
     resume_second_pass: bool = True  # resume pass two from pass one's latent (exact, faster)
 
 
+def out_of_memory_error() -> ZvsError:
+    """What to tell the user when the GPU runs out of memory (the app keeps running)."""
+    return ZvsError(
+        "the GPU ran out of memory",
+        hint="lower the resolution, close other GPU programs, or use --device cpu",
+    )
+
+
 def seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
     """The same noise for every key of a render (METHOD 1.1): drawn on the CPU from `seed`."""
     generator = torch.Generator("cpu").manual_seed(seed)
@@ -390,7 +398,4 @@ class DiffusionKeyRenderer(KeyRenderer):
                 frame, is_anchor, context.params.prompt, progress, cancel, references=references
             )
         except torch.cuda.OutOfMemoryError as exc:
-            raise ZvsError(
-                "the GPU ran out of memory",
-                hint="lower the resolution, close other GPU programs, or use --device cpu",
-            ) from exc
+            raise out_of_memory_error() from exc

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -12,21 +11,6 @@ import numpy as np
 
 from zvstudio.errors import ZvsError
 from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
-
-
-@dataclass(frozen=True)
-class PreviewRequest:
-    video: Path
-    frame: int
-    model: Path
-    output: Path
-    settings: object  # zvstudio.diffusion.sampler.KeySettings
-    loras: Sequence[object] = ()  # zvstudio.diffusion.lora.LoraSpec
-    controlnet: Path | None = None
-    device: str = "auto"
-    allow_pickle: bool = False
-    config_dir: Path | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def choose_device(requested: str = "auto"):
@@ -100,22 +84,27 @@ def create_diffusion_renderer(spec: DiffusionSpec):
     return DiffusionKeyRenderer(build_sampler(spec), "|".join(files))
 
 
-def out_of_memory_error(exc: BaseException) -> ZvsError:
-    return ZvsError(
-        "the GPU ran out of memory",
-        hint="lower the resolution, close other GPU programs, or use --device cpu",
-    )
+@dataclass(frozen=True)
+class PreviewRequest:
+    """Render frame `frame` of `video` as a key with `diffusion` and write it to `output`."""
+
+    video: Path
+    frame: int
+    output: Path
+    diffusion: DiffusionSpec
 
 
 def render_preview(
     request: PreviewRequest,
     progress: ProgressCallback = ignore_progress,
     cancel: CancelToken | None = None,
-) -> Path:
-    """Render frame `request.frame` of the video as a key and write it as a PNG."""
+) -> list[str]:
+    """Render the key and write it as a PNG; returns warnings for the user (for example a
+    constraint that the chosen strength never lets run)."""
     import torch
 
     from zvstudio.diffusion.constraints import check_schedule
+    from zvstudio.diffusion.sampler import out_of_memory_error
     from zvstudio.media import VideoReader
 
     if request.output.suffix.lower() != ".png":
@@ -128,24 +117,15 @@ def render_preview(
                 f"frame {request.frame} is outside the clip's frames 0..{len(reader) - 1}"
             )
         frame = reader.frame(request.frame)
-    for warning in check_schedule(request.settings.schedule, request.settings.strength):
-        request.extra.setdefault("warnings", []).append(warning)
-    spec = DiffusionSpec(
-        request.model,
-        request.settings,
-        tuple(request.loras),
-        request.controlnet,
-        request.device,
-        request.allow_pickle,
-        request.config_dir,
-    )
+    settings = request.diffusion.settings
+    warnings = check_schedule(settings.schedule, settings.strength)
     try:
-        sampler = build_sampler(spec)
+        sampler = build_sampler(request.diffusion)
         image = sampler.render(frame, is_anchor=True, progress=progress, cancel=cancel)
     except torch.cuda.OutOfMemoryError as exc:
-        raise out_of_memory_error(exc) from exc
+        raise out_of_memory_error() from exc
     _write_png(request.output, image)
-    return request.output
+    return warnings
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
