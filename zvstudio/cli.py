@@ -165,18 +165,32 @@ def _run_render(args) -> int:
 
     with tempfile.TemporaryDirectory(prefix="zvstudio-demo-") as scratch:
         request = _render_request(args, Path(scratch))
-        bar = ProgressBar(enabled=not args.quiet)
-        cancel = CancelToken()
-        with _cancel_on_ctrl_c(cancel):
-            result = render(request, progress=bar, cancel=cancel)
-        bar.finish()
+        result = _run_job(args, lambda progress, cancel: render(request, progress, cancel))
     if result.reused_segments:
         print(
             f"resumed: {result.reused_segments} of {result.segments} segments were already "
             "rendered and came from the cache"
         )
-    print(f"wrote {result.output} ({result.frames} frames in {result.seconds:.1f} s)")
+    _print_written(result)
     return 0
+
+
+def _run_job(args, job):
+    """Run `job(progress, cancel)` with a progress bar (unless -q) and Ctrl+C as cancel."""
+    bar = ProgressBar(enabled=not args.quiet)
+    cancel = CancelToken()
+    with _cancel_on_ctrl_c(cancel):
+        result = job(bar, cancel)
+    bar.finish()
+    return result
+
+
+def _warn(text: str) -> None:
+    print(f"zvstudio: warning: {text}", file=sys.stderr)
+
+
+def _print_written(result) -> None:
+    print(f"wrote {result.output} ({result.frames} frames in {result.seconds:.1f} s)")
 
 
 def _render_request(args, scratch: Path):
@@ -408,17 +422,10 @@ def _run_propagate(args) -> int:
         export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio),
         flow_preset=args.flow_preset,
     )
-    bar = ProgressBar(enabled=not args.quiet)
-    cancel = CancelToken()
-    with _cancel_on_ctrl_c(cancel):
-        result = propagate_video(
-            request,
-            progress=bar,
-            cancel=cancel,
-            warn=lambda text: print(f"zvstudio: warning: {text}", file=sys.stderr),
-        )
-    bar.finish()
-    print(f"wrote {result.output} ({result.frames} frames in {result.seconds:.1f} s)")
+    result = _run_job(
+        args, lambda progress, cancel: propagate_video(request, progress, cancel, _warn)
+    )
+    _print_written(result)
     return 0
 
 
@@ -532,13 +539,10 @@ def _run_preview(args) -> int:
     from zvstudio.engine.preview import PreviewRequest, render_preview
 
     request = PreviewRequest(args.video, args.frame, args.output, _diffusion_spec(args))
-    bar = ProgressBar(enabled=not args.quiet)
-    cancel = CancelToken()
-    with _cancel_on_ctrl_c(cancel):
-        warnings = render_preview(request, progress=bar, cancel=cancel)
-    bar.finish()
-    for warning in warnings:
-        print(f"zvstudio: warning: {warning}", file=sys.stderr)
+    for warning in _run_job(
+        args, lambda progress, cancel: render_preview(request, progress, cancel)
+    ):
+        _warn(warning)
     print(f"wrote {args.output}")
     return 0
 
