@@ -11,13 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zvstudio.engine.render import RenderResult
+from zvstudio.engine.render import RenderResult, output_timing
 from zvstudio.flow import DISFlow, FlowCache
 from zvstudio.hashing import file_hash
 from zvstudio.media import (
-    AudioSource,
     ExportSettings,
-    FrameTiming,
     VideoReader,
     VideoWriter,
     check_output,
@@ -59,8 +57,7 @@ def propagate_video(
         if warning:
             warn(warning)
     flows = FlowCache(DISFlow(request.flow_preset), file_hash(request.source))
-    timing = FrameTiming.from_index(info.index)
-    audio = AudioSource(str(request.source)) if info.has_audio else None
+    timing, audio = output_timing(request.source, info, 0, last)
     with (
         VideoReader(request.source, info=info) as reader,
         VideoWriter(request.output, size, timing, request.export, audio) as writer,

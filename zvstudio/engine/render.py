@@ -22,7 +22,15 @@ from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, FlowCache
 from zvstudio.hashing import file_hash, text_hash
 from zvstudio.keyrender import KeyContext, KeyRenderer, RenderedKey
-from zvstudio.media import AudioSource, FrameTiming, VideoReader, VideoWriter, check_output, probe
+from zvstudio.media import (
+    AudioSource,
+    FrameTiming,
+    MediaInfo,
+    VideoReader,
+    VideoWriter,
+    check_output,
+    probe,
+)
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 from zvstudio.propagate.cache import SegmentCache
 from zvstudio.propagate.clip import propagate_clip
@@ -64,6 +72,18 @@ def resolve_range(request: RenderRequest, frame_count: int) -> tuple[int, int]:
             f"0..{frame_count - 1}"
         )
     return first, last
+
+
+def output_timing(
+    source: Path, info: MediaInfo, first: int, last: int
+) -> tuple[FrameTiming, AudioSource | None]:
+    """The source's timing of frames first..last and its audio cut to match, for export."""
+    timing = FrameTiming.from_index(info.index, first, last + 1)
+    if not info.has_audio:
+        return timing, None
+    start = float(info.index.pts[first] * info.index.time_base)
+    whole = first == 0 and last == info.frame_count - 1
+    return timing, AudioSource(str(source), start, timing.duration, whole_clip=whole)
 
 
 def plan_keys(request: RenderRequest, first: int, last: int) -> list[int] | None:
@@ -173,12 +193,7 @@ def render(
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
     keys = plan_keys(request, first, last)
-    timing = FrameTiming.from_index(info.index, first, last + 1)
-    whole = first == 0 and last == info.frame_count - 1
-    audio = None
-    if info.has_audio:
-        start = float(info.index.pts[first] * info.index.time_base)
-        audio = AudioSource(str(request.source), start, timing.duration, whole_clip=whole)
+    timing, audio = output_timing(request.source, info, first, last)
     with (
         VideoReader(request.source, info=info) as reader,
         VideoWriter(
