@@ -16,6 +16,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from zvstudio.flow import DISFlow
+from zvstudio.flow.ops import warp
+
 __all__ = [
     "consistent_pixels",
     "dis_flow",
@@ -60,15 +63,9 @@ def _sample_points(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gx + flow[..., 0], gy + flow[..., 1]
 
 
-def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """out(x) = image(x + flow(x)), bilinear, border replicated.
-
-    The referee pads with zeros instead; on the pixels the metric counts (samples inside the
-    frame) both give the same values, since OpenCV's bilinear weights for outside neighbours
-    are then exactly zero.
-    """
-    mx, my = _sample_points(flow)
-    return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+# `warp` replicates borders where the referee pads with zeros; on the pixels the metric
+# counts (samples inside the frame) both give the same values, since OpenCV's bilinear weights
+# for outside neighbours are then exactly zero.
 
 
 def _inside(flow: np.ndarray) -> np.ndarray:
@@ -87,16 +84,15 @@ def consistent_pixels(
     (other -> cur) sampled bilinearly; and x + f(x) must lie inside the frame. Note |b(x)|, not
     |b(x + f(x))|, on the right: that is what the referee's code does.
     """
-    diff = np.linalg.norm(flow + _warp(flow_back, flow), axis=2)
+    diff = np.linalg.norm(flow + warp(flow_back, flow), axis=2)
     threshold = alpha * (np.linalg.norm(flow, axis=2) + np.linalg.norm(flow_back, axis=2)) + beta
     return (diff <= threshold) & _inside(flow)
 
 
-def dis_flow(a: np.ndarray, b: np.ndarray, dis: cv2.DISOpticalFlow | None = None) -> np.ndarray:
-    """Flow a -> b (a(x) ~ b(x + f(x))) of RGB frames: OpenCV DIS, preset MEDIUM, grey frames."""
-    if dis is None:
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return dis.calc(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), None)
+def dis_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Flow a -> b (a(x) ~ b(x + f(x))) of RGB frames: OpenCV DIS, preset MEDIUM, grey frames
+    (the referee's flow)."""
+    return DISFlow("medium").compute(a, b)
 
 
 def warp_error(
@@ -124,7 +120,7 @@ def warp_error(
         valid = _inside(flow) if masks is None else np.asarray(masks[t - 1], bool)
         # float32 arithmetic as in the referee, so the numbers agree to float32 rounding (the
         # channel order, RGB here and BGR there, changes the last bit of the channel mean)
-        prev = _warp(frames[t - 1].astype(np.float32) / 255.0, flow)
+        prev = warp(frames[t - 1].astype(np.float32) / 255.0, flow)
         d = (frames[t].astype(np.float32) / 255.0 - prev) ** 2
         if d.ndim == 3:
             d = d.mean(axis=2)
@@ -138,11 +134,9 @@ def sequence_warp_error(outputs: Sequence[np.ndarray], inputs: Sequence[np.ndarr
     input video `inputs` (same length, RGB) and their forward-backward consistency."""
     if len(outputs) != len(inputs):
         raise ValueError(f"{len(outputs)} outputs for {len(inputs)} input frames")
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     flows, masks = [], []
     for t in range(1, len(inputs)):
-        to_prev = dis_flow(inputs[t], inputs[t - 1], dis)
-        to_next = dis_flow(inputs[t - 1], inputs[t], dis)
+        to_prev, to_next = DISFlow("medium").compute_pair(inputs[t], inputs[t - 1])
         flows.append(to_prev)
         masks.append(consistent_pixels(to_prev, to_next))
     return warp_error(outputs, flows, masks)
