@@ -45,6 +45,7 @@ def _check_flow(flow: np.ndarray, shape: tuple[int, ...] | None = None) -> None:
 def warp(image: np.ndarray, flow: np.ndarray, interpolation: str = "linear") -> np.ndarray:
     """Backward warp: out(x) = image(x + flow(x)), aligned with the flow's source frame.
 
+    "nearest" samples the pixel nearest to x + flow(x) (coordinates rounded first).
     `image` is any array cv2.remap takes (HxW or HxWxC; uint8, uint16, int16, float32, float64),
     or a bool mask; the result keeps its shape and dtype. Outside samples replicate the border.
     """
@@ -55,6 +56,10 @@ def warp(image: np.ndarray, flow: np.ndarray, interpolation: str = "linear") -> 
         warped = warp(image.view(np.uint8) * np.uint8(255), flow, interpolation)
         return warped >= 128
     coords = _grid(*flow.shape[:2]) + flow.astype(np.float32, copy=False)
+    if interpolation == "nearest":
+        # Round explicitly so that "nearest" means the pixel nearest to x + flow(x), whatever
+        # OpenCV's internal fixed-point rounding of fractional coordinates does.
+        coords = np.rint(coords)
 
     def remap(part: np.ndarray) -> np.ndarray:
         return cv2.remap(

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from zvstudio.flow.ops import warp
+
 __all__ = [
     "histogram_preserving_blend",
     "monotone_masks",
@@ -60,21 +62,6 @@ def selection_mask(error_a: np.ndarray, error_b: np.ndarray, weight_a: float) ->
     return (1.0 - weight_a) * error_a >= weight_a * error_b
 
 
-def _warp_nearest(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """out(x) = mask(round(x + flow(x))), border replicated (METHOD.md: never zero padding).
-
-    Coordinates are rounded before sampling, like the referee, so no OpenCV rounding quirk of
-    INTER_NEAREST can shift the mask by a pixel.
-    """
-    h, w = flow.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    mx, my = np.rint(gx + flow[..., 0]), np.rint(gy + flow[..., 1])
-    out = cv2.remap(
-        mask.astype(np.uint8), mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE
-    )
-    return out.astype(bool)
-
-
 def monotone_masks(
     masks: Sequence[np.ndarray], flows_to_previous: Sequence[np.ndarray]
 ) -> list[np.ndarray]:
@@ -93,7 +80,7 @@ def monotone_masks(
     for t, mask in enumerate(masks):
         mask = np.asarray(mask, bool)
         if t > 0:
-            mask = mask | _warp_nearest(out[-1], flows_to_previous[t - 1])
+            mask = mask | warp(out[-1], flows_to_previous[t - 1], interpolation="nearest")
         out.append(mask)
     return out
 
