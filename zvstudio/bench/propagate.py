@@ -14,23 +14,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from zvstudio.bench import machine, shared_clips
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, FlowCache
+from zvstudio.keyrender import KeyContext
 from zvstudio.media import VideoReader
 from zvstudio.metrics import psnr, sequence_warp_error, ssim
 from zvstudio.propagate.clip import propagate_clip
 from zvstudio.propagate.segment import PropagationSettings
+from zvstudio.stylize import create_stylizer
 
 KEY_INTERVAL = 10
 
 
+# The "stylization" style with OpenCV's own filter is exactly the referee's
+# cv2.stylization(sigma_s=60, sigma_r=0.45).
+_REFEREE_STYLE = create_stylizer("stylization", sigma_s=60, sigma_r=0.45, filter="normconv")
+
+
 def stylise(frame_rgb: np.ndarray) -> np.ndarray:
-    bgr = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
-    return cv2.cvtColor(cv2.stylization(bgr, sigma_s=60, sigma_r=0.45), cv2.COLOR_BGR2RGB)
+    return _REFEREE_STYLE.render(frame_rgb, KeyContext(0))
 
 
 class _Frames:
