@@ -325,4 +325,20 @@ def test_a_cancelled_render_resumes_from_finished_segments(tmp_path, capsys):
     assert main([*argv, str(tmp_path / "a.mp4")]) == 0
     capsys.readouterr()
     assert main([*argv, str(tmp_path / "b.mp4")]) == 0
-    assert "resumed: 3 of 3 segments" in capsys.readouterr().out
+    assert "resumed: 3 of 3 segments came from the cache; 0 of 3 keys" in capsys.readouterr().err
+
+
+def test_cache_command_shows_and_clears_the_cache(tmp_path, capsys):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=12)
+    argv = ["render", str(path), "--style", "posterize", "--every", "6", "-q", "-o"]
+    assert main([*argv, str(tmp_path / "a.mp4")]) == 0
+    capsys.readouterr()
+    assert main(["cache", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes"]["keys"] > 0 and report["bytes"]["segments"] > 0
+    assert report["bytes"]["flows"] > 0
+    assert report["total_bytes"] == sum(report["bytes"].values())
+    assert main(["cache", "--clear"]) == 0
+    assert "cleared" in capsys.readouterr().out
+    assert main(["cache", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_bytes"] == 0

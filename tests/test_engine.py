@@ -112,6 +112,40 @@ def test_request_from_project(clip, tmp_path):
         request_from_project(Project(), tmp_path / "o.mp4")
 
 
+def test_request_from_a_diffusion_project_carries_per_key_overrides(clip, tmp_path):
+    from zvstudio.keyrender import KeyParams
+    from zvstudio.project import LoraRef
+
+    settings = RenderSettings(
+        renderer="diffusion",
+        model=str(tmp_path / "model.safetensors"),
+        prompt="oil painting",
+        seed=7,
+        strength=0.6,
+        loras=[LoraRef(str(tmp_path / "ink.safetensors"), 0.8)],
+        controlnet=None,
+    )
+    project = Project(
+        clip=ClipRef.from_file(clip),
+        keyframes=[KeyFrame(0), KeyFrame(5, prompt="a storm", seed=3), KeyFrame(9)],
+        settings=settings,
+    )
+    request = request_from_project(project, tmp_path / "o.mp4")
+    assert request.key_frames == (0, 5, 9)
+    assert request.key_params == ((5, KeyParams(prompt="a storm", seed=3)),)
+    spec = request.renderer.diffusion
+    assert request.renderer.kind == "diffusion" and spec.model.name == "model.safetensors"
+    assert (spec.settings.prompt, spec.settings.seed, spec.settings.strength) == (
+        "oil painting",
+        7,
+        0.6,
+    )
+    assert [(lora.path.name, lora.weight) for lora in spec.loras] == [("ink.safetensors", 0.8)]
+    without_model = Project(clip=project.clip, settings=RenderSettings(renderer="diffusion"))
+    with pytest.raises(ZvsError, match="names no model"):
+        request_from_project(without_model, tmp_path / "o.mp4")
+
+
 def test_keys_every_k_are_rendered_and_the_rest_propagated(clip, tmp_path):
     events = []
     request = RenderRequest(

@@ -370,7 +370,7 @@ def test_segment_cache_round_trip_and_eviction(tmp_path):
     assert cache.load(0, 2, ("k0", "k3-repainted")) is None  # another key: not this segment
     assert (cache.hits, cache.misses) == (1, 2)
     one_segment = cache.size()
-    old = next(p for p in tmp_path.glob("*/*") if p.is_dir())
+    old = next(p for p in tmp_path.glob("segments/*/*") if p.is_dir())
     os.utime(old, (time.time() - 100, time.time() - 100))
     small = SegmentCache("clip-b", root=tmp_path, limit=one_segment)
     small.store(3, 5, ("k3", "k6"), {n + 3: image for n, image in frames.items()})

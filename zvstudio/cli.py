@@ -18,7 +18,7 @@ from pathlib import Path
 
 from zvstudio import __version__
 from zvstudio.errors import RenderCancelled, ZvsError
-from zvstudio.progress import CancelToken, Progress
+from zvstudio.progress import CancelToken, EtaClock, Progress
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -71,6 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_preview(commands)
     _add_styles(commands)
     _add_models(commands)
+    _add_cache(commands)
     _add_bench(commands)
     return parser
 
@@ -165,12 +166,7 @@ def _run_render(args) -> int:
 
     with tempfile.TemporaryDirectory(prefix="zvstudio-demo-") as scratch:
         request = _render_request(args, Path(scratch))
-        result = _run_job(args, lambda progress, cancel: render(request, progress, cancel))
-    if result.reused_segments:
-        print(
-            f"resumed: {result.reused_segments} of {result.segments} segments were already "
-            "rendered and came from the cache"
-        )
+        result = _run_job(args, lambda progress, cancel: render(request, progress, cancel, _say))
     _print_written(result)
     return 0
 
@@ -183,6 +179,11 @@ def _run_job(args, job):
         result = job(bar, cancel)
     bar.finish()
     return result
+
+
+def _say(text: str) -> None:
+    """A log line from the engine, between progress bar updates."""
+    print(f"\rzvstudio: {text}", file=sys.stderr)
 
 
 def _warn(text: str) -> None:
@@ -311,7 +312,7 @@ class ProgressBar:
         self.enabled = enabled
         self.width = width
         self.tty = sys.stderr.isatty()
-        self.started = time.monotonic()
+        self.clock = EtaClock()  # per stage: keys and frames go at different rates
         self._last_print = 0.0
         self._shown = False
 
@@ -325,9 +326,9 @@ class ProgressBar:
             return
         self._last_print = now
         filled = int(self.width * event.fraction)
-        elapsed = now - self.started
+        eta = self.clock.eta(event.stage, event.done, event.total) or 0.0
+        elapsed = self.clock.elapsed(event.stage)
         rate = event.done / elapsed if elapsed > 0 else 0.0
-        eta = (event.total - event.done) / rate if rate > 0 else 0.0
         line = (
             f"{event.stage:<8} [{'#' * filled}{'.' * (self.width - filled)}] "
             f"{event.done}/{event.total}  {rate:5.1f}/s  ETA {_clock(eta)}"
@@ -476,7 +477,25 @@ def _add_diffusion_options(parser, model_required: bool) -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "float16", "bfloat16", "float32"),
+        default="auto",
+        help="model precision (default: float16 on a GPU, float32 on the CPU)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=float,
+        metavar="GB",
+        help="GPU memory the render may use (default: what is free); less offloads models",
+    )
+    parser.add_argument(
+        "--offload",
+        choices=("auto", "none", "model", "sequential"),
+        default="auto",
+        help="keep models in RAM and move them to the GPU when used (default: only if needed)",
+    )
     parser.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -521,6 +540,9 @@ def _diffusion_spec(args):
         args.device,
         args.allow_pickle,
         args.config,
+        args.precision,
+        args.memory_limit,
+        args.offload,
     )
 
 
@@ -602,6 +624,47 @@ def _run_models(args) -> int:
     return 0
 
 
+# -- cache ------------------------------------------------------------------------------------
+def _add_cache(commands) -> None:
+    cache_parser = commands.add_parser(
+        "cache", help="show the render cache (flows, keys, segments, proxies) or clear it"
+    )
+    cache_parser.add_argument("--clear", action="store_true", help="delete everything cached")
+    cache_parser.add_argument("--json", action="store_true", help="print JSON")
+    cache_parser.set_defaults(command="cache", run=_run_cache)
+
+
+def _run_cache(args) -> int:
+    from zvstudio import diskcache
+    from zvstudio.paths import cache_root
+
+    freed = diskcache.clear() if args.clear else 0
+    usage = diskcache.usage()
+    report = {
+        "folder": str(cache_root()),
+        "limit_bytes": diskcache.cache_limit(),
+        "bytes": usage,
+        "total_bytes": sum(usage.values()),
+        "freed_bytes": freed,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"cache folder  {report['folder']}")
+    for kind, size in usage.items():
+        print(f"  {kind:<10}  {_megabytes(size)}")
+    total, limit = _megabytes(report["total_bytes"]), _megabytes(report["limit_bytes"])
+    print(f"  {'total':<10}  {total} of {limit}")
+    print("  (set ZVSTUDIO_CACHE_LIMIT_GB to change the limit; least recently used goes first)")
+    if args.clear:
+        print(f"cleared {_megabytes(freed)}")
+    return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MB"
+
+
 # -- bench ------------------------------------------------------------------------------------
 def _add_bench(commands) -> None:
     bench_parser = commands.add_parser("bench", help="benchmarks (print JSON)")
@@ -627,6 +690,7 @@ def _add_bench(commands) -> None:
     propagate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     propagate.add_argument("--no-1080p", action="store_true", help="skip the 1080p timing")
     propagate.set_defaults(command="bench", run=_run_bench_propagate)
+    _add_bench_render(which)
 
 
 def _run_bench_decode(args) -> int:
@@ -648,6 +712,56 @@ def _run_bench_propagate(args) -> int:
         frames=args.frames,
         device=args.device,
         include_1080p=not args.no_1080p,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_bench_render(which) -> None:
+    from zvstudio.flow import DIS_PRESETS
+
+    parser = which.add_parser(
+        "render", help="end-to-end render: seconds per output frame, peak RAM and GPU memory"
+    )
+    parser.add_argument(
+        "--frames",
+        default="100,1000",
+        metavar="N,M,...",
+        help="clip lengths, each rendered in a fresh process (default 100,1000)",
+    )
+    parser.add_argument("--size", type=int, default=512, help="clip width and height (px)")
+    parser.add_argument("--every", type=int, default=10, metavar="K", help="a key every K frames")
+    parser.add_argument("--style", default="cartoon", help="stylizer keys (without a model)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="diffusion keys with this SD1.x model")
+    model.add_argument(
+        "--random-sd15",
+        action="store_true",
+        help="diffusion keys with an SD1.5-sized model of random weights (meant for a GPU)",
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, help="keep the random model here and reuse it next time"
+    )
+    parser.add_argument("--steps", type=int, default=20, help="diffusion steps (default 20)")
+    parser.add_argument("--flow-preset", choices=tuple(DIS_PRESETS), default="fine")
+    parser.set_defaults(command="bench", run=_run_bench_render)
+
+
+def _run_bench_render(args) -> int:
+    from zvstudio.bench.render import BenchSettings, parse_lengths, run_render_benchmark
+
+    settings = BenchSettings(
+        size=args.size,
+        every=args.every,
+        style=args.style,
+        device=args.device,
+        model=str(args.model.resolve()) if args.model else None,
+        steps=args.steps,
+        flow_preset=args.flow_preset,
+    )
+    report = run_render_benchmark(
+        parse_lengths(args.frames), settings, args.random_sd15, args.model_dir
     )
     print(json.dumps(report, indent=2))
     return 0

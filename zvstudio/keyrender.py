@@ -62,9 +62,10 @@ class KeyRenderer(ABC):
     def settings_key(self) -> str:
         """A stable string of every setting that determines the output (for content caching)."""
 
-    def key_identity(self, frame_index: int) -> str:
-        """A stable string of everything that determines the key at `frame_index` (besides the
-        frame itself and, when `uses_references`, the earlier keys): its cache identity."""
+    def key_identity(self, frame_index: int, params: KeyParams | None = None) -> str:
+        """A stable string of everything that determines the key at `frame_index` with the
+        per-key overrides `params` (besides the frame itself and, when `uses_references`, the
+        earlier keys): its cache identity. Renderers that ignore `params` leave it out."""
         return self.settings_key()
 
     @abstractmethod

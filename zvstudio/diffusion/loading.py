@@ -74,6 +74,14 @@ class Components:
     tokenizer: CLIPTokenizer
     scheduler_config: dict[str, Any]
     source: Path
+    # Set by an offload plan (zvstudio.engine.device): offloaded weights wait in system RAM, or
+    # on the meta device, between calls, so the UNet's own device is not where they compute.
+    execution_device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models compute, so where their inputs must be created."""
+        return self.execution_device if self.execution_device is not None else self.unet.device
 
     def make_scheduler(self) -> DDIMScheduler:
         """A fresh DDIMScheduler (schedulers keep per-run state, so never share one)."""

@@ -24,7 +24,7 @@ A readable top-to-bottom DDIM loop, as diffusers writes its pipelines, on our ow
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -42,7 +42,7 @@ from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode
 from zvstudio.diffusion.loading import Components
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, consistency_mask, warp
-from zvstudio.keyrender import KeyContext, KeyRenderer
+from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 
 # Approximate RGB of SD1.x latents (a linear map), for step previews without the VAE.
@@ -76,6 +76,7 @@ def out_of_memory_error() -> ZvsError:
     return ZvsError(
         "the GPU ran out of memory",
         hint="lower the resolution, close other GPU programs, or use --device cpu",
+        code="out_of_memory",
     )
 
 
@@ -139,7 +140,7 @@ class KeyFrameSampler:
         self._anchor_frame: np.ndarray | None = None
         self._flow = DISFlow("medium")
         unet = components.unet
-        self.device, self.dtype = unet.device, unet.dtype
+        self.device, self.dtype = components.device, unet.dtype
         vae_blocks = len(components.vae.config.block_out_channels)
         self.vae_scale = 2 ** (vae_blocks - 1)  # 8 for SD1.x
         self.multiple = self.vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -294,7 +295,7 @@ class KeyFrameSampler:
             truncation=True,
             return_tensors="pt",
         )
-        return encoder(tokens.input_ids.to(encoder.device))[0].to(self.dtype)
+        return encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
 
     def _control_image(self, frame: np.ndarray) -> torch.Tensor | None:
         if self.controlnet is None:
@@ -380,9 +381,31 @@ class DiffusionKeyRenderer(KeyRenderer):
         self.model_key = model_key
 
     def settings_key(self) -> str:
-        return f"diffusion:v1:{self.model_key}:{self.sampler.settings!r}"
+        return self.key_identity(-1)
+
+    def key_identity(self, frame_index: int, params: KeyParams | None = None) -> str:
+        # The precision changes the pixels too (a float16 key is not a float32 key).
+        settings = self._settings_for(params)
+        return f"diffusion:v1:{self.model_key}:{self.sampler.dtype}:{settings!r}"
+
+    def _settings_for(self, params: KeyParams | None) -> KeySettings:
+        """The global settings with this key's overrides (prompt, negative, seed, strength)."""
+        overrides = {
+            name: value
+            for name in ("prompt", "negative_prompt", "seed", "strength")
+            if params is not None and (value := getattr(params, name)) is not None
+        }
+        return replace(self.sampler.settings, **overrides)
 
     def render(self, frame, context: KeyContext, progress=ignore_progress, cancel=None):
+        global_settings = self.sampler.settings
+        self.sampler.settings = self._settings_for(context.params)
+        try:
+            return self._render(frame, context, progress, cancel)
+        finally:
+            self.sampler.settings = global_settings
+
+    def _render(self, frame, context: KeyContext, progress, cancel):
         is_anchor = context.anchor is None
         if is_anchor:
             self.sampler.set_anchor_frame(frame)
@@ -395,7 +418,7 @@ class DiffusionKeyRenderer(KeyRenderer):
             references = references[:1]
         try:
             return self.sampler.render(
-                frame, is_anchor, context.params.prompt, progress, cancel, references=references
+                frame, is_anchor, None, progress, cancel, references=references
             )
         except torch.cuda.OutOfMemoryError as exc:
             raise out_of_memory_error() from exc

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from zvstudio.errors import ZvsError
-from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
+from zvstudio.progress import (
+    CancelToken,
+    LogCallback,
+    ProgressCallback,
+    ignore_log,
+    ignore_progress,
+)
 
-
-def choose_device(requested: str = "auto"):
-    """(device, dtype): the GPU in half precision when there is one, else the CPU in fp32."""
+if TYPE_CHECKING:  # torch and diffusers take seconds to import
     import torch
 
-    if requested == "auto":
-        requested = (
-            "cuda"
-            if torch.cuda.is_available()
-            else ("mps" if torch.backends.mps.is_available() else "cpu")
-        )
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ZvsError("no CUDA GPU is available", hint="use --device cpu")
-    dtype = torch.float32 if requested == "cpu" else torch.float16
-    return requested, dtype
+    from zvstudio.diffusion.sampler import KeyFrameSampler
+
+logger = logging.getLogger(__name__)
+
+
+def choose_device(requested: str = "auto") -> tuple[str, torch.dtype]:
+    """(device, dtype) of the device plan, for callers that need only those (no offload)."""
+    from zvstudio.engine.device import plan_device
+
+    plan = plan_device(requested, offload="none")  # no memory floor: the caller only asks
+    return plan.device, plan.torch_dtype
 
 
 def load_controlnet(path: Path, device: str, dtype, allow_pickle: bool = False):
@@ -47,15 +54,38 @@ class DiffusionSpec:
     device: str = "auto"
     allow_pickle: bool = False
     config_dir: Path | None = None
+    precision: str = "auto"  # "float16", "bfloat16" or "float32"; see engine.device
+    memory_limit_gb: float | None = None  # the most GPU memory the render may count on
+    offload: str = "auto"  # "none", "model" or "sequential"
 
 
-def build_sampler(spec: DiffusionSpec):
-    """Load the model, its LoRAs and ControlNet, and make a key-frame sampler."""
+def build_sampler(spec: DiffusionSpec, log: LogCallback = ignore_log) -> KeyFrameSampler:
+    """Plan the device, load the model, its LoRAs and ControlNet, and make a key-frame sampler."""
+    from zvstudio.diffusion.sampler import KeyFrameSampler
+    from zvstudio.engine.device import apply_offload, plan_device
+
+    plan = plan_device(
+        spec.device,
+        spec.precision,
+        spec.memory_limit_gb,
+        spec.offload,
+        controlnet=spec.controlnet is not None,
+    )
+    logger.info("diffusion device: %s", plan.reason)
+    log(f"diffusion device: {plan.reason}")
+    # Offloaded weights are kept in system RAM and moved to the GPU by the offload hooks.
+    components, controlnet = _load_models(
+        spec, plan.device if plan.offload == "none" else "cpu", plan.torch_dtype
+    )
+    apply_offload(components, plan, controlnet)
+    return KeyFrameSampler(components, spec.settings, controlnet=controlnet)
+
+
+def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype) -> tuple:
+    """(components with the LoRAs applied, ControlNet or None), on `device`."""
     from zvstudio.diffusion.loading import load_sd15_components
     from zvstudio.diffusion.lora import apply_loras
-    from zvstudio.diffusion.sampler import KeyFrameSampler
 
-    device, dtype = choose_device(spec.device)
     components = load_sd15_components(
         spec.model,
         dtype=dtype,
@@ -63,25 +93,40 @@ def build_sampler(spec: DiffusionSpec):
         allow_pickle=spec.allow_pickle,
         config_dir=spec.config_dir,
     )
-    apply_loras(components, list(spec.loras))
+    apply_loras(components, list(spec.loras))  # before any offload hooks, which then cover them
     controlnet = (
         load_controlnet(spec.controlnet, device, dtype, spec.allow_pickle)
         if spec.controlnet
         else None
     )
-    return KeyFrameSampler(components, spec.settings, controlnet=controlnet)
+    return components, controlnet
 
 
-def create_diffusion_renderer(spec: DiffusionSpec):
+def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log):
     """The diffusion `KeyRenderer` for the engine; its cache key names the model files."""
     from zvstudio.diffusion.sampler import DiffusionKeyRenderer
 
+    sampler = build_sampler(spec, log)  # first: it checks the files and says what is wrong
     files = [
-        str(spec.model),
-        *(f"{lora.path}:{lora.weight}" for lora in spec.loras),
-        str(spec.controlnet or ""),
+        model_content_id(spec.model),
+        *(f"{model_content_id(lora.path)}:{lora.weight}" for lora in spec.loras),
+        model_content_id(spec.controlnet) if spec.controlnet else "",
     ]
-    return DiffusionKeyRenderer(build_sampler(spec), "|".join(files))
+    return DiffusionKeyRenderer(sampler, "|".join(files))
+
+
+def model_content_id(path: Path) -> str:
+    """A model file's or diffusers folder's content hash: cached keys must change when a model
+    file is replaced under the same name. Hashes are remembered on disk by path, size and
+    time, so a multi-GB checkpoint is read once."""
+    from zvstudio.diffusion.identify import sha256_file
+    from zvstudio.hashing import text_hash
+
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+    return text_hash(*(f"{f.relative_to(path)}={sha256_file(f)}" for f in files))
 
 
 @dataclass(frozen=True)

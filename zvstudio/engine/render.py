@@ -4,8 +4,9 @@ Key frames (every K frames, a given list, or the painted frames) are rendered in
 with the anchor (first key) and the previous key as references, and propagation carries them
 to every other frame. A stylizer with no keys asked for renders every frame on its own.
 Frames stream from the decoder to the encoder and keys are rendered as propagation reaches
-them, so memory holds about one segment whatever the clip's length. (The on-disk content cache
-and resume arrive with the engine's job system.)
+them, so memory holds about one segment whatever the clip's length. Rendered keys and
+propagated segments are cached on disk by content identity, so a changed setting recomputes
+only what it affects and an interrupted render resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from zvstudio.engine.keycache import KeyCache
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
-from zvstudio.errors import ZvsError
+from zvstudio.errors import RenderCancelled, StageError, ZvsError
 from zvstudio.flow import DISFlow, FlowCache
 from zvstudio.hashing import file_hash, text_hash
-from zvstudio.keyrender import KeyContext, KeyRenderer, RenderedKey
+from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer, RenderedKey
 from zvstudio.media import (
     AudioSource,
     FrameTiming,
@@ -31,7 +33,14 @@ from zvstudio.media import (
     check_output,
     probe,
 )
-from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+from zvstudio.progress import (
+    CancelToken,
+    LogCallback,
+    Progress,
+    ProgressCallback,
+    ignore_log,
+    ignore_progress,
+)
 from zvstudio.propagate.cache import SegmentCache
 from zvstudio.propagate.clip import propagate_clip
 from zvstudio.stylize import PaintedKeyRenderer, create_stylizer
@@ -45,9 +54,12 @@ class RenderResult:
     keys: int = 0
     reused_segments: int = 0  # taken from the cache (a resumed or partly changed render)
     segments: int = 0
+    reused_keys: int = 0  # keys taken from the cache
+    rendered_keys: int = 0  # keys the key renderer rendered
+    replayed_keys: int = 0  # cached keys rendered again to restore references (diffusion)
 
 
-def create_key_renderer(spec: KeyRendererSpec) -> KeyRenderer:
+def create_key_renderer(spec: KeyRendererSpec, log: LogCallback = ignore_log) -> KeyRenderer:
     if spec.kind == "stylize":
         return create_stylizer(spec.style, **dict(spec.params))
     if spec.kind == "painted":
@@ -55,7 +67,7 @@ def create_key_renderer(spec: KeyRendererSpec) -> KeyRenderer:
     if spec.kind == "diffusion" and spec.diffusion is not None:
         from zvstudio.engine.preview import create_diffusion_renderer
 
-        return create_diffusion_renderer(spec.diffusion)
+        return create_diffusion_renderer(spec.diffusion, log)
     raise ZvsError(
         f"unknown key renderer '{spec.kind}'; choose 'stylize', 'painted' or "
         "'diffusion' (with a model)"
@@ -109,8 +121,15 @@ def plan_keys(request: RenderRequest, first: int, last: int) -> list[int] | None
 
 
 class RenderedKeys(Mapping):
-    """Key frames rendered on first access, in order (each needs the previous one), keeping
-    only the anchor and the last few in memory."""
+    """Key frames rendered on first access, in order (each may need the previous one), keeping
+    only the anchor and the last few in memory.
+
+    With a `cache`, keys whose identity is unchanged come from disk. A renderer with
+    references (diffusion) also keeps internal state from the keys it rendered (the anchor's and
+    the previous key's attention features), which no image restores: when it must render a key
+    after keys that came from the cache, the keys before it are rendered again first ("replayed")
+    so that the result is exactly what an uninterrupted render gives.
+    """
 
     _KEEP = 3
 
@@ -122,20 +141,29 @@ class RenderedKeys(Mapping):
         progress: ProgressCallback,
         cancel: CancelToken,
         clip_id: str = "",
+        params: Mapping[int, KeyParams] | None = None,
+        cache: KeyCache | None = None,
+        log: LogCallback = ignore_log,
     ) -> None:
         self.reader, self.renderer, self.numbers = reader, renderer, numbers
-        self.progress, self.cancel = progress, cancel
+        self.progress, self.cancel, self.log = progress, cancel, log
+        self.params = dict(params or {})
+        self.cache = cache
         self._recent: dict[int, RenderedKey] = {}
         self._anchor: RenderedKey | None = None
         self._done = 0
-        self.rendered = 0
+        self._renderer_at = -1  # index of the last key the renderer itself rendered in order
+        self.rendered = 0  # keys rendered (not counting replays)
+        self.reused = 0  # keys taken from the cache
+        self.replayed = 0  # keys rendered again only to restore the renderer's references
         self.identities = self._identities(clip_id)
 
     def _identities(self, clip_id: str) -> dict[int, str]:
         """Each key's content identity; with references, it includes the earlier keys'."""
         identities, previous = {}, ""
         for number in self.numbers:
-            own = text_hash(clip_id, str(number), self.renderer.key_identity(number))
+            identity = self.renderer.key_identity(number, self.params.get(number))
+            own = text_hash(clip_id, str(number), str(self.reader.size), identity)
             identities[number] = text_hash(own, previous) if self.renderer.uses_references else own
             previous = identities[number]
         return identities
@@ -153,43 +181,93 @@ class RenderedKeys(Mapping):
             # Keys are independent: render just this one (others may come from the cache).
             self._done = self.numbers.index(number)
         while number not in self._recent:
-            self._render_next()
+            self._next()
         return self._recent[number].result
 
-    def _render_next(self) -> None:
+    def _next(self) -> None:
         if self._done >= len(self.numbers):
             raise ZvsError("internal: key requested after the last was rendered")
         self.cancel.raise_if_cancelled()
-        number = self.numbers[self._done]
-        previous = self._recent.get(self.numbers[self._done - 1]) if self._done else None
+        index = self._done
+        number = self.numbers[index]
         frame = self.reader.frame(number)
-        context = KeyContext(number, anchor=self._anchor, previous=previous)
-        result = self.renderer.render(frame, context, cancel=self.cancel)
-        key = RenderedKey(number, frame, result)
+        result = self._cached(number)
+        if result is None:
+            if self.renderer.uses_references and self._renderer_at != index - 1:
+                self._replay(index)
+            result = self._render(index, frame)
+            self.rendered += 1
+            if self.cache is not None:
+                self.cache.store(self.identities[number], result)
+        else:
+            self.reused += 1
+        self._keep(RenderedKey(number, frame, result))
+        self._done += 1
+        done = self.rendered + self.reused
+        self.progress(Progress("keys", min(done, len(self.numbers)), len(self.numbers)))
+
+    def _cached(self, number: int) -> np.ndarray | None:
+        if self.cache is None:
+            return None
+        return self.cache.load(self.identities[number], self.reader.size)
+
+    def _render(self, index: int, frame: np.ndarray) -> np.ndarray:
+        """Render key `index` with the anchor and the previous key as references."""
+        number = self.numbers[index]
+        previous = self._recent.get(self.numbers[index - 1]) if index else None
+        context = KeyContext(number, self._anchor, previous, self.params.get(number, KeyParams()))
+        try:
+            result = self.renderer.render(frame, context, cancel=self.cancel)
+        except RenderCancelled:
+            raise
+        except Exception as exc:
+            raise StageError("keys", number, exc) from exc
+        self._renderer_at = index
+        return result
+
+    def _replay(self, index: int) -> None:
+        """Render keys 0..index-1 again (their results are already known) to rebuild the
+        renderer's references; see the class docstring."""
+        self.log(
+            f"re-running key frames {self.numbers[0]}..{self.numbers[index - 1]} (cached) to "
+            f"restore the references of key frame {self.numbers[index]}"
+        )
+        self._recent, self._anchor = {}, None
+        for earlier in range(index):
+            number = self.numbers[earlier]
+            frame = self.reader.frame(number)
+            result = self._render(earlier, frame)
+            # The cached image is the reference the uninterrupted render used.
+            cached = self._cached(number)
+            self._keep(RenderedKey(number, frame, result if cached is None else cached))
+            self.replayed += 1
+
+    def _keep(self, key: RenderedKey) -> None:
         self._anchor = self._anchor or key
-        self._recent[number] = key
+        self._recent[key.frame_index] = key
         for old in sorted(self._recent)[: -self._KEEP]:
             del self._recent[old]
-        self._done += 1
-        self.rendered += 1
-        self.progress(Progress("keys", min(self.rendered, len(self.numbers)), len(self.numbers)))
 
 
 def render(
     request: RenderRequest,
     progress: ProgressCallback = ignore_progress,
     cancel: CancelToken | None = None,
+    log: LogCallback = ignore_log,
 ) -> RenderResult:
-    """Render `request`; raises `ZvsError` on bad input and `RenderCancelled` on cancel.
+    """Render `request`; raises `ZvsError` on bad input (`StageError` naming the frame when a
+    stage fails) and `RenderCancelled` on cancel.
 
-    The output appears only when complete: a failure or cancel leaves any existing file as it
-    was.
+    Keys and propagated segments are cached on disk as they finish, so rendering again after a
+    failure, a cancel or a crash reuses them. The output appears only when complete: a failure
+    or cancel leaves any existing file as it was. `log` receives lines worth showing the user.
     """
     cancel = cancel or CancelToken()
     started = time.monotonic()
+    progress(Progress("prepare", 0, 1, "checking the inputs"))
     # Check everything the user can get wrong before any work starts.
     check_output(request.output, request.export)
-    renderer = create_key_renderer(request.renderer)
+    renderer = create_key_renderer(request.renderer, log)
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
     keys = plan_keys(request, first, last)
@@ -200,17 +278,28 @@ def render(
             request.output, reader.size, timing, request.export, audio, first_number=first
         ) as writer,
     ):
-        segments = None
+        segments = rendered = None
         if keys is None:
             frames = _every_frame(reader, renderer, first, last, progress, cancel)
         else:
             clip_id = file_hash(request.source)
-            rendered = RenderedKeys(reader, renderer, keys, progress, cancel, clip_id)
+            rendered = RenderedKeys(
+                reader,
+                renderer,
+                keys,
+                progress,
+                cancel,
+                clip_id,
+                dict(request.key_params),
+                KeyCache(),
+                log,
+            )
             estimator = DISFlow(request.flow_preset)
             flows = FlowCache(estimator, clip_id)
             context = text_hash(
                 clip_id, estimator.settings_key(), repr(request.propagation), str(reader.size)
             )
+            segments = SegmentCache(context)
             frames = propagate_clip(
                 reader,
                 rendered,
@@ -220,21 +309,30 @@ def render(
                 last,
                 progress,
                 cancel,
-                segments := SegmentCache(context),
+                segments,
                 rendered.identities,
             )
         for _, image in frames:
             cancel.raise_if_cancelled()
             writer.write(image)
         progress(Progress("encode", last - first + 1, last - first + 1, "finishing the file"))
-    return RenderResult(
+    result = RenderResult(
         request.output,
         last - first + 1,
         time.monotonic() - started,
         len(keys) if keys else 0,
         segments.hits if segments else 0,
         segments.hits + segments.misses if segments else 0,
+        rendered.reused if rendered else 0,
+        rendered.rendered if rendered else 0,
+        rendered.replayed if rendered else 0,
     )
+    if result.reused_segments or result.reused_keys:
+        log(
+            f"resumed: {result.reused_segments} of {result.segments} segments came from the "
+            f"cache; {result.rendered_keys} of {result.keys} keys needed rendering"
+        )
+    return result
 
 
 def _every_frame(reader, renderer, first, last, progress, cancel):
@@ -245,8 +343,13 @@ def _every_frame(reader, renderer, first, last, progress, cancel):
     for done, (number, frame) in enumerate(reader.frames(first, last + 1), start=1):
         cancel.raise_if_cancelled()
         context = KeyContext(number, anchor=anchor, previous=previous)
-        result = renderer.render(frame, context, cancel=cancel)
+        try:
+            result = renderer.render(frame, context, cancel=cancel)
+        except RenderCancelled:
+            raise
+        except Exception as exc:
+            raise StageError("render", number, exc) from exc
         previous = RenderedKey(number, frame, result)
         anchor = anchor or previous
-        progress(Progress("render", done, total))
+        progress(Progress("render", done, total, image=result))
         yield number, result

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zvstudio.errors import ZvsError
+from zvstudio.keyrender import KeyParams
 from zvstudio.media.writer import ExportSettings, output_kind
 from zvstudio.project import Project
 from zvstudio.propagate.segment import PropagationSettings
@@ -48,6 +49,7 @@ class RenderRequest:
     last: int | None = None
     key_frames: tuple[int, ...] = ()
     key_interval: int | None = None
+    key_params: tuple[tuple[int, KeyParams], ...] = ()  # per-key overrides (prompt, seed, ...)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     flow_preset: str = "fine"
 
@@ -57,29 +59,65 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
     if project.clip is None:
         raise ZvsError("the project has no clip to render", hint="import a clip first")
     settings = project.settings
-    if settings.renderer == "painted":
-        painted = tuple(
-            (key.frame, key.painted_image) for key in project.keyframes if key.painted_image
-        )
-        renderer = KeyRendererSpec(kind="painted", painted=painted)
-    elif settings.renderer == "stylize":
-        renderer = KeyRendererSpec(kind="stylize", style=settings.style)
-    else:
-        raise ZvsError(
-            f"the '{settings.renderer}' renderer is not available in this version",
-            hint="choose a weightless style in the project settings",
-        )
     out = settings.output
     fmt = "png" if output_kind(output) == "png" else out.format
-    export = ExportSettings(format=fmt, crf=out.crf, audio=out.audio)
     frame_range = project.frame_range
     return RenderRequest(
         source=Path(project.clip.path),
         output=output,
-        renderer=renderer,
-        export=export,
+        renderer=_project_renderer(project),
+        export=ExportSettings(format=fmt, crf=out.crf, audio=out.audio),
         first=frame_range.first if frame_range else None,
         last=frame_range.last if frame_range else None,
         key_frames=tuple(key.frame for key in project.keyframes),
         key_interval=settings.key_interval,
+        key_params=tuple(
+            (key.frame, params)
+            for key in project.keyframes
+            if (params := KeyParams(key.prompt, key.negative_prompt, key.seed, key.strength))
+            != KeyParams()
+        ),
     )
+
+
+def _project_renderer(project: Project) -> KeyRendererSpec:
+    settings = project.settings
+    if settings.renderer == "painted":
+        painted = tuple(
+            (key.frame, key.painted_image) for key in project.keyframes if key.painted_image
+        )
+        return KeyRendererSpec(kind="painted", painted=painted)
+    if settings.renderer == "stylize":
+        return KeyRendererSpec(kind="stylize", style=settings.style)
+    if settings.renderer == "diffusion":
+        return KeyRendererSpec(kind="diffusion", diffusion=_project_diffusion(settings))
+    raise ZvsError(f"unknown renderer '{settings.renderer}' in the project")
+
+
+def _project_diffusion(settings):
+    """The diffusion spec of a project's settings (the model files are checked when loaded)."""
+    from zvstudio.diffusion.controlnet import resolve_controlnet
+    from zvstudio.diffusion.lora import LoraSpec
+    from zvstudio.diffusion.sampler import KeySettings
+    from zvstudio.engine.preview import DiffusionSpec
+
+    if not settings.model:
+        raise ZvsError(
+            "the project uses diffusion but names no model",
+            hint="choose a Stable Diffusion 1.5 checkpoint in the project settings",
+        )
+    controlnet, scale = None, settings.controlnet_scale
+    if settings.controlnet:
+        choice = resolve_controlnet(f"{settings.controlnet}:{settings.controlnet_scale}")
+        controlnet, scale = choice.path, choice.scale
+    key_settings = KeySettings(
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        strength=settings.strength,
+        seed=settings.seed,
+        controlnet_scale=scale,
+    )
+    loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
+    return DiffusionSpec(Path(settings.model), key_settings, loras, controlnet)

@@ -12,8 +12,12 @@ existing one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -180,19 +184,51 @@ def partial_sibling(path: Path) -> Path:
     """A fresh hidden name beside `path` for writing it before it is complete.
 
     Unlike `tempfile`, which creates files readable only by their owner, files made under
-    this name get the user's normal permissions once moved into place.
+    this name get the user's normal permissions once moved into place. The name carries the
+    writing process's id, so a later export can tell the leftovers of a killed one.
     """
     while True:
-        name = f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}"
+        name = f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.partial{path.suffix}"
         candidate = path.absolute().parent / name
         if not candidate.exists():
             return candidate
 
 
+def remove_stale_partials(path: Path) -> None:
+    """Delete what killed exports of `path` left behind: partial files or folders whose
+    writing process no longer runs. (A clean failure or cancel removes its own.)"""
+    pattern = re.compile(rf"^\.{re.escape(path.stem)}\.(\d+)-[0-9a-f]+\.partial")
+    for candidate in path.absolute().parent.glob(f".{glob.escape(path.stem)}.*.partial*"):
+        match = pattern.match(candidate.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        if candidate.is_dir():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":
+        return True  # no cheap check without extra packages: leave the file alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but belongs to someone else
+    return True
+
+
 def _disk_error(path: Path, exc: OSError) -> MediaError:
     reason = exc.strerror or str(exc)
     return MediaError(
-        f"cannot write {path}: {reason}", hint="free some disk space" if exc.errno == 28 else None
+        f"cannot write {path}: {reason}",
+        hint="free some disk space" if exc.errno == errno.ENOSPC else None,
+        code="disk_full" if exc.errno == errno.ENOSPC else "error",
     )
 
 
@@ -214,6 +250,7 @@ class VideoWriter:
     ) -> None:
         check_output(path, settings)
         self.path = Path(path)
+        remove_stale_partials(self.path)
         self.size = size
         self.timing = timing
         self.settings = settings

@@ -17,32 +17,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from zvstudio import diskcache
 from zvstudio.hashing import text_hash
 from zvstudio.paths import cache_root
-
-DEFAULT_LIMIT_BYTES = 10 << 30
-
-
-def cache_limit() -> int:
-    """The size the segment cache may grow to: $ZVSTUDIO_CACHE_LIMIT_GB, else 10 GB."""
-    value = os.environ.get("ZVSTUDIO_CACHE_LIMIT_GB")
-    try:
-        return int(float(value) * (1 << 30)) if value else DEFAULT_LIMIT_BYTES
-    except ValueError:
-        return DEFAULT_LIMIT_BYTES
 
 
 class SegmentCache:
     """Segments of one clip under one propagation setup (`context`: clip, flow, settings).
 
-    All clips' segments share one folder bounded by `limit` bytes; the least recently used
-    segments are evicted first.
+    Segments live in the "segments" folder of the cache `root` (default: the user's cache),
+    which `diskcache` bounds by `limit` bytes across all its kinds, least recently used first.
     """
 
     def __init__(self, context: str, root: Path | None = None, limit: int | None = None) -> None:
-        self.base = root or cache_root() / "segments"
-        self.root = self.base / text_hash(context)
-        self.limit = cache_limit() if limit is None else limit
+        self.cache = root or cache_root()
+        self.root = self.cache / "segments" / text_hash(context)
+        self.limit = diskcache.cache_limit() if limit is None else limit
         self.hits = 0
         self.misses = 0
 
@@ -62,7 +52,7 @@ class SegmentCache:
                 return None
             frames[number] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         self.hits += 1
-        os.utime(folder)  # recently used: evicted last
+        diskcache.touch(folder)  # recently used: evicted last
         return frames
 
     def store(
@@ -88,16 +78,9 @@ class SegmentCache:
         self.evict()
 
     def evict(self) -> None:
-        """Delete the least recently used segments until the cache fits its limit."""
-        segments = [p for p in self.base.glob("*/*") if p.is_dir() and not p.name.startswith(".")]
-        sizes = {p: sum(f.stat().st_size for f in p.iterdir()) for p in segments}
-        total = sum(sizes.values())
-        for folder in sorted(segments, key=lambda p: p.stat().st_mtime):
-            if total <= self.limit:
-                break
-            shutil.rmtree(folder, ignore_errors=True)
-            total -= sizes[folder]
+        """Delete the least recently used cache entries until the cache fits its limit."""
+        diskcache.evict(self.cache, self.limit)
 
     def size(self) -> int:
         """Bytes held by all cached segments."""
-        return sum(f.stat().st_size for f in self.base.glob("*/*/*.png"))
+        return diskcache.usage(self.cache)["segments"]

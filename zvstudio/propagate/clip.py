@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from zvstudio.errors import ZvsError
+from zvstudio.errors import RenderCancelled, StageError, ZvsError
 from zvstudio.flow.cache import FlowCache
 from zvstudio.hashing import text_hash
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
@@ -114,13 +114,23 @@ def propagate_clip(
             ids = tuple(key_ids[k] if key_ids else _pixels_id(keys[k]) for k in involved)
             results = cache.load(start, stop, ids)
         if results is None:
-            results = compute()
+            results = _computed(compute, start, stop)
             if cache is not None:
                 cache.store(start, stop, ids, results)
         for number in range(start, stop + 1):
             yield number, results[number]
             done += 1
-            progress(Progress("propagate", done, total))
+            progress(Progress("propagate", done, total, image=results[number]))
+
+
+def _computed(compute, start: int, stop: int) -> dict[int, np.ndarray]:
+    """Run one segment's computation; a failure names the segment's frames."""
+    try:
+        return compute()
+    except (RenderCancelled, StageError):
+        raise
+    except Exception as exc:
+        raise StageError("propagate", start, exc, last=stop) from exc
 
 
 def _pixels_id(image: np.ndarray) -> str:

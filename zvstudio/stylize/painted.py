@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from zvstudio.errors import ZvsError
-from zvstudio.keyrender import KeyContext, KeyRenderer
+from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 from zvstudio.stylize.filters import check_frame
 
@@ -49,7 +49,7 @@ class PaintedKeyRenderer(KeyRenderer):
         hashes = {str(index): _file_hash(path) for index, path in sorted(self.paintings.items())}
         return f"painted:v{self.version}:{json.dumps(hashes, sort_keys=True)}"
 
-    def key_identity(self, frame_index: int) -> str:
+    def key_identity(self, frame_index: int, params: KeyParams | None = None) -> str:
         # One painting per key: repainting one key must not invalidate the others.
         path = self.paintings.get(frame_index)
         return f"painted:v{self.version}:{_file_hash(path) if path else 'none'}"

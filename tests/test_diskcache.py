@@ -1,0 +1,50 @@
+"""One size limit over every kind of cache entry, least recently used evicted first."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from zvstudio import diskcache
+from zvstudio.engine.keycache import KeyCache
+
+
+def make_entry(path, size, age):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_eviction_takes_the_oldest_entries_of_any_kind(tmp_path):
+    flow = make_entry(tmp_path / "flows/clip/settings/0_1.npy", 1000, age=300)
+    key = make_entry(tmp_path / "keys/abc.png", 1000, age=100)
+    segment = tmp_path / "segments/ctx/0-9-id"
+    make_entry(segment / "0.png", 600, age=200)
+    make_entry(segment / "1.png", 400, age=200)
+    os.utime(segment, (time.time() - 200, time.time() - 200))
+    partial = make_entry(tmp_path / "keys/.def.123.tmp", 5000, age=1000)
+    assert diskcache.usage(tmp_path) == {
+        "flows": 1000,
+        "keys": 1000,
+        "segments": 1000,
+        "proxies": 0,
+    }
+    assert diskcache.evict(tmp_path, limit=1500) == 2000  # the flow, then the segment
+    assert not flow.exists() and not segment.exists() and key.exists()
+    assert partial.exists()  # being written by someone: never counted or deleted
+    assert diskcache.clear(tmp_path) == 1000 and not key.exists()
+
+
+def test_key_cache_round_trip(tmp_path):
+    cache = KeyCache(tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    assert cache.load("k1", (20, 12)) is None
+    cache.store("k1", image)
+    assert np.array_equal(cache.load("k1", (20, 12)), image)  # lossless
+    assert cache.load("k1", (40, 24)) is None  # another size: not this key
+    assert (cache.hits, cache.misses) == (1, 2)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
