@@ -66,6 +66,7 @@ def test_probe_human_and_json(tmp_path, capsys):
 def test_demo_render_end_to_end(tmp_path):
     result = run_cli("render", "--demo", "-o", "demo.mp4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "72 frames" in result.stdout and "12 keys, the rest propagated" in result.stdout
     info = probe(tmp_path / "demo.mp4")
     assert info.frame_count == 72
     assert info.duration == pytest.approx(3.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +47,21 @@ def timing_summary(milliseconds: list[float]) -> dict:
         "p95_ms": round(float(np.percentile(values, 95)), 2),
         "max_ms": round(float(values.max()), 2),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (NaN where unsupported)."""
+    # Linux: VmHWM is this process's own peak. ru_maxrss is not: a child started by
+    # subprocess inherits its parent's peak across fork and exec.
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # macOS reports bytes, other Unixes KiB.
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024

@@ -9,14 +9,13 @@ the blend.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from zvstudio.bench import machine, shared_clips
+from zvstudio.bench import machine, peak_rss_mb, shared_clips
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, FlowCache
 from zvstudio.keyrender import KeyContext
@@ -141,14 +140,5 @@ def run_propagate_benchmark(
     }
     if include_1080p:
         report["speed_1080p"] = bench_1080p_speed(settings, preset)
-    report["peak_memory_mb"] = round(_peak_rss_mb(), 1)
+    report["peak_memory_mb"] = round(peak_rss_mb(), 1)
     return report
-
-
-def _peak_rss_mb() -> float:
-    try:
-        import resource
-    except ImportError:  # Windows
-        return float("nan")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024

@@ -26,6 +26,7 @@ from zvstudio.hashing import file_hash, text_hash
 from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer, RenderedKey
 from zvstudio.media import (
     AudioSource,
+    FrameCache,
     FrameTiming,
     MediaInfo,
     VideoReader,
@@ -273,7 +274,7 @@ def render(
     keys = plan_keys(request, first, last)
     timing, audio = output_timing(request.source, info, first, last)
     with (
-        VideoReader(request.source, info=info) as reader,
+        VideoReader(request.source, _small_frame_cache(info), info) as reader,
         VideoWriter(
             request.output, reader.size, timing, request.export, audio, first_number=first
         ) as writer,
@@ -333,6 +334,12 @@ def render(
             f"cache; {result.rendered_keys} of {result.keys} keys needed rendering"
         )
     return result
+
+
+def _small_frame_cache(info: MediaInfo) -> FrameCache:
+    """Room for a few frames: keys are read once each, so a large cache would only grow with
+    the clip's length (peak RAM must not)."""
+    return FrameCache(max_bytes=4 * 3 * info.display_width * info.display_height)
 
 
 def _every_frame(reader, renderer, first, last, progress, cancel):
