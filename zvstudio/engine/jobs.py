@@ -132,7 +132,6 @@ class JobQueue:
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._condition = threading.Condition()
-        self._active: Job | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._serve, name="zvstudio-jobs", daemon=True)
         self._thread.start()
@@ -257,10 +256,7 @@ class JobQueue:
                     return
                 job = self._queue.popleft()
                 job.state = JobState.RUNNING
-                self._active = job
             self._run(job)
-            with self._condition:
-                self._active = None
 
     def _run(self, job: Job) -> None:
         self._emit(JobEvent(job.id, "started", message=job.title))
