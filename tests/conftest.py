@@ -24,8 +24,9 @@ def _no_network(monkeypatch, tmp_path):
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    """Keep every test's proxies and caches out of the user's cache folder."""
+    """Keep every test's proxies, caches and settings out of the user's folders."""
     monkeypatch.setenv("ZVSTUDIO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("ZVSTUDIO_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
 
 
 def pytest_configure(config):

@@ -96,7 +96,9 @@ def test_request_from_project(clip, tmp_path):
     )
     request = request_from_project(project, tmp_path / "o.mov")
     assert (request.first, request.last) == (2, 9)
-    assert request.renderer == KeyRendererSpec(kind="stylize", style="pencil")
+    # The painted key stays painted inside the stylized render.
+    painted = ((4, str(tmp_path / "k.png")),)
+    assert request.renderer == KeyRendererSpec(kind="stylize", style="pencil", painted=painted)
     assert request.export.format == "h264"
     painted = request_from_project(
         Project(

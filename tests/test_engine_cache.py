@@ -196,3 +196,20 @@ def test_a_killed_render_resumes_from_its_finished_segments(tmp_path):
     resumed_frames, whole_frames = read_frames(tmp_path / "frames"), read_frames(tmp_path / "whole")
     assert len(resumed_frames) == 60
     assert all(np.array_equal(x, y) for x, y in zip(resumed_frames, whole_frames, strict=True))
+
+
+def test_status_without_loading_the_model_agrees_with_the_render(tiny, tmp_path, monkeypatch):
+    from zvstudio.engine import preview
+    from zvstudio.engine.status import render_status
+
+    render(diffusion_request(tiny, tmp_path / "a"))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the status must not load the model")
+
+    monkeypatch.setattr(preview, "build_sampler", no_loading)
+    assert render_status(diffusion_request(tiny, tmp_path / "b")).complete
+    # A prompt changed on key 3: it and every later key (their references) are out of date.
+    changed = render_status(diffusion_request(tiny, tmp_path / "b", [(3, KeyParams("a dog"))]))
+    assert changed.keys == {0: "rendered", 3: "stale", 6: "stale", 9: "stale"}
+    assert [s.cached for s in changed.segments] == [False, False, False, False]

@@ -369,6 +369,24 @@ class KeyFrameSampler:
         self._anchor_frame, _ = _pad_multiple(frame, self.multiple)
 
 
+def settings_with_overrides(settings: KeySettings, params: KeyParams | None) -> KeySettings:
+    """The global settings with one key's overrides (prompt, negative, seed, strength)."""
+    overrides = {
+        name: value
+        for name in ("prompt", "negative_prompt", "seed", "strength")
+        if params is not None and (value := getattr(params, name)) is not None
+    }
+    return replace(settings, **overrides)
+
+
+def diffusion_key_identity(
+    model_key: str, dtype: object, settings: KeySettings, params: KeyParams | None = None
+) -> str:
+    """A diffusion key's cache identity (besides frame and references). The precision is part
+    of it: a float16 key is not a float32 key."""
+    return f"diffusion:v1:{model_key}:{dtype}:{settings_with_overrides(settings, params)!r}"
+
+
 class DiffusionKeyRenderer(KeyRenderer):
     """The `KeyRenderer` face of the sampler, used by the engine like any stylizer."""
 
@@ -384,18 +402,12 @@ class DiffusionKeyRenderer(KeyRenderer):
         return self.key_identity(-1)
 
     def key_identity(self, frame_index: int, params: KeyParams | None = None) -> str:
-        # The precision changes the pixels too (a float16 key is not a float32 key).
-        settings = self._settings_for(params)
-        return f"diffusion:v1:{self.model_key}:{self.sampler.dtype}:{settings!r}"
+        return diffusion_key_identity(
+            self.model_key, self.sampler.dtype, self.sampler.settings, params
+        )
 
     def _settings_for(self, params: KeyParams | None) -> KeySettings:
-        """The global settings with this key's overrides (prompt, negative, seed, strength)."""
-        overrides = {
-            name: value
-            for name in ("prompt", "negative_prompt", "seed", "strength")
-            if params is not None and (value := getattr(params, name)) is not None
-        }
-        return replace(self.sampler.settings, **overrides)
+        return settings_with_overrides(self.sampler.settings, params)
 
     def render(self, frame, context: KeyContext, progress=ignore_progress, cancel=None):
         global_settings = self.sampler.settings

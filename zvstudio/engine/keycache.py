@@ -1,4 +1,4 @@
-"""Rendered key frames on disk, by identity.
+"""Rendered key frames on disk, named by slot (clip, size, frame) and identity.
 
 A key's identity is a hash of the clip, the frame number, the renderer's settings with the
 key's own overrides and, for renderers whose keys refer to earlier keys (diffusion), the
@@ -30,12 +30,21 @@ class KeyCache:
         self.hits = 0
         self.misses = 0
 
-    def path(self, identity: str) -> Path:
-        return self.folder / f"{identity}.png"
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.png"
 
-    def load(self, identity: str, size: tuple[int, int]) -> np.ndarray | None:
-        """The key with `identity` as RGB uint8 if cached at `size` (width, height), else None."""
-        path = self.path(identity)
+    def names(self) -> set[str]:
+        """The names of every cached key (one directory listing)."""
+        try:
+            entries = os.scandir(self.folder)
+        except OSError:
+            return set()
+        with entries:
+            return {e.name[:-4] for e in entries if e.name.endswith(".png") and e.is_file()}
+
+    def load(self, name: str, size: tuple[int, int]) -> np.ndarray | None:
+        """The key `name` as RGB uint8 if cached at `size` (width, height), else None."""
+        path = self.path(name)
         image = cv2.imread(str(path)) if path.is_file() else None
         if image is None or (image.shape[1], image.shape[0]) != tuple(size):
             self.misses += 1
@@ -44,9 +53,9 @@ class KeyCache:
         diskcache.touch(path)
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
-    def store(self, identity: str, image: np.ndarray) -> None:
+    def store(self, name: str, image: np.ndarray) -> None:
         """Keep `image`; a full or read-only disk only means that the key is not cached."""
-        path = self.path(identity)
+        path = self.path(name)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             ok, data = cv2.imencode(

@@ -107,12 +107,41 @@ def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log
     from zvstudio.diffusion.sampler import DiffusionKeyRenderer
 
     sampler = build_sampler(spec, log)  # first: it checks the files and says what is wrong
+    return DiffusionKeyRenderer(sampler, diffusion_model_key(spec))
+
+
+def diffusion_model_key(spec: DiffusionSpec) -> str:
+    """The content identity of a spec's model files (checkpoint, LoRAs with weights, ControlNet)."""
     files = [
         model_content_id(spec.model),
         *(f"{model_content_id(lora.path)}:{lora.weight}" for lora in spec.loras),
         model_content_id(spec.controlnet) if spec.controlnet else "",
     ]
-    return DiffusionKeyRenderer(sampler, "|".join(files))
+    return "|".join(files)
+
+
+class DiffusionIdentities:
+    """The cache identities a diffusion renderer of `spec` would give its keys, without loading
+    any model (for showing which keys are rendered or stale)."""
+
+    uses_references = True
+
+    def __init__(self, spec: DiffusionSpec) -> None:
+        from zvstudio.engine.device import plan_device
+
+        plan = plan_device(
+            spec.device,
+            spec.precision,
+            spec.memory_limit_gb,
+            spec.offload,
+            controlnet=spec.controlnet is not None,
+        )
+        self.spec, self.dtype, self.model_key = spec, plan.torch_dtype, diffusion_model_key(spec)
+
+    def key_identity(self, frame_index: int, params=None) -> str:
+        from zvstudio.diffusion.sampler import diffusion_key_identity
+
+        return diffusion_key_identity(self.model_key, self.dtype, self.spec.settings, params)
 
 
 def model_content_id(path: Path) -> str:

@@ -12,7 +12,7 @@ only what it affects and an interrupted render resumes where it stopped.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from zvstudio.progress import (
 from zvstudio.propagate.cache import SegmentCache
 from zvstudio.propagate.clip import propagate_clip
 from zvstudio.stylize import PaintedKeyRenderer, create_stylizer
+from zvstudio.stylize.painted import WithPaintedKeys
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,18 @@ class RenderResult:
 
 
 def create_key_renderer(spec: KeyRendererSpec, log: LogCallback = ignore_log) -> KeyRenderer:
+    """The key renderer of `spec`; with a stylizer or diffusion, painted frames (if any) are
+    taken from their paintings instead."""
+    paintings = PaintedKeyRenderer({frame: path for frame, path in spec.painted})
+    if spec.kind == "painted":
+        return paintings
+    base = _base_renderer(spec, log)
+    return WithPaintedKeys(base, paintings) if spec.painted else base
+
+
+def _base_renderer(spec: KeyRendererSpec, log: LogCallback) -> KeyRenderer:
     if spec.kind == "stylize":
         return create_stylizer(spec.style, **dict(spec.params))
-    if spec.kind == "painted":
-        return PaintedKeyRenderer({frame: path for frame, path in spec.painted})
     if spec.kind == "diffusion" and spec.diffusion is not None:
         from zvstudio.engine.preview import create_diffusion_renderer
 
@@ -121,6 +130,30 @@ def plan_keys(request: RenderRequest, first: int, last: int) -> list[int] | None
     return keys
 
 
+def key_identities(
+    renderer: KeyRenderer,
+    numbers: Sequence[int],
+    params: Mapping[int, KeyParams],
+    clip_id: str,
+    size: tuple[int, int],
+) -> dict[int, str]:
+    """Each key's content identity: its clip, frame, size and renderer settings with its own
+    overrides; for a renderer with references (diffusion), also the earlier keys' identities."""
+    identities, previous = {}, ""
+    for number in numbers:
+        identity = renderer.key_identity(number, params.get(number))
+        own = text_hash(clip_id, str(number), str(size), identity)
+        identities[number] = text_hash(own, previous) if renderer.uses_references else own
+        previous = identities[number]
+    return identities
+
+
+def key_slot(clip_id: str, size: tuple[int, int], number: int) -> str:
+    """Where a key sits, whatever its settings: its clip, size and frame. Cached keys are named
+    slot-identity, so an out-of-date render of a key (a "stale" key) can be found."""
+    return f"{text_hash(clip_id, str(tuple(size)))[:12]}-{number}"
+
+
 class RenderedKeys(Mapping):
     """Key frames rendered on first access, in order (each may need the previous one), keeping
     only the anchor and the last few in memory.
@@ -157,17 +190,10 @@ class RenderedKeys(Mapping):
         self.rendered = 0  # keys rendered (not counting replays)
         self.reused = 0  # keys taken from the cache
         self.replayed = 0  # keys rendered again only to restore the renderer's references
-        self.identities = self._identities(clip_id)
-
-    def _identities(self, clip_id: str) -> dict[int, str]:
-        """Each key's content identity; with references, it includes the earlier keys'."""
-        identities, previous = {}, ""
-        for number in self.numbers:
-            identity = self.renderer.key_identity(number, self.params.get(number))
-            own = text_hash(clip_id, str(number), str(self.reader.size), identity)
-            identities[number] = text_hash(own, previous) if self.renderer.uses_references else own
-            previous = identities[number]
-        return identities
+        self.identities = key_identities(renderer, numbers, self.params, clip_id, reader.size)
+        self.names = {
+            n: f"{key_slot(clip_id, reader.size, n)}-{self.identities[n]}" for n in numbers
+        }
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.numbers)
@@ -199,7 +225,7 @@ class RenderedKeys(Mapping):
             result = self._render(index, frame)
             self.rendered += 1
             if self.cache is not None:
-                self.cache.store(self.identities[number], result)
+                self.cache.store(self.names[number], result)
         else:
             self.reused += 1
         self._keep(RenderedKey(number, frame, result))
@@ -210,7 +236,7 @@ class RenderedKeys(Mapping):
     def _cached(self, number: int) -> np.ndarray | None:
         if self.cache is None:
             return None
-        return self.cache.load(self.identities[number], self.reader.size)
+        return self.cache.load(self.names[number], self.reader.size)
 
     def _render(self, index: int, frame: np.ndarray) -> np.ndarray:
         """Render key `index` with the anchor and the previous key as references."""
@@ -297,10 +323,7 @@ def render(
             )
             estimator = DISFlow(request.flow_preset)
             flows = FlowCache(estimator, clip_id)
-            context = text_hash(
-                clip_id, estimator.settings_key(), repr(request.propagation), str(reader.size)
-            )
-            segments = SegmentCache(context)
+            segments = SegmentCache(segment_context(request, estimator, clip_id, reader.size))
             frames = propagate_clip(
                 reader,
                 rendered,
@@ -334,6 +357,11 @@ def render(
             f"cache; {result.rendered_keys} of {result.keys} keys needed rendering"
         )
     return result
+
+
+def segment_context(request: RenderRequest, estimator, clip_id: str, size: tuple[int, int]) -> str:
+    """What every propagated segment of this render depends on besides its keys."""
+    return text_hash(clip_id, estimator.settings_key(), repr(request.propagation), str(size))
 
 
 def _small_frame_cache(info: MediaInfo) -> FrameCache:

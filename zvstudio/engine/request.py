@@ -82,15 +82,17 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
 
 def _project_renderer(project: Project) -> KeyRendererSpec:
     settings = project.settings
+    # A painted key is its painting whatever the renderer of the other keys.
+    painted = tuple(
+        (key.frame, key.painted_image) for key in project.keyframes if key.painted_image
+    )
     if settings.renderer == "painted":
-        painted = tuple(
-            (key.frame, key.painted_image) for key in project.keyframes if key.painted_image
-        )
         return KeyRendererSpec(kind="painted", painted=painted)
     if settings.renderer == "stylize":
-        return KeyRendererSpec(kind="stylize", style=settings.style)
+        return KeyRendererSpec(kind="stylize", style=settings.style, painted=painted)
     if settings.renderer == "diffusion":
-        return KeyRendererSpec(kind="diffusion", diffusion=_project_diffusion(settings))
+        diffusion = _project_diffusion(settings)
+        return KeyRendererSpec(kind="diffusion", diffusion=diffusion, painted=painted)
     raise ZvsError(f"unknown renderer '{settings.renderer}' in the project")
 
 

@@ -36,11 +36,12 @@ class SegmentCache:
         self.hits = 0
         self.misses = 0
 
-    def _folder(self, start: int, stop: int, key_ids: tuple[str, ...]) -> Path:
+    def folder(self, start: int, stop: int, key_ids: tuple[str, ...]) -> Path:
+        """Where the segment start..stop made from the keys `key_ids` is (or would be) kept."""
         return self.root / f"{start}-{stop}-{text_hash(*key_ids)}"
 
     def load(self, start: int, stop: int, key_ids: tuple[str, ...]) -> dict[int, np.ndarray] | None:
-        folder = self._folder(start, stop, key_ids)
+        folder = self.folder(start, stop, key_ids)
         if not folder.is_dir():
             self.misses += 1
             return None
@@ -58,7 +59,7 @@ class SegmentCache:
     def store(
         self, start: int, stop: int, key_ids: tuple[str, ...], frames: dict[int, np.ndarray]
     ) -> None:
-        folder = self._folder(start, stop, key_ids)
+        folder = self.folder(start, stop, key_ids)
         if folder.is_dir():
             return
         partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -137,26 +138,37 @@ def _pixels_id(image: np.ndarray) -> str:
     return text_hash(str(image.shape), hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest())
 
 
+def segment_spans(
+    order: Sequence[int], first: int, last: int
+) -> list[tuple[int, int, tuple[int, ...]]]:
+    """(start, stop, keys involved) of each stretch of first..last between the sorted keys
+    `order`: before the first key (from it alone), between two keys (a key's own frame starts
+    its segment), and after the last key."""
+    spans = []
+    if first < order[0]:
+        spans.append((first, order[0] - 1, (order[0],)))
+    spans += [(a, b - 1, (a, b)) for a, b in itertools.pairwise(order)]
+    spans.append((order[-1], last, (order[-1],)))
+    return spans
+
+
 def _segments(reader, keys, order, first, last, flows, settings, cancel):
     """(start, stop, keys involved, compute) for each stretch of the clip, in order; compute()
     returns {frame: image} for start..stop."""
     args = (reader, keys)
     rest = (flows, settings, cancel)
-    if first < order[0]:
-        yield (
-            first,
-            order[0] - 1,
-            (order[0],),
-            lambda: _drop(_one_way(*args, order[0], first, *rest), order[0]),
-        )
-    for key_a, key_b in itertools.pairwise(order):
-        yield (
-            key_a,
-            key_b - 1,
-            (key_a, key_b),
-            lambda a=key_a, b=key_b: _between(*args, a, b, *rest),
-        )
-    yield order[-1], last, (order[-1],), lambda: _one_way(*args, order[-1], last, *rest)
+    for start, stop, involved in segment_spans(order, first, last):
+        if len(involved) == 2:
+            compute = partial(_between, *args, *involved, *rest)
+        elif start < involved[0]:  # before the first key
+            compute = partial(_before_first, *args, involved[0], start, *rest)
+        else:
+            compute = partial(_one_way, *args, involved[0], stop, *rest)
+        yield start, stop, involved, compute
+
+
+def _before_first(reader, keys, key, start, flows, settings, cancel) -> dict[int, np.ndarray]:
+    return _drop(_one_way(reader, keys, key, start, flows, settings, cancel), key)
 
 
 def _drop(results: dict[int, np.ndarray], number: int) -> dict[int, np.ndarray]:

@@ -152,3 +152,32 @@ def _resize(image: np.ndarray | None, width: int, height: int) -> np.ndarray | N
     shrinking = width * height < image.shape[0] * image.shape[1]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
     return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+class WithPaintedKeys(KeyRenderer):
+    """Another renderer's keys, except the frames the artist painted, which are the paintings:
+    a project may replace single keys of a stylized or diffusion render by hand."""
+
+    def __init__(self, base: KeyRenderer, paintings: PaintedKeyRenderer) -> None:
+        self.base, self.paintings = base, paintings
+        self.name = base.name
+        self.needs_weights = base.needs_weights
+        self.uses_references = base.uses_references
+
+    def settings_key(self) -> str:
+        return f"{self.base.settings_key()}+{self.paintings.settings_key()}"
+
+    def key_identity(self, frame_index: int, params: KeyParams | None = None) -> str:
+        if frame_index in self.paintings.paintings:
+            return self.paintings.key_identity(frame_index)
+        return self.base.key_identity(frame_index, params)
+
+    def render(
+        self,
+        frame: np.ndarray,
+        context: KeyContext,
+        progress: ProgressCallback = ignore_progress,
+        cancel: CancelToken | None = None,
+    ) -> np.ndarray:
+        renderer = self.paintings if context.frame_index in self.paintings.paintings else self.base
+        return renderer.render(frame, context, progress, cancel)

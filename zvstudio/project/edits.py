@@ -1,0 +1,162 @@
+"""Undoable changes to a project.
+
+Every change the editor makes to the document is one `Edit`: it applies itself and reverts
+itself exactly, so the GUI's undo stack only wraps these (no Qt here) and the tests check undo
+without a window. Edits keep what they replaced, so reverting restores per-key overrides too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import replace
+
+from zvstudio.errors import ZvsError
+from zvstudio.project.model import FrameRange, KeyFrame, Project, RenderSettings
+
+
+class Edit(ABC):
+    """One undoable change; `text` names it in the Edit menu ("Undo add key 12")."""
+
+    text: str = "edit"
+
+    @abstractmethod
+    def apply(self, project: Project) -> None: ...
+
+    @abstractmethod
+    def revert(self, project: Project) -> None: ...
+
+    def merge(self, later: Edit) -> bool:
+        """Absorb `later` (already applied) into this edit, for edits that come in quick
+        series such as a slider drag; return whether it was absorbed."""
+        return False
+
+
+class SetKey(Edit):
+    """Add `key`, or replace the key at its frame (its overrides)."""
+
+    def __init__(self, key: KeyFrame, field: str | None = None) -> None:
+        self.key = key
+        self.field = field  # the override changed, so that typing merges into one step
+        self.old: KeyFrame | None = None
+        what = f"key {key.frame} {field.replace('_', ' ')}" if field else f"key {key.frame}"
+        self.text = f"set {what}"
+
+    def apply(self, project: Project) -> None:
+        self.old = project.set_key(self.key)
+
+    def revert(self, project: Project) -> None:
+        if self.old is None:
+            project.remove_key(self.key.frame)
+        else:
+            project.set_key(self.old)
+
+    def merge(self, later: Edit) -> bool:
+        same = isinstance(later, SetKey) and later.key.frame == self.key.frame
+        if same and self.field is not None and later.field == self.field:
+            self.key = later.key
+            return True
+        return False
+
+
+class RemoveKey(Edit):
+    def __init__(self, frame: int) -> None:
+        self.frame = frame
+        self.old: KeyFrame | None = None
+        self.text = f"remove key {frame}"
+
+    def apply(self, project: Project) -> None:
+        self.old = project.remove_key(self.frame)
+
+    def revert(self, project: Project) -> None:
+        if self.old is not None:
+            project.set_key(self.old)
+
+
+class MoveKey(Edit):
+    """Move the key at `source` (with its overrides) to `target`, which must be free."""
+
+    def __init__(self, source: int, target: int) -> None:
+        self.source, self.target = source, target
+        self.text = f"move key {source} to {target}"
+
+    def apply(self, project: Project) -> None:
+        key = project.key_at(self.source)
+        if key is None:
+            raise ZvsError(f"there is no key at frame {self.source} to move")
+        if project.key_at(self.target) is not None:
+            raise ZvsError(f"frame {self.target} is already a key")
+        project.remove_key(self.source)
+        project.set_key(replace(key, frame=self.target))
+
+    def revert(self, project: Project) -> None:
+        key = project.remove_key(self.target)
+        if key is not None:
+            project.set_key(replace(key, frame=self.source))
+
+
+class ReplaceKeys(Edit):
+    """Replace the whole key list (e.g. "keys every K frames")."""
+
+    def __init__(self, keys: list[KeyFrame], text: str = "replace keys") -> None:
+        self.keys = sorted(keys, key=lambda key: key.frame)
+        self.old: list[KeyFrame] = []
+        self.text = text
+
+    def apply(self, project: Project) -> None:
+        self.old = list(project.keyframes)
+        project.keyframes = list(self.keys)
+
+    def revert(self, project: Project) -> None:
+        project.keyframes = list(self.old)
+
+
+def keys_every(project: Project, interval: int, frame_count: int) -> ReplaceKeys:
+    """Keys every `interval` frames over the render range; keys that carry overrides (a prompt,
+    seed, strength or painting) stay where they are, and keys on the grid keep theirs."""
+    if interval < 1:
+        raise ZvsError(f"the key interval must be at least 1, got {interval}")
+    span = project.frame_range or FrameRange(0, max(frame_count - 1, 0))
+    grid = {frame: KeyFrame(frame) for frame in range(span.first, span.last + 1, interval)}
+    for key in project.keyframes:
+        if key.frame in grid or key != KeyFrame(key.frame):
+            grid[key.frame] = key
+    return ReplaceKeys(list(grid.values()), f"keys every {interval} frames")
+
+
+class SetSettings(Edit):
+    """Replace the global render settings; successive changes of the same field (a slider
+    drag, typing a prompt) merge into one undo step."""
+
+    def __init__(self, settings: RenderSettings, field: str = "settings") -> None:
+        self.settings = settings
+        self.field = field
+        self.old: RenderSettings | None = None
+        self.text = f"change {field.replace('_', ' ')}"
+
+    def apply(self, project: Project) -> None:
+        self.old = project.settings
+        project.settings = self.settings
+
+    def revert(self, project: Project) -> None:
+        if self.old is not None:
+            project.settings = self.old
+
+    def merge(self, later: Edit) -> bool:
+        if isinstance(later, SetSettings) and later.field == self.field != "settings":
+            self.settings = later.settings
+            return True
+        return False
+
+
+class SetFrameRange(Edit):
+    def __init__(self, frame_range: FrameRange | None) -> None:
+        self.frame_range = frame_range
+        self.old: FrameRange | None = None
+        self.text = "set the render range" if frame_range else "clear the render range"
+
+    def apply(self, project: Project) -> None:
+        self.old = project.frame_range
+        project.frame_range = self.frame_range
+
+    def revert(self, project: Project) -> None:
+        project.frame_range = self.old
