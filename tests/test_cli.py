@@ -44,9 +44,32 @@ def test_version():
     assert result.stdout.strip() == f"zvstudio {__version__}"
 
 
-def test_no_command_prints_help(capsys):
+def test_no_command_opens_the_editor_and_a_file_argument_is_opened_in_it(tmp_path, monkeypatch):
+    from zvstudio.gui import app
+
+    opened = []
+    monkeypatch.setattr(app, "run_gui", lambda path=None: opened.append(path) or 0)
+    clip, _, _ = make_clip(tmp_path / "c.mp4", count=4)
     assert main([]) == 0
-    assert "render" in capsys.readouterr().out
+    assert main([str(clip)]) == 0
+    assert main(["gui", str(clip)]) == 0
+    assert opened == [None, str(clip), str(clip)]
+
+
+def test_without_a_display_the_editor_says_what_to_do(monkeypatch, capsys):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("sys.platform", "linux")
+    assert main([]) == 1
+    error = capsys.readouterr().err
+    assert "no display" in error and "zvstudio render --demo" in error
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "render" in out and "gui" in out
 
 
 def test_probe_human_and_json(tmp_path, capsys):

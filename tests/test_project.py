@@ -480,3 +480,95 @@ def test_the_project_package_imports_no_qt():
         "assert not qt, qt\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------- cross-frame constraints
+
+CONSTRAINTS_AWAY_FROM_DEFAULTS = {
+    "cross_frame_layers": "decoder_loose",
+    "shape_fusion": False,
+    "shape_fusion_start": 0.7,
+    "shape_fusion_end": 0.95,
+    "pixel_fusion_start": 0.3,
+    "pixel_fusion_end": 0.6,
+    "pixel_fusion_weight": 0.5,
+    "adain": False,
+    "adain_start": 0.1,
+    "adain_end": 0.4,
+}
+
+
+def test_constraint_settings_round_trip(tmp_path):
+    settings = RenderSettings(renderer="diffusion", **CONSTRAINTS_AWAY_FROM_DEFAULTS)
+    path = tmp_path / "film.zvs"
+    save_project(Project(settings=settings), path)
+    data = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    assert {k: data[k] for k in CONSTRAINTS_AWAY_FROM_DEFAULTS} == CONSTRAINTS_AWAY_FROM_DEFAULTS
+    assert load_project(path).settings == settings
+
+
+def test_files_without_constraint_settings_load_with_the_defaults(tmp_path):
+    loaded = project_from_dict(v1(settings={"renderer": "diffusion"}), tmp_path).settings
+    assert (loaded.cross_frame_layers, loaded.pixel_fusion_weight) == ("decoder", 1.0)
+    assert [loaded.constraint_range(n) for n in ("shape_fusion", "pixel_fusion", "adain")] == [
+        (0.9, 1.0),
+        (0.5, 0.8),
+        (0.0, 0.2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"cross_frame_layers": "encoder"}, "settings.cross_frame_layers: must be one of"),
+        ({"shape_fusion": 1}, "settings.shape_fusion: expected true or false, got 1"),
+        ({"adain_end": 1.5}, "settings.adain_end: must be between 0 and 1, got 1.5"),
+        ({"pixel_fusion_weight": -0.1}, "settings.pixel_fusion_weight: must be between 0 and 1"),
+        (
+            {"pixel_fusion_start": 0.8, "pixel_fusion_end": 0.5},
+            "settings.pixel_fusion_end: must be after pixel_fusion_start (0.8), got 0.5",
+        ),
+        ({"adain_start": 0.2}, "settings.adain_end: must be after adain_start (0.2), got 0.2"),
+    ],
+)
+def test_bad_constraint_settings_are_rejected(tmp_path, settings, expected):
+    assert expected in load_error(save_json(tmp_path / "p.zvs", v1(settings=settings)))
+
+
+def test_constraint_settings_are_checked_in_memory_too():
+    with pytest.raises(ProjectError, match="shape_fusion_end: must be after shape_fusion_start"):
+        replace(RenderSettings(), shape_fusion_start=1.0)
+    with pytest.raises(ValueError, match="unknown constraint"):
+        RenderSettings().constraint_range("cross_frame")
+    assert replace(RenderSettings(), adain=False).constraint_range("adain") is None
+
+
+def diffusion_key_settings(tmp_path: Path, settings: RenderSettings):
+    from zvstudio.engine.request import request_from_project
+
+    clip = ClipRef(make_file(tmp_path / "clip.mp4"))
+    settings = replace(settings, renderer="diffusion", model="m.safetensors", controlnet=None)
+    request = request_from_project(Project(clip, settings=settings), tmp_path / "o.mp4")
+    return request.renderer.diffusion.settings
+
+
+def test_default_constraint_settings_are_the_samplers(tmp_path):
+    from zvstudio.diffusion.sampler import KeySettings
+
+    assert diffusion_key_settings(tmp_path, RenderSettings()) == KeySettings(
+        controlnet_scale=RenderSettings().controlnet_scale
+    )
+
+
+def test_constraint_settings_reach_the_sampler(tmp_path):
+    from zvstudio.diffusion.constraints import ConstraintSchedule
+
+    settings = RenderSettings(**CONSTRAINTS_AWAY_FROM_DEFAULTS)
+    key_settings = diffusion_key_settings(tmp_path, settings)
+    assert key_settings.cross_frame_layers == "decoder_loose"
+    assert key_settings.pixel_fusion_weight == 0.5
+    assert key_settings.schedule == ConstraintSchedule(
+        cross_frame=(0.0, 1.0), shape_fusion=None, pixel_fusion=(0.3, 0.6), adain=None
+    )
+    off = diffusion_key_settings(tmp_path, replace(settings, cross_frame_layers="off"))
+    assert off.cross_frame_layers == "off" and off.schedule.cross_frame is None

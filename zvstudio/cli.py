@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -27,10 +28,13 @@ EXIT_CANCELLED = 130
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _opens_a_file(argv, parser):
+        argv = ["gui", *argv]  # `zvstudio clip.mp4` or `zvstudio project.zvs`
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        argv = ["gui"]
+        args = parser.parse_args(argv)
     try:
         return args.run(args)
     except ZvsError as exc:
@@ -50,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  (this is a bug; run again with --debug and report the traceback)"
         )
         return EXIT_ERROR
+
+
+def _opens_a_file(argv: list[str], parser: argparse.ArgumentParser) -> bool:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        return False
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return argv[0] not in commands.choices and Path(argv[0]).exists()
 
 
 def _print_error(message: str) -> None:
@@ -73,7 +84,37 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_models(commands)
     _add_cache(commands)
     _add_bench(commands)
+    _add_gui(commands)
     return parser
+
+
+# -- gui --------------------------------------------------------------------------------------
+def _add_gui(commands) -> None:
+    parser = commands.add_parser(
+        "gui", help="open the editor (the default when no command is given)"
+    )
+    parser.add_argument("file", nargs="?", help="a clip to import or a .zvs project to open")
+    parser.set_defaults(command="gui", run=_run_gui)
+
+
+def _run_gui(args) -> int:
+    if args.file and not Path(args.file).exists():
+        raise ZvsError(f"{args.file} does not exist")
+    if _no_display():
+        raise ZvsError(
+            "no display to open the editor on",
+            hint="run it in a desktop session, or use the commands (zvstudio --help), "
+            "e.g. zvstudio render --demo -o demo.mp4",
+        )
+    from zvstudio.gui.app import run_gui
+
+    return run_gui(args.file)
+
+
+def _no_display() -> bool:
+    if sys.platform != "linux" or os.environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 # -- probe ------------------------------------------------------------------------------------

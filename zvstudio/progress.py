@@ -115,6 +115,6 @@ class EtaClock:
 
     def eta(self, stage: str, done: int, total: int) -> float | None:
         elapsed = self.elapsed(stage)
-        if done <= 0 or total <= 0:
-            return None
+        if done <= 0 or total <= 0 or elapsed <= 0:
+            return None  # no rate yet (the stage's first report starts its clock)
         return elapsed * (total - done) / done

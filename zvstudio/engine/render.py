@@ -364,6 +364,30 @@ def segment_context(request: RenderRequest, estimator, clip_id: str, size: tuple
     return text_hash(clip_id, estimator.settings_key(), repr(request.propagation), str(size))
 
 
+def render_key_preview(
+    request: RenderRequest,
+    number: int,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+    log: LogCallback = ignore_log,
+) -> np.ndarray:
+    """Frame `number` rendered as a key on its own (as the first key of a render), with its
+    per-key overrides: to try settings on one frame before rendering the clip."""
+    cancel = cancel or CancelToken()
+    renderer = create_key_renderer(request.renderer, log)
+    with VideoReader(request.source) as reader:
+        if not 0 <= number < len(reader):
+            raise ZvsError(f"frame {number} is outside the clip's frames 0..{len(reader) - 1}")
+        frame = reader.frame(number)
+    context = KeyContext(number, params=dict(request.key_params).get(number, KeyParams()))
+    try:
+        return renderer.render(frame, context, progress, cancel)
+    except (RenderCancelled, ZvsError):
+        raise
+    except Exception as exc:
+        raise StageError("keys", number, exc) from exc
+
+
 def _small_frame_cache(info: MediaInfo) -> FrameCache:
     """Room for a few frames: keys are read once each, so a large cache would only grow with
     the clip's length (peak RAM must not)."""

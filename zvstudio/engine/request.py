@@ -98,10 +98,12 @@ def _project_renderer(project: Project) -> KeyRendererSpec:
 
 def _project_diffusion(settings):
     """The diffusion spec of a project's settings (the model files are checked when loaded)."""
+    from zvstudio.diffusion.constraints import ConstraintSchedule
     from zvstudio.diffusion.controlnet import resolve_controlnet
     from zvstudio.diffusion.lora import LoraSpec
     from zvstudio.diffusion.sampler import KeySettings
     from zvstudio.engine.preview import DiffusionSpec
+    from zvstudio.project.model import CONSTRAINT_RANGES
 
     if not settings.model:
         raise ZvsError(
@@ -120,6 +122,13 @@ def _project_diffusion(settings):
         strength=settings.strength,
         seed=settings.seed,
         controlnet_scale=scale,
+        cross_frame_layers=settings.cross_frame_layers,
+        schedule=ConstraintSchedule(
+            # Cross-frame attention acts at every step; its layers switch it off.
+            cross_frame=None if settings.cross_frame_layers == "off" else (0.0, 1.0),
+            **{name: settings.constraint_range(name) for name in CONSTRAINT_RANGES},
+        ),
+        pixel_fusion_weight=settings.pixel_fusion_weight,
     )
     loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
     return DiffusionSpec(Path(settings.model), key_settings, loras, controlnet)

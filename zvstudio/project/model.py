@@ -24,7 +24,17 @@ CURRENT_SCHEMA_VERSION = 1
 RENDERERS = ("stylize", "diffusion", "painted")
 OUTPUT_FORMATS = ("h264", "h265", "prores", "png")
 SEED_MAX = 2**32 - 1  # the range every UI and RNG in use accepts
+# Which UNet self-attention layers attend to the anchor and previous key ("off": none).
+CROSS_FRAME_LAYERS = ("decoder", "decoder_loose", "all", "off")
+# Constraints acting in a range of the sampling schedule, each with `<name>` (on/off),
+# `<name>_start` and `<name>_end` (fractions of T_max) in `RenderSettings`.
+CONSTRAINT_RANGES = ("shape_fusion", "pixel_fusion", "adain")
 HASH_PATTERN = (r"(b2:[0-9a-f]{32})?", "empty or 'b2:' followed by 32 hex digits")
+
+
+def _fraction() -> dict:
+    """The rule of a fraction of the sampling schedule (or a 0-1 weight)."""
+    return rule("float", low=0, high=1)
 
 
 @dataclass(frozen=True)
@@ -113,9 +123,39 @@ class RenderSettings(Validated):
         default="canny", metadata=rule("str", nullable=True, nonempty=True)
     )
     controlnet_scale: float = field(default=0.7, metadata=rule("float", low=0, high=2))
+    # The cross-frame constraints (METHOD 1.1), with the sampler's defaults (`KeySettings`,
+    # `ConstraintSchedule`); cross-frame attention acts at every step.
+    cross_frame_layers: str = field(
+        default="decoder", metadata=rule("str", choices=CROSS_FRAME_LAYERS)
+    )
+    shape_fusion: bool = field(default=True, metadata=rule("bool"))
+    shape_fusion_start: float = field(default=0.9, metadata=_fraction())
+    shape_fusion_end: float = field(default=1.0, metadata=_fraction())
+    pixel_fusion: bool = field(default=True, metadata=rule("bool"))
+    pixel_fusion_start: float = field(default=0.5, metadata=_fraction())
+    pixel_fusion_end: float = field(default=0.8, metadata=_fraction())
+    pixel_fusion_weight: float = field(default=1.0, metadata=_fraction())
+    adain: bool = field(default=True, metadata=rule("bool"))
+    adain_start: float = field(default=0.0, metadata=_fraction())
+    adain_end: float = field(default=0.2, metadata=_fraction())
     output: OutputSettings = field(
         default_factory=OutputSettings, metadata=rule("object", item=OutputSettings)
     )
+
+    @staticmethod
+    def extra_problems(values: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        for name in CONSTRAINT_RANGES:
+            start, end = values[f"{name}_start"], values[f"{name}_end"]
+            if end <= start:  # an empty range would silently never run
+                yield f"{name}_end", f"must be after {name}_start ({start}), got {end}"
+
+    def constraint_range(self, name: str) -> tuple[float, float] | None:
+        """The (start, end) fractions of T_max where constraint `name` acts; None when off."""
+        if name not in CONSTRAINT_RANGES:
+            raise ValueError(f"unknown constraint {name!r}")
+        if not getattr(self, name):
+            return None
+        return getattr(self, f"{name}_start"), getattr(self, f"{name}_end")
 
 
 @dataclass

@@ -1,0 +1,186 @@
+"""Whole user stories in the editor window (pytest-qt, offscreen): import, keys from the
+keyboard, undo/redo, render, stale keys, cancel, export, save and reopen, crash recovery, and
+the event loop staying responsive while a render runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import make_clip
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QMessageBox
+
+from zvstudio.appsettings import AppSettings
+from zvstudio.gui.app import offer_recovery
+from zvstudio.gui.mainwindow import MainWindow
+from zvstudio.media import probe
+from zvstudio.project import KeyFrame, OutputSettings, load_project
+from zvstudio.project.edits import SetKey
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    path, _, _ = make_clip(
+        tmp_path_factory.mktemp("clip") / "walk.mp4", count=24, width=128, height=80, audio=True
+    )
+    return path
+
+
+@pytest.fixture
+def window(qtbot):
+    win = MainWindow(AppSettings())
+    win.errors = []
+    win.show_error = lambda title, error: win.errors.append(f"{title}: {error}")
+    win.ask = lambda *args: QMessageBox.Discard
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    win.activateWindow()
+    yield win
+    win.shutdown()
+
+
+def press(qtbot, window, key, modifier=Qt.NoModifier, times=1):
+    """Keys go to the focused widget as a user's would; the window's shortcuts handle them."""
+    target = window.timeline
+    target.setFocus()
+    for _ in range(times):
+        qtbot.keyClick(target, key, modifier)
+
+
+def wait_render(qtbot, window, timeout=120_000):
+    qtbot.waitUntil(lambda: window.render_job is None, timeout=timeout)
+    qtbot.waitUntil(lambda: window.status is not None and window.status.complete, timeout=10_000)
+
+
+def test_import_key_with_keyboard_undo_redo(qtbot, window, clip):
+    assert window.open_path(clip)
+    assert [k.frame for k in window.document.project.keyframes] == [0, 10, 20]
+    press(qtbot, window, Qt.Key_Right, times=5)
+    assert window.transport.frame() == 5
+    press(qtbot, window, Qt.Key_M)
+    assert [k.frame for k in window.document.project.keyframes] == [0, 5, 10, 20]
+    assert window.key_states()[5] == "pending"
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier)
+    assert window.document.project.key_at(5) is None
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
+    assert window.document.project.key_at(5) is not None
+    press(qtbot, window, Qt.Key_End)
+    assert window.transport.frame() == 23
+    press(qtbot, window, Qt.Key_Home)
+    assert window.transport.frame() == 0
+    assert window.windowTitle().startswith("*")  # unsaved changes
+
+
+def test_render_then_one_changed_key_goes_stale_alone(qtbot, window, clip, tmp_path):
+    window.open_path(clip)
+    window.start_render()
+    wait_render(qtbot, window)
+    assert set(window.key_states().values()) == {"rendered"}
+    assert window.errors == []
+    # The viewer shows the render from the cache.
+    assert window.rendered_frame(7) is not None
+
+    painting = tmp_path / "painted.png"
+    cv2.imwrite(str(painting), np.full((80, 128, 3), (0, 200, 0), np.uint8))
+    key = window.document.project.key_at(10)
+    window.document.push(SetKey(replace(key, painted_image=str(painting)), "painted_image"))
+    qtbot.waitUntil(lambda: window.key_states()[10] == "stale", timeout=10_000)
+    assert window.key_states() == {0: "rendered", 10: "stale", 20: "rendered"}
+    cached = [s.cached for s in window.status.segments]
+    assert cached == [False, False, True]  # 0..9 and 10..19 use key 10; 20..23 does not
+
+    window.document.undo_stack.undo()
+    qtbot.waitUntil(lambda: window.key_states()[10] == "rendered", timeout=10_000)
+
+
+def test_cancel_a_render_from_the_queue_panel(qtbot, window, tmp_path):
+    long_clip, _, _ = make_clip(tmp_path / "long.mp4", count=120, width=320, height=192)
+    window.open_path(long_clip)
+    job = window.start_render()
+    qtbot.waitUntil(lambda: window.queue_panel.state_text(job).lower() == "running", timeout=20_000)
+    clicked = time.monotonic()
+    qtbot.mouseClick(window.queue_panel.cancel_button(job), Qt.LeftButton)
+    qtbot.waitUntil(lambda: window.render_job is None, timeout=5_000)
+    assert time.monotonic() - clicked < 1.5
+    assert "cancel" in window.queue_panel.state_text(job).lower()
+    assert window.errors == []
+
+
+def test_export_save_and_reopen(qtbot, window, clip, tmp_path):
+    window.open_path(clip)
+    window.document.push(SetKey(KeyFrame(5, seed=3)))
+    out = tmp_path / "export.mp4"
+    job = window.export_to(out, OutputSettings(format="h264", crf=20, audio=True), 0, 23)
+    qtbot.waitUntil(lambda: window.bridge.queue.job(job).state.ended, timeout=120_000)
+    assert window.bridge.queue.job(job).error is None
+    info = probe(out)
+    assert info.frame_count == 24 and info.has_audio
+
+    project_file = tmp_path / "story.zvs"
+    assert window.save_to(project_file)
+    assert not window.document.dirty and window.windowTitle().startswith("story.zvs")
+    saved = window.document.project
+    window.document.new()
+    assert window.open_path(project_file)
+    assert window.document.project == saved
+    assert load_project(project_file).key_at(5).seed == 3
+
+
+def test_crash_recovery_from_an_autosave(qtbot, window, clip, tmp_path):
+    code = (
+        "import os, sys\n"
+        "from zvstudio.project import Project, ClipRef, KeyFrame\n"
+        "from zvstudio.project.autosave import Autosaver\n"
+        "key = KeyFrame(4, prompt='x')\n"
+        "project = Project(clip=ClipRef.from_file(sys.argv[1]), keyframes=[key])\n"
+        "Autosaver().save(project, None)\n"
+        "os._exit(1)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(clip)], check=False)
+    window.ask = lambda *args: QMessageBox.Yes
+    assert offer_recovery(window)
+    assert window.document.project.key_at(4).prompt == "x"
+    assert window.document.dirty  # recovered work is not saved yet
+    assert not offer_recovery(window)  # offered once
+
+
+def test_autosave_writes_the_unsaved_project(qtbot, window, clip):
+    from zvstudio.project.autosave import pending_recoveries
+
+    window.open_path(clip)
+    window.document.toggle_key(3)
+    window.autosave()
+    assert window.autosaver.project_file.is_file()
+    assert load_project(window.autosaver.project_file).key_at(3) is not None
+    assert pending_recoveries() == []  # this editor is alive: not a crash
+
+
+def test_event_loop_never_stalls_during_a_render(qtbot, window, tmp_path):
+    busy_clip, _, _ = make_clip(tmp_path / "busy.mp4", count=60, width=320, height=192)
+    window.open_path(busy_clip)
+    gaps, last = [], [time.monotonic()]
+
+    def tick():
+        now = time.monotonic()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(10)
+    window.start_render()
+    wait_render(qtbot, window)
+    timer.stop()
+    worst = max(gaps)
+    print(f"worst event-loop stall during a render: {worst * 1000:.0f} ms over {len(gaps)} ticks")
+    # The target is 100 ms on this machine; the bound here is loose for loaded CI machines
+    # and catches real blocking (a render on the GUI thread stalls for seconds).
+    assert worst < 0.5

@@ -1,0 +1,318 @@
+"""The inspector (pytest-qt, offscreen): each user change is one undoable edit, refreshes from
+the document push nothing, diffusion's widgets follow the renderer, per-key overrides."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from helpers import make_clip
+from PySide6.QtCore import Qt
+
+from zvstudio.diffusion.identify import ModelInfo
+from zvstudio.gui.document import Document
+from zvstudio.gui.inspector import Inspector
+from zvstudio.project import KeyFrame, Project, RenderSettings
+from zvstudio.project.edits import SetKey, SetSettings
+from zvstudio.project.model import SEED_MAX
+
+
+def make_inspector(qtbot, document: Document, models=None) -> Inspector:
+    inspector = Inspector(document, models)
+    qtbot.addWidget(inspector)
+    inspector.show()
+    qtbot.waitExposed(inspector)
+    return inspector
+
+
+@pytest.fixture
+def document() -> Document:
+    return Document()
+
+
+@pytest.fixture
+def diffusion(document) -> Document:
+    """A document whose project renders with diffusion, with a key at frame 5."""
+    document.push(SetSettings(replace(document.project.settings, renderer="diffusion")))
+    document.push(SetKey(KeyFrame(5)))
+    document.undo_stack.clear()
+    return document
+
+
+def key_placeholder_shown(inspector: Inspector) -> bool:
+    # On the Key tab, which need not be the current one.
+    return inspector.key_placeholder.isVisibleTo(inspector.key_panel)
+
+
+def choose(combo, data) -> None:
+    index = combo.findData(data)
+    assert index >= 0, data
+    combo.setCurrentIndex(index)
+
+
+def test_typing_a_prompt_is_one_undoable_step(qtbot, diffusion):
+    inspector = make_inspector(qtbot, diffusion)
+    qtbot.keyClicks(inspector.prompt_edit, "a fox")
+    assert diffusion.project.settings.prompt == "a fox"
+    assert diffusion.undo_stack.count() == 1  # five keystrokes, one step
+
+    diffusion.undo_stack.undo()
+    assert diffusion.project.settings.prompt == ""
+    assert inspector.prompt_edit.toPlainText() == ""
+    diffusion.undo_stack.redo()
+    assert inspector.prompt_edit.toPlainText() == "a fox"
+    assert diffusion.undo_stack.count() == 1
+
+
+def test_building_and_refreshing_push_nothing(qtbot, document):
+    settings = RenderSettings(
+        renderer="diffusion", cross_frame_layers="all", controlnet=None, prompt="ink", seed=9
+    )
+    document.load_recovered(Project(settings=settings), None)
+    inspector = make_inspector(qtbot, document)
+    assert document.undo_stack.count() == 0
+    assert document.project.settings == settings  # filling the combos changed nothing
+    assert inspector.render_panel.cross_frame_combo.currentData() == "all"
+    assert inspector.prompt_edit.toPlainText() == "ink"
+
+    document.load_recovered(Project(settings=RenderSettings(prompt="loaded")), None)
+    assert inspector.prompt_edit.toPlainText() == "loaded"
+    assert inspector.renderer_combo.currentData() == "stylize"
+    assert document.undo_stack.count() == 0
+
+
+def test_undo_and_redo_refresh_the_widgets_without_pushing(qtbot, diffusion):
+    inspector = make_inspector(qtbot, diffusion)
+    panel = inspector.render_panel
+    panel.steps_spin.setValue(30)
+    qtbot.keyClicks(inspector.negative_prompt_edit, "blur")
+    inspector.seed_spin.setValue(42)
+    assert diffusion.undo_stack.count() == 3
+    expected = [(20, "", 0), (30, "", 0), (30, "blur", 0), (30, "blur", 42)]
+
+    def shown():
+        return (
+            panel.steps_spin.value(),
+            inspector.negative_prompt_edit.toPlainText(),
+            int(inspector.seed_spin.value()),
+        )
+
+    for index in (2, 1, 0, 1, 2, 3):
+        diffusion.undo_stack.setIndex(index)
+        assert shown() == expected[index]
+        assert diffusion.undo_stack.count() == 3
+
+
+def test_switching_the_renderer_shows_and_hides_diffusion_widgets(qtbot, document):
+    inspector = make_inspector(qtbot, document)
+    assert not inspector.diffusion_box.isVisible()
+    assert inspector.style_combo.isVisible()
+
+    choose(inspector.renderer_combo, "diffusion")
+    assert document.project.settings.renderer == "diffusion"
+    assert inspector.diffusion_box.isVisible()
+    assert inspector.prompt_edit.isVisible()
+    assert not inspector.style_combo.isVisible()
+
+    choose(inspector.renderer_combo, "painted")
+    assert not inspector.diffusion_box.isVisible()
+    assert inspector.render_panel.painted_note.isVisible()
+    assert document.undo_stack.count() == 2  # a renderer switch never merges
+
+    document.undo_stack.undo()
+    document.undo_stack.undo()
+    assert inspector.renderer_combo.currentData() == "stylize"
+    assert not inspector.diffusion_box.isVisible()
+
+
+def test_style_combo_sets_the_style_and_describes_it(qtbot, document):
+    inspector = make_inspector(qtbot, document)
+    combo = inspector.style_combo
+    other = next(
+        combo.itemData(i) for i in range(combo.count()) if combo.itemData(i) != "stylization"
+    )
+    choose(combo, other)
+    assert document.project.settings.style == other
+    assert combo.toolTip()  # the style's one-line description
+
+
+def test_a_key_override_sets_and_clears_the_keys_prompt(qtbot, diffusion):
+    diffusion.push(SetSettings(replace(diffusion.project.settings, prompt="a city")))
+    inspector = make_inspector(qtbot, diffusion)
+    assert key_placeholder_shown(inspector)
+    inspector.set_current_key(5)
+    assert not key_placeholder_shown(inspector)
+    assert not inspector.key_prompt_edit.isEnabled()
+    assert inspector.key_prompt_edit.placeholderText() == "a city"  # the global value, greyed
+
+    inspector.key_prompt_override.setChecked(True)
+    assert diffusion.project.key_at(5).prompt == "a city"  # starts from the global prompt
+    assert inspector.key_prompt_edit.isEnabled()
+    inspector.key_prompt_edit.selectAll()
+    qtbot.keyClicks(inspector.key_prompt_edit, "a storm")
+    assert diffusion.project.key_at(5).prompt == "a storm"
+    assert diffusion.project.settings.prompt == "a city"
+
+    inspector.key_prompt_override.setChecked(False)
+    assert diffusion.project.key_at(5).prompt is None
+    assert inspector.key_prompt_edit.toPlainText() == ""
+
+    count = diffusion.undo_stack.count()
+    diffusion.undo_stack.undo()  # back to the typed override
+    assert inspector.key_prompt_override.isChecked()
+    assert inspector.key_prompt_edit.toPlainText() == "a storm"
+    assert diffusion.undo_stack.count() == count
+
+
+def test_key_seed_and_strength_overrides(qtbot, diffusion):
+    inspector = make_inspector(qtbot, diffusion)
+    inspector.set_current_key(5)
+    seed = inspector.key_panel.overrides["seed"]
+    seed.check.setChecked(True)
+    seed.editor.setValue(SEED_MAX)  # beyond a 32-bit signed spin box
+    strength = inspector.key_panel.overrides["strength"]
+    strength.check.setChecked(True)
+    strength.editor.setValue(0.4)
+    assert diffusion.project.key_at(5) == KeyFrame(5, seed=SEED_MAX, strength=0.4)
+
+
+def test_no_key_selected_says_so(qtbot, diffusion):
+    inspector = make_inspector(qtbot, diffusion)
+    inspector.set_current_key(6)  # not a key
+    assert key_placeholder_shown(inspector)
+    assert "Select a key frame" in inspector.key_placeholder.text()
+    inspector.set_current_key(5)
+    diffusion.toggle_key(5)  # the key goes away under the inspector
+    assert key_placeholder_shown(inspector)
+    diffusion.undo_stack.undo()
+    assert not key_placeholder_shown(inspector)
+
+
+def test_painted_image_is_stored_and_cleared(qtbot, diffusion, tmp_path):
+    inspector = make_inspector(qtbot, diffusion)
+    painting = tmp_path / "key5.png"
+    inspector.dialogs.open_file = lambda title, name_filter: str(painting)
+    inspector.set_current_key(5)
+    qtbot.mouseClick(inspector.key_panel.paint_button, Qt.LeftButton)
+    assert diffusion.project.key_at(5).painted_image == str(painting)
+    assert "key5.png" in inspector.key_panel.painted_label.text()
+    qtbot.mouseClick(inspector.key_panel.clear_paint_button, Qt.LeftButton)
+    assert diffusion.project.key_at(5).painted_image is None
+    assert not inspector.key_panel.clear_paint_button.isEnabled()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    path, _, _ = make_clip(tmp_path_factory.mktemp("clip") / "c.mp4", count=24, width=64, height=48)
+    return path
+
+
+def test_fill_keys_every_k(qtbot, document, clip):
+    document.import_clip(clip, key_interval=10)
+    inspector = make_inspector(qtbot, document)
+    document.push(SetKey(KeyFrame(7, prompt="keep me")))
+    inspector.key_interval_spin.setValue(6)
+    assert document.project.settings.key_interval == 6
+    qtbot.mouseClick(inspector.fill_keys_button, Qt.LeftButton)
+    assert [k.frame for k in document.project.keyframes] == [0, 6, 7, 12, 18]
+    document.undo_stack.undo()
+    assert [k.frame for k in document.project.keyframes] == [0, 7, 10, 20]
+
+
+def test_constraint_settings_change_the_project(qtbot, diffusion):
+    inspector = make_inspector(qtbot, diffusion)
+    panel = inspector.render_panel
+    adain = panel.constraint_rows["adain"]
+    adain.check.click()
+    assert diffusion.project.settings.adain is False
+    assert not adain.start.isEnabled()
+
+    assert "Shape-aware fusion will not run" in panel.schedule_warning.text()
+    panel.constraint_rows["shape_fusion"].start.setValue(0.7)  # below the 0.75 strength
+    assert diffusion.project.settings.shape_fusion_start == pytest.approx(0.7)
+    assert panel.schedule_warning.text() == ""
+
+    choose(panel.cross_frame_combo, "off")
+    assert diffusion.project.settings.cross_frame_layers == "off"
+    diffusion.undo_stack.undo()
+    diffusion.undo_stack.undo()
+    diffusion.undo_stack.undo()
+    assert diffusion.project.settings == RenderSettings(renderer="diffusion")
+    assert adain.check.isChecked() and adain.start.isEnabled()
+
+
+def test_a_range_cannot_be_made_empty(qtbot, diffusion):
+    inspector = make_inspector(qtbot, diffusion)
+    row = inspector.render_panel.constraint_rows["pixel_fusion"]
+    row.start.setValue(0.95)  # above its end (0.8): the spin box stops below the end
+    assert (
+        diffusion.project.settings.pixel_fusion_start < diffusion.project.settings.pixel_fusion_end
+    )
+    assert not inspector.message_label.isVisible()
+
+
+def test_random_seed_and_large_seeds(qtbot, diffusion, monkeypatch):
+    inspector = make_inspector(qtbot, diffusion)
+    monkeypatch.setattr("zvstudio.gui.inspector.random.randint", lambda low, high: 3_000_000_000)
+    qtbot.mouseClick(inspector.render_panel.random_seed_button, Qt.LeftButton)
+    assert diffusion.project.settings.seed == 3_000_000_000
+    assert int(inspector.seed_spin.value()) == 3_000_000_000
+
+
+def test_controlnet_choices(qtbot, diffusion):
+    from zvstudio.diffusion import controlnet
+    from zvstudio.gui import inspector as module
+
+    assert module.UNAVAILABLE_ANNOTATORS == controlnet.UNAVAILABLE_ANNOTATORS
+    inspector = make_inspector(qtbot, diffusion)
+    combo = inspector.render_panel.controlnet_combo
+    items = combo.model()
+    for name in controlnet.UNAVAILABLE_ANNOTATORS:
+        index = combo.findData(name)
+        assert not items.item(index).isEnabled()
+        assert "annotator weights" in combo.itemData(index, Qt.ToolTipRole)
+    assert items.item(combo.findData("canny")).isEnabled()
+    choose(combo, None)
+    assert diffusion.project.settings.controlnet is None
+    assert not inspector.render_panel.controlnet_scale_spin.isEnabled()
+
+
+def model(path: Path, kind: str, base: str = "sd1") -> ModelInfo:
+    return ModelInfo(path, path.stem, kind, base, "safetensors", 1)
+
+
+def test_models_and_loras_from_the_library_and_browse(qtbot, diffusion, tmp_path):
+    library = [
+        model(tmp_path / "dreamy.safetensors", "checkpoint"),
+        model(tmp_path / "xl.safetensors", "checkpoint", "sdxl"),
+        model(tmp_path / "ink.safetensors", "lora"),
+    ]
+    inspector = make_inspector(qtbot, diffusion, lambda: library)
+    combo = inspector.model_combo
+    choose(combo, str(tmp_path / "dreamy.safetensors"))
+    assert diffusion.project.settings.model == str(tmp_path / "dreamy.safetensors")
+    assert not combo.model().item(combo.findData(str(tmp_path / "xl.safetensors"))).isEnabled()
+
+    browsed = tmp_path / "elsewhere" / "mine.safetensors"
+    inspector.dialogs.open_file = lambda title, name_filter: str(browsed)
+    inspector.render_panel.model_browse_button.menu().actions()[0].trigger()
+    assert diffusion.project.settings.model == str(browsed)
+    assert combo.currentText() == "mine.safetensors"
+
+    loras = inspector.render_panel.lora_list
+    names = [a.text() for a in loras.add_button.menu().actions()]
+    assert names[0] == "ink" and names[-1] == "Browse…"
+    loras.add_button.menu().actions()[0].trigger()
+    loras.rows[0].weight.setValue(0.6)
+    loras.rows[0].weight.setValue(0.5)  # one step with the 0.6
+    assert [(lo.path, lo.weight) for lo in diffusion.project.settings.loras] == [
+        (str(tmp_path / "ink.safetensors"), 0.5)
+    ]
+    count = diffusion.undo_stack.count()
+    qtbot.mouseClick(loras.rows[0].remove_button, Qt.LeftButton)
+    assert diffusion.project.settings.loras == [] and loras.rows == []
+    diffusion.undo_stack.undo()
+    diffusion.undo_stack.undo()
+    assert [lo.weight for lo in diffusion.project.settings.loras] == [1.0]
+    assert diffusion.undo_stack.count() == count + 1

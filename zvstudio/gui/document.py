@@ -1,0 +1,166 @@
+"""The open project as the GUI sees it: the `Project`, its file, its clip's facts and an undo
+stack through which every change goes (each one an `Edit` from `zvstudio.project.edits`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoCommand, QUndoStack
+
+from zvstudio.errors import ZvsError
+from zvstudio.media import MediaInfo, probe
+from zvstudio.project import ClipRef, KeyFrame, Project, load_project, save_project
+from zvstudio.project.edits import (
+    Edit,
+    MoveKey,
+    RemoveKey,
+    ReplaceKeys,
+    SetFrameRange,
+    SetKey,
+    SetSettings,
+)
+
+_MERGEABLE = 1  # QUndoCommand id shared by edits that may merge (Edit.merge decides)
+
+
+class _EditCommand(QUndoCommand):
+    def __init__(self, document: Document, edit: Edit) -> None:
+        super().__init__(edit.text)
+        self.document, self.edit = document, edit
+        self.applied = True  # the document applied it before pushing (to catch errors)
+
+    def redo(self) -> None:
+        if self.applied:  # the push itself: already applied
+            self.applied = False
+        else:
+            self.edit.apply(self.document.project)
+        self.document.notify(self.edit)
+
+    def undo(self) -> None:
+        self.edit.revert(self.document.project)
+        self.document.notify(self.edit)
+
+    def id(self) -> int:
+        return _MERGEABLE if getattr(self.edit, "field", None) else -1
+
+    def mergeWith(self, other: QUndoCommand) -> bool:
+        return isinstance(other, _EditCommand) and self.edit.merge(other.edit)
+
+
+class Document(QObject):
+    """Signals say what changed so views refresh only that; `changed` follows any edit."""
+
+    changed = Signal()
+    keys_changed = Signal()
+    settings_changed = Signal()
+    range_changed = Signal()
+    clip_changed = Signal()  # a new project, clip or file was loaded
+    path_changed = Signal()
+    dirty_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.project = Project()
+        self.path: Path | None = None
+        self.info: MediaInfo | None = None
+        self.undo_stack = QUndoStack(self)
+        self.undo_stack.cleanChanged.connect(self._clean_changed)
+
+    def _clean_changed(self, clean: bool) -> None:
+        self.dirty_changed.emit(not clean)
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return not self.undo_stack.isClean()
+
+    @property
+    def frame_count(self) -> int:
+        return self.info.frame_count if self.info else 0
+
+    @property
+    def fps(self) -> float:
+        return float(self.info.fps) if self.info else 25.0
+
+    @property
+    def title(self) -> str:
+        if self.path is not None:
+            return self.path.name
+        if self.project.clip is not None:
+            return f"{Path(self.project.clip.path).name} (unsaved)"
+        return "Untitled"
+
+    # -- whole documents ------------------------------------------------------------------
+    def new(self) -> None:
+        self._load(Project(), None)
+
+    def import_clip(self, clip: str | Path, key_interval: int | None = None) -> None:
+        """A new project for `clip` with keys every `key_interval` frames (the settings' K)."""
+        clip = Path(clip)
+        info = probe(clip)  # raises a clear ZvsError for a file that is not a readable video
+        project = Project(clip=ClipRef.from_file(clip))
+        step = key_interval or project.settings.key_interval
+        project.keyframes = [KeyFrame(f) for f in range(0, info.frame_count, step)]
+        self._load(project, None, info)
+
+    def open(self, path: str | Path) -> None:
+        path = Path(path).resolve()
+        project = load_project(path)
+        info = None
+        if project.clip is not None:
+            if not Path(project.clip.path).is_file():
+                raise ZvsError(
+                    f"the project's clip {project.clip.path} is missing",
+                    hint="move the clip back, or import it again into a new project",
+                )
+            info = probe(project.clip.path)
+        self._load(project, path, info)
+
+    def load_recovered(self, project: Project, original: Path | None) -> None:
+        """An autosaved project: loaded as unsaved changes to `original`."""
+        info = probe(project.clip.path) if project.clip is not None else None
+        self._load(project, original, info)
+        self.undo_stack.resetClean()  # recovered work is unsaved until the user saves it
+
+    def save(self, path: str | Path | None = None) -> Path:
+        target = Path(path).resolve() if path else self.path
+        if target is None:
+            raise ZvsError("the project has no file yet", hint="use Save As")
+        save_project(self.project, target)
+        changed_path = target != self.path
+        self.path = target
+        self.undo_stack.setClean()
+        if changed_path:
+            self.path_changed.emit()
+        return target
+
+    def _load(self, project: Project, path: Path | None, info: MediaInfo | None = None) -> None:
+        self.project, self.path, self.info = project, path, info
+        self.undo_stack.clear()
+        self.clip_changed.emit()
+        self.path_changed.emit()
+        self.changed.emit()
+        self.dirty_changed.emit(False)
+
+    # -- edits ------------------------------------------------------------------------------
+    def push(self, edit: Edit) -> None:
+        """Apply `edit` and put it on the undo stack; a refused edit (ZvsError) changes nothing
+        and raises."""
+        edit.apply(self.project)
+        self.undo_stack.push(_EditCommand(self, edit))
+
+    def notify(self, edit: Edit) -> None:
+        if isinstance(edit, SetKey | RemoveKey | MoveKey | ReplaceKeys):
+            self.keys_changed.emit()
+        elif isinstance(edit, SetSettings):
+            self.settings_changed.emit()
+        elif isinstance(edit, SetFrameRange):
+            self.range_changed.emit()
+        self.changed.emit()
+
+    def toggle_key(self, frame: int) -> None:
+        if self.project.key_at(frame) is None:
+            self.push(SetKey(KeyFrame(frame)))
+        else:
+            self.push(RemoveKey(frame))

@@ -1,0 +1,953 @@
+"""The inspector: the project's render settings and the selected key's overrides.
+
+Every change the user makes is one `Edit` pushed on the document (typing, spinning and
+dragging merge into one undo step through the edit's field). When the document changes (an
+edit, undo/redo, a newly loaded project) the widgets are refreshed from the project with
+`_loading` set, so a refresh never pushes an edit of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPalette, QStandardItemModel
+from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from zvstudio.diffusion.annotators import available_annotators
+from zvstudio.diffusion.identify import ModelInfo
+from zvstudio.errors import ZvsError
+from zvstudio.gui.document import Document
+from zvstudio.project.edits import Edit, SetKey, SetSettings, keys_every
+from zvstudio.project.model import (
+    CONSTRAINT_RANGES,
+    SEED_MAX,
+    KeyFrame,
+    LoraRef,
+    RenderSettings,
+)
+from zvstudio.stylize import available_styles, describe_style
+
+ModelSource = Callable[[], Sequence[ModelInfo]]
+
+RENDERER_LABELS = {
+    "stylize": "Stylizer (no model needed)",
+    "diffusion": "Diffusion (Stable Diffusion 1.5)",
+    "painted": "Painted keys (your own images)",
+}
+CROSS_FRAME_LABELS = {
+    "off": "Off",
+    "decoder": "Decoder layers",
+    "decoder_loose": "Decoder, loose (skips the coarsest layers)",
+    "all": "All layers",
+}
+# zvstudio.diffusion.controlnet's UNAVAILABLE_ANNOTATORS (a test keeps them equal): importing
+# that module loads torch, seconds the GUI should not spend at start-up. A plugin may provide
+# one of them; `available_annotators()` says which exist.
+UNAVAILABLE_ANNOTATORS = (
+    "hed",
+    "softedge",
+    "lineart",
+    "depth",
+    "normal",
+    "openpose",
+    "mlsd",
+    "scribble",
+    "seg",
+)
+RENDER_BASES = ("sd1", "unknown")  # bases the sampler can load (unknown: let it try)
+MODEL_FILTER = "Models (*.safetensors *.sft *.ckpt *.pt *.pth *.bin);;All files (*)"
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.exr *.bmp);;All files (*)"
+
+CONSTRAINT_TEXT = {
+    "shape_fusion": (
+        "Shape-aware fusion",
+        "Early steps: the anchor's predicted image, warped by optical flow, fixes the shapes.",
+    ),
+    "pixel_fusion": (
+        "Pixel-aware fusion",
+        "Mid steps: a second pass follows the warped earlier keys where the flow is valid.",
+    ),
+    "adain": (
+        "AdaIN colour",
+        "Late steps: matches each latent channel's mean and spread to the anchor's colours.",
+    ),
+}
+CROSS_FRAME_NOTE = (
+    "All steps: attention also looks at the anchor's and the previous key's features, so "
+    "every key keeps the same style."
+)
+RANGE_TIP = (
+    "When it acts, as fractions of the sampling schedule (1 = pure noise, 0 = the final "
+    "image). Sampling starts at the strength, so a range above it never runs."
+)
+
+
+# ----------------------------------------------------------------------- small widgets
+
+
+def _label(text: str, tip: str) -> QLabel:
+    label = QLabel(text)
+    label.setToolTip(tip)
+    return label
+
+
+def _note(text: str) -> QLabel:
+    """A one-line explanation under a setting, in small muted text."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    font = label.font()
+    font.setPointSizeF(font.pointSizeF() * 0.9)
+    label.setFont(font)
+    palette = label.palette()
+    muted = palette.color(QPalette.ColorRole.PlaceholderText)
+    palette.setColor(QPalette.ColorRole.WindowText, muted)
+    label.setPalette(palette)
+    return label
+
+
+def _combo() -> QComboBox:
+    # Long entries (file names, labels) must not widen the dock: they elide instead.
+    combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(10)
+    return combo
+
+
+def _form(group: QWidget) -> QFormLayout:
+    form = QFormLayout(group)
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks stack rows
+    return form
+
+
+def _add_row(form: QFormLayout, text: str, widget: QWidget, tip: str) -> None:
+    widget.setToolTip(tip)
+    form.addRow(_label(text, tip), widget)
+
+
+def _spin(low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setDecimals(decimals)
+    return spin
+
+
+def _int_spin(low: int, high: int) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    return spin
+
+
+def _seed_spin() -> QDoubleSpinBox:
+    # A double spin box: seeds go to 2**32 - 1, past QSpinBox's 32-bit signed range.
+    spin = _spin(0, SEED_MAX, 1, decimals=0)
+    spin.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
+    return spin
+
+
+def _text_edit(lines: int) -> QPlainTextEdit:
+    edit = QPlainTextEdit()
+    edit.setTabChangesFocus(True)
+    edit.setFixedHeight(edit.fontMetrics().lineSpacing() * lines + 12)
+    return edit
+
+
+def _show(widget: QWidget, value: Any) -> None:
+    """Put `value` in an editor unless it is already there (keeps the cursor while typing)."""
+    if isinstance(widget, QPlainTextEdit):
+        if widget.toPlainText() != value:
+            widget.setPlainText(value)
+    elif isinstance(widget, QCheckBox):
+        widget.setChecked(bool(value))
+    elif widget.value() != value:
+        widget.setValue(value)
+
+
+def _select(combo: QComboBox, data: Any) -> None:
+    combo.setCurrentIndex(max(combo.findData(data), 0))
+
+
+def _disable_item(combo: QComboBox, index: int, tip: str) -> None:
+    model = combo.model()
+    if isinstance(model, QStandardItemModel):
+        model.item(index).setEnabled(False)
+    combo.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
+
+
+def schedule_warnings(settings: RenderSettings) -> list[str]:
+    """Constraints that the strength never lets run (as `check_schedule` says, without
+    importing torch): sampling starts at strength·T_max, below a range that starts higher."""
+    warnings = []
+    for name in CONSTRAINT_RANGES:
+        span = settings.constraint_range(name)
+        if span is not None and span[0] > 0.0 and settings.strength <= span[0]:
+            warnings.append(
+                f"{CONSTRAINT_TEXT[name][0]} will not run: it acts above {span[0]:.2f}·T_max "
+                f"but strength {settings.strength:.2f} starts sampling below it."
+            )
+    return warnings
+
+
+class Dialogs:
+    """The file dialogs the inspector opens; tests replace these methods."""
+
+    def __init__(self, parent: QWidget) -> None:
+        self.parent = parent
+
+    def open_file(self, title: str, name_filter: str) -> str | None:
+        path, _ = QFileDialog.getOpenFileName(self.parent, title, "", name_filter)
+        return path or None
+
+    def open_folder(self, title: str) -> str | None:
+        return QFileDialog.getExistingDirectory(self.parent, title) or None
+
+
+class ConstraintRow(QWidget):
+    """A constraint's on/off box and its schedule range (`start`..`end` of T_max)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        label, _ = CONSTRAINT_TEXT[name]
+        self.check = QCheckBox(label)
+        self.start, self.end = _spin(0, 1, 0.05), _spin(0, 1, 0.05)
+        for spin in (self.start, self.end):
+            spin.setToolTip(RANGE_TIP)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.check, 1)
+        for widget in (self.start, QLabel("to"), self.end):
+            layout.addWidget(widget)
+
+    def show_settings(self, settings: RenderSettings) -> None:
+        """Show the settings (the caller guards against the resulting signals)."""
+        on = getattr(settings, self.name)
+        start, end = getattr(settings, f"{self.name}_start"), getattr(settings, f"{self.name}_end")
+        self.start.setRange(0, 1)
+        self.end.setRange(0, 1)
+        _show(self.check, on)
+        _show(self.start, start)
+        _show(self.end, end)
+        # The range may not be empty: the model refuses end <= start.
+        self.start.setMaximum(end - 0.01)
+        self.end.setMinimum(start + 0.01)
+        self.start.setEnabled(on)
+        self.end.setEnabled(on)
+
+
+class _Panel(QWidget):
+    """A part of the inspector: pushes edits, refreshes from the document without pushing."""
+
+    problem = Signal(str)  # a refused change, for the inspector to show ("" clears it)
+
+    def __init__(self, document: Document, dialogs: Dialogs) -> None:
+        super().__init__()
+        self.document, self.dialogs = document, dialogs
+        # Until the subclass has built its widgets: filling a combo emits currentIndexChanged.
+        self._loading = True
+        document.changed.connect(self.refresh)
+
+    @property
+    def settings(self) -> RenderSettings:
+        return self.document.project.settings
+
+    def refresh(self) -> None:
+        with self._refreshing():
+            self._show_project()
+
+    def _show_project(self) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def _refreshing(self) -> Iterator[None]:
+        was, self._loading = self._loading, True
+        try:
+            yield
+        finally:
+            self._loading = was
+
+    def _push(self, make_edit: Callable[[], Edit], text: str | None = None) -> None:
+        """Push the edit `make_edit` builds; `text` names an edit that must not merge."""
+        if self._loading:
+            return
+        try:
+            edit = make_edit()
+            if text is not None:
+                edit.text = text
+            self.document.push(edit)
+        except ZvsError as exc:  # a refused value: say why and show the project's value again
+            self.problem.emit(str(exc))
+            self.refresh()
+        else:
+            self.problem.emit("")
+
+    def _set(self, field: str, value: Any, text: str | None = None) -> None:
+        """Change one global setting; typing merges unless `text` names a separate step."""
+        if self._loading or getattr(self.settings, field) == value:
+            return
+        if text is None:
+            self._push(lambda: SetSettings(replace(self.settings, **{field: value}), field))
+        else:  # field "settings": SetSettings never merges it
+            self._push(lambda: SetSettings(replace(self.settings, **{field: value})), text)
+
+
+# ------------------------------------------------------------------------ render settings
+
+
+class RenderPanel(_Panel):
+    """The global render settings; diffusion's widgets show only for that renderer."""
+
+    def __init__(
+        self, document: Document, dialogs: Dialogs, models: ModelSource | None = None
+    ) -> None:
+        super().__init__(document, dialogs)
+        self._models_source = models
+        self.models: list[ModelInfo] = []
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._renderer_group())
+        self.diffusion_box = QWidget()
+        box = QVBoxLayout(self.diffusion_box)
+        box.setContentsMargins(0, 0, 0, 0)
+        for group in (self._model_group(), self._prompt_group(), self._sampling_group()):
+            box.addWidget(group)
+        box.addWidget(self._constraint_group())
+        layout.addWidget(self.diffusion_box)
+        layout.addWidget(self._propagation_group())
+        layout.addStretch(1)
+        self._loading = False
+        self.reload_models()
+
+    # -- building ----------------------------------------------------------------------------
+    def _renderer_group(self) -> QGroupBox:
+        group = QGroupBox("Renderer")
+        form = _form(group)
+        self.renderer_combo = _combo()
+        for name, label in RENDERER_LABELS.items():
+            self.renderer_combo.addItem(label, name)
+        self.renderer_combo.currentIndexChanged.connect(
+            lambda: self._set("renderer", self.renderer_combo.currentData(), "change renderer")
+        )
+        _add_row(form, "Key renderer", self.renderer_combo, "What renders the key frames")
+        self.style_combo = _combo()
+        self.style_combo.currentIndexChanged.connect(
+            lambda: self._set("style", self.style_combo.currentData(), "change style")
+        )
+        self.style_label = _label("Style", "The stylizer's look (hover a style for more)")
+        form.addRow(self.style_label, self.style_combo)
+        self.painted_note = _note("Each key uses the image painted for it (see the Key tab).")
+        form.addRow(self.painted_note)
+        return group
+
+    def _model_group(self) -> QGroupBox:
+        group = QGroupBox("Model")
+        form = _form(group)
+        self.model_combo = _combo()
+        self.model_combo.currentIndexChanged.connect(self._model_chosen)
+        self.model_browse_button = QToolButton(text="Browse…")
+        menu = QMenu(self.model_browse_button)
+        menu.addAction("Checkpoint file…", self._browse_model_file)
+        menu.addAction("Diffusers folder…", self._browse_model_folder)
+        self.model_browse_button.setMenu(menu)
+        self.model_browse_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.model_browse_button)
+        tip = "The Stable Diffusion 1.5 checkpoint that renders the keys"
+        form.addRow(_label("Checkpoint", tip), row)
+        self.lora_list = LoraList(self)
+        _add_row(form, "LoRAs", self.lora_list, "LoRA files applied to the model, with weights")
+        self._controlnet_rows(form)
+        return group
+
+    def _controlnet_rows(self, form: QFormLayout) -> None:
+        self.controlnet_combo = _combo()
+        self.controlnet_combo.currentIndexChanged.connect(
+            lambda: self._set(
+                "controlnet", self.controlnet_combo.currentData(), "change ControlNet"
+            )
+        )
+        tip = "What guides the structure of each key: edges or other maps of the input frame"
+        _add_row(form, "ControlNet", self.controlnet_combo, tip)
+        self.controlnet_scale_spin = _spin(0, 2, 0.05)
+        self.controlnet_scale_spin.valueChanged.connect(
+            lambda value: self._set("controlnet_scale", value)
+        )
+        tip = "How strongly the ControlNet holds the input's structure (0 = not at all)"
+        _add_row(form, "ControlNet strength", self.controlnet_scale_spin, tip)
+
+    def _prompt_group(self) -> QGroupBox:
+        group = QGroupBox("Prompt")
+        form = _form(group)
+        self.prompt_edit = _text_edit(3)
+        self.prompt_edit.setPlaceholderText("What the video should look like")
+        self.prompt_edit.textChanged.connect(
+            lambda: self._set("prompt", self.prompt_edit.toPlainText())
+        )
+        _add_row(form, "Prompt", self.prompt_edit, "Describe the look; keys may override it")
+        self.negative_prompt_edit = _text_edit(2)
+        self.negative_prompt_edit.setPlaceholderText("What to avoid")
+        self.negative_prompt_edit.textChanged.connect(
+            lambda: self._set("negative_prompt", self.negative_prompt_edit.toPlainText())
+        )
+        tip = "What the model should steer away from (e.g. blurry, watermark)"
+        _add_row(form, "Negative prompt", self.negative_prompt_edit, tip)
+        return group
+
+    def _sampling_group(self) -> QGroupBox:
+        group = QGroupBox("Sampling")
+        form = _form(group)
+        self.seed_spin = _seed_spin()
+        self.seed_spin.valueChanged.connect(lambda value: self._set("seed", int(value)))
+        self.random_seed_button = QToolButton(text="Random")
+        self.random_seed_button.setToolTip("Pick a random seed")
+        self.random_seed_button.clicked.connect(self.random_seed)
+        row = QHBoxLayout()
+        row.addWidget(self.seed_spin, 1)
+        row.addWidget(self.random_seed_button)
+        tip = "The noise every key starts from: the same seed gives the same render"
+        self.seed_spin.setToolTip(tip)
+        form.addRow(_label("Seed", tip), row)
+        self.strength_spin = self._number_row(form, "strength", _spin(0, 1, 0.05))
+        self.steps_spin = self._number_row(form, "steps", _int_spin(1, 1000))
+        self.guidance_spin = self._number_row(form, "guidance_scale", _spin(0, 100, 0.5, 1))
+        return group
+
+    def _number_row(self, form: QFormLayout, field: str, spin: QAbstractSpinBox) -> Any:
+        label, tip = {
+            "strength": ("Strength", "How much of the input is re-imagined (lower keeps more)"),
+            "steps": ("Steps", "Sampling steps over the whole schedule (20 is usual)"),
+            "guidance_scale": ("Guidance", "How closely the prompt is followed (CFG, 7.5)"),
+        }[field]
+        spin.valueChanged.connect(lambda value: self._set(field, value))
+        _add_row(form, label, spin, tip)
+        return spin
+
+    def _constraint_group(self) -> QGroupBox:
+        group = QGroupBox("Temporal consistency")
+        group.setToolTip("The constraints that keep keys consistent with each other")
+        form = _form(group)
+        self.cross_frame_combo = _combo()
+        for name, label in CROSS_FRAME_LABELS.items():
+            self.cross_frame_combo.addItem(label, name)
+        self.cross_frame_combo.currentIndexChanged.connect(
+            lambda: self._set(
+                "cross_frame_layers", self.cross_frame_combo.currentData(), "change cross-frame"
+            )
+        )
+        _add_row(form, "Cross-frame attention", self.cross_frame_combo, CROSS_FRAME_NOTE)
+        form.addRow(_note(CROSS_FRAME_NOTE))
+        self.constraint_rows = {
+            name: self._constraint_row(form, name) for name in CONSTRAINT_RANGES
+        }
+        self.pixel_fusion_weight_spin = _spin(0, 1, 0.05)
+        self.pixel_fusion_weight_spin.valueChanged.connect(
+            lambda value: self._set("pixel_fusion_weight", value)
+        )
+        tip = "How hard pixel-aware fusion pulls towards the warped keys (1 = fully)"
+        _add_row(form, "Pixel fusion weight", self.pixel_fusion_weight_spin, tip)
+        self.schedule_warning = _note("")
+        self.schedule_warning.setStyleSheet("color: #c0392b;")
+        form.addRow(self.schedule_warning)
+        return group
+
+    def _constraint_row(self, form: QFormLayout, name: str) -> ConstraintRow:
+        row = ConstraintRow(name)
+        row.check.setToolTip(CONSTRAINT_TEXT[name][1])
+        row.check.toggled.connect(
+            lambda on: self._set(
+                name, on, f"turn {CONSTRAINT_TEXT[name][0]} {'on' if on else 'off'}"
+            )
+        )
+        row.start.valueChanged.connect(lambda value: self._set(f"{name}_start", value))
+        row.end.valueChanged.connect(lambda value: self._set(f"{name}_end", value))
+        form.addRow(row)
+        form.addRow(_note(CONSTRAINT_TEXT[name][1]))
+        return row
+
+    def _propagation_group(self) -> QGroupBox:
+        group = QGroupBox("Keys and propagation")
+        form = _form(group)
+        self.key_interval_spin = _int_spin(1, 10_000)
+        self.key_interval_spin.valueChanged.connect(lambda value: self._set("key_interval", value))
+        self.fill_keys_button = QPushButton("Fill keys every K")
+        self.fill_keys_button.setToolTip(
+            "Place keys every K frames over the render range (keys with overrides stay)"
+        )
+        self.fill_keys_button.clicked.connect(self.fill_keys)
+        row = QHBoxLayout()
+        row.addWidget(self.key_interval_spin)
+        row.addWidget(self.fill_keys_button)
+        tip = "K: frames between keys; the frames between are propagated from the keys (5-20)"
+        self.key_interval_spin.setToolTip(tip)
+        form.addRow(_label("Key interval K", tip), row)
+        return group
+
+    # -- actions -----------------------------------------------------------------------------
+    def reload_models(self) -> None:
+        """Ask the model source again (after the library was rescanned)."""
+        self.models = list(self._models_source()) if self._models_source else []
+        self.lora_list.rebuild_menu()
+        self.refresh()
+
+    def known(self, kind: str) -> list[ModelInfo]:
+        return [m for m in self.models if m.kind == kind]
+
+    def random_seed(self) -> None:
+        self._set("seed", random.randint(0, SEED_MAX), "random seed")
+
+    def fill_keys(self) -> None:
+        interval = self.settings.key_interval
+        self._push(lambda: keys_every(self.document.project, interval, self.document.frame_count))
+
+    def set_model(self, path: str | None) -> None:
+        self._set("model", path, "change model")
+
+    def set_loras(self, loras: list[LoraRef], text: str | None = None) -> None:
+        self._set("loras", loras, text)
+
+    def _model_chosen(self) -> None:
+        self.set_model(self.model_combo.currentData())
+
+    def _browse_model_file(self) -> None:
+        path = self.dialogs.open_file("Choose a Stable Diffusion 1.5 checkpoint", MODEL_FILTER)
+        if path:
+            self.set_model(os.path.abspath(path))
+
+    def _browse_model_folder(self) -> None:
+        path = self.dialogs.open_folder("Choose a diffusers model folder")
+        if path:
+            self.set_model(os.path.abspath(path))
+
+    # -- refreshing --------------------------------------------------------------------------
+    def _show_project(self) -> None:
+        settings = self.settings
+        self._show_renderer(settings)
+        self._show_models(settings.model)
+        self.lora_list.show_loras(settings.loras)
+        self._show_controlnets(settings.controlnet)
+        self.controlnet_scale_spin.setEnabled(settings.controlnet is not None)
+        for widget, field in self._value_widgets():
+            _show(widget, getattr(settings, field))
+        self._show_constraints(settings)
+        self.fill_keys_button.setEnabled(self.document.frame_count > 0)
+
+    def _show_renderer(self, settings: RenderSettings) -> None:
+        _select(self.renderer_combo, settings.renderer)
+        self._show_styles(settings.style)
+        stylize = settings.renderer == "stylize"
+        self.style_label.setVisible(stylize)
+        self.style_combo.setVisible(stylize)
+        self.painted_note.setVisible(settings.renderer == "painted")
+        self.diffusion_box.setVisible(settings.renderer == "diffusion")
+
+    def _show_constraints(self, settings: RenderSettings) -> None:
+        _select(self.cross_frame_combo, settings.cross_frame_layers)
+        for row in self.constraint_rows.values():
+            row.show_settings(settings)
+        self.pixel_fusion_weight_spin.setEnabled(settings.pixel_fusion)
+        self.schedule_warning.setText("\n".join(schedule_warnings(settings)))
+
+    def _value_widgets(self) -> list[tuple[QWidget, str]]:
+        return [
+            (self.prompt_edit, "prompt"),
+            (self.negative_prompt_edit, "negative_prompt"),
+            (self.seed_spin, "seed"),
+            (self.strength_spin, "strength"),
+            (self.steps_spin, "steps"),
+            (self.guidance_spin, "guidance_scale"),
+            (self.controlnet_scale_spin, "controlnet_scale"),
+            (self.pixel_fusion_weight_spin, "pixel_fusion_weight"),
+            (self.key_interval_spin, "key_interval"),
+        ]
+
+    def _show_styles(self, current: str) -> None:
+        combo = self.style_combo
+        if combo.count() == 0 or combo.findData(current) < 0:
+            combo.clear()
+            for name in available_styles():
+                combo.addItem(name, name)
+                combo.setItemData(
+                    combo.count() - 1, describe_style(name), Qt.ItemDataRole.ToolTipRole
+                )
+            if combo.findData(current) < 0:  # a plugin's style that is not installed here
+                combo.addItem(f"{current} (not installed)", current)
+        _select(combo, current)
+        combo.setToolTip(combo.currentData(Qt.ItemDataRole.ToolTipRole) or "")
+
+    def _show_models(self, current: str | None) -> None:
+        combo = self.model_combo
+        combo.clear()
+        combo.addItem("(choose a checkpoint)", None)
+        for info in self.known("checkpoint"):
+            combo.addItem(info.name, str(info.path))
+            combo.setItemData(combo.count() - 1, str(info.path), Qt.ItemDataRole.ToolTipRole)
+            if info.base not in RENDER_BASES:
+                _disable_item(combo, combo.count() - 1, f"{info.base}: zvstudio renders SD1.x")
+        if current is not None and combo.findData(current) < 0:
+            combo.addItem(Path(current).name, current)
+            combo.setItemData(combo.count() - 1, current, Qt.ItemDataRole.ToolTipRole)
+        _select(combo, current)
+        combo.setToolTip(current or "No checkpoint chosen yet")
+
+    def _show_controlnets(self, current: str | None) -> None:
+        combo = self.controlnet_combo
+        combo.clear()
+        combo.addItem("None", None)
+        available = available_annotators()
+        for name in available:
+            combo.addItem(name, name)
+        for name in (n for n in UNAVAILABLE_ANNOTATORS if n not in available):
+            combo.addItem(f"{name} (needs annotator weights)", name)
+            tip = f"{name} needs annotator weights, which zvstudio does not download; use canny"
+            _disable_item(combo, combo.count() - 1, tip)
+        if current is not None and combo.findData(current) < 0:  # a ControlNet file's path
+            combo.addItem(Path(current).name, current)
+        _select(combo, current)
+
+
+class LoraRow(QWidget):
+    """One LoRA in use: its name, its weight and a remove button."""
+
+    def __init__(self, lora: LoraRef) -> None:
+        super().__init__()
+        self.name = _label(Path(lora.path).name, lora.path)
+        # A long file name is cut rather than widening the dock (the tooltip has it all).
+        self.name.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.weight = _spin(-5, 5, 0.05)
+        self.weight.setValue(lora.weight)
+        self.weight.setToolTip("The LoRA's weight (negative inverts it)")
+        self.remove_button = QToolButton(text="✕")
+        self.remove_button.setToolTip("Remove this LoRA")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.name, 1)
+        layout.addWidget(self.weight)
+        layout.addWidget(self.remove_button)
+
+
+class LoraList(QWidget):
+    """The LoRAs in use, one `LoraRow` each, and an Add button offering the library's LoRAs
+    and Browse…."""
+
+    def __init__(self, panel: RenderPanel) -> None:
+        super().__init__()
+        self.panel = panel
+        self.rows: list[LoraRow] = []
+        self._shown: list[str] = []  # the paths the rows show
+        self._rows_layout = QVBoxLayout()
+        self.add_button = QToolButton(text="Add LoRA")
+        self.add_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.add_button.setMenu(QMenu(self.add_button))
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(self._rows_layout)
+        layout.addWidget(self.add_button, 0, Qt.AlignmentFlag.AlignLeft)
+
+    def rebuild_menu(self) -> None:
+        menu = self.add_button.menu()
+        menu.clear()
+        for info in self.panel.known("lora"):
+            action = menu.addAction(info.name, lambda path=str(info.path): self.add(path))
+            action.setToolTip(str(info.path))
+            action.setEnabled(info.base in RENDER_BASES)
+        if menu.actions():
+            menu.addSeparator()
+        menu.addAction("Browse…", self._browse)
+
+    def add(self, path: str) -> None:
+        loras = self.panel.settings.loras
+        if all(lora.path != path for lora in loras):
+            self.panel.set_loras([*loras, LoraRef(path)], f"add LoRA {Path(path).name}")
+
+    def remove(self, index: int) -> None:
+        loras = list(self.panel.settings.loras)
+        gone = loras.pop(index)
+        self.panel.set_loras(loras, f"remove LoRA {Path(gone.path).name}")
+
+    def set_weight(self, index: int, weight: float) -> None:
+        loras = list(self.panel.settings.loras)
+        if index < len(loras) and loras[index].weight != weight:
+            loras[index] = replace(loras[index], weight=weight)
+            self.panel.set_loras(loras)  # merges: spinning a weight is one step
+
+    def show_loras(self, loras: list[LoraRef]) -> None:
+        """Show `loras`; rows are rebuilt only when the files change, so a weight being
+        typed keeps its editor."""
+        if [lora.path for lora in loras] != self._shown:
+            self._rebuild(loras)
+        for row, lora in zip(self.rows, loras, strict=True):
+            _show(row.weight, lora.weight)
+
+    def _browse(self) -> None:
+        path = self.panel.dialogs.open_file("Choose a LoRA", MODEL_FILTER)
+        if path:
+            self.add(os.path.abspath(path))
+
+    def _rebuild(self, loras: list[LoraRef]) -> None:
+        for row in self.rows:
+            self._rows_layout.removeWidget(row)
+            row.deleteLater()
+        self.rows = [self._row(index, lora) for index, lora in enumerate(loras)]
+        for row in self.rows:
+            self._rows_layout.addWidget(row)
+        self._shown = [lora.path for lora in loras]
+
+    def _row(self, index: int, lora: LoraRef) -> LoraRow:
+        row = LoraRow(lora)
+        row.weight.valueChanged.connect(lambda value: self.set_weight(index, value))
+        row.remove_button.clicked.connect(lambda: self.remove(index))
+        return row
+
+
+# ---------------------------------------------------------------------------------- key
+
+
+class Override:
+    """One per-key override: its checkbox and its editor (greyed when the key uses the
+    global value, which the editor then shows)."""
+
+    def __init__(self, field: str, check: QCheckBox, editor: QWidget) -> None:
+        self.field, self.check, self.editor = field, check, editor
+
+    def value(self) -> Any:
+        if isinstance(self.editor, QPlainTextEdit):
+            return self.editor.toPlainText()
+        value = self.editor.value()
+        return int(value) if self.field == "seed" else value
+
+    def show(self, own: Any, inherited: Any) -> None:
+        _show(self.check, own is not None)
+        self.editor.setEnabled(own is not None)
+        if isinstance(self.editor, QPlainTextEdit):
+            self.editor.setPlaceholderText(inherited)
+            _show(self.editor, own or "")
+        else:
+            _show(self.editor, inherited if own is None else own)
+
+
+class KeyPanel(_Panel):
+    """The overrides of the key selected on the timeline."""
+
+    def __init__(self, document: Document, dialogs: Dialogs) -> None:
+        super().__init__(document, dialogs)
+        self.frame: int | None = None
+        self.placeholder = QLabel("Select a key frame on the timeline")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setWordWrap(True)
+        self.key_box = QGroupBox()
+        layout = QVBoxLayout(self.key_box)
+        self.overrides_box = QWidget()
+        self.overrides = self._override_rows(_form(self.overrides_box))
+        layout.addWidget(self.overrides_box)
+        layout.addLayout(self._painted_rows())
+        outer = QVBoxLayout(self)
+        outer.addWidget(self.placeholder)
+        outer.addWidget(self.key_box)
+        outer.addStretch(1)
+        self._loading = False
+        self.refresh()
+
+    def _override_rows(self, form: QFormLayout) -> dict[str, Override]:
+        editors = {
+            "prompt": ("Prompt", _text_edit(3), "This key's own prompt"),
+            "negative_prompt": ("Negative prompt", _text_edit(2), "This key's negative prompt"),
+            "seed": ("Seed", _seed_spin(), "This key's own seed"),
+            "strength": ("Strength", _spin(0, 1, 0.05), "This key's own strength"),
+        }
+        overrides = {}
+        for field, (text, editor, tip) in editors.items():
+            check = QCheckBox("override")
+            check.setToolTip(f"{tip}; unchecked, the key uses the global value (shown greyed)")
+            overrides[field] = override = Override(field, check, editor)
+            check.toggled.connect(lambda on, o=override: self._toggled(o, on))
+            signal = (
+                editor.textChanged if isinstance(editor, QPlainTextEdit) else editor.valueChanged
+            )
+            signal.connect(lambda *_, o=override: self._edited(o))
+            editor.setToolTip(tip)
+            box = QVBoxLayout()
+            box.addWidget(check)
+            box.addWidget(editor)
+            form.addRow(_label(text, tip), box)
+        return overrides
+
+    def _painted_rows(self) -> QVBoxLayout:
+        self.painted_label = QLabel()
+        self.painted_label.setWordWrap(True)
+        self.paint_button = QPushButton("Use painted image…")
+        self.paint_button.setToolTip("Use an image painted outside zvstudio as this key's result")
+        self.paint_button.clicked.connect(self._choose_painting)
+        self.clear_paint_button = QPushButton("Clear painting")
+        self.clear_paint_button.setToolTip("Render this key again instead of the painting")
+        self.clear_paint_button.clicked.connect(lambda: self.set_painting(None))
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.paint_button)
+        buttons.addWidget(self.clear_paint_button)
+        box = QVBoxLayout()
+        box.addWidget(self.painted_label)
+        box.addLayout(buttons)
+        return box
+
+    # -- the key -----------------------------------------------------------------------------
+    def set_current_key(self, frame: int | None) -> None:
+        if frame != self.frame:
+            self.frame = frame
+            self.refresh()
+
+    def key(self) -> KeyFrame | None:
+        return None if self.frame is None else self.document.project.key_at(self.frame)
+
+    def set_painting(self, path: str | None) -> None:
+        key = self.key()
+        if key is not None and key.painted_image != path:
+            what = "paint" if path else "clear the painting of"
+            self._push(lambda: SetKey(replace(key, painted_image=path)), f"{what} key {key.frame}")
+
+    def _choose_painting(self) -> None:
+        path = self.dialogs.open_file("Choose the painted key image", IMAGE_FILTER)
+        if path:
+            self.set_painting(os.path.abspath(path))
+
+    def _toggled(self, override: Override, on: bool) -> None:
+        key = self.key()
+        if self._loading or key is None:
+            return
+        # An override starts from the global value, for the user to change from there.
+        value = getattr(self.settings, override.field) if on else None
+        what = "override" if on else "use the global"
+        text = f"{what} {override.field.replace('_', ' ')} of key {key.frame}"
+        self._push(lambda: SetKey(replace(key, **{override.field: value})), text)
+
+    def _edited(self, override: Override) -> None:
+        key = self.key()
+        if self._loading or key is None or not override.check.isChecked():
+            return
+        value = override.value()
+        if getattr(key, override.field) != value:
+            field = override.field
+            self._push(lambda: SetKey(replace(key, **{field: value}), field=field))
+
+    # -- refreshing --------------------------------------------------------------------------
+    def _show_project(self) -> None:
+        key = self.key()
+        self.placeholder.setVisible(key is None)
+        self.key_box.setVisible(key is not None)
+        if key is None:
+            return
+        self.key_box.setTitle(f"Key at frame {key.frame}")
+        for field, override in self.overrides.items():
+            override.show(getattr(key, field), getattr(self.settings, field))
+        # Prompts, seeds and strengths are the diffusion renderer's; paintings are anyone's.
+        self.overrides_box.setVisible(self.settings.renderer == "diffusion")
+        painted = key.painted_image
+        self.painted_label.setText(f"Painted: {Path(painted).name}" if painted else "Not painted")
+        self.painted_label.setToolTip(painted or "")
+        self.clear_paint_button.setEnabled(painted is not None)
+
+
+# ------------------------------------------------------------------------------ inspector
+
+
+class Inspector(QWidget):
+    """Render settings (global) and the selected key's overrides, in two tabs.
+
+    Built with the `Document` and optionally `models`, a callable returning the model
+    library's `ModelInfo`s (checkpoints and LoRAs are offered from it; call
+    `reload_models()` after the library changes). The main window calls
+    `set_current_key(frame)` when the playhead or the selection is on a key (None otherwise).
+
+    Widgets for tests and the main window: `renderer_combo`, `style_combo`, `model_combo`,
+    `prompt_edit`, `negative_prompt_edit`, `seed_spin`, `key_interval_spin`,
+    `fill_keys_button`, `diffusion_box` (hidden unless the renderer is diffusion),
+    `key_prompt_edit`, `key_prompt_override` (its checkbox), `key_placeholder`; every
+    other one is an attribute of `render_panel` (e.g. `constraint_rows["adain"].check`,
+    `lora_list`, `cross_frame_combo`) or `key_panel` (`overrides["seed"].check`,
+    `paint_button`). `dialogs` opens the file dialogs (tests replace its methods);
+    `message_label` shows why a change was refused.
+    """
+
+    def __init__(
+        self,
+        document: Document,
+        models: ModelSource | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.dialogs = Dialogs(self)
+        self.render_panel = RenderPanel(document, self.dialogs, models)
+        self.key_panel = KeyPanel(document, self.dialogs)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(_scrolled(self.render_panel), "Render settings")
+        self.tabs.addTab(_scrolled(self.key_panel), "Key")
+        self.message_label = QLabel()
+        self.message_label.setWordWrap(True)
+        self.message_label.setStyleSheet("color: #c0392b;")
+        self.message_label.hide()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)
+        layout.addWidget(self.message_label)
+        for panel in (self.render_panel, self.key_panel):
+            panel.problem.connect(self._show_problem)
+        self._expose_widgets()
+
+    def _expose_widgets(self) -> None:
+        render, key = self.render_panel, self.key_panel
+        self.renderer_combo, self.style_combo = render.renderer_combo, render.style_combo
+        self.model_combo, self.diffusion_box = render.model_combo, render.diffusion_box
+        self.prompt_edit = render.prompt_edit
+        self.negative_prompt_edit = render.negative_prompt_edit
+        self.seed_spin = render.seed_spin
+        self.key_interval_spin = render.key_interval_spin
+        self.fill_keys_button = render.fill_keys_button
+        self.key_prompt_edit = key.overrides["prompt"].editor
+        self.key_prompt_override = key.overrides["prompt"].check
+        self.key_placeholder = key.placeholder
+
+    def set_current_key(self, frame: int | None) -> None:
+        """Show the overrides of the key at `frame` (None: no key selected)."""
+        self.key_panel.set_current_key(frame)
+        self.tabs.setTabText(1, "Key" if frame is None else f"Key {frame}")
+
+    def reload_models(self) -> None:
+        self.render_panel.reload_models()
+
+    def _show_problem(self, text: str) -> None:
+        self.message_label.setText(text)
+        self.message_label.setVisible(bool(text))
+
+
+def _scrolled(widget: QWidget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(widget)
+    return area

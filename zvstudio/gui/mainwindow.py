@@ -1,0 +1,710 @@
+"""The editor's main window: viewer in the middle, timeline below, inspector on the right,
+the render queue beside the timeline; menus and keyboard shortcuts for everything.
+
+Nothing here blocks: renders, previews and exports are engine jobs on the bridge's worker
+thread, the render status is computed on another, and the document is autosaved."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import cv2
+from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QWidget,
+)
+
+from zvstudio import __version__
+from zvstudio.appsettings import AppSettings, load_settings, save_settings
+from zvstudio.engine.jobs import JobEvent
+from zvstudio.engine.render import render_key_preview
+from zvstudio.engine.request import RenderRequest, request_from_project
+from zvstudio.engine.status import RenderStatus
+from zvstudio.errors import ZvsError
+from zvstudio.gui.bridge import EngineBridge
+from zvstudio.gui.document import Document
+from zvstudio.gui.inspector import Inspector
+from zvstudio.gui.queue_panel import QueuePanel
+from zvstudio.gui.status import StatusWatcher
+from zvstudio.gui.timeline import TimelineWidget
+from zvstudio.gui.transport import Transport
+from zvstudio.gui.viewer import ViewerWidget
+from zvstudio.hashing import text_hash
+from zvstudio.media import Proxy, VideoReader, build_proxy
+from zvstudio.paths import cache_root
+from zvstudio.project.autosave import Autosaver
+from zvstudio.project.edits import MoveKey, RemoveKey
+
+VIDEO_FILTER = "Videos (*.mp4 *.mov *.mkv *.webm *.avi *.m4v);;All files (*)"
+PROJECT_FILTER = "zvstudio projects (*.zvs)"
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
+STATUS_INTERVAL_MS = 400
+PROXY_SIDE = 640  # the preview proxy's longer side (playback and thumbnails)
+THUMBNAIL_HEIGHT = 72  # how often the status is refreshed while a job runs
+
+
+class MainWindow(QMainWindow):
+    """The editor. `settings` are the app settings (loaded from disk when None)."""
+
+    def __init__(
+        self,
+        settings: AppSettings | None = None,
+        bridge: EngineBridge | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings or load_settings()
+        self.document = Document(self)
+        self.bridge = bridge or EngineBridge(self)
+        self.status: RenderStatus | None = None
+        self.render_job: int | None = None
+        self.preview_job: int | None = None
+        self.preview_image = None  # the last previewed key (frame, image)
+        self._reader: VideoReader | None = None
+        self.proxy: Proxy | None = None
+        self.proxy_job: int | None = None
+        self.models_job: int | None = None
+        self.autosaver = Autosaver()
+        self._build_widgets()
+        self._build_actions()
+        self._build_menus()
+        self._connect()
+        self._start_timers()
+        self.setAcceptDrops(True)
+        self.resize(1400, 900)
+        self._refresh_title()
+
+    # -- construction -----------------------------------------------------------------------
+    def _build_widgets(self) -> None:
+        self.viewer = ViewerWidget(self)
+        self.setCentralWidget(self.viewer)
+        self.timeline = TimelineWidget(self)
+        self.transport = Transport(self)
+        self.models: list = []  # the model library (ModelInfo), scanned as a job at start
+        self.inspector = Inspector(self.document, models=lambda: self.models)
+        self.queue_panel = QueuePanel(self.bridge)
+        self.status_watcher = StatusWatcher(self)
+        # The right column (inspector over the queue) runs full height; the timeline spans
+        # the rest of the width under the viewer.
+        self.setCorner(Qt.BottomRightCorner, Qt.RightDockWidgetArea)
+        self.timeline_dock = self._dock("Timeline", self.timeline, Qt.BottomDockWidgetArea)
+        self.inspector_dock = self._dock("Inspector", self.inspector, Qt.RightDockWidgetArea)
+        self.queue_dock = self._dock("Render queue", self.queue_panel, Qt.RightDockWidgetArea)
+        self.splitDockWidget(self.inspector_dock, self.queue_dock, Qt.Vertical)
+        self.resizeDocks([self.inspector_dock], [430], Qt.Horizontal)
+        self.resizeDocks([self.inspector_dock, self.queue_dock], [520, 380], Qt.Vertical)
+        self.resizeDocks([self.timeline_dock], [200], Qt.Vertical)
+        self.frame_label = QLabel()
+        self.statusBar().addPermanentWidget(self.frame_label)
+
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title.replace(" ", "_"))
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _action(self, text: str, slot, shortcut: str | QKeySequence | None = None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+            # Shortcuts work wherever the focus is, except while typing in a text field
+            # (Qt gives the field the key first for plain letters).
+            action.setShortcutContext(Qt.WindowShortcut)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    def _build_actions(self) -> None:
+        a = self._action
+        self.new_action = a("&New project", self.new_project, QKeySequence.New)
+        self.open_action = a("&Open project…", self.open_dialog, QKeySequence.Open)
+        self.save_action = a("&Save", self.save, QKeySequence.Save)
+        self.save_as_action = a("Save &as…", self.save_as, "Ctrl+Shift+S")
+        self.import_action = a("&Import clip…", self.import_dialog, "Ctrl+I")
+        self.export_action = a("&Export…", self.export_dialog, "Ctrl+E")
+        self.quit_action = a("&Quit", self.close, QKeySequence.Quit)
+        self.undo_action = self.document.undo_stack.createUndoAction(self, "&Undo")
+        self.undo_action.setShortcut(QKeySequence("Ctrl+Z"))
+        self.redo_action = self.document.undo_stack.createRedoAction(self, "&Redo")
+        self.redo_action.setShortcut(QKeySequence("Ctrl+Shift+Z"))
+        self.addActions([self.undo_action, self.redo_action])
+        self.settings_action = a("&Settings…", self.settings_dialog, "Ctrl+,")
+        t = self.transport
+        self.play_action = a("Play / stop", t.toggle, "Space")
+        self.reverse_action = a("Play backwards (J)", t.shuttle_backward, "J")
+        self.stop_action = a("Stop (K)", t.stop, "K")
+        self.forward_action = a("Play forwards (L)", t.shuttle_forward, "L")
+        self.prev_frame_action = a("Previous frame", lambda: t.step(-1), "Left")
+        self.next_frame_action = a("Next frame", lambda: t.step(1), "Right")
+        self.home_action = a("First frame", t.go_home, "Home")
+        self.end_action = a("Last frame", t.go_end, "End")
+        self.toggle_key_action = a("Toggle key at playhead", self.toggle_key, "M")
+        self.remove_key_action = a("Remove key", self.timeline.request_remove_selected, "Delete")
+        self.zoom_in_action = a("Zoom in", self.timeline.zoom_in, "=")
+        self.zoom_out_action = a("Zoom out", self.timeline.zoom_out, "-")
+        self.zoom_fit_action = a("Fit the clip", self.timeline.zoom_fit, "\\")
+        self.preview_action = a("&Preview key at playhead", self.preview_key, "Ctrl+P")
+        self.render_action = a("&Render", self.start_render, "Ctrl+R")
+        self.cancel_action = a("&Cancel render", self.cancel_render, "Ctrl+.")
+        self.models_action = a("&Model manager…", self.models_dialog)
+        self.view_actions = [
+            a(f"View {mode.replace('_', ' ')}", lambda _=False, m=mode: self.viewer.set_mode(m), k)
+            for mode, k in zip(
+                ("original", "rendered", "split", "side_by_side"), "1234", strict=True
+            )
+        ]
+        self.about_action = a("&About zvstudio", self.about)
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        file_menu.addActions([self.new_action, self.open_action])
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        file_menu.addActions([self.save_action, self.save_as_action])
+        file_menu.addSeparator()
+        file_menu.addActions([self.import_action, self.export_action])
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        edit = bar.addMenu("&Edit")
+        edit.addActions([self.undo_action, self.redo_action])
+        edit.addSeparator()
+        edit.addAction(self.settings_action)
+        timeline = bar.addMenu("&Timeline")
+        timeline.addActions(
+            [
+                self.play_action,
+                self.reverse_action,
+                self.stop_action,
+                self.forward_action,
+                self.prev_frame_action,
+                self.next_frame_action,
+                self.home_action,
+                self.end_action,
+            ]
+        )
+        timeline.addSeparator()
+        timeline.addActions([self.toggle_key_action, self.remove_key_action])
+        timeline.addSeparator()
+        timeline.addActions([self.zoom_in_action, self.zoom_out_action, self.zoom_fit_action])
+        render = bar.addMenu("&Render")
+        render.addActions([self.preview_action, self.render_action, self.cancel_action])
+        view = bar.addMenu("&View")
+        view.addActions(self.view_actions)
+        view.addSeparator()
+        for dock in (self.timeline_dock, self.inspector_dock, self.queue_dock):
+            view.addAction(dock.toggleViewAction())
+        bar.addMenu("&Models").addAction(self.models_action)
+        bar.addMenu("&Help").addAction(self.about_action)
+        self._rebuild_recent_menu()
+
+    def _connect(self) -> None:
+        doc = self.document
+        doc.clip_changed.connect(self._clip_loaded)
+        doc.changed.connect(self._document_changed)
+        doc.path_changed.connect(self._refresh_title)
+        doc.dirty_changed.connect(self._refresh_title)
+        self.transport.frame_changed.connect(self._frame_changed)
+        self.timeline.playhead_changed.connect(self.transport.seek)
+        self.timeline.key_toggle_requested.connect(doc.toggle_key)
+        self.timeline.key_remove_requested.connect(self._remove_key)
+        self.timeline.key_move_requested.connect(self._move_key)
+        self.timeline.key_selected.connect(self._key_selected)
+        self.bridge.event.connect(self._job_event)
+        self.status_watcher.ready.connect(self._status_ready)
+        self.status_watcher.problem.connect(self._status_problem)
+
+    def scan_models(self) -> int:
+        """Scan the model folders as a job; the inspector's model lists fill in when done."""
+        from zvstudio.diffusion.library import default_model_folders, scan
+
+        settings = self.settings
+
+        def work(context):
+            folders = default_model_folders(settings.models_dir, settings.model_folders)
+            return scan(folders, context.progress)
+
+        self.models_job = self.bridge.submit(work, "Scan model folders")
+        return self.models_job
+
+    def _start_timers(self) -> None:
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.timeout.connect(self.autosave)
+        self.autosave_timer.start(max(1, self.settings.autosave_minutes) * 60_000)
+        self.status_timer = QTimer(self)  # while a job runs, finished keys turn "rendered"
+        self.status_timer.setInterval(STATUS_INTERVAL_MS)
+        self.status_timer.timeout.connect(self.refresh_status)
+
+    # -- documents --------------------------------------------------------------------------
+    def new_project(self) -> None:
+        if self._may_discard():
+            self.document.new()
+
+    def open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open project", "", PROJECT_FILTER)
+        if path:
+            self.open_path(path)
+
+    def import_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import clip", "", VIDEO_FILTER)
+        if path:
+            self.open_path(path)
+
+    def open_path(self, path: str | Path) -> bool:
+        """Open a project, or import a clip into a new project; errors are shown, not raised."""
+        path = Path(path)
+        if not self._may_discard():
+            return False
+        try:
+            if path.suffix.lower() == ".zvs":
+                self.document.open(path)
+                self._remember(path)
+            else:
+                self.document.import_clip(path)
+        except ZvsError as exc:
+            self.show_error(f"Cannot open {path.name}", exc)
+            return False
+        return True
+
+    def save(self) -> bool:
+        if self.document.path is None:
+            return self.save_as()
+        return self.save_to(self.document.path)
+
+    def save_as(self) -> bool:
+        suggested = str(self.document.path or self._suggested_project_path())
+        path, _ = QFileDialog.getSaveFileName(self, "Save project", suggested, PROJECT_FILTER)
+        return bool(path) and self.save_to(Path(path).with_suffix(".zvs"))
+
+    def save_to(self, path: str | Path) -> bool:
+        try:
+            saved = self.document.save(path)
+        except ZvsError as exc:
+            self.show_error("The project was not saved", exc)
+            return False
+        self.autosaver.discard()
+        self._remember(saved)
+        self.statusBar().showMessage(f"Saved {saved}", 4000)
+        return True
+
+    def _suggested_project_path(self) -> Path:
+        clip = self.document.project.clip
+        return Path(clip.path).with_suffix(".zvs") if clip else Path.home() / "untitled.zvs"
+
+    def _remember(self, path: Path) -> None:
+        self.settings.add_recent(str(path))
+        # The recent list is a convenience: never fail an open or a save for it.
+        with contextlib.suppress(OSError, ZvsError):
+            save_settings(self.settings)
+        self._rebuild_recent_menu()
+
+    def _rebuild_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        for entry in self.settings.recent_projects:
+            action = self.recent_menu.addAction(entry)
+            action.triggered.connect(lambda _=False, p=entry: self.open_path(p))
+        self.recent_menu.setEnabled(bool(self.settings.recent_projects))
+
+    def _may_discard(self) -> bool:
+        """Ask before unsaved changes are lost; True when it is fine to go on."""
+        if not self.document.dirty:
+            return True
+        answer = self.ask(
+            "Unsaved changes",
+            f"Save the changes to {self.document.title}?",
+            QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel,
+        )
+        if answer == QMessageBox.Save:
+            return self.save()
+        return answer == QMessageBox.Discard
+
+    def ask(self, title: str, text: str, buttons) -> QMessageBox.StandardButton:
+        """A question to the user (tests replace this method)."""
+        return QMessageBox.question(self, title, text, buttons)
+
+    def show_error(self, title: str, error: ZvsError | str) -> None:
+        """A readable error with what to do about it (tests replace this method)."""
+        box = QMessageBox(
+            QMessageBox.Warning, title, str(getattr(error, "message", error)), parent=self
+        )
+        hint = getattr(error, "hint", None)
+        if hint:
+            box.setInformativeText(hint)
+        box.open()
+
+    def autosave(self) -> None:
+        if self.document.dirty:
+            try:
+                self.autosaver.save(self.document.project, self.document.path)
+            except (OSError, ZvsError) as exc:
+                self.statusBar().showMessage(f"Autosave failed: {exc}", 8000)
+
+    # -- document changes ---------------------------------------------------------------------
+    def _clip_loaded(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
+        doc = self.document
+        if doc.project.clip is not None and doc.info is not None:
+            self._reader = VideoReader(doc.project.clip.path, info=doc.info)
+            self._build_proxy(Path(doc.project.clip.path))
+        self.transport.set_clip(doc.frame_count, doc.fps)
+        self.timeline.set_clip(doc.frame_count, doc.fps, self._thumbnail if self._reader else None)
+        self.status = None
+        self.preview_image = None
+        self.transport.seek(0)
+        self._frame_changed(0)
+
+    def _build_proxy(self, clip: Path) -> None:
+        """Every frame as a small JPEG, built once per clip as a job: thumbnails and playback
+        then never wait for a seek in a long-GOP file."""
+        info = self.document.info
+
+        def work(context):
+            with VideoReader(clip, info=info) as reader:
+                return build_proxy(
+                    reader, PROXY_SIDE, progress=context.progress, cancel=context.cancel
+                )
+
+        self.proxy_job = self.bridge.submit(work, f"Prepare previews of {clip.name}")
+
+    def _thumbnail(self, number: int):
+        """A timeline thumbnail from the proxy, None until the proxy is ready."""
+        if self.proxy is None:
+            return None
+        image = self.proxy.frame(number)
+        height = THUMBNAIL_HEIGHT
+        width = max(1, round(image.shape[1] * height / max(image.shape[0], 1)))
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+    def _document_changed(self) -> None:
+        self._show_keys()
+        self.refresh_status()
+        self._refresh_title()
+
+    def _refresh_title(self) -> None:
+        mark = "*" if self.document.dirty else ""
+        self.setWindowTitle(f"{mark}{self.document.title} — zvstudio")
+        has_clip = self.document.project.clip is not None
+        for action in (self.export_action, self.render_action, self.preview_action):
+            action.setEnabled(has_clip)
+
+    def toggle_key(self) -> None:
+        if self.document.project.clip is not None:
+            self.document.toggle_key(self.transport.frame())
+
+    def _remove_key(self, frame: int) -> None:
+        if self.document.project.key_at(frame) is not None:
+            self.document.push(RemoveKey(frame))
+
+    def _move_key(self, source: int, target: int) -> None:
+        try:
+            self.document.push(MoveKey(source, target))
+        except ZvsError as exc:
+            self.statusBar().showMessage(str(exc), 5000)
+
+    def _key_selected(self, frame: int) -> None:
+        self.inspector.set_current_key(frame if frame >= 0 else None)
+
+    # -- the playhead and the viewer ----------------------------------------------------------
+    def _frame_changed(self, number: int) -> None:
+        self.timeline.set_playhead(number)
+        key = self.document.project.key_at(number)
+        self.inspector.set_current_key(number if key is not None else None)
+        self._show_frame(number)
+
+    def _show_frame(self, number: int) -> None:
+        count = self.document.frame_count
+        if self._reader is None or not 0 <= number < count:
+            self.viewer.set_frames(None, None)
+            self.frame_label.setText("")
+            return
+        # While playing, the proxy keeps up with the frame rate; stopped, the exact frame.
+        playing = self.proxy is not None and self.transport.is_playing()
+        original = self.proxy.frame(number) if playing else self._reader.frame(number)
+        self.viewer.set_frames(original, self.rendered_frame(number))
+        seconds = number / self.document.fps
+        self.frame_label.setText(f"frame {number} / {count - 1}   {seconds:7.2f} s")
+
+    def rendered_frame(self, number: int):
+        """The frame's render from the cache (or the last preview of that key), or None."""
+        if self.preview_image is not None and self.preview_image[0] == number:
+            return self.preview_image[1]
+        return self.status.rendered_frame(number) if self.status else None
+
+    # -- render status ------------------------------------------------------------------------
+    def current_request(self, output: Path | None = None) -> RenderRequest | None:
+        """The render the project describes (None with no clip); errors go to the status bar."""
+        project = self.document.project
+        if project.clip is None:
+            return None
+        output = output or self._working_output()
+        try:
+            return request_from_project(project, output)
+        except ZvsError as exc:
+            self.statusBar().showMessage(str(exc), 8000)
+            return None
+
+    def _working_output(self) -> Path:
+        """Where the editor's own renders go: the viewer reads frames from the cache, this
+        file is the latest full render for playing elsewhere."""
+        clip = self.document.project.clip
+        name = text_hash(clip.content_hash or clip.path) if clip else "none"
+        return cache_root() / "renders" / f"{name}.mp4"
+
+    def refresh_status(self) -> None:
+        request = self.current_request()
+        if request is not None:
+            self.status_watcher.refresh(request, self.document.info)
+
+    def _status_problem(self, text: str) -> None:
+        self.statusBar().showMessage(text, 8000)
+
+    def _status_ready(self, status: RenderStatus) -> None:
+        self.status = status
+        self._show_keys()
+        self._show_frame(self.transport.frame())
+
+    def key_states(self) -> dict[int, str]:
+        """Each key's state for the timeline: the status's, with the key being rendered now."""
+        states = {}
+        known = self.status.keys if self.status else {}
+        for key in self.document.project.keyframes:
+            states[key.frame] = known.get(key.frame, "pending")
+        if self.render_job is not None:
+            waiting = [f for f, state in states.items() if state != "rendered"]
+            if waiting:
+                states[min(waiting)] = "rendering"
+        return states
+
+    def _show_keys(self) -> None:
+        self.timeline.set_keys(self.key_states())
+        if self.status is None:
+            self.timeline.set_segments([])
+            return
+        running = self.render_job is not None
+        self.timeline.set_segments(
+            [
+                (s.first, s.last, "cached" if s.cached else "rendering" if running else "pending")
+                for s in self.status.segments
+            ]
+        )
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def start_render(self) -> int | None:
+        """Render the project into the cache (and the working file); returns the job id."""
+        if self.render_job is not None:
+            self.statusBar().showMessage("A render is already running", 4000)
+            return None
+        request = self.current_request()
+        if request is None:
+            return None
+        request.output.parent.mkdir(parents=True, exist_ok=True)
+        self.render_job = self.bridge.submit_render(request, f"Render {self.document.title}")
+        self.status_timer.start()
+        self._show_keys()
+        return self.render_job
+
+    def cancel_render(self) -> None:
+        if self.render_job is not None:
+            self.bridge.cancel(self.render_job)
+
+    def preview_key(self) -> int | None:
+        """Render the frame at the playhead as a key on its own, showing steps as they come."""
+        request = self.current_request()
+        if request is None:
+            return None
+        number = self.transport.frame()
+
+        def work(context):
+            image = render_key_preview(
+                request, number, context.progress, context.cancel, context.log
+            )
+            return number, image
+
+        self.preview_job = self.bridge.submit(work, f"Preview key {number}")
+        if self.viewer.mode() == "original":
+            self.viewer.set_mode("split")  # the preview must be visible
+        return self.preview_job
+
+    def export_to(self, path: Path, output_settings, first: int, last: int) -> int | None:
+        """Export frames first..last to `path` as a job (keys and segments come from the cache
+        when the project was rendered)."""
+        from dataclasses import replace
+
+        from zvstudio.media import ExportSettings, output_kind
+
+        request = self.current_request(Path(path))
+        if request is None:
+            return None
+        fmt = "png" if output_kind(Path(path)) == "png" else output_settings.format
+        request = replace(
+            request,
+            first=first,
+            last=last,
+            export=ExportSettings(format=fmt, crf=output_settings.crf, audio=output_settings.audio),
+        )
+        return self.bridge.submit_render(request, f"Export {Path(path).name}")
+
+    def _job_event(self, event: JobEvent) -> None:
+        if event.job == self.models_job and event.kind == "finished":
+            self.models = list(event.result)
+            self.inspector.reload_models()
+        if event.job == self.proxy_job and event.kind == "finished":
+            self.proxy_job = None
+            self.proxy = event.result
+            self.timeline.invalidate_thumbnails()  # thumbnails can be drawn now
+            self.timeline.update()
+        if event.job == self.preview_job:
+            self._preview_event(event)
+        if event.job != self.render_job:
+            if event.kind == "finished":
+                self.refresh_status()  # an export may have filled the cache too
+            return
+        if event.kind in ("finished", "failed", "cancelled"):
+            self.render_job = None
+            self.status_timer.stop()
+            self.refresh_status()
+            if event.kind == "failed" and event.error is not None:
+                self.show_error("The render failed", event.error)
+            elif event.kind == "finished":
+                self.statusBar().showMessage("Render finished", 5000)
+
+    def _preview_event(self, event: JobEvent) -> None:
+        if event.kind == "preview" and event.image is not None:
+            self.viewer.set_frames(self._reader.frame(self.transport.frame()), event.image)
+        elif event.kind == "finished" and event.result is not None:
+            self.preview_image = event.result
+            self.preview_job = None
+            self._show_frame(self.transport.frame())
+        elif event.kind in ("failed", "cancelled"):
+            self.preview_job = None
+            if event.error is not None:
+                self.show_error("The preview failed", event.error)
+
+    # -- dialogs ------------------------------------------------------------------------------
+    def export_dialog(self) -> None:
+        from zvstudio.gui.export_dialog import ExportDialog
+
+        doc = self.document
+        if doc.project.clip is None:
+            return
+        span = doc.project.frame_range
+        suggested = Path(doc.project.clip.path).with_name(
+            Path(doc.project.clip.path).stem + "_zvstudio.mp4"
+        )
+        dialog = ExportDialog(
+            self,
+            doc.frame_count,
+            doc.fps,
+            doc.project.settings.output,
+            str(suggested),
+            (span.first, span.last) if span else None,
+        )
+        if dialog.exec():
+            choice = dialog.choice()
+            self.export_to(choice.path, choice.output, choice.first, choice.last)
+
+    def settings_dialog(self) -> None:
+        from zvstudio.appsettings import apply_settings
+        from zvstudio.gui.settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, self)
+        if dialog.exec():
+            self.settings = dialog.settings()
+            apply_settings(self.settings)
+            save_settings(self.settings)
+            self.autosave_timer.start(max(1, self.settings.autosave_minutes) * 60_000)
+            self.refresh_status()
+
+    def models_dialog(self) -> None:
+        from zvstudio.gui.models_dialog import ModelManagerDialog
+
+        dialog = ModelManagerDialog(self.settings, self.bridge, self)
+        if dialog.exec():
+            self.settings = dialog.settings()
+            save_settings(self.settings)
+            self.models = dialog.models()
+            self.inspector.reload_models()
+
+    def about(self) -> None:
+        QMessageBox.about(
+            self,
+            "About zvstudio",
+            f"zvstudio {__version__}\nZero-shot video re-rendering with image diffusion models.",
+        )
+
+    # -- drag and drop, closing -----------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if any(self._droppable(url.toLocalFile()) for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        for url in event.mimeData().urls():
+            if self._droppable(url.toLocalFile()):
+                self.open_path(url.toLocalFile())
+                event.acceptProposedAction()
+                return
+
+    @staticmethod
+    def _droppable(path: str) -> bool:
+        suffix = Path(path).suffix.lower()
+        return bool(path) and (suffix == ".zvs" or suffix in VIDEO_SUFFIXES)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if not self._may_discard():
+            event.ignore()
+            return
+        if (
+            self.bridge.busy()
+            and self.ask(
+                "Jobs are running",
+                "Cancel the running render and quit? Finished keys and segments stay cached.",
+                QMessageBox.Yes | QMessageBox.No,
+            )
+            != QMessageBox.Yes
+        ):
+            event.ignore()
+            return
+        self.shutdown()
+        event.accept()
+
+    def shutdown(self) -> None:
+        """Stop the timers and the workers and delete this session's autosave."""
+        self.autosave_timer.stop()
+        self.status_timer.stop()
+        self.transport.stop()
+        self.bridge.shutdown()
+        self.status_watcher.shutdown()
+        self.autosaver.discard()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
+
+    def sizeHint(self) -> QSize:
+        return QSize(1400, 900)
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    """Process events until `condition()` (for scripts driving the window, e.g. screenshots)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
