@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from zvstudio.diffusion.annotators import BUILTIN_ANNOTATORS, available_annotators, has_annotator
 from zvstudio.diffusion.identify import BASE_LABELS, KIND_LABELS, ModelInfo, classify
 from zvstudio.diffusion.loading import (
     _open_checkpoint,
@@ -40,9 +41,10 @@ if TYPE_CHECKING:  # diffusers takes seconds to import
 
 CONTROL_PREFIX = "control_model."
 DEFAULT_SCALE = 0.7  # KeySettings.controlnet_scale's default
-# Annotator types: those we compute the control image for, and those that would need annotator
-# weights (HED, MiDaS, OpenPose, ...) that zvstudio cannot download.
-ANNOTATORS = ("canny",)
+# Annotator types: those we compute the control image for (built in; plugins add more, see
+# zvstudio.diffusion.annotators), and those that would need annotator weights (HED, MiDaS,
+# OpenPose, ...) that zvstudio cannot download, unless a plugin provides them.
+ANNOTATORS = BUILTIN_ANNOTATORS
 UNAVAILABLE_ANNOTATORS = (
     "hed",
     "softedge",
@@ -58,6 +60,7 @@ _BASES = ("sd1", "unknown")  # an unknown base is let through: the loader decide
 
 __all__ = [
     "ControlNetChoice",
+    "controlnet_annotator",
     "empty_controlnet",
     "load_controlnet_model",
     "match_controlnet_checkpoint",
@@ -222,24 +225,26 @@ class ControlNetChoice(NamedTuple):
 def resolve_controlnet(
     spec: str, models: Sequence[ModelInfo] | None = None, default_scale: float = DEFAULT_SCALE
 ) -> ControlNetChoice:
-    """`PATH`, `PATH:SCALE`, `canny` or `canny:SCALE` as a ControlNet path and scale.
+    """`PATH`, `PATH:SCALE`, `ANNOTATOR` or `ANNOTATOR:SCALE` as a ControlNet path and scale.
 
-    A bare annotator type is looked up among the library's SD1.x (or unknown-base) ControlNets
-    whose name contains it (`models`, else a scan of `default_model_folders()`); when several
-    match, the shortest name wins (safetensors before pickles, ties by name then path) and the
-    note says which. A bare type always means the library: write `./canny` for a folder so named.
+    ANNOTATOR is `canny` or one a plugin registered (see `controlnet_annotator`). A bare
+    annotator type is looked up among the library's SD1.x (or unknown-base) ControlNets whose
+    name contains it (`models`, else a scan of `default_model_folders()`); when several match,
+    the shortest name wins (safetensors before pickles, ties by name then path) and the note
+    says which. A bare type always means the library: write `./canny` for a folder so named.
     """
     target, scale = _split_scale(spec, default_scale)
     word = target.strip().lower()
+    if has_annotator(word):
+        path, note = _library_controlnet(word, models)
+        return ControlNetChoice(path, scale, note)
     if word in UNAVAILABLE_ANNOTATORS:
         raise ZvsError(
             f"the {word} annotator is not available yet: it needs annotator weights, and "
             "zvstudio works offline and downloads nothing",
-            hint="use canny (edges from OpenCV, no annotator weights), e.g. --controlnet canny:0.7",
+            hint=f"use {_annotator_list()}, e.g. --controlnet canny:0.7 (canny: edges from "
+            "OpenCV, no annotator weights)",
         )
-    if word in ANNOTATORS:
-        path, note = _library_controlnet(word, models)
-        return ControlNetChoice(path, scale, note)
     path = Path(target).expanduser()
     if not path.exists():
         raise ZvsError(
@@ -247,9 +252,21 @@ def resolve_controlnet(
             hint="give a ControlNet file or diffusers folder, or 'canny' to use the canny "
             "ControlNet from your model folders",
         )
-    # The control image is always canny edges: a ControlNet trained on others gives nonsense.
+    # The control image of a path is always canny edges: one trained on others gives nonsense.
     note = "" if "canny" in path.name.lower() else _not_canny_note(path)
     return ControlNetChoice(path, scale, note)
+
+
+def controlnet_annotator(spec: str) -> str:
+    """The annotator whose control image the ControlNet `spec` (as `resolve_controlnet` takes
+    it) is fed: the annotator it names, else canny (a ControlNet given by path)."""
+    target, _ = _split_scale(spec, DEFAULT_SCALE)
+    word = target.strip().lower()
+    return word if has_annotator(word) else "canny"
+
+
+def _annotator_list() -> str:
+    return " or ".join(available_annotators())
 
 
 def _not_canny_note(path: Path) -> str:
@@ -266,7 +283,8 @@ def _split_scale(spec: str, default_scale: float) -> tuple[str, float]:
     except ValueError:
         scale = None
     if scale is None:
-        if sep and head.strip().lower() in (*ANNOTATORS, *UNAVAILABLE_ANNOTATORS):
+        word = head.strip().lower()
+        if sep and (word in UNAVAILABLE_ANNOTATORS or has_annotator(word)):
             raise ZvsError(f"--controlnet {spec!r}: {tail!r} is not a scale", hint="e.g. canny:0.7")
         return spec, default_scale  # a path (maybe with a drive letter's colon)
     if not math.isfinite(scale) or scale < 0:
