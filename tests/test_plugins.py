@@ -185,6 +185,34 @@ def test_a_plugin_annotator_makes_the_control_image(tmp_path):
     assert controlnet_annotator(str(tmp_path / "my_invert.safetensors")) == "canny"
 
 
+def test_the_sampler_feeds_the_plugin_annotator_to_the_controlnet_and_keys_name_it():
+    from types import SimpleNamespace
+
+    import torch
+
+    from zvstudio.diffusion.sampler import KeyFrameSampler, KeySettings, diffusion_key_identity
+
+    load(FakeEntry("inverter", lambda api: api.register_annotator("invert", invert, version="3")))
+    frame = frames()[0]
+    controlnet = SimpleNamespace(
+        config=SimpleNamespace(conditioning_embedding_out_channels=(16, 32, 96, 256)),
+        dtype=torch.float32,
+    )
+    sampler = SimpleNamespace(
+        controlnet=controlnet,
+        vae_scale=8,
+        device="cpu",
+        settings=KeySettings(annotator="invert"),
+    )
+    image = KeyFrameSampler._control_image(sampler, frame)
+    expected = torch.from_numpy((255 - frame) / np.float32(255)).permute(2, 0, 1)
+    torch.testing.assert_close(image[0], expected)
+    # The annotator (with its plugin's version) is part of a key's cache identity.
+    with_plugin = diffusion_key_identity("m", "fp32", KeySettings(annotator="invert"))
+    assert "invert@inverter:3" in with_plugin
+    assert with_plugin != diffusion_key_identity("m", "fp32", KeySettings())
+
+
 def test_canny_control_image_is_the_samplers():
     from zvstudio.diffusion.sampler import canny_condition
 

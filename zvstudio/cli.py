@@ -571,15 +571,16 @@ def _diffusion_spec(args):
         raise ZvsError(f"--strength must be between 0 and 1, got {args.strength}")
     if args.steps < 1:
         raise ZvsError(f"--steps must be at least 1, got {args.steps}")
-    controlnet, scale = None, 0.7
+    controlnet, scale, annotator = None, 0.7, "canny"
     if args.controlnet:
-        from zvstudio.diffusion.controlnet import resolve_controlnet
+        from zvstudio.engine.preview import choose_controlnet
 
-        choice = resolve_controlnet(args.controlnet)
-        controlnet, scale = choice.path, choice.scale
+        choice = choose_controlnet(args.controlnet)
+        controlnet, scale, annotator = choice.path, choice.scale, choice.annotator
         if choice.note:
             print(f"zvstudio: note: {choice.note}", file=sys.stderr)
     settings = KeySettings(
+        annotator=annotator,
         prompt=args.prompt,
         negative_prompt=args.negative,
         steps=args.steps,

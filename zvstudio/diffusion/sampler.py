@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from zvstudio.diffusion.annotators import annotator_identity, control_condition
 from zvstudio.diffusion.attention import ReferenceStore, install_cross_frame_attention
 from zvstudio.diffusion.constraints import (
     ConstraintSchedule,
@@ -65,6 +66,7 @@ class KeySettings:
     seed: int = 0
     controlnet_scale: float = 0.7
     canny_thresholds: tuple[int, int] = (100, 200)
+    annotator: str = "canny"  # what makes the ControlNet's control image (plugins add more)
     cross_frame_layers: str = "decoder"  # "decoder", "decoder_loose", "all" or "off"
     schedule: ConstraintSchedule = field(default_factory=ConstraintSchedule)
     pixel_fusion_weight: float = 1.0  # how hard the second pass follows the warped keys
@@ -105,8 +107,7 @@ class _Run:
 
 def canny_condition(frame: np.ndarray, thresholds: tuple[int, int]) -> np.ndarray:
     """The ControlNet canny conditioning image: edges as white on black, RGB float [0, 1]."""
-    edges = cv2.Canny(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), *thresholds)
-    return np.repeat(edges[..., None], 3, axis=2).astype(np.float32) / 255.0
+    return control_condition(frame, "canny", thresholds)
 
 
 def latent_preview(x0: torch.Tensor) -> np.ndarray:
@@ -300,7 +301,7 @@ class KeyFrameSampler:
     def _control_image(self, frame: np.ndarray) -> torch.Tensor | None:
         if self.controlnet is None:
             return None
-        edges = canny_condition(frame, self.settings.canny_thresholds)
+        edges = control_condition(frame, self.settings.annotator, self.settings.canny_thresholds)
         # ControlNet sees the image at 8x latent size (its embedding downsamples by 8); with
         # SD1.x's VAE that is the frame's own size.
         factor = 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
@@ -384,7 +385,10 @@ def diffusion_key_identity(
 ) -> str:
     """A diffusion key's cache identity (besides frame and references). The precision is part
     of it: a float16 key is not a float32 key."""
-    return f"diffusion:v1:{model_key}:{dtype}:{settings_with_overrides(settings, params)!r}"
+    identity = f"diffusion:v1:{model_key}:{dtype}:{settings_with_overrides(settings, params)!r}"
+    if settings.annotator != "canny":  # a plugin annotator's images depend on its version
+        identity += f":{annotator_identity(settings.annotator)}"
+    return identity
 
 
 class DiffusionKeyRenderer(KeyRenderer):

@@ -44,6 +44,25 @@ def load_controlnet(path: Path, device: str, dtype, allow_pickle: bool = False):
 
 
 @dataclass(frozen=True)
+class ControlNetChoice:
+    """A ControlNet picked by annotator type or path: its file, scale and annotator."""
+
+    path: Path
+    scale: float
+    annotator: str
+    note: str | None = None
+
+
+def choose_controlnet(spec: str) -> ControlNetChoice:
+    """The ControlNet for `spec` ("canny:0.7", "softedge", "path/to/cn.safetensors:0.5"); one
+    place for the CLI and projects, so both feed the same annotator to the same model."""
+    from zvstudio.diffusion.controlnet import controlnet_annotator, resolve_controlnet
+
+    choice = resolve_controlnet(spec)
+    return ControlNetChoice(choice.path, choice.scale, controlnet_annotator(spec), choice.note)
+
+
+@dataclass(frozen=True)
 class DiffusionSpec:
     """The diffusion key renderer's model files and settings (one request's worth)."""
 

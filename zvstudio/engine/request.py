@@ -99,10 +99,9 @@ def _project_renderer(project: Project) -> KeyRendererSpec:
 def _project_diffusion(settings):
     """The diffusion spec of a project's settings (the model files are checked when loaded)."""
     from zvstudio.diffusion.constraints import ConstraintSchedule
-    from zvstudio.diffusion.controlnet import resolve_controlnet
     from zvstudio.diffusion.lora import LoraSpec
     from zvstudio.diffusion.sampler import KeySettings
-    from zvstudio.engine.preview import DiffusionSpec
+    from zvstudio.engine.preview import DiffusionSpec, choose_controlnet
     from zvstudio.project.model import CONSTRAINT_RANGES
 
     if not settings.model:
@@ -110,11 +109,12 @@ def _project_diffusion(settings):
             "the project uses diffusion but names no model",
             hint="choose a Stable Diffusion 1.5 checkpoint in the project settings",
         )
-    controlnet, scale = None, settings.controlnet_scale
+    controlnet, scale, annotator = None, settings.controlnet_scale, "canny"
     if settings.controlnet:
-        choice = resolve_controlnet(f"{settings.controlnet}:{settings.controlnet_scale}")
-        controlnet, scale = choice.path, choice.scale
+        choice = choose_controlnet(f"{settings.controlnet}:{settings.controlnet_scale}")
+        controlnet, scale, annotator = choice.path, choice.scale, choice.annotator
     key_settings = KeySettings(
+        annotator=annotator,
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
         steps=settings.steps,

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -62,6 +63,10 @@ class _JobRow(QWidget):
         font = self.title.font()
         font.setBold(True)
         self.title.setFont(font)
+        # Long titles (file names) are clipped, never widen the row past the dock.
+        self.title.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.title.setMinimumWidth(60)
+        self.title.setToolTip(title)
         self.state = QLabel(_STATE_TEXT[JobState.QUEUED])
         self.stage = QLabel()
         self.eta = QLabel()
@@ -98,7 +103,8 @@ class _JobRow(QWidget):
         grid.addWidget(self.stage, 2, 1)
         grid.addWidget(self.eta, 2, 2, Qt.AlignRight)
         grid.addWidget(self.error, 3, 1, 1, 2)
-        buttons = QHBoxLayout()
+        buttons = QVBoxLayout()  # stacked, so the row fits a narrow dock
+        buttons.setSpacing(2)
         for button in (self.pause, self.cancel, self.details):
             buttons.addWidget(button)
         for button in (self.pause, self.cancel):  # keep the progress bars of all rows aligned
