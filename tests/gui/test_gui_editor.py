@@ -184,3 +184,26 @@ def test_event_loop_never_stalls_during_a_render(qtbot, window, tmp_path):
     # The target is 100 ms on this machine; the bound here is loose for loaded CI machines
     # and catches real blocking (a render on the GUI thread stalls for seconds).
     assert worst < 0.5
+
+
+def test_set_a_prompt_in_the_inspector_and_undo_it(qtbot, window, clip):
+    window.open_path(clip)
+    edit = window.inspector.prompt_edit
+    edit.setFocus()
+    qtbot.keyClicks(edit, "a watercolour city")
+    assert window.document.project.settings.prompt == "a watercolour city"
+    window.undo_action.trigger()  # typing is one undo step
+    assert window.document.project.settings.prompt == ""
+    assert edit.toPlainText() == ""
+
+
+def test_preview_the_key_at_the_playhead(qtbot, window, clip):
+    window.open_path(clip)
+    window.transport.seek(6)
+    job = window.preview_key()
+    qtbot.waitUntil(lambda: window.bridge.queue.job(job).state.ended, timeout=60_000)
+    qtbot.waitUntil(lambda: window.preview_image is not None, timeout=5_000)
+    number, image = window.preview_image
+    assert number == 6 and image.shape == (80, 128, 3)
+    assert window.rendered_frame(6) is image  # shown in the viewer's rendered side
+    assert window.viewer.mode() != "original"
