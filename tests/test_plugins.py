@@ -91,6 +91,40 @@ def test_a_plugin_flow_estimator_is_listed_and_created_by_name(tmp_path):
     assert np.all(cache.get(0, 1, a, b)[..., 0] == 2.5)
 
 
+def test_a_render_propagates_with_the_plugin_estimator_it_names(tmp_path):
+    from helpers import make_clip
+
+    from zvstudio.engine.render import render
+    from zvstudio.engine.request import KeyRendererSpec, RenderRequest
+    from zvstudio.media import ExportSettings
+
+    used = []
+
+    class CountingShift(ShiftFlow):
+        def compute(self, source, target):
+            used.append(source.shape)
+            return super().compute(source, target)
+
+    load(FakeEntry("shifty", lambda api: api.register_flow_estimator("shift", CountingShift)))
+    clip, _, _ = make_clip(tmp_path / "c.mp4", count=6, width=64, height=48)
+
+    def request(flow: str, output: str) -> RenderRequest:
+        return RenderRequest(
+            clip,
+            tmp_path / output,
+            KeyRendererSpec(style="pencil"),
+            ExportSettings(format="png"),
+            key_frames=(0, 5),
+            flow_estimator=flow,
+        )
+
+    result = render(request("shift", "out"))
+    assert result.frames == 6 and used and used[0] == (48, 64, 3)
+    with pytest.raises(ZvsError, match="unknown flow estimator"):
+        render(request("gmflow", "never"))
+    assert not (tmp_path / "never").exists()
+
+
 def test_plugins_load_lazily_and_once_when_estimators_are_listed(monkeypatch):
     calls = []
 

@@ -193,6 +193,11 @@ def _add_render(commands) -> None:
         choices=("ultrafast", "fast", "medium", "fine"),
         help="optical-flow quality for propagation (default fine; the demo uses medium)",
     )
+    render_parser.add_argument(
+        "--flow",
+        metavar="NAME",
+        help="optical-flow estimator for propagation: dis (default) or one a plugin adds",
+    )
     render_parser.add_argument("--from", dest="first", type=int, help="first frame (0-based)")
     render_parser.add_argument("--to", dest="last", type=int, help="last frame (inclusive)")
     render_parser.add_argument(
@@ -313,6 +318,7 @@ def _with_overrides(request, args):
         key_frames=key_frames,
         key_interval=key_interval,
         flow_preset=flow_preset,
+        flow_estimator=args.flow or request.flow_estimator,
     )
 
 

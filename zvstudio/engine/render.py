@@ -21,7 +21,7 @@ import numpy as np
 from zvstudio.engine.keycache import KeyCache
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
 from zvstudio.errors import RenderCancelled, StageError, ZvsError
-from zvstudio.flow import DISFlow, FlowCache
+from zvstudio.flow import DISFlow, FlowCache, FlowEstimator, create_flow_estimator
 from zvstudio.hashing import file_hash, text_hash
 from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer, RenderedKey
 from zvstudio.media import (
@@ -295,6 +295,7 @@ def render(
     # Check everything the user can get wrong before any work starts.
     check_output(request.output, request.export)
     renderer = create_key_renderer(request.renderer, log)
+    estimator = flow_estimator(request)
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
     keys = plan_keys(request, first, last)
@@ -321,7 +322,6 @@ def render(
                 KeyCache(),
                 log,
             )
-            estimator = DISFlow(request.flow_preset)
             flows = FlowCache(estimator, clip_id)
             segments = SegmentCache(segment_context(request, estimator, clip_id, reader.size))
             frames = propagate_clip(
@@ -357,6 +357,13 @@ def render(
             f"cache; {result.rendered_keys} of {result.keys} keys needed rendering"
         )
     return result
+
+
+def flow_estimator(request: RenderRequest) -> FlowEstimator:
+    """The request's optical flow estimator (DIS at its preset, or another by name)."""
+    if request.flow_estimator == "dis":
+        return DISFlow(request.flow_preset)
+    return create_flow_estimator(request.flow_estimator)
 
 
 def segment_context(request: RenderRequest, estimator, clip_id: str, size: tuple[int, int]) -> str:

@@ -51,7 +51,8 @@ class RenderRequest:
     key_interval: int | None = None
     key_params: tuple[tuple[int, KeyParams], ...] = ()  # per-key overrides (prompt, seed, ...)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
-    flow_preset: str = "fine"
+    flow_preset: str = "fine"  # the DIS estimator's quality
+    flow_estimator: str = "dis"  # "dis", "raft" or one a plugin registered
 
 
 def request_from_project(project: Project, output: Path) -> RenderRequest:

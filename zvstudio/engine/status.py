@@ -18,6 +18,7 @@ import numpy as np
 from zvstudio.engine.keycache import KeyCache
 from zvstudio.engine.render import (
     create_key_renderer,
+    flow_estimator,
     key_identities,
     key_slot,
     plan_keys,
@@ -25,7 +26,6 @@ from zvstudio.engine.render import (
     segment_context,
 )
 from zvstudio.engine.request import RenderRequest
-from zvstudio.flow import DISFlow
 from zvstudio.hashing import file_hash
 from zvstudio.media import MediaInfo, probe
 from zvstudio.propagate.cache import SegmentCache
@@ -95,7 +95,7 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
         _identity_source(request), keys, dict(request.key_params), clip_id, size
     )
     key_states, key_files = _key_states(keys, identities, clip_id, size)
-    segments = SegmentCache(segment_context(request, DISFlow(request.flow_preset), clip_id, size))
+    segments = SegmentCache(segment_context(request, flow_estimator(request), clip_id, size))
     spans = []
     for start, stop, involved in segment_spans(keys, first, last):
         folder = segments.folder(start, stop, tuple(identities[k] for k in involved))
