@@ -42,14 +42,18 @@ def test_no_qt_import_outside_gui_in_the_source():
     assert offenders == []
 
 
-def test_engine_and_algorithms_import_without_loading_qt():
+def test_engine_and_algorithms_import_without_loading_qt(tmp_path):
     code = (
         "import importlib, sys\n"
         f"for name in {non_gui_modules()!r}: importlib.import_module(name)\n"
         f"loaded = [m for m in {QT_MODULES!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # Run outside the checkout so the child imports the same (installed) zvstudio as this
+    # process, whose zvstudio.resources exists only once installed.
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
 
 
