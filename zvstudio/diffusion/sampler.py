@@ -88,6 +88,32 @@ def seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator).to(like)
 
 
+def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP text embeddings of `prompts` (one row each), in the UNet's dtype."""
+    tokenizer, encoder = components.tokenizer, components.text_encoder
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return encoder(tokens.input_ids.to(components.device))[0].to(components.unet.dtype)
+
+
+def next_alpha(scheduler, timesteps: torch.Tensor, index: int) -> torch.Tensor:
+    """ᾱ of the step after `index` in `timesteps` (the schedule's final ᾱ after the last)."""
+    if index + 1 < len(timesteps):
+        return scheduler.alphas_cumprod[int(timesteps[index + 1])]
+    return scheduler.final_alpha_cumprod
+
+
+def ddim_update(x0: torch.Tensor, epsilon: torch.Tensor, alpha_prev: torch.Tensor) -> torch.Tensor:
+    """x_{t-1} = sqrt(ᾱ_prev) x̂0 + sqrt(1 - ᾱ_prev) ε (DDIM, eta 0), for an adjusted x̂0."""
+    alpha_prev = alpha_prev.to(x0)
+    return alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * epsilon
+
+
 @dataclass
 class _Run:
     """What one key's sampling passes share."""
@@ -265,10 +291,7 @@ class KeyFrameSampler:
     def _fuse_pixels(self, latents, guide, index, run) -> torch.Tensor:
         """Pull x_{t-1} towards the composite noised to the same level, inside the mask."""
         composite, valid, _ = guide
-        if index + 1 < len(run.timesteps):
-            alpha_prev = run.scheduler.alphas_cumprod[int(run.timesteps[index + 1])]
-        else:
-            alpha_prev = run.scheduler.final_alpha_cumprod
+        alpha_prev = next_alpha(run.scheduler, run.timesteps, index)
         noised = q_sample(composite.to(latents), run.noise_like(latents), alpha_prev)
         return pixel_aware_fusion(latents, noised, valid, self.settings.pixel_fusion_weight)
 
@@ -288,15 +311,7 @@ class KeyFrameSampler:
             self.store.set_mode("use", record=True)
 
     def _encode_prompts(self, prompt: str) -> torch.Tensor:
-        tokenizer, encoder = self.components.tokenizer, self.components.text_encoder
-        tokens = tokenizer(
-            [self.settings.negative_prompt, prompt],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+        return encode_prompts(self.components, [self.settings.negative_prompt, prompt])
 
     def _control_image(self, frame: np.ndarray) -> torch.Tensor | None:
         if self.controlnet is None:
@@ -358,13 +373,8 @@ class KeyFrameSampler:
         return x0
 
     def _ddim_step(self, scheduler, t, x0, epsilon, index, timesteps) -> torch.Tensor:
-        """x_{t-1} = sqrt(ᾱ_prev) x̂0 + sqrt(1 - ᾱ_prev) ε (DDIM, eta 0) with the adjusted x̂0."""
-        if index + 1 < len(timesteps):
-            alpha_prev = scheduler.alphas_cumprod[int(timesteps[index + 1])]
-        else:
-            alpha_prev = scheduler.final_alpha_cumprod
-        alpha_prev = alpha_prev.to(x0)
-        return (alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * epsilon).to(self.dtype)
+        alpha_prev = next_alpha(scheduler, timesteps, index)
+        return ddim_update(x0, epsilon, alpha_prev).to(self.dtype)
 
     def set_anchor_frame(self, frame: np.ndarray) -> None:
         self._anchor_frame, _ = _pad_multiple(frame, self.multiple)

@@ -1,0 +1,404 @@
+"""Text2Video-Zero (METHOD section 2): a temporally consistent clip from one SD1.5 model.
+
+Written on our own model layer (diffusers' TextToVideoZeroPipeline is deprecated):
+
+1. Every spatial self-attention layer (UNet, and ControlNet when there is one) becomes
+   cross-frame attention to frame 0: each frame keeps its own query, keys and values come from
+   frame 0's features (`FirstFrameAttnProcessor`). Frame 0 therefore attends to itself only and
+   its trajectory is independent of every other frame.
+2. Motion dynamics (text mode): frame 0 is denoised from x_T down to t1, then on to t0. Every
+   other frame k starts from frame 0's x_t0 translated globally by k·δ (`translate_latents`),
+   re-noised in one DDPM step from t0 back to t1 (`renoise`). t0 and t1 are fractions of the
+   training schedule (0.88 and 0.94: the paper's 44 and 47 of 50 steps), so any step count works.
+3. All frames are denoised jointly from t1 with classifier-free guidance in one batch.
+4. Long clips are made in chunks that each include frame 0, with absolute frame ids for the
+   motion and the noise, so a chunked clip equals an unchunked one.
+
+ControlNet mode (an input clip's edges / pose / depth): every frame starts from the same x_T,
+there is no latent motion (the control images carry it), and the ControlNet's self-attention is
+cross-frame too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zvstudio.diffusion.annotators import control_condition
+from zvstudio.diffusion.attention import CrossFrameAttnProcessor, select_self_attention_layers
+from zvstudio.diffusion.encoding import decode
+from zvstudio.diffusion.loading import Components
+from zvstudio.diffusion.sampler import ddim_update, encode_prompts, next_alpha
+from zvstudio.errors import ZvsError
+from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+
+# The paper's motion field is 12 px per frame at 512 px: a fraction of the frame, kept as such
+# at other sizes.
+MOTION_REFERENCE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class TextToVideoSettings:
+    """Everything that determines a Text2Video-Zero clip besides the models."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    frames: int = 8
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    # Global translation per frame (x, y), in pixels of a 512 px frame; the camera pans by it.
+    motion_field: tuple[float, float] = (12.0, 12.0)
+    # Where frame 0's latent is copied (t0) and re-noised back to (t1), as fractions of the
+    # training schedule (t / num_train_timesteps); t1 > t0.
+    t0: float = 0.88
+    t1: float = 0.94
+    chunk_size: int = 8  # frames denoised together, frame 0 included in each chunk
+    controlnet_scale: float = 1.0
+    annotator: str = "canny"  # what turns the input clip's frames into control images
+
+    def check(self) -> None:
+        """Raise `ZvsError` for settings that cannot make a clip."""
+        if self.frames < 1:
+            raise ZvsError(f"a clip needs at least one frame, not {self.frames}")
+        if self.steps < 3:
+            raise ZvsError(f"Text2Video-Zero needs at least 3 steps, not {self.steps}")
+        if self.chunk_size < 2:
+            raise ZvsError(f"chunks hold frame 0 and at least one more: not {self.chunk_size}")
+        if self.width % 8 or self.height % 8 or min(self.width, self.height) < 8:
+            raise ZvsError(f"{self.width}x{self.height}: width and height must be multiples of 8")
+        if not 0 < self.t0 < self.t1 < 1:
+            raise ZvsError(f"need 0 < t0 < t1 < 1, got t0={self.t0}, t1={self.t1}")
+
+
+# -- cross-frame attention to frame 0 ---------------------------------------------------------
+class FrameLayout:
+    """How a UNet batch is laid out: `groups` guidance branches of equally many frames each,
+    frame 0 first in every group. Shared by the installed processors."""
+
+    def __init__(self, groups: int = 2) -> None:
+        self.groups = groups
+
+
+class FirstFrameAttnProcessor(CrossFrameAttnProcessor):
+    """Self-attention whose keys and values are frame 0's (Text2Video-Zero): every frame of a
+    guidance branch attends to that branch's frame 0, computed exactly as AttnProcessor2_0."""
+
+    def __init__(self, name: str, layout: FrameLayout) -> None:
+        self.name = name
+        self.layout = layout
+
+    def _kv_source(self, features: torch.Tensor, attention_mask) -> torch.Tensor:
+        if attention_mask is not None:
+            raise ValueError("cross-frame attention does not support self-attention masks")
+        batch, tokens, channels = features.shape
+        groups = self.layout.groups
+        if batch % groups:
+            raise ValueError(f"a batch of {batch} does not split into {groups} guidance branches")
+        per_group = features.view(groups, batch // groups, tokens, channels)
+        return per_group[:, :1].expand_as(per_group).reshape(batch, tokens, channels)
+
+
+@contextmanager
+def first_frame_attention(models: Sequence, layout: FrameLayout) -> Iterator[None]:
+    """Cross-frame attention to frame 0 in every spatial self-attention layer of `models`
+    (a UNet, a ControlNet), restored to their own processors afterwards."""
+    originals = [dict(model.attn_processors) for model in models]
+    try:
+        for model, processors in zip(models, originals, strict=True):
+            chosen = select_self_attention_layers(list(processors), "all")
+            installed = {
+                n: FirstFrameAttnProcessor(n.removesuffix(".processor"), layout) for n in chosen
+            }
+            model.set_attn_processor({**processors, **installed})
+        yield
+    finally:
+        for model, processors in zip(models, originals, strict=True):
+            model.set_attn_processor(dict(processors))
+
+
+# -- the schedule and the motion --------------------------------------------------------------
+def schedule_index(timesteps: torch.Tensor, fraction: float, train_steps: int) -> int:
+    """The index of the step whose timestep is nearest `fraction` of the training schedule."""
+    target = fraction * train_steps
+    return int(torch.argmin((timesteps.double() - target).abs()))
+
+
+def motion_indices(timesteps: torch.Tensor, settings: TextToVideoSettings, train_steps: int):
+    """(index of t1, index of t0) in `timesteps`: frame 0 runs steps [0, i1) to reach x_t1 and
+    [i1, i0) to reach x_t0. t0 always lies at least one step after t1."""
+    i1 = schedule_index(timesteps, settings.t1, train_steps)
+    i0 = max(schedule_index(timesteps, settings.t0, train_steps), i1 + 1)
+    if i0 >= len(timesteps):
+        raise ZvsError(f"{len(timesteps)} steps are too few for t0={settings.t0}")
+    return i1, i0
+
+
+def motion_shift(
+    frame_id: int, motion_field: tuple[float, float], latent_size: tuple[int, int]
+) -> tuple[float, float]:
+    """Frame `frame_id`'s translation (x, y) in latent pixels: frame_id · δ, with δ given in
+    pixels of a 512 px frame and scaled to the latent's width and height."""
+    height, width = latent_size
+    dx, dy = motion_field
+    return (
+        frame_id * dx * width / MOTION_REFERENCE_SIZE,
+        frame_id * dy * height / MOTION_REFERENCE_SIZE,
+    )
+
+
+def translate_latents(latents: torch.Tensor, shifts: Sequence[tuple[float, float]]) -> torch.Tensor:
+    """Translate each latent (F, C, h, w) globally: out_k(x, y) = in_k(x + sx_k, y + sy_k),
+    nearest sampling, reflection padding (the paper's warp; no blur from interpolation)."""
+    frames, _, height, width = latents.shape
+    shift = torch.tensor(shifts, dtype=torch.float64).view(frames, 1, 1, 2)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64),
+        torch.arange(width, dtype=torch.float64),
+        indexing="ij",
+    )
+    source = torch.stack([xs, ys], dim=-1)[None] + shift  # pixel coordinates
+    # grid_sample's normalised coordinates (align_corners=False: pixel centres at (2i+1)/n - 1).
+    size = torch.tensor([width, height], dtype=torch.float64)
+    grid = (2 * source + 1) / size - 1
+    moved = F.grid_sample(
+        latents.float(),
+        grid.float().to(latents.device),
+        mode="nearest",
+        padding_mode="reflection",
+        align_corners=False,
+    )
+    return moved.to(latents.dtype)
+
+
+def renoise(x_t0: torch.Tensor, noise: torch.Tensor, alpha_t0, alpha_t1) -> torch.Tensor:
+    """One DDPM forward step from t0 to t1 > t0:
+    x_t1 = sqrt(ᾱ_t1/ᾱ_t0) x_t0 + sqrt(1 - ᾱ_t1/ᾱ_t0) ε."""
+    ratio = (alpha_t1 / alpha_t0).to(x_t0)
+    return ratio.sqrt() * x_t0 + (1 - ratio).sqrt() * noise
+
+
+def frame_noise(shape: Sequence[int], seed: int, frame_id: int) -> torch.Tensor:
+    """Noise for one frame, drawn on the CPU from (seed, absolute frame id): the same in every
+    chunking of a clip."""
+    generator = torch.Generator("cpu").manual_seed(seed * 1_000_003 + frame_id)
+    return torch.randn(tuple(shape), generator=generator)
+
+
+def chunks(frames: int, chunk_size: int) -> list[list[int]]:
+    """Absolute frame ids of each chunk: frame 0 first in every chunk, the others in order."""
+    rest = list(range(1, frames))
+    step = chunk_size - 1
+    return [[0, *rest[i : i + step]] for i in range(0, len(rest), step)] or [[0]]
+
+
+# -- the generator ----------------------------------------------------------------------------
+class TextToVideoZero:
+    """Makes clips with one loaded model (and optionally a ControlNet)."""
+
+    def __init__(self, components: Components, controlnet=None) -> None:
+        self.components = components
+        self.controlnet = controlnet
+        self.device = components.device
+        self.dtype = components.unet.dtype
+        self.layout = FrameLayout(groups=2)
+        self.vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        settings: TextToVideoSettings,
+        control_frames: Sequence[np.ndarray] | None = None,
+        progress: ProgressCallback = ignore_progress,
+        cancel: CancelToken | None = None,
+    ) -> list[np.ndarray]:
+        """The clip's frames (RGB uint8, settings.height x settings.width).
+
+        With a ControlNet, `control_frames` (RGB, one per output frame, any size) are turned
+        into control images by `settings.annotator`."""
+        return [
+            self._to_image(latent)
+            for latent in self.latents(settings, control_frames, progress, cancel)
+        ]
+
+    @torch.no_grad()
+    def latents(self, settings, control_frames=None, progress=ignore_progress, cancel=None):
+        """The clip's final latents (frames, C, h, w), before decoding."""
+        settings.check()
+        conditions = self._conditions(settings, control_frames)
+        scheduler = self.components.make_scheduler()
+        scheduler.set_timesteps(settings.steps)
+        timesteps = scheduler.timesteps
+        train_steps = scheduler.config.num_train_timesteps
+        embeddings = encode_prompts(self.components, [settings.negative_prompt, settings.prompt])
+        latent_shape = (
+            self.components.unet.config.in_channels,
+            settings.height // self.vae_scale,
+            settings.width // self.vae_scale,
+        )
+        start = frame_noise(latent_shape, settings.seed, -1)[None].to(self.device, self.dtype)
+        groups = chunks(settings.frames, settings.chunk_size)
+        models = [self.components.unet] + ([self.controlnet] if conditions is not None else [])
+        with first_frame_attention(models, self.layout):
+            if conditions is None:
+                i1, i0 = motion_indices(timesteps, settings, train_steps)
+                counter = _Counter(progress, i0 + len(groups) * (len(timesteps) - i1))
+                run = _Denoise(self, settings, scheduler, timesteps, embeddings, counter, cancel)
+                x_t1 = run.steps(start, range(i1), None)
+                x_t0 = run.steps(x_t1, range(i1, i0), None)
+                starts = _MotionStarts(settings, scheduler, timesteps, (i1, i0), x_t1, x_t0)
+                first_joint = i1
+            else:
+                counter = _Counter(progress, len(groups) * len(timesteps))
+                run = _Denoise(self, settings, scheduler, timesteps, embeddings, counter, cancel)
+                starts = _SharedStart(start)
+                first_joint = 0
+            result: dict[int, torch.Tensor] = {}
+            for ids in groups:
+                condition = None if conditions is None else conditions[ids]
+                latents = run.steps(
+                    starts.for_frames(ids), range(first_joint, len(timesteps)), condition
+                )
+                result.update(zip(ids, latents, strict=True))
+        return torch.stack([result[i] for i in range(settings.frames)])
+
+    def _conditions(self, settings, control_frames) -> torch.Tensor | None:
+        """ControlNet images (frames, 3, H, W) in [0, 1], or None in text mode."""
+        if self.controlnet is None:
+            if control_frames is not None:
+                raise ZvsError("an input clip guides the video only through a ControlNet")
+            return None
+        if control_frames is None or len(control_frames) < settings.frames:
+            have = 0 if control_frames is None else len(control_frames)
+            raise ZvsError(
+                f"the ControlNet needs {settings.frames} input frames, the clip gives {have}"
+            )
+        # The ControlNet sees the image at its embedding's factor times the latent size; with
+        # SD1.x's VAE and ControlNets that is the frame's own size.
+        factor = 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
+        size = (
+            settings.width // self.vae_scale * factor,
+            settings.height // self.vae_scale * factor,
+        )
+        images = [
+            control_condition(fit_frame(frame, size), settings.annotator)
+            for frame in control_frames[: settings.frames]
+        ]
+        stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+        return stacked.to(self.device, self.controlnet.dtype)
+
+    def _to_image(self, latent: torch.Tensor) -> np.ndarray:
+        image = decode(self.components.vae, latent[None])[0]
+        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return np.ascontiguousarray(rgb)
+
+
+def fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`frame` scaled to cover `size` (width, height) keeping its aspect ratio, centre-cropped:
+    never stretched."""
+    width, height = size
+    scale = max(width / frame.shape[1], height / frame.shape[0])
+    scaled_w = max(width, round(frame.shape[1] * scale))
+    scaled_h = max(height, round(frame.shape[0] * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    scaled = cv2.resize(frame, (scaled_w, scaled_h), interpolation=interpolation)
+    top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
+    return np.ascontiguousarray(scaled[top : top + height, left : left + width])
+
+
+class _Counter:
+    """Counts denoising steps (UNet calls on a batch) for progress reports."""
+
+    def __init__(self, progress: ProgressCallback, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def step(self) -> None:
+        self.done += 1
+        self.progress(Progress("generate", self.done, self.total))
+
+
+class _MotionStarts:
+    """Text mode: frame 0 starts the joint denoising from its own x_t1; frame k from frame 0's
+    x_t0 translated by k·δ and re-noised to t1 with its own noise."""
+
+    def __init__(self, settings, scheduler, timesteps, indices, x_t1, x_t0) -> None:
+        self.settings = settings
+        i1, i0 = indices
+        self.alpha_t1 = scheduler.alphas_cumprod[int(timesteps[i1])]
+        self.alpha_t0 = scheduler.alphas_cumprod[int(timesteps[i0])]
+        self.x_t1, self.x_t0 = x_t1, x_t0
+
+    def for_frames(self, ids: list[int]) -> torch.Tensor:
+        return torch.cat([self._start(frame_id) for frame_id in ids])
+
+    def _start(self, frame_id: int) -> torch.Tensor:
+        if frame_id == 0:
+            return self.x_t1
+        shift = motion_shift(frame_id, self.settings.motion_field, self.x_t0.shape[-2:])
+        moved = translate_latents(self.x_t0, [shift])
+        noise = frame_noise(moved.shape[1:], self.settings.seed, frame_id)[None].to(moved)
+        return renoise(moved.float(), noise.float(), self.alpha_t0, self.alpha_t1).to(moved.dtype)
+
+
+class _SharedStart:
+    """ControlNet mode: every frame starts from the same x_T."""
+
+    def __init__(self, start: torch.Tensor) -> None:
+        self.start = start
+
+    def for_frames(self, ids: list[int]) -> torch.Tensor:
+        return self.start.expand(len(ids), *self.start.shape[1:]).clone()
+
+
+class _Denoise:
+    """Joint DDIM steps over a batch of frames (frame 0 first), guidance batched."""
+
+    def __init__(self, owner, settings, scheduler, timesteps, embeddings, counter, cancel):
+        self.owner = owner
+        self.settings = settings
+        self.scheduler = scheduler
+        self.timesteps = timesteps
+        self.embeddings = embeddings  # (2, tokens, C): negative, positive
+        self.counter = counter
+        self.cancel = cancel
+
+    def steps(self, latents: torch.Tensor, indices: range, condition) -> torch.Tensor:
+        for index in indices:
+            if self.cancel is not None:
+                self.cancel.raise_if_cancelled()
+            t = self.timesteps[index]
+            epsilon = self._epsilon(latents, t, condition)
+            alpha = self.scheduler.alphas_cumprod[int(t)].to(epsilon)
+            x0 = (latents.float() - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
+            alpha_prev = next_alpha(self.scheduler, self.timesteps, index)
+            latents = ddim_update(x0, epsilon, alpha_prev).to(self.owner.dtype)
+            self.counter.step()
+        return latents
+
+    def _epsilon(self, latents: torch.Tensor, t, condition) -> torch.Tensor:
+        frames = latents.shape[0]
+        batch = torch.cat([latents, latents])  # [negative frames..., positive frames...]
+        embeddings = self.embeddings.repeat_interleave(frames, dim=0)
+        extra = {}
+        if condition is not None:
+            down, mid = self.owner.controlnet(
+                batch,
+                t,
+                encoder_hidden_states=embeddings,
+                controlnet_cond=torch.cat([condition, condition]),
+                conditioning_scale=self.settings.controlnet_scale,
+                return_dict=False,
+            )
+            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        unet = self.owner.components.unet
+        output = unet(batch, t, encoder_hidden_states=embeddings, **extra).sample
+        negative, positive = output.float().chunk(2)
+        return negative + self.settings.guidance_scale * (positive - negative)
