@@ -306,3 +306,61 @@ def write_tiny_controlnet_single_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dest))
     return dest
+
+
+# ---------------------------------------------------------------------- AnimateDiff motion
+
+TINY_MOTION = {
+    "block_out_channels": [32, 64],
+    "motion_layers_per_block": 1,
+    "motion_num_attention_heads": 8,  # what load_motion_adapter assumes for single files
+    "motion_norm_num_groups": 32,
+    "motion_max_seq_length": 24,
+    "use_motion_mid_block": True,
+}
+
+
+def build_tiny_motion_adapter(seed: int = 0, **overrides):
+    """A MotionAdapter for the tiny UNet with seeded random weights (the real ones start with
+    zeroed output projections; randomised, the temporal attention changes the result)."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(**{**TINY_MOTION, **overrides})
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return adapter.eval()
+
+
+def motion_key_to_original(key: str) -> str:
+    """The original AnimateDiff name of a diffusers MotionAdapter key (diffusers' single-file
+    conversion, reversed)."""
+    key = re.sub(r"(motion_modules\.\d+)\.", r"\1.temporal_transformer.", key)
+    for new, old in (
+        (".norm1", ".norms.0"),
+        (".norm2", ".norms.1"),
+        (".norm3", ".ff_norm"),
+        (".attn1", ".attention_blocks.0"),
+        (".attn2", ".attention_blocks.1"),
+    ):
+        key = key.replace(new, old)
+    return key
+
+
+def write_tiny_motion_single_file(dest: Path, adapter) -> Path:
+    """`adapter` as one `.safetensors` in the original AnimateDiff layout (mm_sd_v15_v2 style,
+    with the `pos_encoder.pe` tables the original files carry on each attention block)."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for k, v in adapter.state_dict().items():
+        if k.endswith("pos_embed.pe"):
+            block = motion_key_to_original(k.removesuffix("pos_embed.pe"))
+            for n in (0, 1):
+                state[f"{block}attention_blocks.{n}.pos_encoder.pe"] = v.clone()
+        else:
+            state[motion_key_to_original(k)] = v.contiguous()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(dest))
+    return dest

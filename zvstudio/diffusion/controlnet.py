@@ -26,12 +26,12 @@ import torch
 from zvstudio.diffusion.annotators import BUILTIN_ANNOTATORS, available_annotators, has_annotator
 from zvstudio.diffusion.identify import BASE_LABELS, KIND_LABELS, ModelInfo, classify
 from zvstudio.diffusion.loading import (
-    _open_checkpoint,
     _rename_map,
     _same_shape,
-    _weights_kwargs,
     force_offline,
     from_pretrained_checked,
+    open_checkpoint,
+    weights_kwargs,
 )
 from zvstudio.diffusion.tokenizer import sd15_config_dir
 from zvstudio.errors import ZvsError
@@ -119,7 +119,7 @@ def _load_folder(path: Path, dtype: torch.dtype, allow_pickle: bool) -> ControlN
             f"{path} is a ControlNet for {BASE_LABELS[info.base]}, not SD1.x.",
             hint=_hint(info.kind, info.base, info.details),
         )
-    kwargs = _weights_kwargs(path, allow_pickle)
+    kwargs = weights_kwargs(path, allow_pickle)
     return from_pretrained_checked(
         ControlNetModel, path, f"The ControlNet {path}", torch_dtype=dtype, **kwargs
     )
@@ -186,7 +186,7 @@ def match_controlnet_checkpoint(
 def _load_single_file(
     path: Path, dtype: torch.dtype, allow_pickle: bool, config_dir: Path | None
 ) -> ControlNetModel:
-    tensors = _open_checkpoint(path, allow_pickle)
+    tensors = open_checkpoint(path, allow_pickle)
     model = empty_controlnet(config_dir)
     rename = match_controlnet_checkpoint(model, {k: tensors.shape(k) for k in tensors}, path.name)
     state = {

@@ -157,7 +157,7 @@ def _load_diffusers_folder(
         (AutoencoderKL, "vae"),
         (CLIPTextModel, "text_encoder"),
     ):
-        kwargs = _weights_kwargs(path / sub, allow_pickle)
+        kwargs = weights_kwargs(path / sub, allow_pickle)
         if sub != "text_encoder":
             kwargs["torch_dtype"] = dtype
         model = from_pretrained_checked(cls, path, f"The {sub} of {path}", subfolder=sub, **kwargs)
@@ -182,7 +182,7 @@ def from_pretrained_checked(cls: Any, path: Path, what: str, **kwargs: Any) -> A
     return model
 
 
-def _weights_kwargs(folder: Path, allow_pickle: bool) -> dict[str, Any]:
+def weights_kwargs(folder: Path, allow_pickle: bool) -> dict[str, Any]:
     """from_pretrained arguments that pick the folder's safetensors weights (or allowed pickles)."""
     names = {p.name for p in folder.iterdir()}
     for variant in (None, "fp16"):
@@ -260,7 +260,7 @@ class _Tensors(Mapping[str, torch.Tensor]):
         return tuple(self._source.get_slice(key).get_shape())
 
 
-def _open_checkpoint(path: Path, allow_pickle: bool) -> _Tensors:
+def open_checkpoint(path: Path, allow_pickle: bool) -> _Tensors:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors import safe_open
@@ -408,7 +408,7 @@ def _under(keys: list[str], prefix: str) -> list[str]:
 def _load_single_file(
     path: Path, config_dir: Path, allow_pickle: bool, dtype: torch.dtype
 ) -> tuple:
-    tensors = _open_checkpoint(path, allow_pickle)
+    tensors = open_checkpoint(path, allow_pickle)
     models = empty_sd15_models(config_dir)
     renames = match_original_checkpoint(models, {k: tensors.shape(k) for k in tensors}, path.name)
     for model, rename in zip(models, renames, strict=True):

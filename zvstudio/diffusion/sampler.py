@@ -142,7 +142,7 @@ def latent_preview(x0: torch.Tensor) -> np.ndarray:
     return ((rgb + 1) * 127.5).clamp(0, 255).byte().numpy()
 
 
-def _pad_multiple(frame: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+def pad_to_multiple(frame: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Reflect-pad to a multiple of `multiple` (never distort the aspect ratio by resizing)."""
     height, width = frame.shape[:2]
     pad_h, pad_w = -height % multiple, -width % multiple
@@ -196,7 +196,7 @@ class KeyFrameSampler:
         priority order (the anchor first, then the previous key).
         """
         settings = self.settings
-        padded, (height, width) = _pad_multiple(frame, self.multiple)
+        padded, (height, width) = pad_to_multiple(frame, self.multiple)
         scheduler = self.components.make_scheduler()
         scheduler.set_timesteps(settings.steps)
         start = settings.steps - round(settings.steps * settings.strength)
@@ -278,8 +278,8 @@ class KeyFrameSampler:
         composite = rough.copy()
         covered = np.zeros(frame.shape[:2], bool)
         for source, rendered in reversed(references):  # the first reference ends on top
-            source, _ = _pad_multiple(source, self.multiple)
-            rendered, _ = _pad_multiple(rendered, self.multiple)
+            source, _ = pad_to_multiple(source, self.multiple)
+            rendered, _ = pad_to_multiple(rendered, self.multiple)
             to_reference, back = self._flow.compute_pair(frame, source)
             valid = consistency_mask(to_reference, back)
             composite[valid] = warp(rendered, to_reference)[valid]
@@ -377,7 +377,7 @@ class KeyFrameSampler:
         return ddim_update(x0, epsilon, alpha_prev).to(self.dtype)
 
     def set_anchor_frame(self, frame: np.ndarray) -> None:
-        self._anchor_frame, _ = _pad_multiple(frame, self.multiple)
+        self._anchor_frame, _ = pad_to_multiple(frame, self.multiple)
 
 
 def settings_with_overrides(settings: KeySettings, params: KeyParams | None) -> KeySettings:
