@@ -15,6 +15,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 from zvstudio import __version__
@@ -80,6 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_render(commands)
     _add_propagate(commands)
     _add_preview(commands)
+    _add_generate(commands)
+    _add_animate(commands)
     _add_styles(commands)
     _add_models(commands)
     _add_cache(commands)
@@ -509,27 +512,9 @@ def _parse_keys(items: list[str]) -> dict[int, Path]:
 # -- preview ----------------------------------------------------------------------------------
 def _add_diffusion_options(parser, model_required: bool) -> None:
     """Options of the diffusion key renderer, shared by `preview` and `render`."""
-    parser.add_argument(
-        "--model",
-        type=Path,
-        required=model_required,
-        help="an SD1.x checkpoint (.safetensors) or diffusers folder",
-    )
+    _add_model_options(parser, model_required)
     parser.add_argument("--prompt", default="", help="what the frames should look like")
     parser.add_argument("--negative", default="", help="what they should not look like")
-    parser.add_argument(
-        "--lora",
-        action="append",
-        default=[],
-        metavar="PATH[:WEIGHT]",
-        help="apply a LoRA (repeatable), e.g. --lora ink.safetensors:0.8",
-    )
-    parser.add_argument(
-        "--controlnet",
-        metavar="PATH[:SCALE]",
-        help="a canny ControlNet: 'canny' (found in your model folders), a .safetensors file "
-        "or a diffusers folder, with an optional :SCALE (default 0.7)",
-    )
     parser.add_argument(
         "--strength",
         type=float,
@@ -539,6 +524,29 @@ def _add_diffusion_options(parser, model_required: bool) -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_model_options(
+    parser, model_required: bool, controlnet_default: float | None = 0.7
+) -> None:
+    """Which model files to load and where to run them: shared by every diffusion command."""
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=model_required,
+        help="an SD1.x checkpoint (.safetensors) or diffusers folder",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:WEIGHT]",
+        help="apply a LoRA (repeatable), e.g. --lora ink.safetensors:0.8",
+    )
+    if controlnet_default is None:  # this command takes no ControlNet
+        parser.set_defaults(controlnet=None)
+    else:
+        _add_controlnet_option(parser, controlnet_default)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--precision",
@@ -566,40 +574,61 @@ def _add_diffusion_options(parser, model_required: bool) -> None:
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)  # tests: tiny models
 
 
+def _add_controlnet_option(parser, default_scale: float) -> None:
+    parser.add_argument(
+        "--controlnet",
+        metavar="PATH[:SCALE]",
+        help="a ControlNet: an annotator name such as 'canny' (found in your model folders), "
+        f"a .safetensors file or a diffusers folder, with an optional :SCALE "
+        f"(default {default_scale})",
+    )
+
+
 def _diffusion_spec(args):
     """The DiffusionSpec the diffusion options describe."""
-    from zvstudio.diffusion.lora import LoraSpec
     from zvstudio.diffusion.sampler import KeySettings
-    from zvstudio.engine.preview import DiffusionSpec
     from zvstudio.errors import ZvsError
 
     if not 0 <= args.strength <= 1:
         raise ZvsError(f"--strength must be between 0 and 1, got {args.strength}")
     if args.steps < 1:
         raise ZvsError(f"--steps must be at least 1, got {args.steps}")
-    controlnet, scale, annotator = None, 0.7, "canny"
-    if args.controlnet:
-        from zvstudio.engine.preview import choose_controlnet
-
-        choice = choose_controlnet(args.controlnet)
-        controlnet, scale, annotator = choice.path, choice.scale, choice.annotator
-        if choice.note:
-            print(f"zvstudio: note: {choice.note}", file=sys.stderr)
+    controlnet = _controlnet_choice(args, default_scale=0.7)
     settings = KeySettings(
-        annotator=annotator,
+        annotator=controlnet.annotator if controlnet else "canny",
         prompt=args.prompt,
         negative_prompt=args.negative,
         steps=args.steps,
         guidance_scale=args.cfg,
         strength=args.strength,
         seed=args.seed,
-        controlnet_scale=scale,
+        controlnet_scale=controlnet.scale if controlnet else 0.7,
     )
+    return _model_spec(args, settings, controlnet)
+
+
+def _controlnet_choice(args, default_scale: float):
+    """The ControlNet --controlnet names (path, scale, annotator), or None."""
+    if not args.controlnet:
+        return None
+    from zvstudio.engine.preview import choose_controlnet
+
+    choice = choose_controlnet(args.controlnet, default_scale)
+    if choice.note:
+        print(f"zvstudio: note: {choice.note}", file=sys.stderr)
+    return choice
+
+
+def _model_spec(args, settings, controlnet):
+    """The DiffusionSpec of the model options, with `settings` for the key renderer."""
+    from zvstudio.diffusion.lora import LoraSpec
+    from zvstudio.engine.preview import DiffusionSpec
+
     return DiffusionSpec(
         args.model,
         settings,
         tuple(LoraSpec.parse(t) for t in args.lora),
-        controlnet,
+        controlnet.path if controlnet else None,
         args.device,
         args.allow_pickle,
         args.config,
@@ -630,6 +659,179 @@ def _run_preview(args) -> int:
         _warn(warning)
     print(f"wrote {args.output}")
     return 0
+
+
+# -- generate / animate -----------------------------------------------------------------------
+def _add_generation_options(parser, frames: int, steps: int) -> None:
+    """Options that the generators share (besides the model options)."""
+    from zvstudio.media import FORMATS
+
+    parser.add_argument("--prompt", default="", help="what the clip should show")
+    parser.add_argument("--negative", default="", help="what it should not show")
+    parser.add_argument("--frames", type=int, default=frames, help=f"frames (default {frames})")
+    parser.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
+    parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fps", type=Fraction, default=Fraction(8), help="frame rate of the clip (default 8)"
+    )
+    parser.add_argument("--format", choices=FORMATS, help="codec (default: h264, png for a folder)")
+    parser.add_argument("--crf", type=int, default=18, help="H.264/H.265 quality (default 18)")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="output video, or a folder for PNGs"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_generate(commands) -> None:
+    parser = commands.add_parser(
+        "generate",
+        help="make a clip from a prompt (Text2Video-Zero), or from a clip's edges with --video",
+    )
+    _add_model_options(parser, model_required=True, controlnet_default=1.0)
+    _add_generation_options(parser, frames=8, steps=50)
+    parser.add_argument("--width", type=int, help="multiple of 8 (default 512, or the video's)")
+    parser.add_argument("--height", type=int, help="multiple of 8 (default 512, or the video's)")
+    parser.add_argument(
+        "--motion-field",
+        default="12,12",
+        metavar="DX,DY",
+        help="camera motion per frame in pixels of a 512 px frame (default 12,12; 0,0: none)",
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=8, help="frames denoised together, frame 0 included (8)"
+    )
+    parser.add_argument(
+        "--video",
+        type=Path,
+        help="follow this clip's first frames through the ControlNet (needs --controlnet); "
+        "its timing and audio are kept",
+    )
+    parser.set_defaults(command="generate", run=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from zvstudio.diffusion.sampler import KeySettings
+    from zvstudio.generate.jobs import (
+        TextToVideoRequest,
+        generate_text_to_video,
+        input_clip_size,
+    )
+    from zvstudio.generate.t2v_zero import TextToVideoSettings
+
+    controlnet = _controlnet_choice(args, default_scale=1.0)
+    if args.video is not None and not args.video.is_file():
+        raise ZvsError(f"video not found: {args.video}")
+    width, height = input_clip_size(args.video) if args.video else (512, 512)
+    settings = TextToVideoSettings(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        frames=args.frames,
+        steps=args.steps,
+        guidance_scale=args.cfg,
+        seed=args.seed,
+        width=args.width or width,
+        height=args.height or height,
+        motion_field=_pair(args.motion_field, "--motion-field"),
+        chunk_size=args.chunk,
+        controlnet_scale=controlnet.scale if controlnet else 1.0,
+        annotator=controlnet.annotator if controlnet else "canny",
+    )
+    request = TextToVideoRequest(
+        _model_spec(args, KeySettings(), controlnet),
+        settings,
+        args.output,
+        video=args.video,
+        fps=args.fps,
+        export=_generation_export(args, audio=True),
+    )
+    result = _run_job(
+        args, lambda progress, cancel: generate_text_to_video(request, progress, cancel, _say)
+    )
+    _print_written(result)
+    return 0
+
+
+def _add_animate(commands) -> None:
+    parser = commands.add_parser(
+        "animate", help="animate a still image (AnimateZero, with an AnimateDiff motion module)"
+    )
+    parser.add_argument(
+        "image", nargs="?", type=Path, help="the image to animate (default: make one from --prompt)"
+    )
+    _add_model_options(parser, model_required=True, controlnet_default=None)
+    parser.add_argument(
+        "--motion-adapter",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="an AnimateDiff motion module for SD1.5 (mm_sd_v15_v2.safetensors or a folder)",
+    )
+    _add_generation_options(parser, frames=16, steps=25)
+    parser.add_argument("--width", type=int, default=512, help="of a generated still (512)")
+    parser.add_argument("--height", type=int, default=512, help="of a generated still (512)")
+    parser.add_argument(
+        "--window",
+        default="all",
+        help="motion modules with causal window attention: all (default), none, down, mid, up, "
+        "or block names, comma-separated",
+    )
+    parser.add_argument(
+        "--window-length", type=int, help="frames each frame attends to (default: all before it)"
+    )
+    parser.set_defaults(command="animate", run=_run_animate)
+
+
+def _run_animate(args) -> int:
+    from zvstudio.diffusion.sampler import KeySettings
+    from zvstudio.generate.animate_zero import AnimateSettings
+    from zvstudio.generate.jobs import AnimateRequest, animate_image
+
+    if args.image is None and not args.prompt:
+        raise ZvsError("give an image to animate, or a --prompt to make one")
+    settings = AnimateSettings(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        frames=args.frames,
+        steps=args.steps,
+        guidance_scale=args.cfg,
+        seed=args.seed,
+        window=args.window,
+        window_length=args.window_length,
+        width=args.width,
+        height=args.height,
+    )
+    request = AnimateRequest(
+        _model_spec(args, KeySettings(), None),
+        args.motion_adapter,
+        settings,
+        args.output,
+        image=args.image,
+        fps=args.fps,
+        export=_generation_export(args, audio=False),
+    )
+    result = _run_job(args, lambda progress, cancel: animate_image(request, progress, cancel, _say))
+    _print_written(result)
+    return 0
+
+
+def _generation_export(args, audio: bool):
+    from zvstudio.media import ExportSettings, output_kind
+
+    fmt = args.format or ("png" if output_kind(args.output) == "png" else "h264")
+    return ExportSettings(format=fmt, crf=args.crf, audio=audio)
+
+
+def _pair(text: str, option: str) -> tuple[float, float]:
+    """ "DX,DY" as two numbers."""
+    parts = text.split(",")
+    try:
+        x, y = (float(part) for part in parts)
+    except ValueError:
+        raise ZvsError(
+            f"{option} {text!r} is not two numbers", hint=f"e.g. {option} 12,12"
+        ) from None
+    return x, y
 
 
 # -- styles -----------------------------------------------------------------------------------

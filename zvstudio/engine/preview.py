@@ -53,12 +53,18 @@ class ControlNetChoice:
     note: str | None = None
 
 
-def choose_controlnet(spec: str) -> ControlNetChoice:
+def choose_controlnet(spec: str, default_scale: float | None = None) -> ControlNetChoice:
     """The ControlNet for `spec` ("canny:0.7", "softedge", "path/to/cn.safetensors:0.5"); one
-    place for the CLI and projects, so both feed the same annotator to the same model."""
-    from zvstudio.diffusion.controlnet import controlnet_annotator, resolve_controlnet
+    place for the CLI and projects, so both feed the same annotator to the same model.
+    `default_scale` applies when the spec gives none (else the key renderer's default)."""
+    from zvstudio.diffusion.controlnet import (
+        DEFAULT_SCALE,
+        controlnet_annotator,
+        resolve_controlnet,
+    )
 
-    choice = resolve_controlnet(spec)
+    scale = DEFAULT_SCALE if default_scale is None else default_scale
+    choice = resolve_controlnet(spec, default_scale=scale)
     return ControlNetChoice(choice.path, choice.scale, controlnet_annotator(spec), choice.note)
 
 
@@ -81,6 +87,14 @@ class DiffusionSpec:
 def build_sampler(spec: DiffusionSpec, log: LogCallback = ignore_log) -> KeyFrameSampler:
     """Plan the device, load the model, its LoRAs and ControlNet, and make a key-frame sampler."""
     from zvstudio.diffusion.sampler import KeyFrameSampler
+
+    components, controlnet = load_diffusion_models(spec, log)
+    return KeyFrameSampler(components, spec.settings, controlnet=controlnet)
+
+
+def load_diffusion_models(spec: DiffusionSpec, log: LogCallback = ignore_log) -> tuple:
+    """(components, ControlNet or None) for `spec`: the device planned, LoRAs applied, offload
+    hooks installed. Shared by the key renderer and the generators."""
     from zvstudio.engine.device import apply_offload, plan_device
 
     plan = plan_device(
@@ -97,7 +111,7 @@ def build_sampler(spec: DiffusionSpec, log: LogCallback = ignore_log) -> KeyFram
         spec, plan.device if plan.offload == "none" else "cpu", plan.torch_dtype
     )
     apply_offload(components, plan, controlnet)
-    return KeyFrameSampler(components, spec.settings, controlnet=controlnet)
+    return components, controlnet
 
 
 def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype) -> tuple:

@@ -1,0 +1,172 @@
+"""`zvstudio generate` and `zvstudio animate` end to end on tiny random models (CPU)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+from helpers import make_clip
+from tiny_models import (
+    build_tiny_controlnet,
+    build_tiny_models,
+    build_tiny_motion_adapter,
+    write_tiny_config_dir,
+    write_tiny_diffusers,
+)
+
+from zvstudio.cli import main
+from zvstudio.media import VideoReader, probe
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    model = write_tiny_diffusers(root / "model")
+    config = write_tiny_config_dir(root / "config")
+    controlnet = build_tiny_controlnet(build_tiny_models()[0])
+    controlnet.save_pretrained(root / "controlnet")
+    build_tiny_motion_adapter().save_pretrained(root / "motion")
+    return {
+        "model": [
+            "--model",
+            str(model),
+            "--config",
+            str(config),
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        "controlnet": root / "controlnet",
+        "motion": root / "motion",
+        "sd_folder": model,
+    }
+
+
+TEXT = ["--prompt", "a red cat", "--frames", "3", "--steps", "4", "--width", "32"]
+
+
+def test_generate_writes_a_clip_from_a_prompt(models, tmp_path, capsys):
+    out = tmp_path / "cat.mp4"
+    args = ["generate", *models["model"], *TEXT, "--height", "24", "--fps", "12", "-o", str(out)]
+    assert main(args) == 0
+    assert f"wrote {out} (3 frames" in capsys.readouterr().out
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count, info.fps) == (32, 24, 3, Fraction(12))
+    with VideoReader(out) as reader:
+        first, last = reader.frame(0), reader.frame(2)
+    assert not np.array_equal(first, last)  # the camera moved
+
+
+def test_generate_follows_an_input_clip_through_a_controlnet(models, tmp_path):
+    clip, _, _ = make_clip(tmp_path / "in.mp4", count=6, fps=25, audio=True, width=64, height=48)
+    out = tmp_path / "edges.mp4"
+    args = [
+        "generate",
+        *models["model"],
+        *TEXT,
+        "--height",
+        "24",
+        "--video",
+        str(clip),
+        "--controlnet",
+        f"{models['controlnet']}:1.0",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count) == (32, 24, 3)
+    assert info.fps == Fraction(25) and info.has_audio  # the input's timing and audio
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--video", "{clip}"], "through a ControlNet"),
+        (["--motion-field", "12"], "is not two numbers"),
+        (["--width", "30"], "multiples of 8"),
+        (["--video", "{missing}"], "video not found"),
+    ],
+)
+def test_generate_refuses_bad_requests_clearly(models, tmp_path, capsys, extra, message):
+    clip, _, _ = make_clip(tmp_path / "in.mp4", count=4)
+    extra = [e.format(clip=clip, missing=tmp_path / "nope.mp4") for e in extra]
+    args = ["generate", *models["model"], *TEXT, *extra, "-o", str(tmp_path / "o.mp4")]
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_generate_checks_the_output_before_loading_models(tmp_path, capsys):
+    # No model exists at all: the output's folder is checked (and reported) first.
+    args = ["generate", "--model", str(tmp_path / "none"), "-o", str(tmp_path / "no/o.mp4")]
+    assert main(args) == 1
+    assert "does not exist" in capsys.readouterr().err  # the folder, not the model
+
+
+def test_animate_a_generated_still(models, tmp_path):
+    out = tmp_path / "anim.mp4"
+    args = [
+        "animate",
+        *models["model"],
+        "--motion-adapter",
+        str(models["motion"]),
+        *TEXT,
+        "--height",
+        "32",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count, info.fps) == (32, 32, 3, Fraction(8))
+
+
+def test_animate_a_users_image_keeps_its_size_and_first_frame(models, tmp_path):
+    image = np.zeros((24, 40, 3), np.uint8)
+    image[:, :20] = (200, 60, 30)
+    cv2.imwrite(str(tmp_path / "still.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "frames"
+    args = [
+        "animate",
+        str(tmp_path / "still.png"),
+        *models["model"],
+        "--motion-adapter",
+        str(models["motion"]),
+        "--frames",
+        "3",
+        "--steps",
+        "3",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 3
+    first = cv2.imread(str(pngs[0]))
+    assert first.shape == (24, 40, 3)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("sd_folder_as_adapter", "not a motion module"),
+        ("no_image_no_prompt", "give an image to animate"),
+        ("missing_image", "image not found"),
+        ("not_an_image", "cannot read"),
+    ],
+)
+def test_animate_refuses_bad_requests_clearly(models, tmp_path, capsys, case, message):
+    (tmp_path / "junk.png").write_text("not an image")
+    adapter = models["sd_folder"] if case == "sd_folder_as_adapter" else models["motion"]
+    image = {
+        "missing_image": [str(tmp_path / "nope.png")],
+        "not_an_image": [str(tmp_path / "junk.png")],
+    }.get(case, [])
+    prompt = [] if case == "no_image_no_prompt" else ["--prompt", "a cat"]
+    args = ["animate", *image, *models["model"], "--motion-adapter", str(adapter), *prompt]
+    assert main([*args, "--frames", "2", "--steps", "2", "-o", str(tmp_path / "o.mp4")]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()

@@ -1,0 +1,185 @@
+"""Generation jobs: load the models, make the frames, write the clip (one request per job).
+
+Shared by `zvstudio generate` / `zvstudio animate` and the editor's New from text... and
+Animate image... entries, which run these on the job thread with progress and cancel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from zvstudio.errors import ZvsError
+from zvstudio.media import ExportSettings, FrameTiming, VideoWriter, check_output
+from zvstudio.progress import (
+    CancelToken,
+    LogCallback,
+    ProgressCallback,
+    ignore_log,
+    ignore_progress,
+)
+
+if TYPE_CHECKING:
+    from zvstudio.engine.preview import DiffusionSpec
+    from zvstudio.generate.animate_zero import AnimateSettings
+    from zvstudio.generate.t2v_zero import TextToVideoSettings
+
+DEFAULT_FPS = Fraction(8)
+# The long side of a clip made from an input video, when no size is given (SD1.5's native).
+INPUT_LONG_SIDE = 512
+
+
+@dataclass(frozen=True)
+class TextToVideoRequest:
+    """A Text2Video-Zero clip: the models, the settings, where it goes.
+
+    With `video` (and a ControlNet in `models`), the clip follows that video's first
+    `settings.frames` frames, keeps their timing and audio; otherwise it plays at `fps`."""
+
+    models: DiffusionSpec
+    settings: TextToVideoSettings
+    output: Path
+    video: Path | None = None
+    fps: Fraction = DEFAULT_FPS
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    output: Path
+    frames: int
+    seconds: float
+
+
+def generate_text_to_video(
+    request: TextToVideoRequest,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+    log: LogCallback = ignore_log,
+) -> GenerateResult:
+    """Make the clip `request` describes and write it; raises ZvsError with what is wrong
+    (checked before the models load where possible)."""
+    from zvstudio.engine.preview import load_diffusion_models
+    from zvstudio.generate.t2v_zero import TextToVideoZero
+
+    started = time.monotonic()
+    settings = request.settings
+    settings.check()
+    check_output(request.output, request.export)
+    if request.video is not None and request.models.controlnet is None:
+        raise ZvsError(
+            "--video guides the clip through a ControlNet", hint="add --controlnet canny"
+        )
+    control_frames, timing, audio = None, FrameTiming.constant(request.fps, settings.frames), None
+    if request.video is not None:
+        control_frames, timing, audio = _input_clip(request.video, settings.frames)
+    components, controlnet = load_diffusion_models(request.models, log)
+    with out_of_memory_as_error():
+        frames = TextToVideoZero(components, controlnet).generate(
+            settings, control_frames, progress, cancel
+        )
+    write_frames(request.output, frames, timing, request.export, audio)
+    return GenerateResult(request.output, len(frames), time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class AnimateRequest:
+    """An AnimateZero clip: `image` animated (or a still made from the prompt when None)."""
+
+    models: DiffusionSpec
+    motion_adapter: Path
+    settings: AnimateSettings
+    output: Path
+    image: Path | None = None
+    fps: Fraction = DEFAULT_FPS
+    export: ExportSettings = field(default_factory=ExportSettings)
+
+
+def animate_image(
+    request: AnimateRequest,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+    log: LogCallback = ignore_log,
+) -> GenerateResult:
+    """Animate the request's image (or a generated still) and write the clip. The motion
+    module is read first: a wrong file is reported before the large model loads."""
+    from zvstudio.engine.preview import load_diffusion_models
+    from zvstudio.generate.animate_zero import animate, load_motion_adapter
+
+    started = time.monotonic()
+    check_output(request.output, request.export)
+    image = None if request.image is None else read_image(request.image)
+    adapter = load_motion_adapter(request.motion_adapter, allow_pickle=request.models.allow_pickle)
+    components, _ = load_diffusion_models(request.models, log)
+    with out_of_memory_as_error():
+        frames = animate(components, adapter, request.settings, image, progress, cancel)
+    timing = FrameTiming.constant(request.fps, len(frames))
+    write_frames(request.output, frames, timing, request.export)
+    return GenerateResult(request.output, len(frames), time.monotonic() - started)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 (alpha dropped); ZvsError when it cannot be read."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise ZvsError(f"image not found: {path}")
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ZvsError(f"cannot read {path} as an image", hint="use a PNG, JPEG or WebP file")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def input_clip_size(video: Path, long_side: int = INPUT_LONG_SIDE) -> tuple[int, int]:
+    """(width, height) for a clip made from `video`: its aspect ratio, the long side
+    `long_side`, both multiples of 8 (the frames are cropped by at most 7 px, never stretched)."""
+    from zvstudio.media import probe
+
+    info = probe(video)
+    width, height = info.display_width, info.display_height
+    scale = long_side / max(width, height)
+    return max(8, round(width * scale) // 8 * 8), max(8, round(height * scale) // 8 * 8)
+
+
+def _input_clip(video: Path, frames: int):
+    """The first `frames` frames of `video` (RGB), their timing and audio."""
+    from zvstudio.engine.render import output_timing
+    from zvstudio.media import VideoReader
+
+    with VideoReader(video) as reader:
+        if len(reader) < frames:
+            raise ZvsError(f"{video} has {len(reader)} frames; the clip needs {frames}")
+        images = [image for _, image in reader.frames(0, frames)]
+        timing, audio = output_timing(video, reader.info, 0, frames - 1)
+    return images, timing, audio
+
+
+def write_frames(
+    output: Path, frames: list[np.ndarray], timing: FrameTiming, export: ExportSettings, audio=None
+) -> None:
+    """Write the frames as a video (or PNG folder); nothing replaces `output` unless complete."""
+    height, width = frames[0].shape[:2]
+    with VideoWriter(output, (width, height), timing, export, audio) as writer:
+        for frame in frames:
+            writer.write(frame)
+
+
+@contextmanager
+def out_of_memory_as_error() -> Iterator[None]:
+    """Turn CUDA's out-of-memory error into the message users get everywhere else."""
+    import torch
+
+    from zvstudio.diffusion.sampler import out_of_memory_error
+
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise out_of_memory_error() from exc
