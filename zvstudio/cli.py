@@ -956,6 +956,7 @@ def _add_bench(commands) -> None:
     propagate.add_argument("--no-1080p", action="store_true", help="skip the 1080p timing")
     propagate.set_defaults(command="bench", run=_run_bench_propagate)
     _add_bench_render(which)
+    _add_bench_generate(which)
 
 
 def _run_bench_decode(args) -> int:
@@ -1029,6 +1030,52 @@ def _run_bench_render(args) -> int:
         parse_lengths(args.frames), settings, args.random_sd15, args.model_dir
     )
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_bench_generate(which) -> None:
+    parser = which.add_parser(
+        "generate",
+        help="text-to-video and image animation: seconds per frame, peak GPU memory",
+    )
+    parser.add_argument(
+        "--mode", choices=("t2v", "animate", "both"), default="both", help="(default both)"
+    )
+    parser.add_argument("--size", type=int, default=512, help="frame width and height (512)")
+    parser.add_argument("--frames", type=int, help="frames (default: t2v 8, animate 16)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default: t2v 50, animate 25)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--model", type=Path, help="an SD1.x model (default: SD1.5-sized, random weights)"
+    )
+    parser.add_argument(
+        "--motion-adapter", type=Path, help="a motion module (default: SD1.5-shaped, random)"
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, help="keep the random model here and reuse it next time"
+    )
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)  # tests: tiny models
+    parser.set_defaults(command="bench", run=_run_bench_generate)
+
+
+def _run_bench_generate(args) -> int:
+    from zvstudio.bench.generate import GenerateBenchSettings, run_generate_benchmark
+
+    defaults = GenerateBenchSettings()
+    settings = GenerateBenchSettings(
+        modes=("t2v", "animate") if args.mode == "both" else (args.mode,),
+        size=args.size,
+        t2v_frames=args.frames or defaults.t2v_frames,
+        t2v_steps=args.steps or defaults.t2v_steps,
+        animate_frames=args.frames or defaults.animate_frames,
+        animate_steps=args.steps or defaults.animate_steps,
+        device=args.device,
+        model=args.model,
+        config_dir=args.config,
+        motion_adapter=args.motion_adapter,
+        model_dir=args.model_dir,
+    )
+    print(json.dumps(run_generate_benchmark(settings), indent=2))
     return 0
 
 
