@@ -267,13 +267,26 @@ def test_lora_file_gives_a_clear_error(tmp_path, tiny):
 
 
 def test_wrong_shapes_and_stray_keys_are_counted(tiny, tmp_path):
-    def inpainting(state):  # 9 input channels instead of 4
-        state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3)
+    def damaged(state):
+        state["model.diffusion_model.out.2.weight"] = torch.zeros(9, 32, 3, 3)
         state["model.diffusion_model.input_blocks.9.9.weight"] = torch.zeros(1)
         del state["first_stage_model.decoder.conv_out.bias"]
 
     with pytest.raises(ZvsError, match="1 tensors missing, 1 unexpected, 1 of the wrong shape"):
-        load_sd15_components(rewrite(tiny, tmp_path, inpainting), config_dir=tiny["config"])
+        load_sd15_components(rewrite(tiny, tmp_path, damaged), config_dir=tiny["config"])
+
+
+@pytest.mark.parametrize(
+    "channels, what, hint",
+    [(9, "an inpainting model", "text-to-image"), (8, "an InstructPix2Pix model", "--video")],
+)
+def test_models_with_other_unet_inputs_say_what_they_are(tiny, tmp_path, channels, what, hint):
+    def widen(state):
+        state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, channels, 3, 3)
+
+    with pytest.raises(ZvsError, match=what) as err:
+        load_sd15_components(rewrite(tiny, tmp_path, widen), config_dir=tiny["config"])
+    assert hint in err.value.hint
 
 
 def test_checkpoint_without_its_vae_says_so(tiny, tmp_path):

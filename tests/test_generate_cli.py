@@ -14,6 +14,7 @@ from tiny_models import (
     build_tiny_motion_adapter,
     write_tiny_config_dir,
     write_tiny_diffusers,
+    write_tiny_pix2pix,
 )
 
 from zvstudio.cli import main
@@ -41,6 +42,7 @@ def models(tmp_path_factory):
         "controlnet": root / "controlnet",
         "motion": root / "motion",
         "sd_folder": model,
+        "pix2pix": write_tiny_pix2pix(root / "pix2pix"),
     }
 
 
@@ -79,6 +81,20 @@ def test_generate_follows_an_input_clip_through_a_controlnet(models, tmp_path):
     info = probe(out)
     assert (info.width, info.height, info.frame_count) == (32, 24, 3)
     assert info.fps == Fraction(25) and info.has_audio  # the input's timing and audio
+
+
+def test_generate_edits_a_clip_with_an_instruct_pix2pix_model(models, tmp_path, capsys):
+    clip, _, _ = make_clip(tmp_path / "in.mp4", count=4, fps=25, width=64, height=48)
+    model = [*models["model"]]
+    model[model.index("--model") + 1] = str(models["pix2pix"])
+    out = tmp_path / "winter.mp4"
+    args = ["generate", *model, *TEXT, "--height", "24", "--image-cfg", "1.2"]
+    assert main([*args, "--video", str(clip), "-o", str(out)]) == 0
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count, info.fps) == (32, 24, 3, Fraction(25))
+    # Without a clip to edit, it says what the model is for before loading it.
+    assert main([*args, "-o", str(tmp_path / "o.mp4")]) == 1
+    assert "InstructPix2Pix model: it edits a clip" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import build_tiny_controlnet, write_tiny_config_dir, write_tiny_diffusers
+from tiny_models import (
+    build_tiny_controlnet,
+    write_tiny_config_dir,
+    write_tiny_diffusers,
+    write_tiny_pix2pix,
+)
 
 from zvstudio.diffusion.loading import load_sd15_components
 from zvstudio.errors import RenderCancelled, ZvsError
@@ -308,3 +313,59 @@ def test_input_frames_are_fitted_without_stretching():
     fitted = fit_frame(frame, (64, 64))
     assert fitted.shape == (64, 64, 3)
     assert fitted[:, 2:-2].min() == 255  # cropped to the centre: all white, not squeezed
+
+
+# -- Video Instruct-Pix2Pix -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pix2pix(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ip2p")
+    return write_tiny_pix2pix(root / "model"), write_tiny_config_dir(root / "config")
+
+
+def test_an_instruct_pix2pix_model_is_refused_where_it_cannot_work(pix2pix):
+    from zvstudio.diffusion.loading import unet_input_channels
+
+    model, config = pix2pix
+    assert unet_input_channels(model) == 8
+    with pytest.raises(ZvsError, match="InstructPix2Pix") as err:
+        load_sd15_components(model, config_dir=config)  # the key renderer's default: 4 inputs
+    assert "--video" in err.value.hint
+
+
+def test_video_instruct_pix2pix_edits_each_frame_of_the_clip(pix2pix, monkeypatch):
+    model, config = pix2pix
+    components = load_sd15_components(model, config_dir=config, unet_inputs=(8,))
+    generator = TextToVideoZero(components)
+    assert generator.instruct and generator.layout.groups == 3
+    settings = TextToVideoSettings(**{**vars(SETTINGS), "frames": 3, "image_guidance_scale": 2.0})
+    calls = []
+    forward = components.unet.forward
+    monkeypatch.setattr(
+        components.unet,
+        "forward",
+        lambda sample, t, **kw: (
+            calls.append((sample.clone(), kw["encoder_hidden_states"])) or forward(sample, t, **kw)
+        ),
+    )
+    clip = _control_clip(3)
+    edited = generator.latents(settings, clip)
+    sample, context = calls[0]
+    # Three guidance branches of 3 frames: noise + the frames' image latents, none in the last.
+    assert sample.shape == (9, 8, 16, 16)
+    noise, images = sample[:, :4], sample[:, 4:]
+    assert torch.equal(noise[:3], noise[3:6]) and torch.equal(noise[3:6], noise[6:])
+    assert torch.equal(images[:3], images[3:6]) and not images[6:].any()
+    assert not torch.equal(images[0], images[2])  # each frame brings its own image
+    assert torch.equal(context[0], context[2]) and not torch.equal(context[0], context[3])
+    assert torch.equal(context[3], context[6])  # the last two branches: no instruction
+    # Identical input frames: identical edits; frame 0 ignores what later frames show.
+    still = generator.latents(settings, [clip[0]] * 3)
+    torch.testing.assert_close(still[2], still[0], rtol=0, atol=1e-3)
+    torch.testing.assert_close(edited[0], still[0], rtol=0, atol=1e-3)
+    assert (edited[2] - still[2]).abs().max() > 1e-2
+    looser = generator.latents(
+        TextToVideoSettings(**{**vars(settings), "image_guidance_scale": 1.0}), clip
+    )
+    assert (looser - edited).abs().max() > 1e-3
+    with pytest.raises(ZvsError, match="needs 3 input frames"):
+        generator.latents(settings, clip[:1])

@@ -364,3 +364,18 @@ def write_tiny_motion_single_file(dest: Path, adapter) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(dest))
     return dest
+
+
+def write_tiny_pix2pix(dest: Path, seed: int = 5) -> Path:
+    """A tiny InstructPix2Pix diffusers folder: the tiny model with an 8-input-channel UNet
+    (noise + the input image's latent)."""
+    from diffusers import UNet2DConditionModel
+
+    write_tiny_diffusers(dest)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**TINY_UNET, "in_channels": 8})
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    unet.save_pretrained(dest / "unet")
+    return dest

@@ -704,8 +704,15 @@ def _add_generate(commands) -> None:
     parser.add_argument(
         "--video",
         type=Path,
-        help="follow this clip's first frames through the ControlNet (needs --controlnet); "
-        "its timing and audio are kept",
+        help="follow this clip's first frames through the ControlNet (--controlnet), or edit "
+        "them with an InstructPix2Pix --model (the prompt is the instruction); its timing and "
+        "audio are kept",
+    )
+    parser.add_argument(
+        "--image-cfg",
+        type=float,
+        default=1.5,
+        help="InstructPix2Pix: how closely the frames keep the input clip (default 1.5)",
     )
     parser.set_defaults(command="generate", run=_run_generate)
 
@@ -736,6 +743,7 @@ def _run_generate(args) -> int:
         chunk_size=args.chunk,
         controlnet_scale=controlnet.scale if controlnet else 1.0,
         annotator=controlnet.annotator if controlnet else "canny",
+        image_guidance_scale=args.image_cfg,
     )
     request = TextToVideoRequest(
         _model_spec(args, KeySettings(), controlnet),

@@ -22,7 +22,7 @@ import inspect
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,11 +109,14 @@ def load_sd15_components(
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
     config_dir: Path | None = None,
+    unet_inputs: Sequence[int] = (4,),
 ) -> Components:
     """Load an SD1.x model from a diffusers folder or a single checkpoint file.
 
     `config_dir` is the reference architecture (a diffusers-layout config folder); it defaults
     to our SD1.5 configs and exists so that tests can load tiny models through the same path.
+    `unet_inputs` are the UNet input channel counts the caller can use: 4 for text-to-image
+    models, 8 for InstructPix2Pix (the image latent concatenated to the noise).
     Raises ZvsError for anything the user can fix: a missing or wrong file, a pickled file
     that was not allowed, a checkpoint that is not SD1.x.
     """
@@ -121,11 +124,11 @@ def load_sd15_components(
     path = Path(path)
     config_dir = Path(config_dir) if config_dir is not None else sd15_config_dir()
     if path.is_dir():
-        parts = _load_diffusers_folder(path, config_dir, allow_pickle, dtype)
+        parts = _load_diffusers_folder(path, config_dir, allow_pickle, dtype, unet_inputs)
         tokenizer = load_clip_tokenizer(path if model_tokenizer_dir(path) else config_dir)
         scheduler_config = _scheduler_config(config_dir, path)
     elif path.is_file():
-        parts = _load_single_file(path, config_dir, allow_pickle, dtype)
+        parts = _load_single_file(path, config_dir, allow_pickle, dtype, unet_inputs)
         tokenizer = load_clip_tokenizer(config_dir)
         scheduler_config = _scheduler_config(config_dir)
     else:
@@ -139,7 +142,7 @@ def load_sd15_components(
 
 
 def _load_diffusers_folder(
-    path: Path, config_dir: Path, allow_pickle: bool, dtype: torch.dtype
+    path: Path, config_dir: Path, allow_pickle: bool, dtype: torch.dtype, unet_inputs=(4,)
 ) -> tuple:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -150,7 +153,7 @@ def _load_diffusers_folder(
             f"{path} is not a diffusers model folder: it has no {', '.join(missing)} folder.",
             hint="pick the folder that holds model_index.json, or a single .safetensors file",
         )
-    _check_unet_config(path / "unet" / "config.json", config_dir, path)
+    _check_unet_config(path / "unet" / "config.json", config_dir, path, unet_inputs)
     models = []
     for cls, sub in (
         (UNet2DConditionModel, "unet"),
@@ -196,12 +199,16 @@ def weights_kwargs(folder: Path, allow_pickle: bool) -> dict[str, Any]:
     return {}  # let from_pretrained say what is missing (sharded files, for example)
 
 
-def _check_unet_config(config_file: Path, config_dir: Path, path: Path) -> None:
+def _check_unet_config(
+    config_file: Path, config_dir: Path, path: Path, unet_inputs: Sequence[int] = (4,)
+) -> None:
     try:
         theirs = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ZvsError(f"{config_file} cannot be read: {exc}") from exc
+    _check_input_channels(theirs.get("in_channels", 4), unet_inputs, path)
     ours = json.loads((config_dir / "unet" / "config.json").read_text(encoding="utf-8"))
+    ours = {**ours, "in_channels": theirs.get("in_channels", ours["in_channels"])}
     differ = [k for k in _UNET_ARCH_FIELDS if k in theirs and theirs[k] != ours[k]]
     if differ:
         k = differ[0]
@@ -209,6 +216,26 @@ def _check_unet_config(config_file: Path, config_dir: Path, path: Path) -> None:
             f"{path} is not an SD1.x model: its UNet has {k} = {theirs[k]}, SD1.x has {ours[k]}.",
             hint="only Stable Diffusion 1.x models (SD1.4, SD1.5 and their fine-tunes) work here",
         )
+
+
+# What a UNet with these input channels is, and where zvstudio can use it.
+_INPUT_KINDS = {
+    8: (
+        "an InstructPix2Pix model",
+        "edit a clip with it: zvstudio generate --video IN --prompt 'an instruction'",
+    ),
+    9: ("an inpainting model", "use a text-to-image SD1.x checkpoint"),
+}
+
+
+def _check_input_channels(channels: int, accepted: Sequence[int], path: Path) -> None:
+    """Refuse, with what the model is, a UNet whose inputs the caller cannot use."""
+    if channels in accepted:
+        return
+    what, hint = _INPUT_KINDS.get(
+        channels, (f"a model with {channels} UNet input channels", "use an SD1.x checkpoint")
+    )
+    raise ZvsError(f"{Path(path).name} is {what}; it cannot be used here.", hint=hint)
 
 
 def _scheduler_config(config_dir: Path, model_dir: Path | None = None) -> dict[str, Any]:
@@ -332,7 +359,7 @@ def _same_shape(file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bo
 
 
 def empty_sd15_models(
-    config_dir: Path | None = None,
+    config_dir: Path | None = None, unet_in_channels: int | None = None
 ) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
     """(unet, vae, text_encoder) built from a config folder with parameters on the meta device.
 
@@ -345,6 +372,8 @@ def empty_sd15_models(
 
     config_dir = Path(config_dir) if config_dir is not None else sd15_config_dir()
     unet_config = UNet2DConditionModel.load_config(config_dir, subfolder="unet")
+    if unet_in_channels is not None:
+        unet_config = {**unet_config, "in_channels": unet_in_channels}
     vae_config = AutoencoderKL.load_config(config_dir, subfolder="vae")
     text_config = CLIPTextConfig.from_pretrained(
         config_dir, subfolder="text_encoder", local_files_only=True
@@ -406,10 +435,14 @@ def _under(keys: list[str], prefix: str) -> list[str]:
 
 
 def _load_single_file(
-    path: Path, config_dir: Path, allow_pickle: bool, dtype: torch.dtype
+    path: Path, config_dir: Path, allow_pickle: bool, dtype: torch.dtype, unet_inputs=(4,)
 ) -> tuple:
     tensors = open_checkpoint(path, allow_pickle)
-    models = empty_sd15_models(config_dir)
+    conv_in = UNET_PREFIX + "input_blocks.0.0.weight"
+    channels = tensors.shape(conv_in)[1] if conv_in in set(tensors) else None
+    if channels is not None and channels != 4:
+        _check_input_channels(channels, unet_inputs, path)
+    models = empty_sd15_models(config_dir, channels)
     renames = match_original_checkpoint(models, {k: tensors.shape(k) for k in tensors}, path.name)
     for model, rename in zip(models, renames, strict=True):
         state = {
@@ -438,3 +471,20 @@ def _guess_what_it_is(keys: list[str]) -> str:
     else:
         what = "an SD-like checkpoint with a different architecture (inpainting, SD2, ...)"
     return f"this file looks like {what}; pick an SD1.x (SD1.4/1.5 or fine-tune) checkpoint"
+
+
+def unet_input_channels(path: Path, allow_pickle: bool = False) -> int | None:
+    """The UNet input channels of a model, read from its config or file header without loading
+    weights (4: text-to-image, 8: InstructPix2Pix, 9: inpainting); None when unknown."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            config = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+            return int(config.get("in_channels", 4))
+        if path.is_file() and (allow_pickle or not path.name.lower().endswith(PICKLE_SUFFIXES)):
+            tensors = open_checkpoint(path, allow_pickle)
+            conv_in = UNET_PREFIX + "input_blocks.0.0.weight"
+            return tensors.shape(conv_in)[1] if conv_in in set(tensors) else None
+    except (OSError, ValueError, ZvsError):
+        return None
+    return None

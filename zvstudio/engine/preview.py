@@ -82,6 +82,7 @@ class DiffusionSpec:
     precision: str = "auto"  # "float16", "bfloat16" or "float32"; see engine.device
     memory_limit_gb: float | None = None  # the most GPU memory the render may count on
     offload: str = "auto"  # "none", "model" or "sequential"
+    unet_inputs: tuple[int, ...] = (4,)  # UNet input channels the caller can use (8: pix2pix)
 
 
 def build_sampler(spec: DiffusionSpec, log: LogCallback = ignore_log) -> KeyFrameSampler:
@@ -125,6 +126,7 @@ def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype) -> tuple:
         device=device,
         allow_pickle=spec.allow_pickle,
         config_dir=spec.config_dir,
+        unet_inputs=spec.unet_inputs,
     )
     apply_loras(components, list(spec.loras))  # before any offload hooks, which then cover them
     controlnet = (

@@ -73,14 +73,11 @@ def generate_text_to_video(
     settings = request.settings
     settings.check()
     check_output(request.output, request.export)
-    if request.video is not None and request.models.controlnet is None:
-        raise ZvsError(
-            "--video guides the clip through a ControlNet", hint="add --controlnet canny"
-        )
+    models = _check_mode(request)
     control_frames, timing, audio = None, FrameTiming.constant(request.fps, settings.frames), None
     if request.video is not None:
         control_frames, timing, audio = _input_clip(request.video, settings.frames)
-    components, controlnet = load_diffusion_models(request.models, log)
+    components, controlnet = load_diffusion_models(models, log)
     with out_of_memory_as_error():
         frames = TextToVideoZero(components, controlnet).generate(
             settings, control_frames, progress, cancel
@@ -136,6 +133,31 @@ def read_image(path: Path) -> np.ndarray:
     if image is None:
         raise ZvsError(f"cannot read {path} as an image", hint="use a PNG, JPEG or WebP file")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _check_mode(request: TextToVideoRequest) -> DiffusionSpec:
+    """Check that the model, ControlNet and input clip make one of the modes (before any model
+    loads); the model spec, accepting InstructPix2Pix models when one edits the clip."""
+    from dataclasses import replace
+
+    from zvstudio.diffusion.loading import unet_input_channels
+
+    models = request.models
+    instruct = unet_input_channels(models.model, models.allow_pickle) == 8
+    if instruct and request.video is None:
+        raise ZvsError(
+            f"{models.model.name} is an InstructPix2Pix model: it edits a clip",
+            hint="give the clip to edit with --video IN and the instruction as --prompt",
+        )
+    if instruct and models.controlnet is not None:
+        raise ZvsError("an InstructPix2Pix model edits the clip itself: drop the ControlNet")
+    if request.video is not None and models.controlnet is None and not instruct:
+        raise ZvsError(
+            "--video guides the clip through a ControlNet, or is edited by an InstructPix2Pix "
+            "model",
+            hint="add --controlnet canny, or use an InstructPix2Pix checkpoint as --model",
+        )
+    return replace(models, unet_inputs=(8,)) if instruct else models
 
 
 def input_clip_size(video: Path, long_side: int = INPUT_LONG_SIDE) -> tuple[int, int]:

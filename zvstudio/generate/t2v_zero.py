@@ -17,6 +17,11 @@ Written on our own model layer (diffusers' TextToVideoZeroPipeline is deprecated
 ControlNet mode (an input clip's edges / pose / depth): every frame starts from the same x_T,
 there is no latent motion (the control images carry it), and the ControlNet's self-attention is
 cross-frame too.
+
+Video Instruct-Pix2Pix (an InstructPix2Pix model, 8 UNet input channels): each frame of an input
+clip is edited by the prompt as an instruction; the frame's image latent is concatenated to the
+noise, every frame starts from the same x_T, and guidance has three branches (instruction and
+image, image only, neither) laid out as three groups of frames, frame 0 first in each.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class TextToVideoSettings:
     chunk_size: int = 8  # frames denoised together, frame 0 included in each chunk
     controlnet_scale: float = 1.0
     annotator: str = "canny"  # what turns the input clip's frames into control images
+    image_guidance_scale: float = 1.5  # InstructPix2Pix: how closely frames keep the input
 
     def check(self) -> None:
         """Raise `ZvsError` for settings that cannot make a clip."""
@@ -209,7 +215,9 @@ class TextToVideoZero:
         self.controlnet = controlnet
         self.device = components.device
         self.dtype = components.unet.dtype
-        self.layout = FrameLayout(groups=2)
+        # InstructPix2Pix UNets take the input frame's latent beside the noise.
+        self.instruct = components.unet.config.in_channels == 8
+        self.layout = FrameLayout(groups=3 if self.instruct else 2)
         self.vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
@@ -233,20 +241,26 @@ class TextToVideoZero:
     def latents(self, settings, control_frames=None, progress=ignore_progress, cancel=None):
         """The clip's final latents (frames, C, h, w), before decoding."""
         settings.check()
-        conditions = self._conditions(settings, control_frames)
+        if self.instruct:
+            conditions = self._image_latents(settings, control_frames)
+        else:
+            conditions = self._conditions(settings, control_frames)
         scheduler = self.components.make_scheduler()
         scheduler.set_timesteps(settings.steps)
         timesteps = scheduler.timesteps
         train_steps = scheduler.config.num_train_timesteps
-        embeddings = encode_prompts(self.components, [settings.negative_prompt, settings.prompt])
+        prompts = [settings.negative_prompt, settings.prompt]
+        if self.instruct:  # (instruction, image), (image only), (neither)
+            prompts = [settings.prompt, settings.negative_prompt, settings.negative_prompt]
+        embeddings = encode_prompts(self.components, prompts)
         latent_shape = (
-            self.components.unet.config.in_channels,
+            self.components.vae.config.latent_channels,
             settings.height // self.vae_scale,
             settings.width // self.vae_scale,
         )
         start = frame_noise(latent_shape, settings.seed, -1)[None].to(self.device, self.dtype)
         groups = chunks(settings.frames, settings.chunk_size)
-        models = [self.components.unet] + ([self.controlnet] if conditions is not None else [])
+        models = [self.components.unet] + ([self.controlnet] if self.controlnet else [])
         with first_frame_attention(models, self.layout):
             if conditions is None:
                 i1, i0 = motion_indices(timesteps, settings, train_steps)
@@ -270,17 +284,28 @@ class TextToVideoZero:
                 result.update(zip(ids, latents, strict=True))
         return torch.stack([result[i] for i in range(settings.frames)])
 
+    def _image_latents(self, settings, frames) -> torch.Tensor:
+        """InstructPix2Pix: the input frames' latents (the VAE's mode, unscaled, as the model
+        was trained), one frame at a time to bound memory."""
+        if self.controlnet is not None:
+            raise ZvsError("an InstructPix2Pix model edits the clip itself: drop the ControlNet")
+        _require_frames(settings, frames, "an InstructPix2Pix model")
+        vae = self.components.vae
+        latents = []
+        for frame in frames[: settings.frames]:
+            fitted = fit_frame(frame, (settings.width, settings.height))
+            pixels = torch.from_numpy(fitted).permute(2, 0, 1)[None].float() / 127.5 - 1
+            encoded = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
+            latents.append(encoded.to(self.dtype))
+        return torch.cat(latents)
+
     def _conditions(self, settings, control_frames) -> torch.Tensor | None:
         """ControlNet images (frames, 3, H, W) in [0, 1], or None in text mode."""
         if self.controlnet is None:
             if control_frames is not None:
                 raise ZvsError("an input clip guides the video only through a ControlNet")
             return None
-        if control_frames is None or len(control_frames) < settings.frames:
-            have = 0 if control_frames is None else len(control_frames)
-            raise ZvsError(
-                f"the ControlNet needs {settings.frames} input frames, the clip gives {have}"
-            )
+        _require_frames(settings, control_frames, "the ControlNet")
         # The ControlNet sees the image at its embedding's factor times the latent size; with
         # SD1.x's VAE and ControlNets that is the frame's own size.
         factor = 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
@@ -299,6 +324,12 @@ class TextToVideoZero:
         image = decode(self.components.vae, latent[None])[0]
         rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         return np.ascontiguousarray(rgb)
+
+
+def _require_frames(settings, frames, who: str) -> None:
+    if frames is None or len(frames) < settings.frames:
+        have = 0 if frames is None else len(frames)
+        raise ZvsError(f"{who} needs {settings.frames} input frames, the clip gives {have}")
 
 
 def fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -384,6 +415,8 @@ class _Denoise:
         return latents
 
     def _epsilon(self, latents: torch.Tensor, t, condition) -> torch.Tensor:
+        if self.owner.instruct:
+            return self._instruct_epsilon(latents, t, condition)
         frames = latents.shape[0]
         batch = torch.cat([latents, latents])  # [negative frames..., positive frames...]
         embeddings = self.embeddings.repeat_interleave(frames, dim=0)
@@ -402,3 +435,18 @@ class _Denoise:
         output = unet(batch, t, encoder_hidden_states=embeddings, **extra).sample
         negative, positive = output.float().chunk(2)
         return negative + self.settings.guidance_scale * (positive - negative)
+
+    def _instruct_epsilon(self, latents, t, image_latents) -> torch.Tensor:
+        """InstructPix2Pix guidance: ε_∅ + s_T (ε_TI - ε_I) + s_I (ε_I - ε_∅)."""
+        frames = latents.shape[0]
+        batch = torch.cat([latents, latents, latents])
+        images = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
+        embeddings = self.embeddings.repeat_interleave(frames, dim=0)
+        unet = self.owner.components.unet
+        output = unet(torch.cat([batch, images], dim=1), t, encoder_hidden_states=embeddings)
+        both, image, neither = output.sample.float().chunk(3)
+        return (
+            neither
+            + self.settings.guidance_scale * (both - image)
+            + self.settings.image_guidance_scale * (image - neither)
+        )
