@@ -65,3 +65,30 @@ def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # macOS reports bytes, other Unixes KiB.
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def gpu_peaks(device) -> dict:
+    """Peak GPU memory allocated and reserved since the last reset, in MB (None off CUDA)."""
+    if not _is_cuda(device):
+        return {"peak_gpu_mb": None, "peak_gpu_reserved_mb": None}
+    import torch
+
+    return {
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1),
+        "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved(device) / (1 << 20), 1),
+    }
+
+
+def reset_gpu_peak(device) -> str | None:
+    """Start a new peak-memory measurement on a CUDA device; its name (None off CUDA)."""
+    if not _is_cuda(device):
+        return None
+    import torch
+
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.get_device_name(device)
+
+
+def _is_cuda(device) -> bool:
+    # By name, so that CPU-only benchmarks never import torch (it would count in their RAM).
+    return str(device).split(":")[0] == "cuda"

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zvstudio.bench import machine, peak_rss_mb
+from zvstudio.bench import gpu_peaks, machine, peak_rss_mb, reset_gpu_peak
 from zvstudio.errors import ZvsError
 
 PROMPT = "a corgi running on the beach, golden hour"
@@ -101,7 +101,7 @@ def _load(settings: GenerateBenchSettings, model: Path):
 def _measure(mode: str, settings: GenerateBenchSettings, components) -> dict:
     run = _t2v(settings, components) if mode == "t2v" else _animate(settings, components)
     _run_once(run, components.device)  # untimed: kernel choice, allocator, caches
-    _reset_gpu_peak(components.device)
+    reset_gpu_peak(components.device)
     rss_before = peak_rss_mb()
     started = time.perf_counter()
     frames = _run_once(run, components.device)
@@ -115,7 +115,7 @@ def _measure(mode: str, settings: GenerateBenchSettings, components) -> dict:
         "steps": settings.t2v_steps if mode == "t2v" else settings.animate_steps,
         "seconds": round(seconds, 3),
         "seconds_per_frame": round(seconds / frames, 4),
-        **_gpu_peaks(components.device),
+        **gpu_peaks(components.device),
         "peak_ram_mb": round(max(rss_before, peak_rss_mb()), 1),
         "target_seconds": target["seconds"],
         "target_applies_to": target["applies_to"],
@@ -182,21 +182,3 @@ def _gpu_name(components) -> str | None:
     import torch
 
     return torch.cuda.get_device_name(components.device)
-
-
-def _reset_gpu_peak(device) -> None:
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _gpu_peaks(device) -> dict:
-    if device.type != "cuda":
-        return {"peak_gpu_mb": None, "peak_gpu_reserved_mb": None}
-    import torch
-
-    return {
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1),
-        "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved(device) / (1 << 20), 1),
-    }

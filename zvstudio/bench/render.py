@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from zvstudio.bench import machine, peak_rss_mb
+from zvstudio.bench import gpu_peaks, machine, peak_rss_mb, reset_gpu_peak
 from zvstudio.errors import ZvsError
 from zvstudio.progress import Progress
 
@@ -237,7 +237,7 @@ def measure_render(job: dict) -> dict:
         key_interval=settings.every,
         flow_preset=settings.flow_preset,
     )
-    gpu = _reset_gpu_peak() if device == "cuda" else None
+    gpu = reset_gpu_peak(device)
     ram_before = peak_rss_mb()
     progress = _StderrProgress(f"{job['frames']} frames")
     started = time.perf_counter()
@@ -252,7 +252,7 @@ def measure_render(job: dict) -> dict:
         "first_key_seconds": progress.first_key_seconds,
         "ram_before_render_mb": round(ram_before, 1),
         "peak_ram_mb": round(peak_rss_mb(), 1),
-        **_gpu_peaks(device),
+        **gpu_peaks(device),
         "load_average_1min": _load_average(),  # above the core count: the run shared the CPU
         "device": device,
         "gpu": gpu,
@@ -261,24 +261,6 @@ def measure_render(job: dict) -> dict:
 
 def _load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def _reset_gpu_peak() -> str:
-    import torch
-
-    torch.cuda.reset_peak_memory_stats()
-    return torch.cuda.get_device_name()
-
-
-def _gpu_peaks(device: str) -> dict:
-    if device != "cuda":
-        return {"peak_gpu_mb": None, "peak_gpu_reserved_mb": None}
-    import torch
-
-    return {
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / (1 << 20), 1),
-        "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved() / (1 << 20), 1),
-    }
 
 
 def _worker_main(argv: list[str]) -> int:
