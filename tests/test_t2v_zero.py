@@ -323,7 +323,7 @@ def pix2pix(tmp_path_factory):
 
 
 def test_an_instruct_pix2pix_model_is_refused_where_it_cannot_work(pix2pix):
-    from zvstudio.diffusion.loading import unet_input_channels
+    from zvstudio.diffusion.identify import unet_input_channels
 
     model, config = pix2pix
     assert unet_input_channels(model) == 8

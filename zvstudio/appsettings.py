@@ -1,4 +1,5 @@
-"""The user's application settings: model folders, device policy, cache, autosave, recent files.
+"""The user's application settings: model folders, device policy, cache, autosave, recent files,
+and the values last used in the generation dialogs.
 
 Stored as one JSON object in `config_root()/settings.json` with a `version`, written atomically
 (temp file beside it, fsync, rename) so a crash never leaves half a file. Loading never fails:
@@ -40,8 +41,10 @@ class AppSettings:
     """Everything the user sets once for the application (not per project).
 
     `model_folders` are scanned besides the default folders; `autosave_minutes` 0 turns
-    autosave off; `recent_projects` is most recent first. `load_warning` is not saved: it says
-    why `load_settings` fell back to the defaults.
+    autosave off; `recent_projects` is most recent first. `text_to_video` and `animate_image`
+    remember the New from text... and Animate image... dialogs' last values (name -> string,
+    number, bool or null; the dialogs ignore names and values they do not know). `load_warning`
+    is not saved: it says why `load_settings` fell back to the defaults.
     """
 
     version: int = field(
@@ -60,6 +63,8 @@ class AppSettings:
     cache_limit_gb: float = field(default=10.0, metadata=rule("float", low=0.5, high=1_000_000))
     autosave_minutes: int = field(default=3, metadata=rule("int", low=0, high=MAX_AUTOSAVE_MINUTES))
     recent_projects: list[str] = field(default_factory=list)
+    text_to_video: dict[str, Any] = field(default_factory=dict)
+    animate_image: dict[str, Any] = field(default_factory=dict)
     load_warning: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +81,8 @@ class AppSettings:
         ]
         problems += _string_list_problems("model_folders", self.model_folders)
         problems += _string_list_problems("recent_projects", self.recent_projects)
+        problems += _remembered_problems("text_to_video", self.text_to_video)
+        problems += _remembered_problems("animate_image", self.animate_image)
         if isinstance(self.recent_projects, list) and len(self.recent_projects) > MAX_RECENT:
             problems.append(f"recent_projects: at most {MAX_RECENT} entries")
         if problems:
@@ -115,6 +122,17 @@ def _string_list_problems(name: str, value: Any) -> list[str]:
         f"{name}[{i}]: expected a non-empty string, got {show(item)}"
         for i, item in enumerate(value)
         if not isinstance(item, str) or not item
+    ]
+
+
+def _remembered_problems(name: str, value: Any) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"{name}: expected an object, got {show(value)}"]
+    scalars = (str, int, float, bool, type(None))
+    return [
+        f"{name}.{key}: expected a string, number, true/false or null, got {show(item)}"
+        for key, item in value.items()
+        if not isinstance(key, str) or not isinstance(item, scalars)
     ]
 
 

@@ -850,3 +850,22 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def short_hash(path: str | os.PathLike[str]) -> str:
     """A1111's "AutoV2" hash: the first 10 hex digits of the file's sha256."""
     return sha256_file(path)[:10]
+
+
+def unet_input_channels(path: str | os.PathLike[str]) -> int | None:
+    """The UNet input channels of an SD model (4: text-to-image, 8: InstructPix2Pix,
+    9: inpainting), from its config or safetensors header: no weights read, no torch needed
+    (the editor's dialogs ask). None when unknown (a pickle, no UNet, unreadable)."""
+    path = Path(path)
+    if path.is_dir():
+        config = _read_json(path / "unet" / "config.json")
+        return int(config.get("in_channels", 4)) if config else None
+    if not path.is_file() or path.suffix.lower() != ".safetensors":
+        return None  # pickles are never opened just to look
+    try:
+        header = read_safetensors_header(path)
+    except ZvsError:
+        return None
+    entry = header.get("model.diffusion_model.input_blocks.0.0.weight")
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    return int(shape[1]) if isinstance(shape, list) and len(shape) == 4 else None

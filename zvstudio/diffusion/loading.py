@@ -472,19 +472,3 @@ def _guess_what_it_is(keys: list[str]) -> str:
         what = "an SD-like checkpoint with a different architecture (inpainting, SD2, ...)"
     return f"this file looks like {what}; pick an SD1.x (SD1.4/1.5 or fine-tune) checkpoint"
 
-
-def unet_input_channels(path: Path, allow_pickle: bool = False) -> int | None:
-    """The UNet input channels of a model, read from its config or file header without loading
-    weights (4: text-to-image, 8: InstructPix2Pix, 9: inpainting); None when unknown."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            config = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
-            return int(config.get("in_channels", 4))
-        if path.is_file() and (allow_pickle or not path.name.lower().endswith(PICKLE_SUFFIXES)):
-            tensors = open_checkpoint(path, allow_pickle)
-            conv_in = UNET_PREFIX + "input_blocks.0.0.weight"
-            return tensors.shape(conv_in)[1] if conv_in in set(tensors) else None
-    except (OSError, ValueError, ZvsError):
-        return None
-    return None

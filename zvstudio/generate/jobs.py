@@ -140,10 +140,11 @@ def _check_mode(request: TextToVideoRequest) -> DiffusionSpec:
     loads); the model spec, accepting InstructPix2Pix models when one edits the clip."""
     from dataclasses import replace
 
-    from zvstudio.diffusion.loading import unet_input_channels
+    from zvstudio.diffusion.identify import unet_input_channels
 
     models = request.models
-    instruct = unet_input_channels(models.model, models.allow_pickle) == 8
+    channels = unet_input_channels(models.model)  # None: not known before loading (a pickle)
+    instruct = channels == 8
     if instruct and request.video is None:
         raise ZvsError(
             f"{models.model.name} is an InstructPix2Pix model: it edits a clip",
@@ -151,13 +152,14 @@ def _check_mode(request: TextToVideoRequest) -> DiffusionSpec:
         )
     if instruct and models.controlnet is not None:
         raise ZvsError("an InstructPix2Pix model edits the clip itself: drop the ControlNet")
-    if request.video is not None and models.controlnet is None and not instruct:
+    editing = request.video is not None and models.controlnet is None
+    if editing and channels not in (8, None):
         raise ZvsError(
             "--video guides the clip through a ControlNet, or is edited by an InstructPix2Pix "
             "model",
             hint="add --controlnet canny, or use an InstructPix2Pix checkpoint as --model",
         )
-    return replace(models, unet_inputs=(8,)) if instruct else models
+    return replace(models, unet_inputs=(8,) if instruct else (4, 8)) if editing else models
 
 
 def input_clip_size(video: Path, long_side: int = INPUT_LONG_SIDE) -> tuple[int, int]:

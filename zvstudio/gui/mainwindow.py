@@ -1,8 +1,9 @@
 """The editor's main window: viewer in the middle, timeline below, inspector on the right,
 the render queue beside the timeline; menus and keyboard shortcuts for everything.
 
-Nothing here blocks: renders, previews and exports are engine jobs on the bridge's worker
-thread, the render status is computed on another, and the document is autosaved."""
+Nothing here blocks: renders, previews, exports and generated clips (File > New from text...,
+Animate image...) are engine jobs on the bridge's worker thread, the render status is computed
+on another, and the document is autosaved."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
-from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtCore import QSize, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -24,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from zvstudio import __version__
-from zvstudio.appsettings import AppSettings, load_settings, save_settings
+from zvstudio.appsettings import AppSettings, edited, load_settings, save_settings
 from zvstudio.engine.jobs import JobEvent
 from zvstudio.engine.render import render_key_preview
 from zvstudio.engine.request import RenderRequest, request_from_project
@@ -72,6 +73,9 @@ class MainWindow(QMainWindow):
         self.proxy: Proxy | None = None
         self.proxy_job: int | None = None
         self.models_job: int | None = None
+        self.generate_jobs: dict[int, str] = {}  # generation job id -> what it makes
+        self.diffusion_config_dir: Path | None = None  # the models' reference configs (tests)
+        self._shut_down = False
         self.autosaver = Autosaver()
         self._build_widgets()
         self._build_actions()
@@ -126,6 +130,8 @@ class MainWindow(QMainWindow):
     def _build_actions(self) -> None:
         a = self._action
         self.new_action = a("&New project", self.new_project, QKeySequence.New)
+        self.new_from_text_action = a("New from &text…", self.new_from_text_dialog)
+        self.animate_image_action = a("Ani&mate image…", self.animate_image_dialog)
         self.open_action = a("&Open project…", self.open_dialog, QKeySequence.Open)
         self.save_action = a("&Save", self.save, QKeySequence.Save)
         self.save_as_action = a("Save &as…", self.save_as, "Ctrl+Shift+S")
@@ -167,7 +173,11 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         bar = self.menuBar()
         file_menu = bar.addMenu("&File")
-        file_menu.addActions([self.new_action, self.open_action])
+        file_menu.addActions(
+            [self.new_action, self.new_from_text_action, self.animate_image_action]
+        )
+        file_menu.addSeparator()
+        file_menu.addAction(self.open_action)
         self.recent_menu = file_menu.addMenu("Open &recent")
         file_menu.addActions([self.save_action, self.save_as_action])
         file_menu.addSeparator()
@@ -558,6 +568,10 @@ class MainWindow(QMainWindow):
         return self.bridge.submit_render(request, f"Export {Path(path).name}")
 
     def _job_event(self, event: JobEvent) -> None:
+        if self._shut_down:
+            return  # an event queued before the workers stopped: nothing may start now
+        if event.job in self.generate_jobs:
+            self._generation_event(event)
         if event.job == self.models_job and event.kind == "finished":
             self.models = list(event.result)
             self.inspector.reload_models()
@@ -592,6 +606,78 @@ class MainWindow(QMainWindow):
             self.preview_job = None
             if event.error is not None:
                 self.show_error("The preview failed", event.error)
+
+    # -- generated clips ------------------------------------------------------------------------
+    def start_generation(self, choice) -> int:
+        """Make the clip a `TextToVideoChoice` or `AnimateChoice` describes, as a job; when it
+        finishes, the clip opens as a new project (as File > Import clip... would)."""
+        from zvstudio.gui.generate_dialogs import ModelPolicy
+
+        policy = ModelPolicy.from_settings(self.settings, self.diffusion_config_dir)
+        job = self.bridge.submit(
+            lambda context: choice.run(policy, context), f"{choice.title}: {choice.output.name}"
+        )
+        self.generate_jobs[job] = choice.title
+        return job
+
+    def _generation_event(self, event: JobEvent) -> None:
+        if event.kind not in ("finished", "failed", "cancelled"):
+            return
+        title = self.generate_jobs.pop(event.job)
+        if event.kind == "failed" and event.error is not None:
+            self.show_error(f"{title} failed", event.error)
+        elif event.kind == "cancelled":
+            self.statusBar().showMessage(f"{title}: cancelled", 5000)
+        elif event.kind == "finished":
+            result = event.result
+            self.statusBar().showMessage(
+                f"{title}: wrote {result.output} ({result.frames} frames)", 8000
+            )
+            self.open_path(result.output)
+
+    def generation_folder(self, remembered: dict) -> Path:
+        """Where a generated clip goes by default: beside the project (or its clip), else the
+        folder used last time, else the user's Videos folder, else home."""
+        doc = self.document
+        if doc.path is not None:
+            return Path(doc.path).parent
+        if doc.project.clip is not None:
+            return Path(doc.project.clip.path).parent
+        candidates = [
+            remembered.get("folder"),
+            QStandardPaths.writableLocation(QStandardPaths.StandardLocation.MoviesLocation),
+        ]
+        for folder in candidates:
+            if isinstance(folder, str) and folder and Path(folder).is_dir():
+                return Path(folder)
+        return Path.home()
+
+    def new_from_text_dialog(self) -> int | None:
+        from zvstudio.gui.generate_dialogs import TextToVideoDialog
+
+        return self._generation_dialog(TextToVideoDialog, "text_to_video")
+
+    def animate_image_dialog(self) -> int | None:
+        from zvstudio.gui.generate_dialogs import AnimateDialog
+
+        return self._generation_dialog(AnimateDialog, "animate_image")
+
+    def _generation_dialog(self, dialog_class, name: str) -> int | None:
+        """Ask with `dialog_class`, remember its values in the settings field `name`, start the
+        job; returns its id (None when the dialog was cancelled)."""
+        remembered = getattr(self.settings, name)
+        dialog = dialog_class(self, self.models, remembered, self.generation_folder(remembered))
+        try:
+            if not dialog.exec():
+                return None
+            choice, values = dialog.choice(), dialog.remembered()
+        finally:
+            dialog.deleteLater()
+        self.settings = edited(self.settings, **{name: values})
+        # Remembering is a convenience: never fail the job for it.
+        with contextlib.suppress(OSError, ZvsError):
+            save_settings(self.settings)
+        return self.start_generation(choice)
 
     # -- dialogs ------------------------------------------------------------------------------
     def export_dialog(self) -> None:
@@ -682,6 +768,7 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Stop the timers and the workers and delete this session's autosave."""
+        self._shut_down = True
         self.autosave_timer.stop()
         self.status_timer.stop()
         self.transport.stop()
