@@ -207,3 +207,30 @@ def test_preview_the_key_at_the_playhead(qtbot, window, clip):
     assert number == 6 and image.shape == (80, 128, 3)
     assert window.rendered_frame(6) is image  # shown in the viewer's rendered side
     assert window.viewer.mode() != "original"
+
+
+def _drag(window, event_type, paths):
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    point, actions = QPointF(10, 10), Qt.CopyAction
+    if event_type == "enter":
+        event = QDragEnterEvent(point.toPoint(), actions, data, Qt.LeftButton, Qt.NoModifier)
+        window.dragEnterEvent(event)
+    else:
+        event = QDropEvent(point, actions, data, Qt.LeftButton, Qt.NoModifier)
+        window.dropEvent(event)
+    return event.isAccepted()
+
+
+def test_drop_a_clip_on_the_window_imports_it(qtbot, window, clip, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a clip")
+    assert not _drag(window, "enter", [notes])  # refused while dragging: nothing to import
+    assert _drag(window, "enter", [notes, clip])
+    assert _drag(window, "drop", [notes, clip])
+    assert window.document.project.clip is not None
+    assert Path(window.document.project.clip.path) == clip
+    assert [k.frame for k in window.document.project.keyframes] == [0, 10, 20]  # as imported
