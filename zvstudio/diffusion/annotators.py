@@ -21,6 +21,19 @@ from zvstudio.plugins import check_name
 Annotate = Callable[[np.ndarray], np.ndarray]
 BUILTIN_ANNOTATORS = ("canny",)
 DEFAULT_CANNY_THRESHOLDS = (100, 200)  # KeySettings.canny_thresholds' default
+# Annotator types that would need annotator weights (HED, MiDaS, OpenPose, ...) that zvstudio
+# cannot download, unless a plugin provides them.
+UNAVAILABLE_ANNOTATORS = (
+    "hed",
+    "softedge",
+    "lineart",
+    "depth",
+    "normal",
+    "openpose",
+    "mlsd",
+    "scribble",
+    "seg",
+)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from zvstudio.diffusion.annotators import BUILTIN_ANNOTATORS, available_annotators, has_annotator
+from zvstudio.diffusion.annotators import (
+    BUILTIN_ANNOTATORS,
+    UNAVAILABLE_ANNOTATORS,
+    available_annotators,
+    has_annotator,
+)
 from zvstudio.diffusion.identify import BASE_LABELS, KIND_LABELS, ModelInfo, classify
 from zvstudio.diffusion.loading import (
     _rename_map,
@@ -41,21 +46,9 @@ if TYPE_CHECKING:  # diffusers takes seconds to import
 
 CONTROL_PREFIX = "control_model."
 DEFAULT_SCALE = 0.7  # KeySettings.controlnet_scale's default
-# Annotator types: those we compute the control image for (built in; plugins add more, see
-# zvstudio.diffusion.annotators), and those that would need annotator weights (HED, MiDaS,
-# OpenPose, ...) that zvstudio cannot download, unless a plugin provides them.
+# Annotator types we compute the control image for (built in; plugins add more, see
+# zvstudio.diffusion.annotators, which also lists those that need weights we cannot download).
 ANNOTATORS = BUILTIN_ANNOTATORS
-UNAVAILABLE_ANNOTATORS = (
-    "hed",
-    "softedge",
-    "lineart",
-    "depth",
-    "normal",
-    "openpose",
-    "mlsd",
-    "scribble",
-    "seg",
-)
 _BASES = ("sd1", "unknown")  # an unknown base is let through: the loader decides
 
 __all__ = [

@@ -40,7 +40,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from zvstudio.diffusion.annotators import available_annotators
+from zvstudio.diffusion.annotators import UNAVAILABLE_ANNOTATORS, available_annotators
 from zvstudio.diffusion.identify import ModelInfo
 from zvstudio.errors import ZvsError
 from zvstudio.gui.document import Document
@@ -67,20 +67,6 @@ CROSS_FRAME_LABELS = {
     "decoder_loose": "Decoder, loose (skips the coarsest layers)",
     "all": "All layers",
 }
-# zvstudio.diffusion.controlnet's UNAVAILABLE_ANNOTATORS (a test keeps them equal): importing
-# that module loads torch, seconds the GUI should not spend at start-up. A plugin may provide
-# one of them; `available_annotators()` says which exist.
-UNAVAILABLE_ANNOTATORS = (
-    "hed",
-    "softedge",
-    "lineart",
-    "depth",
-    "normal",
-    "openpose",
-    "mlsd",
-    "scribble",
-    "seg",
-)
 RENDER_BASES = ("sd1", "unknown")  # bases the sampler can load (unknown: let it try)
 MODEL_FILTER = "Models (*.safetensors *.sft *.ckpt *.pt *.pth *.bin);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.exr *.bmp);;All files (*)"
