@@ -31,11 +31,11 @@ from zvstudio.diffusion.annotators import (
 )
 from zvstudio.diffusion.identify import BASE_LABELS, KIND_LABELS, ModelInfo, classify
 from zvstudio.diffusion.loading import (
-    _rename_map,
     _same_shape,
     force_offline,
     from_pretrained_checked,
     open_checkpoint,
+    rename_map,
     weights_kwargs,
 )
 from zvstudio.diffusion.tokenizer import sd15_config_dir
@@ -155,7 +155,7 @@ def match_controlnet_checkpoint(
         # The converter strips the prefix itself, but reads prefixless names only when
         # time_embed.0.weight is among them: give every name the prefix so both work alike.
         named = {CONTROL_PREFIX + k.removeprefix(CONTROL_PREFIX): k for k in scope}
-        converted = _rename_map(convert_controlnet_checkpoint, list(named), model.config)
+        converted = rename_map(convert_controlnet_checkpoint, list(named), model.config)
         rename = {param: named[key] for param, key in converted.items()}
     params = model.state_dict()
     missing = sum(1 for p in params if p not in rename)

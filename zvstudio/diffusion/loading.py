@@ -194,7 +194,7 @@ def weights_kwargs(folder: Path, allow_pickle: bool) -> dict[str, Any]:
             return {"use_safetensors": True, "variant": variant}
     if any(n.endswith(PICKLE_SUFFIXES) for n in names):
         if not allow_pickle:
-            raise _pickle_refused(folder)
+            raise pickle_refused(folder)
         return {"use_safetensors": False}
     return {}  # let from_pretrained say what is missing (sharded files, for example)
 
@@ -255,7 +255,7 @@ def _scheduler_config(config_dir: Path, model_dir: Path | None = None) -> dict[s
 # --------------------------------------------------------------------------------- single file
 
 
-def _pickle_refused(path: Path) -> ZvsError:
+def pickle_refused(path: Path) -> ZvsError:
     return ZvsError(
         f"{path.name} is a pickled PyTorch file; loading one can run code hidden inside it.",
         hint="use a .safetensors version of the model, or allow pickled checkpoints in the "
@@ -303,7 +303,7 @@ def open_checkpoint(path: Path, allow_pickle: bool) -> _Tensors:
             hint="use a .safetensors checkpoint or a diffusers model folder",
         )
     if not allow_pickle:
-        raise _pickle_refused(path)
+        raise pickle_refused(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
@@ -329,7 +329,7 @@ class _KeyName(str):
     ndim = 2
 
 
-def _rename_map(
+def rename_map(
     convert: Callable[..., dict], keys: list[str], config: Mapping[str, Any]
 ) -> dict[str, str]:
     """{diffusers key: original key}, from diffusers' converter run on key names."""
@@ -402,8 +402,8 @@ def match_original_checkpoint(
     keys = [k for k in shapes if not k.startswith(_IGNORED_PREFIXES)]
     unet, vae, text = models
     renames = (
-        _rename_map(convert_ldm_unet_checkpoint, _under(keys, UNET_PREFIX), unet.config),
-        _rename_map(convert_ldm_vae_checkpoint, _under(keys, VAE_PREFIX), vae.config),
+        rename_map(convert_ldm_unet_checkpoint, _under(keys, UNET_PREFIX), unet.config),
+        rename_map(convert_ldm_vae_checkpoint, _under(keys, VAE_PREFIX), vae.config),
         _text_rename_map(list(text.state_dict()), _under(keys, TEXT_PREFIX)),
     )
     missing = misshapen = 0
@@ -471,4 +471,3 @@ def _guess_what_it_is(keys: list[str]) -> str:
     else:
         what = "an SD-like checkpoint with a different architecture (inpainting, SD2, ...)"
     return f"this file looks like {what}; pick an SD1.x (SD1.4/1.5 or fine-tune) checkpoint"
-
