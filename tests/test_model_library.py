@@ -798,3 +798,27 @@ def test_models_command_lists_what_it_finds(tmp_path, monkeypatch, capsys):
     assert "inkwash" in capsys.readouterr().out
     assert main(["models", "--folder", str(tmp_path / "nowhere")]) == 1
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_dynamicrafter_checkpoints_are_video_models(tmp_path):
+    shapes = {
+        **SD1_CHECKPOINT,
+        D + "init_attn.0.proj_in.weight": (320, 320, 1, 1),
+        "image_proj_model.latents": (1, 16, 1024),
+    }
+    info = identify(write_st(tmp_path / "dc512.safetensors", shapes))
+    assert (info.kind, info.base) == ("video_model", "dynamicrafter")
+    stride = identify(
+        write_st(
+            tmp_path / "dc256.safetensors", {**shapes, D + "framestride_embed.0.weight": (1, 1)}
+        )
+    )
+    assert "256" in stride.details["note"]
+    # Without the image query transformer, the same UNet keys are an SD checkpoint.
+    assert identify(write_st(tmp_path / "sd.safetensors", SD1_CHECKPOINT)).kind == "checkpoint"
+    pickled = tmp_path / "models" / "dynamicrafter_1024_v1.ckpt"
+    pickled.parent.mkdir()
+    pickled.write_bytes(EVIL_PICKLE)
+    (found,) = scan([tmp_path / "models"])
+    assert (found.kind, found.base, found.pickled) == ("video_model", "dynamicrafter", True)
+    assert "nonexistent_zvs_module" not in sys.modules

@@ -84,15 +84,17 @@ KINDS = (
     "unet",
     "text_encoder",
     "motion_adapter",
+    "video_model",
     "unknown",
 )
-BASES = ("sd1", "sd2", "sdxl", "sd3", "flux", "unknown")
+BASES = ("sd1", "sd2", "sdxl", "sd3", "flux", "dynamicrafter", "unknown")
 BASE_LABELS = {
     "sd1": "SD1.x",
     "sd2": "SD2.x",
     "sdxl": "SDXL",
     "sd3": "SD3",
     "flux": "Flux",
+    "dynamicrafter": "DynamiCrafter",
     "unknown": "of an unknown base",
 }
 KIND_LABELS = {
@@ -103,6 +105,7 @@ KIND_LABELS = {
     "unet": "UNet",
     "text_encoder": "text encoder",
     "motion_adapter": "motion module",
+    "video_model": "video model",
     "unknown": "unrecognised file",
 }
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -239,6 +242,9 @@ _KIND_RULES = tuple(
     _KindRule(kind, re.compile(key), re.compile(also) if also else None, note)
     for kind, key, also, note in (
         ("unknown", r"^lora_controlnet$", "", "Control-LoRA (not supported; use a ControlNet)"),
+        # DynamiCrafter: an SD-shaped 3D UNet with a temporal block after its input conv and
+        # the image query transformer beside it (before the checkpoint rule, which it matches).
+        ("video_model", r"^model\.diffusion_model\.init_attn\.", r"^image_proj_model\.", ""),
         ("motion_adapter", r"motion_modules\.", _LORA_KEY, "AnimateDiff motion LoRA"),
         ("lora", _LORA_KEY, "", ""),
         (
@@ -476,7 +482,16 @@ def _text_encoder_base(shapes: Shapes, metadata: Mapping[str, str], name: str) -
     return "unknown", ""
 
 
+def _video_model_base(shapes: Shapes, metadata: Mapping[str, str], name: str) -> tuple[str, str]:
+    """DynamiCrafter; which release (256/512/1024/interp) only its name can tell, except the
+    256 model, which embeds a frame stride instead of a frame rate."""
+    if any(k.startswith("model.diffusion_model.framestride_embed.") for k in shapes):
+        return "dynamicrafter", "the 256 release"
+    return "dynamicrafter", ""
+
+
 _BASE_FINDERS: dict[str, Callable[[Shapes, Mapping[str, str], str], tuple[str, str]]] = {
+    "video_model": _video_model_base,
     "vae": _vae_base,
     "motion_adapter": _motion_base,
     "text_encoder": _text_encoder_base,
@@ -587,6 +602,7 @@ _NAME_KINDS = tuple(
         (r"lora|locon|loha|lycoris", "lora"),
         (r"(^|[^a-z])vae", "vae"),
         (r"^mm_|motion|animatediff", "motion_adapter"),
+        (r"dynamicrafter", "video_model"),
     )
 )
 _FOLDER_KINDS = {
@@ -605,6 +621,7 @@ _NAME_BASES = tuple(
     (re.compile(pattern, re.IGNORECASE), base)
     for pattern, base in (
         (r"flux", "flux"),
+        (r"dynamicrafter", "dynamicrafter"),
         (r"sd_?3", "sd3"),
         (_XL_NAME.pattern, "sdxl"),
         (r"sd_?v?2|v2-[01]|768-v", "sd2"),
