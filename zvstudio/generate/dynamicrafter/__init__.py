@@ -6,4 +6,6 @@ the image latent (`unet3d`), the image's CLIP ViT-H/14 tokens turned into per-fr
 tokens by a query transformer (`resampler`), the presets with the released numbers (`config`),
 the v-prediction / zero-terminal-SNR schedule (`schedule`), and loading the released
 checkpoints onto these modules, diffusers' VAE and transformers' CLIP towers (`checkpoint`).
+Sampling as the released scripts run it (`sampler`, with OpenCLIP's `tokenizer` and the image
+`preprocess`ing), and the job that loads a checkpoint and writes the clip (`job`).
 """

@@ -167,8 +167,13 @@ class DynamiCrafterConfig:
         return self.unet.default_fs
 
     @property
+    def vae_factor(self) -> int:
+        """How much the VAE shrinks each side: 8 for the SD autoencoder (2 in tests)."""
+        return 2 ** (len(self.vae_block_out_channels) - 1)
+
+    @property
     def latent_size(self) -> tuple[int, int]:
-        return self.height // 8, self.width // 8
+        return self.height // self.vae_factor, self.width // self.vae_factor
 
 
 _SD_SCHEDULE = ScheduleConfig(
