@@ -41,3 +41,11 @@ def test_unknown_size_is_refused(tiny, capsys):
     args = ["bench", "generate", "--model", str(model), "--config", str(config), "--size", "30"]
     assert main(args) == 1
     assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_bench_dynamicrafter_prints_its_report(capsys):
+    args = ["bench", "dynamicrafter", "--tiny", "--frames", "2", "--steps", "1", "--device", "cpu"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["benchmark"] == "dynamicrafter" and report["settings"]["steps"] == 1
+    assert report["frames_made"] == 2 and report["target_met"] is None

@@ -186,3 +186,63 @@ def test_animate_refuses_bad_requests_clearly(models, tmp_path, capsys, case, me
     assert main([*args, "--frames", "2", "--steps", "2", "-o", str(tmp_path / "o.mp4")]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
+
+
+# -- DynamiCrafter ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dynamicrafter(tmp_path_factory):
+    """A tiny DynamiCrafter checkpoint in the released key names, under a released folder name
+    (the preset is guessed from it), and the tiny config to use for that preset."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+    from test_dynamicrafter_model import released_checkpoint
+
+    from zvstudio.generate.dynamicrafter.config import tiny
+
+    config = replace(tiny("512"), width=32, height=24)
+    folder = tmp_path_factory.mktemp("dc") / "dynamicrafter_512_v1"
+    folder.mkdir()
+    path = folder / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in released_checkpoint(config).items()}, str(path))
+    return path, config
+
+
+def test_animate_with_dynamicrafter(dynamicrafter, tmp_path, monkeypatch):
+    checkpoint, config = dynamicrafter
+    # The released 512 model is 320x512 and 1.4 B parameters: the tiny one stands in for it.
+    monkeypatch.setattr("zvstudio.generate.dynamicrafter.config.preset", lambda name: config)
+    image = np.full((48, 64, 3), 90, np.uint8)
+    cv2.imwrite(str(tmp_path / "still.png"), image)
+    out = tmp_path / "dc.mp4"
+    args = ["animate", str(tmp_path / "still.png"), "--engine", "dynamicrafter"]
+    args += ["--model", str(checkpoint), "--device", "cpu", "-q", "--frames", "4"]
+    assert main([*args, "--steps", "2", "--prompt", "waves", "--fps", "10", "-o", str(out)]) == 0
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count, info.fps) == (32, 24, 4, Fraction(10))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--engine", "dynamicrafter", "--motion-adapter", "x"], "not an option of the dynamic"),
+        (["--mode", "loop"], "--mode is not an option of the animatezero engine"),
+        (
+            ["--engine", "dynamicrafter", "--preset", "512", "--mode", "interpolate"],
+            "interpolation model",
+        ),
+        (
+            ["--engine", "dynamicrafter", "--preset", "512_interp", "--mode", "interpolate"],
+            "last image",
+        ),
+        (["--engine", "dynamicrafter"], "cannot tell which DynamiCrafter model"),
+    ],
+)
+def test_animate_engines_refuse_each_others_options(tmp_path, capsys, extra, message):
+    still = tmp_path / "still.png"
+    cv2.imwrite(str(still), np.zeros((8, 8, 3), np.uint8))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"")
+    args = ["animate", str(still), "--model", str(model), *extra, "-o", str(tmp_path / "o.mp4")]
+    assert main(args) == 1
+    assert message in capsys.readouterr().err

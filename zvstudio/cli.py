@@ -662,16 +662,26 @@ def _run_preview(args) -> int:
 
 
 # -- generate / animate -----------------------------------------------------------------------
-def _add_generation_options(parser, frames: int, steps: int) -> None:
-    """Options that the generators share (besides the model options)."""
+def _add_generation_options(
+    parser, frames: int | str, steps: int | str, seed: int | str = 0
+) -> None:
+    """Options that the generators share (besides the model options). A default given as
+    text is described, not set: the command fills it in (it depends on other options)."""
     from zvstudio.media import FORMATS
+
+    def default(value):
+        return value if isinstance(value, int) else None
 
     parser.add_argument("--prompt", default="", help="what the clip should show")
     parser.add_argument("--negative", default="", help="what it should not show")
-    parser.add_argument("--frames", type=int, default=frames, help=f"frames (default {frames})")
-    parser.add_argument("--steps", type=int, default=steps, help=f"DDIM steps (default {steps})")
+    parser.add_argument(
+        "--frames", type=int, default=default(frames), help=f"frames (default {frames})"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=default(steps), help=f"DDIM steps (default {steps})"
+    )
     parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=default(seed), help=f"(default {seed})")
     parser.add_argument(
         "--fps", type=Fraction, default=Fraction(8), help="frame rate of the clip (default 8)"
     )
@@ -762,48 +772,92 @@ def _run_generate(args) -> int:
 
 def _add_animate(commands) -> None:
     parser = commands.add_parser(
-        "animate", help="animate a still image (AnimateZero, with an AnimateDiff motion module)"
+        "animate",
+        help="animate a still image (AnimateZero with an AnimateDiff motion module, or "
+        "DynamiCrafter)",
     )
     parser.add_argument(
-        "image", nargs="?", type=Path, help="the image to animate (default: make one from --prompt)"
+        "image",
+        nargs="?",
+        type=Path,
+        help="the image to animate (AnimateZero: default, make one from --prompt)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("animatezero", "dynamicrafter"),
+        default="animatezero",
+        help="animatezero (default): an SD1.x --model with a --motion-adapter; dynamicrafter: "
+        "a DynamiCrafter checkpoint as --model",
     )
     _add_model_options(parser, model_required=True, controlnet_default=None)
     parser.add_argument(
         "--motion-adapter",
         type=Path,
-        required=True,
         metavar="PATH",
-        help="an AnimateDiff motion module for SD1.5 (mm_sd_v15_v2.safetensors or a folder)",
+        help="AnimateZero: an AnimateDiff motion module for SD1.5 (mm_sd_v15_v2.safetensors or "
+        "a folder)",
     )
-    _add_generation_options(parser, frames=16, steps=25)
+    _add_generation_options(parser, frames=16, steps="25; DynamiCrafter 50", seed="0; 123")
     parser.add_argument("--width", type=int, default=512, help="of a generated still (512)")
     parser.add_argument("--height", type=int, default=512, help="of a generated still (512)")
     parser.add_argument(
         "--window",
         default="all",
-        help="motion modules with causal window attention: all (default), none, down, mid, up, "
-        "or block names, comma-separated",
+        help="AnimateZero: motion modules with causal window attention: all (default), none, "
+        "down, mid, up, or block names, comma-separated",
     )
     parser.add_argument(
-        "--window-length", type=int, help="frames each frame attends to (default: all before it)"
+        "--window-length",
+        type=int,
+        help="AnimateZero: frames each frame attends to (default: all before it)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("256", "512", "1024", "512_interp"),
+        help="DynamiCrafter: which release the checkpoint is (default: from its file name)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("animate", "interpolate", "loop"),
+        help="DynamiCrafter: animate the image (default), interpolate to --last-image, or loop "
+        "back to the image (the interpolation model)",
+    )
+    parser.add_argument("--last-image", type=Path, help="DynamiCrafter: the frame to end on")
+    parser.add_argument(
+        "--fs",
+        type=int,
+        help="DynamiCrafter: its motion number, frames per second (512/1024/interp; lower "
+        "moves more) or frame stride (256; higher moves more); default the release's",
+    )
+    parser.add_argument(
+        "--guidance-rescale",
+        type=float,
+        help="DynamiCrafter: guidance rescale 0-1 (default 0.7, 0 for the 256 model)",
     )
     parser.set_defaults(command="animate", run=_run_animate)
 
 
 def _run_animate(args) -> int:
+    if args.engine == "dynamicrafter":
+        return _run_dynamicrafter(args)
     from zvstudio.diffusion.sampler import KeySettings
     from zvstudio.generate.animate_zero import AnimateSettings
     from zvstudio.generate.jobs import AnimateRequest, animate_image
 
+    _refuse_other_engines_options(
+        args, "animatezero", ("preset", "mode", "last_image", "fs", "guidance_rescale")
+    )
+    if args.motion_adapter is None:
+        raise ZvsError("AnimateZero needs a motion module: --motion-adapter PATH")
     if args.image is None and not args.prompt:
         raise ZvsError("give an image to animate, or a --prompt to make one")
     settings = AnimateSettings(
         prompt=args.prompt,
         negative_prompt=args.negative,
-        frames=args.frames,
-        steps=args.steps,
+        frames=args.frames or 16,
+        steps=args.steps or 25,
         guidance_scale=args.cfg,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         window=args.window,
         window_length=args.window_length,
         width=args.width,
@@ -821,6 +875,54 @@ def _run_animate(args) -> int:
     result = _run_job(args, lambda progress, cancel: animate_image(request, progress, cancel, _say))
     _print_written(result)
     return 0
+
+
+def _run_dynamicrafter(args) -> int:
+    from zvstudio.generate.dynamicrafter.job import DynamiCrafterRequest, animate_dynamicrafter
+    from zvstudio.generate.dynamicrafter.sampler import DynamiCrafterSettings
+
+    _refuse_other_engines_options(args, "dynamicrafter", ("motion_adapter", "window_length"))
+    if args.image is None:
+        raise ZvsError("DynamiCrafter animates an image: give one")
+    if args.lora:
+        raise ZvsError("DynamiCrafter takes no LoRAs")
+    settings = DynamiCrafterSettings(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        frames=args.frames or 16,
+        steps=args.steps or 50,
+        guidance_scale=args.cfg,
+        guidance_rescale=args.guidance_rescale,
+        seed=123 if args.seed is None else args.seed,
+        fs=args.fs,
+        mode=args.mode or "animate",
+    )
+    request = DynamiCrafterRequest(
+        args.model,
+        args.preset,
+        settings,
+        args.image,
+        args.output,
+        last_image=args.last_image,
+        device=args.device,
+        precision=args.precision,
+        allow_pickle=args.allow_pickle,
+        fps_out=args.fps,
+        export=_generation_export(args, audio=False),
+    )
+    result = _run_job(
+        args, lambda progress, cancel: animate_dynamicrafter(request, progress, cancel, _say)
+    )
+    _print_written(result)
+    return 0
+
+
+def _refuse_other_engines_options(args, engine: str, names: Sequence[str]) -> None:
+    """An option of the other engine is a mistake worth saying, not something to ignore."""
+    given = [n for n in names if getattr(args, n) is not None]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise ZvsError(f"{option} is not an option of the {engine} engine")
 
 
 def _generation_export(args, audio: bool):
@@ -965,6 +1067,7 @@ def _add_bench(commands) -> None:
     propagate.set_defaults(command="bench", run=_run_bench_propagate)
     _add_bench_render(which)
     _add_bench_generate(which)
+    _add_bench_dynamicrafter(which)
 
 
 def _run_bench_decode(args) -> int:
@@ -1084,6 +1187,39 @@ def _run_bench_generate(args) -> int:
         model_dir=args.model_dir,
     )
     print(json.dumps(run_generate_benchmark(settings), indent=2))
+    return 0
+
+
+def _add_bench_dynamicrafter(which) -> None:
+    parser = which.add_parser(
+        "dynamicrafter",
+        help="DynamiCrafter with random full-size weights: seconds and peak GPU memory",
+    )
+    parser.add_argument(
+        "--preset", choices=("256", "512", "1024", "512_interp"), default="512", help="(512)"
+    )
+    parser.add_argument("--frames", type=int, default=16, help="(16)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (50)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--precision", choices=("auto", "float16", "bfloat16", "float32"), default="auto"
+    )
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests
+    parser.set_defaults(command="bench", run=_run_bench_dynamicrafter)
+
+
+def _run_bench_dynamicrafter(args) -> int:
+    from zvstudio.bench.dynamicrafter import run_dynamicrafter_benchmark
+
+    report = run_dynamicrafter_benchmark(
+        args.preset,
+        args.frames,
+        args.steps,
+        args.device,
+        None if args.precision == "auto" else args.precision,
+        tiny=args.tiny,
+    )
+    print(json.dumps(report, indent=2))
     return 0
 
 
