@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from zvstudio.diffusion.identify import PICKLE_SUFFIXES
 from zvstudio.diffusion.tokenizer import load_clip_tokenizer, model_tokenizer_dir, sd15_config_dir
 from zvstudio.errors import ZvsError
 
@@ -40,7 +41,6 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
 _PARTS = ((VAE_PREFIX, "VAE"), (TEXT_PREFIX, "text encoder"))
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Keys an SD1.x checkpoint may carry that no inference component uses.
 _IGNORED_SUFFIXES = (".position_ids",)  # a non-persistent buffer in current transformers
 _IGNORED_PREFIXES = (VAE_PREFIX + "loss.",)  # the VAE's training loss (LPIPS, discriminator)

@@ -1,6 +1,8 @@
-"""File > New from text... (Text2Video-Zero) and File > Animate image... (AnimateZero).
+"""File > New from text... (Text2Video-Zero) and File > Animate image... (AnimateZero or
+DynamiCrafter).
 
-A dialog only gathers a choice: `TextToVideoChoice` or `AnimateChoice`, plain values. Their
+A dialog only gathers a choice: `TextToVideoChoice`, `AnimateChoice` or `DynamiCrafterChoice`,
+plain values. Their
 `request()` builds the engine's one request object, and `run()` does the whole job; the main
 window calls `run()` on the job thread, because the generators import torch (seconds the GUI
 thread must not spend) and a ControlNet file is looked at there too. The OK button stays
@@ -40,9 +42,11 @@ from PySide6.QtWidgets import (
 )
 
 from zvstudio.appsettings import AppSettings
-from zvstudio.diffusion.identify import ModelInfo, unet_input_channels
+from zvstudio.diffusion.identify import PICKLE_SUFFIXES, ModelInfo, unet_input_channels
 from zvstudio.engine.jobs import JobContext
 from zvstudio.errors import ZvsError
+from zvstudio.generate.dynamicrafter.config import PRESETS as DYNAMICRAFTER_PRESETS
+from zvstudio.generate.dynamicrafter.names import guess_preset
 from zvstudio.gui.inspector import IMAGE_FILTER, MODEL_FILTER, RENDER_BASES, Dialogs
 from zvstudio.media import ExportSettings
 from zvstudio.progress import LogCallback, ignore_log
@@ -50,6 +54,7 @@ from zvstudio.project.model import SEED_MAX
 
 if TYPE_CHECKING:
     from zvstudio.engine.preview import DiffusionSpec
+    from zvstudio.generate.dynamicrafter.job import DynamiCrafterRequest
     from zvstudio.generate.jobs import AnimateRequest, GenerateResult, TextToVideoRequest
 
 VIDEO_FILTER = "Videos (*.mp4 *.mov *.mkv *.webm *.avi *.m4v);;All files (*)"
@@ -63,6 +68,29 @@ WINDOW_LABELS = {
     "up": "Up blocks",
     "none": "None (plain AnimateDiff attention)",
 }
+ENGINES = {
+    "animatezero": "AnimateZero (SD1.5 + motion module)",
+    "dynamicrafter": "DynamiCrafter",
+}
+DYNAMICRAFTER_FILTER = (
+    "DynamiCrafter checkpoints (*.ckpt *.safetensors *.sft *.pt *.pth *.bin);;All files (*)"
+)
+AUTO_PRESET = "auto"
+DYNAMICRAFTER_MODES = {
+    "animate": "Animate the image",
+    "interpolate": "Interpolate to the last image",
+    "loop": "Loop back to the image",
+}
+NO_DYNAMICRAFTER = (
+    "No DynamiCrafter checkpoint in the model library: put one (e.g. "
+    "dynamicrafter_512_v1/model.ckpt) in a model folder (Settings), or choose the file with "
+    "“DynamiCrafter file…”"
+)
+MOTION_NUMBER_TIP = (
+    "DynamiCrafter's motion number: frames per second for the 512, 1024 and interpolation "
+    "models (lower moves more); the frame stride for the 256 model (higher moves more). "
+    "Default: the model's own"
+)
 
 
 # ------------------------------------------------------------------------- the choices
@@ -231,6 +259,67 @@ class AnimateChoice:
         return animate_image(request, context.progress, context.cancel, context.log)
 
 
+@dataclass(frozen=True)
+class DynamiCrafterChoice:
+    """A DynamiCrafter clip as the dialog describes it: `image` animated by the `checkpoint`'s
+    video model (`preset` None: told by the file name), to `last_image` when interpolating.
+    `guidance_rescale` and `fs` None take the model's own; `fps` is how the clip plays."""
+
+    checkpoint: Path
+    image: Path
+    output: Path
+    preset: str | None = None
+    mode: str = "animate"
+    last_image: Path | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    frames: int = 16
+    steps: int = 50
+    guidance_scale: float = 7.5
+    guidance_rescale: float | None = None
+    seed: int = 123
+    fs: int | None = None
+    fps: Fraction = Fraction(8)
+
+    title = "Animate image"
+
+    def request(self, policy: ModelPolicy, log: LogCallback = ignore_log) -> DynamiCrafterRequest:
+        """The engine's request (imports torch: call it on the job thread)."""
+        from zvstudio.generate.dynamicrafter.job import DynamiCrafterRequest
+        from zvstudio.generate.dynamicrafter.sampler import DynamiCrafterSettings
+
+        settings = DynamiCrafterSettings(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            frames=self.frames,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            guidance_rescale=self.guidance_rescale,
+            seed=self.seed,
+            fs=self.fs,
+            mode=self.mode,
+        )
+        return DynamiCrafterRequest(
+            self.checkpoint,
+            self.preset,
+            settings,
+            self.image,
+            self.output,
+            last_image=self.last_image,
+            device=policy.device,
+            precision=policy.precision,
+            allow_pickle=policy.allow_pickle,
+            fps_out=self.fps,
+            export=ExportSettings(audio=False),
+        )
+
+    def run(self, policy: ModelPolicy, context: JobContext) -> GenerateResult:
+        from zvstudio.generate.dynamicrafter.job import animate_dynamicrafter
+
+        request = self.request(policy, context.log)
+        return animate_dynamicrafter(request, context.progress, context.cancel, context.log)
+
+
 def unused_path(folder: Path, stem: str, suffix: str = ".mp4") -> Path:
     """`folder/stem.mp4`, or `stem_2.mp4`, `stem_3.mp4`... : the first name not taken."""
     candidate = folder / f"{stem}{suffix}"
@@ -264,7 +353,8 @@ class FileDialogs(Dialogs):
 
 class ModelPicker(QWidget):
     """A model of one `kind` from the scanned library, or a file or folder the user browses
-    to. Models of another base than SD1.x are listed but cannot be chosen."""
+    to. Models of another base than `bases` (SD1.x) are listed but cannot be chosen; without
+    `browse_folder` there is no Folder… button (single-file models only)."""
 
     changed = Signal()
 
@@ -274,7 +364,9 @@ class ModelPicker(QWidget):
         kind: str,
         empty_text: str,
         browse_file: Callable[[], str | None],
-        browse_folder: Callable[[], str | None],
+        browse_folder: Callable[[], str | None] | None,
+        bases: Sequence[str] = RENDER_BASES,
+        refused: str = "{base}: zvstudio generates with SD1.x",
     ) -> None:
         super().__init__()
         self.combo = QComboBox()
@@ -285,14 +377,16 @@ class ModelPicker(QWidget):
         self.combo.addItem(empty_text, None)
         for info in (m for m in models if m.kind == kind):
             self._add(info.name, str(info.path))
-            if info.base not in RENDER_BASES:
-                self._disable(self.combo.count() - 1, f"{info.base}: zvstudio generates with SD1.x")
+            if info.base not in bases:
+                self._disable(self.combo.count() - 1, refused.format(base=info.base))
         self.file_button = QPushButton("File…")
         self.folder_button = QPushButton("Folder…")
         self.file_button.setToolTip("Choose a single-file model")
         self.folder_button.setToolTip("Choose a diffusers model folder")
         self.file_button.clicked.connect(lambda: self.set_path(browse_file()))
-        self.folder_button.clicked.connect(lambda: self.set_path(browse_folder()))
+        if browse_folder is not None:
+            self.folder_button.clicked.connect(lambda: self.set_path(browse_folder()))
+        self.folder_button.setVisible(browse_folder is not None)
         self.combo.currentIndexChanged.connect(self._on_index_changed)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -317,6 +411,22 @@ class ModelPicker(QWidget):
     def path(self) -> Path | None:
         data = self.combo.currentData()
         return Path(data) if data else None
+
+    def has_choices(self) -> bool:
+        """Whether any model can be chosen (from the library, or browsed to)."""
+        model = self.combo.model()
+        return any(
+            not isinstance(model, QStandardItemModel) or model.item(index).isEnabled()
+            for index in range(1, self.combo.count())
+        )
+
+    def select_first(self) -> None:
+        """Select the first model that can be chosen, if any."""
+        for index in range(1, self.combo.count()):
+            model = self.combo.model()
+            if not isinstance(model, QStandardItemModel) or model.item(index).isEnabled():
+                self.combo.setCurrentIndex(index)
+                return
 
     def set_path(self, path: str | Path | None) -> None:
         """Select `path` (added to the list when the library does not have it); None and ""
@@ -483,36 +593,52 @@ class _GenerateDialog(QDialog):
         return self.model_picker
 
     def _sampling_rows(
-        self, form: QFormLayout, frames: int, max_frames: int, steps: int, min_steps: int
+        self,
+        form: QFormLayout,
+        frames: int,
+        max_frames: int,
+        steps: int,
+        min_steps: int,
+        prefix: str = "",
+        min_frames: int = 1,
+        seed: int = 0,
     ) -> None:
-        self.frames_spin = _int_spin(1, max_frames)
-        self.frames_spin.setValue(frames)
-        _add_row(form, "Frames", _row(self.frames_spin), "How many frames the clip has")
-        self.steps_spin = _int_spin(min_steps, 500)
-        self.steps_spin.setValue(steps)
-        _add_row(form, "Steps", _row(self.steps_spin), "Denoising steps (more: slower, finer)")
-        self.guidance_spin = _spin(1.0, 30.0, 0.5)
-        self.guidance_spin.setValue(7.5)
+        """Frames, steps, guidance and seed, as `self.{prefix}frames_spin` and so on."""
+        frames_spin = _int_spin(min_frames, max_frames)
+        frames_spin.setValue(frames)
+        _add_row(form, "Frames", _row(frames_spin), "How many frames the clip has")
+        steps_spin = _int_spin(min_steps, 500)
+        steps_spin.setValue(steps)
+        _add_row(form, "Steps", _row(steps_spin), "Denoising steps (more: slower, finer)")
+        guidance_spin = _spin(1.0, 30.0, 0.5)
+        guidance_spin.setValue(7.5)
         _add_row(
             form,
             "Guidance",
-            _row(self.guidance_spin),
+            _row(guidance_spin),
             "How closely the frames follow the prompt (CFG)",
         )
         # A double spin box: seeds go to 2**32 - 1, past QSpinBox's 32-bit signed range.
-        self.seed_spin = _spin(0, SEED_MAX, 1, decimals=0)
-        self.seed_spin.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
-        self.seed_spin.setMinimumWidth(110)
-        self.random_seed_button = QPushButton("Random")
-        self.random_seed_button.clicked.connect(
-            lambda: self.seed_spin.setValue(random.randint(0, SEED_MAX))
-        )
+        seed_spin = _spin(0, SEED_MAX, 1, decimals=0)
+        seed_spin.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
+        seed_spin.setMinimumWidth(110)
+        seed_spin.setValue(seed)
+        random_seed_button = QPushButton("Random")
+        random_seed_button.clicked.connect(lambda: seed_spin.setValue(random.randint(0, SEED_MAX)))
         _add_row(
             form,
             "Seed",
-            _row(self.seed_spin, self.random_seed_button),
+            _row(seed_spin, random_seed_button),
             "The same seed and settings make the same clip",
         )
+        for name, widget in (
+            ("frames_spin", frames_spin),
+            ("steps_spin", steps_spin),
+            ("guidance_spin", guidance_spin),
+            ("seed_spin", seed_spin),
+            ("random_seed_button", random_seed_button),
+        ):
+            setattr(self, prefix + name, widget)
 
     def _size_row(self, form: QFormLayout, tip: str) -> None:
         self.width_spin = _int_spin(8, 2048, 8, " px")
@@ -525,10 +651,13 @@ class _GenerateDialog(QDialog):
         self.size_row.setToolTip(tip)
         form.addRow(self.size_label, self.size_row)
 
-    def _fps_row(self, form: QFormLayout, tip: str) -> None:
-        self.fps_spin = _spin(1, 240, 1, decimals=3, suffix=" fps")
-        self.fps_spin.setValue(8)
-        _add_row(form, "Frame rate", _row(self.fps_spin), tip)
+    def _fps_row(
+        self, form: QFormLayout, tip: str, prefix: str = "", label: str = "Frame rate"
+    ) -> None:
+        spin = _spin(1, 240, 1, decimals=3, suffix=" fps")
+        spin.setValue(8)
+        setattr(self, f"{prefix}fps_spin", spin)
+        _add_row(form, label, _row(spin), tip)
 
     def _output_group(self) -> QGroupBox:
         group, form = _group("Output")
@@ -868,12 +997,32 @@ class TextToVideoDialog(_GenerateDialog):
 
 class AnimateDialog(_GenerateDialog):
     """File > Animate image...: AnimateZero animates an image (or a still it generates from the
-    prompt) with an AnimateDiff motion module. Read the answer with `choice()` after `exec()`."""
+    prompt) with an AnimateDiff motion module; DynamiCrafter, offered when a checkpoint of it is
+    in the model library or browsed to, animates an image with its own video model (or
+    interpolates to a last image, or loops). Read the answer with `choice()` after `exec()`.
+    `allow_pickle` is the app setting: a pickled DynamiCrafter checkpoint needs it."""
 
     OK_TEXT = "Animate"
     OUTPUT_STEM = "animation"
-    INT_FIELDS = ("frames", "steps", "width", "height", "window_length")
-    FLOAT_FIELDS = ("guidance", "seed", "fps")
+    INT_FIELDS = (
+        "frames",
+        "steps",
+        "width",
+        "height",
+        "window_length",
+        "dc_frames",
+        "dc_steps",
+        "dc_fs",
+    )
+    FLOAT_FIELDS = (
+        "guidance",
+        "seed",
+        "fps",
+        "dc_guidance",
+        "dc_guidance_rescale",
+        "dc_seed",
+        "dc_fps",
+    )
 
     def __init__(
         self,
@@ -882,25 +1031,56 @@ class AnimateDialog(_GenerateDialog):
         remembered: Mapping[str, Any] | None,
         folder: Path,
         dialogs: FileDialogs | None = None,
+        *,
+        allow_pickle: bool = False,
     ) -> None:
+        self.allow_pickle = allow_pickle
+        self._shown_engine: str | None = None
         super().__init__(parent, models, remembered, folder, dialogs)
-        self.setWindowTitle("Animate image (AnimateZero)")
 
     def _build(self) -> None:
-        source_group, form = _group("Image")
+        engine_group, form = _group("Engine")
+        self.engine_combo = QComboBox()
+        for value, label in ENGINES.items():
+            self.engine_combo.addItem(label, value)
+        self.dc_browse_button = QPushButton("DynamiCrafter file…")
+        self.dc_browse_button.setToolTip(
+            "Choose a DynamiCrafter checkpoint (.ckpt or .safetensors)"
+        )
+        self.dc_browse_button.clicked.connect(self._browse_dynamicrafter)
+        _add_row(
+            form,
+            "Engine",
+            _row(self.engine_combo, self.dc_browse_button),
+            "AnimateZero: an SD1.5 checkpoint with an AnimateDiff motion module; DynamiCrafter: "
+            "its own video model (needs a DynamiCrafter checkpoint)",
+        )
+
+        source_group, self.image_form = _group("Image")
         self.image_field = FileField(
             lambda _: self.dialogs.open_file("Choose the image to animate", IMAGE_FILTER),
             "Empty: generate the still from the prompt",
         )
         _add_row(
-            form,
+            self.image_form,
             "Image",
             self.image_field,
-            "The still that becomes frame 0 (it keeps its own size); empty: generate one",
+            "The still that becomes frame 0 (AnimateZero keeps its size; DynamiCrafter crops "
+            "it to its model's size); AnimateZero, empty: generate one",
         )
-        self._size_row(form, "The size of a generated still (multiples of 8)")
+        self.last_image_field = FileField(
+            lambda _: self.dialogs.open_file("Choose the last image", IMAGE_FILTER),
+            "The frame to end on (interpolate only)",
+        )
+        _add_row(
+            self.image_form,
+            "Last image",
+            self.last_image_field,
+            "DynamiCrafter, interpolate: the clip goes from the image to this one",
+        )
+        self._size_row(self.image_form, "The size of a generated still (multiples of 8)")
 
-        model_group, models = _group("Models")
+        self.model_group, models = _group("Models")
         _add_row(
             models,
             "Checkpoint",
@@ -921,7 +1101,7 @@ class AnimateDialog(_GenerateDialog):
             "An AnimateDiff motion module for SD1.5 (mm_sd_v15_v2.safetensors or a folder)",
         )
 
-        clip_group, clip = _group("Animation")
+        self.clip_group, clip = _group("Animation")
         self._sampling_rows(clip, frames=16, max_frames=64, steps=25, min_steps=1)
         self._fps_row(clip, "The clip's frame rate")
         self.window_combo = QComboBox()
@@ -942,26 +1122,180 @@ class AnimateDialog(_GenerateDialog):
             _row(self.window_length_spin),
             "How many frames (each frame and those before it) a frame attends to",
         )
+        self.dc_group = self._dynamicrafter_group()
         self._lay_out(
+            engine_group,
             source_group,
             self._prompt_group("What the clip shows"),
-            model_group,
-            clip_group,
+            self.model_group,
+            self.clip_group,
+            self.dc_group,
             self._output_group(),
         )
+        self.dc_picker.select_first()
+
+    def _dynamicrafter_group(self) -> QGroupBox:
+        group, form = _group("DynamiCrafter")
+        self.dc_picker = ModelPicker(
+            self.models,
+            "video_model",
+            "(choose a DynamiCrafter checkpoint)",
+            lambda: self.dialogs.open_file(
+                "Choose a DynamiCrafter checkpoint", DYNAMICRAFTER_FILTER
+            ),
+            None,
+            bases=("dynamicrafter",),
+            refused="{base}: not a DynamiCrafter model",
+        )
+        self.dc_picker.file_button.setToolTip("Choose a DynamiCrafter checkpoint file")
+        _add_row(
+            form,
+            "Checkpoint",
+            self.dc_picker,
+            "A DynamiCrafter checkpoint (dynamicrafter_512_v1/model.ckpt, or a .safetensors copy)",
+        )
+        self.dc_preset_combo = QComboBox()
+        self.dc_preset_combo.addItem("Auto (from the file name)", AUTO_PRESET)
+        for name, config in DYNAMICRAFTER_PRESETS.items():
+            kind = "interpolation, " if config.interpolation else ""
+            self.dc_preset_combo.addItem(f"{name} ({kind}{config.width}×{config.height})", name)
+        self.dc_preset_note = QLabel()
+        self.dc_preset_note.setStyleSheet("color: #777;")
+        _add_row(
+            form,
+            "Preset",
+            _row(self.dc_preset_combo, self.dc_preset_note),
+            "Which DynamiCrafter release the checkpoint is: its size and sampling settings "
+            "(Auto: from the released file or folder names)",
+        )
+        self.dc_mode_combo = QComboBox()
+        for value, label in DYNAMICRAFTER_MODES.items():
+            self.dc_mode_combo.addItem(label, value)
+        _add_row(
+            form,
+            "Mode",
+            _row(self.dc_mode_combo),
+            "Animate: the 256, 512 and 1024 models; interpolate (to a last image) and loop: "
+            "the 512_interp model",
+        )
+        self._sampling_rows(
+            form,
+            frames=16,
+            max_frames=64,
+            steps=50,
+            min_steps=1,
+            prefix="dc_",
+            min_frames=2,
+            seed=123,
+        )
+        self.dc_guidance_rescale_spin = _spin(-0.05, 1.0, 0.05)
+        self.dc_guidance_rescale_spin.setSpecialValueText("Default")
+        self.dc_guidance_rescale_spin.setMinimumWidth(130)
+        self.dc_guidance_rescale_spin.setValue(-0.05)
+        _add_row(
+            form,
+            "Guidance rescale",
+            _row(self.dc_guidance_rescale_spin),
+            "0 to 1: tames over-saturated guidance (Default: the model's own, 0.7; 0 for 256)",
+        )
+        self.dc_fs_spin = _int_spin(0, 240)
+        self.dc_fs_spin.setSpecialValueText("Default")
+        self.dc_fs_spin.setMinimumWidth(130)
+        self.dc_fs_label = QLabel("Motion")
+        self.dc_fs_label.setToolTip(MOTION_NUMBER_TIP)
+        fs_row = _row(self.dc_fs_spin)
+        fs_row.setToolTip(MOTION_NUMBER_TIP)
+        self.dc_fs_spin.setToolTip(MOTION_NUMBER_TIP)
+        form.addRow(self.dc_fs_label, fs_row)
+        self._fps_row(
+            form,
+            "How fast the written clip plays (the released scripts write 8 fps)",
+            "dc_",
+            "Output frame rate",
+        )
+        return group
+
+    def _browse_dynamicrafter(self) -> None:
+        path = self.dialogs.open_file("Choose a DynamiCrafter checkpoint", DYNAMICRAFTER_FILTER)
+        if path:
+            self.dc_picker.set_path(path)
+            self.engine_combo.setCurrentIndex(self.engine_combo.findData("dynamicrafter"))
+
+    # -- what the dialog shows ------------------------------------------------------------
+    def engine(self) -> str:
+        return self.engine_combo.currentData()
+
+    def dc_preset(self) -> str | None:
+        """The preset chosen, or guessed from the checkpoint's name; None when unknown."""
+        chosen = self.dc_preset_combo.currentData()
+        if chosen != AUTO_PRESET:
+            return chosen
+        checkpoint = self.dc_picker.path()
+        return guess_preset(checkpoint) if checkpoint is not None else None
 
     def _update_enabled(self) -> None:
-        generated = self.image_field.path() is None
+        available = self.dc_picker.has_choices()
+        entry = self.engine_combo.findData("dynamicrafter")
+        item = self.engine_combo.model().item(entry)  # type: ignore[attr-defined]
+        item.setEnabled(available)
+        self.engine_combo.setItemData(
+            entry, None if available else NO_DYNAMICRAFTER, Qt.ItemDataRole.ToolTipRole
+        )
+        self.dc_browse_button.setVisible(not available)
+        dc = self.engine() == "dynamicrafter"
+        self.model_group.setVisible(not dc)
+        self.clip_group.setVisible(not dc)
+        self.dc_group.setVisible(dc)
+        self.image_form.setRowVisible(self.size_row, not dc)
+        self.image_form.setRowVisible(self.last_image_field, dc)
+        self.last_image_field.setEnabled(self.dc_mode_combo.currentData() == "interpolate")
+        generated = self.image_field.path() is None and not dc
         self.size_label.setEnabled(generated)
         self.size_row.setEnabled(generated)
         self.window_length_spin.setEnabled(self.window_combo.currentData() != "none")
-        self.prompt_edit.setPlaceholderText(
-            "What the clip shows (and the still, when no image is given)"
-            if generated
-            else "What the clip shows (optional)"
+        self.image_field.edit.setPlaceholderText(
+            "The image to animate" if dc else "Empty: generate the still from the prompt"
         )
+        if dc:
+            placeholder = "The motion: what happens in the clip (optional)"
+        elif generated:
+            placeholder = "What the clip shows (and the still, when no image is given)"
+        else:
+            placeholder = "What the clip shows (optional)"
+        self.prompt_edit.setPlaceholderText(placeholder)
+        self._update_preset_fields()
+        if self._shown_engine != self.engine():
+            self._shown_engine = self.engine()
+            self.setWindowTitle(f"Animate image ({'DynamiCrafter' if dc else 'AnimateZero'})")
+            self.adjustSize()
 
+    def _update_preset_fields(self) -> None:
+        """The preset's note, its default motion number and guidance rescale."""
+        preset = self.dc_preset()
+        auto = self.dc_preset_combo.currentData() == AUTO_PRESET
+        if not auto or self.dc_picker.path() is None:
+            self.dc_preset_note.setText("")
+        elif preset is None:
+            self.dc_preset_note.setText("the file name does not tell: choose one")
+        else:
+            self.dc_preset_note.setText(f"from the name: {preset}")
+        config = DYNAMICRAFTER_PRESETS.get(preset) if preset else None
+        if config is None:
+            self.dc_fs_label.setText("Motion")
+            self.dc_fs_spin.setSpecialValueText("Default")
+            self.dc_guidance_rescale_spin.setSpecialValueText("Default")
+            return
+        stride = config.fs_kind == "frame_stride"
+        self.dc_fs_label.setText("Motion (frame stride)" if stride else "Motion (fps)")
+        low, high = config.fs_range
+        self.dc_fs_spin.setSpecialValueText(f"Default ({config.default_fs}; {low}–{high})")
+        rescale = config.schedule.guidance_rescale
+        self.dc_guidance_rescale_spin.setSpecialValueText(f"Default ({rescale:g})")
+
+    # -- validation ------------------------------------------------------------------------
     def invalid_reason(self) -> str | None:
+        if self.engine() == "dynamicrafter":
+            return self._dynamicrafter_reason()
         reason = self._model_reason()
         if reason:
             return reason
@@ -979,12 +1313,62 @@ class AnimateDialog(_GenerateDialog):
             return self._size_reason()
         return self._output_reason([image])
 
+    def _dynamicrafter_reason(self) -> str | None:
+        checkpoint = self.dc_picker.path()
+        if checkpoint is None:
+            return "Choose a DynamiCrafter checkpoint (from the list, or a file)."
+        if not checkpoint.is_file():
+            return f"The DynamiCrafter checkpoint {checkpoint} does not exist."
+        if checkpoint.suffix.lower() in PICKLE_SUFFIXES and not self.allow_pickle:
+            return (
+                f"{checkpoint.name} is a pickled checkpoint, which can run code hidden in it: "
+                "allow pickled checkpoints in Settings if you trust where it came from, or use "
+                "a .safetensors copy."
+            )
+        preset = self.dc_preset()
+        if preset is None:
+            return (
+                f"Cannot tell which DynamiCrafter model {checkpoint.name} is from its name: "
+                "choose the preset."
+            )
+        image = self.image_field.path()
+        if image is None:
+            return "Choose the image to animate (DynamiCrafter does not generate a still)."
+        if not image.is_file():
+            return f"The image {image} does not exist."
+        mode = self.dc_mode_combo.currentData()
+        interpolation = DYNAMICRAFTER_PRESETS[preset].interpolation
+        if mode != "animate" and not interpolation:
+            return (
+                f"The {mode} mode needs the interpolation model (preset 512_interp, "
+                f"dynamicrafter_512_interp_v1), not the {preset} model."
+            )
+        if mode == "animate" and interpolation:
+            return "The interpolation model makes interpolations and loops: choose that mode."
+        last = self._dc_last_image()
+        if mode == "interpolate" and last is None:
+            return "Choose the last image: the interpolation ends on it."
+        if last is not None and not last.is_file():
+            return f"The last image {last} does not exist."
+        return self._output_reason([image, last])
+
+    def _dc_last_image(self) -> Path | None:
+        if self.dc_mode_combo.currentData() != "interpolate":
+            return None  # kept in the field, but only interpolation uses it
+        return self.last_image_field.path()
+
+    # -- remembering -----------------------------------------------------------------------
     def remembered(self) -> dict[str, Any]:
         values = super().remembered()
         values.update(
+            engine=self.engine(),
             motion_adapter=_text(self.motion_picker.path()),
             image=_text(self.image_field.path()),
             window=self.window_combo.currentData(),
+            dc_checkpoint=_text(self.dc_picker.path()),
+            dc_preset=self.dc_preset_combo.currentData(),
+            dc_mode=self.dc_mode_combo.currentData(),
+            dc_last_image=_text(self.last_image_field.path()),
         )
         return values
 
@@ -992,16 +1376,29 @@ class AnimateDialog(_GenerateDialog):
         super().restore(values)
         if isinstance(values.get("motion_adapter"), str):
             self.motion_picker.set_path(values["motion_adapter"])
-        image = values.get("image")
-        if isinstance(image, str) and Path(image).is_file():
-            self.image_field.set_path(image)
-        index = self.window_combo.findData(values.get("window"))
-        if index >= 0:
-            self.window_combo.setCurrentIndex(index)
+        for name, field in (("image", self.image_field), ("dc_last_image", self.last_image_field)):
+            image = values.get(name)
+            if isinstance(image, str) and Path(image).is_file():
+                field.set_path(image)
+        checkpoint = values.get("dc_checkpoint")
+        if isinstance(checkpoint, str) and Path(checkpoint).is_file():  # a gone one would
+            self.dc_picker.set_path(checkpoint)  # offer DynamiCrafter without a model
+        for combo, name in (
+            (self.window_combo, "window"),
+            (self.dc_preset_combo, "dc_preset"),
+            (self.dc_mode_combo, "dc_mode"),
+        ):
+            index = combo.findData(values.get(name))
+            if index >= 0:
+                combo.setCurrentIndex(index)
+        if values.get("engine") == "dynamicrafter" and self.dc_picker.has_choices():
+            self.engine_combo.setCurrentIndex(self.engine_combo.findData("dynamicrafter"))
 
-    def choice(self) -> AnimateChoice:
+    def choice(self) -> AnimateChoice | DynamiCrafterChoice:
         """The animation asked for; raises ZvsError while the dialog shows a reason."""
         self._check()
+        if self.engine() == "dynamicrafter":
+            return self._dynamicrafter_choice()
         length = self.window_length_spin.value()
         return AnimateChoice(
             **self._common(),
@@ -1009,4 +1406,25 @@ class AnimateDialog(_GenerateDialog):
             window=self.window_combo.currentData(),
             window_length=length or None,
             image=self.image_field.path(),
+        )
+
+    def _dynamicrafter_choice(self) -> DynamiCrafterChoice:
+        preset = self.dc_preset_combo.currentData()
+        rescale = self.dc_guidance_rescale_spin.value()
+        return DynamiCrafterChoice(
+            checkpoint=self.dc_picker.path(),
+            image=self.image_field.path(),
+            output=self.output_field.path(),
+            preset=None if preset == AUTO_PRESET else preset,
+            mode=self.dc_mode_combo.currentData(),
+            last_image=self._dc_last_image(),
+            prompt=self.prompt_edit.toPlainText().strip(),
+            negative_prompt=self.negative_edit.toPlainText().strip(),
+            frames=self.dc_frames_spin.value(),
+            steps=self.dc_steps_spin.value(),
+            guidance_scale=self.dc_guidance_spin.value(),
+            guidance_rescale=None if rescale < 0 else rescale,
+            seed=int(self.dc_seed_spin.value()),
+            fs=self.dc_fs_spin.value() or None,
+            fps=fps_fraction(self.dc_fps_spin.value()),
         )

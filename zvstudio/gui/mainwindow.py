@@ -609,8 +609,9 @@ class MainWindow(QMainWindow):
 
     # -- generated clips ------------------------------------------------------------------------
     def start_generation(self, choice) -> int:
-        """Make the clip a `TextToVideoChoice` or `AnimateChoice` describes, as a job; when it
-        finishes, the clip opens as a new project (as File > Import clip... would)."""
+        """Make the clip a `TextToVideoChoice`, `AnimateChoice` or `DynamiCrafterChoice`
+        describes, as a job; when it finishes, the clip opens as a new project (as File >
+        Import clip... would)."""
         from zvstudio.gui.generate_dialogs import ModelPolicy
 
         policy = ModelPolicy.from_settings(self.settings, self.diffusion_config_dir)
@@ -660,13 +661,17 @@ class MainWindow(QMainWindow):
     def animate_image_dialog(self) -> int | None:
         from zvstudio.gui.generate_dialogs import AnimateDialog
 
-        return self._generation_dialog(AnimateDialog, "animate_image")
+        # A pickled DynamiCrafter checkpoint is refused in the dialog unless the settings allow it.
+        return self._generation_dialog(
+            AnimateDialog, "animate_image", allow_pickle=self.settings.allow_pickle
+        )
 
-    def _generation_dialog(self, dialog_class, name: str) -> int | None:
-        """Ask with `dialog_class`, remember its values in the settings field `name`, start the
-        job; returns its id (None when the dialog was cancelled)."""
+    def _generation_dialog(self, dialog_class, name: str, **options) -> int | None:
+        """Ask with `dialog_class` (given `options`), remember its values in the settings field
+        `name`, start the job; returns its id (None when the dialog was cancelled)."""
         remembered = getattr(self.settings, name)
-        dialog = dialog_class(self, self.models, remembered, self.generation_folder(remembered))
+        folder = self.generation_folder(remembered)
+        dialog = dialog_class(self, self.models, remembered, folder, **options)
         try:
             if not dialog.exec():
                 return None

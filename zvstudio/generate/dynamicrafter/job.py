@@ -8,7 +8,6 @@ are reported in a moment rather than after a multi-gigabyte load.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from zvstudio.errors import ZvsError
 from zvstudio.generate.dynamicrafter.config import PRESETS
+from zvstudio.generate.dynamicrafter.names import guess_preset
 from zvstudio.generate.dynamicrafter.sampler import DynamiCrafterSettings
 from zvstudio.generate.jobs import (
     DEFAULT_FPS,
@@ -70,20 +70,6 @@ class DynamiCrafterRequest:
     export: ExportSettings = field(default_factory=ExportSettings)
     cache_dir: Path | None = None  # for a pickled checkpoint's converted copy; None: our cache
     config: DynamiCrafterConfig | None = None  # overrides the preset's (tests: tiny models)
-
-
-def guess_preset(path: Path) -> str | None:
-    """The preset a checkpoint's file name, else its folder's, names ("dynamicrafter_1024_v1",
-    "dynamicrafter_512_interp_v1/model.ckpt", ...); None when neither does."""
-    path = Path(path)
-    for name in (path.stem, path.parent.name):
-        text = name.lower()
-        if "interp" in text:
-            return "512_interp"  # the only interpolation model
-        found = re.search(r"(?<!\d)(256|512|1024)(?!\d)", text)
-        if found:
-            return found[1]
-    return None
 
 
 def resolve_preset(checkpoint: Path, preset: str | None) -> str:
