@@ -247,8 +247,25 @@ class TextToVideoZero:
             conditions = self._conditions(settings, control_frames)
         scheduler = self.components.make_scheduler()
         scheduler.set_timesteps(settings.steps)
+        groups = chunks(settings.frames, settings.chunk_size)
+        models = [self.components.unet] + ([self.controlnet] if self.controlnet else [])
+        with first_frame_attention(models, self.layout):
+            run, starts, first_joint = self._starts(
+                settings, scheduler, conditions is None, len(groups), progress, cancel
+            )
+            result: dict[int, torch.Tensor] = {}
+            for ids in groups:
+                condition = None if conditions is None else conditions[ids]
+                joint = range(first_joint, len(scheduler.timesteps))
+                latents = run.steps(starts.for_frames(ids), joint, condition)
+                result.update(zip(ids, latents, strict=True))
+        return torch.stack([result[i] for i in range(settings.frames)])
+
+    def _starts(self, settings, scheduler, with_motion: bool, chunk_count: int, progress, cancel):
+        """(the denoiser, where each frame starts, the first joint step). With motion, frame
+        0 is denoised alone to t1 and t0 first (text mode); otherwise every frame starts from
+        the same x_T at step 0 (an input clip guides them)."""
         timesteps = scheduler.timesteps
-        train_steps = scheduler.config.num_train_timesteps
         prompts = [settings.negative_prompt, settings.prompt]
         if self.instruct:  # (instruction, image), (image only), (neither)
             prompts = [settings.prompt, settings.negative_prompt, settings.negative_prompt]
@@ -259,30 +276,16 @@ class TextToVideoZero:
             settings.width // self.vae_scale,
         )
         start = frame_noise(latent_shape, settings.seed, -1)[None].to(self.device, self.dtype)
-        groups = chunks(settings.frames, settings.chunk_size)
-        models = [self.components.unet] + ([self.controlnet] if self.controlnet else [])
-        with first_frame_attention(models, self.layout):
-            if conditions is None:
-                i1, i0 = motion_indices(timesteps, settings, train_steps)
-                counter = _Counter(progress, i0 + len(groups) * (len(timesteps) - i1))
-                run = _Denoise(self, settings, scheduler, timesteps, embeddings, counter, cancel)
-                x_t1 = run.steps(start, range(i1), None)
-                x_t0 = run.steps(x_t1, range(i1, i0), None)
-                starts = _MotionStarts(settings, scheduler, timesteps, (i1, i0), x_t1, x_t0)
-                first_joint = i1
-            else:
-                counter = _Counter(progress, len(groups) * len(timesteps))
-                run = _Denoise(self, settings, scheduler, timesteps, embeddings, counter, cancel)
-                starts = _SharedStart(start)
-                first_joint = 0
-            result: dict[int, torch.Tensor] = {}
-            for ids in groups:
-                condition = None if conditions is None else conditions[ids]
-                latents = run.steps(
-                    starts.for_frames(ids), range(first_joint, len(timesteps)), condition
-                )
-                result.update(zip(ids, latents, strict=True))
-        return torch.stack([result[i] for i in range(settings.frames)])
+        if not with_motion:
+            counter = _Counter(progress, chunk_count * len(timesteps))
+            run = _Denoise(self, settings, scheduler, timesteps, embeddings, counter, cancel)
+            return run, _SharedStart(start), 0
+        i1, i0 = motion_indices(timesteps, settings, scheduler.config.num_train_timesteps)
+        counter = _Counter(progress, i0 + chunk_count * (len(timesteps) - i1))
+        run = _Denoise(self, settings, scheduler, timesteps, embeddings, counter, cancel)
+        x_t1 = run.steps(start, range(i1), None)
+        x_t0 = run.steps(x_t1, range(i1, i0), None)
+        return run, _MotionStarts(settings, scheduler, timesteps, (i1, i0), x_t1, x_t0), i1
 
     def _image_latents(self, settings, frames) -> torch.Tensor:
         """InstructPix2Pix: the input frames' latents (the VAE's mode, unscaled, as the model
