@@ -104,6 +104,7 @@ def test_generate_edits_a_clip_with_an_instruct_pix2pix_model(models, tmp_path, 
         (["--motion-field", "12"], "is not two numbers"),
         (["--width", "30"], "multiples of 8"),
         (["--video", "{missing}"], "video not found"),
+        (["--prompt", " "], "give a --prompt"),
     ],
 )
 def test_generate_refuses_bad_requests_clearly(models, tmp_path, capsys, extra, message):
@@ -117,7 +118,8 @@ def test_generate_refuses_bad_requests_clearly(models, tmp_path, capsys, extra, 
 
 def test_generate_checks_the_output_before_loading_models(tmp_path, capsys):
     # No model exists at all: the output's folder is checked (and reported) first.
-    args = ["generate", "--model", str(tmp_path / "none"), "-o", str(tmp_path / "no/o.mp4")]
+    args = ["generate", "--model", str(tmp_path / "none"), "--prompt", "a cat"]
+    args += ["-o", str(tmp_path / "no/o.mp4")]
     assert main(args) == 1
     assert "does not exist" in capsys.readouterr().err  # the folder, not the model
 

@@ -736,6 +736,11 @@ def _run_generate(args) -> int:
     )
     from zvstudio.generate.t2v_zero import TextToVideoSettings
 
+    if not args.prompt.strip():
+        raise ZvsError(
+            "give a --prompt: what the clip shows (with an InstructPix2Pix model, the "
+            "instruction, e.g. 'make it winter')"
+        )
     controlnet = _controlnet_choice(args, default_scale=1.0)
     if args.video is not None and not args.video.is_file():
         raise ZvsError(f"video not found: {args.video}")
