@@ -3,7 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python packaging/screenshots.py resources/screenshots
 
 It opens the demo clip, renders it (keys turn green), starts a render of a longer stretch and
-captures it midway, and opens the export dialog. Uses a private cache and settings folder.
+captures it midway, and opens the export dialog, then the New from text and Animate image
+dialogs. Uses a private cache and settings folder.
 """
 
 from __future__ import annotations
@@ -64,9 +65,40 @@ def main(out: Path) -> None:
     wait_for(lambda: False, 0.5)
     dialog.grab().save(str(out / "export-dialog.png"))
     dialog.close()
+    _generate_dialogs(window, work, out)
     window.shutdown()
     window.close()
     app.quit()
+
+
+def _generate_dialogs(window, work: Path, out: Path) -> None:
+    """File > New from text... and Animate image..., filled in, with a small model library
+    (empty stand-in files: the dialogs only list and check paths)."""
+    from zvstudio.diffusion.identify import ModelInfo
+    from zvstudio.gui.generate_dialogs import AnimateDialog, TextToVideoDialog
+    from zvstudio.gui.mainwindow import wait_for
+
+    def model(name: str, kind: str, base: str) -> ModelInfo:
+        path = work / "models" / f"{name}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+        return ModelInfo(path, name, kind, base, "safetensors", 2_132_000_000)
+
+    library = [
+        model("dreamshaper_8", "checkpoint", "sd1"),
+        model("mm_sd_v15_v2", "motion_adapter", "sd1"),
+    ]
+    text = TextToVideoDialog(window, library, {}, work)
+    text.prompt_edit.setPlainText("a red fox trotting through fresh snow, golden hour")
+    animate = AnimateDialog(window, library, {}, work)
+    animate.prompt_edit.setPlainText("waves rolling, clouds drifting")
+    animate.motion_picker.set_path(library[1].path)
+    for dialog, name in ((text, "new-from-text.png"), (animate, "animate-image.png")):
+        dialog.model_picker.set_path(library[0].path)
+        dialog.show()
+        wait_for(lambda: False, 0.5)
+        dialog.grab().save(str(out / name))
+        dialog.close()
 
 
 if __name__ == "__main__":
