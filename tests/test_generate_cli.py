@@ -248,3 +248,11 @@ def test_animate_engines_refuse_each_others_options(tmp_path, capsys, extra, mes
     args = ["animate", str(still), "--model", str(model), *extra, "-o", str(tmp_path / "o.mp4")]
     assert main(args) == 1
     assert message in capsys.readouterr().err
+
+
+def test_input_frames_are_decoded_just_large_enough():
+    from zvstudio.generate.jobs import _cover_size
+
+    assert _cover_size((1920, 1080), (512, 288)) == (512, 288)
+    assert _cover_size((1920, 1080), (512, 512)) == (910, 512)  # covers, keeps 16:9
+    assert _cover_size((320, 240), (512, 512)) is None  # never upscaled while decoding

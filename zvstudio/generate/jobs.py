@@ -76,7 +76,9 @@ def generate_text_to_video(
     models = _check_mode(request)
     control_frames, timing, audio = None, FrameTiming.constant(request.fps, settings.frames), None
     if request.video is not None:
-        control_frames, timing, audio = _input_clip(request.video, settings.frames)
+        control_frames, timing, audio = _input_clip(
+            request.video, settings.frames, (settings.width, settings.height)
+        )
     components, controlnet = load_diffusion_models(models, log)
     with out_of_memory_as_error():
         frames = TextToVideoZero(components, controlnet).generate(
@@ -173,17 +175,28 @@ def input_clip_size(video: Path, long_side: int = INPUT_LONG_SIDE) -> tuple[int,
     return max(8, round(width * scale) // 8 * 8), max(8, round(height * scale) // 8 * 8)
 
 
-def _input_clip(video: Path, frames: int):
-    """The first `frames` frames of `video` (RGB), their timing and audio."""
+def _input_clip(video: Path, frames: int, size: tuple[int, int]):
+    """The first `frames` frames of `video` (RGB), their timing and audio. Frames are decoded
+    just large enough to cover `size` with their own aspect ratio (the generator crops them),
+    so a long 4K clip does not fill the memory."""
     from zvstudio.engine.render import output_timing
     from zvstudio.media import VideoReader
 
     with VideoReader(video) as reader:
         if len(reader) < frames:
             raise ZvsError(f"{video} has {len(reader)} frames; the clip needs {frames}")
-        images = [image for _, image in reader.frames(0, frames)]
+        cover = _cover_size(reader.size, size)
+        images = [image for _, image in reader.frames(0, frames, cover)]
         timing, audio = output_timing(video, reader.info, 0, frames - 1)
     return images, timing, audio
+
+
+def _cover_size(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int] | None:
+    """The source's size scaled down to just cover `target` (None: it is not larger)."""
+    scale = max(target[0] / source[0], target[1] / source[1])
+    if scale >= 1:
+        return None
+    return max(target[0], round(source[0] * scale)), max(target[1], round(source[1] * scale))
 
 
 def write_frames(
