@@ -219,8 +219,13 @@ def test_generates_a_deterministic_moving_clip_with_progress(components):
     scheduler.set_timesteps(SETTINGS.steps)
     i1, i0 = motion_indices(scheduler.timesteps, SETTINGS, 1000)
     total = i0 + (SETTINGS.steps - i1)  # frame 0's warm-up, then one joint chunk
-    assert [e.done for e in events] == list(range(1, total + 1))
-    assert {e.total for e in events} == {total} and {e.stage for e in events} == {"generate"}
+    steps = [e for e in events if e.stage == "generate"]
+    assert [e.done for e in steps] == list(range(1, total + 1))
+    assert {e.total for e in steps} == {total}
+    decoded = [e for e in events if e.stage == "decode"]  # then each frame, with its preview
+    assert [(e.done, e.total) for e in decoded] == [(n, 5) for n in range(1, 6)]
+    assert all(np.array_equal(e.image, f) for e, f in zip(decoded, frames, strict=True))
+    assert events[-5:] == decoded
     assert not np.array_equal(frames[0], frames[-1])  # the motion field moved the scene
     again = TextToVideoZero(components).generate(SETTINGS)
     assert all(np.array_equal(a, b) for a, b in zip(frames, again, strict=True))

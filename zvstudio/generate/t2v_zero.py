@@ -231,11 +231,16 @@ class TextToVideoZero:
         """The clip's frames (RGB uint8, settings.height x settings.width).
 
         With a ControlNet, `control_frames` (RGB, one per output frame, any size) are turned
-        into control images by `settings.annotator`."""
-        return [
-            self._to_image(latent)
-            for latent in self.latents(settings, control_frames, progress, cancel)
-        ]
+        into control images by `settings.annotator`. Progress: "generate" steps, then "decode"
+        frames, each with the decoded frame as its preview."""
+        frames = []
+        latents = self.latents(settings, control_frames, progress, cancel)
+        for latent in latents:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            frames.append(self._to_image(latent))
+            progress(Progress("decode", len(frames), len(latents), image=frames[-1]))
+        return frames
 
     @torch.no_grad()
     def latents(self, settings, control_frames=None, progress=ignore_progress, cancel=None):
