@@ -374,3 +374,17 @@ def test_video_instruct_pix2pix_edits_each_frame_of_the_clip(pix2pix, monkeypatc
     assert (looser - edited).abs().max() > 1e-3
     with pytest.raises(ZvsError, match="needs 3 input frames"):
         generator.latents(settings, clip[:1])
+
+
+def test_only_frame_0_is_projected_to_keys_and_values(components):
+    """Every frame's keys and values are frame 0's: the projections run on frame 0 alone."""
+    unet = components.unet
+    name, layer = next((n, m) for n, m in unet.named_modules() if n.endswith("attn1"))
+    rows = []
+    hook = layer.to_k.register_forward_hook(lambda module, args, out: rows.append(args[0].shape))
+    try:
+        with torch.no_grad(), first_frame_attention([unet], FrameLayout(groups=2)):
+            _unet_eps(unet, torch.randn(4, 4, 16, 16), torch.randn(8, 77, 32))
+    finally:
+        hook.remove()
+    assert rows and rows[0][0] == 2, (name, rows)  # one frame 0 per guidance branch, not 8

@@ -213,8 +213,7 @@ class CrossFrameAttnProcessor:
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
 
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
+        key, value = self._project_kv(attn, encoder_hidden_states, is_self)
 
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
@@ -248,6 +247,13 @@ class CrossFrameAttnProcessor:
 
         hidden_states = hidden_states / attn.rescale_output_factor
         return hidden_states
+
+    def _project_kv(
+        self, attn: Any, source: torch.Tensor, is_self: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values projected from `source` (a subclass may project fewer rows and
+        share them between frames)."""
+        return attn.to_k(source), attn.to_v(source)
 
     def _kv_source(
         self, features: torch.Tensor, attention_mask: torch.Tensor | None

@@ -105,12 +105,25 @@ class FirstFrameAttnProcessor(CrossFrameAttnProcessor):
     def _kv_source(self, features: torch.Tensor, attention_mask) -> torch.Tensor:
         if attention_mask is not None:
             raise ValueError("cross-frame attention does not support self-attention masks")
-        batch, tokens, channels = features.shape
+        return features  # `_project_kv` takes frame 0's rows
+
+    def _project_kv(self, attn, source: torch.Tensor, is_self: bool):
+        """Self-attention: project only each branch's frame 0 and share its keys and values
+        with the branch's other frames (a frames-fold saving on these projections)."""
+        if not is_self:
+            return super()._project_kv(attn, source, is_self)
+        batch, tokens, channels = source.shape
         groups = self.layout.groups
         if batch % groups:
             raise ValueError(f"a batch of {batch} does not split into {groups} guidance branches")
-        per_group = features.view(groups, batch // groups, tokens, channels)
-        return per_group[:, :1].expand_as(per_group).reshape(batch, tokens, channels)
+        per_group = batch // groups
+        first = source.view(groups, per_group, tokens, channels)[:, 0]
+
+        def spread(projected: torch.Tensor) -> torch.Tensor:
+            shape = (groups, per_group, *projected.shape[1:])
+            return projected[:, None].expand(shape).reshape(batch, tokens, -1)
+
+        return spread(attn.to_k(first)), spread(attn.to_v(first))
 
 
 @contextmanager
