@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +54,12 @@ def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     scale, shift = _scale_shift(vae)
     z = latents.float() / scale + shift
     return vae.decode(z.to(_vae_dtype(vae, latents.dtype))).sample.float()
+
+
+def rgb_frames(images: torch.Tensor) -> list[np.ndarray]:
+    """(n, 3, H, W) images in [-1, 1] (as `decode` gives them) -> n RGB uint8 frames."""
+    scaled = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [np.ascontiguousarray(frame) for frame in scaled.permute(0, 2, 3, 1).cpu().numpy()]
 
 
 @dataclass

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,7 +40,7 @@ from zvstudio.diffusion.constraints import (
     q_sample,
     shape_aware_fusion,
 )
-from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode
+from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rgb_frames
 from zvstudio.diffusion.loading import Components
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, consistency_mask, warp
@@ -99,6 +100,36 @@ def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tens
         return_tensors="pt",
     )
     return encoder(tokens.input_ids.to(components.device))[0].to(components.unet.dtype)
+
+
+def guided_noise(
+    unet: Any,
+    latents: torch.Tensor,
+    t: Any,
+    embeddings: torch.Tensor,
+    guidance_scale: float,
+    controlnet: Any = None,
+    condition: torch.Tensor | None = None,
+    controlnet_scale: float = 1.0,
+) -> torch.Tensor:
+    """Classifier-free guided ε (float32) from one call on the batch [latents, latents]
+    (negative, then positive); `embeddings` and the ControlNet `condition` are laid out for
+    that batch."""
+    batch = torch.cat([latents, latents])
+    extra = {}
+    if condition is not None:
+        down, mid = controlnet(
+            batch,
+            t,
+            encoder_hidden_states=embeddings,
+            controlnet_cond=condition,
+            conditioning_scale=controlnet_scale,
+            return_dict=False,
+        )
+        extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    output = unet(batch, t, encoder_hidden_states=embeddings, **extra).sample
+    negative, positive = output.float().chunk(2)
+    return negative + guidance_scale * (positive - negative)
 
 
 def next_alpha(scheduler, timesteps: torch.Tensor, index: int) -> torch.Tensor:
@@ -296,9 +327,7 @@ class KeyFrameSampler:
         return pixel_aware_fusion(latents, noised, valid, self.settings.pixel_fusion_weight)
 
     def _to_image(self, latents: torch.Tensor) -> np.ndarray:
-        image = decode(self.components.vae, latents)[0]
-        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        return np.ascontiguousarray(rgb)
+        return rgb_frames(decode(self.components.vae, latents))[0]
 
     def _begin_key(self, is_anchor: bool) -> None:
         if is_anchor:
@@ -334,21 +363,17 @@ class KeyFrameSampler:
         return scheduler.add_noise(clean, noise, t.reshape(1)).to(self.dtype)
 
     def _predict_noise(self, latents, t, embeddings, condition) -> torch.Tensor:
-        batch = torch.cat([latents, latents])
-        extra = {}
-        if condition is not None:
-            down, mid = self.controlnet(
-                batch,
-                t,
-                encoder_hidden_states=embeddings,
-                controlnet_cond=condition,
-                conditioning_scale=self.settings.controlnet_scale,
-                return_dict=False,
-            )
-            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        output = self.components.unet(batch, t, encoder_hidden_states=embeddings, **extra).sample
-        negative, positive = output.float().chunk(2)
-        return negative + self.settings.guidance_scale * (positive - negative)
+        settings = self.settings
+        return guided_noise(
+            self.components.unet,
+            latents,
+            t,
+            embeddings,
+            settings.guidance_scale,
+            self.controlnet,
+            condition,
+            settings.controlnet_scale,
+        )
 
     def _fusion_inputs(self, frame: np.ndarray):
         """Flow from this frame to the anchor frame and where it is valid (pixel size)."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from zvstudio.diffusion.attention import CrossFrameAttnProcessor, select_self_attention_layers
-from zvstudio.diffusion.encoding import decode, encode_mean
+from zvstudio.diffusion.encoding import decode, encode_mean, rgb_frames
 from zvstudio.diffusion.loading import (
     Components,
     force_offline,
@@ -39,6 +39,8 @@ from zvstudio.diffusion.loading import (
 )
 from zvstudio.diffusion.sampler import (
     encode_prompts,
+    guided_noise,
+    next_alpha,
     out_of_memory_error,
     pad_to_multiple,
     seeded_noise,
@@ -320,10 +322,7 @@ class _Run:
     def guided(self, model: Any, latents: torch.Tensor, t: Any, frames: int = 1) -> torch.Tensor:
         """Classifier-free guided noise, the [negative, positive] pair in one call."""
         context = self.embeddings.repeat_interleave(frames, dim=0)  # one per frame
-        batch = torch.cat([latents, latents])
-        out = model(batch, t, encoder_hidden_states=context).sample
-        negative, positive = out.float().chunk(2)
-        return negative + self.settings.guidance_scale * (positive - negative)
+        return guided_noise(model, latents, t, context, self.settings.guidance_scale)
 
     def ddim(self, noise: torch.Tensor, t: Any, latents: torch.Tensor) -> torch.Tensor:
         dtype = self.components.unet.dtype
@@ -449,10 +448,8 @@ def _invert(run: _Run, z0: torch.Tensor) -> list[torch.Tensor]:
     for done, index in enumerate(reversed(range(len(timesteps)))):
         run.check()
         t = timesteps[index]
-        lower = index + 1 < len(timesteps)
         alpha = float(scheduler.alphas_cumprod[int(t)])
-        below = scheduler.alphas_cumprod[int(timesteps[index + 1])] if lower else None
-        below = float(scheduler.final_alpha_cumprod if below is None else below)
+        below = float(next_alpha(scheduler, timesteps, index))
         noise = unet(latents, t, encoder_hidden_states=context).sample.float()
         x0 = (latents.float() - (1 - below) ** 0.5 * noise) / below**0.5
         latents = (alpha**0.5 * x0 + (1 - alpha) ** 0.5 * noise).to(z0.dtype)
@@ -492,8 +489,6 @@ def _decode_frames(run: _Run, latents: torch.Tensor) -> list[np.ndarray]:
     frames = latents.shape[2]
     for f in range(frames):
         run.check()
-        image = decode(run.components.vae, latents[:, :, f])[0]
-        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        result.append(np.ascontiguousarray(rgb))
+        result += rgb_frames(decode(run.components.vae, latents[:, :, f]))
         run.progress(Progress("decode", f + 1, frames, image=result[-1]))
     return result

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 
 from zvstudio.diffusion.annotators import control_condition
 from zvstudio.diffusion.attention import CrossFrameAttnProcessor, select_self_attention_layers
-from zvstudio.diffusion.encoding import decode
+from zvstudio.diffusion.encoding import decode, rgb_frames
 from zvstudio.diffusion.loading import Components
-from zvstudio.diffusion.sampler import ddim_update, encode_prompts, next_alpha
+from zvstudio.diffusion.sampler import ddim_update, encode_prompts, guided_noise, next_alpha
 from zvstudio.errors import ZvsError
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 
@@ -342,9 +342,7 @@ class TextToVideoZero:
         return stacked.to(self.device, self.controlnet.dtype)
 
     def _to_image(self, latent: torch.Tensor) -> np.ndarray:
-        image = decode(self.components.vae, latent[None])[0]
-        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        return np.ascontiguousarray(rgb)
+        return rgb_frames(decode(self.components.vae, latent[None]))[0]
 
 
 def _require_frames(settings, frames, who: str) -> None:
@@ -438,24 +436,18 @@ class _Denoise:
     def _epsilon(self, latents: torch.Tensor, t, condition) -> torch.Tensor:
         if self.owner.instruct:
             return self._instruct_epsilon(latents, t, condition)
-        frames = latents.shape[0]
-        batch = torch.cat([latents, latents])  # [negative frames..., positive frames...]
-        embeddings = self.embeddings.repeat_interleave(frames, dim=0)
-        extra = {}
-        if condition is not None:
-            down, mid = self.owner.controlnet(
-                batch,
-                t,
-                encoder_hidden_states=embeddings,
-                controlnet_cond=torch.cat([condition, condition]),
-                conditioning_scale=self.settings.controlnet_scale,
-                return_dict=False,
-            )
-            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        unet = self.owner.components.unet
-        output = unet(batch, t, encoder_hidden_states=embeddings, **extra).sample
-        negative, positive = output.float().chunk(2)
-        return negative + self.settings.guidance_scale * (positive - negative)
+        # The batch is [negative frames..., positive frames...].
+        embeddings = self.embeddings.repeat_interleave(latents.shape[0], dim=0)
+        return guided_noise(
+            self.owner.components.unet,
+            latents,
+            t,
+            embeddings,
+            self.settings.guidance_scale,
+            self.owner.controlnet,
+            None if condition is None else torch.cat([condition, condition]),
+            self.settings.controlnet_scale,
+        )
 
     def _instruct_epsilon(self, latents, t, image_latents) -> torch.Tensor:
         """InstructPix2Pix guidance: ε_∅ + s_T (ε_TI - ε_I) + s_I (ε_I - ε_∅)."""

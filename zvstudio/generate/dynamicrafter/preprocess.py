@@ -27,7 +27,6 @@ __all__ = [
     "antialias_blur",
     "clip_image_input",
     "frame_pixels",
-    "frames_from_pixels",
 ]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,12 +41,6 @@ def frame_pixels(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     fitted = fit_frame(np.asarray(image, dtype=np.uint8), size)
     pixels = torch.from_numpy(fitted).permute(2, 0, 1).float() / 127.5 - 1.0
     return pixels.unsqueeze(0)
-
-
-def frames_from_pixels(pixels: torch.Tensor) -> list[np.ndarray]:
-    """(n, 3, H, W) values in [-1, 1] -> n RGB uint8 frames (h, w, 3)."""
-    scaled = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [np.ascontiguousarray(frame) for frame in scaled.permute(0, 2, 3, 1).cpu().numpy()]
 
 
 def _gaussian(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:

@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from zvstudio.diffusion.encoding import rgb_frames
 from zvstudio.errors import ZvsError
 from zvstudio.generate.dynamicrafter.preprocess import (
     clip_image_input,
     frame_pixels,
-    frames_from_pixels,
 )
 from zvstudio.generate.dynamicrafter.schedule import ddim_schedule, ddim_step, rescale_guidance
 from zvstudio.generate.dynamicrafter.tokenizer import OpenCLIPTokenizer, tokenizer_for
@@ -316,7 +316,7 @@ class DynamiCrafterSampler:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             chunk = per_frame[start : start + settings.decode_chunk].to(self.device, dtype)
-            frames.extend(frames_from_pixels(vae.decode(chunk).sample))
+            frames.extend(rgb_frames(vae.decode(chunk).sample))
             progress(Progress("decode", len(frames), total, image=frames[-1]))
         return frames
 
