@@ -826,6 +826,9 @@ class TextToVideoDialog(_GenerateDialog):
         dialogs: FileDialogs | None = None,
     ) -> None:
         self._video_info: tuple[Path, int, tuple[int, int]] | str | None = None
+        # UNet input channels by checkpoint: validation runs on every keystroke, the file
+        # header need be read once.
+        self._unet_inputs: dict[Path, int | None] = {}
         super().__init__(parent, models, remembered, folder, dialogs)
         self.setWindowTitle("New from text (Text2Video-Zero)")
 
@@ -953,7 +956,9 @@ class TextToVideoDialog(_GenerateDialog):
         """Why the checkpoint, ControlNet and video make no mode: a ControlNet follows a
         video; an InstructPix2Pix checkpoint edits one, without a ControlNet."""
         model = self.model_picker.path()
-        instruct = model is not None and unet_input_channels(model) == 8
+        if model is not None and model not in self._unet_inputs:
+            self._unet_inputs[model] = unet_input_channels(model)
+        instruct = model is not None and self._unet_inputs[model] == 8
         if instruct and video is None:
             return "This is an InstructPix2Pix checkpoint: it edits an input video; choose one."
         if instruct and controlnet is not None:

@@ -358,13 +358,17 @@ class MainWindow(QMainWindow):
                 self.statusBar().showMessage(f"Autosave failed: {exc}", 8000)
 
     # -- document changes ---------------------------------------------------------------------
-    def _clip_loaded(self) -> None:
+    def _close_media(self) -> None:
+        """Close the clip's reader and proxy (a new clip, or the window closing)."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
         if self.proxy is not None:
             self.proxy.close()
             self.proxy = None
+
+    def _clip_loaded(self) -> None:
+        self._close_media()
         doc = self.document
         if doc.project.clip is not None and doc.info is not None:
             self._reader = VideoReader(doc.project.clip.path, info=doc.info)
@@ -780,12 +784,7 @@ class MainWindow(QMainWindow):
         self.bridge.shutdown()
         self.status_watcher.shutdown()
         self.autosaver.discard()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        if self.proxy is not None:
-            self.proxy.close()
-            self.proxy = None
+        self._close_media()
 
     def sizeHint(self) -> QSize:
         return QSize(1400, 900)
