@@ -29,6 +29,18 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ZVSTUDIO_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (tiny tensors: ~20x faster than two threads fighting
+    over a busy 2-core machine), then restore the count."""
+    import torch  # here, not at the top: most tests never need torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
