@@ -339,6 +339,45 @@ def test_propagate_command_to_png_frames(painted_clip, tmp_path):
     assert len(list((tmp_path / "frames").glob("frame_*.png"))) == 16
 
 
+def test_propagate_command_with_patch_synthesis(painted_clip, tmp_path):
+    folder, clip = painted_clip
+    frames = tmp_path / "frames"
+    keys = ["--key", f"0={folder / 'key0.png'}", "--key", f"10={folder / 'key10.png'}"]
+    options = ["--synthesis", "patch", "--patch-size", "3", "--levels", "2", "--iterations", "1"]
+    options += ["--guide-weights", "colour=4, temporal=1", "--uniformity", "1000"]
+    assert main(["propagate", str(clip), *keys, *options, "-q", "-o", str(frames)]) == 0
+    written = sorted(frames.glob("frame_*.png"))
+    assert len(written) == 16
+    with VideoReader(clip) as original:
+        expected = style(original.frame(4))
+        held = style(original.frame(0))
+    result = cv2.imread(str(written[4]))[..., ::-1]
+    assert psnr(result, expected) > psnr(held, expected) + 2
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--patch-size", "4"], "--patch-size must be an odd number"),
+        (["--levels", "0"], "--levels must be at least 1"),
+        (["--guide-weights", "colour=much"], "is not NAME=WEIGHT"),
+        (["--guide-weights", "hue=1"], "is not NAME=WEIGHT"),
+        (["--uniformity", "-1"], "--uniformity must not be negative"),
+    ],
+)
+def test_propagate_command_refuses_bad_patch_options(
+    painted_clip, tmp_path, capsys, options, message
+):
+    folder, clip = painted_clip
+    out = tmp_path / "o.mp4"
+    key = ["--key", f"0={folder / 'key0.png'}"]
+    assert (
+        main(["propagate", str(clip), *key, "--synthesis", "patch", *options, "-o", str(out)]) == 1
+    )
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_propagate_command_bad_input(painted_clip, tmp_path, capsys):
     folder, clip = painted_clip
     out = str(tmp_path / "o.mp4")

@@ -201,6 +201,7 @@ def _add_render(commands) -> None:
         metavar="NAME",
         help="optical-flow estimator for propagation: dis (default) or one a plugin adds",
     )
+    _add_synthesis_option(render_parser)
     render_parser.add_argument("--from", dest="first", type=int, help="first frame (0-based)")
     render_parser.add_argument("--to", dest="last", type=int, help="last frame (inclusive)")
     render_parser.add_argument(
@@ -312,8 +313,12 @@ def _with_overrides(request, args):
     flow_preset = request.flow_preset if args.flow_preset is None else args.flow_preset
     first = request.first if args.first is None else args.first
     last = request.last if args.last is None else args.last
+    propagation = request.propagation
+    if args.synthesis is not None:
+        propagation = replace(propagation, synthesis=args.synthesis)
     return replace(
         request,
+        propagation=propagation,
         export=export,
         renderer=renderer,
         first=first,
@@ -461,11 +466,103 @@ def _add_propagate(commands) -> None:
         default=7,
         help="window (pixels) over which guide errors are measured",
     )
+    _add_synthesis_option(parser)
+    _add_patch_options(parser)
     parser.add_argument("--format", choices=FORMATS, help="codec (default: h264, png for a folder)")
     parser.add_argument("--crf", type=int, default=18, help="H.264/H.265 quality (default 18)")
     parser.add_argument("--no-audio", action="store_true", help="leave the audio out")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(command="propagate", run=_run_propagate)
+
+
+def _add_synthesis_option(parser) -> None:
+    from zvstudio.propagate.segment import SYNTHESIS_MODES
+
+    parser.add_argument(
+        "--synthesis",
+        choices=SYNTHESIS_MODES,
+        help="flow: warp the keys along the optical flow (default, fastest); patch: also "
+        "rebuild what the flow cannot explain from the keys' patches (EbSynth's method)",
+    )
+
+
+def _add_patch_options(parser) -> None:
+    from zvstudio.propagate.synthesis import SynthesisSettings
+
+    default = SynthesisSettings()
+    weights = ", ".join(f"{k} {v:g}" for k, v in vars(default.weights).items())
+    patch = parser.add_argument_group("guided patch synthesis (with --synthesis patch)")
+    patch.add_argument(
+        "--patch-size",
+        type=int,
+        default=default.patch_size,
+        help="odd, pixels (default %(default)s)",
+    )
+    patch.add_argument(
+        "--levels", type=int, default=default.levels, help="pyramid levels (default %(default)s)"
+    )
+    patch.add_argument(
+        "--iterations",
+        type=int,
+        default=default.em_iterations,
+        help="search-vote rounds per level (default %(default)s)",
+    )
+    patch.add_argument(
+        "--patchmatch-iterations",
+        type=int,
+        default=default.patchmatch_iterations,
+        help="PatchMatch iterations per round (default %(default)s)",
+    )
+    patch.add_argument(
+        "--guide-weights",
+        metavar="NAME=W,...",
+        default="",
+        help=f"guide weights to change (defaults: {weights})",
+    )
+    patch.add_argument(
+        "--uniformity",
+        type=float,
+        default=default.uniformity,
+        help="cost of reusing a key patch (default %(default)s)",
+    )
+
+
+def _patch_settings(args):
+    """SynthesisSettings from `zvstudio propagate`'s patch options."""
+    from dataclasses import fields
+
+    from zvstudio.errors import ZvsError
+    from zvstudio.propagate.synthesis import GuideWeights, SynthesisSettings
+
+    if args.patch_size < 1 or args.patch_size % 2 == 0:
+        raise ZvsError(f"--patch-size must be an odd number >= 1, got {args.patch_size}")
+    for name in ("levels", "iterations", "patchmatch_iterations"):
+        if getattr(args, name) < 1:
+            raise ZvsError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.uniformity < 0:
+        raise ZvsError("--uniformity must not be negative")
+    names = {f.name for f in fields(GuideWeights)}
+    weights = {}
+    for item in filter(None, (part.strip() for part in args.guide_weights.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if name not in names or weight < 0:
+            raise ZvsError(
+                f"--guide-weights: {item!r} is not NAME=WEIGHT",
+                hint=f"names: {', '.join(sorted(names))}; weights >= 0, e.g. colour=6,edge=0.5",
+            )
+        weights[name] = weight
+    return SynthesisSettings(
+        patch_size=args.patch_size,
+        levels=args.levels,
+        em_iterations=args.iterations,
+        patchmatch_iterations=args.patchmatch_iterations,
+        uniformity=args.uniformity,
+        weights=GuideWeights(**weights),
+    )
 
 
 def _run_propagate(args) -> int:
@@ -483,7 +580,11 @@ def _run_propagate(args) -> int:
         keys=_parse_keys(args.key),
         output=args.output,
         settings=PropagationSettings(
-            reanchor=not args.no_reanchor, blend=args.blend, error_window=args.error_window
+            reanchor=not args.no_reanchor,
+            blend=args.blend,
+            error_window=args.error_window,
+            synthesis=args.synthesis or "flow",
+            patch=_patch_settings(args),
         ),
         export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio),
         flow_preset=args.flow_preset,

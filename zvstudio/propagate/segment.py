@@ -17,22 +17,30 @@ The key's rendering is then sampled along the chosen flow with one bilinear warp
 patch voting), and the two directions are blended with weights that fall with temporal
 distance and with each direction's patch error, and vanish where the flow was occluded. On
 the shared clips this beats EbSynth's fidelity at a small fraction of its time (see the issue
-notes for the figures); guided patch synthesis (`patchmatch`) is the next refinement for the
-regions no flow explains.
+notes for the figures). With `synthesis="patch"`, the pixels no flow explains are rebuilt
+from the key's patches by guided patch synthesis (`synthesis`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from zvstudio.flow.ops import consistency_mask, warp
+from zvstudio.flow.ops import consistency_mask, feather, identity_grid, warp
 from zvstudio.progress import CancelToken
+from zvstudio.propagate.synthesis import (
+    Guides,
+    SynthesisSettings,
+    frame_guides,
+    key_guides,
+    synthesize,
+)
 
 BLEND_MODES = ("soft", "histogram")
+SYNTHESIS_MODES = ("flow", "patch")
 
 # Flow F_{i->j} between frames i and j (see zvstudio.flow for the convention).
 FlowFunction = Callable[[int, int], np.ndarray]
@@ -48,6 +56,9 @@ class PropagationSettings:
     blend: str = "soft"  # "soft": error-weighted; "histogram": EbSynth/Rerender selection
     blend_sigma: float = 400.0  # error scale of the soft blend (squared 8-bit RGB, summed)
     occluded_weight: float = 0.05  # weight kept where a direction's flow was occluded
+    synthesis: str = "flow"  # "patch": guided patch synthesis where the flow fails
+    synthesis_threshold: float = 300.0  # guide error above which the flow "fails"
+    patch: SynthesisSettings = field(default_factory=SynthesisSettings)
 
 
 @dataclass
@@ -80,8 +91,8 @@ def carry_key(
     """Carry `key_image` (the rendering of frame `key_index`) to each frame of `targets`,
     which must run away from the key one frame at a time."""
     key_frame = frames[key_index]
-    composed = valid = None
-    previous = key_index
+    composed = valid = key_side = None
+    previous, previous_image = key_index, key_image
     for target in targets:
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -99,8 +110,15 @@ def carry_key(
             composed, error = _reanchor(
                 frames[target], key_frame, composed, error, flow(target, key_index), settings
             )
-        yield target, Propagated(warp(key_image, composed), error, valid, composed)
-        previous = target
+        image = warp(key_image, composed)
+        if settings.synthesis == "patch":
+            key_side = key_side or key_guides(key_frame, key_image)
+            temporal = warp(previous_image, step)
+            image, error = _synthesized(
+                frames[target], key_side, key_image, composed, image, error, temporal, settings
+            )
+        yield target, Propagated(image, error, valid, composed)
+        previous, previous_image = target, image
 
 
 def _reanchor(frame, key_frame, composed, error, direct, settings):
@@ -109,6 +127,25 @@ def _reanchor(frame, key_frame, composed, error, direct, settings):
     better = direct_error < settings.reanchor_margin * error
     chosen = np.where(better[..., None], direct, composed)
     return chosen, np.where(better, direct_error, error)
+
+
+def _synthesized(frame, key_side: Guides, key_image, composed, image, error, temporal, settings):
+    """Rebuild the pixels the flow does not explain by guided patch synthesis from the key.
+
+    Elsewhere the flow's single bilinear warp stays: it is sharper than voted patches. The
+    seam is feathered so the two do not meet at a hard edge.
+    """
+    active = error > settings.synthesis_threshold
+    if not active.any():
+        return image, error
+    height, width = error.shape
+    coords = identity_grid(height, width) + composed
+    target_side = frame_guides(frame, coords, temporal)
+    result = synthesize(key_image, key_side, target_side, coords, active, settings.patch)
+    weight = feather(active, settings.patch.patch_size)[..., None]
+    mixed = weight * result.image + (1 - weight) * image
+    image = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    return image, np.where(active, result.error, error)
 
 
 def blend_soft(
