@@ -220,6 +220,25 @@ def test_bench_decode_prints_json(tmp_path, capsys):
         assert 0 < clip[key]["median_ms"] <= clip[key]["max_ms"]
 
 
+@pytest.mark.parametrize("synthesis", ["flow", "patch"])
+def test_bench_propagate_prints_json(tmp_path, capsys, synthesis):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=12)
+    arguments = ["bench", "propagate", str(path), "--size", "64", "--frames", "11", "--no-1080p"]
+    assert main([*arguments, "--synthesis", synthesis]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (clip,) = report["clips"]
+    assert report["synthesis"] == synthesis and clip["keys"] == [0, 10]
+    assert clip["seconds_per_frame"] > 0 and clip["psnr"] > 20
+
+
+def test_bench_patch_distance_prints_json(capsys):
+    arguments = ["bench", "patch-distance", "--device", "cpu", "--size", "24", "--channels", "3"]
+    assert main(arguments) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["candidates"] == 24 * 24 and report["reference_s"] > 0
+    assert "fused_s" not in report  # no fused kernel on a CPU outside Triton's interpreter
+
+
 # -- bad input: one clear message, non-zero exit, nothing lost ---------------------------------
 def test_missing_input(tmp_path):
     assert_clean_failure(

@@ -525,6 +525,11 @@ def _add_patch_options(parser) -> None:
         default=default.uniformity,
         help="cost of reusing a key patch (default %(default)s)",
     )
+    patch.add_argument(
+        "--device",
+        default="auto",
+        help="where the search runs: auto (a GPU if there is one), cpu, cuda, cuda:N, mps",
+    )
 
 
 def _patch_settings(args):
@@ -555,7 +560,13 @@ def _patch_settings(args):
                 hint=f"names: {', '.join(sorted(names))}; weights >= 0, e.g. colour=6,edge=0.5",
             )
         weights[name] = weight
+    device = "cpu"
+    if args.synthesis == "patch":
+        from zvstudio.engine.device import TorchProbe, resolve_device
+
+        device = resolve_device(args.device, TorchProbe())
     return SynthesisSettings(
+        device=device,
         patch_size=args.patch_size,
         levels=args.levels,
         em_iterations=args.iterations,
@@ -1169,8 +1180,16 @@ def _add_bench(commands) -> None:
     propagate.add_argument("--size", type=int, default=512, help="short side in pixels")
     propagate.add_argument("--frames", type=int, default=31, help="frames per clip")
     propagate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    _add_synthesis_option(propagate)
     propagate.add_argument("--no-1080p", action="store_true", help="skip the 1080p timing")
     propagate.set_defaults(command="bench", run=_run_bench_propagate)
+    kernel = which.add_parser(
+        "patch-distance", help="PatchMatch candidate distances: eager reference vs fused kernel"
+    )
+    kernel.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    kernel.add_argument("--size", type=int, default=512, help="frame side in pixels")
+    kernel.add_argument("--channels", type=int, default=12, help="guide channels")
+    kernel.set_defaults(command="bench", run=_run_bench_patch_distance)
     _add_bench_render(which)
     _add_bench_generate(which)
     _add_bench_dynamicrafter(which)
@@ -1195,7 +1214,19 @@ def _run_bench_propagate(args) -> int:
         frames=args.frames,
         device=args.device,
         include_1080p=not args.no_1080p,
+        synthesis=args.synthesis or "flow",
     )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _run_bench_patch_distance(args) -> int:
+    from zvstudio.bench import machine
+    from zvstudio.propagate.kernels import time_patch_distance
+
+    report = {"benchmark": "patch-distance", "machine": machine(), "device": args.device}
+    report |= {"size": args.size, "channels": args.channels, "candidates": args.size**2}
+    report |= time_patch_distance(args.size, args.channels, args.device)
     print(json.dumps(report, indent=2))
     return 0
 

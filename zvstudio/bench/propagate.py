@@ -23,6 +23,7 @@ from zvstudio.media import VideoReader
 from zvstudio.metrics import psnr, sequence_warp_error, ssim
 from zvstudio.propagate.clip import propagate_clip
 from zvstudio.propagate.segment import PropagationSettings
+from zvstudio.propagate.synthesis import SynthesisSettings
 from zvstudio.stylize import create_stylizer
 
 KEY_INTERVAL = 10
@@ -116,10 +117,13 @@ def run_propagate_benchmark(
     device: str = "cpu",
     preset: str = "fine",
     include_1080p: bool = True,
+    synthesis: str = "flow",
 ) -> dict:
-    if device != "cpu":
-        raise ZvsError(f"propagation on '{device}' is not available yet; use --device cpu")
-    settings = PropagationSettings()
+    if device != "cpu" and synthesis != "patch":
+        raise ZvsError(
+            f"--device {device} needs --synthesis patch: flow propagation runs on the CPU"
+        )
+    settings = PropagationSettings(synthesis=synthesis, patch=SynthesisSettings(device=device))
     clips = list(videos) or shared_clips()
     if not clips:
         raise ZvsError("no clips to measure", hint="give video files or provide ../shared/clips")
@@ -128,6 +132,7 @@ def run_propagate_benchmark(
         "benchmark": "propagate",
         "machine": machine(),
         "device": device,
+        "synthesis": synthesis,
         "short_side": size,
         "key_interval": KEY_INTERVAL,
         "flow": f"dis/{preset}",

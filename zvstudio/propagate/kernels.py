@@ -193,7 +193,7 @@ def time_patch_distance(
     One random candidate per pixel of a `size` x `size` guide pair, the work of one
     PatchMatch candidate pass over a frame.
     """
-    from zvstudio.propagate.patchmatch import patch_distance
+    from zvstudio.propagate.patchmatch import patch_distance_reference
 
     torch_device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
@@ -219,8 +219,11 @@ def time_patch_distance(
             seconds.append(time.perf_counter() - start)
         return statistics.median(seconds)
 
-    result = {"reference_s": median_seconds(patch_distance)}
+    result = {"reference_s": median_seconds(patch_distance_reference)}
     if fused_available(torch_device):
         result["fused_s"] = median_seconds(patch_distance_fused)
         result["speedup"] = result["reference_s"] / result["fused_s"]
+        expected = patch_distance_reference(*arguments)
+        difference = (patch_distance_fused(*arguments) - expected).abs().max()
+        result["max_relative_difference"] = float(difference / expected.abs().max())
     return result

@@ -54,6 +54,7 @@ class SynthesisSettings:
     uniformity: float = 3500.0  # LazyFluids' weight, 0-255 units
     weights: GuideWeights = field(default_factory=GuideWeights)
     seed: int = 0
+    device: str = "cpu"  # where the search runs ("cuda" uses the fused kernel)
 
 
 @dataclass
@@ -137,11 +138,13 @@ def synthesize(
     if source.colour.shape[:2] != (height, width):
         raise ValueError("the key and the target frame must have the same size")
     sizes = _pyramid(height, width, settings)
-    source_full = source.stacked(settings.weights)
-    target_full = target.stacked(settings.weights)
-    style_full = _tensor(style)
+    device = torch.device(settings.device)
+    source_full = source.stacked(settings.weights).to(device)
+    target_full = target.stacked(settings.weights).to(device)
+    style_full = _tensor(style).to(device)
     style_weight = math.sqrt(settings.weights.style / 3)
-    start = _field_from_coords(key_coords)
+    start = _field_from_coords(key_coords).to(device)
+    active_full = torch.from_numpy(active[None].astype(np.float32)).to(device)
     field_ = None
     for level_h, level_w in sizes:
         level = _Level(
@@ -150,9 +153,7 @@ def synthesize(
             _resized(style_full, (level_h, level_w)),
             style_weight,
         )
-        level_active = (
-            _resized(torch.from_numpy(active[None].astype(np.float32)), (level_h, level_w))[0] > 0
-        )
+        level_active = _resized(active_full, (level_h, level_w))[0] > 0
         initial = _scaled_field(start, (height, width), (level_h, level_w))
         if field_ is not None:
             # Where the coarser level found better matches than the flow, start from them.
@@ -163,7 +164,7 @@ def synthesize(
         field_ = level.search(initial, level_active, settings)
     image = vote(style_full, field_, settings.patch_size)
     error = _colour_error(target, source, field_, active, settings.patch_size)
-    return Synthesis(image.permute(1, 2, 0).numpy(), error, field_.numpy())
+    return Synthesis(image.permute(1, 2, 0).cpu().numpy(), error, field_.cpu().numpy())
 
 
 @dataclass
@@ -207,7 +208,7 @@ class _Level:
             target = torch.cat([self.target, estimate * self.style_weight])
             # refine() scores the active pixels' matches itself (with their occupancy cost);
             # no other pixel's error is read.
-            unscored = torch.zeros(height, width)
+            unscored = torch.zeros(height, width, device=field_.device)
             field_, _ = refine(target, source, field_, unscored, patchmatch, active, occupancy)
         return field_
 
@@ -245,7 +246,8 @@ def _scaled_field(coords: torch.Tensor, full: tuple[int, int], size: tuple[int, 
     """The full-resolution coordinate field at a level of `size`: averaged over each level
     pixel's footprint, in that level's pixel units, rounded to the nearest pixel."""
     averaged = _resized(coords.float(), size)
-    scale = torch.tensor([size[0] / full[0], size[1] / full[1]]).view(2, 1, 1)
+    scale = torch.tensor([size[0] / full[0], size[1] / full[1]], device=coords.device)
+    scale = scale.view(2, 1, 1)
     level = ((averaged + 0.5) * scale - 0.5).round().long()
     return clamp_field(level, *size)
 
@@ -254,8 +256,8 @@ def _upscaled(field_: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """A coarser level's field at (height, width): each pixel takes its parent's match,
     shifted by its own offset within the parent."""
     _, coarse_h, coarse_w = field_.shape
-    ys = torch.arange(height)
-    xs = torch.arange(width)
+    ys = torch.arange(height, device=field_.device)
+    xs = torch.arange(width, device=field_.device)
     parent_y = (ys * coarse_h // height).clamp(max=coarse_h - 1)
     parent_x = (xs * coarse_w // width).clamp(max=coarse_w - 1)
     parent = field_[:, parent_y[:, None], parent_x[None, :]]
@@ -271,14 +273,15 @@ def _colour_error(
     for the active pixels; zero elsewhere."""
     height, width = active.shape
     error = np.zeros((height, width), np.float32)
-    pixels = torch.from_numpy(np.argwhere(active).T.copy())
+    device = field_.device
+    pixels = torch.from_numpy(np.argwhere(active).T.copy()).to(device)
     if pixels.numel():
         distance = patch_distance(
-            _tensor(target.colour),
-            _tensor(source.colour),
+            _tensor(target.colour).to(device),
+            _tensor(source.colour).to(device),
             pixels,
             field_[:, pixels[0], pixels[1]],
             patch_size,
         )
-        error[active] = (distance / patch_size**2).numpy()
+        error[active] = (distance / patch_size**2).cpu().numpy()
     return error
