@@ -369,6 +369,10 @@ def test_a_cancelled_render_resumes_from_finished_segments(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, str(tmp_path / "b.mp4")]) == 0
     assert "resumed: 3 of 3 segments came from the cache; 0 of 3 keys" in capsys.readouterr().err
+    # Patch synthesis propagates differently: the flow-only segments are not reused for it.
+    assert main([*argv, str(tmp_path / "p.mp4"), "--synthesis", "patch"]) == 0
+    assert "0 of 3 segments came from the cache" in capsys.readouterr().err
+    assert probe(tmp_path / "p.mp4").frame_count == 24
 
 
 def test_cache_command_shows_and_clears_the_cache(tmp_path, capsys):
