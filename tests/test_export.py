@@ -9,7 +9,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from helpers import frame_number, make_clip, numbered_frame
+from helpers import frame_number, make_clip
 
 from zvstudio.errors import MediaError
 from zvstudio.media import (
@@ -92,38 +92,6 @@ def test_video_export_keeps_frames_timing_and_audio(vfr_clip, tmp_path, name, se
     with VideoReader(target) as reader:
         assert [frame_number(image) for _, image in reader.frames()] == list(range(len(times)))
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
-
-
-@pytest.mark.parametrize("name", ["out.mp4", "out.mov"])
-def test_last_frame_keeps_its_duration_when_b_frames_reorder_the_end(tmp_path, name):
-    # Frames at 60, 30, 25 and 15 fps in 90 kHz ticks, and a last frame of 40.3 ms. MP4/MOV end
-    # the track from the last packet in decode order, which with B-frames is not the last shown.
-    rates = [30, 25, 15, 15, 60, 60, 15, 15, 60, 30, 15, 30, 30, 15, 30]
-    gaps = [90000 // rate for rate in rates]
-    timing = FrameTiming(Fraction(1, 90000), np.cumsum([0, *gaps]), last_duration=3625)
-    target = tmp_path / name
-    with VideoWriter(target, (192, 112), timing) as writer:
-        for number in range(len(timing.pts)):
-            writer.write(numbered_frame(number))
-
-    # The case under test: B-frames, and a last decoded packet that is not the last shown.
-    with av.open(str(target)) as container:
-        decode_order = [p.pts for p in container.demux(video=0) if p.size]
-    with av.open(str(target)) as container:
-        types = [frame.pict_type for frame in container.decode(video=0)]
-    assert av.video.frame.PictureType.B in types
-    assert decode_order[-1] != max(decode_order)
-
-    out = probe(target)
-    assert out.frame_count == len(timing.pts)
-    np.testing.assert_allclose(
-        [out.index.seconds(n) for n in range(out.frame_count)],
-        [timing.seconds(n) for n in range(len(timing.pts))],
-        atol=1e-3,
-    )
-    assert out.duration == pytest.approx(timing.duration, abs=1e-3)
-    with VideoReader(target) as reader:
-        assert [frame_number(image) for _, image in reader.frames()] == list(range(len(gaps) + 1))
 
 
 def test_whole_clip_export_copies_the_audio_packets(vfr_clip, tmp_path):

@@ -487,7 +487,7 @@ def _add_synthesis_option(parser) -> None:
 
 
 def _add_patch_options(parser) -> None:
-    from zvstudio.propagate.synthesis import SynthesisSettings
+    from zvstudio.propagate.synthesis_settings import SynthesisSettings
 
     default = SynthesisSettings()
     weights = ", ".join(f"{k} {v:g}" for k, v in vars(default.weights).items())
@@ -537,7 +537,7 @@ def _patch_settings(args):
     from dataclasses import fields
 
     from zvstudio.errors import ZvsError
-    from zvstudio.propagate.synthesis import GuideWeights, SynthesisSettings
+    from zvstudio.propagate.synthesis_settings import GuideWeights, SynthesisSettings
 
     if args.patch_size < 1 or args.patch_size % 2 == 0:
         raise ZvsError(f"--patch-size must be an odd number >= 1, got {args.patch_size}")

@@ -23,7 +23,7 @@ from zvstudio.media import VideoReader
 from zvstudio.metrics import psnr, sequence_warp_error, ssim
 from zvstudio.propagate.clip import propagate_clip
 from zvstudio.propagate.segment import PropagationSettings
-from zvstudio.propagate.synthesis import SynthesisSettings
+from zvstudio.propagate.synthesis_settings import SynthesisSettings
 from zvstudio.stylize import create_stylizer
 
 KEY_INTERVAL = 10

@@ -311,7 +311,7 @@ class _EncodedSink:
         self.kind = output_kind(path)
         self.temp = partial_sibling(path)
         self.timing = timing
-        # Each frame's display duration, keyed by its pts (in `timing.time_base` ticks).
+        # Each packet's duration, so the last frame lasts as long as in the source.
         self._durations = dict(
             zip(
                 timing.pts.tolist(),
@@ -319,8 +319,6 @@ class _EncodedSink:
                 strict=True,
             )
         )
-        # The latest video packet, held back until the next one shows it is not the last.
-        self._held: av.Packet | None = None
         self.container = av.open(str(self.temp), "w", format=self.kind)
         try:
             self.stream = _add_video_stream(self.container, self.kind, size, timing, settings)
@@ -345,36 +343,10 @@ class _EncodedSink:
     def _mux_video(self, packets: list[av.Packet]) -> None:
         for packet in packets:
             packet.duration = self._durations.get(packet.pts, packet.duration)
-            if self._held is not None:
-                self.container.mux(self._held)
-            self._held = packet
-
-    def _mux_last_video(self, written: int) -> None:
-        """Mux the last packet in decode order so that the video ends where the source does.
-
-        MP4/MOV keep one duration per sample, in decode order: all but the last follow from
-        the next sample's dts, so the media ends at the last packet's dts + duration, while
-        FFmpeg's edit list ends at the latest pts + duration (readers take the shorter). With
-        B-frames the last packet is often not the last frame shown and its dts lies before
-        its pts, so no duration gets both ends right and the video came out up to a frame
-        short. Decoding that packet at its own pts (any dts after the previous packet's and
-        not after its pts is valid) and giving it the time up to the end of the last frame
-        makes both ends exact. Matroska ends at the latest pts + duration: exact as well.
-        """
-        last, self._held = self._held, None
-        if last is None:
-            return
-        if written and last.pts is not None:
-            final_pts = int(self.timing.pts[written - 1])
-            end = final_pts + self._durations[final_pts]
-            if last.pts < end:
-                last.dts = last.pts
-                last.duration = end - last.pts
-        self.container.mux(last)
+            self.container.mux(packet)
 
     def finish(self, written: int) -> None:
         self._mux_video(self.stream.encode(None))
-        self._mux_last_video(written)
         if self.audio is not None:
             self.audio.mux_until(None)
             self.audio.close()

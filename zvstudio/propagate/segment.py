@@ -31,13 +31,7 @@ import numpy as np
 
 from zvstudio.flow.ops import consistency_mask, feather, identity_grid, warp
 from zvstudio.progress import CancelToken
-from zvstudio.propagate.synthesis import (
-    Guides,
-    SynthesisSettings,
-    frame_guides,
-    key_guides,
-    synthesize,
-)
+from zvstudio.propagate.synthesis_settings import SynthesisSettings
 
 BLEND_MODES = ("soft", "histogram")
 SYNTHESIS_MODES = ("flow", "patch")
@@ -112,6 +106,8 @@ def carry_key(
             )
         image = warp(key_image, composed)
         if settings.synthesis == "patch":
+            from zvstudio.propagate.synthesis import key_guides  # torch, only when used
+
             key_side = key_side or key_guides(key_frame, key_image)
             temporal = warp(previous_image, step)
             image, error = _synthesized(
@@ -129,12 +125,14 @@ def _reanchor(frame, key_frame, composed, error, direct, settings):
     return chosen, np.where(better, direct_error, error)
 
 
-def _synthesized(frame, key_side: Guides, key_image, composed, image, error, temporal, settings):
+def _synthesized(frame, key_side, key_image, composed, image, error, temporal, settings):
     """Rebuild the pixels the flow does not explain by guided patch synthesis from the key.
 
     Elsewhere the flow's single bilinear warp stays: it is sharper than voted patches. The
     seam is feathered so the two do not meet at a hard edge.
     """
+    from zvstudio.propagate.synthesis import frame_guides, synthesize
+
     active = error > settings.synthesis_threshold
     if not active.any():
         return image, error

@@ -14,7 +14,7 @@ does not explain; everywhere else the flow's match is already the answer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -30,31 +30,7 @@ from zvstudio.propagate.patchmatch import (
     refine,
     vote,
 )
-
-
-@dataclass(frozen=True)
-class GuideWeights:
-    """The authors' guide weights (each divided by its channel count when applied)."""
-
-    colour: float = 6.0
-    edge: float = 0.5
-    position: float = 2.0
-    temporal: float = 0.5
-    style: float = 1.0
-
-
-@dataclass(frozen=True)
-class SynthesisSettings:
-    patch_size: int = 5
-    levels: int = 3  # pyramid levels; the coarsest keeps a side of at least 2 patches
-    em_iterations: int = 2  # search-vote rounds per level
-    patchmatch_iterations: int = 2  # PatchMatch iterations per round
-    search_radius: float = 8.0  # random search starts this far (pixels at each level)
-    search_samples: int = 1  # random candidates per radius (3 cost 2x, gained 0.1 dB)
-    uniformity: float = 3500.0  # LazyFluids' weight, 0-255 units
-    weights: GuideWeights = field(default_factory=GuideWeights)
-    seed: int = 0
-    device: str = "cpu"  # where the search runs ("cuda" uses the fused kernel)
+from zvstudio.propagate.synthesis_settings import GuideWeights, SynthesisSettings
 
 
 @dataclass
