@@ -44,9 +44,10 @@ def _interpreting() -> bool:
 
 def fused_available(device: torch.device | str) -> bool:
     """Whether `patch_distance_fused` can run on tensors on `device`."""
-    if _triton() is None:
+    # The device first: a CPU run never pays for importing Triton.
+    if torch.device(device).type != "cuda" and not _interpreting():
         return False
-    return torch.device(device).type == "cuda" or _interpreting()
+    return _triton() is not None
 
 
 @functools.cache

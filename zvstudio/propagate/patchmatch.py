@@ -174,6 +174,12 @@ def best_of(
     return best_field.reshape(2, height, width), best_error.reshape(height, width)
 
 
+def mask_pixels(mask: torch.Tensor) -> torch.Tensor:
+    """(2, N) (y, x) coordinates of the True pixels of a bool (H, W) mask."""
+    pixels = mask.reshape(-1).nonzero().squeeze(1)
+    return torch.stack([pixels // mask.shape[1], pixels % mask.shape[1]])
+
+
 def _all_pixels(height: int, width: int, device: torch.device) -> torch.Tensor:
     ys, xs = torch.meshgrid(
         torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
@@ -237,13 +243,14 @@ def refine(
     _, height, width = target.shape
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     field, error = field.clone(), error.clone()
+    scorer = None
     for iteration in range(settings.iterations):
-        mask = active if active is not None else error > settings.converged
-        pixels = mask.reshape(-1).nonzero().squeeze(1)
-        if pixels.numel() == 0:
-            break
-        yx = torch.stack([pixels // width, pixels % width])
-        search = _Search(target, source, field, error, yx, settings.patch_size, occupancy)
+        if scorer is None or active is None:  # a fixed active set keeps its target patches
+            yx = mask_pixels(active if active is not None else error > settings.converged)
+            if yx.shape[1] == 0:
+                break
+            scorer = PatchScorer(target, source, yx, settings.patch_size)
+        search = _Search(field, error, scorer, occupancy)
         step = 1 if iteration % 2 == 0 else -1  # alternate the scan direction's bias
         for dy, dx in ((0, step), (step, 0), (0, -step), (-step, 0)):
             # The neighbour at x - d maps to n(x - d); its shifted candidate is n(x - d) + d.
@@ -267,10 +274,10 @@ class _Search:
     """One PatchMatch iteration's candidate tests for the pixels `yx`, updating `field` and
     `error` in place."""
 
-    def __init__(self, target, source, field, error, yx, patch_size, occupancy) -> None:
-        self.target, self.source, self.field, self.error = target, source, field, error
-        self.yx, self.occupancy = yx, occupancy
-        self.scorer = PatchScorer(target, source, yx, patch_size)
+    def __init__(self, field, error, scorer: PatchScorer, occupancy) -> None:
+        self.field, self.error = field, error
+        self.yx, self.scorer, self.occupancy = scorer.target_yx, scorer, occupancy
+        yx = self.yx
         if occupancy is not None:
             occupancy.update(field)
             # The stored error predates this count: re-score the current matches with it.
@@ -284,7 +291,7 @@ class _Search:
 
     def try_candidates(self, candidate: torch.Tensor) -> None:
         """Replace the field at `yx` by `candidate` wherever the candidate matches better."""
-        _, source_h, source_w = self.source.shape
+        _, source_h, source_w = self.scorer.source.shape
         candidate = clamp_field(candidate, source_h, source_w)
         distance = self.score(candidate)
         yx = self.yx

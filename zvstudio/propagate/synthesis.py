@@ -26,6 +26,7 @@ from zvstudio.propagate.patchmatch import (
     PatchMatchSettings,
     PatchScorer,
     clamp_field,
+    mask_pixels,
     patch_distance,
     refine,
     vote,
@@ -155,8 +156,7 @@ class _Level:
     def better(self, field_, other, active, patch_size: int) -> torch.Tensor:
         """`field_` with `other`'s match wherever that matches the guides better, among the
         active pixels (elsewhere the flow's match stands)."""
-        pixels = active.reshape(-1).nonzero().squeeze(1)
-        yx = torch.stack([pixels // active.shape[1], pixels % active.shape[1]])
+        yx = mask_pixels(active)
         scorer = PatchScorer(self.target, self.source, yx, patch_size)
         mine, theirs = field_[:, yx[0], yx[1]], other[:, yx[0], yx[1]]
         wins = scorer(theirs) < scorer(mine)
