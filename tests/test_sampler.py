@@ -16,7 +16,7 @@ from zvstudio.diffusion.sampler import (
     canny_condition,
     latent_preview,
 )
-from zvstudio.errors import RenderCancelled
+from zvstudio.errors import RenderCancelled, ZvsError
 from zvstudio.keyrender import KeyContext, RenderedKey
 from zvstudio.progress import CancelToken
 
@@ -100,8 +100,8 @@ def test_adain_pulls_statistics_towards_the_anchor(components):
     captured = {}
     original = sampler._constrain
 
-    def spy(x0, index, t, scheduler, is_anchor, fusion):
-        result = original(x0, index, t, scheduler, is_anchor, fusion)
+    def spy(x0, index, t, run):
+        result = original(x0, index, t, run)
         captured[index] = result
         return result
 
@@ -152,7 +152,8 @@ def test_key_renderer_interface(components):
     assert "tiny" in renderer.settings_key() and renderer.needs_weights
 
 
-def test_pixel_aware_fusion_pulls_towards_the_warped_references(components):
+@pytest.mark.parametrize("mode", ["two_pass", "single_pass"])
+def test_pixel_aware_fusion_pulls_towards_the_warped_references(components, mode):
     video = frames()
     target = np.zeros_like(video[1])
     target[...] = (30, 200, 60)
@@ -166,29 +167,117 @@ def test_pixel_aware_fusion_pulls_towards_the_warped_references(components):
         schedule=ConstraintSchedule(
             cross_frame=None, shape_fusion=None, pixel_fusion=(0.0, 1.0), adain=None
         ),
+        pixel_fusion_mode=mode,
     )
     sampler = KeyFrameSampler(components, only_pixels)
     sampler.render(video[0], is_anchor=True)
-    seen = []
-    fuse = sampler._fuse_pixels
+    seen, composites = [], []
+    fuse, composite = sampler._fuse_pixels, sampler._composite
 
-    def spy(latents, guide, index, run):
-        fused = fuse(latents, guide, index, run)
+    def spy(latents, guide, index, run, epsilon):
+        fused = fuse(latents, guide, index, run, epsilon)
         seen.append(
             (
-                (latents - guide[0]).abs().mean().item(),
-                (fused - guide[0]).abs().mean().item(),
-                guide[1].mean().item(),
+                (latents - guide.latent).abs().mean().item(),
+                (fused - guide.latent).abs().mean().item(),
+                guide.valid.mean().item(),
             )
         )
         return fused
 
-    sampler._fuse_pixels = spy
+    def spy_composite(run, rough, references):
+        composites.append(rough.clone())
+        return composite(run, rough, references)
+
+    sampler._fuse_pixels, sampler._composite = spy, spy_composite
+    events = []
     # The reference is this very frame (flow ~0, valid everywhere) rendered as solid green.
-    sampler.render(video[1], is_anchor=False, references=[(video[1], target)])
+    sampler.render(
+        video[1], is_anchor=False, references=[(video[1], target)], progress=events.append
+    )
     assert len(seen) == 6 and all(coverage == 1.0 for _, _, coverage in seen)
     assert all(after < before for before, after, _ in seen)
     assert seen[-1][1] < 0.05  # only the last step's tiny noise level remains
+    # One composite either way; a single pass runs each step once.
+    assert len(composites) == 1
+    assert len(events) == (6 if mode == "single_pass" else 12)
+
+
+def test_single_pass_composites_over_the_first_fused_steps_prediction(components):
+    video = frames()
+    settings = KeySettings(prompt="x", steps=6, strength=1.0, pixel_fusion_mode="single_pass")
+    sampler = KeyFrameSampler(components, settings)
+    sampler.set_anchor_frame(video[0])
+    anchor = sampler.render(video[0], is_anchor=True)
+    predictions, roughs = {}, []
+    constrain, composite = sampler._constrain, sampler._composite
+
+    def spy_constrain(x0, index, t, run):
+        predictions[index] = constrain(x0, index, t, run)
+        return predictions[index]
+
+    def spy_composite(run, rough, references):
+        roughs.append(rough)
+        return composite(run, rough, references)
+
+    sampler._constrain, sampler._composite = spy_constrain, spy_composite
+    sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
+    # 6 steps from t = 835: the range 0.5-0.8 T_max starts at the second step.
+    assert len(roughs) == 1 and roughs[0] is predictions[1]
+
+
+def test_soft_pixel_fusion_keeps_some_of_the_frames_noise(components):
+    video = frames()
+    results = {}
+    for detail in (None, 0.9):
+        settings = KeySettings(
+            prompt="x", steps=6, strength=1.0, pixel_fusion_weight=0.5, pixel_fusion_detail=detail
+        )
+        sampler = KeyFrameSampler(components, settings)
+        sampler.set_anchor_frame(video[0])
+        anchor = sampler.render(video[0], is_anchor=True)
+        results[detail] = sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
+        sampler.close()
+    assert not np.array_equal(results[None], results[0.9])
+
+
+def test_shape_aware_fusion_runs_in_the_sampler(components):
+    # Strength 1 and 20 steps: the first two steps (t > 0.9 T_max) fuse. The key is the
+    # anchor's frame with another prompt: the flow is ~0 and valid everywhere, so the fused
+    # x̂0 is the anchor's.
+    video = frames()
+    settings = KeySettings(
+        prompt="a red cat",
+        steps=20,
+        strength=1.0,
+        cross_frame_layers="off",
+        schedule=ConstraintSchedule(
+            cross_frame=None, shape_fusion=(0.9, 1.0), pixel_fusion=None, adain=None
+        ),
+    )
+    sampler = KeyFrameSampler(components, settings)
+    sampler.set_anchor_frame(video[0])
+    sampler.render(video[0], is_anchor=True)
+    outputs, constrain = {}, sampler._constrain
+
+    def spy(x0, index, t, run):
+        outputs[index] = (x0.clone(), constrain(x0, index, t, run))
+        return outputs[index][1]
+
+    sampler._constrain = spy
+    sampler.render(video[0], is_anchor=False, prompt="a dog photo")
+    for index, (before, after) in outputs.items():
+        anchor = sampler._anchor_x0[index]
+        if index < 2:
+            assert not torch.allclose(before, anchor, atol=1e-3)
+            torch.testing.assert_close(after, anchor, atol=2e-3, rtol=0)
+        else:
+            assert torch.equal(after, before)
+
+
+def test_unknown_pixel_fusion_mode_is_refused():
+    with pytest.raises(ZvsError, match="pixel fusion mode"):
+        KeySettings(pixel_fusion_mode="three_pass")
 
 
 def test_second_pass_resumes_exactly(components, folders):

@@ -13,17 +13,26 @@ A readable top-to-bottom DDIM loop, as diffusers writes its pipelines, on our ow
    predicted x̂0 with the anchor's x̂0 warped by optical flow, AdaIN of x̂0 to the anchor's
    statistics. The DDIM update then uses the adjusted x̂0.
 
-4. Pixel-aware fusion: a first pass gives a rough render; the anchor's and the previous
-   key's renders, warped to this frame by optical flow, are composited over it where the flow
-   is valid (anchor first), encoded with the fidelity-oriented encoder E*, and a second pass
-   pulls x_{t-1} towards that composite (noised to t-1) inside the fusion range. The second
-   pass is identical to the first until the range starts, so it resumes from the first pass's
-   latent there instead of re-running those steps (`resume_second_pass`; exactly equal).
+4. Pixel-aware fusion: the anchor's and the previous key's renders, warped to this frame by
+   optical flow, are composited over a rough render where the flow is valid (anchor first),
+   encoded with the fidelity-oriented encoder E*, and inside the fusion range x_{t-1} is
+   pulled towards that composite (noised to t-1). Two ways to get the rough render
+   (`pixel_fusion_mode`):
+   - "two_pass" (the paper): a whole first pass; the second pass is identical to the first
+     until the range starts, so it resumes from the first pass's latent there instead of
+     re-running those steps (`resume_second_pass`; exactly equal).
+   - "single_pass": the predicted x̂0 at the first step of the range, decoded. It only fills
+     the occluded parts of the composite (the fusion never acts there), so one pass suffices.
+
+Optical flows between input frames are computed once per key, in a background thread that
+overlaps the first sampling steps (OpenCV releases the GIL; on a GPU the UNet runs meanwhile).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +46,7 @@ from zvstudio.diffusion.constraints import (
     ConstraintSchedule,
     adain,
     pixel_aware_fusion,
+    pixel_aware_fusion_soft,
     q_sample,
     shape_aware_fusion,
 )
@@ -70,8 +80,22 @@ class KeySettings:
     annotator: str = "canny"  # what makes the ControlNet's control image (plugins add more)
     cross_frame_layers: str = "decoder"  # "decoder", "decoder_loose", "all" or "off"
     schedule: ConstraintSchedule = field(default_factory=ConstraintSchedule)
-    pixel_fusion_weight: float = 1.0  # how hard the second pass follows the warped keys
+    pixel_fusion_weight: float = 1.0  # how hard the fusion follows the warped keys
+    # None: the linear blend of the paper; a number: the authors' soft form, which keeps that
+    # fraction of the frame's own noise inside the fused region (0.9 in their code).
+    pixel_fusion_detail: float | None = None
+    pixel_fusion_mode: str = "two_pass"  # or "single_pass" (see the module's docstring)
     resume_second_pass: bool = True  # resume pass two from pass one's latent (exact, faster)
+
+    def __post_init__(self) -> None:
+        if self.pixel_fusion_mode not in PIXEL_FUSION_MODES:
+            raise ZvsError(
+                f"unknown pixel fusion mode {self.pixel_fusion_mode!r}",
+                hint=f"choose {' or '.join(PIXEL_FUSION_MODES)}",
+            )
+
+
+PIXEL_FUSION_MODES = ("two_pass", "single_pass")
 
 
 def out_of_memory_error() -> ZvsError:
@@ -145,6 +169,41 @@ def ddim_update(x0: torch.Tensor, epsilon: torch.Tensor, alpha_prev: torch.Tenso
     return alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * epsilon
 
 
+class FramePairs:
+    """Flows from one key's frame to its reference frames (and whether each is valid), each
+    computed once, in a background thread: OpenCV releases the GIL, so they overlap the
+    first UNet calls instead of adding to them."""
+
+    def __init__(self, flow: DISFlow, executor: ThreadPoolExecutor, frame: np.ndarray) -> None:
+        self._flow, self._executor, self._frame = flow, executor, frame
+        self._pending: dict[bytes, Future] = {}
+
+    def request(self, source: np.ndarray) -> Future:
+        key = hashlib.blake2b(source.tobytes(), digest_size=16).digest()
+        if key not in self._pending:
+            self._pending[key] = self._executor.submit(self._compute, source)
+        return self._pending[key]
+
+    def get(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flow from the frame to `source`, boolean mask where it is valid)."""
+        return self.request(source).result()
+
+    def _compute(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        to_source, back = self._flow.compute_pair(self._frame, source)
+        return to_source, consistency_mask(to_source, back)
+
+
+@dataclass
+class _PixelGuide:
+    """Pixel-aware fusion for one key: where it acts, what it composites, and (once built)
+    the composite's E* latent and the mask where a warped reference covers the frame."""
+
+    steps: set[int]
+    references: list[tuple[np.ndarray, np.ndarray]]  # (source, render), padded, by priority
+    latent: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+
+
 @dataclass
 class _Run:
     """What one key's sampling passes share."""
@@ -154,8 +213,9 @@ class _Run:
     timesteps: torch.Tensor
     embeddings: torch.Tensor
     condition: torch.Tensor | None
-    fusion: tuple | None
     is_anchor: bool
+    pairs: FramePairs
+    anchor_frame: np.ndarray | None = None  # for shape-aware fusion
     seed: int = 0
 
     def noise_like(self, latents: torch.Tensor) -> torch.Tensor:
@@ -197,6 +257,7 @@ class KeyFrameSampler:
         self._anchor_x0: dict[int, torch.Tensor] = {}
         self._anchor_frame: np.ndarray | None = None
         self._flow = DISFlow("medium")
+        self._flow_thread = ThreadPoolExecutor(1, thread_name_prefix="zvstudio-key-flow")
         unet = components.unet
         self.device, self.dtype = components.device, unet.dtype
         vae_blocks = len(components.vae.config.block_out_channels)
@@ -205,6 +266,7 @@ class KeyFrameSampler:
 
     def close(self) -> None:
         """Put the UNet's original attention processors back."""
+        self._flow_thread.shutdown(wait=False, cancel_futures=True)
         if self._installed is not None:
             self._installed.restore()
             self._installed = None
@@ -240,38 +302,41 @@ class KeyFrameSampler:
             timesteps,
             self._encode_prompts(prompt if prompt is not None else settings.prompt),
             self._control_image(padded),
-            None if is_anchor else self._fusion_inputs(padded),
             is_anchor,
-            settings.seed,
+            FramePairs(self._flow, self._flow_thread, padded),
+            seed=settings.seed,
         )
+        guide = self._pixel_guide(run, references)
+        self._request_flows(run, guide)
         self._begin_key(is_anchor)
         latents = self._sdedit_start(padded, scheduler, timesteps[0])
-        fusion_steps = self._pixel_fusion_steps(run) if references and not is_anchor else []
-        first_pass = self._denoise(
-            run,
-            latents,
-            0,
-            None,
-            progress,
-            cancel,
-            preview,
-            keep_at=fusion_steps[0] if fusion_steps else None,
-        )
-        if fusion_steps:
-            composite, valid = self._composite(padded, first_pass[0], references)
-            resume_at = fusion_steps[0] if settings.resume_second_pass else 0
-            start_latent = first_pass[1] if settings.resume_second_pass else latents
-            guide = (composite, valid, set(fusion_steps))
-            first_pass = self._denoise(
-                run, start_latent, resume_at, guide, progress, cancel, preview
-            )
+        callbacks = (progress, cancel, preview)
+        if guide is None or settings.pixel_fusion_mode == "single_pass":
+            final, _ = self._denoise(run, latents, 0, guide, *callbacks)
+        else:
+            final = self._two_passes(run, latents, guide, *callbacks)
         if self._installed is not None:
             self.store.promote()
-        return self._to_image(first_pass[0])[:height, :width]
+        return self._to_image(final)[:height, :width]
+
+    def _two_passes(self, run, latents, guide, progress, cancel, preview) -> torch.Tensor:
+        """Pass one without pixel fusion gives the rough render; pass two fuses."""
+        first_fused = min(guide.steps)
+        rough, kept = self._denoise(
+            run, latents, 0, None, progress, cancel, preview, keep_at=first_fused
+        )
+        guide.latent, guide.valid = self._composite(run, rough, guide.references)
+        if self.settings.resume_second_pass:
+            latents, resume_at = kept, first_fused
+        else:
+            resume_at = 0
+        final, _ = self._denoise(run, latents, resume_at, guide, progress, cancel, preview)
+        return final
 
     def _denoise(self, run, latents, first_index, guide, progress, cancel, preview, keep_at=None):
         """DDIM from step `first_index` to the end; returns (final latent, the latent before
-        step `keep_at`). `guide` = (composite latent, valid mask, step indices) fuses."""
+        step `keep_at`). With a `guide`, pixel fusion acts at its steps; a guide without a
+        composite yet (single pass) builds it from x̂0 at its first step."""
         kept = latents if keep_at == first_index else None
         total = len(run.timesteps)
         for index in range(first_index, total):
@@ -282,10 +347,12 @@ class KeyFrameSampler:
             epsilon = self._predict_noise(latents, t, run.embeddings, run.condition)
             alpha = run.scheduler.alphas_cumprod[int(t)].to(latents)
             x0 = (latents - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
-            x0 = self._constrain(x0, index, int(t), run.scheduler, run.is_anchor, run.fusion)
+            x0 = self._constrain(x0, index, int(t), run)
             latents = self._ddim_step(run.scheduler, t, x0, epsilon, index, run.timesteps)
-            if guide is not None and index in guide[2]:
-                latents = self._fuse_pixels(latents, guide, index, run)
+            if guide is not None and index in guide.steps:
+                if guide.latent is None:
+                    guide.latent, guide.valid = self._composite(run, x0, guide.references)
+                latents = self._fuse_pixels(latents, guide, index, run, epsilon)
             if index + 1 == keep_at:
                 kept = latents.clone()
             progress(Progress("key", index + 1, total))
@@ -293,38 +360,68 @@ class KeyFrameSampler:
                 preview(latent_preview(x0))
         return latents, kept
 
-    def _pixel_fusion_steps(self, run) -> list[int]:
-        """Indices of the steps inside the pixel-aware fusion range."""
+    def _pixel_guide(self, run, references) -> _PixelGuide | None:
+        """The key's pixel fusion (None for the anchor, without references or steps)."""
+        if run.is_anchor or not references:
+            return None
         t_max = run.scheduler.config.num_train_timesteps
-        return [
+        steps = {
             i
             for i, t in enumerate(run.timesteps)
             if "pixel_fusion" in self.settings.schedule.active(int(t), t_max)
+        }
+        if not steps:
+            return None
+        padded = [
+            (pad_to_multiple(source, self.multiple)[0], pad_to_multiple(render, self.multiple)[0])
+            for source, render in references
         ]
+        return _PixelGuide(steps, padded)
 
-    def _composite(self, frame, rough_latent, references):
+    def _request_flows(self, run, guide) -> None:
+        """Start the flows this key will need: to the anchor frame when shape-aware fusion
+        acts, to each reference frame when pixel-aware fusion does."""
+        if run.is_anchor:
+            return
+        t_max = run.scheduler.config.num_train_timesteps
+        shape = any(
+            "shape_fusion" in self.settings.schedule.active(int(t), t_max) for t in run.timesteps
+        )
+        if shape and self._anchor_frame is not None:
+            run.anchor_frame = self._anchor_frame
+            run.pairs.request(run.anchor_frame)
+        for source, _ in guide.references if guide is not None else ():
+            run.pairs.request(source)
+
+    def _composite(self, run, rough_latent, references):
         """The warped reference renders over the rough render where their flow is valid
         (earlier references win), encoded with E*; and the union of valid regions."""
-        rough = self._to_image(rough_latent).astype(np.float32)
-        composite = rough.copy()
-        covered = np.zeros(frame.shape[:2], bool)
+        composite = self._to_image(rough_latent).astype(np.float32)
+        covered = np.zeros(run.frame.shape[:2], bool)
         for source, rendered in reversed(references):  # the first reference ends on top
-            source, _ = pad_to_multiple(source, self.multiple)
-            rendered, _ = pad_to_multiple(rendered, self.multiple)
-            to_reference, back = self._flow.compute_pair(frame, source)
-            valid = consistency_mask(to_reference, back)
+            to_reference, valid = run.pairs.get(source)
             composite[valid] = warp(rendered, to_reference)[valid]
             covered |= valid
         image = torch.from_numpy(composite).permute(2, 0, 1)[None] / 127.5 - 1
         latent = fidelity_encode(self.components.vae, image.to(self.device))
         return latent, torch.from_numpy(covered.astype(np.float32))
 
-    def _fuse_pixels(self, latents, guide, index, run) -> torch.Tensor:
+    def _fuse_pixels(self, latents, guide, index, run, epsilon) -> torch.Tensor:
         """Pull x_{t-1} towards the composite noised to the same level, inside the mask."""
-        composite, valid, _ = guide
+        settings = self.settings
         alpha_prev = next_alpha(run.scheduler, run.timesteps, index)
-        noised = q_sample(composite.to(latents), run.noise_like(latents), alpha_prev)
-        return pixel_aware_fusion(latents, noised, valid, self.settings.pixel_fusion_weight)
+        noised = q_sample(guide.latent.to(latents), run.noise_like(latents), alpha_prev)
+        if settings.pixel_fusion_detail is None:
+            return pixel_aware_fusion(latents, noised, guide.valid, settings.pixel_fusion_weight)
+        direction = (1 - alpha_prev.to(latents)).sqrt() * epsilon.to(latents)
+        return pixel_aware_fusion_soft(
+            latents,
+            direction,
+            noised,
+            guide.valid,
+            settings.pixel_fusion_weight,
+            settings.pixel_fusion_detail,
+        )
 
     def _to_image(self, latents: torch.Tensor) -> np.ndarray:
         return rgb_frames(decode(self.components.vae, latents))[0]
@@ -375,24 +472,17 @@ class KeyFrameSampler:
             settings.controlnet_scale,
         )
 
-    def _fusion_inputs(self, frame: np.ndarray):
-        """Flow from this frame to the anchor frame and where it is valid (pixel size)."""
-        if self._anchor_frame is None:
-            return None
-        to_anchor, back = self._flow.compute_pair(frame, self._anchor_frame)
-        valid = consistency_mask(to_anchor, back).astype(np.float32)
-        return torch.from_numpy(to_anchor), torch.from_numpy(valid)
-
-    def _constrain(self, x0, index, t, scheduler, is_anchor, fusion) -> torch.Tensor:
-        active = self.settings.schedule.active(t, scheduler.config.num_train_timesteps)
-        if is_anchor:
+    def _constrain(self, x0, index, t, run) -> torch.Tensor:
+        active = self.settings.schedule.active(t, run.scheduler.config.num_train_timesteps)
+        if run.is_anchor:
             self._anchor_x0[index] = x0.detach().clone()
             return x0
         reference = self._anchor_x0.get(index)
         if reference is None:
             return x0
-        if "shape_fusion" in active and fusion is not None:
-            x0 = shape_aware_fusion(x0, reference, fusion[0], fusion[1])
+        if "shape_fusion" in active and run.anchor_frame is not None:
+            to_anchor, valid = run.pairs.get(run.anchor_frame)
+            x0 = shape_aware_fusion(x0, reference, to_anchor, valid)  # H x W arrays
         if "adain" in active:
             x0 = adain(x0, reference)
         return x0
