@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
+import subprocess
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from helpers import frame_number, make_clip
+from helpers import frame_number, make_clip, numbered_frame
 
 from zvstudio.errors import MediaError
 from zvstudio.media import (
@@ -92,6 +94,100 @@ def test_video_export_keeps_frames_timing_and_audio(vfr_clip, tmp_path, name, se
     with VideoReader(target) as reader:
         assert [frame_number(image) for _, image in reader.frames()] == list(range(len(times)))
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def write_numbered(target, timing: FrameTiming) -> None:
+    with VideoWriter(target, (192, 112), timing) as writer:
+        for number in range(len(timing.pts)):
+            writer.write(numbered_frame(number))
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.mov"])
+def test_last_frame_keeps_its_duration_when_b_frames_reorder_the_end(tmp_path, name):
+    # Frames at 60, 30, 25 and 15 fps in 90 kHz ticks, and a last frame of 40.3 ms. MP4/MOV end
+    # the track from the last packet in decode order, which with B-frames is not the last shown.
+    rates = [30, 25, 15, 15, 60, 60, 15, 15, 60, 30, 15, 30, 30, 15, 30]
+    gaps = [90000 // rate for rate in rates]
+    timing = FrameTiming(Fraction(1, 90000), np.cumsum([0, *gaps]), last_duration=3625)
+    target = tmp_path / name
+    write_numbered(target, timing)
+
+    # The case under test: B-frames, and a last decoded packet that is not the last shown.
+    with av.open(str(target)) as container:
+        decode_order = [p.pts for p in container.demux(video=0) if p.size]
+    with av.open(str(target)) as container:
+        types = [frame.pict_type for frame in container.decode(video=0)]
+    assert av.video.frame.PictureType.B in types
+    assert decode_order[-1] != max(decode_order)
+
+    out = probe(target)
+    assert out.frame_count == len(timing.pts)
+    np.testing.assert_allclose(
+        [out.index.seconds(n) for n in range(out.frame_count)],
+        [timing.seconds(n) for n in range(len(timing.pts))],
+        atol=1e-3,
+    )
+    assert out.duration == pytest.approx(timing.duration, abs=1e-3)
+    # The average rate is frames / duration, not stretched or shrunk by the end's fix.
+    assert float(out.fps) == pytest.approx(len(timing.pts) / timing.duration, rel=1e-3)
+    with VideoReader(target) as reader:
+        assert [frame_number(image) for _, image in reader.frames()] == list(range(len(gaps) + 1))
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.mov"])
+def test_last_frame_keeps_its_duration_when_the_first_frames_are_the_longest(tmp_path, name):
+    # 15 fps first, 60 fps at the end: the encoder's decode times, a few frames behind, already
+    # run past the end of the last frame, so no last-packet duration can shorten them.
+    gaps = [6000, 6000, 6000, 3000, 3000, 1500, 1500, 1500, 1500]
+    timing = FrameTiming(Fraction(1, 90000), np.cumsum([0, *gaps]), last_duration=1500)
+    target = tmp_path / name
+    write_numbered(target, timing)
+    out = probe(target)
+    assert out.frame_count == len(timing.pts)
+    np.testing.assert_allclose(
+        [out.index.seconds(n) for n in range(out.frame_count)],
+        [timing.seconds(n) for n in range(len(timing.pts))],
+        atol=1e-6,
+    )
+    assert out.duration == pytest.approx(timing.duration, abs=1e-3)
+
+
+def ffprobe_video(path) -> dict | None:
+    """ffprobe's view of the first video stream, or None where ffprobe is not installed."""
+    if shutil.which("ffprobe") is None:
+        return None
+    command = ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json"]
+    result = subprocess.run(
+        [*command, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)["streams"][0]
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.mov"])
+@pytest.mark.parametrize("fps", [Fraction(25), Fraction(30000, 1001)], ids=["25", "29.97"])
+@pytest.mark.parametrize("count", [5, 7, 8, 12])
+def test_short_constant_rate_outputs_keep_their_rate_and_duration(tmp_path, name, fps, count):
+    # The end-of-stream duration fix must not change what players and tools report for short
+    # clips, where one stretched sample moves the average rate a lot (e.g. 15 fps for 25).
+    timing = FrameTiming.constant(fps, count)
+    target = tmp_path / name
+    write_numbered(target, timing)
+    out = probe(target)
+    assert out.frame_count == count and not out.is_vfr
+    assert out.fps == fps
+    assert out.duration == pytest.approx(count / fps, abs=1e-6)
+    with av.open(str(target)) as container:
+        stream = container.streams.video[0]
+        assert (stream.average_rate, stream.guessed_rate, stream.base_rate) == (fps, fps, fps)
+        assert float(stream.duration * stream.time_base) == pytest.approx(count / fps, abs=1e-6)
+    reported = ffprobe_video(target)
+    if reported is not None:
+        assert Fraction(reported["r_frame_rate"]) == fps
+        assert Fraction(reported["avg_frame_rate"]) == fps
+        assert float(reported["duration"]) == pytest.approx(count / fps, abs=1e-3)
 
 
 def test_whole_clip_export_copies_the_audio_packets(vfr_clip, tmp_path):

@@ -319,6 +319,10 @@ class _EncodedSink:
                 strict=True,
             )
         )
+        # MP4/MOV only: the first video packet's (pts, dts) in decode order, and the latest
+        # packet, held back until the next one shows it is not the last (see _mux_last_video).
+        self._decode_start: tuple[int, int] | None = None
+        self._held: av.Packet | None = None
         self.container = av.open(str(self.temp), "w", format=self.kind)
         try:
             self.stream = _add_video_stream(self.container, self.kind, size, timing, settings)
@@ -343,10 +347,46 @@ class _EncodedSink:
     def _mux_video(self, packets: list[av.Packet]) -> None:
         for packet in packets:
             packet.duration = self._durations.get(packet.pts, packet.duration)
-            self.container.mux(packet)
+            if self.kind not in ("mp4", "mov"):
+                self.container.mux(packet)
+                continue
+            if self._decode_start is None and packet.pts is not None and packet.dts is not None:
+                self._decode_start = (int(packet.pts), int(packet.dts))
+            if self._held is not None:
+                self.container.mux(self._held)
+            self._held = packet
+
+    def _mux_last_video(self, written: int) -> None:
+        """Mux the last packet in decode order with the duration that ends the video exactly.
+
+        MP4/MOV keep one duration per sample in decode order: each is the gap to the next dts,
+        only the last comes from the packet. FFmpeg's reader takes the track's duration from
+        their sum (recent versions: the smaller of it and the header's, which FFmpeg's muxer
+        writes as the span from the first pts to the latest pts + duration) and the average rate
+        as frames / sum. The encoder's dts run a few frames behind the pts (B-frames), so at a
+        variable rate the last frame's own duration left the sum, and the video, up to a frame
+        short. The last packet gets the duration that makes the sum equal the span, so both come
+        out exact; at a constant rate that is its own duration anyway. Its dts stays as encoded:
+        moving it stretches the previous sample instead, and short clips then report e.g. 15 fps
+        for 25. If the dts already run past the end (first frames longer than the last), no
+        duration can shorten the sum; the frame keeps its own and the header's span sets the
+        duration.
+        """
+        last, self._held = self._held, None
+        if last is None:
+            return
+        if written and self._decode_start is not None and last.dts is not None:
+            final_pts = int(self.timing.pts[written - 1])
+            end = final_pts + self._durations[final_pts]
+            first_pts, first_dts = self._decode_start
+            duration = (end - first_pts) - (int(last.dts) - first_dts)
+            if duration > 0:
+                last.duration = duration
+        self.container.mux(last)
 
     def finish(self, written: int) -> None:
         self._mux_video(self.stream.encode(None))
+        self._mux_last_video(written)
         if self.audio is not None:
             self.audio.mux_until(None)
             self.audio.close()
