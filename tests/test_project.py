@@ -492,6 +492,8 @@ CONSTRAINTS_AWAY_FROM_DEFAULTS = {
     "pixel_fusion_start": 0.3,
     "pixel_fusion_end": 0.6,
     "pixel_fusion_weight": 0.5,
+    "pixel_fusion_detail": 0.9,
+    "pixel_fusion_mode": "single_pass",
     "adain": False,
     "adain_start": 0.1,
     "adain_end": 0.4,
@@ -524,6 +526,7 @@ def test_files_without_constraint_settings_load_with_the_defaults(tmp_path):
         ({"shape_fusion": 1}, "settings.shape_fusion: expected true or false, got 1"),
         ({"adain_end": 1.5}, "settings.adain_end: must be between 0 and 1, got 1.5"),
         ({"pixel_fusion_weight": -0.1}, "settings.pixel_fusion_weight: must be between 0 and 1"),
+        ({"pixel_fusion_mode": "fast"}, "settings.pixel_fusion_mode: must be one of"),
         (
             {"pixel_fusion_start": 0.8, "pixel_fusion_end": 0.5},
             "settings.pixel_fusion_end: must be after pixel_fusion_start (0.8), got 0.5",
@@ -560,6 +563,13 @@ def test_default_constraint_settings_are_the_samplers(tmp_path):
     )
 
 
+def test_pixel_fusion_modes_are_the_samplers():
+    from zvstudio.diffusion import sampler
+    from zvstudio.project import model
+
+    assert model.PIXEL_FUSION_MODES == sampler.PIXEL_FUSION_MODES
+
+
 def test_constraint_settings_reach_the_sampler(tmp_path):
     from zvstudio.diffusion.constraints import ConstraintSchedule
 
@@ -567,6 +577,8 @@ def test_constraint_settings_reach_the_sampler(tmp_path):
     key_settings = diffusion_key_settings(tmp_path, settings)
     assert key_settings.cross_frame_layers == "decoder_loose"
     assert key_settings.pixel_fusion_weight == 0.5
+    assert key_settings.pixel_fusion_detail == 0.9
+    assert key_settings.pixel_fusion_mode == "single_pass"
     assert key_settings.schedule == ConstraintSchedule(
         cross_frame=(0.0, 1.0), shape_fusion=None, pixel_fusion=(0.3, 0.6), adain=None
     )

@@ -229,7 +229,7 @@ def test_single_pass_composites_over_the_first_fused_steps_prediction(components
 def test_soft_pixel_fusion_keeps_some_of_the_frames_noise(components):
     video = frames()
     results = {}
-    for detail in (None, 0.9):
+    for detail in (0.0, 0.9):
         settings = KeySettings(
             prompt="x", steps=6, strength=1.0, pixel_fusion_weight=0.5, pixel_fusion_detail=detail
         )
@@ -238,7 +238,7 @@ def test_soft_pixel_fusion_keeps_some_of_the_frames_noise(components):
         anchor = sampler.render(video[0], is_anchor=True)
         results[detail] = sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
         sampler.close()
-    assert not np.array_equal(results[None], results[0.9])
+    assert not np.array_equal(results[0.0], results[0.9])
 
 
 def test_shape_aware_fusion_runs_in_the_sampler(components):

@@ -1191,6 +1191,7 @@ def _add_bench(commands) -> None:
     kernel.add_argument("--channels", type=int, default=12, help="guide channels")
     kernel.set_defaults(command="bench", run=_run_bench_patch_distance)
     _add_bench_render(which)
+    _add_bench_keys(which)
     _add_bench_generate(which)
     _add_bench_dynamicrafter(which)
 
@@ -1279,6 +1280,68 @@ def _run_bench_render(args) -> int:
     )
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _add_bench_keys(which) -> None:
+    from zvstudio.bench.keys import MODES
+
+    parser = which.add_parser(
+        "keys",
+        help="key frames with every constraint on vs plain ControlNet img2img: seconds, memory",
+    )
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", type=Path, help="an SD1.x model to time")
+    model.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="an SD1.5-sized model of random weights (speed does not depend on weights)",
+    )
+    parser.add_argument(
+        "--controlnet", type=Path, help="a ControlNet (default: one shaped after the UNet)"
+    )
+    parser.add_argument("--sizes", default="512,768", help="frame sides (default 512,768)")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    parser.add_argument("--strength", type=float, default=0.75, help="(default 0.75)")
+    parser.add_argument("--keys", type=int, default=4, help="keys per mode, the anchor first")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"some of {','.join(MODES)} (default all)"
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--precision", choices=("auto", "float16", "bfloat16", "float32"), default="auto"
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, help="keep the random model here and reuse it next time"
+    )
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)  # tests: tiny models
+    parser.set_defaults(command="bench", run=_run_bench_keys)
+
+
+def _run_bench_keys(args) -> int:
+    from zvstudio.bench.keys import KeysBenchSettings, run_keys_benchmark
+
+    settings = KeysBenchSettings(
+        sizes=tuple(_int_list(args.sizes, "--sizes")),
+        steps=args.steps,
+        strength=args.strength,
+        keys=args.keys,
+        modes=tuple(part.strip() for part in args.modes.split(",") if part.strip()),
+        device=args.device,
+        precision=args.precision,
+        model=args.model,
+        controlnet=args.controlnet,
+        config_dir=args.config,
+        model_dir=args.model_dir,
+    )
+    print(json.dumps(run_keys_benchmark(settings), indent=2))
+    return 0
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ZvsError(f"{option} {text!r} is not a list of whole numbers") from None
 
 
 def _add_bench_generate(which) -> None:

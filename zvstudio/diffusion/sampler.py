@@ -57,6 +57,8 @@ from zvstudio.flow import DISFlow, consistency_mask, warp
 from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 
+PIXEL_FUSION_MODES = ("two_pass", "single_pass")  # see the module's docstring
+
 # Approximate RGB of SD1.x latents (a linear map), for step previews without the VAE.
 _LATENT_RGB = torch.tensor(
     [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
@@ -81,9 +83,9 @@ class KeySettings:
     cross_frame_layers: str = "decoder"  # "decoder", "decoder_loose", "all" or "off"
     schedule: ConstraintSchedule = field(default_factory=ConstraintSchedule)
     pixel_fusion_weight: float = 1.0  # how hard the fusion follows the warped keys
-    # None: the linear blend of the paper; a number: the authors' soft form, which keeps that
+    # 0: the linear blend of the paper; above: the authors' soft form, which keeps about that
     # fraction of the frame's own noise inside the fused region (0.9 in their code).
-    pixel_fusion_detail: float | None = None
+    pixel_fusion_detail: float = 0.0
     pixel_fusion_mode: str = "two_pass"  # or "single_pass" (see the module's docstring)
     resume_second_pass: bool = True  # resume pass two from pass one's latent (exact, faster)
 
@@ -93,9 +95,6 @@ class KeySettings:
                 f"unknown pixel fusion mode {self.pixel_fusion_mode!r}",
                 hint=f"choose {' or '.join(PIXEL_FUSION_MODES)}",
             )
-
-
-PIXEL_FUSION_MODES = ("two_pass", "single_pass")
 
 
 def out_of_memory_error() -> ZvsError:
@@ -411,7 +410,7 @@ class KeyFrameSampler:
         settings = self.settings
         alpha_prev = next_alpha(run.scheduler, run.timesteps, index)
         noised = q_sample(guide.latent.to(latents), run.noise_like(latents), alpha_prev)
-        if settings.pixel_fusion_detail is None:
+        if settings.pixel_fusion_detail == 0:  # the soft form's limit, computed exactly
             return pixel_aware_fusion(latents, noised, guide.valid, settings.pixel_fusion_weight)
         direction = (1 - alpha_prev.to(latents)).sqrt() * epsilon.to(latents)
         return pixel_aware_fusion_soft(

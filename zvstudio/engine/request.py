@@ -130,6 +130,8 @@ def _project_diffusion(settings):
             **{name: settings.constraint_range(name) for name in CONSTRAINT_RANGES},
         ),
         pixel_fusion_weight=settings.pixel_fusion_weight,
+        pixel_fusion_detail=settings.pixel_fusion_detail,
+        pixel_fusion_mode=settings.pixel_fusion_mode,
     )
     loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
     return DiffusionSpec(Path(settings.model), key_settings, loras, controlnet)

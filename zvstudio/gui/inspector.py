@@ -67,6 +67,15 @@ CROSS_FRAME_LABELS = {
     "decoder_loose": "Decoder, loose (skips the coarsest layers)",
     "all": "All layers",
 }
+PIXEL_FUSION_LABELS = {
+    "two_pass": "Two passes (the paper)",
+    "single_pass": "One pass (faster)",
+}
+PIXEL_FUSION_MODE_TIP = (
+    "Pixel fusion composites the warped keys over a rough render. Two passes make that rough "
+    "render with a whole first pass; one pass uses the current prediction instead, which only "
+    "fills what the warped keys do not cover."
+)
 RENDER_BASES = ("sd1", "unknown")  # bases the sampler can load (unknown: let it try)
 MODEL_FILTER = "Models (*.safetensors *.sft *.ckpt *.pt *.pth *.bin);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.exr *.bmp);;All files (*)"
@@ -458,6 +467,27 @@ class RenderPanel(_Panel):
         )
         tip = "How hard pixel-aware fusion pulls towards the warped keys (1 = fully)"
         _add_row(form, "Pixel fusion weight", self.pixel_fusion_weight_spin, tip)
+        self.pixel_fusion_detail_spin = _spin(0, 1, 0.05)
+        self.pixel_fusion_detail_spin.setSpecialValueText("0 (linear blend)")
+        self.pixel_fusion_detail_spin.valueChanged.connect(
+            lambda value: self._set("pixel_fusion_detail", value)
+        )
+        tip = (
+            "How much of the frame's own noise the fused region keeps: 0 blends linearly "
+            "(the paper), 0.9 is the authors' code (sharper, less faithful to the keys)"
+        )
+        _add_row(form, "Pixel fusion detail", self.pixel_fusion_detail_spin, tip)
+        self.pixel_fusion_mode_combo = _combo()
+        for name, label in PIXEL_FUSION_LABELS.items():
+            self.pixel_fusion_mode_combo.addItem(label, name)
+        self.pixel_fusion_mode_combo.currentIndexChanged.connect(
+            lambda: self._set(
+                "pixel_fusion_mode",
+                self.pixel_fusion_mode_combo.currentData(),
+                "change pixel fusion",
+            )
+        )
+        _add_row(form, "Pixel fusion", self.pixel_fusion_mode_combo, PIXEL_FUSION_MODE_TIP)
         self.schedule_warning = _note("")
         self.schedule_warning.setStyleSheet("color: #c0392b;")
         form.addRow(self.schedule_warning)
@@ -557,7 +587,13 @@ class RenderPanel(_Panel):
         _select(self.cross_frame_combo, settings.cross_frame_layers)
         for row in self.constraint_rows.values():
             row.show_settings(settings)
-        self.pixel_fusion_weight_spin.setEnabled(settings.pixel_fusion)
+        _select(self.pixel_fusion_mode_combo, settings.pixel_fusion_mode)
+        for widget in (
+            self.pixel_fusion_weight_spin,
+            self.pixel_fusion_detail_spin,
+            self.pixel_fusion_mode_combo,
+        ):
+            widget.setEnabled(settings.pixel_fusion)
         self.schedule_warning.setText("\n".join(schedule_warnings(settings)))
 
     def _value_widgets(self) -> list[tuple[QWidget, str]]:
@@ -570,6 +606,7 @@ class RenderPanel(_Panel):
             (self.guidance_spin, "guidance_scale"),
             (self.controlnet_scale_spin, "controlnet_scale"),
             (self.pixel_fusion_weight_spin, "pixel_fusion_weight"),
+            (self.pixel_fusion_detail_spin, "pixel_fusion_detail"),
             (self.key_interval_spin, "key_interval"),
         ]
 
