@@ -484,3 +484,25 @@ def test_match_colours_lab_matches_reference_histograms():
     assert np.abs(lab_in.mean(0) - lab_ref.mean(0)).max() > 5  # it really had to move
     kept = cv2.cvtColor(match_colours_lab(image, reference, keep_lightness=True), cv2.COLOR_RGB2LAB)
     assert abs(kept[..., 0].mean() - lab_in[:, 0].mean()) <= 1.0
+
+
+def test_an_anchor_that_is_also_the_previous_key_is_attended_once(unet, inputs, cross_frame):
+    # Two copies of the same keys and values give the weights of one: one copy is used (half
+    # the attention), with the same result as attending to both copies.
+    latents, text = inputs
+    store, _ = cross_frame
+    anchor, current = latents[:1].repeat(2, 1, 1, 1), latents[1:2].repeat(2, 1, 1, 1)
+    store.set_mode("store")
+    store.begin_step(0)
+    run(unet, anchor, text)
+    store.promote()
+    layer = next(iter(store.layers("anchor")))
+    recorded = store.tensors("anchor")[(layer, 0, 0)]
+    store.set_mode("use")
+    store.begin_step(0)
+    like = recorded[None].expand(2, -1, -1)
+    assert store.kv_features(layer, like).shape[1] == recorded.shape[0]
+    once = run(unet, current, text)
+    store._roles["previous"] = dict(store._roles["anchor"])  # equal, but not the same
+    assert store.kv_features(layer, like).shape[1] == 2 * recorded.shape[0]
+    torch.testing.assert_close(run(unet, current, text), once, atol=1e-5, rtol=1e-5)

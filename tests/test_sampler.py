@@ -282,7 +282,7 @@ def test_unknown_pixel_fusion_mode_is_refused():
 
 def test_second_pass_resumes_exactly(components, folders):
     video = frames()
-    settings = KeySettings(prompt="x", steps=6, strength=1.0, seed=5)
+    settings = KeySettings(prompt="x", steps=6, strength=1.0, seed=5, pixel_fusion_mode="two_pass")
     results = {}
     for resume in (True, False):
         fresh = load_sd15_components(folders[0], config_dir=folders[1])

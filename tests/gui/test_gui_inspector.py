@@ -235,9 +235,9 @@ def test_constraint_settings_change_the_project(qtbot, diffusion):
 
     choose(panel.cross_frame_combo, "off")
     assert diffusion.project.settings.cross_frame_layers == "off"
-    choose(panel.pixel_fusion_mode_combo, "single_pass")
+    choose(panel.pixel_fusion_mode_combo, "two_pass")
     panel.pixel_fusion_detail_spin.setValue(0.9)
-    assert diffusion.project.settings.pixel_fusion_mode == "single_pass"
+    assert diffusion.project.settings.pixel_fusion_mode == "two_pass"
     assert diffusion.project.settings.pixel_fusion_detail == pytest.approx(0.9)
     for _ in range(5):
         diffusion.undo_stack.undo()

@@ -137,10 +137,15 @@ class ReferenceStore:
     def kv_features(self, layer: str, like: torch.Tensor) -> torch.Tensor:
         """[v_anchor; v_prev] for every batch element of `like` (B, N, C): (B, N_a + N_p, C)."""
         step = self._require_step()
+        # The key after the anchor has the anchor as its previous key too. Attending to two
+        # copies of the same keys and values gives exactly the weights of one copy, so one
+        # copy is used: the attention then costs half.
+        same = self._roles.get("anchor") is self._roles.get("previous")
+        roles = ROLES[:1] if same else ROLES
         rows = []
         for b in range(like.shape[0]):
             parts = []
-            for role in ROLES:
+            for role in roles:
                 try:
                     parts.append(self._roles[role][(layer, step, b)])
                 except KeyError:

@@ -18,11 +18,13 @@ A readable top-to-bottom DDIM loop, as diffusers writes its pipelines, on our ow
    encoded with the fidelity-oriented encoder E*, and inside the fusion range x_{t-1} is
    pulled towards that composite (noised to t-1). Two ways to get the rough render
    (`pixel_fusion_mode`):
+   - "single_pass" (the default): the predicted x̂0 at the first step of the range, decoded.
+     It only fills the parts of the composite that no warped key covers, where the fusion
+     never acts, so one pass suffices.
    - "two_pass" (the paper): a whole first pass; the second pass is identical to the first
      until the range starts, so it resumes from the first pass's latent there instead of
-     re-running those steps (`resume_second_pass`; exactly equal).
-   - "single_pass": the predicted x̂0 at the first step of the range, decoded. It only fills
-     the occluded parts of the composite (the fusion never acts there), so one pass suffices.
+     re-running those steps (`resume_second_pass`; exactly equal). At the default strength
+     0.75 the range starts at the first step, so resuming saves nothing: a key costs two.
 
 Optical flows between input frames are computed once per key, in a background thread that
 overlaps the first sampling steps (OpenCV releases the GIL; on a GPU the UNet runs meanwhile).
@@ -57,7 +59,7 @@ from zvstudio.flow import DISFlow, consistency_mask, warp
 from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 
-PIXEL_FUSION_MODES = ("two_pass", "single_pass")  # see the module's docstring
+PIXEL_FUSION_MODES = ("single_pass", "two_pass")  # see the module's docstring
 
 # Approximate RGB of SD1.x latents (a linear map), for step previews without the VAE.
 _LATENT_RGB = torch.tensor(
@@ -86,7 +88,7 @@ class KeySettings:
     # 0: the linear blend of the paper; above: the authors' soft form, which keeps about that
     # fraction of the frame's own noise inside the fused region (0.9 in their code).
     pixel_fusion_detail: float = 0.0
-    pixel_fusion_mode: str = "two_pass"  # or "single_pass" (see the module's docstring)
+    pixel_fusion_mode: str = "single_pass"  # or "two_pass" (see the module's docstring)
     resume_second_pass: bool = True  # resume pass two from pass one's latent (exact, faster)
 
     def __post_init__(self) -> None:

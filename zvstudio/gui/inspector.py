@@ -68,8 +68,8 @@ CROSS_FRAME_LABELS = {
     "all": "All layers",
 }
 PIXEL_FUSION_LABELS = {
-    "two_pass": "Two passes (the paper)",
     "single_pass": "One pass (faster)",
+    "two_pass": "Two passes (the paper)",
 }
 PIXEL_FUSION_MODE_TIP = (
     "Pixel fusion composites the warped keys over a rough render. Two passes make that rough "

@@ -29,7 +29,7 @@ CROSS_FRAME_LAYERS = ("decoder", "decoder_loose", "all", "off")
 # Constraints acting in a range of the sampling schedule, each with `<name>` (on/off),
 # `<name>_start` and `<name>_end` (fractions of T_max) in `RenderSettings`.
 CONSTRAINT_RANGES = ("shape_fusion", "pixel_fusion", "adain")
-PIXEL_FUSION_MODES = ("two_pass", "single_pass")  # the sampler's (tested), without torch
+PIXEL_FUSION_MODES = ("single_pass", "two_pass")  # the sampler's (tested), without torch
 HASH_PATTERN = (r"(b2:[0-9a-f]{32})?", "empty or 'b2:' followed by 32 hex digits")
 
 
@@ -139,7 +139,7 @@ class RenderSettings(Validated):
     # 0 is the paper's linear blend; 0.9 the soft form of the authors' code (see KeySettings).
     pixel_fusion_detail: float = field(default=0.0, metadata=_fraction())
     pixel_fusion_mode: str = field(
-        default="two_pass", metadata=rule("str", choices=PIXEL_FUSION_MODES)
+        default="single_pass", metadata=rule("str", choices=PIXEL_FUSION_MODES)
     )
     adain: bool = field(default=True, metadata=rule("bool"))
     adain_start: float = field(default=0.0, metadata=_fraction())
