@@ -224,7 +224,7 @@ def test_resolve_paths(library):
 
 def test_resolve_missing_and_unsupported(library, tmp_path, monkeypatch):
     for spec in ("hed", "lineart", "depth:0.5", "openpose"):
-        with pytest.raises(ZvsError, match="not available yet") as err:
+        with pytest.raises(ZvsError, match="is not available") as err:
             resolve_controlnet(spec)
         assert "canny" in str(err.value.hint)
     for spec in ("canny:-1", "canny:abc", "canny:nan"):

@@ -258,7 +258,7 @@ def test_canny_control_image_is_the_samplers():
 
 def test_a_plugin_may_provide_an_unavailable_annotator(tmp_path):
     depth = ModelInfo(tmp_path / "sd15_depth.safetensors", "sd15_depth", "controlnet", "sd1", "", 1)
-    with pytest.raises(ZvsError, match="not available yet"):
+    with pytest.raises(ZvsError, match="is not available"):
         resolve_controlnet("depth", [depth])
     load(FakeEntry("midas", lambda api: api.register_annotator("depth", invert, version="2")))
     assert resolve_controlnet("depth:1", [depth]) == (depth.path, 1.0, "")

@@ -495,6 +495,7 @@ CONSTRAINTS_AWAY_FROM_DEFAULTS = {
     "pixel_fusion_detail": 0.9,
     "pixel_fusion_mode": "two_pass",
     "adain": False,
+    "colour_correction": True,
     "adain_start": 0.1,
     "adain_end": 0.4,
 }
@@ -579,6 +580,7 @@ def test_constraint_settings_reach_the_sampler(tmp_path):
     assert key_settings.pixel_fusion_weight == 0.5
     assert key_settings.pixel_fusion_detail == 0.9
     assert key_settings.pixel_fusion_mode == "two_pass"
+    assert key_settings.colour_correction is True
     assert key_settings.schedule == ConstraintSchedule(
         cross_frame=(0.0, 1.0), shape_fusion=None, pixel_fusion=(0.3, 0.6), adain=None
     )

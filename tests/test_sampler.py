@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -299,3 +300,38 @@ def test_second_pass_resumes_exactly(components, folders):
     assert np.array_equal(results[True], results[False])
     # Resuming skips the steps before the fusion range (t > 0.8 T_max: 1 of 6 here).
     assert results["steps True"] < results["steps False"] == 12
+
+
+def test_colour_correction_matches_later_inputs_to_the_anchors_render(components):
+    video = frames()
+    results = {}
+    for correct in (False, True):
+        sampler = KeyFrameSampler(
+            components, KeySettings(prompt="x", steps=4, colour_correction=correct)
+        )
+        starts = []
+        sdedit_start = sampler._sdedit_start
+
+        def spy(frame, scheduler, t, starts=starts, sdedit_start=sdedit_start):
+            starts.append(frame.copy())
+            return sdedit_start(frame, scheduler, t)
+
+        sampler._sdedit_start = spy
+        sampler.set_anchor_frame(video[0])
+        anchor = sampler.render(video[0], is_anchor=True)
+        results[correct] = sampler.render(
+            video[1], is_anchor=False, references=[(video[0], anchor)]
+        )
+        sampler.close()
+        assert np.array_equal(starts[0][:40, :56], video[0])  # the anchor starts from its frame
+        later = starts[1][:40, :56]
+        if not correct:
+            assert np.array_equal(later, video[1])
+            continue
+        # The later key starts from its frame with the anchor render's colours (Lab means).
+        lab = [
+            cv2.cvtColor(image, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
+            for image in (later, video[1], anchor)
+        ]
+        assert np.abs(lab[0] - lab[2]).max() < np.abs(lab[1] - lab[2]).max() / 2
+    assert not np.array_equal(results[False], results[True])

@@ -239,7 +239,9 @@ def test_constraint_settings_change_the_project(qtbot, diffusion):
     panel.pixel_fusion_detail_spin.setValue(0.9)
     assert diffusion.project.settings.pixel_fusion_mode == "two_pass"
     assert diffusion.project.settings.pixel_fusion_detail == pytest.approx(0.9)
-    for _ in range(5):
+    panel.colour_correction_check.click()
+    assert diffusion.project.settings.colour_correction is True
+    for _ in range(6):
         diffusion.undo_stack.undo()
     assert diffusion.project.settings == RenderSettings(renderer="diffusion")
     assert adain.check.isChecked() and adain.start.isEnabled()

@@ -9,6 +9,7 @@ looks for in the model library's ControlNet names.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,11 +19,13 @@ import numpy as np
 from zvstudio.errors import ZvsError
 from zvstudio.plugins import check_name
 
+logger = logging.getLogger(__name__)
+
 Annotate = Callable[[np.ndarray], np.ndarray]
 BUILTIN_ANNOTATORS = ("canny",)
 DEFAULT_CANNY_THRESHOLDS = (100, 200)  # KeySettings.canny_thresholds' default
-# Annotator types that would need annotator weights (HED, MiDaS, OpenPose, ...) that zvstudio
-# cannot download, unless a plugin provides them.
+# Annotator types that need annotator weights (HED, MiDaS, OpenPose, ...) that zvstudio does
+# not download: unavailable unless a plugin provides them, or (depth) a model is on disk.
 UNAVAILABLE_ANNOTATORS = (
     "hed",
     "softedge",
@@ -62,6 +65,38 @@ def _with_plugins() -> None:
     from zvstudio.plugins import load_plugins
 
     load_plugins()
+    if not _local_models_checked:
+        refresh_local_annotators()
+
+
+_local_models_checked = False
+
+
+def refresh_local_annotators() -> None:
+    """Look again for annotators backed by the user's model files (depth, HED soft edges),
+    e.g. after a model was added or $ZVSTUDIO_DEPTH_MODEL changed. A plugin's annotator of
+    the same name wins."""
+    global _local_models_checked
+    _local_models_checked = True
+    from zvstudio.diffusion.depth import DepthAnnotator, find_depth_model
+    from zvstudio.diffusion.hed import HedAnnotator, find_hed_weights
+
+    for names, find, make in (
+        (("depth",), find_depth_model, DepthAnnotator),
+        (("hed", "softedge"), find_hed_weights, HedAnnotator),
+    ):
+        names = [n for n in names if not (n in _annotators and _annotators[n].plugin)]
+        for name in names:
+            _annotators.pop(name, None)
+        try:
+            found = find() if names else None
+        except ZvsError as exc:
+            logger.warning("%s", exc)
+            continue
+        if found is not None:
+            annotator = make(found)
+            for name in names:
+                _annotators[name] = _Annotator(annotator, version=annotator.identity)
 
 
 def available_annotators() -> list[str]:
@@ -86,7 +121,7 @@ def annotator_identity(name: str) -> str:
     """What determines annotator `name`'s images, for cache keys: the name, and for a plugin
     annotator the plugin and its version."""
     entry = _lookup(name)
-    return f"{name}@{entry.plugin}:{entry.version}" if entry.plugin else name
+    return f"{name}@{entry.plugin}:{entry.version}" if entry.plugin or entry.version else name
 
 
 def canny(rgb: np.ndarray, thresholds: tuple[int, int] = DEFAULT_CANNY_THRESHOLDS) -> np.ndarray:
@@ -110,6 +145,7 @@ def annotate(
         if entry.plugin
         else f"the {name} annotator"
     )
+    remedy = "update or uninstall the plugin" if entry.plugin else "check its model files"
     try:
         image = np.asarray(entry.annotate(rgb))
     except ZvsError:
@@ -117,7 +153,7 @@ def annotate(
     except Exception as exc:
         raise ZvsError(
             f"{what} failed: {type(exc).__name__}: {exc}",
-            hint="update or uninstall the plugin, or use --controlnet canny",
+            hint=f"{remedy}, or use --controlnet canny",
         ) from exc
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
@@ -125,8 +161,7 @@ def annotate(
         raise ZvsError(
             f"{what} returned a {image.dtype} {'x'.join(map(str, image.shape))} image for a "
             f"{'x'.join(map(str, rgb.shape))} frame",
-            hint="an annotator must return an RGB uint8 image of the frame's size; "
-            "update or uninstall the plugin",
+            hint=f"an annotator must return an RGB uint8 image of the frame's size; {remedy}",
         )
     return image
 

@@ -232,11 +232,17 @@ def resolve_controlnet(
         path, note = _library_controlnet(word, models)
         return ControlNetChoice(path, scale, note)
     if word in UNAVAILABLE_ANNOTATORS:
+        hint = f"use {_annotator_list()}, e.g. --controlnet canny:0.7 (canny: edges from OpenCV)"
+        if word == "depth":
+            hint = (
+                "put a transformers depth model (e.g. Depth Anything or DPT, with "
+                "model.safetensors) in ~/zvstudio/models/annotators/, the Hugging Face cache, "
+                "or $ZVSTUDIO_DEPTH_MODEL; or " + hint
+            )
         raise ZvsError(
-            f"the {word} annotator is not available yet: it needs annotator weights, and "
+            f"the {word} annotator is not available: it needs annotator weights, and "
             "zvstudio works offline and downloads nothing",
-            hint=f"use {_annotator_list()}, e.g. --controlnet canny:0.7 (canny: edges from "
-            "OpenCV, no annotator weights)",
+            hint=hint,
         )
     path = Path(target).expanduser()
     if not path.exists():

@@ -180,7 +180,7 @@ def _walk(
             yield _Candidate(path, None, hf_repo)
 
 
-def _hf_snapshot(repo_dir: Path) -> Path | None:
+def hf_snapshot(repo_dir: Path) -> Path | None:
     """The revision `refs/main` points to, else the newest snapshot."""
     snapshots = repo_dir / "snapshots"
     try:
@@ -201,7 +201,7 @@ def _is_hf_repo(folder: Path) -> bool:
 
 
 def _hf_candidates(repo_dir: Path, seen: set[tuple[int, int]]) -> Iterator[_Candidate]:
-    snapshot = _hf_snapshot(repo_dir)
+    snapshot = hf_snapshot(repo_dir)
     if snapshot is not None:
         repo_id = "/".join(repo_dir.name.removeprefix("models--").split("--", 1))
         yield from _walk(snapshot, seen, repo_id)

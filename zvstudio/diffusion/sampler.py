@@ -47,6 +47,7 @@ from zvstudio.diffusion.attention import ReferenceStore, install_cross_frame_att
 from zvstudio.diffusion.constraints import (
     ConstraintSchedule,
     adain,
+    match_colours_lab,
     pixel_aware_fusion,
     pixel_aware_fusion_soft,
     q_sample,
@@ -90,6 +91,9 @@ class KeySettings:
     pixel_fusion_detail: float = 0.0
     pixel_fusion_mode: str = "single_pass"  # or "two_pass" (see the module's docstring)
     resume_second_pass: bool = True  # resume pass two from pass one's latent (exact, faster)
+    # Match each later key's input colours (Lab histograms) to the anchor's render before
+    # SDEdit, for prompts whose colours differ from the footage (METHOD 1.1).
+    colour_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.pixel_fusion_mode not in PIXEL_FUSION_MODES:
@@ -257,6 +261,7 @@ class KeyFrameSampler:
             )
         self._anchor_x0: dict[int, torch.Tensor] = {}
         self._anchor_frame: np.ndarray | None = None
+        self._anchor_render: np.ndarray | None = None  # for colour correction
         self._flow = DISFlow("medium")
         self._flow_thread = ThreadPoolExecutor(1, thread_name_prefix="zvstudio-key-flow")
         unet = components.unet
@@ -310,7 +315,7 @@ class KeyFrameSampler:
         guide = self._pixel_guide(run, references)
         self._request_flows(run, guide)
         self._begin_key(is_anchor)
-        latents = self._sdedit_start(padded, scheduler, timesteps[0])
+        latents = self._sdedit_start(self._sdedit_input(padded, is_anchor), scheduler, timesteps[0])
         callbacks = (progress, cancel, preview)
         if guide is None or settings.pixel_fusion_mode == "single_pass":
             final, _ = self._denoise(run, latents, 0, guide, *callbacks)
@@ -318,7 +323,17 @@ class KeyFrameSampler:
             final = self._two_passes(run, latents, guide, *callbacks)
         if self._installed is not None:
             self.store.promote()
-        return self._to_image(final)[:height, :width]
+        image = self._to_image(final)[:height, :width]
+        if is_anchor:
+            self._anchor_render = image
+        return image
+
+    def _sdedit_input(self, frame: np.ndarray, is_anchor: bool) -> np.ndarray:
+        """The frame SDEdit starts from: with colour correction, a later key's colours are
+        matched to the anchor's render (its edges and flows still come from the frame)."""
+        if is_anchor or not self.settings.colour_correction or self._anchor_render is None:
+            return frame
+        return match_colours_lab(frame, self._anchor_render)
 
     def _two_passes(self, run, latents, guide, progress, cancel, preview) -> torch.Tensor:
         """Pass one without pixel fusion gives the rough render; pass two fuses."""

@@ -132,6 +132,7 @@ def _project_diffusion(settings):
         pixel_fusion_weight=settings.pixel_fusion_weight,
         pixel_fusion_detail=settings.pixel_fusion_detail,
         pixel_fusion_mode=settings.pixel_fusion_mode,
+        colour_correction=settings.colour_correction,
     )
     loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
     return DiffusionSpec(Path(settings.model), key_settings, loras, controlnet)

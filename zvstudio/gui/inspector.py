@@ -488,6 +488,17 @@ class RenderPanel(_Panel):
             )
         )
         _add_row(form, "Pixel fusion", self.pixel_fusion_mode_combo, PIXEL_FUSION_MODE_TIP)
+        self.colour_correction_check = QCheckBox("Colour correction")
+        self.colour_correction_check.setToolTip(
+            "Match each later key's colours to the first key's render before re-rendering it, "
+            "for prompts whose colours differ from the footage"
+        )
+        self.colour_correction_check.toggled.connect(
+            lambda on: self._set(
+                "colour_correction", on, f"turn colour correction {'on' if on else 'off'}"
+            )
+        )
+        form.addRow(self.colour_correction_check)
         self.schedule_warning = _note("")
         self.schedule_warning.setStyleSheet("color: #c0392b;")
         form.addRow(self.schedule_warning)
@@ -607,6 +618,7 @@ class RenderPanel(_Panel):
             (self.controlnet_scale_spin, "controlnet_scale"),
             (self.pixel_fusion_weight_spin, "pixel_fusion_weight"),
             (self.pixel_fusion_detail_spin, "pixel_fusion_detail"),
+            (self.colour_correction_check, "colour_correction"),
             (self.key_interval_spin, "key_interval"),
         ]
 

@@ -142,6 +142,7 @@ class RenderSettings(Validated):
         default="single_pass", metadata=rule("str", choices=PIXEL_FUSION_MODES)
     )
     adain: bool = field(default=True, metadata=rule("bool"))
+    colour_correction: bool = field(default=False, metadata=rule("bool"))
     adain_start: float = field(default=0.0, metadata=_fraction())
     adain_end: float = field(default=0.2, metadata=_fraction())
     output: OutputSettings = field(

@@ -1,0 +1,101 @@
+"""The depth annotator: available when a transformers depth model is on disk (a tiny random
+DPT written by the test), never downloaded, never from a pickle."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from zvstudio.diffusion import annotators
+from zvstudio.diffusion.controlnet import resolve_controlnet
+from zvstudio.diffusion.depth import DepthAnnotator, find_depth_model
+from zvstudio.diffusion.library import ModelInfo
+from zvstudio.errors import ZvsError
+
+
+def write_tiny_dpt(folder):
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    config = DPTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        backbone_out_indices=[0, 1, 2, 3],
+        architectures=["DPTForDepthEstimation"],
+    )
+    torch.manual_seed(0)
+    DPTForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(
+        folder
+    )
+    return folder
+
+
+@pytest.fixture
+def fresh_annotators():
+    yield
+    annotators.refresh_local_annotators()  # forget what this test put on disk
+
+
+def frame() -> np.ndarray:
+    ramp = np.linspace(0, 255, 56, dtype=np.float32)[None, :, None]
+    image = np.broadcast_to(ramp, (40, 56, 3)).astype(np.uint8).copy()
+    image[10:30, 20:40] = (220, 40, 40)
+    return image
+
+
+def test_a_depth_model_in_the_hf_cache_makes_depth_available(tmp_path, fresh_annotators):
+    import os
+
+    snapshot = tmp_path / "hf-cache" / "models--Intel--dpt-tiny" / "snapshots" / "abc"
+    write_tiny_dpt(snapshot)
+    assert os.environ["HF_HUB_CACHE"] == str(tmp_path / "hf-cache")  # conftest's
+    assert find_depth_model() == snapshot
+    annotators.refresh_local_annotators()
+    assert "depth" in annotators.available_annotators()
+    image = annotators.annotate("depth", frame())
+    assert image.shape == (40, 56, 3) and image.dtype == np.uint8
+    assert image.min() == 0 and image.max() == 255  # stretched to the full range
+    assert np.array_equal(image[..., 0], image[..., 2])  # grey
+    assert annotators.annotator_identity("depth").startswith("depth@:abc:")
+    # A depth ControlNet is now found by its word, like canny.
+    depth = ModelInfo(tmp_path / "sd15_depth.safetensors", "sd15_depth", "controlnet", "sd1", "", 1)
+    assert resolve_controlnet("depth:0.6", [depth]) == (depth.path, 0.6, "")
+
+
+def test_model_folders_and_the_environment_variable(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    write_tiny_dpt(models / "annotators" / "depth-anything")
+    (models / "annotators" / "not-depth").mkdir()
+    (models / "annotators" / "not-depth" / "config.json").write_text(
+        json.dumps({"architectures": ["CLIPTextModel"]})
+    )
+    assert find_depth_model([models]) == models / "annotators" / "depth-anything"
+    assert find_depth_model([tmp_path / "nothing"]) is None
+    monkeypatch.setenv("ZVSTUDIO_DEPTH_MODEL", str(models / "annotators" / "not-depth"))
+    with pytest.raises(ZvsError, match="not a depth-estimation model folder"):
+        find_depth_model([models])
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    folder = write_tiny_dpt(tmp_path / "dpt")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(ZvsError, match="no safetensors weights") as err:
+        DepthAnnotator(folder)(frame())
+    assert "pickle" in err.value.hint
+
+
+def test_without_a_model_depth_says_where_to_put_one(fresh_annotators):
+    annotators.refresh_local_annotators()
+    assert "depth" not in annotators.available_annotators()
+    with pytest.raises(ZvsError, match="is not available") as err:
+        resolve_controlnet("depth", [])
+    assert "annotators" in err.value.hint and "ZVSTUDIO_DEPTH_MODEL" in err.value.hint
