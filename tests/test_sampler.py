@@ -335,3 +335,17 @@ def test_colour_correction_matches_later_inputs_to_the_anchors_render(components
         ]
         assert np.abs(lab[0] - lab[2]).max() < np.abs(lab[1] - lab[2]).max() / 2
     assert not np.array_equal(results[False], results[True])
+
+
+def test_a_closed_sampler_renders_again(components):
+    # close() stops the flow thread; the next key that needs flows starts a new one.
+    video = frames()
+    settings = KeySettings(prompt="x", steps=4, strength=1.0, cross_frame_layers="off")
+    sampler = KeyFrameSampler(components, settings)
+    sampler.set_anchor_frame(video[0])
+    anchor = sampler.render(video[0], is_anchor=True)
+    first = sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
+    sampler.close()
+    second = sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
+    sampler.close()
+    assert np.array_equal(first, second)

@@ -263,7 +263,7 @@ class KeyFrameSampler:
         self._anchor_frame: np.ndarray | None = None
         self._anchor_render: np.ndarray | None = None  # for colour correction
         self._flow = DISFlow("medium")
-        self._flow_thread = ThreadPoolExecutor(1, thread_name_prefix="zvstudio-key-flow")
+        self._flow_thread: ThreadPoolExecutor | None = None  # made on first use
         unet = components.unet
         self.device, self.dtype = components.device, unet.dtype
         vae_blocks = len(components.vae.config.block_out_channels)
@@ -272,7 +272,9 @@ class KeyFrameSampler:
 
     def close(self) -> None:
         """Put the UNet's original attention processors back."""
-        self._flow_thread.shutdown(wait=False, cancel_futures=True)
+        if self._flow_thread is not None:
+            self._flow_thread.shutdown(wait=False, cancel_futures=True)
+            self._flow_thread = None
         if self._installed is not None:
             self._installed.restore()
             self._installed = None
@@ -309,13 +311,14 @@ class KeyFrameSampler:
             self._encode_prompts(prompt if prompt is not None else settings.prompt),
             self._control_image(padded),
             is_anchor,
-            FramePairs(self._flow, self._flow_thread, padded),
+            FramePairs(self._flow, self._flow_executor(), padded),
             seed=settings.seed,
         )
         guide = self._pixel_guide(run, references)
         self._request_flows(run, guide)
         self._begin_key(is_anchor)
-        latents = self._sdedit_start(self._sdedit_input(padded, is_anchor), scheduler, timesteps[0])
+        start = self._sdedit_input(padded, is_anchor, references)
+        latents = self._sdedit_start(start, scheduler, timesteps[0])
         callbacks = (progress, cancel, preview)
         if guide is None or settings.pixel_fusion_mode == "single_pass":
             final, _ = self._denoise(run, latents, 0, guide, *callbacks)
@@ -328,12 +331,19 @@ class KeyFrameSampler:
             self._anchor_render = image
         return image
 
-    def _sdedit_input(self, frame: np.ndarray, is_anchor: bool) -> np.ndarray:
+    def _flow_executor(self) -> ThreadPoolExecutor:
+        if self._flow_thread is None:
+            self._flow_thread = ThreadPoolExecutor(1, thread_name_prefix="zvstudio-key-flow")
+        return self._flow_thread
+
+    def _sdedit_input(self, frame: np.ndarray, is_anchor: bool, references) -> np.ndarray:
         """The frame SDEdit starts from: with colour correction, a later key's colours are
-        matched to the anchor's render (its edges and flows still come from the frame)."""
-        if is_anchor or not self.settings.colour_correction or self._anchor_render is None:
+        matched to the anchor's render (the first reference's, else the one this sampler
+        made); its edges and flows still come from the frame itself."""
+        anchor_render = references[0][1] if references else self._anchor_render
+        if is_anchor or not self.settings.colour_correction or anchor_render is None:
             return frame
-        return match_colours_lab(frame, self._anchor_render)
+        return match_colours_lab(frame, anchor_render)
 
     def _two_passes(self, run, latents, guide, progress, cancel, preview) -> torch.Tensor:
         """Pass one without pixel fusion gives the rough render; pass two fuses."""
