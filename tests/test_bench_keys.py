@@ -84,3 +84,34 @@ def test_bench_frames_move():
     assert [frame.shape for frame in frames] == [(64, 64, 3)] * 3
     assert not np.array_equal(frames[0], frames[1])
     assert run_keys_benchmark  # the public entry point the CLI calls
+
+
+def test_out_of_gpu_memory_is_reported_per_mode(tiny, monkeypatch):
+    import torch
+
+    from zvstudio.bench import keys
+
+    measure = keys._measure_mode
+
+    def two_pass_runs_out(mode, *args):
+        if mode == "two_pass":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return measure(mode, *args)
+
+    monkeypatch.setattr(keys, "_measure_mode", two_pass_runs_out)
+    model, config = tiny
+    settings = KeysBenchSettings(
+        sizes=(32,),
+        steps=4,
+        keys=2,
+        modes=("plain", "two_pass", "single_pass"),
+        device="cpu",
+        model=model,
+        config_dir=config,
+    )
+    modes = run_keys_benchmark(settings)["sizes"][0]["modes"]
+    assert (
+        "out of memory" in modes["two_pass"]["error"] and "resolution" in modes["two_pass"]["hint"]
+    )
+    assert modes["single_pass"]["ratio_to_plain"] > 0
+    assert "mean_abs_difference_to_two_pass" not in modes["single_pass"]

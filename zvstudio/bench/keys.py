@@ -157,9 +157,20 @@ def bench_frames(size: int, count: int) -> list[np.ndarray]:
 
 def _measure_size(size: int, settings: KeysBenchSettings, components, controlnet) -> dict:
     frames = bench_frames(size, settings.keys)
+    import torch
+
+    from zvstudio.diffusion.sampler import out_of_memory_error
+
     modes, images = {}, {}
     for mode in settings.modes:
-        modes[mode], images[mode] = _measure_mode(mode, frames, settings, components, controlnet)
+        try:
+            modes[mode], images[mode] = _measure_mode(
+                mode, frames, settings, components, controlnet
+            )
+        except torch.cuda.OutOfMemoryError:
+            # Reported, not fatal: the other modes and sizes may still fit.
+            modes[mode] = {"error": str(out_of_memory_error()), "hint": out_of_memory_error().hint}
+            torch.cuda.empty_cache()
     if "two_pass" in images and "single_pass" in images:
         # How far the single pass lands from the paper's two passes (uint8 levels, non-anchor
         # keys): meaningful with real weights, where it says what the speed-up costs.
@@ -171,9 +182,9 @@ def _measure_size(size: int, settings: KeysBenchSettings, components, controlnet
             float(np.mean(differences)), 3
         )
     result = {"size": [size, size], "modes": modes}
-    plain = modes.get("plain")
+    plain = modes.get("plain") if "plain" in images else None
     for name in ("two_pass", "single_pass"):
-        if plain and name in modes:
+        if plain and name in images:
             ratio = modes[name]["seconds_per_key"] / plain["seconds_per_key"]
             modes[name]["ratio_to_plain"] = round(ratio, 3)
             modes[name]["targets_met"] = _targets_met(size, modes[name], ratio, components)

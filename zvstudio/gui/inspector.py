@@ -87,7 +87,7 @@ CONSTRAINT_TEXT = {
     ),
     "pixel_fusion": (
         "Pixel-aware fusion",
-        "Mid steps: a second pass follows the warped earlier keys where the flow is valid.",
+        "Mid steps: sampling follows the warped earlier keys where the flow is valid.",
     ),
     "adain": (
         "AdaIN colour",
