@@ -29,6 +29,16 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ZVSTUDIO_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
 
 
+@pytest.fixture(autouse=True)
+def _no_local_annotators(monkeypatch):
+    """Annotators backed by the user's model files (depth, HED) are not looked for unless a
+    test asks (`refresh_local_annotators`), and whatever a test registers is forgotten."""
+    from zvstudio.diffusion import annotators
+
+    monkeypatch.setattr(annotators, "_annotators", dict(annotators._annotators))
+    monkeypatch.setattr(annotators, "_local_models_checked", True)
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run a test on one torch thread (tiny tensors: ~20x faster than two threads fighting

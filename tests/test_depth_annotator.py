@@ -39,12 +39,6 @@ def write_tiny_dpt(folder):
     return folder
 
 
-@pytest.fixture
-def fresh_annotators():
-    yield
-    annotators.refresh_local_annotators()  # forget what this test put on disk
-
-
 def frame() -> np.ndarray:
     ramp = np.linspace(0, 255, 56, dtype=np.float32)[None, :, None]
     image = np.broadcast_to(ramp, (40, 56, 3)).astype(np.uint8).copy()
@@ -52,7 +46,7 @@ def frame() -> np.ndarray:
     return image
 
 
-def test_a_depth_model_in_the_hf_cache_makes_depth_available(tmp_path, fresh_annotators):
+def test_a_depth_model_in_the_hf_cache_makes_depth_available(tmp_path):
     import os
 
     snapshot = tmp_path / "hf-cache" / "models--Intel--dpt-tiny" / "snapshots" / "abc"
@@ -93,7 +87,7 @@ def test_pickled_weights_are_refused(tmp_path):
     assert "pickle" in err.value.hint
 
 
-def test_without_a_model_depth_says_where_to_put_one(fresh_annotators):
+def test_without_a_model_depth_says_where_to_put_one():
     annotators.refresh_local_annotators()
     assert "depth" not in annotators.available_annotators()
     with pytest.raises(ZvsError, match="is not available") as err:

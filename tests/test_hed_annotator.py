@@ -31,12 +31,6 @@ def write_checkpoint(path, state=None):
     return path
 
 
-@pytest.fixture
-def fresh_annotators():
-    yield
-    annotators.refresh_local_annotators()
-
-
 def test_the_layout_is_lllyasviels():
     keys = build_hed().state_dict()
     assert keys["norm"].shape == (1, 3, 1, 1)
@@ -60,9 +54,7 @@ def test_side_outputs_are_averaged_and_squashed(tmp_path):
 
 
 @pytest.mark.parametrize("name", FILE_NAMES)
-def test_a_checkpoint_in_the_model_folder_makes_soft_edges_available(
-    tmp_path, name, fresh_annotators, monkeypatch
-):
+def test_a_checkpoint_in_the_model_folder_makes_soft_edges_available(tmp_path, name, monkeypatch):
     models = tmp_path / "models"
     write_checkpoint(models / "annotators" / name)
     assert find_hed_weights([models]) == models / "annotators" / name
