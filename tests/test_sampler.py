@@ -191,6 +191,8 @@ def test_pixel_aware_fusion_pulls_towards_the_warped_references(components, mode
         return composite(run, rough, references)
 
     sampler._fuse_pixels, sampler._composite = spy, spy_composite
+    decodes, to_image = [], sampler._to_image
+    sampler._to_image = lambda latents: decodes.append(1) or to_image(latents)
     events = []
     # The reference is this very frame (flow ~0, valid everywhere) rendered as solid green.
     sampler.render(
@@ -201,6 +203,8 @@ def test_pixel_aware_fusion_pulls_towards_the_warped_references(components, mode
     assert seen[-1][1] < 0.05  # only the last step's tiny noise level remains
     # One composite either way; a single pass runs each step once.
     assert len(composites) == 1
+    # The warped key covers the whole frame: the rough render is never decoded, only the key.
+    assert len(decodes) == 1
     assert len(events) == (6 if mode == "single_pass" else 12)
 
 
@@ -222,9 +226,14 @@ def test_single_pass_composites_over_the_first_fused_steps_prediction(components
         return composite(run, rough, references)
 
     sampler._constrain, sampler._composite = spy_constrain, spy_composite
+    decodes, to_image = [], sampler._to_image
+    sampler._to_image = lambda latents: decodes.append(latents) or to_image(latents)
     sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
     # 6 steps from t = 835: the range 0.5-0.8 T_max starts at the second step.
     assert len(roughs) == 1 and roughs[0] is predictions[1]
+    # The moving square uncovers background that no warped key explains: the rough render
+    # fills it, then the key itself is decoded.
+    assert len(decodes) == 2 and decodes[0] is predictions[1]
 
 
 def test_soft_pixel_fusion_keeps_some_of_the_frames_noise(components):

@@ -422,12 +422,14 @@ class KeyFrameSampler:
     def _composite(self, run, rough_latent, references):
         """The warped reference renders over the rough render where their flow is valid
         (earlier references win), encoded with E*; and the union of valid regions."""
-        composite = self._to_image(rough_latent).astype(np.float32)
+        composite = np.zeros((*run.frame.shape[:2], 3), np.float32)
         covered = np.zeros(run.frame.shape[:2], bool)
         for source, rendered in reversed(references):  # the first reference ends on top
             to_reference, valid = run.pairs.get(source)
             composite[valid] = warp(rendered, to_reference)[valid]
             covered |= valid
+        if not covered.all():  # decoding the rough render costs as much as a few UNet steps
+            composite[~covered] = self._to_image(rough_latent)[~covered]
         image = torch.from_numpy(composite).permute(2, 0, 1)[None] / 127.5 - 1
         latent = fidelity_encode(self.components.vae, image.to(self.device))
         return latent, torch.from_numpy(covered.astype(np.float32))
