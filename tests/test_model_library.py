@@ -791,11 +791,18 @@ def test_models_command_lists_what_it_finds(tmp_path, monkeypatch, capsys):
     layer = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
     shapes = {f"{layer}.lora_down.weight": (4, 768), f"{layer}.lora_up.weight": (320, 4)}
     write_st(loras / "inkwash.safetensors", shapes)
+    # The install's ControlNet extension keeps lllyasviel's HED annotator here.
+    hed = install / "extensions/sd-webui-controlnet/annotator/downloads/hed/ControlNetHED.pth"
+    hed.parent.mkdir(parents=True)
+    hed.write_bytes(b"weights")
     assert main(["models", "--folder", str(install), "--json", "--no-hash"]) == 0
-    listed = json.loads(capsys.readouterr().out)["models"]
+    report = json.loads(capsys.readouterr().out)
+    listed = report["models"]
     assert [(m["name"], m["kind"], m["base"]) for m in listed] == [("inkwash", "lora", "sd1")]
+    assert report["annotators"] == {"depth": None, "hed/softedge": str(hed)}
     assert main(["models", "--folder", str(install)]) == 0
-    assert "inkwash" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "inkwash" in out and f"hed/softedge: {hed}" in out and "depth: not found" in out
     assert main(["models", "--folder", str(tmp_path / "nowhere")]) == 1
     assert "not a folder" in capsys.readouterr().err
 

@@ -1099,6 +1099,7 @@ def _add_models(commands) -> None:
 
 
 def _run_models(args) -> int:
+    from zvstudio.diffusion.annotators import local_annotator_files
     from zvstudio.diffusion.library import default_model_folders, format_table, scan
     from zvstudio.errors import ZvsError
 
@@ -1107,12 +1108,18 @@ def _run_models(args) -> int:
         raise ZvsError(f"not a folder: {', '.join(missing)}")
     folders = default_model_folders(roots=args.folder)
     models = scan(folders)
+    annotator_files = local_annotator_files(folders)
     if args.json:
         entries = [info.to_dict(include_hash=not args.no_hash) for info in models]
-        print(json.dumps({"folders": [str(f) for f in folders], "models": entries}, indent=2))
+        report = {"folders": [str(f) for f in folders], "models": entries}
+        print(json.dumps({**report, "annotators": annotator_files}, indent=2))
         return 0
     print("scanned: " + (", ".join(str(f) for f in folders) or "(no model folders found)"))
     print(format_table(models, hashes=not args.no_hash) if models else "no models found")
+    print("ControlNet annotators: canny (built in)")
+    for name, path in annotator_files.items():
+        where = path or "not found (put its weights in a model folder's annotators/)"
+        print(f"  {name}: {where}")
     return 0
 
 

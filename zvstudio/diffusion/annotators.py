@@ -99,6 +99,24 @@ def refresh_local_annotators() -> None:
                 _annotators[name] = _Annotator(annotator, version=annotator.identity)
 
 
+def local_annotator_files(folders=None) -> dict[str, str | None]:
+    """{annotator: the model file or folder it would use, None when there is none} for the
+    annotators backed by the user's files, looked for in `folders` (default: the model
+    folders). A bad $ZVSTUDIO_DEPTH_MODEL is reported as the value instead."""
+    from zvstudio.diffusion.depth import find_depth_model
+    from zvstudio.diffusion.hed import find_hed_weights
+
+    found: dict[str, str | None] = {}
+    for name, find in (("depth", find_depth_model), ("hed/softedge", find_hed_weights)):
+        try:
+            path = find(folders)
+        except ZvsError as exc:
+            found[name] = f"error: {exc}"
+            continue
+        found[name] = str(path) if path is not None else None
+    return found
+
+
 def available_annotators() -> list[str]:
     """The annotators' names, built-ins first."""
     _with_plugins()

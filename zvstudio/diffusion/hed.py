@@ -22,6 +22,12 @@ import numpy as np
 from zvstudio.errors import ZvsError
 
 FILE_NAMES = ("ControlNetHED.pth", "ControlNetHED.safetensors")
+# Where AUTOMATIC1111's ControlNet extension and ComfyUI's controlnet_aux nodes keep it, from
+# the install's folder.
+INSTALL_LOCATIONS = (
+    "extensions/sd-webui-controlnet/annotator/downloads/hed",
+    "custom_nodes/comfyui_controlnet_aux/ckpts/lllyasviel/Annotators",
+)
 STAGES = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
 
 
@@ -34,11 +40,17 @@ def find_hed_weights(folders: Iterable[Path] | None = None) -> Path | None:
     from zvstudio.diffusion.depth import candidate_folders
 
     for root in folders:
-        for folder in (root, *candidate_folders(root)):
+        for folder in (root, *candidate_folders(root), *_install_folders(root)):
             found = next((folder / n for n in FILE_NAMES if (folder / n).is_file()), None)
             if found is not None:
                 return found
     return None
+
+
+def _install_folders(root: Path) -> list[Path]:
+    """The annotator folders of the A1111 / ComfyUI install whose `models/...` is `root`."""
+    install = next((p.parent for p in (root, root.parent) if p.name.lower() == "models"), None)
+    return [install / location for location in INSTALL_LOCATIONS] if install else []
 
 
 def build_hed():
