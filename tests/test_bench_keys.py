@@ -27,6 +27,7 @@ def test_report_times_every_mode_against_plain_img2img(tiny, capsys):
     assert report["benchmark"] == "keys"
     assert report["settings"]["device"] == "cpu" and report["settings"]["steps"] == 6
     assert report["settings"]["controlnet"].startswith("shaped after the UNet")
+    assert "Shape-aware fusion will not run" in report["settings"]["constraints_not_run"][0]
     assert [entry["size"] for entry in report["sizes"]] == [[48, 48], [64, 64]]
     for entry in report["sizes"]:
         modes = entry["modes"]

@@ -64,18 +64,23 @@ def run_keys_benchmark(settings: KeysBenchSettings) -> dict:
         load_seconds = time.perf_counter() - started
         sizes = [_measure_size(size, settings, components, controlnet) for size in settings.sizes]
     device = components.device
+    from zvstudio.diffusion.constraints import ConstraintSchedule, check_schedule
+
     return {
         "benchmark": "keys",
         "machine": {**machine(), "gpu": reset_gpu_peak(device)},
         "settings": {
             "device": str(device),
             "dtype": str(components.unet.dtype).removeprefix("torch."),
-            "model": "random SD1.5 (fp16)" if settings.model is None else str(settings.model),
+            "model": "random SD1.5" if settings.model is None else str(settings.model),
             "controlnet": controlnet_source,
             "steps": settings.steps,
             "strength": settings.strength,
             "keys": settings.keys,
             "key_spacing": KEY_SPACING,
+            # What "every constraint on" leaves out at this strength (shape-aware fusion
+            # acts above 0.9 T_max by default).
+            "constraints_not_run": check_schedule(ConstraintSchedule(), settings.strength),
         },
         "model_build_seconds": build_seconds,
         "model_load_seconds": round(load_seconds, 2),

@@ -72,19 +72,24 @@ def _with_plugins() -> None:
 _local_models_checked = False
 
 
+def _local_kinds() -> tuple:
+    """(names, finder, annotator class) of each annotator backed by the user's files."""
+    from zvstudio.diffusion.depth import DepthAnnotator, find_depth_model
+    from zvstudio.diffusion.hed import HedAnnotator, find_hed_weights
+
+    return (
+        (("depth",), find_depth_model, DepthAnnotator),
+        (("hed", "softedge"), find_hed_weights, HedAnnotator),
+    )
+
+
 def refresh_local_annotators() -> None:
     """Look again for annotators backed by the user's model files (depth, HED soft edges),
     e.g. after a model was added or $ZVSTUDIO_DEPTH_MODEL changed. A plugin's annotator of
     the same name wins."""
     global _local_models_checked
     _local_models_checked = True
-    from zvstudio.diffusion.depth import DepthAnnotator, find_depth_model
-    from zvstudio.diffusion.hed import HedAnnotator, find_hed_weights
-
-    for names, find, make in (
-        (("depth",), find_depth_model, DepthAnnotator),
-        (("hed", "softedge"), find_hed_weights, HedAnnotator),
-    ):
+    for names, find, make in _local_kinds():
         names = [n for n in names if not (n in _annotators and _annotators[n].plugin)]
         for name in names:
             _annotators.pop(name, None)
@@ -103,11 +108,9 @@ def local_annotator_files(folders=None) -> dict[str, str | None]:
     """{annotator: the model file or folder it would use, None when there is none} for the
     annotators backed by the user's files, looked for in `folders` (default: the model
     folders). A bad $ZVSTUDIO_DEPTH_MODEL is reported as the value instead."""
-    from zvstudio.diffusion.depth import find_depth_model
-    from zvstudio.diffusion.hed import find_hed_weights
-
     found: dict[str, str | None] = {}
-    for name, find in (("depth", find_depth_model), ("hed/softedge", find_hed_weights)):
+    for names, find, _ in _local_kinds():
+        name = "/".join(names)
         try:
             path = find(folders)
         except ZvsError as exc:
