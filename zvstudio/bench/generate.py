@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zvstudio.bench import gpu_peaks, machine, peak_rss_mb, reset_gpu_peak
+from zvstudio.bench.random_sd15 import model_or_random
 from zvstudio.errors import ZvsError
 
 PROMPT = "a corgi running on the beach, golden hour"
@@ -49,7 +50,7 @@ def run_generate_benchmark(settings: GenerateBenchSettings) -> dict:
     """Load the models once, then time each mode; the JSON-ready report."""
     _check(settings)
     with tempfile.TemporaryDirectory(prefix="zvstudio-bench-generate-") as scratch:
-        model, build_seconds = _model(settings, Path(scratch))
+        model, build_seconds = model_or_random(settings.model, settings.model_dir, Path(scratch))
         started = time.perf_counter()
         components = _load(settings, model)
         load_seconds = time.perf_counter() - started
@@ -75,16 +76,6 @@ def _check(settings: GenerateBenchSettings) -> None:
         raise ZvsError(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     if settings.size < 16 or settings.size % 8:
         raise ZvsError(f"--size must be a multiple of 8, got {settings.size}")
-
-
-def _model(settings: GenerateBenchSettings, scratch: Path) -> tuple[Path, float | None]:
-    if settings.model is not None:
-        return settings.model, None
-    from zvstudio.bench.random_sd15 import random_sd15_folder
-
-    started = time.perf_counter()
-    folder = random_sd15_folder(settings.model_dir or scratch)
-    return folder, round(time.perf_counter() - started, 1)
 
 
 def _load(settings: GenerateBenchSettings, model: Path):

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from zvstudio.bench import gpu_peaks, machine, peak_rss_mb, reset_gpu_peak
+from zvstudio.bench.random_sd15 import model_or_random
 from zvstudio.errors import ZvsError
 
 PROMPT = "a watercolour painting of a sunny meadow, soft colours"
@@ -58,7 +59,7 @@ def run_keys_benchmark(settings: KeysBenchSettings) -> dict:
     """Load the models once, then time every mode at every size; the JSON-ready report."""
     _check(settings)
     with tempfile.TemporaryDirectory(prefix="zvstudio-bench-keys-") as scratch:
-        model, build_seconds = _model(settings, Path(scratch))
+        model, build_seconds = model_or_random(settings.model, settings.model_dir, Path(scratch))
         started = time.perf_counter()
         components, controlnet, controlnet_source = _load(settings, model)
         load_seconds = time.perf_counter() - started
@@ -104,16 +105,6 @@ def _check(settings: KeysBenchSettings) -> None:
         raise ZvsError("time at least 2 keys: the anchor and one key it constrains")
     if not 0 < settings.strength <= 1:
         raise ZvsError(f"strength must be in (0, 1], got {settings.strength}")
-
-
-def _model(settings: KeysBenchSettings, scratch: Path) -> tuple[Path, float | None]:
-    if settings.model is not None:
-        return settings.model, None
-    from zvstudio.bench.random_sd15 import random_sd15_folder
-
-    started = time.perf_counter()
-    folder = random_sd15_folder(settings.model_dir or scratch)
-    return folder, round(time.perf_counter() - started, 1)
 
 
 def _load(settings: KeysBenchSettings, model: Path) -> tuple:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from zvstudio.diffusion.tokenizer import clip_vocab_files, sd15_config_dir
@@ -44,6 +45,18 @@ def random_sd15_folder(parent: Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return dest
+
+
+def model_or_random(
+    model: Path | None, model_dir: Path | None, scratch: Path
+) -> tuple[Path, float | None]:
+    """(`model`, None), or without one the random SD1.5 folder (kept in `model_dir`, else in
+    `scratch`) with the seconds it took to build or find."""
+    if model is not None:
+        return model, None
+    started = time.perf_counter()
+    folder = random_sd15_folder(model_dir or scratch)
+    return folder, round(time.perf_counter() - started, 1)
 
 
 def _write_folder(dest: Path, seed: int) -> None:
