@@ -660,7 +660,11 @@ class RenderPanel(_Panel):
             combo.addItem(name, name)
         for name in (n for n in UNAVAILABLE_ANNOTATORS if n not in available):
             combo.addItem(f"{name} (needs annotator weights)", name)
-            tip = f"{name} needs annotator weights, which zvstudio does not download; use canny"
+            tip = (
+                f"{name} needs annotator weights, which zvstudio does not download: for depth "
+                "or soft edges (hed), put them in a model folder's annotators/ (zvstudio "
+                "models says what it finds); else use canny"
+            )
             _disable_item(combo, combo.count() - 1, tip)
         if current is not None and combo.findData(current) < 0:  # a ControlNet file's path
             combo.addItem(Path(current).name, current)
