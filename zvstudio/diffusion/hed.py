@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from zvstudio.errors import ZvsError
+from zvstudio.statedict import read_state_dict
 
 FILE_NAMES = ("ControlNetHED.pth", "ControlNetHED.safetensors")
 # Where AUTOMATIC1111's ControlNet extension and ComfyUI's controlnet_aux nodes keep it, from
@@ -119,7 +120,11 @@ class HedAnnotator:
     def _load(self):
         if self._model is None:
             model = build_hed()
-            state = _read_state(self.weights)
+            state = read_state_dict(
+                self.weights,
+                "the HED checkpoint",
+                "it must be a plain state dict (lllyasviel's ControlNetHED.pth)",
+            )
             missing, unexpected = model.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ZvsError(
@@ -129,23 +134,3 @@ class HedAnnotator:
                 )
             self._model = model.eval()
         return self._model
-
-
-def _read_state(path: Path) -> dict:
-    import torch
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        # weights_only: tensors and plain containers only, never arbitrary objects.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ZvsError(
-            f"cannot read the HED checkpoint {path}: {exc}",
-            hint="it must be a plain state dict (lllyasviel's ControlNetHED.pth)",
-        ) from exc
-    if not isinstance(state, dict):
-        raise ZvsError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return state

@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
 from zvstudio.errors import ZvsError
 from zvstudio.flow.base import FlowEstimator, check_frames
 from zvstudio.hashing import file_hash
+from zvstudio.statedict import read_state_dict
 
 _VERSION = 1
 # RAFT works at 1/8 resolution: sides must be multiples of 8, and torchvision's correlation
@@ -33,27 +33,6 @@ def _import_optical_flow() -> ModuleType:
     import torchvision.models.optical_flow as optical_flow
 
     return optical_flow
-
-
-def _load_state_dict(path: Path) -> dict[str, Any]:
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            # weights_only: never unpickle arbitrary objects from a file the user downloaded.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ZvsError(
-            f"cannot read RAFT weights {path}: {exc}",
-            hint="use a torchvision RAFT state dict saved as .pth or .safetensors",
-        ) from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise ZvsError(f"{path} is not a state dict of RAFT weights")
-    return state
 
 
 class RAFTFlow(FlowEstimator):
@@ -79,7 +58,11 @@ class RAFTFlow(FlowEstimator):
         self.device = device
         self.iterations = iterations
         optical_flow = self._torchvision()
-        state = _load_state_dict(self.weights)
+        state = read_state_dict(
+            self.weights,
+            "RAFT weights",
+            "use a torchvision RAFT state dict saved as .pth or .safetensors",
+        )
         if small is None:
             small = any(_SMALL_MARKER in k for k in state) and not any(
                 k.startswith(_LARGE_MARKER) for k in state
