@@ -102,6 +102,19 @@ def write_numbered(target, timing: FrameTiming) -> None:
             writer.write(numbered_frame(number))
 
 
+def assert_probed_timing(target, timing: FrameTiming, atol: float):
+    """Every frame where `timing` puts it (within `atol` s), and the duration to 1 ms."""
+    out = probe(target)
+    assert out.frame_count == len(timing.pts)
+    np.testing.assert_allclose(
+        [out.index.seconds(n) for n in range(out.frame_count)],
+        [timing.seconds(n) for n in range(len(timing.pts))],
+        atol=atol,
+    )
+    assert out.duration == pytest.approx(timing.duration, abs=1e-3)
+    return out
+
+
 @pytest.mark.parametrize("name", ["out.mp4", "out.mov"])
 def test_last_frame_keeps_its_duration_when_b_frames_reorder_the_end(tmp_path, name):
     # Frames at 60, 30, 25 and 15 fps in 90 kHz ticks, and a last frame of 40.3 ms. MP4/MOV end
@@ -120,14 +133,7 @@ def test_last_frame_keeps_its_duration_when_b_frames_reorder_the_end(tmp_path, n
     assert av.video.frame.PictureType.B in types
     assert decode_order[-1] != max(decode_order)
 
-    out = probe(target)
-    assert out.frame_count == len(timing.pts)
-    np.testing.assert_allclose(
-        [out.index.seconds(n) for n in range(out.frame_count)],
-        [timing.seconds(n) for n in range(len(timing.pts))],
-        atol=1e-3,
-    )
-    assert out.duration == pytest.approx(timing.duration, abs=1e-3)
+    out = assert_probed_timing(target, timing, atol=1e-3)
     # The average rate is frames / duration, not stretched or shrunk by the end's fix.
     assert float(out.fps) == pytest.approx(len(timing.pts) / timing.duration, rel=1e-3)
     with VideoReader(target) as reader:
@@ -142,14 +148,7 @@ def test_last_frame_keeps_its_duration_when_the_first_frames_are_the_longest(tmp
     timing = FrameTiming(Fraction(1, 90000), np.cumsum([0, *gaps]), last_duration=1500)
     target = tmp_path / name
     write_numbered(target, timing)
-    out = probe(target)
-    assert out.frame_count == len(timing.pts)
-    np.testing.assert_allclose(
-        [out.index.seconds(n) for n in range(out.frame_count)],
-        [timing.seconds(n) for n in range(len(timing.pts))],
-        atol=1e-6,
-    )
-    assert out.duration == pytest.approx(timing.duration, abs=1e-3)
+    assert_probed_timing(target, timing, atol=1e-6)
 
 
 def ffprobe_video(path) -> dict | None:
