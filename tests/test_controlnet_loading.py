@@ -223,10 +223,17 @@ def test_resolve_paths(library):
 
 
 def test_resolve_missing_and_unsupported(library, tmp_path, monkeypatch):
-    for spec in ("hed", "lineart", "depth:0.5", "openpose"):
+    for spec, weights in (
+        ("hed", "ControlNetHED.pth"),
+        ("lineart", "sk_model.pth"),
+        ("depth:0.5", "ZVSTUDIO_DEPTH_MODEL"),
+        ("openpose", "body_pose_model.pth"),
+        ("mlsd", None),
+    ):
         with pytest.raises(ZvsError, match="is not available") as err:
             resolve_controlnet(spec)
         assert "canny" in str(err.value.hint)
+        assert (weights in err.value.hint) if weights else ("annotators/" not in err.value.hint)
     for spec in ("canny:-1", "canny:abc", "canny:nan"):
         with pytest.raises(ZvsError, match="scale"):
             resolve_controlnet(spec)

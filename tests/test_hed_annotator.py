@@ -80,5 +80,5 @@ def test_other_files_are_refused_clearly(tmp_path):
     objects = tmp_path / "objects" / "ControlNetHED.pth"
     objects.parent.mkdir()
     torch.save({"norm": torch.zeros(1), "extra": object()}, objects)
-    with pytest.raises(ZvsError, match="cannot read the HED checkpoint"):
+    with pytest.raises(ZvsError, match="cannot read the HED annotator checkpoint"):
         HedAnnotator(objects)(frame())

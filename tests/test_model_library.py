@@ -799,10 +799,13 @@ def test_models_command_lists_what_it_finds(tmp_path, monkeypatch, capsys):
     report = json.loads(capsys.readouterr().out)
     listed = report["models"]
     assert [(m["name"], m["kind"], m["base"]) for m in listed] == [("inkwash", "lora", "sd1")]
-    assert report["annotators"] == {"depth": None, "hed/softedge": str(hed)}
+    annotator_files = report["annotators"]
+    assert annotator_files["hed/softedge"] == str(hed)
+    assert annotator_files["depth"] is None and annotator_files["lineart"] is None
     assert main(["models", "--folder", str(install)]) == 0
     out = capsys.readouterr().out
-    assert "inkwash" in out and f"hed/softedge: {hed}" in out and "depth: not found" in out
+    assert "inkwash" in out and f"hed/softedge: {hed}" in out
+    assert "lineart: not found: put lllyasviel's sk_model.pth in a model folder's" in out
     assert main(["models", "--folder", str(tmp_path / "nowhere")]) == 1
     assert "not a folder" in capsys.readouterr().err
 

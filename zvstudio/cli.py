@@ -1099,7 +1099,7 @@ def _add_models(commands) -> None:
 
 
 def _run_models(args) -> int:
-    from zvstudio.diffusion.annotators import local_annotator_files
+    from zvstudio.diffusion.annotators import local_annotator_files, weights_hint
     from zvstudio.diffusion.library import default_model_folders, format_table, scan
     from zvstudio.errors import ZvsError
 
@@ -1118,7 +1118,7 @@ def _run_models(args) -> int:
     print(format_table(models, hashes=not args.no_hash) if models else "no models found")
     print("ControlNet annotators: canny (built in)")
     for name, path in annotator_files.items():
-        where = path or "not found (put its weights in a model folder's annotators/)"
+        where = path or f"not found: {weights_hint(name.split('/')[0])}"
         print(f"  {name}: {where}")
     return 0
 

@@ -275,6 +275,8 @@ def test_controlnet_choices(qtbot, diffusion):
         index = combo.findData(name)
         assert not items.item(index).isEnabled()
         assert "annotator weights" in combo.itemData(index, Qt.ToolTipRole)
+    lineart_tip = combo.itemData(combo.findData("lineart"), Qt.ToolTipRole)
+    assert "sk_model.pth" in lineart_tip and "annotators/" in lineart_tip
     assert items.item(combo.findData("canny")).isEnabled()
     choose(combo, None)
     assert diffusion.project.settings.controlnet is None

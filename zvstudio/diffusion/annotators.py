@@ -38,6 +38,27 @@ UNAVAILABLE_ANNOTATORS = (
     "seg",
 )
 
+# The weights each annotator backed by the user's files needs, for messages.
+WEIGHTS_NEEDED = {
+    "depth": "a transformers depth model (Depth Anything or DPT, with model.safetensors)",
+    "hed": "lllyasviel's ControlNetHED.pth",
+    "softedge": "lllyasviel's ControlNetHED.pth",
+    "lineart": "lllyasviel's sk_model.pth",
+    "openpose": "lllyasviel's body_pose_model.pth",
+}
+
+
+def weights_hint(name: str) -> str:
+    """Where to put annotator `name`'s weights; empty for one zvstudio cannot load itself."""
+    needed = WEIGHTS_NEEDED.get(name)
+    if needed is None:
+        return ""
+    also = ", $ZVSTUDIO_DEPTH_MODEL" if name == "depth" else ""
+    return (
+        f"put {needed} in a model folder's annotators/ (e.g. ~/zvstudio/models/annotators/), "
+        f"the Hugging Face cache{also} or your WebUI/ComfyUI annotator folder"
+    )
+
 
 @dataclass(frozen=True)
 class _Annotator:
@@ -76,17 +97,19 @@ def _local_kinds() -> tuple:
     """(names, finder, annotator class) of each annotator backed by the user's files."""
     from zvstudio.diffusion.depth import DepthAnnotator, find_depth_model
     from zvstudio.diffusion.hed import HedAnnotator, find_hed_weights
+    from zvstudio.diffusion.lineart import LineartAnnotator, find_lineart_weights
 
     return (
         (("depth",), find_depth_model, DepthAnnotator),
         (("hed", "softedge"), find_hed_weights, HedAnnotator),
+        (("lineart",), find_lineart_weights, LineartAnnotator),
     )
 
 
 def refresh_local_annotators() -> None:
-    """Look again for annotators backed by the user's model files (depth, HED soft edges),
-    e.g. after a model was added or $ZVSTUDIO_DEPTH_MODEL changed. A plugin's annotator of
-    the same name wins."""
+    """Look again for annotators backed by the user's model files (depth, HED soft edges,
+    lineart, ...), e.g. after a model was added or $ZVSTUDIO_DEPTH_MODEL changed. A plugin's
+    annotator of the same name wins."""
     global _local_models_checked
     _local_models_checked = True
     for names, find, make in _local_kinds():

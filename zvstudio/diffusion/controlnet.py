@@ -28,6 +28,7 @@ from zvstudio.diffusion.annotators import (
     UNAVAILABLE_ANNOTATORS,
     available_annotators,
     has_annotator,
+    weights_hint,
 )
 from zvstudio.diffusion.identify import BASE_LABELS, KIND_LABELS, ModelInfo, classify
 from zvstudio.diffusion.loading import (
@@ -233,12 +234,8 @@ def resolve_controlnet(
         return ControlNetChoice(path, scale, note)
     if word in UNAVAILABLE_ANNOTATORS:
         hint = f"use {_annotator_list()}, e.g. --controlnet canny:0.7 (canny: edges from OpenCV)"
-        if word == "depth":
-            hint = (
-                "put a transformers depth model (e.g. Depth Anything or DPT, with "
-                "model.safetensors) in ~/zvstudio/models/annotators/, the Hugging Face cache, "
-                "or $ZVSTUDIO_DEPTH_MODEL; or " + hint
-            )
+        if weights_hint(word):
+            hint = f"{weights_hint(word)}; or {hint}"
         raise ZvsError(
             f"the {word} annotator is not available: it needs annotator weights, and "
             "zvstudio works offline and downloads nothing",

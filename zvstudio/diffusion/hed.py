@@ -19,39 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from zvstudio.errors import ZvsError
-from zvstudio.statedict import read_state_dict
+from zvstudio.diffusion.annotator_weights import (
+    COMFYUI_ANNOTATORS,
+    a1111_annotators,
+    find_weights_file,
+    install_folders,
+    load_checkpoint,
+)
 
 FILE_NAMES = ("ControlNetHED.pth", "ControlNetHED.safetensors")
-# Where AUTOMATIC1111's ControlNet extension and ComfyUI's controlnet_aux nodes keep it, from
-# the install's folder.
-INSTALL_LOCATIONS = (
-    "extensions/sd-webui-controlnet/annotator/downloads/hed",
-    "custom_nodes/comfyui_controlnet_aux/ckpts/lllyasviel/Annotators",
-)
+INSTALL_LOCATIONS = (a1111_annotators("hed"), COMFYUI_ANNOTATORS)
 STAGES = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
 
 
 def find_hed_weights(folders: Iterable[Path] | None = None) -> Path | None:
     """The first HED checkpoint in the model folders or the Hugging Face cache, or None."""
-    if folders is None:
-        from zvstudio.diffusion.library import default_model_folders
-
-        folders = default_model_folders()
-    from zvstudio.diffusion.depth import candidate_folders
-
-    for root in folders:
-        for folder in (root, *candidate_folders(root), *_install_folders(root)):
-            found = next((folder / n for n in FILE_NAMES if (folder / n).is_file()), None)
-            if found is not None:
-                return found
-    return None
+    return find_weights_file(FILE_NAMES, INSTALL_LOCATIONS, folders)
 
 
 def _install_folders(root: Path) -> list[Path]:
-    """The annotator folders of the A1111 / ComfyUI install whose `models/...` is `root`."""
-    install = next((p.parent for p in (root, root.parent) if p.name.lower() == "models"), None)
-    return [install / location for location in INSTALL_LOCATIONS] if install else []
+    return install_folders(root, INSTALL_LOCATIONS)
 
 
 def build_hed():
@@ -119,18 +106,10 @@ class HedAnnotator:
 
     def _load(self):
         if self._model is None:
-            model = build_hed()
-            state = read_state_dict(
+            self._model = load_checkpoint(
+                build_hed(),
                 self.weights,
-                "the HED checkpoint",
-                "it must be a plain state dict (lllyasviel's ControlNetHED.pth)",
+                "HED annotator",
+                "lllyasviel's ControlNetHED.pth",
             )
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ZvsError(
-                    f"{self.weights} is not a HED annotator checkpoint",
-                    hint=f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}; "
-                    "use lllyasviel's ControlNetHED.pth",
-                )
-            self._model = model.eval()
         return self._model

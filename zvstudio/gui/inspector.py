@@ -40,7 +40,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from zvstudio.diffusion.annotators import UNAVAILABLE_ANNOTATORS, available_annotators
+from zvstudio.diffusion.annotators import (
+    UNAVAILABLE_ANNOTATORS,
+    available_annotators,
+    weights_hint,
+)
 from zvstudio.diffusion.identify import ModelInfo
 from zvstudio.errors import ZvsError
 from zvstudio.gui.document import Document
@@ -660,10 +664,11 @@ class RenderPanel(_Panel):
             combo.addItem(name, name)
         for name in (n for n in UNAVAILABLE_ANNOTATORS if n not in available):
             combo.addItem(f"{name} (needs annotator weights)", name)
+            where = weights_hint(name)
             tip = (
-                f"{name} needs annotator weights, which zvstudio does not download: for depth "
-                "or soft edges (hed), put them in a model folder's annotators/ (zvstudio "
-                "models says what it finds); else use canny"
+                f"{name} needs annotator weights, which zvstudio does not download: "
+                + (f"{where} (zvstudio models says what it finds)" if where else "none load yet")
+                + "; else use canny"
             )
             _disable_item(combo, combo.count() - 1, tip)
         if current is not None and combo.findData(current) < 0:  # a ControlNet file's path
