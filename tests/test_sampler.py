@@ -285,6 +285,37 @@ def test_shape_aware_fusion_runs_in_the_sampler(components):
             assert torch.equal(after, before)
 
 
+@pytest.mark.parametrize("mode, detail", [("single_pass", 0.0), ("two_pass", 0.9)])
+def test_half_precision_keeps_its_dtype_through_every_constraint(folders, mode, detail):
+    # bfloat16 on the CPU stands in for the GPU's half precision: every constraint acts
+    # (strength 1: shape fusion too), and the UNet and ControlNet must always get latents of
+    # the model's dtype (float32 noise once turned fused latents to float32 and crashed).
+    model, config = folders
+    components = load_sd15_components(model, dtype=torch.bfloat16, config_dir=config)
+    settings = KeySettings(
+        prompt="a red cat",
+        steps=10,
+        strength=1.0,
+        pixel_fusion_mode=mode,
+        pixel_fusion_detail=detail,
+        colour_correction=True,
+    )
+    sampler = KeyFrameSampler(components, settings)
+    dtypes, predict = set(), sampler._predict_noise
+
+    def spy(latents, *args):
+        dtypes.add(latents.dtype)
+        return predict(latents, *args)
+
+    sampler._predict_noise = spy
+    video = frames()
+    sampler.set_anchor_frame(video[0])
+    anchor = sampler.render(video[0], is_anchor=True)
+    key = sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
+    assert key.shape == (40, 56, 3) and key.dtype == np.uint8
+    assert dtypes == {torch.bfloat16}
+
+
 def test_unknown_pixel_fusion_mode_is_refused():
     with pytest.raises(ZvsError, match="pixel fusion mode"):
         KeySettings(pixel_fusion_mode="three_pass")

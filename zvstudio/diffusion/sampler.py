@@ -224,7 +224,9 @@ class _Run:
     seed: int = 0
 
     def noise_like(self, latents: torch.Tensor) -> torch.Tensor:
-        return seeded_noise(latents.float(), self.seed)
+        # Drawn in float32 whatever the precision (the same seed gives the same noise), then
+        # in the latents' dtype: float32 noise would turn fused fp16/bf16 latents to float32.
+        return seeded_noise(latents.float(), self.seed).to(latents)
 
 
 def canny_condition(frame: np.ndarray, thresholds: tuple[int, int]) -> np.ndarray:
