@@ -25,7 +25,8 @@ Annotate = Callable[[np.ndarray], np.ndarray]
 BUILTIN_ANNOTATORS = ("canny",)
 DEFAULT_CANNY_THRESHOLDS = (100, 200)  # KeySettings.canny_thresholds' default
 # Annotator types that need annotator weights (HED, MiDaS, OpenPose, ...) that zvstudio does
-# not download: unavailable unless a plugin provides them, or (depth) a model is on disk.
+# not download: unavailable unless a plugin provides them or (WEIGHTS_NEEDED) their weights
+# are on disk.
 UNAVAILABLE_ANNOTATORS = (
     "hed",
     "softedge",
@@ -98,11 +99,13 @@ def _local_kinds() -> tuple:
     from zvstudio.diffusion.depth import DepthAnnotator, find_depth_model
     from zvstudio.diffusion.hed import HedAnnotator, find_hed_weights
     from zvstudio.diffusion.lineart import LineartAnnotator, find_lineart_weights
+    from zvstudio.diffusion.openpose import OpenposeAnnotator, find_openpose_weights
 
     return (
         (("depth",), find_depth_model, DepthAnnotator),
         (("hed", "softedge"), find_hed_weights, HedAnnotator),
         (("lineart",), find_lineart_weights, LineartAnnotator),
+        (("openpose",), find_openpose_weights, OpenposeAnnotator),
     )
 
 

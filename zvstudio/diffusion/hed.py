@@ -23,7 +23,6 @@ from zvstudio.diffusion.annotator_weights import (
     COMFYUI_ANNOTATORS,
     a1111_annotators,
     find_weights_file,
-    install_folders,
     load_checkpoint,
 )
 
@@ -35,10 +34,6 @@ STAGES = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
 def find_hed_weights(folders: Iterable[Path] | None = None) -> Path | None:
     """The first HED checkpoint in the model folders or the Hugging Face cache, or None."""
     return find_weights_file(FILE_NAMES, INSTALL_LOCATIONS, folders)
-
-
-def _install_folders(root: Path) -> list[Path]:
-    return install_folders(root, INSTALL_LOCATIONS)
 
 
 def build_hed():
