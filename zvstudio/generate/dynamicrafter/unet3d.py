@@ -85,10 +85,12 @@ def to_frames(x: torch.Tensor) -> torch.Tensor:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """Group norm computed in float32 (fp16 variance over large groups loses precision)."""
+    """Group norm computed in float32 (fp16 variance over large groups loses precision), its
+    half-precision weights too: float32 input beside them is refused."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        weight, bias = (None if p is None else p.float() for p in (self.weight, self.bias))
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def frame_contexts(
