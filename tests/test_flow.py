@@ -540,3 +540,34 @@ def test_raft_small_with_real_torchvision(tmp_path):
     assert backward.shape == (64, 64, 2)
     with pytest.raises(ZvsError, match="raft_large"):
         RAFTFlow(path, small=False)
+
+
+def test_flow_cache_estimates_a_pair_once_when_threads_ask_together(tmp_path, shifted_pair):
+    # The two directions of a segment meet in its middle and may ask for the same pair at the
+    # same moment: one estimates it, the other reads the result.
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    source, target = shifted_pair
+    both_waiting = threading.Barrier(2)
+
+    class SlowDIS(CountingDIS):
+        def compute_pair(self, a, b):
+            time.sleep(0.2)  # long enough for the other thread to be waiting on the pair
+            return super().compute_pair(a, b)
+
+    estimator = SlowDIS()
+    cache = FlowCache(estimator, "clip", root=tmp_path)
+
+    def ask(i: int, j: int) -> np.ndarray:
+        both_waiting.wait()
+        frames = {0: source, 1: target}
+        return cache.get(i, j, frames[i], frames[j])
+
+    with ThreadPoolExecutor(2) as pool:
+        forward, backward = pool.map(ask, (0, 1), (1, 0))
+    assert estimator.calls == [("pair", source.shape)]
+    assert (cache.hits, cache.misses) == (1, 1)
+    np.testing.assert_allclose(median_vector(forward), SHIFT, atol=0.3)
+    np.testing.assert_allclose(-median_vector(backward), SHIFT, atol=0.3)

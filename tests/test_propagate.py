@@ -416,3 +416,84 @@ def test_segment_cache_round_trip_and_eviction(tmp_path):
     assert small.load(3, 5, ("k3", "k6")) is not None
     assert cache.load(0, 2, ("k0", "k3")) is None  # the older segment was evicted
     assert not [p for p in tmp_path.rglob("*") if "partial" in p.name]
+
+
+def test_the_two_directions_run_at_once_and_give_the_sequential_result(tmp_path):
+    import threading
+
+    from zvstudio.propagate.clip import _both_directions, _SegmentFrames
+    from zvstudio.propagate.segment import carry_key
+
+    frames, _ = moving_sequence("translate")
+    keys = {0: style(frames[0]), 8: style(frames[8])}
+    segment = _SegmentFrames(ListReader(frames), 0, 8, flows_for(tmp_path))
+    threads, flow = set(), segment.flow
+
+    def recording_flow(i, j):
+        threads.add(threading.current_thread().name)
+        return flow(i, j)
+
+    segment.flow = recording_flow
+    inner = list(range(1, 8))
+    settings = PropagationSettings()
+    forward, backward = _both_directions(segment, 0, 8, keys, inner, settings, None)
+    assert len(threads) == 2  # the backward chain ran in its own thread
+    alone = dict(carry_key(segment.frames, 8, keys[8], inner[::-1], flow, settings))
+    assert sorted(forward) == sorted(backward) == inner
+    for t in inner:
+        assert np.array_equal(backward[t].image, alone[t].image)
+        assert np.array_equal(backward[t].error, alone[t].error)
+
+
+def test_a_failing_direction_stops_the_other(tmp_path):
+    import threading
+
+    from zvstudio.propagate.clip import _both_directions, _SegmentFrames
+
+    frames, _ = moving_sequence("translate", count=30)
+    keys = {0: style(frames[0]), 29: style(frames[29])}
+    segment = _SegmentFrames(ListReader(frames), 0, 29, flows_for(tmp_path))
+    backward_started, asked, flow = threading.Event(), [], segment.flow
+
+    def failing_flow(i, j):
+        if threading.current_thread().name.startswith("zvstudio-backward"):
+            asked.append(min(i, j))
+            backward_started.set()
+        elif i == 2:  # the forward chain's second frame
+            backward_started.wait(5)
+            raise RuntimeError("flow failed")
+        return flow(i, j)
+
+    segment.flow = failing_flow
+    inner = list(range(1, 29))
+    with pytest.raises(RuntimeError, match="flow failed"):
+        _both_directions(segment, 0, 29, keys, inner, PropagationSettings(), None)
+    # The backward chain stopped within a few frames instead of carrying its key all the way.
+    assert asked and min(asked) > 20
+
+
+def test_pausing_holds_both_directions(tmp_path):
+    import threading
+
+    from zvstudio.propagate.clip import _both_directions, _SegmentFrames
+
+    frames, _ = moving_sequence("translate")
+    keys = {0: style(frames[0]), 8: style(frames[8])}
+    segment = _SegmentFrames(ListReader(frames), 0, 8, flows_for(tmp_path))
+    token = CancelToken()
+    token.pause()
+    outcome = []
+
+    def run():
+        try:
+            _both_directions(segment, 0, 8, keys, list(range(1, 8)), PropagationSettings(), token)
+        except RenderCancelled as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(0.5)
+    assert worker.is_alive() and not outcome  # held at the first frame
+    token.cancel()
+    worker.join(5)
+    assert not worker.is_alive() and "cancelled by the user" in str(outcome[0])

@@ -29,8 +29,8 @@ class FlowCache:
     `clip_key` identifies the clip's content (e.g. its file hash plus the decode settings).
     With `max_side`, frames whose long side is larger are downscaled to it for the estimate and
     the flow is resized back: flow at 1080p is slow and gains nothing for propagation.
-    Safe for concurrent use as long as one key has one writer at a time (files appear by an
-    atomic rename, so readers never see half a file).
+    Safe for concurrent use: a pair of frames is estimated by one thread at a time, and files
+    appear by an atomic rename, so readers (other processes too) never see half a file.
     """
 
     def __init__(
@@ -49,6 +49,7 @@ class FlowCache:
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
+        self._pair_locks: dict[tuple[int, int], threading.Lock] = {}
 
     def path(self, i: int, j: int) -> Path:
         """Where F_{i->j} is stored."""
@@ -58,6 +59,16 @@ class FlowCache:
         """F_{i->j} as float32 HxWx2, from disk or computed (and stored)."""
         if i == j:
             return np.zeros((*frame_i.shape[:2], 2), np.float32)
+        # One estimate per pair at a time: the two directions of a segment, run at once,
+        # meet in its middle and ask for the same flows.
+        with self._pair_lock(i, j):
+            return self._get(i, j, frame_i, frame_j)
+
+    def _pair_lock(self, i: int, j: int) -> threading.Lock:
+        with self._lock:
+            return self._pair_locks.setdefault((min(i, j), max(i, j)), threading.Lock())
+
+    def _get(self, i: int, j: int, frame_i: np.ndarray, frame_j: np.ndarray) -> np.ndarray:
         cached = self._load(self.path(i, j), frame_i.shape[:2])
         if cached is not None:
             with self._lock:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -199,12 +201,7 @@ def _between(reader, keys, key_a, key_b, flows, settings, cancel) -> dict[int, n
         return results
     segment = _SegmentFrames(reader, key_a, key_b, flows)
     inner = list(range(key_a + 1, key_b))
-    forward = dict(
-        carry_key(segment.frames, key_a, keys[key_a], inner, segment.flow, settings, cancel)
-    )
-    backward = dict(
-        carry_key(segment.frames, key_b, keys[key_b], inner[::-1], segment.flow, settings, cancel)
-    )
+    forward, backward = _both_directions(segment, key_a, key_b, keys, inner, settings, cancel)
     weights = [(key_b - t) / (key_b - key_a) for t in inner]
     if settings.blend == "histogram":
         results.update(_blend_histogram(inner, forward, backward, weights, segment))
@@ -212,6 +209,48 @@ def _between(reader, keys, key_a, key_b, flows, settings, cancel) -> dict[int, n
         for t, weight_a in zip(inner, weights, strict=True):
             results[t] = blend_soft(forward[t], backward[t], weight_a, settings)
     return results
+
+
+def _both_directions(segment, key_a, key_b, keys, inner, settings, cancel):
+    """The frames carried from key_a forwards and from key_b backwards, as two dicts.
+
+    The two chains are independent, so they run at once: each computes the step flows from
+    its own end and finds the other's in the cache past the middle, which halves the flow
+    work's wall time. Patch synthesis on the CPU stays sequential: two threads of torch's own
+    thread pools oversubscribe the cores and slow each other down badly.
+    """
+
+    def carry(key: int, targets: list[int], token) -> dict[int, Propagated]:
+        return dict(
+            carry_key(segment.frames, key, keys[key], targets, segment.flow, settings, token)
+        )
+
+    if settings.synthesis == "patch" and settings.patch.device == "cpu":
+        return carry(key_a, inner, cancel), carry(key_b, inner[::-1], cancel)
+    stop = _StopWith(cancel)
+    with ThreadPoolExecutor(1, thread_name_prefix="zvstudio-backward") as pool:
+        backward = pool.submit(carry, key_b, inner[::-1], stop)
+        try:
+            forward = carry(key_a, inner, stop)
+        except BaseException:
+            stop.stopped.set()  # no use finishing the other direction
+            raise
+        return forward, backward.result()
+
+
+class _StopWith:
+    """The cancel token of one of two directions run at once: it stops on the user's cancel
+    (and waits while paused), or once the other direction failed."""
+
+    def __init__(self, parent: CancelToken | None) -> None:
+        self.parent = parent
+        self.stopped = threading.Event()
+
+    def raise_if_cancelled(self) -> None:
+        if self.parent is not None:
+            self.parent.raise_if_cancelled()
+        if self.stopped.is_set():
+            raise RenderCancelled("stopped: the other direction failed")
 
 
 def _blend_histogram(inner, forward, backward, weights, segment) -> dict[int, np.ndarray]:
