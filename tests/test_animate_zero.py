@@ -342,3 +342,17 @@ def test_files_that_are_not_motion_modules_are_refused(folders, tmp_path):
         load_motion_adapter(checkpoint)
     with pytest.raises(ZvsError, match="full model folder"):
         load_motion_adapter(folders[0])
+
+
+def test_a_bare_cuda_device_is_the_models_indexed_one(monkeypatch):
+    # A plan's "cuda" and a module's "cuda:0" are one device (torch says they differ), so
+    # AnimateZero must not take the model for offloaded on every GPU run.
+    from zvstudio.generate.animate_zero import same_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert same_device("cuda", torch.device("cuda:1"))
+    assert not same_device("cuda", torch.device("cuda:0"))  # not the current GPU
+    assert same_device("mps", torch.device("mps:0"))
+    assert same_device("cpu", torch.device("cpu"))
+    assert not same_device("cuda:0", torch.device("cpu"))

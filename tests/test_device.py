@@ -372,3 +372,15 @@ def test_offload_hooks_leave_the_render_unchanged(tiny, reference, offload):
     VAE's encode/decode (not its forward) bring its stage in."""
     plan = DevicePlan("cpu", "float32", offload, "test")
     assert np.array_equal(render_with(tiny, plan), reference)
+
+
+def test_a_plans_torch_device_carries_the_gpus_index(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    plan = DevicePlan("cuda", "float16", "none", "")
+    assert plan.torch_device == torch.device("cuda:0")  # what a module on it reports
+    assert DevicePlan("cuda:1", "float16", "none", "").torch_device == torch.device("cuda:1")
+    assert DevicePlan("mps", "float16", "none", "").torch_device == torch.device("mps:0")
+    assert DevicePlan("cpu", "float32", "none", "").torch_device == torch.device("cpu")

@@ -77,9 +77,16 @@ class DevicePlan:
 
     @property
     def torch_device(self) -> torch.device:
+        """The device with its index: a bare "cuda" is the current GPU, "cuda:0" say. Modules
+        report their device with an index, and torch.device("cuda") != "cuda:0"."""
         import torch
 
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        if device.index is None and device.type == "cuda" and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if device.index is None and device.type == "mps":
+            return torch.device("mps", 0)
+        return device
 
 
 # --------------------------------------------------------------------------------- the facts

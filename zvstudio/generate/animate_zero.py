@@ -386,7 +386,7 @@ def _check_settings(settings: AnimateSettings, components: Components, adapter: 
             f"This motion module animates at most {longest} frames, not {settings.frames}.",
             hint=f"use --frames {longest} or fewer",
         )
-    if components.device != components.unet.device:
+    if not same_device(components.device, components.unet.device):
         raise ZvsError(
             "AnimateZero cannot run with the model offloaded to system memory.",
             hint="use offload none (or a smaller resolution)",
@@ -395,6 +395,19 @@ def _check_settings(settings: AnimateSettings, components: Components, adapter: 
         select_motion_modules(list(motion_modules(adapter)), settings.window)
     except ValueError as exc:
         raise ZvsError(f"Window placement: {exc}") from exc
+
+
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether `a` and `b` are one device, a bare "cuda" (the current GPU) being "cuda:N"."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and None in (a.index, b.index) and torch.cuda.is_available():
+        current = torch.cuda.current_device()
+        return (a.index if a.index is not None else current) == (
+            b.index if b.index is not None else current
+        )
+    return a.index is None or b.index is None or a.index == b.index
 
 
 def _start(components, settings, store, progress, cancel) -> _Run:

@@ -15,6 +15,7 @@ TRITON_INTERPRET=1 before the first call runs the kernel in Triton's CPU interpr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import statistics
@@ -166,23 +167,26 @@ def patch_distance_fused(
         return out.zero_().to(target.dtype)
     kernel = _kernel()
     grid = (-(-count // BLOCK),)
-    kernel[grid](
-        target.to(torch.float32).contiguous(),
-        source.to(torch.float32).contiguous(),
-        target_yx.contiguous(),
-        source_yx.contiguous(),
-        out,
-        count,
-        channels,
-        height,
-        width,
-        source_h,
-        source_w,
-        height * width,
-        source_h * source_w,
-        PATCH=patch_size,
-        BLOCK=BLOCK,
-    )
+    # Triton launches on the current CUDA device, not the tensors' (say cuda:1).
+    on_device = torch.cuda.device(target.device) if target.is_cuda else contextlib.nullcontext()
+    with on_device:
+        kernel[grid](
+            target.to(torch.float32).contiguous(),
+            source.to(torch.float32).contiguous(),
+            target_yx.contiguous(),
+            source_yx.contiguous(),
+            out,
+            count,
+            channels,
+            height,
+            width,
+            source_h,
+            source_w,
+            height * width,
+            source_h * source_w,
+            PATCH=patch_size,
+            BLOCK=BLOCK,
+        )
     return out.to(target.dtype)
 
 
