@@ -69,6 +69,17 @@ class WindowAttnProcessor:
     def __init__(self, positions: torch.Tensor, window_length: int | None = None) -> None:
         self.positions = positions
         self.window_length = window_length
+        self._slots: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def slot_frames(self, frames: int, device: torch.device) -> torch.Tensor:
+        """(frames, frames): the frame in each key/value slot of each query frame. Built once
+        per clip length and device: a table copied to the GPU per frame would stall the GPU
+        on every temporal attention call."""
+        key = (frames, device)
+        if key not in self._slots:
+            table = [window_layout(frames, i, self.window_length).frames for i in range(frames)]
+            self._slots[key] = torch.tensor(table, device=device)
+        return self._slots[key]
 
     def __call__(
         self,
@@ -97,12 +108,11 @@ class WindowAttnProcessor:
         key_pos = attn.to_k(table) - attn.to_k(zero)
         value_pos = attn.to_v(table) - attn.to_v(zero)
         out = torch.empty_like(query)
+        slots = self.slot_frames(frames, keys.device)
+        # Slot s of every query frame has position s (window_layout's positions).
         for i in range(frames):  # one query frame at a time: memory stays that of plain attention
-            layout = window_layout(frames, i, self.window_length)
-            slots = torch.tensor(layout.frames, device=keys.device)
-            where = torch.tensor(layout.positions, device=keys.device)
-            key = keys[:, slots] + key_pos[where]
-            value = values[:, slots] + value_pos[where]
+            key = keys[:, slots[i]] + key_pos
+            value = values[:, slots[i]] + value_pos
             out[:, i] = _attend(attn, query[:, i : i + 1], key, value)[:, 0]
         out = attn.to_out[1](attn.to_out[0](out))
         return out / attn.rescale_output_factor
