@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -316,6 +318,34 @@ def test_half_precision_keeps_its_dtype_through_every_constraint(folders, mode, 
     assert dtypes == {torch.bfloat16}
 
 
+def test_pixel_fusion_draws_its_noise_and_mask_once_per_key(components, monkeypatch):
+    # Per fused step, only GPU work: the seeded noise is drawn and the validity mask brought
+    # to latent size once per key (each per-step copy to the GPU would stall it).
+    from zvstudio.diffusion import sampler as sampler_module
+
+    draws, seeded_noise = [], sampler_module.seeded_noise
+    monkeypatch.setattr(
+        sampler_module,
+        "seeded_noise",
+        lambda like, seed: draws.append(like.shape) or seeded_noise(like, seed),
+    )
+    sampler = KeyFrameSampler(components, replace(SETTINGS, steps=10))
+    fused, fuse = [], sampler._fuse_pixels
+
+    def spy(latents, guide, index, run, epsilon):
+        fused.append(guide.valid.shape)
+        return fuse(latents, guide, index, run, epsilon)
+
+    sampler._fuse_pixels = spy
+    video = frames()
+    anchor = sampler.render(video[0], is_anchor=True)
+    draws.clear()
+    sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
+    assert len(fused) >= 3  # several fused steps...
+    assert len(draws) == 2  # ...one draw for the SDEdit start, one for all of them
+    assert set(fused) == {(1, 1, 20, 28)}  # the mask at latent size (tiny VAE: /2)
+
+
 def test_unknown_pixel_fusion_mode_is_refused():
     with pytest.raises(ZvsError, match="pixel fusion mode"):
         KeySettings(pixel_fusion_mode="three_pass")
@@ -327,8 +357,6 @@ def test_second_pass_resumes_exactly(components, folders):
     results = {}
     for resume in (True, False):
         fresh = load_sd15_components(folders[0], config_dir=folders[1])
-        from dataclasses import replace
-
         sampler = KeyFrameSampler(fresh, replace(settings, resume_second_pass=resume))
         sampler.set_anchor_frame(video[0])
         anchor = sampler.render(video[0], is_anchor=True)

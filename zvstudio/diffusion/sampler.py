@@ -47,6 +47,7 @@ from zvstudio.diffusion.attention import ReferenceStore, install_cross_frame_att
 from zvstudio.diffusion.constraints import (
     ConstraintSchedule,
     adain,
+    downsample_mask,
     match_colours_lab,
     pixel_aware_fusion,
     pixel_aware_fusion_soft,
@@ -170,7 +171,9 @@ def next_alpha(scheduler, timesteps: torch.Tensor, index: int) -> torch.Tensor:
 
 def ddim_update(x0: torch.Tensor, epsilon: torch.Tensor, alpha_prev: torch.Tensor) -> torch.Tensor:
     """x_{t-1} = sqrt(ᾱ_prev) x̂0 + sqrt(1 - ᾱ_prev) ε (DDIM, eta 0), for an adjusted x̂0."""
-    alpha_prev = alpha_prev.to(x0)
+    # Only the dtype: a 0-dim CPU ᾱ (the schedule's final one) works beside GPU tensors
+    # without a copy to the GPU, which would wait for its queued work.
+    alpha_prev = alpha_prev.to(dtype=x0.dtype)
     return alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * epsilon
 
 
@@ -222,11 +225,18 @@ class _Run:
     pairs: FramePairs
     anchor_frame: np.ndarray | None = None  # for shape-aware fusion
     seed: int = 0
+    # The timesteps on the models' device: a CPU `t` passed to the UNet is copied to the GPU
+    # on every call, which stalls the CPU until the GPU's queued work is done.
+    model_timesteps: torch.Tensor | None = None
+    _noise: torch.Tensor | None = None
 
     def noise_like(self, latents: torch.Tensor) -> torch.Tensor:
-        # Drawn in float32 whatever the precision (the same seed gives the same noise), then
-        # in the latents' dtype: float32 noise would turn fused fp16/bf16 latents to float32.
-        return seeded_noise(latents.float(), self.seed).to(latents)
+        """The key's seeded noise, drawn once (on the CPU, in float32, so that every precision
+        and device gets the same), in the latents' dtype: float32 noise would turn fused
+        fp16/bf16 latents to float32."""
+        if self._noise is None or self._noise.shape != latents.shape:
+            self._noise = seeded_noise(latents.float(), self.seed)
+        return self._noise.to(latents)
 
 
 def canny_condition(frame: np.ndarray, thresholds: tuple[int, int]) -> np.ndarray:
@@ -315,6 +325,7 @@ class KeyFrameSampler:
             is_anchor,
             FramePairs(self._flow, self._flow_executor(), padded),
             seed=settings.seed,
+            model_timesteps=timesteps.to(self.device),
         )
         guide = self._pixel_guide(run, references)
         self._request_flows(run, guide)
@@ -372,7 +383,8 @@ class KeyFrameSampler:
                 cancel.raise_if_cancelled()
             t = run.timesteps[index]
             self.store.begin_step(index)
-            epsilon = self._predict_noise(latents, t, run.embeddings, run.condition)
+            model_t = run.model_timesteps[index]
+            epsilon = self._predict_noise(latents, model_t, run.embeddings, run.condition)
             alpha = run.scheduler.alphas_cumprod[int(t)].to(latents)
             x0 = (latents - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
             x0 = self._constrain(x0, index, int(t), run)
@@ -434,7 +446,9 @@ class KeyFrameSampler:
             composite[~covered] = self._to_image(rough_latent)[~covered]
         image = torch.from_numpy(composite).permute(2, 0, 1)[None] / 127.5 - 1
         latent = fidelity_encode(self.components.vae, image.to(self.device))
-        return latent, torch.from_numpy(covered.astype(np.float32))
+        # At latent size on the device once, not on the CPU at every fused step.
+        valid = downsample_mask(covered, tuple(latent.shape[-2:])).to(latent.device)
+        return latent, valid
 
     def _fuse_pixels(self, latents, guide, index, run, epsilon) -> torch.Tensor:
         """Pull x_{t-1} towards the composite noised to the same level, inside the mask."""
