@@ -209,7 +209,9 @@ class Occupancy:
     def update(self, field: torch.Tensor) -> None:
         """Recount from the field (2, H, W) of every target pixel."""
         flat = (field[0] * self.source_w + field[1]).reshape(-1)
-        counts = torch.bincount(flat, minlength=self.source_h * self.source_w).to(torch.float32)
+        # index_add_ rather than bincount, which reads the range back from the GPU (a stall).
+        counts = torch.zeros(self.source_h * self.source_w, device=flat.device)
+        counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
         omega = _box_sum(counts.reshape(self.source_h, self.source_w), self.patch_size)
         self.cost_map = (_box_sum(omega, self.patch_size) * self.scale).reshape(-1)
 
@@ -241,7 +243,8 @@ def refine(
     cost joins every distance, `error` included. Returns the new field and errors.
     """
     _, height, width = target.shape
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    # On the field's device: jitter drawn on the CPU and copied would stall a GPU per sample.
+    generator = torch.Generator(device=field.device).manual_seed(settings.seed)
     field, error = field.clone(), error.clone()
     scorer = None
     for iteration in range(settings.iterations):
@@ -256,15 +259,13 @@ def refine(
             # The neighbour at x - d maps to n(x - d); its shifted candidate is n(x - d) + d.
             ny = (yx[0] - dy).clamp(0, height - 1)
             nx = (yx[1] - dx).clamp(0, width - 1)
-            search.try_candidates(
-                field[:, ny, nx] + torch.tensor([[dy], [dx]], device=field.device)
-            )
+            search.try_candidates(torch.stack((field[0, ny, nx] + dy, field[1, ny, nx] + dx)))
         radius = settings.search_radius
         while radius >= 1.0:
             for _ in range(settings.search_samples):
-                jitter = (torch.rand((2, yx.shape[1]), generator=generator) * 2 - 1) * radius
+                jitter = torch.rand((2, yx.shape[1]), generator=generator, device=field.device)
                 search.try_candidates(
-                    field[:, yx[0], yx[1]] + jitter.round().long().to(field.device)
+                    field[:, yx[0], yx[1]] + ((jitter * 2 - 1) * radius).round().long()
                 )
             radius *= settings.search_shrink
     return field, error
@@ -295,11 +296,12 @@ class _Search:
         candidate = clamp_field(candidate, source_h, source_w)
         distance = self.score(candidate)
         yx = self.yx
-        better = distance < self.error[yx[0], yx[1]]
-        if better.any():
-            chosen = yx[:, better]
-            self.field[:, chosen[0], chosen[1]] = candidate[:, better]
-            self.error[chosen[0], chosen[1]] = distance[better]
+        # Selects by where, not by boolean masks, whose varying sizes make the GPU report
+        # back (a stall per candidate); the pixels yx are distinct, so the result is the same.
+        current = self.error[yx[0], yx[1]]
+        better = distance < current
+        self.error[yx[0], yx[1]] = torch.where(better, distance, current)
+        self.field[:, yx[0], yx[1]] = torch.where(better, candidate, self.field[:, yx[0], yx[1]])
 
 
 def vote(style: torch.Tensor, field: torch.Tensor, patch_size: int) -> torch.Tensor:
