@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -314,6 +314,7 @@ class _Run:
     store: StillFeatures
     progress: ProgressCallback
     cancel: CancelToken | None
+    _model_t: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.cancel is not None:
@@ -322,7 +323,15 @@ class _Run:
     def guided(self, model: Any, latents: torch.Tensor, t: Any, frames: int = 1) -> torch.Tensor:
         """Classifier-free guided noise, the [negative, positive] pair in one call."""
         context = self.embeddings.repeat_interleave(frames, dim=0)  # one per frame
-        return guided_noise(model, latents, t, context, self.settings.guidance_scale)
+        return guided_noise(model, latents, self.model_t(t), context, self.settings.guidance_scale)
+
+    def model_t(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` on the models' device: diffusers copies a CPU t to the GPU on every call, which
+        stalls the CPU until the GPU's queued work is done. All are copied at once."""
+        if not self._model_t:
+            on_device = self.timesteps.to(self.components.device)
+            self._model_t.update(zip(self.timesteps.tolist(), on_device, strict=True))
+        return self._model_t[int(t)]
 
     def ddim(self, noise: torch.Tensor, t: Any, latents: torch.Tensor) -> torch.Tensor:
         dtype = self.components.unet.dtype
@@ -463,7 +472,7 @@ def _invert(run: _Run, z0: torch.Tensor) -> list[torch.Tensor]:
         t = timesteps[index]
         alpha = float(scheduler.alphas_cumprod[int(t)])
         below = float(next_alpha(scheduler, timesteps, index))
-        noise = unet(latents, t, encoder_hidden_states=context).sample.float()
+        noise = unet(latents, run.model_t(t), encoder_hidden_states=context).sample.float()
         x0 = (latents.float() - (1 - below) ** 0.5 * noise) / below**0.5
         latents = (alpha**0.5 * x0 + (1 - alpha) ** 0.5 * noise).to(z0.dtype)
         path.insert(0, latents)

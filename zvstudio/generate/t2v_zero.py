@@ -416,6 +416,9 @@ class _Denoise:
         self.settings = settings
         self.scheduler = scheduler
         self.timesteps = timesteps
+        # For the models, on their device: diffusers copies a CPU t to the GPU on every call,
+        # which stalls the CPU until the GPU's queued work is done.
+        self.model_timesteps = timesteps.to(owner.components.device)
         self.embeddings = embeddings  # (2, tokens, C): negative, positive
         self.counter = counter
         self.cancel = cancel
@@ -425,8 +428,8 @@ class _Denoise:
             if self.cancel is not None:
                 self.cancel.raise_if_cancelled()
             t = self.timesteps[index]
-            epsilon = self._epsilon(latents, t, condition)
-            alpha = self.scheduler.alphas_cumprod[int(t)].to(epsilon)
+            epsilon = self._epsilon(latents, self.model_timesteps[index], condition)
+            alpha = self.scheduler.alphas_cumprod[int(t)]  # 0-dim on the CPU: no copy
             x0 = (latents.float() - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
             alpha_prev = next_alpha(self.scheduler, self.timesteps, index)
             latents = ddim_update(x0, epsilon, alpha_prev).to(self.owner.dtype)
