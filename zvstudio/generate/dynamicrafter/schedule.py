@@ -133,10 +133,10 @@ def dynamic_rescale_curve(config: ScheduleConfig) -> torch.Tensor:
 
 def _bcast(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     """A per-sample (or scalar) coefficient shaped to broadcast against `like`."""
-    value = torch.as_tensor(value, dtype=torch.float64).to(like.device)
-    if value.ndim == 1:
-        value = value.reshape(-1, *([1] * (like.ndim - 1)))
-    return value.to(like.dtype)
+    value = torch.as_tensor(value, dtype=torch.float64)
+    if value.ndim == 0:  # a CPU scalar works beside GPU tensors, with no copy to wait for
+        return value.to(like.dtype)
+    return value.reshape(-1, *([1] * (like.ndim - 1))).to(like.device, like.dtype)
 
 
 def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, alpha_bar) -> torch.Tensor:
