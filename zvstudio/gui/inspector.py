@@ -667,7 +667,11 @@ class RenderPanel(_Panel):
             where = weights_hint(name)
             tip = (
                 f"{name} needs annotator weights, which zvstudio does not download: "
-                + (f"{where} (zvstudio models says what it finds)" if where else "none load yet")
+                + (
+                    f"{where} (zvstudio models says what it finds)"
+                    if where
+                    else "zvstudio cannot run it yet, but a plugin can add it"
+                )
                 + "; else use canny"
             )
             _disable_item(combo, combo.count() - 1, tip)

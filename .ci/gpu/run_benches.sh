@@ -2,7 +2,7 @@
 # On the lent GPU machine, from the repository root: install the carried wheels, then run the
 # named steps (default: all), each writing its JSON or log to $OUT/STEP.json|log. A failing step
 # does not stop the others. One `run` call may last 10 minutes: name a few steps per call.
-#   tools/gpu/run_benches.sh kernel keys       # e.g.; steps listed below
+#   .ci/gpu/run_benches.sh kernel keys       # e.g.; steps listed below
 set -uo pipefail
 out="${OUT:-/tmp/zvstudio-gpu}"
 mkdir -p "$out" /tmp/site /tmp/models
