@@ -66,3 +66,28 @@ def load_checkpoint(model, path: Path, kind: str, expected: str):
             hint=f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}; {hint}",
         )
     return model.eval()
+
+
+class CheckpointAnnotator:
+    """An annotator whose network (`build()`, randomly initialised) is loaded on first use from
+    one of lllyasviel's checkpoint files; `kind` and `expected` word the errors of a wrong one.
+    Its identity (for cache keys) is the file's name and size."""
+
+    kind = ""  # e.g. "HED annotator"
+    expected = ""  # e.g. "lllyasviel's ControlNetHED.pth"
+
+    def __init__(self, weights: Path) -> None:
+        self.weights = Path(weights)
+        self._model = None
+
+    @property
+    def identity(self) -> str:
+        return f"{self.weights.name}:{self.weights.stat().st_size}"
+
+    def build(self):
+        raise NotImplementedError
+
+    def _load(self):
+        if self._model is None:
+            self._model = load_checkpoint(self.build(), self.weights, self.kind, self.expected)
+        return self._model

@@ -21,9 +21,9 @@ import numpy as np
 
 from zvstudio.diffusion.annotator_weights import (
     COMFYUI_ANNOTATORS,
+    CheckpointAnnotator,
     a1111_annotators,
     find_weights_file,
-    load_checkpoint,
 )
 
 FILE_NAMES = ("ControlNetHED.pth", "ControlNetHED.safetensors")
@@ -72,16 +72,14 @@ def build_hed():
     return HED()
 
 
-class HedAnnotator:
+class HedAnnotator(CheckpointAnnotator):
     """annotate(rgb) -> soft edges as RGB uint8 (white on black), the frame's size."""
 
-    def __init__(self, weights: Path) -> None:
-        self.weights = Path(weights)
-        self._model = None
+    kind = "HED annotator"
+    expected = "lllyasviel's ControlNetHED.pth"
 
-    @property
-    def identity(self) -> str:
-        return f"{self.weights.name}:{self.weights.stat().st_size}"
+    def build(self):
+        return build_hed()
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         import torch
@@ -98,13 +96,3 @@ class HedAnnotator:
             edges = torch.sigmoid(stacked.mean(dim=0))[0]
         grey = (edges * 255).round().clamp(0, 255).to(torch.uint8).numpy()
         return np.repeat(grey[..., None], 3, axis=2)
-
-    def _load(self):
-        if self._model is None:
-            self._model = load_checkpoint(
-                build_hed(),
-                self.weights,
-                "HED annotator",
-                "lllyasviel's ControlNetHED.pth",
-            )
-        return self._model

@@ -19,9 +19,9 @@ import numpy as np
 
 from zvstudio.diffusion.annotator_weights import (
     COMFYUI_ANNOTATORS,
+    CheckpointAnnotator,
     a1111_annotators,
     find_weights_file,
-    load_checkpoint,
 )
 
 FILE_NAMES = ("sk_model.pth", "sk_model.safetensors", "sk_model2.pth", "sk_model2.safetensors")
@@ -82,16 +82,14 @@ def build_lineart():
     return Generator()
 
 
-class LineartAnnotator:
+class LineartAnnotator(CheckpointAnnotator):
     """annotate(rgb) -> line art as RGB uint8 (white lines on black), the frame's size."""
 
-    def __init__(self, weights: Path) -> None:
-        self.weights = Path(weights)
-        self._model = None
+    kind = "lineart annotator"
+    expected = "lllyasviel's sk_model.pth or sk_model2.pth"
 
-    @property
-    def identity(self) -> str:
-        return f"{self.weights.name}:{self.weights.stat().st_size}"
+    def build(self):
+        return build_lineart()
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         import torch
@@ -109,13 +107,3 @@ class LineartAnnotator:
             drawing = model(image)[0, 0, :height, :width]
         lines = 255 - (drawing * 255).round().clamp(0, 255).to(torch.uint8).numpy()
         return np.repeat(lines[..., None], 3, axis=2)
-
-    def _load(self):
-        if self._model is None:
-            self._model = load_checkpoint(
-                build_lineart(),
-                self.weights,
-                "lineart annotator",
-                "lllyasviel's sk_model.pth or sk_model2.pth",
-            )
-        return self._model

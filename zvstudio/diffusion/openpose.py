@@ -31,9 +31,9 @@ import numpy as np
 
 from zvstudio.diffusion.annotator_weights import (
     COMFYUI_ANNOTATORS,
+    CheckpointAnnotator,
     a1111_annotators,
     find_weights_file,
-    load_checkpoint,
 )
 
 FILE_NAMES = ("body_pose_model.pth", "body_pose_model.safetensors")
@@ -300,20 +300,25 @@ def draw_bodypose(canvas: np.ndarray, people: np.ndarray) -> np.ndarray:
     return canvas
 
 
-class OpenposeAnnotator:
+class OpenposeAnnotator(CheckpointAnnotator):
     """annotate(rgb) -> the people's body skeletons in OpenPose's colours on black, RGB uint8,
     the frame's size. The network runs at each of `scales` x 368 rows (the reference: one
     scale, 184 rows, whatever the frame's size) and its maps are averaged."""
 
+    kind = "body pose (OpenPose)"
+    expected = "lllyasviel's body_pose_model.pth"
+
     def __init__(self, weights: Path, scales: Sequence[float] = DEFAULT_SCALES) -> None:
-        self.weights = Path(weights)
+        super().__init__(weights)
         self.scales = tuple(scales)
-        self._model = None
 
     @property
     def identity(self) -> str:
-        identity = f"{self.weights.name}:{self.weights.stat().st_size}"
+        identity = super().identity
         return identity if self.scales == DEFAULT_SCALES else f"{identity}:{self.scales}"
+
+    def build(self):
+        return build_body_model()
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         people = detect_people(*self.maps(rgb))
@@ -341,16 +346,6 @@ class OpenposeAnnotator:
             heatmaps += _to_frame(scale_heatmaps, size, (height, width)) / len(self.scales)
             pafs += _to_frame(scale_pafs, size, (height, width)) / len(self.scales)
         return heatmaps, pafs
-
-    def _load(self):
-        if self._model is None:
-            self._model = load_checkpoint(
-                build_body_model(),
-                self.weights,
-                "body pose (OpenPose)",
-                "lllyasviel's body_pose_model.pth",
-            )
-        return self._model
 
 
 def _to_frame(maps, size: tuple[int, int], frame_size: tuple[int, int]) -> np.ndarray:
