@@ -82,3 +82,25 @@ def make_clip(
         },
     )
     return path, pts / 90000.0, time_base
+
+
+def textured_frame(height: int = 40, width: int = 56) -> np.ndarray:
+    """A noisy grey frame with a red square: something for annotators to find edges in."""
+    rng = np.random.default_rng(1)
+    image = (rng.random((height, width, 3)) * 60 + 90).astype(np.uint8)
+    image[10:30, 20:40] = (220, 40, 40)
+    return image
+
+
+def save_state_dict(path: Path, state: dict) -> Path:
+    """Write `state` as a .safetensors file or, for any other suffix, a torch .pth (as the
+    user's annotator checkpoints come), creating the folder."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    else:
+        torch.save(state, path)
+    return path

@@ -354,6 +354,20 @@ def released_checkpoint(config, seed=0):
     return state
 
 
+def write_released_checkpoint(folder, config):
+    """`released_checkpoint(config)` as `folder`/model.safetensors; a released folder name
+    (dynamicrafter_512_v1, ...) lets the preset be guessed from it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _save(folder, released_checkpoint(config))
+
+
+def write_tiny_512_release(folder):
+    """(checkpoint, config): a tiny 32x24 stand-in for the released 512 model, written under
+    `folder` (name it dynamicrafter_512_v1 for the preset to be guessed)."""
+    config = replace(tiny("512"), width=32, height=24)
+    return write_released_checkpoint(folder, config), config
+
+
 class _Payload:
     """Stands for arbitrary Python objects a pickle may carry."""
 

@@ -380,21 +380,13 @@ def test_other_frame_counts_take_the_nearest_frames_image_tokens():
 # ======================================================================================= job
 
 
-def _write_checkpoint(folder: Path, config) -> Path:
-    from safetensors.torch import save_file
-    from test_dynamicrafter_model import released_checkpoint
-
-    folder.mkdir(parents=True)
-    path = folder / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in released_checkpoint(config).items()}, str(path))
-    return path
-
-
 def test_the_job_writes_a_clip_from_a_released_layout_checkpoint(tmp_path):
+    from test_dynamicrafter_model import write_released_checkpoint
+
     from zvstudio.media import probe
 
     config = small("512")
-    checkpoint = _write_checkpoint(tmp_path / "dynamicrafter_512_v1", config)
+    checkpoint = write_released_checkpoint(tmp_path / "dynamicrafter_512_v1", config)
     image_path = tmp_path / "still.png"
     cv2.imwrite(str(image_path), picture(64, 48)[:, :, ::-1])
     output = tmp_path / "clip.mp4"

@@ -195,19 +195,10 @@ def test_animate_refuses_bad_requests_clearly(models, tmp_path, capsys, case, me
 def dynamicrafter(tmp_path_factory):
     """A tiny DynamiCrafter checkpoint in the released key names, under a released folder name
     (the preset is guessed from it), and the tiny config to use for that preset."""
-    from dataclasses import replace
 
-    from safetensors.torch import save_file
-    from test_dynamicrafter_model import released_checkpoint
+    from test_dynamicrafter_model import write_tiny_512_release
 
-    from zvstudio.generate.dynamicrafter.config import tiny
-
-    config = replace(tiny("512"), width=32, height=24)
-    folder = tmp_path_factory.mktemp("dc") / "dynamicrafter_512_v1"
-    folder.mkdir()
-    path = folder / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in released_checkpoint(config).items()}, str(path))
-    return path, config
+    return write_tiny_512_release(tmp_path_factory.mktemp("dc") / "dynamicrafter_512_v1")
 
 
 def test_animate_with_dynamicrafter(dynamicrafter, tmp_path, monkeypatch):

@@ -94,18 +94,10 @@ def test_animate_zero_from_a_prompt_and_from_an_image(tiny):
 
 
 def test_dynamicrafter(tmp_path, monkeypatch):
-    from dataclasses import replace
+    from test_dynamicrafter_model import write_tiny_512_release
 
-    from safetensors.torch import save_file
-    from test_dynamicrafter_model import released_checkpoint
-
-    from zvstudio.generate.dynamicrafter.config import tiny
-
-    config = replace(tiny("512"), width=32, height=24)
+    checkpoint, config = write_tiny_512_release(tmp_path / "dynamicrafter_512_v1")
     monkeypatch.setattr("zvstudio.generate.dynamicrafter.config.preset", lambda name: config)
-    checkpoint = tmp_path / "dynamicrafter_512_v1" / "model.safetensors"
-    checkpoint.parent.mkdir()
-    save_file({k: v.contiguous() for k, v in released_checkpoint(config).items()}, checkpoint)
     cv2.imwrite(str(tmp_path / "still.png"), np.full((48, 64, 3), 90, np.uint8))
     out = tmp_path / "dc.mp4"
     args = ["animate", str(tmp_path / "still.png"), "--engine", "dynamicrafter"]

@@ -6,29 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from helpers import save_state_dict, textured_frame
 
 from zvstudio.diffusion import annotators
 from zvstudio.diffusion.hed import FILE_NAMES, HedAnnotator, build_hed, find_hed_weights
 from zvstudio.errors import ZvsError
 
 
-def frame() -> np.ndarray:
-    rng = np.random.default_rng(1)
-    image = (rng.random((40, 56, 3)) * 60 + 90).astype(np.uint8)
-    image[10:30, 20:40] = (220, 40, 40)
-    return image
-
-
 def write_checkpoint(path, state=None):
     torch.manual_seed(0)
-    state = build_hed().state_dict() if state is None else state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    else:
-        torch.save(state, path)
-    return path
+    return save_state_dict(path, build_hed().state_dict() if state is None else state)
 
 
 def test_the_layout_is_lllyasviels():
@@ -47,7 +34,7 @@ def test_side_outputs_are_averaged_and_squashed(tmp_path):
     for index, bias in enumerate(biases, start=1):
         state[f"block{index}.projection.weight"].zero_()
         state[f"block{index}.projection.bias"].fill_(bias)
-    image = HedAnnotator(write_checkpoint(tmp_path / "ControlNetHED.pth", state))(frame())
+    image = HedAnnotator(write_checkpoint(tmp_path / "ControlNetHED.pth", state))(textured_frame())
     expected = round(255 / (1 + np.exp(-np.mean(biases))))
     assert image.shape == (40, 56, 3) and image.dtype == np.uint8
     assert np.all(image == expected)
@@ -62,7 +49,7 @@ def test_a_checkpoint_in_the_model_folder_makes_soft_edges_available(tmp_path, n
     monkeypatch.setenv("ZVSTUDIO_MODELS", str(models))
     annotators.refresh_local_annotators()
     assert {"hed", "softedge"} <= set(annotators.available_annotators())
-    image = annotators.annotate("softedge", frame())
+    image = annotators.annotate("softedge", textured_frame())
     assert image.shape == (40, 56, 3) and image.std() > 0  # edges vary over the frame
     assert annotators.annotator_identity("hed").startswith(f"hed@:{name}:")
 
@@ -76,9 +63,9 @@ def test_the_hf_cache_holds_lllyasviels_annotators(tmp_path):
 def test_other_files_are_refused_clearly(tmp_path):
     other = write_checkpoint(tmp_path / "ControlNetHED.pth", {"weight": torch.zeros(3)})
     with pytest.raises(ZvsError, match="not a HED annotator checkpoint"):
-        HedAnnotator(other)(frame())
+        HedAnnotator(other)(textured_frame())
     objects = tmp_path / "objects" / "ControlNetHED.pth"
     objects.parent.mkdir()
     torch.save({"norm": torch.zeros(1), "extra": object()}, objects)
     with pytest.raises(ZvsError, match="cannot read the HED annotator checkpoint"):
-        HedAnnotator(objects)(frame())
+        HedAnnotator(objects)(textured_frame())

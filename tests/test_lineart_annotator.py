@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from helpers import save_state_dict, textured_frame
 
 from zvstudio.diffusion import annotators
 from zvstudio.diffusion.lineart import (
@@ -18,22 +18,9 @@ from zvstudio.diffusion.lineart import (
 from zvstudio.errors import ZvsError
 
 
-def frame(height: int = 40, width: int = 56) -> np.ndarray:
-    rng = np.random.default_rng(1)
-    image = (rng.random((height, width, 3)) * 60 + 90).astype(np.uint8)
-    image[10:30, 20:40] = (220, 40, 40)
-    return image
-
-
 def write_checkpoint(path, state=None):
     torch.manual_seed(0)
-    state = build_lineart().state_dict() if state is None else state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    else:
-        torch.save(state, path)
-    return path
+    return save_state_dict(path, build_lineart().state_dict() if state is None else state)
 
 
 def test_the_layout_is_lllyasviels():
@@ -55,7 +42,7 @@ def test_the_drawing_is_inverted_to_white_lines_on_black(tmp_path):
     state = build_lineart().state_dict()
     state["model4.1.weight"].zero_()
     state["model4.1.bias"].fill_(1.5)
-    image = LineartAnnotator(write_checkpoint(tmp_path / "sk_model.pth", state))(frame())
+    image = LineartAnnotator(write_checkpoint(tmp_path / "sk_model.pth", state))(textured_frame())
     expected = 255 - round(255 / (1 + np.exp(-1.5)))
     assert image.shape == (40, 56, 3) and image.dtype == np.uint8
     assert np.all(image == expected)
@@ -64,7 +51,7 @@ def test_the_drawing_is_inverted_to_white_lines_on_black(tmp_path):
 @pytest.mark.parametrize("size", [(37, 53), (4, 9), (64, 64)])
 def test_any_frame_size_gives_a_frame_sized_image(tmp_path, size):
     annotate = LineartAnnotator(write_checkpoint(tmp_path / "sk_model.pth"))
-    image = annotate(frame(*size))
+    image = annotate(textured_frame(*size))
     assert image.shape == (*size, 3) and image.dtype == np.uint8
     assert (image[..., 0] == image[..., 2]).all()  # grey
 
@@ -74,7 +61,7 @@ def test_the_output_lines_up_with_the_frame(tmp_path):
     # 48x72 frame it was cut from where the padding is out of reach, far better than lines one
     # row apart do: the output is not shifted by the padding.
     annotate = LineartAnnotator(write_checkpoint(tmp_path / "sk_model.pth"))
-    whole = frame(48, 72)
+    whole = textured_frame(48, 72)
     part = annotate(whole[:45, :70]).astype(int)[:20, :45]
     aligned = annotate(whole).astype(int)[:20, :45]
     off_by_one = np.abs(aligned - annotate(whole).astype(int)[1:21, :45]).mean()
@@ -97,7 +84,7 @@ def test_a_checkpoint_in_the_model_folder_makes_lineart_available(tmp_path, name
     monkeypatch.setenv("ZVSTUDIO_MODELS", str(models))
     annotators.refresh_local_annotators()
     assert "lineart" in annotators.available_annotators()
-    image = annotators.annotate("lineart", frame())
+    image = annotators.annotate("lineart", textured_frame())
     assert image.shape == (40, 56, 3) and image.std() > 0  # lines vary over the frame
     assert annotators.annotator_identity("lineart").startswith(f"lineart@:{name}:")
     assert annotators.local_annotator_files([models])["lineart"] == str(
@@ -120,15 +107,15 @@ def test_installs_and_the_hf_cache_are_searched(tmp_path):
 def test_other_files_are_refused_clearly(tmp_path):
     hed_like = write_checkpoint(tmp_path / "a" / "sk_model.pth", {"norm": torch.zeros(1, 3, 1, 1)})
     with pytest.raises(ZvsError, match="not a lineart annotator checkpoint") as info:
-        LineartAnnotator(hed_like)(frame())
+        LineartAnnotator(hed_like)(textured_frame())
     assert "sk_model.pth" in info.value.hint
     state = build_lineart().state_dict()
     state["model4.1.weight"] = torch.zeros(3, 64, 7, 7)  # three output channels
     wrong_shape = write_checkpoint(tmp_path / "b" / "sk_model.pth", state)
     with pytest.raises(ZvsError, match="not a lineart annotator checkpoint"):
-        LineartAnnotator(wrong_shape)(frame())
+        LineartAnnotator(wrong_shape)(textured_frame())
     objects = tmp_path / "c" / "sk_model.pth"
     objects.parent.mkdir()
     torch.save({"model0.1.weight": torch.zeros(1), "extra": object()}, objects)
     with pytest.raises(ZvsError, match="cannot read the lineart annotator checkpoint"):
-        LineartAnnotator(objects)(frame())
+        LineartAnnotator(objects)(textured_frame())

@@ -10,7 +10,7 @@ from itertools import chain
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from helpers import save_state_dict, textured_frame
 from scipy.ndimage import gaussian_filter
 
 from zvstudio.diffusion import openpose
@@ -68,21 +68,12 @@ def paint(people: list[dict], shape=SHAPE) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frame(height: int = 48, width: int = 64) -> np.ndarray:
-    rng = np.random.default_rng(1)
-    image = (rng.random((height, width, 3)) * 60 + 90).astype(np.uint8)
-    image[10:30, 20:40] = (220, 40, 40)
-    return image
+    return textured_frame(height, width)
 
 
 def write_checkpoint(path, state=None):
     torch.manual_seed(0)
-    state = build_body_model().state_dict() if state is None else state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
-    else:
-        torch.save(state, path)
-    return path
+    return save_state_dict(path, build_body_model().state_dict() if state is None else state)
 
 
 def last_layers(pafs_bias: float, heatmaps_bias: float) -> dict:

@@ -4,7 +4,6 @@ made from the menu on a tiny random checkpoint, opened as a project."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -242,17 +241,9 @@ def test_dynamicrafter_values_are_remembered(qtbot, tmp_path, files):
 def tiny_dynamicrafter(tmp_path_factory):
     """A tiny checkpoint in the released key names under a released folder name (the preset,
     512, is guessed from it), and the tiny 32x24 config that stands in for that preset."""
-    from safetensors.torch import save_file
-    from test_dynamicrafter_model import released_checkpoint
+    from test_dynamicrafter_model import write_tiny_512_release
 
-    from zvstudio.generate.dynamicrafter.config import tiny
-
-    config = replace(tiny("512"), width=32, height=24)
-    folder = tmp_path_factory.mktemp("dc") / "dynamicrafter_512_v1"
-    folder.mkdir()
-    path = folder / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in released_checkpoint(config).items()}, str(path))
-    return path, config
+    return write_tiny_512_release(tmp_path_factory.mktemp("dc") / "dynamicrafter_512_v1")
 
 
 def test_dynamicrafter_runs_from_the_menu_and_opens_the_clip(
