@@ -72,6 +72,14 @@ def run(unet, x, text, t=500):
         return unet(x, t, encoder_hidden_states=text).sample
 
 
+def store_key(unet, store, latents, text) -> None:
+    """Run `latents` as a key at step 0, recording its attention features, and keep them."""
+    store.set_mode("store")
+    store.begin_step(0)
+    run(unet, latents, text)
+    store.promote()
+
+
 @pytest.fixture
 def cross_frame(unet):
     store = ReferenceStore()
@@ -173,10 +181,7 @@ def test_different_references_change_output(unet, inputs, cross_frame):
     latents, text = inputs
     store, _ = cross_frame
     anchor, current = latents[:1].repeat(2, 1, 1, 1), latents[1:2].repeat(2, 1, 1, 1)
-    store.set_mode("store")
-    store.begin_step(0)
-    run(unet, anchor, text)
-    store.promote()
+    store_key(unet, store, anchor, text)
     store.set_mode("off")
     plain = run(unet, current, text)
     store.set_mode("use")
@@ -195,10 +200,7 @@ def test_cfg_branches_use_their_own_references(unet, inputs, cross_frame):
     pair = torch.cat([a, b])  # branch 0 sees frame a, branch 1 frame b
     store.set_mode("off")
     plain = run(unet, pair, text)
-    store.set_mode("store")
-    store.begin_step(0)
-    run(unet, pair, text)
-    store.promote()
+    store_key(unet, store, pair, text)
     store.set_mode("use")
     store.begin_step(0)
     # Each branch attends to its own features only, so this equals plain self-attention; a
@@ -207,10 +209,7 @@ def test_cfg_branches_use_their_own_references(unet, inputs, cross_frame):
     # With the branches' references swapped, both outputs move away from plain.
     swapped = torch.cat([b, a])
     store.clear()
-    store.set_mode("store")
-    store.begin_step(0)
-    run(unet, swapped, text)
-    store.promote()
+    store_key(unet, store, swapped, text)
     store.set_mode("use")
     store.begin_step(0)
     out = run(unet, pair, text)
@@ -221,10 +220,7 @@ def test_use_records_and_promotes_previous(unet, inputs, cross_frame):
     latents, text = inputs
     store, _ = cross_frame
     frames = [latents[i : i + 1].repeat(2, 1, 1, 1) for i in range(3)]
-    store.set_mode("store")
-    store.begin_step(0)
-    run(unet, frames[0], text)
-    store.promote()
+    store_key(unet, store, frames[0], text)
     anchor = store.tensors("anchor")
     store.set_mode("use", record=True)
     store.begin_step(0)
@@ -492,10 +488,7 @@ def test_an_anchor_that_is_also_the_previous_key_is_attended_once(unet, inputs, 
     latents, text = inputs
     store, _ = cross_frame
     anchor, current = latents[:1].repeat(2, 1, 1, 1), latents[1:2].repeat(2, 1, 1, 1)
-    store.set_mode("store")
-    store.begin_step(0)
-    run(unet, anchor, text)
-    store.promote()
+    store_key(unet, store, anchor, text)
     layer = next(iter(store.layers("anchor")))
     recorded = store.tensors("anchor")[(layer, 0, 0)]
     store.set_mode("use")
