@@ -234,8 +234,9 @@ def resolve_controlnet(
         return ControlNetChoice(path, scale, note)
     if word in UNAVAILABLE_ANNOTATORS:
         hint = f"use {_annotator_list()}, e.g. --controlnet canny:0.7 (canny: edges from OpenCV)"
-        if weights_hint(word):
-            hint = f"{weights_hint(word)}; or {hint}"
+        where = weights_hint(word)
+        if where:
+            hint = f"{where}; or {hint}"
         raise ZvsError(
             f"the {word} annotator is not available: it needs annotator weights, and "
             "zvstudio works offline and downloads nothing",
