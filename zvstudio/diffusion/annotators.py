@@ -1,10 +1,11 @@
 """ControlNet annotators: what turns a frame into the control image a ControlNet follows.
 
 An annotator is `annotate(rgb) -> image`: an RGB uint8 HxWx3 frame in, an RGB uint8 control image
-of the same size out (a grey HxW image is accepted and repeated to RGB). Canny (OpenCV, no
-weights) is built in; plugins add more through `PluginAPI.register_annotator`, loaded the first
-time annotators are listed or used. The annotator's name is also the word `--controlnet NAME`
-looks for in the model library's ControlNet names.
+of the same size out (a grey HxW image is accepted and repeated to RGB). Canny and scribble
+(OpenCV, no weights) are built in; those backed by the user's weights files (depth, HED, ...)
+are found on disk; plugins add more through `PluginAPI.register_annotator`. All are loaded the
+first time annotators are listed or used. The annotator's name is also the word
+`--controlnet NAME` looks for in the model library's ControlNet names.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from zvstudio.plugins import check_name
 logger = logging.getLogger(__name__)
 
 Annotate = Callable[[np.ndarray], np.ndarray]
-BUILTIN_ANNOTATORS = ("canny",)
+BUILTIN_ANNOTATORS = ("canny", "scribble")
 DEFAULT_CANNY_THRESHOLDS = (100, 200)  # KeySettings.canny_thresholds' default
 # Annotator types that need annotator weights (HED, MiDaS, OpenPose, ...) that zvstudio does
 # not download: unavailable unless a plugin provides them or (WEIGHTS_NEEDED) their weights
@@ -35,7 +36,6 @@ UNAVAILABLE_ANNOTATORS = (
     "normal",
     "openpose",
     "mlsd",
-    "scribble",
     "seg",
 )
 
@@ -177,6 +177,27 @@ def canny(rgb: np.ndarray, thresholds: tuple[int, int] = DEFAULT_CANNY_THRESHOLD
     return np.repeat(edges[..., None], 3, axis=2)
 
 
+# Scribble ControlNets were trained on rough strokes; the extended difference of Gaussians
+# (XDoG) draws those from any frame. Its blur widths are for a 512-pixel short side (the size
+# ControlNet's preprocessor works at) and scale with the frame, so a clip's look does not depend
+# on its resolution.
+SCRIBBLE_FINE_SIGMA = 0.5
+SCRIBBLE_COARSE_SIGMA = 5.0
+SCRIBBLE_THRESHOLD = 16.0  # how much darker than its surroundings (0-255) a stroke must be
+
+
+def scribble(rgb: np.ndarray, threshold: float = SCRIBBLE_THRESHOLD) -> np.ndarray:
+    """Strokes where the frame is darker than its surroundings in every channel (XDoG), white
+    on black, RGB uint8."""
+    scale = min(rgb.shape[:2]) / 512
+    image = rgb[..., :3].astype(np.float32)
+    fine = cv2.GaussianBlur(image, (0, 0), max(SCRIBBLE_FINE_SIGMA * scale, 0.1))
+    coarse = cv2.GaussianBlur(image, (0, 0), max(SCRIBBLE_COARSE_SIGMA * scale, 0.1))
+    darker = (coarse - fine).min(axis=2)
+    strokes = np.where(darker > threshold, 255, 0).astype(np.uint8)
+    return np.repeat(strokes[..., None], 3, axis=2)
+
+
 def annotate(
     name: str, rgb: np.ndarray, canny_thresholds: tuple[int, int] = DEFAULT_CANNY_THRESHOLDS
 ) -> np.ndarray:
@@ -234,3 +255,4 @@ def _lookup(name: str) -> _Annotator:
 
 
 register_annotator("canny", canny)
+register_annotator("scribble", scribble)
