@@ -228,7 +228,9 @@ def test_resolve_missing_and_unsupported(library, tmp_path, monkeypatch):
         ("lineart", "sk_model.pth"),
         ("depth:0.5", "ZVSTUDIO_DEPTH_MODEL"),
         ("openpose", "body_pose_model.pth"),
-        ("mlsd", None),
+        ("mlsd", "mlsd_large_512_fp32.pth"),
+        ("seg:0.8", "ZVSTUDIO_SEG_MODEL"),
+        ("normal", None),
     ):
         with pytest.raises(ZvsError, match="is not available") as err:
             resolve_controlnet(spec)

@@ -1116,7 +1116,7 @@ def _run_models(args) -> int:
         return 0
     print("scanned: " + (", ".join(str(f) for f in folders) or "(no model folders found)"))
     print(format_table(models, hashes=not args.no_hash) if models else "no models found")
-    print("ControlNet annotators: canny (built in)")
+    print("ControlNet annotators: canny, scribble (built in)")
     for name, path in annotator_files.items():
         where = path or f"not found: {weights_hint(name.split('/')[0])}"
         print(f"  {name}: {where}")

@@ -46,7 +46,12 @@ WEIGHTS_NEEDED = {
     "softedge": "lllyasviel's ControlNetHED.pth",
     "lineart": "lllyasviel's sk_model.pth",
     "openpose": "lllyasviel's body_pose_model.pth",
+    "mlsd": "lllyasviel's mlsd_large_512_fp32.pth",
+    "seg": "a transformers ADE20K segmentation model (UperNet or SegFormer, with "
+    "model.safetensors)",
 }
+# The annotators backed by a transformers model folder, which may also be named by a variable.
+MODEL_FOLDER_VARIABLES = {"depth": "ZVSTUDIO_DEPTH_MODEL", "seg": "ZVSTUDIO_SEG_MODEL"}
 
 
 def weights_hint(name: str) -> str:
@@ -54,7 +59,8 @@ def weights_hint(name: str) -> str:
     needed = WEIGHTS_NEEDED.get(name)
     if needed is None:
         return ""
-    also = ", $ZVSTUDIO_DEPTH_MODEL" if name == "depth" else ""
+    variable = MODEL_FOLDER_VARIABLES.get(name)
+    also = f", ${variable}" if variable else ""
     return (
         f"put {needed} in a model folder's annotators/ (e.g. ~/zvstudio/models/annotators/), "
         f"the Hugging Face cache{also} or your WebUI/ComfyUI annotator folder"
@@ -99,13 +105,17 @@ def _local_kinds() -> tuple:
     from zvstudio.diffusion.depth import DepthAnnotator, find_depth_model
     from zvstudio.diffusion.hed import HedAnnotator, find_hed_weights
     from zvstudio.diffusion.lineart import LineartAnnotator, find_lineart_weights
+    from zvstudio.diffusion.mlsd import MlsdAnnotator, find_mlsd_weights
     from zvstudio.diffusion.openpose import OpenposeAnnotator, find_openpose_weights
+    from zvstudio.diffusion.seg import SegAnnotator, find_seg_model
 
     return (
         (("depth",), find_depth_model, DepthAnnotator),
         (("hed", "softedge"), find_hed_weights, HedAnnotator),
         (("lineart",), find_lineart_weights, LineartAnnotator),
         (("openpose",), find_openpose_weights, OpenposeAnnotator),
+        (("mlsd",), find_mlsd_weights, MlsdAnnotator),
+        (("seg",), find_seg_model, SegAnnotator),
     )
 
 
@@ -133,7 +143,8 @@ def refresh_local_annotators() -> None:
 def local_annotator_files(folders=None) -> dict[str, str | None]:
     """{annotator: the model file or folder it would use, None when there is none} for the
     annotators backed by the user's files, looked for in `folders` (default: the model
-    folders). A bad $ZVSTUDIO_DEPTH_MODEL is reported as the value instead."""
+    folders). A bad $ZVSTUDIO_DEPTH_MODEL or $ZVSTUDIO_SEG_MODEL is reported as the value
+    instead."""
     found: dict[str, str | None] = {}
     for names, find, _ in _local_kinds():
         name = "/".join(names)
