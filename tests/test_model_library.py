@@ -617,6 +617,17 @@ def test_scan_deduplicates_skips_hidden_and_survives_bad_files(tmp_path):
         check_loadable(models[1])
 
 
+def test_annotator_weights_are_not_listed_as_models(tmp_path):
+    # `annotators/` holds HED, OpenPose, depth models...: the annotators report those, and as
+    # models they would all be "unknown".
+    lib = tmp_path / "lib"
+    write_st(lib / "lora" / "pixel.safetensors", KOHYA_SD1)
+    write_st(lib / "annotators" / "mlsd_large_512_fp32.safetensors", {"block23.conv3.bias": (16,)})
+    (lib / "annotators" / "body_pose_model.pth").write_bytes(b"not read")
+    write_st(lib / "Annotators" / "upernet" / "model.safetensors", {"decode_head.w": (150, 8)})
+    assert [m.name for m in scan([lib])] == ["pixel"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Looking up and checking
 

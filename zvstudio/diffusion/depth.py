@@ -54,7 +54,9 @@ def find_depth_model(folders: Iterable[Path] | None = None) -> Path | None:
 def candidate_folders(root: Path) -> Iterator[Path]:
     """Folders that may hold an annotator's model under a model folder `root`: those in
     `root/annotators` and in `root`, with Hugging Face cache repos as their snapshots."""
-    for parent in (root / "annotators", root):
+    from zvstudio.diffusion.library import ANNOTATORS_FOLDER
+
+    for parent in (root / ANNOTATORS_FOLDER, root):
         try:
             children = sorted(p for p in parent.iterdir() if p.is_dir())
         except OSError:

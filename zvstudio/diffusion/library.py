@@ -34,6 +34,11 @@ from zvstudio.progress import Progress, ProgressCallback, ignore_progress
 # The bases zvstudio renders with (its samplers, attention processors and ControlNets are SD1.x).
 SUPPORTED_BASES = ("sd1",)
 
+# Where a model folder keeps ControlNet annotators' weights (HED, OpenPose, a depth model, ...).
+# They are not checkpoints, LoRAs or ControlNets: the scan leaves them to the annotators, which
+# report what they find, instead of listing each as an unknown model.
+ANNOTATORS_FOLDER = "annotators"
+
 # Model subfolders of an AUTOMATIC1111 or ComfyUI install (also tried without "models/", for a
 # root that is the install's models folder itself).
 ROOT_SUBFOLDERS = (
@@ -164,7 +169,8 @@ def _walk(
         kept = []
         for dirname in sorted(dirnames):
             identity = _identity(here / dirname)
-            if not _is_hidden(dirname) and identity is not None and identity not in seen:
+            skipped = _is_hidden(dirname) or dirname.lower() == ANNOTATORS_FOLDER
+            if not skipped and identity is not None and identity not in seen:
                 seen.add(identity)  # also stops symlink loops
                 kept.append(dirname)
         dirnames[:] = kept
@@ -249,11 +255,11 @@ def scan(
 ) -> list[ModelInfo]:
     """Every model under `folders`, sorted by kind then name.
 
-    Recursive; hidden folders are skipped, a file reached twice (symlinks, overlapping folders)
-    is listed once, diffusers folders are listed as one model and not descended into, missing
-    folders are skipped, and files that cannot be read are listed as kind "unknown" with an
-    "error" detail instead of stopping the scan. A folder holding `models--*` repos is read as a
-    Hugging Face cache. Only headers are read (no tensor data, no hashing).
+    Recursive; hidden and `annotators` folders are skipped, a file reached twice (symlinks,
+    overlapping folders) is listed once, diffusers folders are listed as one model and not
+    descended into, missing folders are skipped, and files that cannot be read are listed as kind
+    "unknown" with an "error" detail instead of stopping the scan. A folder holding `models--*`
+    repos is read as a Hugging Face cache. Only headers are read (no tensor data, no hashing).
     """
     report = progress or ignore_progress
     seen: set[tuple[int, int]] = set()
