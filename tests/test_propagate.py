@@ -21,7 +21,9 @@ from zvstudio.propagate.segment import (
     PropagationSettings,
     _reanchor,
     blend_soft,
+    brightness_gain,
     carry_key,
+    style_follows_brightness,
 )
 
 SIZE = 128
@@ -223,6 +225,88 @@ def test_soft_blend_weights():
     assert blend_soft(occluded, white, 0.75, settings).mean() == pytest.approx(expected, abs=1)
     wrong = Propagated(black.image, np.full(shape, 5000, np.float32), black.valid, no_flow)
     assert blend_soft(wrong, white, 0.75, settings).mean() > 0.99 * 255
+
+
+def faded(frames: list[np.ndarray], levels) -> list[np.ndarray]:
+    pairs = zip(frames, levels, strict=True)
+    return [np.clip(f * level + 0.5, 0, 255).astype(np.uint8) for f, level in pairs]
+
+
+def test_brightness_gain_measures_a_fade_and_ignores_noise():
+    key_frame = texture(SIZE)
+    still = np.zeros((SIZE, SIZE, 2), np.float32)
+    valid = np.ones((SIZE, SIZE), bool)
+    darker = faded([key_frame], [0.6])[0]
+    assert brightness_gain(darker, key_frame, still, valid, 0.0) == pytest.approx(0.6, abs=0.005)
+    # Past the tolerance the change is shrunk by it, so a slow drift does not jump.
+    assert brightness_gain(darker, key_frame, still, valid, 0.03) == pytest.approx(0.63, abs=0.005)
+    assert brightness_gain(faded([key_frame], [1.02])[0], key_frame, still, valid, 0.03) == 1.0
+    # Only the pixels the flow explains count: the others may be anything.
+    half = valid.copy()
+    half[:, SIZE // 2 :] = False
+    darker[:, SIZE // 2 :] = 255
+    assert brightness_gain(darker, key_frame, still, half, 0.0) == pytest.approx(0.6, abs=0.005)
+    # A black key frame cannot say.
+    assert brightness_gain(key_frame, np.zeros_like(key_frame), still, valid) == 1.0
+
+
+def test_the_keys_say_whether_their_style_follows_brightness():
+    frame = texture(SIZE)
+    dark = faded([frame], [0.3])[0]
+    follows = style_follows_brightness
+    # A rendering that darkens with its frame, one that does not (paper stays white), and
+    # one that darkens half as much.
+    assert follows(dark, style(frame) // 3, frame, style(frame)) == pytest.approx(1.0, abs=0.1)
+    paper = np.full_like(frame, 240)
+    assert follows(dark, paper, frame, paper) == 0.0
+    assert follows(frame, paper, dark, paper // 2) == pytest.approx(0.5 / 0.7, abs=0.02)
+    # Keys on equally bright frames cannot tell: most styles follow brightness.
+    assert follows(frame, paper, frame, paper) == 1.0
+
+
+@pytest.mark.parametrize("black_end", ["first", "last"])
+def test_a_fade_is_propagated_as_a_fade(tmp_path, black_end):
+    # Frames fade from black (or to black) while the texture moves; the style follows the
+    # frames' brightness, as most renderings do. Each frame's answer is the style of that frame.
+    moving, _ = moving_sequence("translate")
+    levels = np.linspace(0, 1, 9) if black_end == "first" else np.linspace(1, 0, 9)
+    frames = faded(moving, levels)
+    keys = {0: style_of_faded(moving[0], levels[0]), 8: style_of_faded(moving[8], levels[8])}
+    result = dict(propagate_clip(ListReader(frames), keys, flows_for(tmp_path)))
+    without = dict(
+        propagate_clip(
+            ListReader(frames),
+            keys,
+            flows_for(tmp_path),
+            settings=PropagationSettings(follow_brightness=False),
+        )
+    )
+    fidelity, fidelity_without = [], []
+    for t in range(1, 8):
+        expected = interior(style_of_faded(moving[t], levels[t]))
+        fidelity.append(psnr(interior(result[t]), expected))
+        fidelity_without.append(psnr(interior(without[t]), expected))
+    assert min(fidelity) > 30, fidelity
+    # Without following the brightness the frames near the black key stay black.
+    assert np.mean(fidelity) > np.mean(fidelity_without) + 3, (fidelity, fidelity_without)
+
+
+def style_of_faded(frame: np.ndarray, level: float) -> np.ndarray:
+    """A style whose brightness follows the frame's: a colour remapping, then the fade."""
+    return faded([np.ascontiguousarray(frame[..., ::-1])], [level])[0]
+
+
+def test_a_style_that_ignores_brightness_is_carried_as_it_was(tmp_path):
+    # Keys that stay as bright whatever the frame (a sketch's white paper): the fade must not
+    # darken them, and the result is what it was before brightness was followed at all.
+    moving, _ = moving_sequence("translate")
+    frames = faded(moving, np.linspace(0.2, 1, 9))
+    keys = {0: style(moving[0]), 8: style(moving[8])}
+    result = dict(propagate_clip(ListReader(frames), keys, flows_for(tmp_path)))
+    unchanged = PropagationSettings(follow_brightness=False)
+    before = dict(propagate_clip(ListReader(frames), keys, flows_for(tmp_path), settings=unchanged))
+    for t in range(1, 8):
+        assert np.abs(result[t].astype(int) - before[t]).max() <= 2, t
 
 
 def test_reanchoring_takes_the_direct_flow_only_where_it_is_clearly_better():

@@ -31,6 +31,7 @@ from zvstudio.propagate.segment import (
     PropagationSettings,
     blend_soft,
     carry_key,
+    style_follows_brightness,
 )
 
 
@@ -220,9 +221,12 @@ def _both_directions(segment, key_a, key_b, keys, inner, settings, cancel):
     thread pools oversubscribe the cores and slow each other down badly.
     """
 
+    frames = segment.frames
+    follows = style_follows_brightness(frames[key_a], keys[key_a], frames[key_b], keys[key_b])
+
     def carry(key: int, targets: list[int], token) -> dict[int, Propagated]:
         return dict(
-            carry_key(segment.frames, key, keys[key], targets, segment.flow, settings, token)
+            carry_key(frames, key, keys[key], targets, segment.flow, settings, token, follows)
         )
 
     if settings.synthesis == "patch" and settings.patch.device == "cpu":

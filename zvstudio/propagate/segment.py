@@ -52,6 +52,9 @@ class PropagationSettings:
     occluded_weight: float = 0.05  # weight kept where a direction's flow was occluded
     synthesis: str = "flow"  # "patch": guided patch synthesis where the flow fails
     synthesis_threshold: float = 300.0  # guide error above which the flow "fails"
+    # Follow the clip's brightness changes (fades, dips to black, exposure drift): a carried key
+    # is scaled by the frame's brightness relative to the key's frame (`brightness_gain`).
+    follow_brightness: bool = True
     patch: SynthesisSettings = field(default_factory=SynthesisSettings)
 
 
@@ -65,10 +68,12 @@ class Propagated:
     flow: np.ndarray  # the chosen flow from this frame to the key
 
 
-def guide_error(frame: np.ndarray, key_frame: np.ndarray, flow: np.ndarray, window: int):
-    """Squared colour error between `frame` and `key_frame` sampled along `flow`, summed over
-    the three channels and averaged over a `window` x `window` box."""
-    sampled = warp(key_frame, flow).astype(np.float32)
+def guide_error(
+    frame: np.ndarray, key_frame: np.ndarray, flow: np.ndarray, window: int, gain: float = 1.0
+):
+    """Squared colour error between `frame` and `key_frame` sampled along `flow` (times
+    `gain`), summed over the three channels and averaged over a `window` x `window` box."""
+    sampled = warp(key_frame, flow).astype(np.float32) * np.float32(gain)
     difference = frame.astype(np.float32) - sampled
     return cv2.blur((difference * difference).sum(axis=2), (window, window))
 
@@ -81,9 +86,16 @@ def carry_key(
     flow: FlowFunction,
     settings: PropagationSettings,
     cancel: CancelToken | None = None,
+    follows_brightness: float = 1.0,
 ) -> Iterator[tuple[int, Propagated]]:
     """Carry `key_image` (the rendering of frame `key_index`) to each frame of `targets`,
-    which must run away from the key one frame at a time."""
+    which must run away from the key one frame at a time.
+
+    Where the clip's brightness changes (`brightness_gain`), the carried image changes with it
+    by the fraction `follows_brightness` (1: the style keeps the input's brightness, as most
+    renders do; 0: it does not, as a pencil sketch's paper stays white; see
+    `style_follows_brightness`). The guide error compares the frame with the key's frame
+    changed the same way: how well the key's rendering fits, as it will be shown."""
     key_frame = frames[key_index]
     composed = valid = key_side = None
     previous, previous_image = key_index, key_image
@@ -99,10 +111,15 @@ def carry_key(
         else:
             composed = step + warp(composed, step)
             valid = step_valid & warp(valid, step, interpolation="nearest")
-        error = guide_error(frames[target], key_frame, composed, settings.error_window)
+        frame = frames[target]
+        gain = 1.0
+        if settings.follow_brightness:
+            gain = brightness_gain(frame, key_frame, composed, valid)
+            gain = 1.0 + follows_brightness * (gain - 1.0)
+        error = guide_error(frame, key_frame, composed, settings.error_window, gain)
         if settings.reanchor and abs(target - key_index) > 1:
             composed, error = _reanchor(
-                frames[target], key_frame, composed, error, flow(target, key_index), settings
+                frame, key_frame, composed, error, flow(target, key_index), settings, gain
             )
         image = warp(key_image, composed)
         if settings.synthesis == "patch":
@@ -111,15 +128,17 @@ def carry_key(
             key_side = key_side or key_guides(key_frame, key_image)
             temporal = warp(previous_image, step)
             image, error = _synthesized(
-                frames[target], key_side, key_image, composed, image, error, temporal, settings
+                frame, key_side, key_image, composed, image, error, temporal, settings
             )
-        yield target, Propagated(image, error, valid, composed)
+        yield target, Propagated(_brightened(image, gain), error, valid, composed)
+        # The key's own brightness goes on: the patch synthesis' temporal guide compares it
+        # with the key's rendering.
         previous, previous_image = target, image
 
 
-def _reanchor(frame, key_frame, composed, error, direct, settings):
+def _reanchor(frame, key_frame, composed, error, direct, settings, gain=1.0):
     """Per pixel, switch to the direct flow where it explains the frame clearly better."""
-    direct_error = guide_error(frame, key_frame, direct, settings.error_window)
+    direct_error = guide_error(frame, key_frame, direct, settings.error_window, gain)
     better = direct_error < settings.reanchor_margin * error
     chosen = np.where(better[..., None], direct, composed)
     return chosen, np.where(better, direct_error, error)
@@ -164,3 +183,61 @@ def blend_soft(
     weight_map_b = weights(b, 1.0 - weight_a)[..., None]
     mixed = (weight_map_a * a.image + weight_map_b * b.image) / (weight_map_a + weight_map_b)
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+# Below this mean level (0-255) a key's frame is too dark to say how the brightness changed.
+DARK_FRAME_LEVEL = 4.0
+# Two key frames whose brightness differs by this fraction show how their style responds to it.
+TELLING_CHANGE = 0.2
+# Steady clips measure brightness gains within 2 % of 1 (the shared clips, up to 9 frames from
+# the key): changes up to this are noise.
+GAIN_TOLERANCE = 0.03
+
+
+def brightness_gain(
+    frame: np.ndarray,
+    key_frame: np.ndarray,
+    flow: np.ndarray,
+    valid: np.ndarray,
+    tolerance: float = GAIN_TOLERANCE,
+) -> float:
+    """How much brighter `frame` is than `key_frame` sampled along `flow`: the ratio of their
+    mean levels over the `valid` pixels, with the first `tolerance` of any change ignored.
+
+    A fade makes every frame a scaled copy of its neighbour, which no flow can explain: without
+    the gain both directions' errors explode and the blend switches between a black key and a
+    bright one. Steady clips measure within a percent or two of 1, which the tolerance leaves
+    alone: their results are exactly what they were without it. Larger changes are shrunk by
+    the tolerance, not cut off, so a slow drift past it does not jump. A black key frame gives
+    1: it says nothing, and its large error hands the frame to the other key.
+    """
+    sampled = warp(key_frame, flow)
+    pixels = valid if valid.mean() > 0.01 else np.ones(valid.shape, bool)
+    key_level = float(sampled[pixels].mean())
+    if key_level < DARK_FRAME_LEVEL:
+        return 1.0
+    change = float(frame[pixels].mean()) / key_level - 1.0
+    return 1.0 + np.sign(change) * max(abs(change) - tolerance, 0.0)
+
+
+def style_follows_brightness(
+    frame_a: np.ndarray, key_a: np.ndarray, frame_b: np.ndarray, key_b: np.ndarray
+) -> float:
+    """How much two keys' renderings follow their frames' brightness, from 0 to 1: the
+    relative change of the renderings' mean level over that of the frames', when the frames
+    differ enough to tell (a fade across the segment); else 1, what most styles do."""
+    frame_levels = float(frame_a.mean()), float(frame_b.mean())
+    if max(frame_levels) < DARK_FRAME_LEVEL:
+        return 1.0
+    frame_change = (frame_levels[1] - frame_levels[0]) / max(frame_levels)
+    if abs(frame_change) < TELLING_CHANGE:
+        return 1.0
+    key_levels = float(key_a.mean()), float(key_b.mean())
+    key_change = (key_levels[1] - key_levels[0]) / max(max(key_levels), DARK_FRAME_LEVEL)
+    return float(np.clip(key_change / frame_change, 0.0, 1.0))
+
+
+def _brightened(image: np.ndarray, gain: float) -> np.ndarray:
+    if gain == 1.0:
+        return image
+    return np.clip(image.astype(np.float32) * np.float32(gain) + 0.5, 0, 255).astype(np.uint8)
