@@ -72,9 +72,13 @@ def candidate_folders(root: Path) -> Iterator[Path]:
                 yield child
 
 
-class DepthAnnotator:
-    """annotate(rgb) -> the depth map as RGB uint8 (near bright), the frame's size. The model
-    is loaded on first use, on the CPU: one frame per key costs little beside the diffusion."""
+class TransformersAnnotator:
+    """An annotator backed by a transformers model folder (`auto_model`, the name of its
+    transformers Auto class), loaded on first use, on the CPU: one frame per key costs little
+    beside the diffusion. `what` words the errors (e.g. "depth model")."""
+
+    auto_model = ""
+    what = ""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -86,6 +90,32 @@ class DepthAnnotator:
         """What determines the maps, for cache keys: the model's folder and weights' size."""
         weights = sorted(self.folder.glob("*.safetensors"))
         return f"{self.folder.name}:{sum(w.stat().st_size for w in weights)}"
+
+    def _load(self):
+        if self._model is None:
+            import transformers
+
+            if not any(self.folder.glob("*.safetensors")):
+                raise ZvsError(
+                    f"the {self.what} {self.folder} has no safetensors weights",
+                    hint="its pytorch_model.bin is a pickle, which can run code when it is "
+                    "read; use a copy with model.safetensors",
+                )
+            self._processor = transformers.AutoImageProcessor.from_pretrained(
+                self.folder, local_files_only=True
+            )
+            model = getattr(transformers, self.auto_model).from_pretrained(
+                self.folder, local_files_only=True, use_safetensors=True
+            )
+            self._model = model.eval()
+        return self._model, self._processor
+
+
+class DepthAnnotator(TransformersAnnotator):
+    """annotate(rgb) -> the depth map as RGB uint8 (near bright), the frame's size."""
+
+    auto_model = "AutoModelForDepthEstimation"
+    what = "depth model"
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         import torch
@@ -103,20 +133,3 @@ class DepthAnnotator:
         scaled = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
         grey = (scaled * 255).round().to(torch.uint8).numpy()
         return np.repeat(grey[..., None], 3, axis=2)
-
-    def _load(self):
-        if self._model is None:
-            from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-            if not any(self.folder.glob("*.safetensors")):
-                raise ZvsError(
-                    f"the depth model {self.folder} has no safetensors weights",
-                    hint="its pytorch_model.bin is a pickle, which can run code when it is "
-                    "read; use a copy with model.safetensors",
-                )
-            self._processor = AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
-            model = AutoModelForDepthEstimation.from_pretrained(
-                self.folder, local_files_only=True, use_safetensors=True
-            )
-            self._model = model.eval()
-        return self._model, self._processor

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zvstudio.diffusion.depth import candidate_folders
+from zvstudio.diffusion.depth import TransformersAnnotator, candidate_folders
 from zvstudio.errors import ZvsError
 
 ENV_VARIABLE = "ZVSTUDIO_SEG_MODEL"
@@ -111,21 +111,11 @@ def colorize(labels: np.ndarray) -> np.ndarray:
     return ADE20K_PALETTE[labels]
 
 
-class SegAnnotator:
-    """annotate(rgb) -> the ADE20K map as RGB uint8 (palette colours), the frame's size. The
-    model is loaded on first use, on the CPU: one frame per key costs little beside the
-    diffusion."""
+class SegAnnotator(TransformersAnnotator):
+    """annotate(rgb) -> the ADE20K map as RGB uint8 (palette colours), the frame's size."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self._model = None
-        self._processor = None
-
-    @property
-    def identity(self) -> str:
-        """What determines the maps, for cache keys: the model's folder and weights' size."""
-        weights = sorted(self.folder.glob("*.safetensors"))
-        return f"{self.folder.name}:{sum(w.stat().st_size for w in weights)}"
+    auto_model = "AutoModelForSemanticSegmentation"
+    what = "segmentation model"
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         import torch
@@ -146,20 +136,3 @@ class SegAnnotator:
         )
         labels = logits[0].argmax(dim=0).numpy()
         return colorize(labels)
-
-    def _load(self):
-        if self._model is None:
-            from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-            if not any(self.folder.glob("*.safetensors")):
-                raise ZvsError(
-                    f"the segmentation model {self.folder} has no safetensors weights",
-                    hint="its pytorch_model.bin is a pickle, which can run code when it is "
-                    "read; use a copy with model.safetensors",
-                )
-            self._processor = AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
-            model = AutoModelForSemanticSegmentation.from_pretrained(
-                self.folder, local_files_only=True, use_safetensors=True
-            )
-            self._model = model.eval()
-        return self._model, self._processor
