@@ -373,6 +373,10 @@ def test_a_cancelled_render_resumes_from_finished_segments(tmp_path, capsys):
     assert main([*argv, str(tmp_path / "p.mp4"), "--synthesis", "patch"]) == 0
     assert "0 of 3 segments came from the cache" in capsys.readouterr().err
     assert probe(tmp_path / "p.mp4").frame_count == 24
+    # So does Poisson fusion after the blend.
+    assert main([*argv, str(tmp_path / "f.mp4"), "--poisson"]) == 0
+    assert "0 of 3 segments came from the cache" in capsys.readouterr().err
+    assert probe(tmp_path / "f.mp4").frame_count == 24
 
 
 def test_cache_command_shows_and_clears_the_cache(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from zvstudio.keyrender import KeyContext
 from zvstudio.media import ExportSettings, VideoReader
 from zvstudio.progress import CancelToken
 from zvstudio.project import ClipRef, FrameRange, KeyFrame, Project, RenderSettings
+from zvstudio.propagate.segment import PropagationSettings
 from zvstudio.stylize import create_stylizer
 
 
@@ -100,6 +103,17 @@ def test_request_from_project(clip, tmp_path):
     painted = ((4, str(tmp_path / "k.png")),)
     assert request.renderer == KeyRendererSpec(kind="stylize", style="pencil", painted=painted)
     assert request.export.format == "h264"
+    # The project's propagation settings, and the defaults where it has none.
+    assert request.propagation == PropagationSettings()
+    assert request.flow_preset == "fine"
+    propagation = RenderSettings(synthesis="patch", flow_preset="fast", blend="histogram")
+    request = request_from_project(
+        replace(project, settings=replace(propagation, poisson=True)), tmp_path / "o.mov"
+    )
+    assert request.propagation == PropagationSettings(
+        synthesis="patch", blend="histogram", poisson=True
+    )
+    assert request.flow_preset == "fast"
     painted = request_from_project(
         Project(
             clip=project.clip,

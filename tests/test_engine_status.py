@@ -14,6 +14,7 @@ from zvstudio.engine.request import KeyRendererSpec, RenderRequest
 from zvstudio.engine.status import render_status
 from zvstudio.keyrender import KeyParams
 from zvstudio.media import ExportSettings
+from zvstudio.propagate.segment import PropagationSettings
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +23,13 @@ def clip(tmp_path_factory) -> Path:
     return path
 
 
-def request(clip: Path, output: Path, style="cartoon", painted=(), **changes) -> RenderRequest:
+def request(
+    clip: Path, output: Path, style="cartoon", painted=(), params=(), **changes
+) -> RenderRequest:
     return RenderRequest(
         clip,
         output,
-        KeyRendererSpec(kind="stylize", style=style, painted=tuple(painted)),
+        KeyRendererSpec(kind="stylize", style=style, params=params, painted=tuple(painted)),
         ExportSettings(format="png"),
         key_frames=(0, 5, 10),
         flow_preset="ultrafast",
@@ -66,6 +69,18 @@ def test_a_global_change_makes_every_key_stale(clip, tmp_path):
     status = render_status(request(clip, tmp_path / "out", style="pencil"))
     assert set(status.keys.values()) == {"stale"}
     assert not any(s.cached for s in status.segments)
+
+
+def test_a_style_parameter_makes_every_key_stale_and_a_propagation_setting_no_key(clip, tmp_path):
+    render(request(clip, tmp_path / "out"))
+    # The default value given explicitly is the same render.
+    assert render_status(request(clip, tmp_path / "o", params=(("colors", 8),))).complete
+    status = render_status(request(clip, tmp_path / "o", params=(("colors", 4),)))
+    assert set(status.keys.values()) == {"stale"}
+    propagation = PropagationSettings(poisson=True)
+    status = render_status(request(clip, tmp_path / "o", propagation=propagation))
+    assert set(status.keys.values()) == {"rendered"}
+    assert not any(s.cached for s in status.segments[:2])  # the blended ones
 
 
 def test_one_painted_key_makes_only_it_and_its_segments_stale(clip, tmp_path):

@@ -539,6 +539,70 @@ def test_bad_constraint_settings_are_rejected(tmp_path, settings, expected):
     assert expected in load_error(save_json(tmp_path / "p.zvs", v1(settings=settings)))
 
 
+PROPAGATION_AWAY_FROM_DEFAULTS = {
+    "synthesis": "patch",
+    "flow_preset": "medium",
+    "blend": "histogram",
+    "poisson": True,
+}
+
+
+def test_propagation_settings_round_trip_and_default(tmp_path):
+    settings = RenderSettings(**PROPAGATION_AWAY_FROM_DEFAULTS)
+    path = tmp_path / "film.zvs"
+    save_project(Project(settings=settings), path)
+    data = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    assert {k: data[k] for k in PROPAGATION_AWAY_FROM_DEFAULTS} == PROPAGATION_AWAY_FROM_DEFAULTS
+    assert load_project(path).settings == settings
+    # Files written before these settings existed propagate as they always did.
+    loaded = project_from_dict(v1(settings={"renderer": "stylize"}), tmp_path).settings
+    assert (loaded.synthesis, loaded.flow_preset, loaded.blend, loaded.poisson) == (
+        "flow",
+        "fine",
+        "soft",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"synthesis": "ebsynth"}, "settings.synthesis: must be one of 'flow', 'patch'"),
+        ({"flow_preset": "best"}, "settings.flow_preset: must be one of"),
+        ({"blend": "average"}, "settings.blend: must be one of"),
+        ({"poisson": "yes"}, "settings.poisson: expected true or false"),
+    ],
+)
+def test_bad_propagation_settings_are_rejected(tmp_path, settings, expected):
+    assert expected in load_error(save_json(tmp_path / "p.zvs", v1(settings=settings)))
+
+
+def test_style_parameters_round_trip(tmp_path):
+    params = {"colors": 6, "line_threshold": 2.5, "outlines": False, "filter": "normconv"}
+    path = tmp_path / "film.zvs"
+    save_project(Project(settings=RenderSettings(style="cartoon", style_params=params)), path)
+    assert json.loads(path.read_text(encoding="utf-8"))["settings"]["style_params"] == params
+    assert load_project(path).settings.style_params == params
+    assert project_from_dict(v1(settings={}), tmp_path).settings.style_params == {}
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ([6], "settings.style_params: expected an object of parameter values, got a list"),
+        ({"colors": None}, "colors must be a number, a word or true/false, got null"),
+        ({"colors": [1, 2]}, "colors must be a number, a word or true/false, got a list"),
+        ({"": 1}, "parameter names must be non-empty strings"),
+    ],
+)
+def test_bad_style_parameters_are_rejected(tmp_path, params, expected):
+    assert expected in load_error(
+        save_json(tmp_path / "p.zvs", v1(settings={"style_params": params}))
+    )
+    with pytest.raises(ProjectError):
+        RenderSettings(style_params=params)
+
+
 def test_constraint_settings_are_checked_in_memory_too():
     with pytest.raises(ProjectError, match="shape_fusion_end: must be after shape_fusion_start"):
         replace(RenderSettings(), shape_fusion_start=1.0)
@@ -569,6 +633,16 @@ def test_pixel_fusion_modes_are_the_samplers():
     from zvstudio.project import model
 
     assert model.PIXEL_FUSION_MODES == sampler.PIXEL_FUSION_MODES
+
+
+def test_propagation_choices_are_the_engines():
+    from zvstudio.flow import DIS_PRESETS
+    from zvstudio.project import model
+    from zvstudio.propagate import segment
+
+    assert model.SYNTHESIS_MODES == segment.SYNTHESIS_MODES
+    assert model.BLEND_MODES == segment.BLEND_MODES
+    assert tuple(DIS_PRESETS) == model.FLOW_PRESETS
 
 
 def test_constraint_settings_reach_the_sampler(tmp_path):

@@ -227,6 +227,33 @@ def test_soft_blend_weights():
     assert blend_soft(wrong, white, 0.75, settings).mean() > 0.99 * 255
 
 
+def high_frequency(image: np.ndarray) -> float:
+    return float(np.abs(cv2.Laplacian(image.astype(np.float32), cv2.CV_32F)).mean())
+
+
+def test_poisson_fusion_takes_the_detail_of_the_nearer_key(tmp_path):
+    frames, _ = moving_sequence("translate")
+    # Key b is soft: the plain blend passes some of its blur to every frame.
+    keys = {0: style(frames[0]), 8: cv2.GaussianBlur(style(frames[8]), (0, 0), 2)}
+
+    def propagated(poisson: bool) -> dict[int, np.ndarray]:
+        settings = PropagationSettings(poisson=poisson)
+        return dict(propagate_clip(ListReader(frames), keys, flows_for(tmp_path), settings))
+
+    plain, fused = propagated(False), propagated(True)
+    assert np.array_equal(fused[0], keys[0]) and np.array_equal(fused[8], keys[8])
+    for t in (1, 3):  # key a's sharp result dominates: its gradients come back
+        truth = interior(style(frames[t]))
+        assert psnr(interior(fused[t]), truth) > psnr(interior(plain[t]), truth) + 1
+        assert high_frequency(interior(fused[t])) > high_frequency(interior(plain[t]))
+    # Near key b the detail is key b's: Poisson does not invent sharpness.
+    assert high_frequency(interior(fused[7])) < 1.05 * high_frequency(interior(plain[7]))
+    # The colours stay the blend's.
+    for t in range(1, 8):
+        means = fused[t].reshape(-1, 3).mean(0), plain[t].reshape(-1, 3).mean(0)
+        np.testing.assert_allclose(*means, atol=1.0)
+
+
 def faded(frames: list[np.ndarray], levels) -> list[np.ndarray]:
     pairs = zip(frames, levels, strict=True)
     return [np.clip(f * level + 0.5, 0, 255).astype(np.uint8) for f, level in pairs]
@@ -413,6 +440,7 @@ def test_propagate_command_to_png_frames(painted_clip, tmp_path):
                 f"10={folder / 'key10.png'}",
                 "--blend",
                 "histogram",
+                "--poisson",
                 "-q",
                 "-o",
                 str(tmp_path / "frames"),

@@ -316,6 +316,8 @@ def _with_overrides(request, args):
     propagation = request.propagation
     if args.synthesis is not None:
         propagation = replace(propagation, synthesis=args.synthesis)
+    if args.poisson is not None:
+        propagation = replace(propagation, poisson=args.poisson)
     return replace(
         request,
         propagation=propagation,
@@ -484,6 +486,12 @@ def _add_synthesis_option(parser) -> None:
         help="flow: warp the keys along the optical flow (default, fastest); patch: also "
         "rebuild what the flow cannot explain from the keys' patches (EbSynth's method)",
     )
+    parser.add_argument(
+        "--poisson",
+        action=argparse.BooleanOptionalAction,
+        help="screened-Poisson fusion after blending the two keys: the detail of the nearer "
+        "key's result with the blend's colours",
+    )
 
 
 def _add_patch_options(parser) -> None:
@@ -595,6 +603,7 @@ def _run_propagate(args) -> int:
             blend=args.blend,
             error_window=args.error_window,
             synthesis=args.synthesis or "flow",
+            poisson=bool(args.poisson),
             patch=_patch_settings(args),
         ),
         export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio),
@@ -1223,6 +1232,7 @@ def _run_bench_propagate(args) -> int:
         device=args.device,
         include_1080p=not args.no_1080p,
         synthesis=args.synthesis or "flow",
+        poisson=bool(args.poisson),
     )
     print(json.dumps(report, indent=2))
     return 0

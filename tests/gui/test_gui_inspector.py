@@ -11,9 +11,10 @@ from helpers import make_clip
 from PySide6.QtCore import Qt
 
 from zvstudio.diffusion.identify import ModelInfo
+from zvstudio.engine.request import request_from_project
 from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
-from zvstudio.project import KeyFrame, Project, RenderSettings
+from zvstudio.project import ClipRef, KeyFrame, Project, RenderSettings
 from zvstudio.project.edits import SetKey, SetSettings
 from zvstudio.project.model import SEED_MAX
 
@@ -137,6 +138,58 @@ def test_style_combo_sets_the_style_and_describes_it(qtbot, document):
     assert combo.toolTip()  # the style's one-line description
 
 
+def test_style_parameters_are_edited_per_parameter_and_reset(qtbot, document):
+    document.push(SetSettings(RenderSettings(style="cartoon")))
+    document.undo_stack.clear()
+    inspector = make_inspector(qtbot, document)
+    editor = inspector.render_panel.style_params_editor
+    assert editor.isVisible()
+    assert list(editor.editors) == ["colors", "line_size", "line_threshold", "outlines"]
+    colors = editor.editors["colors"]
+    assert (colors.minimum(), colors.maximum(), colors.value()) == (2, 32, 8)
+    assert colors.toolTip() == "Number of flat colours"
+    assert not editor.reset_button.isEnabled()
+
+    colors.setValue(5)
+    colors.setValue(6)  # the same parameter again: one undo step
+    editor.editors["outlines"].click()
+    assert document.project.settings.style_params == {"colors": 6, "outlines": False}
+    assert document.undo_stack.count() == 2
+    # An odd-only parameter steps by two.
+    line_size = editor.editors["line_size"]
+    line_size.stepUp()
+    assert document.project.settings.style_params["line_size"] == 11
+    assert editor.reset_button.isEnabled()
+    qtbot.mouseClick(editor.reset_button, Qt.LeftButton)
+    assert document.project.settings.style_params == {}
+    assert colors.value() == 8 and editor.editors["outlines"].isChecked()
+    document.undo_stack.undo()  # the reset
+    assert colors.value() == 6 and not editor.editors["outlines"].isChecked()
+    # The render uses them; another style starts from its own defaults, in one step.
+    request = request_from_project(
+        replace(document.project, clip=ClipRef("/clip.mp4")), Path("/out.mp4")
+    )
+    assert dict(request.renderer.params) == {"colors": 6, "line_size": 11, "outlines": False}
+    choose(inspector.style_combo, "posterize")
+    assert document.project.settings.style_params == {}
+    assert list(editor.editors) == ["levels", "smooth"]
+    document.undo_stack.undo()
+    assert document.project.settings.style == "cartoon"
+    assert editor.editors["line_size"].value() == 11
+
+
+def test_style_parameters_of_a_file_are_shown_and_hidden_for_diffusion(qtbot, document):
+    settings = RenderSettings(style="stylization", style_params={"filter": "normconv"})
+    document.push(SetSettings(settings))
+    inspector = make_inspector(qtbot, document)
+    editor = inspector.render_panel.style_params_editor
+    assert editor.editors["filter"].currentData() == "normconv"
+    assert editor.editors["sigma_r"].value() == pytest.approx(0.45)
+    assert document.undo_stack.count() == 1  # showing them pushed nothing
+    choose(inspector.renderer_combo, "diffusion")
+    assert not editor.isVisible()
+
+
 def test_a_key_override_sets_and_clears_the_keys_prompt(qtbot, diffusion):
     diffusion.push(SetSettings(replace(diffusion.project.settings, prompt="a city")))
     inspector = make_inspector(qtbot, diffusion)
@@ -245,6 +298,31 @@ def test_constraint_settings_change_the_project(qtbot, diffusion):
         diffusion.undo_stack.undo()
     assert diffusion.project.settings == RenderSettings(renderer="diffusion")
     assert adain.check.isChecked() and adain.start.isEnabled()
+
+
+def test_propagation_settings_change_the_project(qtbot, document):
+    inspector = make_inspector(qtbot, document)
+    panel = inspector.render_panel
+    # Shown for every renderer: painted and stylized keys are propagated too.
+    assert panel.synthesis_combo.isVisible() and panel.poisson_check.isVisible()
+    choose(panel.synthesis_combo, "patch")
+    choose(panel.flow_preset_combo, "medium")
+    choose(panel.blend_combo, "histogram")
+    panel.poisson_check.click()
+    changed = RenderSettings(synthesis="patch", flow_preset="medium", blend="histogram")
+    assert document.project.settings == replace(changed, poisson=True)
+    assert document.undo_stack.count() == 4
+    document.undo_stack.undo()
+    assert document.project.settings == changed and not panel.poisson_check.isChecked()
+    for _ in range(3):
+        document.undo_stack.undo()
+    assert document.project.settings == RenderSettings()
+    assert panel.synthesis_combo.currentData() == "flow"
+    assert panel.flow_preset_combo.currentData() == "fine"
+    assert panel.blend_combo.currentData() == "soft"
+    # A project opened with other values shows them.
+    document.push(SetSettings(RenderSettings(flow_preset="ultrafast", poisson=True)))
+    assert panel.flow_preset_combo.currentData() == "ultrafast" and panel.poisson_check.isChecked()
 
 
 def test_a_range_cannot_be_made_empty(qtbot, diffusion):

@@ -118,12 +118,15 @@ def run_propagate_benchmark(
     preset: str = "fine",
     include_1080p: bool = True,
     synthesis: str = "flow",
+    poisson: bool = False,
 ) -> dict:
     if device != "cpu" and synthesis != "patch":
         raise ZvsError(
             f"--device {device} needs --synthesis patch: flow propagation runs on the CPU"
         )
-    settings = PropagationSettings(synthesis=synthesis, patch=SynthesisSettings(device=device))
+    settings = PropagationSettings(
+        synthesis=synthesis, poisson=poisson, patch=SynthesisSettings(device=device)
+    )
     clips = list(videos) or shared_clips()
     if not clips:
         raise ZvsError("no clips to measure", hint="give video files or provide ../shared/clips")
@@ -133,6 +136,7 @@ def run_propagate_benchmark(
         "machine": machine(),
         "device": device,
         "synthesis": synthesis,
+        "poisson": poisson,
         "short_side": size,
         "key_interval": KEY_INTERVAL,
         "flow": f"dis/{preset}",

@@ -78,6 +78,10 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
             if (params := KeyParams(key.prompt, key.negative_prompt, key.seed, key.strength))
             != KeyParams()
         ),
+        propagation=PropagationSettings(
+            synthesis=settings.synthesis, blend=settings.blend, poisson=settings.poisson
+        ),
+        flow_preset=settings.flow_preset,
     )
 
 
@@ -90,7 +94,8 @@ def _project_renderer(project: Project) -> KeyRendererSpec:
     if settings.renderer == "painted":
         return KeyRendererSpec(kind="painted", painted=painted)
     if settings.renderer == "stylize":
-        return KeyRendererSpec(kind="stylize", style=settings.style, painted=painted)
+        params = tuple(sorted(settings.style_params.items()))
+        return KeyRendererSpec(kind="stylize", style=settings.style, params=params, painted=painted)
     if settings.renderer == "diffusion":
         diffusion = _project_diffusion(settings)
         return KeyRendererSpec(kind="diffusion", diffusion=diffusion, painted=painted)

@@ -48,6 +48,7 @@ from zvstudio.diffusion.annotators import (
 from zvstudio.diffusion.identify import ModelInfo
 from zvstudio.errors import ZvsError
 from zvstudio.gui.document import Document
+from zvstudio.gui.style_params import StyleParamsEditor
 from zvstudio.project.edits import Edit, SetKey, SetSettings, keys_every
 from zvstudio.project.model import (
     CONSTRAINT_RANGES,
@@ -79,6 +80,34 @@ PIXEL_FUSION_MODE_TIP = (
     "Pixel fusion composites the warped keys over a rough render. Two passes make that rough "
     "render with a whole first pass; one pass uses the current prediction instead, which only "
     "fills what the warped keys do not cover."
+)
+SYNTHESIS_LABELS = {
+    "flow": "Flow warp (fast)",
+    "patch": "Flow + patch synthesis (best on a GPU)",
+}
+SYNTHESIS_TIP = (
+    "How a key reaches the frames around it: along the optical flow, or also rebuilding "
+    "from the key's patches what the flow cannot explain (EbSynth's method: sharper where "
+    "things appear or move fast, many times slower on a CPU)"
+)
+FLOW_PRESET_LABELS = {
+    "ultrafast": "Ultrafast",
+    "fast": "Fast",
+    "medium": "Medium",
+    "fine": "Fine (best)",
+}
+BLEND_LABELS = {
+    "soft": "Error-weighted (smooth)",
+    "histogram": "Selection + histogram (Rerender)",
+}
+BLEND_TIP = (
+    "How the results carried from the two surrounding keys are mixed: weighted smoothly by "
+    "how well each fits, or Rerender-A-Video's per-pixel selection with a contrast-keeping "
+    "blend"
+)
+POISSON_TIP = (
+    "After blending, keep the blend's colours but the detail of the key that weighs more at "
+    "each pixel (screened Poisson fusion): sharper where the two keys disagree slightly"
 )
 RENDER_BASES = ("sd1", "unknown")  # bases the sampler can load (unknown: let it try)
 MODEL_FILTER = "Models (*.safetensors *.sft *.ckpt *.pt *.pth *.bin);;All files (*)"
@@ -355,11 +384,12 @@ class RenderPanel(_Panel):
         )
         _add_row(form, "Key renderer", self.renderer_combo, "What renders the key frames")
         self.style_combo = _combo()
-        self.style_combo.currentIndexChanged.connect(
-            lambda: self._set("style", self.style_combo.currentData(), "change style")
-        )
+        self.style_combo.currentIndexChanged.connect(self._style_chosen)
         self.style_label = _label("Style", "The stylizer's look (hover a style for more)")
         form.addRow(self.style_label, self.style_combo)
+        self.style_params_editor = StyleParamsEditor()
+        self.style_params_editor.changed.connect(self._style_params_edited)
+        form.addRow(self.style_params_editor)
         self.painted_note = _note("Each key uses the image painted for it (see the Key tab).")
         form.addRow(self.painted_note)
         return group
@@ -538,7 +568,37 @@ class RenderPanel(_Panel):
         tip = "K: frames between keys; the frames between are propagated from the keys (5-20)"
         self.key_interval_spin.setToolTip(tip)
         form.addRow(_label("Key interval K", tip), row)
+        self.synthesis_combo = self._choice_row(
+            form, "synthesis", "Propagation", SYNTHESIS_LABELS, SYNTHESIS_TIP
+        )
+        self.flow_preset_combo = self._choice_row(
+            form,
+            "flow_preset",
+            "Flow quality",
+            FLOW_PRESET_LABELS,
+            "The optical flow's accuracy: finer follows motion better and takes longer",
+        )
+        self.blend_combo = self._choice_row(form, "blend", "Blend", BLEND_LABELS, BLEND_TIP)
+        self.poisson_check = QCheckBox("Poisson fusion")
+        self.poisson_check.setToolTip(POISSON_TIP)
+        self.poisson_check.toggled.connect(
+            lambda on: self._set("poisson", on, f"turn Poisson fusion {'on' if on else 'off'}")
+        )
+        form.addRow(self.poisson_check)
         return group
+
+    def _choice_row(
+        self, form: QFormLayout, field: str, text: str, labels: dict[str, str], tip: str
+    ) -> QComboBox:
+        """A combo box choosing the setting `field` among `labels`' keys."""
+        combo = _combo()
+        for name, label in labels.items():
+            combo.addItem(label, name)
+        combo.currentIndexChanged.connect(
+            lambda: self._set(field, combo.currentData(), f"change {text.lower()}")
+        )
+        _add_row(form, text, combo, tip)
+        return combo
 
     # -- actions -----------------------------------------------------------------------------
     def reload_models(self) -> None:
@@ -562,6 +622,24 @@ class RenderPanel(_Panel):
 
     def set_loras(self, loras: list[LoraRef], text: str | None = None) -> None:
         self._set("loras", loras, text)
+
+    def _style_chosen(self) -> None:
+        """Another style: its own parameters start at their defaults."""
+        style = self.style_combo.currentData()
+        if self._loading or style == self.settings.style:
+            return
+        changed = replace(self.settings, style=style, style_params={})
+        self._push(lambda: SetSettings(changed), "change style")
+
+    def _style_params_edited(self, name: str, values: dict[str, Any]) -> None:
+        """One undo step per parameter (dragging or typing in one merges); a reset is its own."""
+        if self._loading or values == self.settings.style_params:
+            return
+        changed = replace(self.settings, style_params=values)
+        if name:
+            self._push(lambda: SetSettings(changed, f"style_{name}"))
+        else:
+            self._push(lambda: SetSettings(changed), "reset the style's parameters")
 
     def _model_chosen(self) -> None:
         self.set_model(self.model_combo.currentData())
@@ -588,6 +666,12 @@ class RenderPanel(_Panel):
             _show(widget, getattr(settings, field))
         self._show_constraints(settings)
         self.fill_keys_button.setEnabled(self.document.frame_count > 0)
+        for combo, field in (
+            (self.synthesis_combo, "synthesis"),
+            (self.flow_preset_combo, "flow_preset"),
+            (self.blend_combo, "blend"),
+        ):
+            _select(combo, getattr(settings, field))
 
     def _show_renderer(self, settings: RenderSettings) -> None:
         _select(self.renderer_combo, settings.renderer)
@@ -595,6 +679,8 @@ class RenderPanel(_Panel):
         stylize = settings.renderer == "stylize"
         self.style_label.setVisible(stylize)
         self.style_combo.setVisible(stylize)
+        self.style_params_editor.show_style(settings.style, settings.style_params)
+        self.style_params_editor.setVisible(stylize and bool(self.style_params_editor.parameters))
         self.painted_note.setVisible(settings.renderer == "painted")
         self.diffusion_box.setVisible(settings.renderer == "diffusion")
 
@@ -624,6 +710,7 @@ class RenderPanel(_Panel):
             (self.pixel_fusion_detail_spin, "pixel_fusion_detail"),
             (self.colour_correction_check, "colour_correction"),
             (self.key_interval_spin, "key_interval"),
+            (self.poisson_check, "poisson"),
         ]
 
     def _show_styles(self, current: str) -> None:

@@ -30,6 +30,10 @@ CROSS_FRAME_LAYERS = ("decoder", "decoder_loose", "all", "off")
 # `<name>_start` and `<name>_end` (fractions of T_max) in `RenderSettings`.
 CONSTRAINT_RANGES = ("shape_fusion", "pixel_fusion", "adain")
 PIXEL_FUSION_MODES = ("single_pass", "two_pass")  # the sampler's (tested), without torch
+# Propagation's choices (tested equal to zvstudio.propagate's and zvstudio.flow's), without cv2.
+SYNTHESIS_MODES = ("flow", "patch")
+BLEND_MODES = ("soft", "histogram")
+FLOW_PRESETS = ("ultrafast", "fast", "medium", "fine")
 HASH_PATTERN = (r"(b2:[0-9a-f]{32})?", "empty or 'b2:' followed by 32 hex digits")
 
 
@@ -111,6 +115,9 @@ class RenderSettings(Validated):
 
     renderer: str = field(default="stylize", metadata=rule("str", choices=RENDERERS))
     style: str = field(default="stylization", metadata=rule("str", nonempty=True))
+    # The style's parameters that differ from its defaults (`zvstudio styles` lists them);
+    # checked against the style when it is built, since a plugin's style may be absent here.
+    style_params: dict[str, Any] = field(default_factory=dict, metadata=rule("params"))
     key_interval: int = field(default=10, metadata=rule("int", low=1))
     prompt: str = field(default="", metadata=rule("str"))
     negative_prompt: str = field(default="", metadata=rule("str"))
@@ -145,6 +152,11 @@ class RenderSettings(Validated):
     colour_correction: bool = field(default=False, metadata=rule("bool"))
     adain_start: float = field(default=0.0, metadata=_fraction())
     adain_end: float = field(default=0.2, metadata=_fraction())
+    # How keys are carried to the other frames (`PropagationSettings`, with its defaults).
+    synthesis: str = field(default="flow", metadata=rule("str", choices=SYNTHESIS_MODES))
+    flow_preset: str = field(default="fine", metadata=rule("str", choices=FLOW_PRESETS))
+    blend: str = field(default="soft", metadata=rule("str", choices=BLEND_MODES))
+    poisson: bool = field(default=False, metadata=rule("bool"))
     output: OutputSettings = field(
         default_factory=OutputSettings, metadata=rule("object", item=OutputSettings)
     )

@@ -23,6 +23,7 @@ EXPECTED = {
     "path": "a file path",
     "object": "an object",
     "list": "a list",
+    "params": "an object of parameter values",
 }
 
 # Stands for a value that could not be read; its problems have already been reported.
@@ -58,6 +59,8 @@ class Rule:
             return f"expected {EXPECTED[self.kind]}, got {show(value)}"
         if self.kind == "float" and not _finite(value):
             return f"must be a finite number, got {show(value)}"
+        if self.kind == "params":
+            return _params_problem(value)
         low, high = self.low, self.high
         if low is not None and high is not None and not low <= value <= high:
             return f"must be between {show(low)} and {show(high)}, got {show(value)}"
@@ -103,7 +106,20 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "str": str,
     "path": str,
     "list": list,
+    "params": dict,
 }
+
+
+def _params_problem(params: dict) -> str | None:
+    """Parameter values are named and scalar: numbers, words or true/false."""
+    for name, value in params.items():
+        if not isinstance(name, str) or not name:
+            return f"parameter names must be non-empty strings, got {show(name)}"
+        if not isinstance(value, (bool, int, float, str)):
+            return f"{name} must be a number, a word or true/false, got {show(value)}"
+        if isinstance(value, float) and not _finite(value):
+            return f"{name} must be a finite number, got {show(value)}"
+    return None
 
 
 def _finite(value: float) -> bool:
@@ -243,6 +259,8 @@ def _read_value(
         return resolve(raw)
     if spec.kind == "float" and spec.type_ok(raw) and _finite(raw):
         return float(raw)
+    if spec.kind == "params" and isinstance(raw, dict):
+        return dict(raw)
     return raw
 
 
@@ -258,4 +276,6 @@ def _value_to_json(spec: Rule, value: Any, relative: Callable[[str], str]) -> An
         return to_json(value, relative)
     if spec.kind == "list":
         return [to_json(item, relative) for item in value]
+    if spec.kind == "params":
+        return dict(value)
     return relative(value) if spec.kind == "path" else value

@@ -25,13 +25,15 @@ from zvstudio.hashing import text_hash
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 from zvstudio.propagate.blend import histogram_preserving_blend, monotone_masks, selection_mask
 from zvstudio.propagate.cache import SegmentCache
+from zvstudio.propagate.poisson import poisson_blend
 from zvstudio.propagate.segment import (
     BLEND_MODES,
     Propagated,
     PropagationSettings,
-    blend_soft,
     carry_key,
+    soft_weights,
     style_follows_brightness,
+    weighted_mix,
 )
 
 
@@ -205,11 +207,23 @@ def _between(reader, keys, key_a, key_b, flows, settings, cancel) -> dict[int, n
     forward, backward = _both_directions(segment, key_a, key_b, keys, inner, settings, cancel)
     weights = [(key_b - t) / (key_b - key_a) for t in inner]
     if settings.blend == "histogram":
-        results.update(_blend_histogram(inner, forward, backward, weights, segment))
+        blended = _blend_histogram(inner, forward, backward, weights, segment)
     else:
-        for t, weight_a in zip(inner, weights, strict=True):
-            results[t] = blend_soft(forward[t], backward[t], weight_a, settings)
+        blended = {
+            t: _blend_soft_selecting(forward[t], backward[t], weight_a, settings)
+            for t, weight_a in zip(inner, weights, strict=True)
+        }
+    for t, (image, take_b) in blended.items():
+        if settings.poisson:
+            image = poisson_blend(image, forward[t].image, source_b=backward[t].image, mask=take_b)
+        results[t] = image
     return results
+
+
+def _blend_soft_selecting(a, b, weight_a, settings) -> tuple[np.ndarray, np.ndarray]:
+    """The soft blend, and where key b's result weighs more (whose gradients Poisson takes)."""
+    weight_map_a, weight_map_b = soft_weights(a, b, weight_a, settings)
+    return weighted_mix(a.image, b.image, weight_map_a, weight_map_b), weight_map_b > weight_map_a
 
 
 def _both_directions(segment, key_a, key_b, keys, inner, settings, cancel):
@@ -257,16 +271,16 @@ class _StopWith:
             raise RenderCancelled("stopped: the other direction failed")
 
 
-def _blend_histogram(inner, forward, backward, weights, segment) -> dict[int, np.ndarray]:
+def _blend_histogram(inner, forward, backward, weights, segment):
     """Rerender-A-Video's blend: error-based selection made monotone in time, then the
-    histogram-preserving Lab blend."""
+    histogram-preserving Lab blend; {frame: (image, selection of key b)}."""
     masks = [
         selection_mask(_penalised(forward[t]), _penalised(backward[t]), weight)
         for t, weight in zip(inner, weights, strict=True)
     ]
     masks = monotone_masks(masks, [segment.flow(t, t - 1) for t in inner[1:]])
     return {
-        t: histogram_preserving_blend(forward[t].image, backward[t].image, mask, weight)
+        t: (histogram_preserving_blend(forward[t].image, backward[t].image, mask, weight), mask)
         for t, mask, weight in zip(inner, masks, weights, strict=True)
     }
 

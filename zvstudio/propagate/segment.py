@@ -55,6 +55,10 @@ class PropagationSettings:
     # Follow the clip's brightness changes (fades, dips to black, exposure drift): a carried key
     # is scaled by the frame's brightness relative to the key's frame (`brightness_gain`).
     follow_brightness: bool = True
+    # Screened-Poisson fusion after the blend (METHOD 1.4): the blend's colours with the
+    # gradients of the direction that dominates each pixel, which restores the detail that
+    # averaging two slightly misaligned results softens.
+    poisson: bool = False
     patch: SynthesisSettings = field(default_factory=SynthesisSettings)
 
 
@@ -165,10 +169,10 @@ def _synthesized(frame, key_side, key_image, composed, image, error, temporal, s
     return image, np.where(active, result.error, error)
 
 
-def blend_soft(
+def soft_weights(
     a: Propagated, b: Propagated, weight_a: float, settings: PropagationSettings
-) -> np.ndarray:
-    """Average the two directions, weighted by temporal distance and by their errors.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel weights of the two directions: temporal distance times trust in each.
 
     Near a key its own result dominates; where one direction's flow is occluded or its patch
     error is high, the other takes over smoothly (a hard switch would flicker).
@@ -179,9 +183,22 @@ def blend_soft(
         coverage = settings.occluded_weight + (1 - settings.occluded_weight) * result.valid
         return cv2.blur(temporal * trust * coverage + 1e-6, (7, 7))
 
-    weight_map_a = weights(a, weight_a)[..., None]
-    weight_map_b = weights(b, 1.0 - weight_a)[..., None]
-    mixed = (weight_map_a * a.image + weight_map_b * b.image) / (weight_map_a + weight_map_b)
+    return weights(a, weight_a), weights(b, 1.0 - weight_a)
+
+
+def blend_soft(
+    a: Propagated, b: Propagated, weight_a: float, settings: PropagationSettings
+) -> np.ndarray:
+    """Average the two directions with their `soft_weights`."""
+    return weighted_mix(a.image, b.image, *soft_weights(a, b, weight_a, settings))
+
+
+def weighted_mix(
+    image_a: np.ndarray, image_b: np.ndarray, weight_map_a: np.ndarray, weight_map_b: np.ndarray
+) -> np.ndarray:
+    """Per-pixel weighted average of two RGB uint8 images (weights need not sum to 1)."""
+    weight_map_a, weight_map_b = weight_map_a[..., None], weight_map_b[..., None]
+    mixed = (weight_map_a * image_a + weight_map_b * image_b) / (weight_map_a + weight_map_b)
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
 
 

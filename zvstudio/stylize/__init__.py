@@ -20,8 +20,9 @@ from zvstudio.stylize.registry import (
     create_stylizer,
     describe_style,
     register_style,
+    style_parameters,
 )
-from zvstudio.stylize.settings import StyleSettings
+from zvstudio.stylize.settings import StyleParameter, StyleSettings
 
 __all__ = [
     "CartoonRenderer",
@@ -34,6 +35,7 @@ __all__ = [
     "PosterizeRenderer",
     "PosterizeSettings",
     "StyleFactory",
+    "StyleParameter",
     "StyleSettings",
     "StylizationRenderer",
     "StylizationSettings",
@@ -42,4 +44,5 @@ __all__ = [
     "create_stylizer",
     "describe_style",
     "register_style",
+    "style_parameters",
 ]

@@ -80,10 +80,16 @@ def check_frame(frame: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class StylizationSettings(StyleSettings):
-    sigma_s: float = param(60.0, 1, 200)  # spatial extent of the smoothing, in pixels
-    sigma_r: float = param(0.45, 0.01, 1)  # how strong a colour edge must be to stop smoothing
+    sigma_s: float = param(60.0, 1, 200, help="Size of the smoothed washes, in pixels")
+    sigma_r: float = param(
+        0.45, 0.01, 1, help="How strong a colour edge must be to stop the smoothing"
+    )
     # "recursive" is ~4x faster; "normconv" is OpenCV's own cv2.stylization.
-    filter: str = param("recursive", choices=("recursive", "normconv"))
+    filter: str = param(
+        "recursive",
+        choices=("recursive", "normconv"),
+        help="recursive: about 4x faster; normconv: OpenCV's own stylization filter",
+    )
 
 
 class StylizationRenderer(StylizerRenderer):
@@ -112,12 +118,14 @@ class StylizationRenderer(StylizerRenderer):
 
 @dataclass(frozen=True)
 class PencilSettings(StyleSettings):
-    sigma_s: float = param(60.0, 1, 200)
-    sigma_r: float = param(0.07, 0.01, 1)
-    shade_factor: float = param(0.02, 0.005, 0.1)  # paper brightness: higher is lighter
-    color: bool = param(False)  # coloured pencils instead of graphite
+    sigma_s: float = param(60.0, 1, 200, help="Size of the smoothed areas, in pixels")
+    sigma_r: float = param(0.07, 0.01, 1, help="How strong an edge must be to draw a stroke")
+    shade_factor: float = param(0.02, 0.005, 0.1, help="Paper brightness: higher is lighter")
+    color: bool = param(False, help="Coloured pencils instead of graphite")
     # Gaussian pre-blur in pixels: pencilSketch turns sensor noise into dark scribbles.
-    denoise: float = param(1.5, 0, 10)
+    denoise: float = param(
+        1.5, 0, 10, help="Blur before sketching, in pixels: keeps noise from turning to scribbles"
+    )
 
 
 class PencilRenderer(StylizerRenderer):
@@ -143,10 +151,12 @@ _INK = (24, 24, 24)  # the colour of cartoon outlines (BGR)
 
 @dataclass(frozen=True)
 class CartoonSettings(StyleSettings):
-    colors: int = param(8, 2, 32)  # size of the palette
-    line_size: int = param(9, 3, 51, odd=True)  # neighbourhood for outline detection, pixels
-    line_threshold: float = param(4.0, 0, 50)  # higher draws fewer, stronger outlines
-    outlines: bool = param(True)
+    colors: int = param(8, 2, 32, help="Number of flat colours")
+    line_size: int = param(
+        9, 3, 51, odd=True, help="Neighbourhood for outline detection, pixels (odd)"
+    )
+    line_threshold: float = param(4.0, 0, 50, help="Higher draws fewer, stronger outlines")
+    outlines: bool = param(True, help="Draw dark outlines")
 
 
 class CartoonRenderer(StylizerRenderer):
@@ -220,10 +230,10 @@ def _nearest_lut(image: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OilSettings(StyleSettings):
-    sigma_s: float = param(60.0, 1, 200)  # size of the smoothed "brush" areas, pixels
-    sigma_r: float = param(0.4, 0.01, 1)
-    detail: float = param(0.15, 0, 1)  # strength of the brush-stroke detail, 0 = none
-    levels: int = param(0, 0, 64)  # optional colour levels per channel, below 2 = none
+    sigma_s: float = param(60.0, 1, 200, help="Size of the smoothed brush areas, in pixels")
+    sigma_r: float = param(0.4, 0.01, 1, help="How strong an edge must be to stop a brush area")
+    detail: float = param(0.15, 0, 1, help="Strength of the brush-stroke detail (0: none)")
+    levels: int = param(0, 0, 64, help="Colour levels per channel (below 2: no quantising)")
 
 
 class OilRenderer(StylizerRenderer):
@@ -247,8 +257,8 @@ class OilRenderer(StylizerRenderer):
 
 @dataclass(frozen=True)
 class PosterizeSettings(StyleSettings):
-    levels: int = param(5, 2, 64)  # levels per colour channel
-    smooth: bool = param(True)  # edge-preserving smoothing first, for cleaner regions
+    levels: int = param(5, 2, 64, help="Levels per colour channel")
+    smooth: bool = param(True, help="Edge-preserving smoothing first, for cleaner regions")
 
 
 class PosterizeRenderer(StylizerRenderer):

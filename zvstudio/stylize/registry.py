@@ -15,6 +15,7 @@ from typing import Any
 from zvstudio.errors import ZvsError
 from zvstudio.keyrender import KeyRenderer
 from zvstudio.stylize.filters import BUILTIN_STYLIZERS, StylizerRenderer
+from zvstudio.stylize.settings import StyleParameter, parameters_of
 
 StyleFactory = Callable[..., KeyRenderer]
 
@@ -55,6 +56,15 @@ def available_styles() -> list[str]:
 def describe_style(name: str) -> str:
     """A one-line description of the style, for command-line help."""
     return _lookup(name).description
+
+
+def style_parameters(name: str) -> tuple[StyleParameter, ...]:
+    """The parameters of style `name` an editor can offer: those of a `StylizerRenderer`'s
+    settings (built-in styles and plugins built on it); none for other factories."""
+    owner = getattr(_lookup(name).factory, "__self__", None)
+    if isinstance(owner, type) and issubclass(owner, StylizerRenderer):
+        return parameters_of(owner.settings_type)
+    return ()
 
 
 def create_stylizer(name: str, **params: Any) -> KeyRenderer:

@@ -25,9 +25,46 @@ def param(
     high: float | None = None,
     choices: tuple[str, ...] = (),
     odd: bool = False,
+    help: str = "",
 ) -> Any:
-    """A settings field with an inclusive range [low, high], allowed words or an odd-int rule."""
-    return field(default=default, metadata={"range": (low, high), "choices": choices, "odd": odd})
+    """A settings field with an inclusive range [low, high], allowed words or an odd-int rule;
+    `help` says what it does (the editor's tooltip)."""
+    metadata = {"range": (low, high), "choices": choices, "odd": odd, "help": help}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class StyleParameter:
+    """One parameter of a style, as an editor needs it: its type (that of its default), the
+    inclusive range, the allowed words, whether it must be odd, and what it does."""
+
+    name: str
+    default: bool | int | float | str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    odd: bool = False
+    help: str = ""
+
+
+def parameters_of(settings_type: type[StyleSettings]) -> tuple[StyleParameter, ...]:
+    """The parameters a settings dataclass declares with `param()`, in declaration order."""
+    out = []
+    for f in dataclasses.fields(settings_type):
+        low, high = f.metadata.get("range", (None, None))
+        meta = f.metadata
+        out.append(
+            StyleParameter(
+                f.name,
+                f.default,
+                low,
+                high,
+                meta.get("choices", ()),
+                meta.get("odd", False),
+                meta.get("help", ""),
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
