@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -162,6 +164,36 @@ def test_memory_is_bounded_by_one_segment(tmp_path):
     keys = {n: style(frames[n]) for n in (0, 6, 12, 18, 24)}
     assert len(dict(propagate_clip(reader, keys, flows_for(tmp_path)))) == 25
     assert max(reader.reads) <= 7  # never more than the frames between two keys
+
+
+class RecordingFlows(FlowCache):
+    """A flow cache that records which thread asked for which flow."""
+
+    def __init__(self, root):
+        super().__init__(DISFlow("ultrafast"), "test-clip", root=root)
+        self.requests = []
+
+    def get(self, i, j, frame_i, frame_j):
+        self.requests.append(((i, j), threading.current_thread().name))
+        return super().get(i, j, frame_i, frame_j)
+
+
+@pytest.mark.parametrize("reanchor", [True, False])
+def test_a_segments_flows_are_estimated_up_front_on_the_flow_threads(tmp_path, reanchor):
+    frames, _ = moving_sequence("translate", count=12)
+    keys = {2: style(frames[2]), 8: style(frames[8])}  # one-way segments on both sides
+    flows = RecordingFlows(tmp_path)
+    settings = PropagationSettings(reanchor=reanchor)
+    assert len(dict(propagate_clip(ListReader(frames), keys, flows, settings))) == 12
+    prefetched = {pair for pair, thread in flows.requests if thread.startswith("zvstudio-flow")}
+    used = {pair for pair, thread in flows.requests if not thread.startswith("zvstudio-flow")}
+    # Carrying asks only for flows already estimated (one consecutive estimate gives both
+    # directions), and nothing was estimated in vain.
+    assert used <= prefetched | {(j, i) for i, j in prefetched if abs(i - j) == 1}
+    assert all(pair in used or pair[::-1] in used for pair in prefetched)
+    assert flows.misses == len(prefetched)
+    direct = {pair for pair in used if abs(pair[0] - pair[1]) > 1}
+    assert bool(direct) == reanchor
 
 
 def test_keys_outside_the_clip_and_no_keys():
