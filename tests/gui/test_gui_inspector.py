@@ -185,7 +185,13 @@ def test_style_parameters_of_a_file_are_shown_and_hidden_for_diffusion(qtbot, do
     editor = inspector.render_panel.style_params_editor
     assert editor.editors["filter"].currentData() == "normconv"
     assert editor.editors["sigma_r"].value() == pytest.approx(0.45)
-    assert document.undo_stack.count() == 1  # showing them pushed nothing
+    # Steps of about a hundredth of each range.
+    assert editor.editors["sigma_r"].singleStep() == pytest.approx(0.01)
+    assert editor.editors["sigma_s"].singleStep() == 1
+    document.push(SetSettings(RenderSettings(style="pencil")))
+    shade = editor.editors["shade_factor"]
+    assert (shade.singleStep(), shade.decimals(), shade.value()) == (0.001, 3, 0.02)
+    assert document.undo_stack.count() == 2  # showing them pushed nothing
     choose(inspector.renderer_combo, "diffusion")
     assert not editor.isVisible()
 

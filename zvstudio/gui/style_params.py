@@ -36,12 +36,18 @@ def parameter_label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
-def float_step(parameter: StyleParameter) -> tuple[float, int]:
-    """A spin box's step and decimals: about a hundredth of the range, a power of ten."""
+def value_range(parameter: StyleParameter) -> tuple[float, float]:
+    """The parameter's declared range, open ends made finite."""
     low = -OPEN_RANGE if parameter.low is None else parameter.low
     high = OPEN_RANGE if parameter.high is None else parameter.high
+    return low, high
+
+
+def float_step(parameter: StyleParameter) -> tuple[float, int]:
+    """A spin box's step and decimals: about a hundredth of the range, a power of ten."""
+    low, high = value_range(parameter)
     span = max(high - low, 1e-6)
-    step = 10.0 ** math.floor(math.log10(span / 100))
+    step = 10.0 ** round(math.log10(span / 100))
     step = min(step, 1.0)
     return step, max(1, -math.floor(math.log10(step)))
 
@@ -109,8 +115,7 @@ class StyleParamsEditor(QWidget):
             editor.toggled.connect(edited)
         elif isinstance(default, int):
             editor = QSpinBox()
-            low = -OPEN_RANGE if parameter.low is None else parameter.low
-            high = OPEN_RANGE if parameter.high is None else parameter.high
+            low, high = value_range(parameter)
             editor.setRange(int(low), int(high))
             editor.setSingleStep(2 if parameter.odd else 1)
             editor.valueChanged.connect(edited)
@@ -118,9 +123,7 @@ class StyleParamsEditor(QWidget):
             editor = QDoubleSpinBox()
             step, decimals = float_step(parameter)
             editor.setDecimals(decimals)
-            low = -OPEN_RANGE if parameter.low is None else parameter.low
-            high = OPEN_RANGE if parameter.high is None else parameter.high
-            editor.setRange(low, high)
+            editor.setRange(*value_range(parameter))
             editor.setSingleStep(step)
             editor.valueChanged.connect(edited)
         else:
