@@ -143,7 +143,7 @@ def test_style_parameters_are_edited_per_parameter_and_reset(qtbot, document):
     document.undo_stack.clear()
     inspector = make_inspector(qtbot, document)
     editor = inspector.render_panel.style_params_editor
-    assert editor.isVisible()
+    assert editor.is_visible()
     assert list(editor.editors) == ["colors", "line_size", "line_threshold", "outlines"]
     colors = editor.editors["colors"]
     assert (colors.minimum(), colors.maximum(), colors.value()) == (2, 32, 8)
@@ -193,7 +193,7 @@ def test_style_parameters_of_a_file_are_shown_and_hidden_for_diffusion(qtbot, do
     assert (shade.singleStep(), shade.decimals(), shade.value()) == (0.001, 3, 0.02)
     assert document.undo_stack.count() == 2  # showing them pushed nothing
     choose(inspector.renderer_combo, "diffusion")
-    assert not editor.isVisible()
+    assert not editor.is_visible()
 
 
 def test_a_key_override_sets_and_clears_the_keys_prompt(qtbot, diffusion):

@@ -387,9 +387,8 @@ class RenderPanel(_Panel):
         self.style_combo.currentIndexChanged.connect(self._style_chosen)
         self.style_label = _label("Style", "The stylizer's look (hover a style for more)")
         form.addRow(self.style_label, self.style_combo)
-        self.style_params_editor = StyleParamsEditor()
+        self.style_params_editor = StyleParamsEditor(form, self.style_combo)
         self.style_params_editor.changed.connect(self._style_params_edited)
-        form.addRow(self.style_params_editor)
         self.painted_note = _note("Each key uses the image painted for it (see the Key tab).")
         form.addRow(self.painted_note)
         return group
@@ -680,7 +679,7 @@ class RenderPanel(_Panel):
         self.style_label.setVisible(stylize)
         self.style_combo.setVisible(stylize)
         self.style_params_editor.show_style(settings.style, settings.style_params)
-        self.style_params_editor.setVisible(stylize and bool(self.style_params_editor.parameters))
+        self.style_params_editor.set_visible(stylize and bool(self.style_params_editor.parameters))
         self.painted_note.setVisible(settings.renderer == "painted")
         self.diffusion_box.setVisible(settings.renderer == "diffusion")
 

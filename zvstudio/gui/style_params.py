@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QSignalBlocker, Signal
+from PySide6.QtCore import QObject, QSignalBlocker, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -52,26 +51,23 @@ def float_step(parameter: StyleParameter) -> tuple[float, int]:
     return step, max(1, -math.floor(math.log10(step)))
 
 
-class StyleParamsEditor(QWidget):
-    """The current style's parameters as widgets. After each edit `changed` carries the
-    edited parameter's name ("" for a reset) and the values that differ from the style's
-    defaults (what a project stores)."""
+class StyleParamsEditor(QObject):
+    """The current style's parameters as rows of `form`, right after the row of `anchor`, so
+    they line up with the rows around them. After each edit `changed` carries the edited
+    parameter's name ("" for a reset) and the values that differ from the style's defaults
+    (what a project stores)."""
 
     changed = Signal(str, dict)
 
-    def __init__(self) -> None:
+    def __init__(self, form: QFormLayout, anchor: QWidget) -> None:
         super().__init__()
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        self.form = QFormLayout()
-        self.form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
-        layout.addLayout(self.form)
-        self.reset_button = QPushButton("Reset to the style's defaults")
-        self.reset_button.clicked.connect(lambda: self.changed.emit("", {}))
-        layout.addWidget(self.reset_button)
+        self.form, self.anchor = form, anchor
         self.style: str | None = None
         self.parameters: tuple[StyleParameter, ...] = ()
         self.editors: dict[str, QWidget] = {}
+        self.reset_button = self._reset_button()
+        self._fields: list[QWidget] = []  # the field widget of each row this editor added
+        self._visible = True
 
     def show_style(self, style: str, values: dict[str, Any]) -> None:
         """Show `style`'s parameters with `values` (the rest at their defaults)."""
@@ -80,6 +76,15 @@ class StyleParamsEditor(QWidget):
         for parameter in self.parameters:
             self._show_value(parameter, values.get(parameter.name, parameter.default))
         self.reset_button.setEnabled(bool(self.values()))
+
+    def set_visible(self, visible: bool) -> None:
+        """Show or hide this editor's rows (the form keeps them)."""
+        self._visible = visible
+        for field in self._fields:
+            self.form.setRowVisible(field, visible)
+
+    def is_visible(self) -> bool:
+        return self._visible and bool(self._fields) and self._fields[0].isVisible()
 
     def values(self) -> dict[str, Any]:
         """The edited values that differ from the defaults."""
@@ -91,22 +96,35 @@ class StyleParamsEditor(QWidget):
         return out
 
     # -- building ----------------------------------------------------------------------------
+    def _reset_button(self) -> QPushButton:
+        button = QPushButton("Reset to the style's defaults")
+        button.clicked.connect(lambda: self.changed.emit("", {}))
+        return button
+
     def _rebuild(self, style: str) -> None:
-        while self.form.rowCount():
-            self.form.removeRow(0)  # deletes the row's widgets
-        self.style, self.editors = style, {}
+        for field in self._fields:
+            self.form.removeRow(field)  # deletes the row's label and field
+        self.style, self.editors, self._fields = style, {}, []
         try:
             self.parameters = style_parameters(style)
         except ZvsError:  # a plugin's style that is not installed here
             self.parameters = ()
+        row = self.form.getWidgetPosition(self.anchor)[0] + 1
         for parameter in self.parameters:
             editor = self._editor(parameter, lambda *_, name=parameter.name: self._edited(name))
             tip = parameter.help or parameter.name
             editor.setToolTip(tip)
             label = QLabel(parameter_label(parameter.name))
             label.setToolTip(tip)
-            self.form.addRow(label, editor)
+            self.form.insertRow(row, label, editor)
             self.editors[parameter.name] = editor
+            self._fields.append(editor)
+            row += 1
+        if self.parameters:
+            self.reset_button = self._reset_button()
+            self.form.insertRow(row, self.reset_button)
+            self._fields.append(self.reset_button)
+        self.set_visible(self._visible)
 
     def _editor(self, parameter: StyleParameter, edited: Callable[..., None]) -> QWidget:
         default = parameter.default
