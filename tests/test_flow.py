@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -371,6 +374,22 @@ def test_flow_cache_recomputes_an_unreadable_file(tmp_path, shifted_pair):
     flow = cache.get(0, 1, *shifted_pair)
     assert cache.misses == 1 and flow.shape == (HEIGHT, WIDTH, 2)
     assert np.load(cache.path(0, 1)).shape == (HEIGHT, WIDTH, 2)
+
+
+def test_a_full_disk_costs_the_flow_cache_not_the_flow(tmp_path, shifted_pair, monkeypatch):
+    cache = FlowCache(DISFlow("ultrafast"), "clip", root=tmp_path)
+    expected = cache.get(0, 1, *shifted_pair)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    full = FlowCache(DISFlow("ultrafast"), "other clip", root=tmp_path)
+    monkeypatch.setattr(np, "save", disk_full)
+    assert np.array_equal(full.get(0, 1, *shifted_pair), expected)
+    assert np.array_equal(full.get(0, 1, *shifted_pair), expected)  # estimated again
+    assert full.misses == 2 and list(full.folder.iterdir()) == []  # no temporary files left
+    monkeypatch.setattr(tempfile, "mkstemp", disk_full)
+    assert full.get(1, 0, shifted_pair[1], shifted_pair[0]).shape == expected.shape
 
 
 def test_flow_cache_max_side_estimates_small_and_returns_full_size(tmp_path):

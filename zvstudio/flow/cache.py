@@ -110,13 +110,19 @@ class FlowCache:
         return flow.astype(np.float32)
 
     def _store(self, path: Path, flow: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        """Keep `flow` at `path`; a full or read-only disk only costs the caching (the flow is
+        estimated again when asked for), never the render."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        except OSError:
+            return
         try:
             with os.fdopen(handle, "wb") as stream:
                 np.save(stream, flow.astype(np.float16))
             os.replace(temp, path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-            raise
+            if not isinstance(exc, OSError):
+                raise

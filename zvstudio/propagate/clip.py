@@ -108,9 +108,13 @@ class _SegmentFrames:
             pairs += [
                 (t, key) for key in keys for t in numbers if abs(t - key) > 1 and t not in keys
             ]
+
+        def estimate(i: int, j: int) -> None:
+            self.flow(i, j)  # into the cache; keeping every result would hold them all in RAM
+
         pool = ThreadPoolExecutor(FLOW_WORKERS, thread_name_prefix="zvstudio-flow")
         try:
-            for future in [pool.submit(self.flow, i, j) for i, j in pairs]:
+            for future in [pool.submit(estimate, i, j) for i, j in pairs]:
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 future.result()
