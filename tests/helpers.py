@@ -104,3 +104,19 @@ def save_state_dict(path: Path, state: dict) -> Path:
     else:
         torch.save(state, path)
     return path
+
+
+def assert_annotator_found(
+    kind: str, models: Path, weights: Path, monkeypatch, listed_as: str | None = None
+) -> None:
+    """`weights` in the model folder `models` makes annotator `kind` available, identified
+    by the file's name and listed as its file (under `listed_as`, for an annotator of
+    several names)."""
+    from zvstudio.diffusion import annotators
+
+    monkeypatch.setenv("ZVSTUDIO_MODELS", str(models))
+    assert not annotators.has_annotator(kind)
+    annotators.refresh_local_annotators()
+    assert kind in annotators.available_annotators()
+    assert annotators.annotator_identity(kind).startswith(f"{kind}@:{weights.name}:")
+    assert annotators.local_annotator_files([models])[listed_as or kind] == str(weights)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import save_state_dict, textured_frame
+from helpers import assert_annotator_found, save_state_dict, textured_frame
 
 from zvstudio.diffusion import annotators
 from zvstudio.diffusion.hed import FILE_NAMES, HedAnnotator, build_hed, find_hed_weights
@@ -43,15 +43,13 @@ def test_side_outputs_are_averaged_and_squashed(tmp_path):
 @pytest.mark.parametrize("name", FILE_NAMES)
 def test_a_checkpoint_in_the_model_folder_makes_soft_edges_available(tmp_path, name, monkeypatch):
     models = tmp_path / "models"
-    write_checkpoint(models / "annotators" / name)
-    assert find_hed_weights([models]) == models / "annotators" / name
+    weights = write_checkpoint(models / "annotators" / name)
+    assert find_hed_weights([models]) == weights
     assert find_hed_weights([tmp_path / "none"]) is None
-    monkeypatch.setenv("ZVSTUDIO_MODELS", str(models))
-    annotators.refresh_local_annotators()
-    assert {"hed", "softedge"} <= set(annotators.available_annotators())
+    assert_annotator_found("hed", models, weights, monkeypatch, listed_as="hed/softedge")
+    assert "softedge" in annotators.available_annotators()
     image = annotators.annotate("softedge", textured_frame())
     assert image.shape == (40, 56, 3) and image.std() > 0  # edges vary over the frame
-    assert annotators.annotator_identity("hed").startswith(f"hed@:{name}:")
 
 
 def test_the_hf_cache_holds_lllyasviels_annotators(tmp_path):

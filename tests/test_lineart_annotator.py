@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import save_state_dict, textured_frame
+from helpers import assert_annotator_found, save_state_dict, textured_frame
 
 from zvstudio.diffusion import annotators
 from zvstudio.diffusion.lineart import (
@@ -80,16 +80,10 @@ def test_the_fine_model_is_preferred_and_the_coarse_one_is_a_fallback(tmp_path):
 @pytest.mark.parametrize("name", FILE_NAMES[:2])
 def test_a_checkpoint_in_the_model_folder_makes_lineart_available(tmp_path, name, monkeypatch):
     models = tmp_path / "models"
-    write_checkpoint(models / "annotators" / name)
-    monkeypatch.setenv("ZVSTUDIO_MODELS", str(models))
-    annotators.refresh_local_annotators()
-    assert "lineart" in annotators.available_annotators()
+    weights = write_checkpoint(models / "annotators" / name)
+    assert_annotator_found("lineart", models, weights, monkeypatch)
     image = annotators.annotate("lineart", textured_frame())
     assert image.shape == (40, 56, 3) and image.std() > 0  # lines vary over the frame
-    assert annotators.annotator_identity("lineart").startswith(f"lineart@:{name}:")
-    assert annotators.local_annotator_files([models])["lineart"] == str(
-        models / "annotators" / name
-    )
 
 
 def test_installs_and_the_hf_cache_are_searched(tmp_path):

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import save_state_dict, textured_frame
+from helpers import assert_annotator_found, save_state_dict, textured_frame
 
 from zvstudio.diffusion import mlsd
 from zvstudio.diffusion.annotator_weights import load_checkpoint
@@ -281,18 +281,12 @@ def test_other_files_are_refused_clearly(tmp_path):
 
 
 def test_a_checkpoint_in_the_model_folder_makes_mlsd_available(tmp_path, monkeypatch):
-    from zvstudio.diffusion import annotators
     from zvstudio.diffusion.controlnet import resolve_controlnet
     from zvstudio.diffusion.library import ModelInfo
 
     models = tmp_path / "models"
     weights = write_checkpoint(models / "annotators" / FILE_NAMES[0])
-    monkeypatch.setenv("ZVSTUDIO_MODELS", str(models))
-    assert not annotators.has_annotator("mlsd")
-    annotators.refresh_local_annotators()
-    assert "mlsd" in annotators.available_annotators()
-    assert annotators.annotator_identity("mlsd").startswith(f"mlsd@:{FILE_NAMES[0]}:")
-    assert annotators.local_annotator_files([models])["mlsd"] == str(weights)
+    assert_annotator_found("mlsd", models, weights, monkeypatch)
     path = tmp_path / "control_v11p_sd15_mlsd.safetensors"
     choice = resolve_controlnet("mlsd", [ModelInfo(path, path.stem, "controlnet", "sd1", "", 1)])
     assert choice.path == path

@@ -10,7 +10,7 @@ from itertools import chain
 import numpy as np
 import pytest
 import torch
-from helpers import save_state_dict, textured_frame
+from helpers import assert_annotator_found, save_state_dict, textured_frame
 from scipy.ndimage import gaussian_filter
 
 from zvstudio.diffusion import openpose
@@ -274,16 +274,9 @@ def test_a_checkpoint_in_the_model_folder_is_found_and_annotates(tmp_path, name,
 
 
 def test_a_checkpoint_in_the_model_folder_makes_openpose_available(tmp_path, monkeypatch):
-    from zvstudio.diffusion import annotators
-
     models = tmp_path / "models"
     weights = write_checkpoint(models / "annotators" / FILE_NAMES[0])
-    monkeypatch.setenv("ZVSTUDIO_MODELS", str(models))
-    assert not annotators.has_annotator("openpose")
-    annotators.refresh_local_annotators()
-    assert "openpose" in annotators.available_annotators()
-    assert annotators.annotator_identity("openpose").startswith(f"openpose@:{FILE_NAMES[0]}:")
-    assert annotators.local_annotator_files([models])["openpose"] == str(weights)
+    assert_annotator_found("openpose", models, weights, monkeypatch)
 
 
 A1111 = "extensions/sd-webui-controlnet/annotator/downloads/openpose"
