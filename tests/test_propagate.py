@@ -18,6 +18,7 @@ from zvstudio.metrics import psnr
 from zvstudio.progress import CancelToken
 from zvstudio.propagate.clip import check_keys, load_key_image, propagate_clip
 from zvstudio.propagate.patchmatch import PatchMatchSettings, best_of, refine, vote
+from zvstudio.propagate.pixels import NUMPY
 from zvstudio.propagate.segment import (
     Propagated,
     PropagationSettings,
@@ -522,6 +523,18 @@ def test_propagate_command_refuses_bad_patch_options(
     assert not out.exists()
 
 
+def test_propagate_command_refuses_a_gpu_that_is_not_there(painted_clip, tmp_path, capsys):
+    import torch
+
+    folder, clip = painted_clip
+    out = tmp_path / "o.mp4"
+    key = ["--key", f"0={folder / 'key0.png'}"]
+    gpu = f"cuda:{torch.cuda.device_count()}"  # one past the last
+    assert main(["propagate", str(clip), *key, "--device", gpu, "-q", "-o", str(out)]) == 1
+    assert "CUDA GPU" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_propagate_command_bad_input(painted_clip, tmp_path, capsys):
     folder, clip = painted_clip
     out = str(tmp_path / "o.mp4")
@@ -580,7 +593,7 @@ def test_the_two_directions_run_at_once_and_give_the_sequential_result(tmp_path)
     segment.flow = recording_flow
     inner = list(range(1, 8))
     settings = PropagationSettings()
-    forward, backward = _both_directions(segment, 0, 8, keys, inner, settings, None)
+    forward, backward = _both_directions(segment, 0, 8, keys, inner, settings, None, NUMPY)
     assert len(threads) == 2  # the backward chain ran in its own thread
     alone = dict(carry_key(segment.frames, 8, keys[8], inner[::-1], flow, settings))
     assert sorted(forward) == sorted(backward) == inner
@@ -611,7 +624,7 @@ def test_a_failing_direction_stops_the_other(tmp_path):
     segment.flow = failing_flow
     inner = list(range(1, 29))
     with pytest.raises(RuntimeError, match="flow failed"):
-        _both_directions(segment, 0, 29, keys, inner, PropagationSettings(), None)
+        _both_directions(segment, 0, 29, keys, inner, PropagationSettings(), None, NUMPY)
     # The backward chain stopped within a few frames instead of carrying its key all the way.
     assert asked and min(asked) > 20
 
@@ -630,7 +643,9 @@ def test_pausing_holds_both_directions(tmp_path):
 
     def run():
         try:
-            _both_directions(segment, 0, 8, keys, list(range(1, 8)), PropagationSettings(), token)
+            _both_directions(
+                segment, 0, 8, keys, list(range(1, 8)), PropagationSettings(), token, NUMPY
+            )
         except RenderCancelled as exc:
             outcome.append(exc)
 

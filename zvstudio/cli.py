@@ -318,6 +318,7 @@ def _with_overrides(request, args):
         propagation = replace(propagation, synthesis=args.synthesis)
     if args.poisson is not None:
         propagation = replace(propagation, poisson=args.poisson)
+    propagation = replace(propagation, device=_pixel_device(args.device))
     return replace(
         request,
         propagation=propagation,
@@ -469,6 +470,12 @@ def _add_propagate(commands) -> None:
         help="window (pixels) over which guide errors are measured",
     )
     _add_synthesis_option(parser)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the per-pixel work and the patch search run: auto (a CUDA GPU if there is "
+        "one), cpu, cuda, cuda:N (mps: the patch search only)",
+    )
     _add_patch_options(parser)
     parser.add_argument("--format", choices=FORMATS, help="codec (default: h264, png for a folder)")
     parser.add_argument("--crf", type=int, default=18, help="H.264/H.265 quality (default 18)")
@@ -532,11 +539,6 @@ def _add_patch_options(parser) -> None:
         type=float,
         default=default.uniformity,
         help="cost of reusing a key patch (default %(default)s)",
-    )
-    patch.add_argument(
-        "--device",
-        default="auto",
-        help="where the search runs: auto (a GPU if there is one), cpu, cuda, cuda:N, mps",
     )
 
 
@@ -605,6 +607,7 @@ def _run_propagate(args) -> int:
             synthesis=args.synthesis or "flow",
             poisson=bool(args.poisson),
             patch=_patch_settings(args),
+            device=_pixel_device(args.device),
         ),
         export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio),
         flow_preset=args.flow_preset,
@@ -614,6 +617,16 @@ def _run_propagate(args) -> int:
     )
     _print_written(result)
     return 0
+
+
+def _pixel_device(requested: str) -> str:
+    """The propagation's device: "auto" and "cpu" as they are, a GPU checked against the
+    machine (a clear error when it is not there)."""
+    if requested.strip().lower() in ("auto", "cpu"):
+        return requested.strip().lower()
+    from zvstudio.engine.device import TorchProbe, resolve_device
+
+    return resolve_device(requested, TorchProbe())
 
 
 def _parse_keys(items: list[str]) -> dict[int, Path]:

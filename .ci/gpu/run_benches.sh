@@ -34,7 +34,8 @@ print(torch.__version__, triton.__version__, diffusers.__version__, av.__version
         ;;
     keys) step keys "${zv[@]}" bench keys --random-weights --device cuda --model-dir /tmp/models ;;
     propagate)
-        step propagate "${zv[@]}" bench propagate "${clips[@]}" --device cuda --synthesis patch
+        step propagate "${zv[@]}" bench propagate "${clips[@]}" --device cuda
+        step propagate-patch "${zv[@]}" bench propagate "${clips[@]}" --device cuda --synthesis patch
         ;;
     render)
         step render "${zv[@]}" bench render --random-sd15 --device cuda --model-dir /tmp/models

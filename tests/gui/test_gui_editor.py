@@ -234,3 +234,37 @@ def test_drop_a_clip_on_the_window_imports_it(qtbot, window, clip, tmp_path):
     assert window.document.project.clip is not None
     assert Path(window.document.project.clip.path) == clip
     assert [k.frame for k in window.document.project.keyframes] == [0, 10, 20]  # as imported
+
+
+def test_renders_run_where_the_settings_say(qtbot, window, clip, tmp_path):
+    # Edit > Settings' device, precision, memory and offload reach the project's renders (and
+    # its propagation's device): "out of GPU memory: enable offload in Settings" must work.
+    from zvstudio.project.edits import SetSettings
+
+    window.settings = AppSettings(
+        device="cpu", precision="fp32", memory_limit_gb=6.0, offload="sequential"
+    )
+    window.diffusion_config_dir = tmp_path / "configs"
+    assert window.open_path(clip)
+    settings = replace(
+        window.document.project.settings,
+        renderer="diffusion",
+        model="m.safetensors",
+        controlnet=None,
+    )
+    window.document.push(SetSettings(settings))
+    request = window.current_request(tmp_path / "out.mp4")
+    assert request is not None, window.statusBar().currentMessage()
+    diffusion = request.renderer.diffusion
+    assert (diffusion.device, diffusion.precision, diffusion.offload) == (
+        "cpu",
+        "fp32",
+        "sequential",
+    )
+    assert diffusion.memory_limit_gb == 6.0 and not diffusion.allow_pickle
+    assert diffusion.config_dir == tmp_path / "configs"
+    assert request.propagation.device == "cpu"
+    window.settings = AppSettings(device="cuda:1", allow_pickle=True)
+    request = window.current_request(tmp_path / "out.mp4")
+    assert request.renderer.diffusion.device == request.propagation.device == "cuda:1"
+    assert request.renderer.diffusion.allow_pickle

@@ -54,6 +54,7 @@ from zvstudio.project.model import SEED_MAX
 
 if TYPE_CHECKING:
     from zvstudio.engine.preview import DiffusionSpec
+    from zvstudio.engine.request import RenderRequest
     from zvstudio.generate.dynamicrafter.job import DynamiCrafterRequest
     from zvstudio.generate.jobs import AnimateRequest, GenerateResult, TextToVideoRequest
 
@@ -135,6 +136,26 @@ class ModelPolicy:
             memory_limit_gb=self.memory_limit_gb,
             offload=self.offload,
         )
+
+    def applied_to(self, request: RenderRequest) -> RenderRequest:
+        """`request` run as these choices say: its diffusion model on their device, precision,
+        memory and offload (pickles only if allowed), and its propagation on their device."""
+        from dataclasses import replace
+
+        renderer = request.renderer
+        if renderer.diffusion is not None:
+            diffusion = replace(
+                renderer.diffusion,
+                device=self.device,
+                precision=self.precision,
+                memory_limit_gb=self.memory_limit_gb,
+                offload=self.offload,
+                allow_pickle=self.allow_pickle,
+                config_dir=self.config_dir or renderer.diffusion.config_dir,
+            )
+            renderer = replace(renderer, diffusion=diffusion)
+        propagation = replace(request.propagation, device=self.device)
+        return replace(request, renderer=renderer, propagation=propagation)
 
 
 @dataclass(frozen=True)

@@ -463,9 +463,12 @@ class MainWindow(QMainWindow):
         project = self.document.project
         if project.clip is None:
             return None
+        from zvstudio.gui.generate_dialogs import ModelPolicy
+
         output = output or self._working_output()
+        policy = ModelPolicy.from_settings(self.settings, self.diffusion_config_dir)
         try:
-            return request_from_project(project, output)
+            return policy.applied_to(request_from_project(project, output))
         except ZvsError as exc:
             self.statusBar().showMessage(str(exc), 8000)
             return None

@@ -25,6 +25,7 @@ from zvstudio.hashing import text_hash
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 from zvstudio.propagate.blend import histogram_preserving_blend, monotone_masks, selection_mask
 from zvstudio.propagate.cache import SegmentCache
+from zvstudio.propagate.pixels import Pixels, pixels_for
 from zvstudio.propagate.poisson import poisson_blend
 from zvstudio.propagate.segment import (
     BLEND_MODES,
@@ -133,23 +134,26 @@ def propagate_clip(
     cancel: CancelToken | None = None,
     cache: SegmentCache | None = None,
     key_ids: Mapping[int, str] | None = None,
+    pixels: Pixels | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame number, RGB image) for every frame first..last, in order.
 
     `reader` provides `frames(start, stop)` like `VideoReader`; `keys` maps frame numbers to
     their rendered images (at the reader's size). With a `cache`, finished segments are kept
     on disk and reused; `key_ids` names each key's content (default: a hash of its pixels),
-    so a cached segment is found without rendering its keys again.
+    so a cached segment is found without rendering its keys again. `pixels` overrides the
+    backend of the per-pixel work that `settings.device` chooses.
     """
     settings = settings or PropagationSettings()
     if settings.blend not in BLEND_MODES:
         raise ZvsError(f"unknown blend mode {settings.blend!r}; choose {', '.join(BLEND_MODES)}")
+    pixels = pixels or pixels_for(settings.device)
     last = len(reader) - 1 if last is None else last
     order = check_keys(keys, first, last)
     total = last - first + 1
     done = 0
     for start, stop, involved, compute in _segments(
-        reader, keys, order, first, last, flows, settings, cancel
+        reader, keys, order, first, last, flows, settings, cancel, pixels
     ):
         results = None
         if cache is not None:
@@ -193,11 +197,11 @@ def segment_spans(
     return spans
 
 
-def _segments(reader, keys, order, first, last, flows, settings, cancel):
+def _segments(reader, keys, order, first, last, flows, settings, cancel, pixels):
     """(start, stop, keys involved, compute) for each stretch of the clip, in order; compute()
     returns {frame: image} for start..stop."""
     args = (reader, keys)
-    rest = (flows, settings, cancel)
+    rest = (flows, settings, cancel, pixels)
     for start, stop, involved in segment_spans(order, first, last):
         if len(involved) == 2:
             compute = partial(_between, *args, *involved, *rest)
@@ -208,8 +212,8 @@ def _segments(reader, keys, order, first, last, flows, settings, cancel):
         yield start, stop, involved, compute
 
 
-def _before_first(reader, keys, key, start, flows, settings, cancel) -> dict[int, np.ndarray]:
-    return _drop(_one_way(reader, keys, key, start, flows, settings, cancel), key)
+def _before_first(reader, keys, key, start, *rest) -> dict[int, np.ndarray]:
+    return _drop(_one_way(reader, keys, key, start, *rest), key)
 
 
 def _drop(results: dict[int, np.ndarray], number: int) -> dict[int, np.ndarray]:
@@ -218,7 +222,7 @@ def _drop(results: dict[int, np.ndarray], number: int) -> dict[int, np.ndarray]:
     return results
 
 
-def _one_way(reader, keys, key, end, flows, settings, cancel) -> dict[int, np.ndarray]:
+def _one_way(reader, keys, key, end, flows, settings, cancel, pixels) -> dict[int, np.ndarray]:
     """Frames from `key` to `end` (either side of it), carried from that key alone."""
     if key == end:
         return {key: keys[key]}
@@ -227,14 +231,15 @@ def _one_way(reader, keys, key, end, flows, settings, cancel) -> dict[int, np.nd
     step = 1 if end > key else -1
     targets = list(range(key + step, end + step, step))
     results = {key: keys[key]}
-    for number, carried in carry_key(
-        segment.frames, key, keys[key], targets, segment.flow, settings, cancel
-    ):
-        results[number] = carried.image
+    carried = carry_key(
+        segment.frames, key, keys[key], targets, segment.flow, settings, cancel, pixels=pixels
+    )
+    for number, result in carried:
+        results[number] = pixels.download(result.image)
     return results
 
 
-def _between(reader, keys, key_a, key_b, flows, settings, cancel) -> dict[int, np.ndarray]:
+def _between(reader, keys, key_a, key_b, flows, settings, cancel, pixels) -> dict[int, np.ndarray]:
     """Frames key_a..key_b-1: key_a itself and the frames carried from both keys, blended."""
     results = {key_a: keys[key_a]}
     if key_b - key_a < 2:
@@ -242,29 +247,44 @@ def _between(reader, keys, key_a, key_b, flows, settings, cancel) -> dict[int, n
     segment = _SegmentFrames(reader, key_a, key_b, flows)
     segment.prefetch((key_a, key_b), settings.reanchor, cancel)
     inner = list(range(key_a + 1, key_b))
-    forward, backward = _both_directions(segment, key_a, key_b, keys, inner, settings, cancel)
+    forward, backward = _both_directions(
+        segment, key_a, key_b, keys, inner, settings, cancel, pixels
+    )
     weights = [(key_b - t) / (key_b - key_a) for t in inner]
     if settings.blend == "histogram":
+        forward, backward = (
+            {t: _downloaded(result, pixels) for t, result in direction.items()}
+            for direction in (forward, backward)
+        )
         blended = _blend_histogram(inner, forward, backward, weights, segment)
     else:
         blended = {
-            t: _blend_soft_selecting(forward[t], backward[t], weight_a, settings)
+            t: _blend_soft_selecting(forward[t], backward[t], weight_a, settings, pixels)
             for t, weight_a in zip(inner, weights, strict=True)
         }
     for t, (image, take_b) in blended.items():
         if settings.poisson:
-            image = poisson_blend(image, forward[t].image, source_b=backward[t].image, mask=take_b)
+            image_a, image_b = (pixels.download(d[t].image) for d in (forward, backward))
+            image = poisson_blend(image, image_a, source_b=image_b, mask=take_b)
         results[t] = image
     return results
 
 
-def _blend_soft_selecting(a, b, weight_a, settings) -> tuple[np.ndarray, np.ndarray]:
-    """The soft blend, and where key b's result weighs more (whose gradients Poisson takes)."""
-    weight_map_a, weight_map_b = soft_weights(a, b, weight_a, settings)
-    return weighted_mix(a.image, b.image, weight_map_a, weight_map_b), weight_map_b > weight_map_a
+def _blend_soft_selecting(a, b, weight_a, settings, pixels) -> tuple[np.ndarray, np.ndarray]:
+    """The soft blend, and where key b's result weighs more (whose gradients Poisson takes),
+    as numpy arrays."""
+    weight_map_a, weight_map_b = soft_weights(a, b, weight_a, settings, pixels)
+    image = weighted_mix(a.image, b.image, weight_map_a, weight_map_b, pixels)
+    return pixels.download(image), pixels.download(weight_map_b > weight_map_a)
 
 
-def _both_directions(segment, key_a, key_b, keys, inner, settings, cancel):
+def _downloaded(result: Propagated, pixels: Pixels) -> Propagated:
+    """`result` as numpy arrays."""
+    arrays = result.image, result.error, result.valid, result.flow
+    return Propagated(*map(pixels.download, arrays))
+
+
+def _both_directions(segment, key_a, key_b, keys, inner, settings, cancel, pixels):
     """The frames carried from key_a forwards and from key_b backwards, as two dicts.
 
     The two chains are independent, so they run at once: each computes the step flows from
@@ -277,9 +297,10 @@ def _both_directions(segment, key_a, key_b, keys, inner, settings, cancel):
     follows = style_follows_brightness(frames[key_a], keys[key_a], frames[key_b], keys[key_b])
 
     def carry(key: int, targets: list[int], token) -> dict[int, Propagated]:
-        return dict(
-            carry_key(frames, key, keys[key], targets, segment.flow, settings, token, follows)
+        carried = carry_key(
+            frames, key, keys[key], targets, segment.flow, settings, token, follows, pixels
         )
+        return dict(carried)
 
     if settings.synthesis == "patch" and settings.patch.device == "cpu":
         return carry(key_a, inner, cancel), carry(key_b, inner[::-1], cancel)

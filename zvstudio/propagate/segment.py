@@ -26,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
-from zvstudio.flow.ops import consistency_mask, feather, identity_grid, warp
+from zvstudio.flow.ops import feather, identity_grid
 from zvstudio.progress import CancelToken
+from zvstudio.propagate.pixels import NUMPY, Pixels
 from zvstudio.propagate.synthesis_settings import SynthesisSettings
 
 BLEND_MODES = ("soft", "histogram")
@@ -60,11 +60,14 @@ class PropagationSettings:
     # averaging two slightly misaligned results softens.
     poisson: bool = False
     patch: SynthesisSettings = field(default_factory=SynthesisSettings)
+    # Where the per-pixel work runs ("auto": a CUDA GPU when torch sees one; see `pixels`).
+    # Not part of the repr, which keys cached segments: the devices differ only by rounding.
+    device: str = field(default="auto", repr=False)
 
 
 @dataclass
 class Propagated:
-    """One direction's result for one frame."""
+    """One direction's result for one frame (arrays of the `Pixels` backend that made it)."""
 
     image: np.ndarray  # RGB uint8
     error: np.ndarray  # float32 guide error per pixel (windowed)
@@ -73,13 +76,18 @@ class Propagated:
 
 
 def guide_error(
-    frame: np.ndarray, key_frame: np.ndarray, flow: np.ndarray, window: int, gain: float = 1.0
+    frame: np.ndarray,
+    key_frame: np.ndarray,
+    flow: np.ndarray,
+    window: int,
+    gain: float = 1.0,
+    pixels: Pixels = NUMPY,
 ):
     """Squared colour error between `frame` and `key_frame` sampled along `flow` (times
     `gain`), summed over the three channels and averaged over a `window` x `window` box."""
-    sampled = warp(key_frame, flow).astype(np.float32) * np.float32(gain)
-    difference = frame.astype(np.float32) - sampled
-    return cv2.blur((difference * difference).sum(axis=2), (window, window))
+    sampled = pixels.as_float(pixels.warp(key_frame, flow)) * float(gain)
+    difference = pixels.as_float(frame) - sampled
+    return pixels.box_blur(pixels.channel_sum(difference * difference), window)
 
 
 def carry_key(
@@ -91,6 +99,7 @@ def carry_key(
     settings: PropagationSettings,
     cancel: CancelToken | None = None,
     follows_brightness: float = 1.0,
+    pixels: Pixels = NUMPY,
 ) -> Iterator[tuple[int, Propagated]]:
     """Carry `key_image` (the rendering of frame `key_index`) to each frame of `targets`,
     which must run away from the key one frame at a time.
@@ -99,66 +108,80 @@ def carry_key(
     by the fraction `follows_brightness` (1: the style keeps the input's brightness, as most
     renders do; 0: it does not, as a pencil sketch's paper stays white; see
     `style_follows_brightness`). The guide error compares the frame with the key's frame
-    changed the same way: how well the key's rendering fits, as it will be shown."""
-    key_frame = frames[key_index]
+    changed the same way: how well the key's rendering fits, as it will be shown.
+
+    The results are arrays of `pixels`, the backend that does the per-pixel work; `frames`,
+    `key_image` and the flows are numpy arrays, uploaded as they are used."""
+    key_frame = pixels.upload(frames[key_index])
+    key_rendering = key_image
     composed = valid = key_side = None
-    previous, previous_image = key_index, key_image
+    previous, previous_image = key_index, pixels.upload(key_image)
+    key_image = previous_image
+
+    def flow_to(i: int, j: int):
+        return pixels.upload(flow(i, j))
+
     for target in targets:
         if cancel is not None:
             cancel.raise_if_cancelled()
         if abs(target - previous) != 1:
             raise ValueError("targets must move away from the key one frame at a time")
-        step = flow(target, previous)
-        step_valid = consistency_mask(step, flow(previous, target))
+        step = flow_to(target, previous)
+        step_valid = pixels.consistency_mask(step, flow_to(previous, target))
         if composed is None:
             composed, valid = step, step_valid
         else:
-            composed = step + warp(composed, step)
-            valid = step_valid & warp(valid, step, interpolation="nearest")
-        frame = frames[target]
+            composed = step + pixels.warp(composed, step)
+            valid = step_valid & pixels.warp(valid, step, interpolation="nearest")
+        frame = pixels.upload(frames[target])
         gain = 1.0
         if settings.follow_brightness:
-            gain = brightness_gain(frame, key_frame, composed, valid)
+            gain = brightness_gain(frame, key_frame, composed, valid, pixels=pixels)
             gain = 1.0 + follows_brightness * (gain - 1.0)
-        error = guide_error(frame, key_frame, composed, settings.error_window, gain)
+        error = guide_error(frame, key_frame, composed, settings.error_window, gain, pixels)
         if settings.reanchor and abs(target - key_index) > 1:
+            direct = flow_to(target, key_index)
             composed, error = _reanchor(
-                frame, key_frame, composed, error, flow(target, key_index), settings, gain
+                frame, key_frame, composed, error, direct, settings, gain, pixels
             )
-        image = warp(key_image, composed)
+        image = pixels.warp(key_image, composed)
         if settings.synthesis == "patch":
             from zvstudio.propagate.synthesis import key_guides  # torch, only when used
 
-            key_side = key_side or key_guides(key_frame, key_image)
-            temporal = warp(previous_image, step)
+            key_side = key_side or key_guides(frames[key_index], key_rendering)
+            temporal = pixels.warp(previous_image, step)
             image, error = _synthesized(
-                frame, key_side, key_image, composed, image, error, temporal, settings
+                frame, key_side, key_rendering, composed, image, error, temporal, settings, pixels
             )
-        yield target, Propagated(_brightened(image, gain), error, valid, composed)
+        yield target, Propagated(_brightened(image, gain, pixels), error, valid, composed)
         # The key's own brightness goes on: the patch synthesis' temporal guide compares it
         # with the key's rendering.
         previous, previous_image = target, image
 
 
-def _reanchor(frame, key_frame, composed, error, direct, settings, gain=1.0):
+def _reanchor(frame, key_frame, composed, error, direct, settings, gain=1.0, pixels=NUMPY):
     """Per pixel, switch to the direct flow where it explains the frame clearly better."""
-    direct_error = guide_error(frame, key_frame, direct, settings.error_window, gain)
+    direct_error = guide_error(frame, key_frame, direct, settings.error_window, gain, pixels)
     better = direct_error < settings.reanchor_margin * error
-    chosen = np.where(better[..., None], direct, composed)
-    return chosen, np.where(better, direct_error, error)
+    chosen = pixels.where(better[..., None], direct, composed)
+    return chosen, pixels.where(better, direct_error, error)
 
 
-def _synthesized(frame, key_side, key_image, composed, image, error, temporal, settings):
+def _synthesized(frame, key_side, key_image, composed, image, error, temporal, settings, pixels):
     """Rebuild the pixels the flow does not explain by guided patch synthesis from the key.
 
     Elsewhere the flow's single bilinear warp stays: it is sharper than voted patches. The
-    seam is feathered so the two do not meet at a hard edge.
+    seam is feathered so the two do not meet at a hard edge. The synthesis takes numpy
+    arrays (it moves them to its own device, `settings.patch.device`).
     """
     from zvstudio.propagate.synthesis import frame_guides, synthesize
 
+    frame, composed, image, error, temporal = map(
+        pixels.download, (frame, composed, image, error, temporal)
+    )
     active = error > settings.synthesis_threshold
     if not active.any():
-        return image, error
+        return pixels.upload(image), pixels.upload(error)
     height, width = error.shape
     coords = identity_grid(height, width) + composed
     target_side = frame_guides(frame, coords, temporal)
@@ -166,11 +189,15 @@ def _synthesized(frame, key_side, key_image, composed, image, error, temporal, s
     weight = feather(active, settings.patch.patch_size)[..., None]
     mixed = weight * result.image + (1 - weight) * image
     image = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
-    return image, np.where(active, result.error, error)
+    return pixels.upload(image), pixels.upload(np.where(active, result.error, error))
 
 
 def soft_weights(
-    a: Propagated, b: Propagated, weight_a: float, settings: PropagationSettings
+    a: Propagated,
+    b: Propagated,
+    weight_a: float,
+    settings: PropagationSettings,
+    pixels: Pixels = NUMPY,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel weights of the two directions: temporal distance times trust in each.
 
@@ -179,27 +206,36 @@ def soft_weights(
     """
 
     def weights(result: Propagated, temporal: float) -> np.ndarray:
-        trust = np.exp(-result.error / settings.blend_sigma)
+        trust = pixels.exp(-result.error / settings.blend_sigma)
         coverage = settings.occluded_weight + (1 - settings.occluded_weight) * result.valid
-        return cv2.blur(temporal * trust * coverage + 1e-6, (7, 7))
+        return pixels.box_blur(temporal * trust * coverage + 1e-6, 7)
 
     return weights(a, weight_a), weights(b, 1.0 - weight_a)
 
 
 def blend_soft(
-    a: Propagated, b: Propagated, weight_a: float, settings: PropagationSettings
+    a: Propagated,
+    b: Propagated,
+    weight_a: float,
+    settings: PropagationSettings,
+    pixels: Pixels = NUMPY,
 ) -> np.ndarray:
     """Average the two directions with their `soft_weights`."""
-    return weighted_mix(a.image, b.image, *soft_weights(a, b, weight_a, settings))
+    weight_maps = soft_weights(a, b, weight_a, settings, pixels)
+    return weighted_mix(a.image, b.image, *weight_maps, pixels)
 
 
 def weighted_mix(
-    image_a: np.ndarray, image_b: np.ndarray, weight_map_a: np.ndarray, weight_map_b: np.ndarray
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    weight_map_a: np.ndarray,
+    weight_map_b: np.ndarray,
+    pixels: Pixels = NUMPY,
 ) -> np.ndarray:
     """Per-pixel weighted average of two RGB uint8 images (weights need not sum to 1)."""
     weight_map_a, weight_map_b = weight_map_a[..., None], weight_map_b[..., None]
     mixed = (weight_map_a * image_a + weight_map_b * image_b) / (weight_map_a + weight_map_b)
-    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    return pixels.to_uint8(mixed)
 
 
 # Below this mean level (0-255) a key's frame is too dark to say how the brightness changed.
@@ -217,6 +253,7 @@ def brightness_gain(
     flow: np.ndarray,
     valid: np.ndarray,
     tolerance: float = GAIN_TOLERANCE,
+    pixels: Pixels = NUMPY,
 ) -> float:
     """How much brighter `frame` is than `key_frame` sampled along `flow`: the ratio of their
     mean levels over the `valid` pixels, with the first `tolerance` of any change ignored.
@@ -228,12 +265,12 @@ def brightness_gain(
     the tolerance, not cut off, so a slow drift past it does not jump. A black key frame gives
     1: it says nothing, and its large error hands the frame to the other key.
     """
-    sampled = warp(key_frame, flow)
-    pixels = valid if valid.mean() > 0.01 else np.ones(valid.shape, bool)
-    key_level = float(sampled[pixels].mean())
+    sampled = pixels.warp(key_frame, flow)
+    mask = valid if pixels.mean(valid) > 0.01 else None
+    key_level = pixels.mean(sampled, mask)
     if key_level < DARK_FRAME_LEVEL:
         return 1.0
-    change = float(frame[pixels].mean()) / key_level - 1.0
+    change = pixels.mean(frame, mask) / key_level - 1.0
     return 1.0 + np.sign(change) * max(abs(change) - tolerance, 0.0)
 
 
@@ -254,7 +291,7 @@ def style_follows_brightness(
     return float(np.clip(key_change / frame_change, 0.0, 1.0))
 
 
-def _brightened(image: np.ndarray, gain: float) -> np.ndarray:
+def _brightened(image: np.ndarray, gain: float, pixels: Pixels = NUMPY) -> np.ndarray:
     if gain == 1.0:
         return image
-    return np.clip(image.astype(np.float32) * np.float32(gain) + 0.5, 0, 255).astype(np.uint8)
+    return pixels.to_uint8(pixels.as_float(image) * float(gain))
