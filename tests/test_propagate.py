@@ -197,6 +197,46 @@ def test_a_segments_flows_are_estimated_up_front_on_the_flow_threads(tmp_path, r
     assert bool(direct) == reanchor
 
 
+class FlowsWaitingForAKey(RecordingFlows):
+    """Flows that are estimated only once the last key is being rendered (or after 3 s in
+    vain)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.key_asked = threading.Event()
+        self.waited_in_vain = False
+
+    def get(self, i, j, frame_i, frame_j):
+        if not self.waited_in_vain and not self.key_asked.wait(timeout=3):
+            self.waited_in_vain = True
+        return super().get(i, j, frame_i, frame_j)
+
+
+class KeysRenderedOnDemand(dict):
+    """Keys 'rendered' when first asked for, as a diffusion render's are."""
+
+    def __init__(self, images, flows):
+        super().__init__(images)
+        self.flows = flows
+
+    def __getitem__(self, number):
+        if number == max(self):
+            self.flows.key_asked.set()
+        return super().__getitem__(number)
+
+
+def test_keys_are_rendered_while_the_segments_flows_are_estimated(tmp_path):
+    # A key's render (on a GPU) and its segment's flows (on the CPU) overlap: the flows wait
+    # for the segment's second key to be asked for, which comes after them if the two run in
+    # turn.
+    frames, _ = moving_sequence("translate", count=13)
+    flows = FlowsWaitingForAKey(tmp_path)
+    keys = KeysRenderedOnDemand({n: style(frames[n]) for n in (0, 12)}, flows)
+    assert sorted(dict(propagate_clip(ListReader(frames), keys, flows))) == list(range(13))
+    assert not flows.waited_in_vain
+    assert any(thread.startswith("zvstudio-flow") for _, thread in flows.requests)
+
+
 def test_keys_outside_the_clip_and_no_keys():
     with pytest.raises(ZvsError, match=r"outside the clip's frames 0\.\.9"):
         check_keys({3: None, 12: None}, 0, 9)

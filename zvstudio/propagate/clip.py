@@ -11,10 +11,11 @@ import hashlib
 import itertools
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -88,6 +89,8 @@ def _usable_cpus() -> int:
 # with two at once, 0.14 s alone): estimate a segment's flows on every core.
 FLOW_WORKERS = max(2, _usable_cpus())
 
+T = TypeVar("T")
+
 
 class _SegmentFrames:
     """The input frames of one segment, and their flows through the clip's flow cache."""
@@ -99,10 +102,20 @@ class _SegmentFrames:
     def flow(self, i: int, j: int) -> np.ndarray:
         return self.flows.get(i, j, self.frames[i], self.frames[j])
 
-    def prefetch(self, keys: Sequence[int], reanchor: bool, cancel: CancelToken | None) -> None:
+    def prefetch(
+        self,
+        keys: Sequence[int],
+        reanchor: bool,
+        cancel: CancelToken | None,
+        meanwhile: Callable[[], T],
+    ) -> T:
         """Estimate every flow that carrying `keys` through this segment asks for, on
         `FLOW_WORKERS` threads, into the flow cache: consecutive pairs (both ways at once) and,
-        with `reanchor`, each frame's direct flow to the keys."""
+        with `reanchor`, each frame's direct flow to the keys.
+
+        `meanwhile()` runs on this thread as they are estimated, and its result is returned:
+        the keys' images, so that rendering them (a GPU's work, with a diffusion model) and
+        the flows (the CPU's) overlap."""
         numbers = sorted(self.frames)
         pairs = list(itertools.pairwise(numbers))
         if reanchor:
@@ -115,10 +128,13 @@ class _SegmentFrames:
 
         pool = ThreadPoolExecutor(FLOW_WORKERS, thread_name_prefix="zvstudio-flow")
         try:
-            for future in [pool.submit(estimate, i, j) for i, j in pairs]:
+            futures = [pool.submit(estimate, i, j) for i, j in pairs]
+            result = meanwhile()
+            for future in futures:
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 future.result()
+            return result
         finally:
             pool.shutdown(cancel_futures=True)
 
@@ -227,12 +243,12 @@ def _one_way(reader, keys, key, end, flows, settings, cancel, pixels) -> dict[in
     if key == end:
         return {key: keys[key]}
     segment = _SegmentFrames(reader, min(key, end), max(key, end), flows)
-    segment.prefetch((key,), settings.reanchor, cancel)
+    image = segment.prefetch((key,), settings.reanchor, cancel, lambda: keys[key])
     step = 1 if end > key else -1
     targets = list(range(key + step, end + step, step))
-    results = {key: keys[key]}
+    results = {key: image}
     carried = carry_key(
-        segment.frames, key, keys[key], targets, segment.flow, settings, cancel, pixels=pixels
+        segment.frames, key, image, targets, segment.flow, settings, cancel, pixels=pixels
     )
     for number, result in carried:
         results[number] = pixels.download(result.image)
@@ -241,14 +257,16 @@ def _one_way(reader, keys, key, end, flows, settings, cancel, pixels) -> dict[in
 
 def _between(reader, keys, key_a, key_b, flows, settings, cancel, pixels) -> dict[int, np.ndarray]:
     """Frames key_a..key_b-1: key_a itself and the frames carried from both keys, blended."""
-    results = {key_a: keys[key_a]}
     if key_b - key_a < 2:
-        return results
+        return {key_a: keys[key_a]}
     segment = _SegmentFrames(reader, key_a, key_b, flows)
-    segment.prefetch((key_a, key_b), settings.reanchor, cancel)
+    images = segment.prefetch(
+        (key_a, key_b), settings.reanchor, cancel, lambda: {k: keys[k] for k in (key_a, key_b)}
+    )
+    results = {key_a: images[key_a]}
     inner = list(range(key_a + 1, key_b))
     forward, backward = _both_directions(
-        segment, key_a, key_b, keys, inner, settings, cancel, pixels
+        segment, key_a, key_b, images, inner, settings, cancel, pixels
     )
     weights = [(key_b - t) / (key_b - key_a) for t in inner]
     if settings.blend == "histogram":
