@@ -220,15 +220,18 @@ def test_bench_decode_prints_json(tmp_path, capsys):
         assert 0 < clip[key]["median_ms"] <= clip[key]["max_ms"]
 
 
-@pytest.mark.parametrize("synthesis", ["flow", "patch"])
-def test_bench_propagate_prints_json(tmp_path, capsys, synthesis):
+@pytest.mark.parametrize("synthesis, preset", [("flow", "fine"), ("patch", "medium")])
+def test_bench_propagate_prints_json(tmp_path, capsys, synthesis, preset):
     path, _, _ = make_clip(tmp_path / "c.mp4", count=12)
     arguments = ["bench", "propagate", str(path), "--size", "64", "--frames", "11", "--no-1080p"]
+    arguments += ["--flow-preset", preset]
     assert main([*arguments, "--synthesis", synthesis]) == 0
     report = json.loads(capsys.readouterr().out)
     (clip,) = report["clips"]
     assert report["synthesis"] == synthesis and clip["keys"] == [0, 10]
+    assert report["flow"] == f"dis/{preset}"
     assert clip["seconds_per_frame"] > 0 and clip["psnr"] > 20
+    assert clip["seconds_per_frame_flows_cached"] > 0
 
 
 def test_bench_patch_distance_prints_json(capsys):

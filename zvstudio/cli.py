@@ -1202,6 +1202,8 @@ def _add_bench(commands) -> None:
         "--no-1080p", action="store_true", help="skip the synthetic 1080p H.264 clip"
     )
     decode.set_defaults(command="bench", run=_run_bench_decode)
+    from zvstudio.flow import DIS_PRESETS
+
     propagate = which.add_parser("propagate", help="key propagation: seconds/frame and fidelity")
     propagate.add_argument(
         "videos", nargs="*", type=Path, help="clips to measure (default: ../shared/clips)"
@@ -1209,6 +1211,12 @@ def _add_bench(commands) -> None:
     propagate.add_argument("--size", type=int, default=512, help="short side in pixels")
     propagate.add_argument("--frames", type=int, default=31, help="frames per clip")
     propagate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    propagate.add_argument(
+        "--flow-preset",
+        choices=tuple(DIS_PRESETS),
+        default="fine",
+        help="optical-flow quality (default fine)",
+    )
     _add_synthesis_option(propagate)
     propagate.add_argument("--no-1080p", action="store_true", help="skip the 1080p timing")
     propagate.set_defaults(command="bench", run=_run_bench_propagate)
@@ -1243,6 +1251,7 @@ def _run_bench_propagate(args) -> int:
         size=args.size,
         frames=args.frames,
         device=args.device,
+        preset=args.flow_preset,
         include_1080p=not args.no_1080p,
         synthesis=args.synthesis or "flow",
         poisson=bool(args.poisson),

@@ -35,6 +35,8 @@ print(torch.__version__, triton.__version__, diffusers.__version__, av.__version
     keys) step keys "${zv[@]}" bench keys --random-weights --device cuda --model-dir /tmp/models ;;
     propagate)
         step propagate "${zv[@]}" bench propagate "${clips[@]}" --device cuda
+        step propagate-medium "${zv[@]}" bench propagate "${clips[@]}" --device cuda \
+            --flow-preset medium --no-1080p
         step propagate-patch "${zv[@]}" bench propagate "${clips[@]}" --device cuda --synthesis patch
         ;;
     render)
