@@ -112,11 +112,9 @@ def carry_key(
 
     The results are arrays of `pixels`, the backend that does the per-pixel work; `frames`,
     `key_image` and the flows are numpy arrays, uploaded as they are used."""
-    key_frame = pixels.upload(frames[key_index])
-    key_rendering = key_image
+    key_frame, key_on_device = pixels.upload(frames[key_index]), pixels.upload(key_image)
     composed = valid = key_side = None
-    previous, previous_image = key_index, pixels.upload(key_image)
-    key_image = previous_image
+    previous, previous_image = key_index, key_on_device
 
     def flow_to(i: int, j: int):
         return pixels.upload(flow(i, j))
@@ -144,14 +142,14 @@ def carry_key(
             composed, error = _reanchor(
                 frame, key_frame, composed, error, direct, settings, gain, pixels
             )
-        image = pixels.warp(key_image, composed)
+        image = pixels.warp(key_on_device, composed)
         if settings.synthesis == "patch":
             from zvstudio.propagate.synthesis import key_guides  # torch, only when used
 
-            key_side = key_side or key_guides(frames[key_index], key_rendering)
+            key_side = key_side or key_guides(frames[key_index], key_image)
             temporal = pixels.warp(previous_image, step)
             image, error = _synthesized(
-                frame, key_side, key_rendering, composed, image, error, temporal, settings, pixels
+                frame, key_side, key_image, composed, image, error, temporal, settings, pixels
             )
         yield target, Propagated(_brightened(image, gain, pixels), error, valid, composed)
         # The key's own brightness goes on: the patch synthesis' temporal guide compares it
