@@ -237,6 +237,34 @@ def test_keys_are_rendered_while_the_segments_flows_are_estimated(tmp_path):
     assert any(thread.startswith("zvstudio-flow") for _, thread in flows.requests)
 
 
+class CarryingWaitsForTheNextSegment(RecordingFlows):
+    """Carrying the first segment (frames up to `boundary`) asks for flows only once a flow
+    thread has started on the next segment's (or after 3 s in vain)."""
+
+    def __init__(self, root, boundary):
+        super().__init__(root)
+        self.boundary = boundary
+        self.next_started = threading.Event()
+        self.waited_in_vain = False
+
+    def get(self, i, j, frame_i, frame_j):
+        flow_thread = threading.current_thread().name.startswith("zvstudio-flow")
+        if flow_thread and min(i, j) >= self.boundary:
+            self.next_started.set()
+        elif not flow_thread and max(i, j) <= self.boundary and not self.waited_in_vain:
+            self.waited_in_vain = not self.next_started.wait(timeout=3)
+        return super().get(i, j, frame_i, frame_j)
+
+
+def test_the_next_segments_flows_are_estimated_while_one_is_carried(tmp_path):
+    frames, _ = moving_sequence("translate", count=13)
+    keys = {n: style(frames[n]) for n in (0, 6, 12)}
+    flows = CarryingWaitsForTheNextSegment(tmp_path, boundary=6)
+    assert sorted(dict(propagate_clip(ListReader(frames), keys, flows))) == list(range(13))
+    assert not flows.waited_in_vain
+    assert flows.misses == 12 + 2 * 8  # each flow estimated once: no segment's twice
+
+
 def test_keys_outside_the_clip_and_no_keys():
     with pytest.raises(ZvsError, match=r"outside the clip's frames 0\.\.9"):
         check_keys({3: None, 12: None}, 0, 9)
@@ -615,15 +643,32 @@ def test_segment_cache_round_trip_and_eviction(tmp_path):
     assert not [p for p in tmp_path.rglob("*") if "partial" in p.name]
 
 
+class NoFlowThreads:
+    """A flow pool that estimates nothing up front: each flow is estimated when asked for."""
+
+    def submit(self, function, *args):
+        from concurrent.futures import Future
+
+        done = Future()
+        done.set_result(None)
+        return done
+
+
+def frames_only(reader, span, flows):
+    from zvstudio.propagate.clip import _SegmentFrames
+
+    return _SegmentFrames(reader, span, flows, reanchor=True, pool=NoFlowThreads())
+
+
 def test_the_two_directions_run_at_once_and_give_the_sequential_result(tmp_path):
     import threading
 
-    from zvstudio.propagate.clip import _both_directions, _SegmentFrames
+    from zvstudio.propagate.clip import _both_directions
     from zvstudio.propagate.segment import carry_key
 
     frames, _ = moving_sequence("translate")
     keys = {0: style(frames[0]), 8: style(frames[8])}
-    segment = _SegmentFrames(ListReader(frames), 0, 8, flows_for(tmp_path))
+    segment = frames_only(ListReader(frames), (0, 7, (0, 8)), flows_for(tmp_path))
     threads, flow = set(), segment.flow
 
     def recording_flow(i, j):
@@ -645,11 +690,11 @@ def test_the_two_directions_run_at_once_and_give_the_sequential_result(tmp_path)
 def test_a_failing_direction_stops_the_other(tmp_path):
     import threading
 
-    from zvstudio.propagate.clip import _both_directions, _SegmentFrames
+    from zvstudio.propagate.clip import _both_directions
 
     frames, _ = moving_sequence("translate", count=30)
     keys = {0: style(frames[0]), 29: style(frames[29])}
-    segment = _SegmentFrames(ListReader(frames), 0, 29, flows_for(tmp_path))
+    segment = frames_only(ListReader(frames), (0, 28, (0, 29)), flows_for(tmp_path))
     backward_started, asked, flow = threading.Event(), [], segment.flow
 
     def failing_flow(i, j):
@@ -672,11 +717,11 @@ def test_a_failing_direction_stops_the_other(tmp_path):
 def test_pausing_holds_both_directions(tmp_path):
     import threading
 
-    from zvstudio.propagate.clip import _both_directions, _SegmentFrames
+    from zvstudio.propagate.clip import _both_directions
 
     frames, _ = moving_sequence("translate")
     keys = {0: style(frames[0]), 8: style(frames[8])}
-    segment = _SegmentFrames(ListReader(frames), 0, 8, flows_for(tmp_path))
+    segment = frames_only(ListReader(frames), (0, 7, (0, 8)), flows_for(tmp_path))
     token = CancelToken()
     token.pause()
     outcome = []

@@ -40,6 +40,10 @@ class SegmentCache:
         """Where the segment start..stop made from the keys `key_ids` is (or would be) kept."""
         return self.root / f"{start}-{stop}-{text_hash(*key_ids)}"
 
+    def has(self, start: int, stop: int, key_ids: tuple[str, ...]) -> bool:
+        """Whether the segment is kept (without reading it or counting a hit or miss)."""
+        return self.folder(start, stop, key_ids).is_dir()
+
     def load(self, start: int, stop: int, key_ids: tuple[str, ...]) -> dict[int, np.ndarray] | None:
         folder = self.folder(start, stop, key_ids)
         if not folder.is_dir():

@@ -1,8 +1,9 @@
 """Propagating keys over a whole clip, segment by segment, streaming frames out in order.
 
-Memory holds one segment (the frames between two neighbouring keys) at a time, whatever the
-clip's length. Frames before the first key and after the last are carried from that key
-alone; frames between two keys are carried from both and blended.
+Memory holds two segments (the frames between two neighbouring keys) at a time, whatever the
+clip's length: the one being carried, and the next, whose flows are being estimated
+meanwhile. Frames before the first key and after the last are carried from that key alone;
+frames between two keys are carried from both and blended.
 """
 
 from __future__ import annotations
@@ -93,50 +94,49 @@ T = TypeVar("T")
 
 
 class _SegmentFrames:
-    """The input frames of one segment, and their flows through the clip's flow cache."""
+    """The input frames of one stretch of the clip (`segment_spans`), and the flows that
+    carrying its keys asks for: consecutive pairs (both ways at once) and, with `reanchor`,
+    each frame's direct flow to the keys. They are estimated on the `pool`'s flow threads from
+    the moment this is made, into the flow cache (results are not kept: holding them all
+    would hold the segment's flows in RAM)."""
 
-    def __init__(self, reader, start: int, stop: int, flows: FlowCache) -> None:
-        self.frames = dict(reader.frames(start, stop + 1))
+    def __init__(self, reader, span, flows: FlowCache, reanchor: bool, pool) -> None:
+        start, stop, keys = span
+        self.span = span
+        self.frames = dict(reader.frames(min(start, *keys), max(stop, *keys) + 1))
         self.flows = flows
-
-    def flow(self, i: int, j: int) -> np.ndarray:
-        return self.flows.get(i, j, self.frames[i], self.frames[j])
-
-    def prefetch(
-        self,
-        keys: Sequence[int],
-        reanchor: bool,
-        cancel: CancelToken | None,
-        meanwhile: Callable[[], T],
-    ) -> T:
-        """Estimate every flow that carrying `keys` through this segment asks for, on
-        `FLOW_WORKERS` threads, into the flow cache: consecutive pairs (both ways at once) and,
-        with `reanchor`, each frame's direct flow to the keys.
-
-        `meanwhile()` runs on this thread as they are estimated, and its result is returned:
-        the keys' images, so that rendering them (a GPU's work, with a diffusion model) and
-        the flows (the CPU's) overlap."""
         numbers = sorted(self.frames)
         pairs = list(itertools.pairwise(numbers))
         if reanchor:
             pairs += [
                 (t, key) for key in keys for t in numbers if abs(t - key) > 1 and t not in keys
             ]
+        self.futures = [pool.submit(self._estimate, i, j) for i, j in pairs]
 
-        def estimate(i: int, j: int) -> None:
-            self.flow(i, j)  # into the cache; keeping every result would hold them all in RAM
+    def flow(self, i: int, j: int) -> np.ndarray:
+        return self.flows.get(i, j, self.frames[i], self.frames[j])
 
-        pool = ThreadPoolExecutor(FLOW_WORKERS, thread_name_prefix="zvstudio-flow")
-        try:
-            futures = [pool.submit(estimate, i, j) for i, j in pairs]
-            result = meanwhile()
-            for future in futures:
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
-                future.result()
-            return result
-        finally:
-            pool.shutdown(cancel_futures=True)
+    def _estimate(self, i: int, j: int) -> None:
+        self.flow(i, j)
+
+    def wait(self, cancel: CancelToken | None, meanwhile: Callable[[], T]) -> T:
+        """Run `meanwhile()` while the flows are estimated, then wait for them; returns what
+        `meanwhile` returned: the keys' images, so that rendering them (a GPU's work, with a
+        diffusion model) and the flows (the CPU's) overlap."""
+        result = meanwhile()
+        for future in self.futures:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            future.result()
+        return result
+
+
+def _needs_flows(span: tuple[int, int, tuple[int, ...]]) -> bool:
+    """Whether a stretch has frames to carry a key to (not just a key's own frame)."""
+    start, stop, keys = span
+    if len(keys) == 2:
+        return keys[1] - keys[0] > 1
+    return start != stop or start != keys[0]
 
 
 def propagate_clip(
@@ -165,24 +165,53 @@ def propagate_clip(
         raise ZvsError(f"unknown blend mode {settings.blend!r}; choose {', '.join(BLEND_MODES)}")
     pixels = pixels or pixels_for(settings.device)
     last = len(reader) - 1 if last is None else last
-    order = check_keys(keys, first, last)
+    spans = segment_spans(check_keys(keys, first, last), first, last)
     total = last - first + 1
     done = 0
-    for start, stop, involved, compute in _segments(
-        reader, keys, order, first, last, flows, settings, cancel, pixels
-    ):
-        results = None
-        if cache is not None:
-            ids = tuple(key_ids[k] if key_ids else _pixels_id(keys[k]) for k in involved)
-            results = cache.load(start, stop, ids)
-        if results is None:
-            results = _computed(compute, start, stop)
+    pool = ThreadPoolExecutor(FLOW_WORKERS, thread_name_prefix="zvstudio-flow")
+    try:
+        ahead = None  # the next stretch to compute, its flows already under way
+        for index, span in enumerate(spans):
+            start, stop, involved = span
+
+            results = None
             if cache is not None:
-                cache.store(start, stop, ids, results)
-        for number in range(start, stop + 1):
-            yield number, results[number]
-            done += 1
-            progress(Progress("propagate", done, total, image=results[number]))
+                ids = _segment_ids(involved, keys, key_ids)
+                results = cache.load(start, stop, ids)
+            if results is None:
+                segment = ahead if ahead is not None and ahead.span == span else None
+                if segment is None and _needs_flows(span):
+                    segment = _SegmentFrames(reader, span, flows, settings.reanchor, pool)
+                # The next stretch's flows queue behind this one's: no flow thread idles
+                # while this stretch waits for its last flows or is carried and blended.
+                ahead = _look_ahead(
+                    spans[index + 1 :], reader, keys, flows, settings, pool, cache, key_ids
+                )
+                compute = partial(_compute_span, span, segment, keys, settings, cancel, pixels)
+                results = _computed(compute, start, stop)
+                if cache is not None:
+                    cache.store(start, stop, ids, results)
+            for number in range(start, stop + 1):
+                yield number, results[number]
+                done += 1
+                progress(Progress("propagate", done, total, image=results[number]))
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _segment_ids(involved, keys, key_ids) -> tuple[str, ...]:
+    return tuple(key_ids[k] if key_ids else _pixels_id(keys[k]) for k in involved)
+
+
+def _look_ahead(rest, reader, keys, flows, settings, pool, cache, key_ids):
+    """The next stretch of `rest` with its flows under way, or None: none left, nothing to
+    carry, or cached already."""
+    if not rest or not _needs_flows(rest[0]):
+        return None
+    start, stop, involved = rest[0]
+    if cache is not None and cache.has(start, stop, _segment_ids(involved, keys, key_ids)):
+        return None
+    return _SegmentFrames(reader, rest[0], flows, settings.reanchor, pool)
 
 
 def _computed(compute, start: int, stop: int) -> dict[int, np.ndarray]:
@@ -213,37 +242,24 @@ def segment_spans(
     return spans
 
 
-def _segments(reader, keys, order, first, last, flows, settings, cancel, pixels):
-    """(start, stop, keys involved, compute) for each stretch of the clip, in order; compute()
-    returns {frame: image} for start..stop."""
-    args = (reader, keys)
-    rest = (flows, settings, cancel, pixels)
-    for start, stop, involved in segment_spans(order, first, last):
-        if len(involved) == 2:
-            compute = partial(_between, *args, *involved, *rest)
-        elif start < involved[0]:  # before the first key
-            compute = partial(_before_first, *args, involved[0], start, *rest)
-        else:
-            compute = partial(_one_way, *args, involved[0], stop, *rest)
-        yield start, stop, involved, compute
+def _compute_span(span, segment, keys, settings, cancel, pixels) -> dict[int, np.ndarray]:
+    """{frame: image} for one stretch of the clip (`segment_spans`), from its `segment`."""
+    start, stop, involved = span
+    if len(involved) == 2:
+        return _between(segment, keys, *involved, settings, cancel, pixels)
+    key = involved[0]
+    if start < key:  # before the first key; its own frame belongs to the next stretch
+        results = _one_way(segment, keys, key, start, settings, cancel, pixels)
+        results.pop(key, None)
+        return results
+    return _one_way(segment, keys, key, stop, settings, cancel, pixels)
 
 
-def _before_first(reader, keys, key, start, *rest) -> dict[int, np.ndarray]:
-    return _drop(_one_way(reader, keys, key, start, *rest), key)
-
-
-def _drop(results: dict[int, np.ndarray], number: int) -> dict[int, np.ndarray]:
-    """The frames before the first key: its own frame belongs to the next segment."""
-    results.pop(number, None)
-    return results
-
-
-def _one_way(reader, keys, key, end, flows, settings, cancel, pixels) -> dict[int, np.ndarray]:
+def _one_way(segment, keys, key, end, settings, cancel, pixels) -> dict[int, np.ndarray]:
     """Frames from `key` to `end` (either side of it), carried from that key alone."""
     if key == end:
         return {key: keys[key]}
-    segment = _SegmentFrames(reader, min(key, end), max(key, end), flows)
-    image = segment.prefetch((key,), settings.reanchor, cancel, lambda: keys[key])
+    image = segment.wait(cancel, lambda: keys[key])
     step = 1 if end > key else -1
     targets = list(range(key + step, end + step, step))
     results = {key: image}
@@ -255,14 +271,11 @@ def _one_way(reader, keys, key, end, flows, settings, cancel, pixels) -> dict[in
     return results
 
 
-def _between(reader, keys, key_a, key_b, flows, settings, cancel, pixels) -> dict[int, np.ndarray]:
+def _between(segment, keys, key_a, key_b, settings, cancel, pixels) -> dict[int, np.ndarray]:
     """Frames key_a..key_b-1: key_a itself and the frames carried from both keys, blended."""
     if key_b - key_a < 2:
         return {key_a: keys[key_a]}
-    segment = _SegmentFrames(reader, key_a, key_b, flows)
-    images = segment.prefetch(
-        (key_a, key_b), settings.reanchor, cancel, lambda: {k: keys[k] for k in (key_a, key_b)}
-    )
+    images = segment.wait(cancel, lambda: {k: keys[k] for k in (key_a, key_b)})
     results = {key_a: images[key_a]}
     inner = list(range(key_a + 1, key_b))
     forward, backward = _both_directions(
