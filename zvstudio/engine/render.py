@@ -4,7 +4,7 @@ Key frames (every K frames, a given list, or the painted frames) are rendered in
 with the anchor (first key) and the previous key as references, and propagation carries them
 to every other frame. A stylizer with no keys asked for renders every frame on its own.
 Frames stream from the decoder to the encoder and keys are rendered as propagation reaches
-them, so memory holds about one segment whatever the clip's length. Rendered keys and
+them, so memory holds about two segments whatever the clip's length. Rendered keys and
 propagated segments are cached on disk by content identity, so a changed setting recomputes
 only what it affects and an interrupted render resumes where it stopped.
 """

@@ -173,7 +173,6 @@ def propagate_clip(
         ahead = None  # the next stretch to compute, its flows already under way
         for index, span in enumerate(spans):
             start, stop, involved = span
-
             results = None
             if cache is not None:
                 ids = _segment_ids(involved, keys, key_ids)
@@ -203,15 +202,15 @@ def _segment_ids(involved, keys, key_ids) -> tuple[str, ...]:
     return tuple(key_ids[k] if key_ids else _pixels_id(keys[k]) for k in involved)
 
 
-def _look_ahead(rest, reader, keys, flows, settings, pool, cache, key_ids):
-    """The next stretch of `rest` with its flows under way, or None: none left, nothing to
-    carry, or cached already."""
-    if not rest or not _needs_flows(rest[0]):
+def _look_ahead(following, reader, keys, flows, settings, pool, cache, key_ids):
+    """The first of the `following` stretches with its flows under way, or None: none left,
+    nothing to carry, or cached already."""
+    if not following or not _needs_flows(following[0]):
         return None
-    start, stop, involved = rest[0]
+    start, stop, involved = following[0]
     if cache is not None and cache.has(start, stop, _segment_ids(involved, keys, key_ids)):
         return None
-    return _SegmentFrames(reader, rest[0], flows, settings.reanchor, pool)
+    return _SegmentFrames(reader, following[0], flows, settings.reanchor, pool)
 
 
 def _computed(compute, start: int, stop: int) -> dict[int, np.ndarray]:
