@@ -110,6 +110,10 @@ class SettingsDialog(QDialog):
         if self.device_combo.findData(settings.device) < 0:  # saved on another machine: keep it
             self.device_combo.addItem(f"{settings.device} (not found)", settings.device)
         self.device_combo.setCurrentIndex(self.device_combo.findData(settings.device))
+        self.device_combo.setToolTip(
+            "Where the diffusion models and propagation's per-pixel work run (the optical flow"
+            " always uses every CPU core). Automatic: a GPU when there is one."
+        )
         form.addRow("Device:", self.device_combo)
 
         self.precision_combo = _choice_combo(
