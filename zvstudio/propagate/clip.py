@@ -242,8 +242,11 @@ def segment_spans(
 
 
 def _compute_span(span, segment, keys, settings, cancel, pixels) -> dict[int, np.ndarray]:
-    """{frame: image} for one stretch of the clip (`segment_spans`), from its `segment`."""
+    """{frame: image} for one stretch of the clip (`segment_spans`), from its `segment`
+    (None where `_needs_flows` says the stretch is just a key's own frame)."""
     start, stop, involved = span
+    if segment is None:
+        return {involved[0]: keys[involved[0]]}
     if len(involved) == 2:
         return _between(segment, keys, *involved, settings, cancel, pixels)
     key = involved[0]
@@ -256,8 +259,6 @@ def _compute_span(span, segment, keys, settings, cancel, pixels) -> dict[int, np
 
 def _one_way(segment, keys, key, end, settings, cancel, pixels) -> dict[int, np.ndarray]:
     """Frames from `key` to `end` (either side of it), carried from that key alone."""
-    if key == end:
-        return {key: keys[key]}
     image = segment.wait(cancel, lambda: keys[key])
     step = 1 if end > key else -1
     targets = list(range(key + step, end + step, step))
@@ -272,8 +273,6 @@ def _one_way(segment, keys, key, end, settings, cancel, pixels) -> dict[int, np.
 
 def _between(segment, keys, key_a, key_b, settings, cancel, pixels) -> dict[int, np.ndarray]:
     """Frames key_a..key_b-1: key_a itself and the frames carried from both keys, blended."""
-    if key_b - key_a < 2:
-        return {key_a: keys[key_a]}
     images = segment.wait(cancel, lambda: {k: keys[k] for k in (key_a, key_b)})
     results = {key_a: images[key_a]}
     inner = list(range(key_a + 1, key_b))

@@ -85,8 +85,12 @@ def guide_error(
 ):
     """Squared colour error between `frame` and `key_frame` sampled along `flow` (times
     `gain`), summed over the three channels and averaged over a `window` x `window` box."""
-    sampled = pixels.as_float(pixels.warp(key_frame, flow)) * float(gain)
-    difference = pixels.as_float(frame) - sampled
+    return _error_of(frame, pixels.warp(key_frame, flow), window, gain, pixels)
+
+
+def _error_of(frame, sampled, window: int, gain: float, pixels: Pixels):
+    """`guide_error` with the key's frame already `sampled` along the flow."""
+    difference = pixels.as_float(frame) - pixels.as_float(sampled) * float(gain)
     return pixels.box_blur(pixels.channel_sum(difference * difference), window)
 
 
@@ -132,11 +136,12 @@ def carry_key(
             composed = step + pixels.warp(composed, step)
             valid = step_valid & pixels.warp(valid, step, interpolation="nearest")
         frame = pixels.upload(frames[target])
+        sampled = pixels.warp(key_frame, composed)  # both measures below compare with it
         gain = 1.0
         if settings.follow_brightness:
-            gain = brightness_gain(frame, key_frame, composed, valid, pixels=pixels)
+            gain = _gain_of(frame, sampled, valid, GAIN_TOLERANCE, pixels)
             gain = 1.0 + follows_brightness * (gain - 1.0)
-        error = guide_error(frame, key_frame, composed, settings.error_window, gain, pixels)
+        error = _error_of(frame, sampled, settings.error_window, gain, pixels)
         if settings.reanchor and abs(target - key_index) > 1:
             direct = flow_to(target, key_index)
             composed, error = _reanchor(
@@ -263,7 +268,11 @@ def brightness_gain(
     the tolerance, not cut off, so a slow drift past it does not jump. A black key frame gives
     1: it says nothing, and its large error hands the frame to the other key.
     """
-    sampled = pixels.warp(key_frame, flow)
+    return _gain_of(frame, pixels.warp(key_frame, flow), valid, tolerance, pixels)
+
+
+def _gain_of(frame, sampled, valid, tolerance: float, pixels: Pixels) -> float:
+    """`brightness_gain` with the key's frame already `sampled` along the flow."""
     mask = valid if pixels.mean(valid) > 0.01 else None
     key_level = pixels.mean(sampled, mask)
     if key_level < DARK_FRAME_LEVEL:
