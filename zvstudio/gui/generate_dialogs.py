@@ -125,17 +125,18 @@ class ModelPolicy:
         from zvstudio.diffusion.sampler import KeySettings
         from zvstudio.engine.preview import DiffusionSpec
 
-        return DiffusionSpec(
-            model,
-            KeySettings(),
-            controlnet=controlnet,
-            device=self.device,
-            allow_pickle=self.allow_pickle,
-            config_dir=self.config_dir,
-            precision=self.precision,
-            memory_limit_gb=self.memory_limit_gb,
-            offload=self.offload,
-        )
+        return DiffusionSpec(model, KeySettings(), controlnet=controlnet, **self._placement())
+
+    def _placement(self) -> dict[str, Any]:
+        """The DiffusionSpec fields these choices set."""
+        return {
+            "device": self.device,
+            "allow_pickle": self.allow_pickle,
+            "config_dir": self.config_dir,
+            "precision": self.precision,
+            "memory_limit_gb": self.memory_limit_gb,
+            "offload": self.offload,
+        }
 
     def applied_to(self, request: RenderRequest) -> RenderRequest:
         """`request` run as these choices say: its diffusion model on their device, precision,
@@ -144,16 +145,9 @@ class ModelPolicy:
 
         renderer = request.renderer
         if renderer.diffusion is not None:
-            diffusion = replace(
-                renderer.diffusion,
-                device=self.device,
-                precision=self.precision,
-                memory_limit_gb=self.memory_limit_gb,
-                offload=self.offload,
-                allow_pickle=self.allow_pickle,
-                config_dir=self.config_dir or renderer.diffusion.config_dir,
-            )
-            renderer = replace(renderer, diffusion=diffusion)
+            placement = self._placement()
+            placement["config_dir"] = self.config_dir or renderer.diffusion.config_dir
+            renderer = replace(renderer, diffusion=replace(renderer.diffusion, **placement))
         propagation = replace(request.propagation, device=self.device)
         return replace(request, renderer=renderer, propagation=propagation)
 
