@@ -198,7 +198,7 @@ def invert(rgb: np.ndarray) -> np.ndarray:
 def test_a_plugin_annotator_makes_the_control_image(tmp_path):
     report = load(FakeEntry("inverter", lambda api: api.register_annotator("invert", invert)))
     assert report.loaded == ["inverter"]
-    assert annotators.available_annotators() == ["canny", "scribble", "invert"]
+    assert annotators.available_annotators() == ["canny", "scribble", "tile", "ip2p", "invert"]
     frame = frames()[0]
     condition = annotators.control_condition(frame, "invert")
     assert condition.dtype == np.float32 and condition.shape == frame.shape

@@ -1121,7 +1121,11 @@ def _add_models(commands) -> None:
 
 
 def _run_models(args) -> int:
-    from zvstudio.diffusion.annotators import local_annotator_files, weights_hint
+    from zvstudio.diffusion.annotators import (
+        BUILTIN_ANNOTATORS,
+        local_annotator_files,
+        weights_hint,
+    )
     from zvstudio.diffusion.library import default_model_folders, format_table, scan
     from zvstudio.errors import ZvsError
 
@@ -1138,7 +1142,7 @@ def _run_models(args) -> int:
         return 0
     print("scanned: " + (", ".join(str(f) for f in folders) or "(no model folders found)"))
     print(format_table(models, hashes=not args.no_hash) if models else "no models found")
-    print("ControlNet annotators: canny, scribble (built in)")
+    print(f"ControlNet annotators: {', '.join(BUILTIN_ANNOTATORS)} (built in)")
     for name, path in annotator_files.items():
         where = path or f"not found: {weights_hint(name.split('/')[0])}"
         print(f"  {name}: {where}")

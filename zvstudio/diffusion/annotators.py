@@ -1,11 +1,12 @@
 """ControlNet annotators: what turns a frame into the control image a ControlNet follows.
 
 An annotator is `annotate(rgb) -> image`: an RGB uint8 HxWx3 frame in, an RGB uint8 control image
-of the same size out (a grey HxW image is accepted and repeated to RGB). Canny and scribble
-(OpenCV, no weights) are built in; those backed by the user's weights files (depth, HED, ...)
-are found on disk; plugins add more through `PluginAPI.register_annotator`. All are loaded the
-first time annotators are listed or used. The annotator's name is also the word
-`--controlnet NAME` looks for in the model library's ControlNet names.
+of the same size out (a grey HxW image is accepted and repeated to RGB). Canny, scribble (OpenCV,
+no weights), tile and ip2p (the frame itself) are built in; those backed by the user's weights
+files (depth, HED, ...) are found on disk; plugins add more through
+`PluginAPI.register_annotator`. All are loaded the first time annotators are listed or used. The
+annotator's name is also the word `--controlnet NAME` looks for in the model library's
+ControlNet names.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from zvstudio.plugins import check_name
 logger = logging.getLogger(__name__)
 
 Annotate = Callable[[np.ndarray], np.ndarray]
-BUILTIN_ANNOTATORS = ("canny", "scribble")
+BUILTIN_ANNOTATORS = ("canny", "scribble", "tile", "ip2p")
 DEFAULT_CANNY_THRESHOLDS = (100, 200)  # KeySettings.canny_thresholds' default
 # Annotator types that need annotator weights (HED, MiDaS, OpenPose, ...) that zvstudio does
 # not download: unavailable unless a plugin provides them or (WEIGHTS_NEEDED) their weights
@@ -209,6 +210,12 @@ def scribble(rgb: np.ndarray, threshold: float = SCRIBBLE_THRESHOLD) -> np.ndarr
     return np.repeat(strokes[..., None], 3, axis=2)
 
 
+def frame_itself(rgb: np.ndarray) -> np.ndarray:
+    """The frame as its own control image, for the ControlNets that follow the picture itself:
+    tile (which keeps its details and colours at high strengths) and ip2p (instruction edits)."""
+    return np.array(rgb[..., :3], dtype=np.uint8, copy=True)
+
+
 def annotate(
     name: str, rgb: np.ndarray, canny_thresholds: tuple[int, int] = DEFAULT_CANNY_THRESHOLDS
 ) -> np.ndarray:
@@ -267,3 +274,5 @@ def _lookup(name: str) -> _Annotator:
 
 register_annotator("canny", canny)
 register_annotator("scribble", scribble)
+register_annotator("tile", frame_itself)
+register_annotator("ip2p", frame_itself)
