@@ -183,6 +183,21 @@ def test_jobs_submitted_before_the_panel_are_listed(bridge, qtbot):
     qtbot.waitUntil(lambda: widget.state_text(job) == "Cancelled", timeout=1000)
 
 
+def test_a_long_title_is_shortened_in_the_middle_to_fit(panel, bridge, qtbot):
+    title = "Prepare previews of a-very-long-clip-name-from-the-camera-card-0001.mp4"
+    job = bridge.submit(stepping(2, 0.0), title)
+    panel.resize(360, 500)
+    label = panel._jobs[job].row.title
+    qtbot.waitUntil(lambda: label.text() != title, timeout=2000)
+    shown_text = label.text()
+    assert "…" in shown_text and shown_text.endswith(".mp4") and shown_text.startswith("Prep")
+    assert label.fontMetrics().horizontalAdvance(shown_text) <= label.width()
+    assert label.toolTip() == label.full_text() == title
+    assert panel.width() == 360  # the title did not widen the panel
+    panel.resize(1600, 500)
+    qtbot.waitUntil(lambda: label.text() == title, timeout=2000)
+
+
 def test_eta_is_written_as_minutes_and_seconds():
     assert format_eta(65) == "1:05 left"
     assert format_eta(3725.4) == "1:02:05 left"

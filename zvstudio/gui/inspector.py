@@ -32,7 +32,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QSpinBox,
     QTabWidget,
     QToolButton,
@@ -48,6 +47,7 @@ from zvstudio.diffusion.annotators import (
 from zvstudio.diffusion.identify import ModelInfo
 from zvstudio.errors import ZvsError
 from zvstudio.gui.document import Document
+from zvstudio.gui.elided_label import ElidedLabel
 from zvstudio.gui.style_params import StyleParamsEditor
 from zvstudio.project.edits import Edit, SetKey, SetSettings, keys_every
 from zvstudio.project.model import (
@@ -771,9 +771,8 @@ class LoraRow(QWidget):
 
     def __init__(self, lora: LoraRef) -> None:
         super().__init__()
-        self.name = _label(Path(lora.path).name, lora.path)
-        # A long file name is cut rather than widening the dock (the tooltip has it all).
-        self.name.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.name = ElidedLabel(Path(lora.path).name)
+        self.name.setToolTip(lora.path)
         self.weight = _spin(-5, 5, 0.05)
         self.weight.setValue(lora.weight)
         self.weight.setToolTip("The LoRA's weight (negative inverts it)")

@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -30,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from zvstudio.engine.jobs import JobError, JobEvent, JobState
 from zvstudio.gui.bridge import EngineBridge
+from zvstudio.gui.elided_label import ElidedLabel
 from zvstudio.gui.viewer import numpy_to_qimage
 
 _STATE_TEXT = {state: state.value.capitalize() for state in JobState}
@@ -58,15 +58,11 @@ class _JobRow(QWidget):
 
     def __init__(self, title: str) -> None:
         super().__init__()
-        self.title = QLabel(title)
-        self.title.setTextFormat(Qt.PlainText)  # titles hold file names, not markup
+        self.title = ElidedLabel(title)  # titles hold file names: never widen the dock
         font = self.title.font()
         font.setBold(True)
         self.title.setFont(font)
-        # Long titles (file names) are clipped, never widen the row past the dock.
-        self.title.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         self.title.setMinimumWidth(60)
-        self.title.setToolTip(title)
         self.state = QLabel(_STATE_TEXT[JobState.QUEUED])
         self.stage = QLabel()
         self.eta = QLabel()
