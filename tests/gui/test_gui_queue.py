@@ -198,6 +198,19 @@ def test_a_long_title_is_shortened_in_the_middle_to_fit(panel, bridge, qtbot):
     qtbot.waitUntil(lambda: label.text() == title, timeout=2000)
 
 
+def test_a_selected_rows_progress_stays_visible(panel, bridge, qtbot):
+    job = bridge.submit(stepping(2, 0.0), "done")
+    qtbot.waitUntil(lambda: panel.state_text(job) == "Finished", timeout=5000)
+    panel.select(job)
+    bar = panel.progress_bar(job)
+    image = panel.list.viewport().grab().toImage()
+    centre = bar.mapTo(panel.list.viewport(), bar.rect().center())
+    top = bar.mapTo(panel.list.viewport(), bar.rect().topLeft()).y()
+    chunk, beside = image.pixelColor(centre), image.pixelColor(centre.x(), top - 3)
+    # A full bar on a selected row must not melt into the selection's colour.
+    assert abs(chunk.lightness() - beside.lightness()) + abs(chunk.hue() - beside.hue()) > 40
+
+
 def test_eta_is_written_as_minutes_and_seconds():
     assert format_eta(65) == "1:05 left"
     assert format_eta(3725.4) == "1:02:05 left"

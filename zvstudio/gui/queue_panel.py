@@ -132,6 +132,13 @@ class QueuePanel(QWidget):
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.SingleSelection)
         self.list.setVerticalScrollMode(QListWidget.ScrollPerPixel)
+        # The default selection fills the row with the highlight colour, the colour of the
+        # progress bars too: a selected row's bar vanished. Mark it with a light tint and an
+        # edge instead.
+        self.list.setStyleSheet(
+            "QListWidget::item:selected { background: palette(midlight);"
+            " border-left: 3px solid palette(highlight); }"
+        )
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(_MAX_LOG_LINES)
