@@ -155,6 +155,14 @@ def test_a_failing_segment_names_its_frames(clip, tmp_path, monkeypatch):
         render(request)
 
 
+def test_segments_cached_by_an_older_propagation_are_not_reused(clip, tmp_path, monkeypatch):
+    request = RenderRequest(clip, tmp_path / "out.mp4", key_interval=6, flow_preset="medium")
+    first = render(request)
+    assert render(request).reused_segments == first.segments
+    monkeypatch.setattr(render_module, "ALGORITHM_VERSION", render_module.ALGORITHM_VERSION + 1)
+    assert render(request).reused_segments == 0
+
+
 def run_cli(args, cache: Path) -> subprocess.Popen:
     env = {**os.environ, "ZVSTUDIO_CACHE_DIR": str(cache)}
     return subprocess.Popen(

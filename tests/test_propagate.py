@@ -20,6 +20,7 @@ from zvstudio.propagate.clip import check_keys, load_key_image, propagate_clip
 from zvstudio.propagate.patchmatch import PatchMatchSettings, best_of, refine, vote
 from zvstudio.propagate.pixels import NUMPY
 from zvstudio.propagate.segment import (
+    BLEND_MODES,
     Propagated,
     PropagationSettings,
     _reanchor,
@@ -268,6 +269,27 @@ def test_the_next_segments_flows_are_estimated_while_one_is_carried(tmp_path):
     assert sorted(dict(propagate_clip(ListReader(frames), keys, flows))) == list(range(13))
     assert not flows.waited_in_vain
     assert flows.misses == 12 + 2 * 8  # each flow estimated once: no segment's twice
+
+
+@pytest.mark.parametrize("blend", BLEND_MODES)
+def test_no_key_is_carried_across_a_shot_cut(tmp_path, monkeypatch, blend):
+    shot_a, _ = moving_sequence("translate", count=5)  # frames 0-4
+    other = texture(seed=7)
+    shot_b = [other[SIZE - t : 2 * SIZE - t, SIZE + 2 * t : 2 * SIZE + 2 * t] for t in range(6)]
+    frames = shot_a + shot_b  # a cut between frames 4 and 5
+    keys = {0: style(frames[0]), 10: style(frames[10])}
+    settings = PropagationSettings(blend=blend)
+    flows = RecordingFlows(tmp_path / "cut")
+    result = dict(propagate_clip(ListReader(frames), keys, flows, settings))
+    quality = [psnr(interior(result[t]), interior(style(frames[t]))) for t in range(1, 10)]
+    assert min(quality) > 28, quality
+    # Neither key was carried across the cut, nor were flows across it estimated.
+    assert all((i < 5) == (j < 5) for (i, j), _ in flows.requests)
+    if blend == "histogram":  # which, blind to the cut, mixes in the other shot's key
+        monkeypatch.setattr("zvstudio.propagate.clip.shot_cuts", lambda frames: [])
+        blind = dict(propagate_clip(ListReader(frames), keys, RecordingFlows(tmp_path), settings))
+        worse = [psnr(interior(blind[t]), interior(style(frames[t]))) for t in range(1, 10)]
+        assert min(worse) < min(quality) - 3, (worse, quality)
 
 
 def test_keys_outside_the_clip_and_no_keys():
@@ -683,7 +705,9 @@ def test_the_two_directions_run_at_once_and_give_the_sequential_result(tmp_path)
     segment.flow = recording_flow
     inner = list(range(1, 8))
     settings = PropagationSettings()
-    forward, backward = _both_directions(segment, 0, 8, keys, inner, settings, None, NUMPY)
+    forward, backward = _both_directions(
+        segment, 0, 8, keys, ([], inner, []), settings, None, NUMPY
+    )
     assert len(threads) == 2  # the backward chain ran in its own thread
     alone = dict(carry_key(segment.frames, 8, keys[8], inner[::-1], flow, settings))
     assert sorted(forward) == sorted(backward) == inner
@@ -714,7 +738,7 @@ def test_a_failing_direction_stops_the_other(tmp_path):
     segment.flow = failing_flow
     inner = list(range(1, 29))
     with pytest.raises(RuntimeError, match="flow failed"):
-        _both_directions(segment, 0, 29, keys, inner, PropagationSettings(), None, NUMPY)
+        _both_directions(segment, 0, 29, keys, ([], inner, []), PropagationSettings(), None, NUMPY)
     # The backward chain stopped within a few frames instead of carrying its key all the way.
     assert asked and min(asked) > 20
 
@@ -734,7 +758,14 @@ def test_pausing_holds_both_directions(tmp_path):
     def run():
         try:
             _both_directions(
-                segment, 0, 8, keys, list(range(1, 8)), PropagationSettings(), token, NUMPY
+                segment,
+                0,
+                8,
+                keys,
+                ([], list(range(1, 8)), []),
+                PropagationSettings(),
+                token,
+                NUMPY,
             )
         except RenderCancelled as exc:
             outcome.append(exc)

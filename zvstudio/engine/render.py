@@ -43,7 +43,7 @@ from zvstudio.progress import (
     ignore_progress,
 )
 from zvstudio.propagate.cache import SegmentCache
-from zvstudio.propagate.clip import propagate_clip
+from zvstudio.propagate.clip import ALGORITHM_VERSION, propagate_clip
 from zvstudio.stylize import PaintedKeyRenderer, create_stylizer
 from zvstudio.stylize.painted import WithPaintedKeys
 
@@ -368,7 +368,8 @@ def flow_estimator(request: RenderRequest) -> FlowEstimator:
 
 def segment_context(request: RenderRequest, estimator, clip_id: str, size: tuple[int, int]) -> str:
     """What every propagated segment of this render depends on besides its keys."""
-    return text_hash(clip_id, estimator.settings_key(), repr(request.propagation), str(size))
+    settings = estimator.settings_key(), repr(request.propagation), str(size)
+    return text_hash(clip_id, *settings, f"propagation {ALGORITHM_VERSION}")
 
 
 def render_key_preview(

@@ -24,6 +24,7 @@ import numpy as np
 from zvstudio.errors import RenderCancelled, StageError, ZvsError
 from zvstudio.flow.cache import FlowCache
 from zvstudio.hashing import text_hash
+from zvstudio.media.cuts import shot_cuts
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 from zvstudio.propagate.blend import histogram_preserving_blend, monotone_masks, selection_mask
 from zvstudio.propagate.cache import SegmentCache
@@ -38,6 +39,11 @@ from zvstudio.propagate.segment import (
     style_follows_brightness,
     weighted_mix,
 )
+
+# Part of every cached segment's identity: raise it when a change alters the frames that the
+# same keys, settings and clip propagate to, so no segment cached before it is reused.
+# 2: keys are no longer carried across shot cuts.
+ALGORITHM_VERSION = 2
 
 
 def load_key_image(path: str | os.PathLike[str], size: tuple[int, int]) -> tuple[np.ndarray, str]:
@@ -106,11 +112,17 @@ class _SegmentFrames:
         self.frames = dict(reader.frames(min(start, *keys), max(stop, *keys) + 1))
         self.flows = flows
         numbers = sorted(self.frames)
+        # Shot cuts between two keys (as frame numbers): `_between` carries neither key across.
+        self.cuts = []
+        if len(keys) == 2:
+            self.cuts = [keys[0] + c for c in shot_cuts([self.frames[t] for t in numbers])]
         pairs = list(itertools.pairwise(numbers))
         if reanchor:
             pairs += [
                 (t, key) for key in keys for t in numbers if abs(t - key) > 1 and t not in keys
             ]
+        if len(self.cuts) == 1:  # then no frame is carried across it: skip those flows
+            pairs = [(i, j) for i, j in pairs if (i < self.cuts[0]) == (j < self.cuts[0])]
         self.futures = [pool.submit(self._estimate, i, j) for i, j in pairs]
 
     def flow(self, i: int, j: int) -> np.ndarray:
@@ -272,14 +284,26 @@ def _one_way(segment, keys, key, end, settings, cancel, pixels) -> dict[int, np.
 
 
 def _between(segment, keys, key_a, key_b, settings, cancel, pixels) -> dict[int, np.ndarray]:
-    """Frames key_a..key_b-1: key_a itself and the frames carried from both keys, blended."""
+    """Frames key_a..key_b-1: key_a itself and the frames carried from both keys, blended.
+
+    Across a shot cut no flow can carry a key, so the frames of key_a's shot come from key_a
+    alone and those of key_b's shot from key_b alone; only the frames of a shot between two
+    cuts, which has no key of its own, are still carried from both.
+    """
     images = segment.wait(cancel, lambda: {k: keys[k] for k in (key_a, key_b)})
     results = {key_a: images[key_a]}
-    inner = list(range(key_a + 1, key_b))
+    cuts = segment.cuts
+    own_a = list(range(key_a + 1, cuts[0])) if cuts else []
+    own_b = list(range(cuts[-1], key_b)) if cuts else []
+    inner = list(range(key_a + 1 + len(own_a), key_b - len(own_b)))  # from both keys
     forward, backward = _both_directions(
-        segment, key_a, key_b, images, inner, settings, cancel, pixels
+        segment, key_a, key_b, images, (own_a, inner, own_b), settings, cancel, pixels
     )
+    for t in own_a + own_b:
+        results[t] = pixels.download((forward if t in forward else backward).pop(t).image)
     weights = [(key_b - t) / (key_b - key_a) for t in inner]
+    if not inner:
+        return results
     if settings.blend == "histogram":
         forward, backward = (
             {t: _downloaded(result, pixels) for t, result in direction.items()}
@@ -313,8 +337,9 @@ def _downloaded(result: Propagated, pixels: Pixels) -> Propagated:
     return Propagated(*map(pixels.download, arrays))
 
 
-def _both_directions(segment, key_a, key_b, keys, inner, settings, cancel, pixels):
-    """The frames carried from key_a forwards and from key_b backwards, as two dicts.
+def _both_directions(segment, key_a, key_b, keys, parts, settings, cancel, pixels):
+    """The frames carried from key_a forwards and from key_b backwards, as two dicts: `parts`
+    is (frames carried from key_a only, from both keys, from key_b only), in order.
 
     The two chains are independent, so they run at once: each computes the step flows from
     its own end and finds the other's in the cache past the middle, which halves the flow
@@ -331,13 +356,15 @@ def _both_directions(segment, key_a, key_b, keys, inner, settings, cancel, pixel
         )
         return dict(carried)
 
+    own_a, inner, own_b = parts
+    targets_a, targets_b = own_a + inner, (inner + own_b)[::-1]
     if settings.synthesis == "patch" and settings.patch.device == "cpu":
-        return carry(key_a, inner, cancel), carry(key_b, inner[::-1], cancel)
+        return carry(key_a, targets_a, cancel), carry(key_b, targets_b, cancel)
     stop = _StopWith(cancel)
     with ThreadPoolExecutor(1, thread_name_prefix="zvstudio-backward") as pool:
-        backward = pool.submit(carry, key_b, inner[::-1], stop)
+        backward = pool.submit(carry, key_b, targets_b, stop)
         try:
-            forward = carry(key_a, inner, stop)
+            forward = carry(key_a, targets_a, stop)
         except BaseException:
             stop.stopped.set()  # no use finishing the other direction
             raise

@@ -1,0 +1,92 @@
+"""Shot cuts: where consecutive frames belong to different shots.
+
+Nothing can be carried across a cut by optical flow, so propagation keeps each key on its own
+side of one, and key placement puts a key at the start of every shot.
+
+The measure is PySceneDetect's content score (the mean absolute HSV difference of two frames,
+here at a small size, hue compared on its circle) with its adaptive rule: a pair is a cut when
+its score is both high in absolute terms and several times that of the neighbouring pairs, so
+fast motion, which raises every score around it, is not mistaken for one. A flash (a cut out
+and straight back to frames like those before) is no cut. PySceneDetect itself is not used: it
+requires the GUI build of OpenCV, whose Qt clashes with PySide6's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+SCORE_WIDTH = 128  # frames are compared at this width: enough for content, cheap, denoised
+MIN_SCORE = 15.0  # a cut changes the frame's content at least this much (PySceneDetect's 15)
+NEIGHBOUR_RATIO = 3.0  # ... and this many times more than the neighbouring pairs do
+NEIGHBOURS = 2  # pairs on each side that the ratio compares with
+FLASH_LENGTH = 3  # a cut and a cut back at most this many frames apart may be a flash
+
+__all__ = ["change_scores", "find_cuts", "shot_cuts", "small_hsv"]
+
+
+def small_hsv(rgb: np.ndarray) -> np.ndarray:
+    """The frame at `SCORE_WIDTH` pixels wide in HSV (OpenCV's ranges), float32."""
+    height, width = rgb.shape[:2]
+    size = (SCORE_WIDTH, max(1, round(height * SCORE_WIDTH / width)))
+    small = cv2.resize(np.ascontiguousarray(rgb[..., :3]), size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2HSV).astype(np.float32)
+
+
+def content_score(a: np.ndarray, b: np.ndarray) -> float:
+    """How much two `small_hsv` frames differ: the mean absolute difference of hue (on its
+    circle, scaled to 0-255 like the others), saturation and value. Hue counts only as far as
+    both pixels are coloured and lit, and saturation as far as both are lit: in dark or grey
+    pixels they are noise, which would make a fade to black look like a cut."""
+    lit = np.minimum(a[..., 2], b[..., 2]) / 255.0
+    coloured = np.minimum(a[..., 1], b[..., 1]) / 255.0 * lit
+    hue = np.abs(a[..., 0] - b[..., 0])
+    hue = np.minimum(hue, 180.0 - hue) * (255.0 / 90.0)
+    saturation = np.abs(a[..., 1] - b[..., 1]) * lit
+    value = np.abs(a[..., 2] - b[..., 2])
+    return float(((hue * coloured).mean() + saturation.mean() + value.mean()) / 3)
+
+
+def change_scores(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """`content_score` of each consecutive pair of RGB frames (one fewer than frames)."""
+    small = [small_hsv(frame) for frame in frames]
+    return np.array([content_score(a, b) for a, b in itertools.pairwise(small)], np.float64)
+
+
+def find_cuts(scores: Sequence[float], small: Sequence[np.ndarray] | None = None) -> list[int]:
+    """The indices i (1-based frame offsets: frames i-1 and i differ in shot) where `scores`
+    (from `change_scores`) show a cut; with the `small_hsv` frames, flashes are left out."""
+    values = np.asarray(scores, np.float64)
+    cuts = []
+    for i, score in enumerate(values):
+        around = np.concatenate(
+            [values[max(0, i - NEIGHBOURS) : i], values[i + 1 : i + 1 + NEIGHBOURS]]
+        )
+        baseline = float(around.mean()) if around.size else 0.0
+        if score >= MIN_SCORE and score >= NEIGHBOUR_RATIO * baseline:
+            cuts.append(i + 1)
+    return _without_flashes(cuts, small) if small is not None else cuts
+
+
+def _without_flashes(cuts: list[int], small: Sequence[np.ndarray]) -> list[int]:
+    """`cuts` less each close pair whose outer frames look alike (a flash, a frame dropped in
+    from elsewhere): the shot before the first goes on after the second."""
+    kept = list(cuts)
+    for first, second in itertools.pairwise(cuts):
+        close = second - first <= FLASH_LENGTH and first in kept
+        if close and content_score(small[first - 1], small[second]) < MIN_SCORE:
+            kept.remove(first)
+            kept.remove(second)
+    return kept
+
+
+def shot_cuts(frames: Sequence[np.ndarray]) -> list[int]:
+    """The cuts among consecutive RGB `frames`, as offsets into it (see `find_cuts`)."""
+    if len(frames) < 2:
+        return []
+    small = [small_hsv(frame) for frame in frames]
+    scores = [content_score(a, b) for a, b in itertools.pairwise(small)]
+    return find_cuts(scores, small)
