@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from zvstudio.media import VideoReader
-from zvstudio.media.cuts import MIN_SCORE, change_scores, find_cuts, shot_cuts
+from zvstudio.media.cuts import (
+    FLASH_LENGTH,
+    MIN_SCORE,
+    CutFinder,
+    change_scores,
+    find_cuts,
+    keys_by_shot,
+    shot_cuts,
+)
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"
 
@@ -75,3 +83,21 @@ def test_the_shared_clips_are_single_shots_and_a_splice_of_two_is_found():
         assert shot_cuts(frames) == [], path.name
         spliced += frames[:10]
     assert shot_cuts(spliced) == list(range(10, len(spliced), 10))
+
+
+def test_keys_start_every_shot_and_repeat_within_it():
+    assert keys_by_shot(0, 29, 10, []) == [0, 10, 20]
+    assert keys_by_shot(0, 29, 10, [14]) == [0, 10, 14, 24]
+    assert keys_by_shot(0, 29, 10, [3, 5]) == [0, 3, 5, 15, 25]
+    # Cuts outside the range, or at its first frame, add nothing.
+    assert keys_by_shot(5, 25, 10, [0, 5, 26, 40]) == [5, 15, 25]
+
+
+def test_a_long_clip_streams_through_the_finder_with_the_same_cuts():
+    frames = scene(0, 8) + scene(1, 6) + scene(2, 9)
+    frames[3] = np.full_like(frames[3], 255)  # and a flash
+    finder = CutFinder()
+    for frame in frames:
+        finder.add(frame)
+    assert finder.cuts() == shot_cuts(frames) == [8, 14]
+    assert len(finder._recent) <= FLASH_LENGTH + 1  # it holds a few frames, not the clip

@@ -1152,7 +1152,7 @@ def _run_models(args) -> int:
 # -- cache ------------------------------------------------------------------------------------
 def _add_cache(commands) -> None:
     cache_parser = commands.add_parser(
-        "cache", help="show the render cache (flows, keys, segments, proxies) or clear it"
+        "cache", help="show the render cache (flows, keys, segments, proxies, cuts) or clear it"
     )
     cache_parser.add_argument("--clear", action="store_true", help="delete everything cached")
     cache_parser.add_argument("--json", action="store_true", help="print JSON")

@@ -12,7 +12,7 @@ only what it affects and an interrupted render resumes where it stopped.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from zvstudio.engine.keycache import KeyCache
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
+from zvstudio.engine.shots import clip_cuts
 from zvstudio.errors import RenderCancelled, StageError, ZvsError
 from zvstudio.flow import DISFlow, FlowCache, FlowEstimator, create_flow_estimator
 from zvstudio.hashing import file_hash, text_hash
@@ -34,6 +35,7 @@ from zvstudio.media import (
     check_output,
     probe,
 )
+from zvstudio.media.cuts import keys_by_shot
 from zvstudio.progress import (
     CancelToken,
     LogCallback,
@@ -108,10 +110,17 @@ def output_timing(
     return timing, AudioSource(str(source), start, timing.duration, whole_clip=whole)
 
 
-def plan_keys(request: RenderRequest, first: int, last: int) -> list[int] | None:
-    """The key frames to render, or None to render every frame on its own."""
+def plan_keys(
+    request: RenderRequest, first: int, last: int, cuts: Callable[[], list[int]] | None = None
+) -> list[int] | None:
+    """The key frames to render, or None to render every frame on its own. Keys at an
+    interval start again at each shot cut that `cuts()` finds (`keys_by_shot`)."""
+
+    def every(interval: int) -> list[int]:
+        return keys_by_shot(first, last, interval, cuts() if cuts is not None else [])
+
     if request.renderer.kind == "diffusion" and not (request.key_frames or request.key_interval):
-        return list(range(first, last + 1, 10))  # diffusion on every frame would be waste
+        return every(10)  # diffusion on every frame would be waste
     if request.renderer.kind == "painted":
         keys = sorted(frame for frame, _ in request.renderer.painted)
         if not keys:
@@ -121,7 +130,7 @@ def plan_keys(request: RenderRequest, first: int, last: int) -> list[int] | None
     elif request.key_interval is not None:
         if request.key_interval < 1:
             raise ZvsError(f"the key interval must be at least 1, got {request.key_interval}")
-        keys = list(range(first, last + 1, request.key_interval))
+        keys = every(request.key_interval)
     else:
         return None
     outside = [k for k in keys if not first <= k <= last]
@@ -298,7 +307,12 @@ def render(
     estimator = flow_estimator(request)
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
-    keys = plan_keys(request, first, last)
+
+    def cuts() -> list[int]:
+        clip_id = file_hash(request.source)
+        return clip_cuts(request.source, clip_id, first, last, info, progress, cancel)
+
+    keys = plan_keys(request, first, last, cuts)
     timing, audio = output_timing(request.source, info, first, last)
     with (
         VideoReader(request.source, _small_frame_cache(info), info) as reader,

@@ -26,6 +26,7 @@ from zvstudio.engine.render import (
     segment_context,
 )
 from zvstudio.engine.request import RenderRequest
+from zvstudio.engine.shots import cached_cuts
 from zvstudio.hashing import file_hash
 from zvstudio.media import MediaInfo, probe
 from zvstudio.propagate.cache import SegmentCache
@@ -86,11 +87,12 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
     if the caller has it). Raises `ZvsError` for a request that `render` would refuse."""
     info = info or probe(request.source)
     first, last = resolve_range(request, info.frame_count)
-    keys = plan_keys(request, first, last)
+    clip_id = file_hash(request.source)
+    # The status is read often and must stay cheap: it knows the cuts a render found.
+    keys = plan_keys(request, first, last, lambda: cached_cuts(clip_id, first, last) or [])
     if not keys:
         return RenderStatus(first, last)
     size = (info.display_width, info.display_height)
-    clip_id = file_hash(request.source)
     identities = key_identities(
         _identity_source(request), keys, dict(request.key_params), clip_id, size
     )

@@ -14,7 +14,8 @@ requires the GUI build of OpenCV, whose Qt clashes with PySide6's.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -25,7 +26,7 @@ NEIGHBOUR_RATIO = 3.0  # ... and this many times more than the neighbouring pair
 NEIGHBOURS = 2  # pairs on each side that the ratio compares with
 FLASH_LENGTH = 3  # a cut and a cut back at most this many frames apart may be a flash
 
-__all__ = ["change_scores", "find_cuts", "shot_cuts", "small_hsv"]
+__all__ = ["CutFinder", "change_scores", "find_cuts", "keys_by_shot", "shot_cuts", "small_hsv"]
 
 
 def small_hsv(rgb: np.ndarray) -> np.ndarray:
@@ -56,9 +57,12 @@ def change_scores(frames: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([content_score(a, b) for a, b in itertools.pairwise(small)], np.float64)
 
 
-def find_cuts(scores: Sequence[float], small: Sequence[np.ndarray] | None = None) -> list[int]:
-    """The indices i (1-based frame offsets: frames i-1 and i differ in shot) where `scores`
-    (from `change_scores`) show a cut; with the `small_hsv` frames, flashes are left out."""
+def find_cuts(
+    scores: Sequence[float], jump: Callable[[int, int], float] | None = None
+) -> list[int]:
+    """The indices i (frames i-1 and i are in different shots) where `scores` (from
+    `change_scores`) show a cut. With `jump(i, j)`, the `content_score` of frames i and j,
+    flashes are left out."""
     values = np.asarray(scores, np.float64)
     cuts = []
     for i, score in enumerate(values):
@@ -68,25 +72,57 @@ def find_cuts(scores: Sequence[float], small: Sequence[np.ndarray] | None = None
         baseline = float(around.mean()) if around.size else 0.0
         if score >= MIN_SCORE and score >= NEIGHBOUR_RATIO * baseline:
             cuts.append(i + 1)
-    return _without_flashes(cuts, small) if small is not None else cuts
+    return _without_flashes(cuts, jump) if jump is not None else cuts
 
 
-def _without_flashes(cuts: list[int], small: Sequence[np.ndarray]) -> list[int]:
+def _without_flashes(cuts: list[int], jump: Callable[[int, int], float]) -> list[int]:
     """`cuts` less each close pair whose outer frames look alike (a flash, a frame dropped in
     from elsewhere): the shot before the first goes on after the second."""
     kept = list(cuts)
     for first, second in itertools.pairwise(cuts):
         close = second - first <= FLASH_LENGTH and first in kept
-        if close and content_score(small[first - 1], small[second]) < MIN_SCORE:
+        if close and jump(first - 1, second) < MIN_SCORE:
             kept.remove(first)
             kept.remove(second)
     return kept
 
 
-def shot_cuts(frames: Sequence[np.ndarray]) -> list[int]:
+class CutFinder:
+    """Finds the cuts of frames given one at a time, holding only a few of them: for a whole
+    clip streamed from its reader."""
+
+    def __init__(self) -> None:
+        self._recent: deque[np.ndarray] = deque(maxlen=FLASH_LENGTH + 1)
+        self._scores: list[float] = []
+        self._jumps: dict[tuple[int, int], float] = {}  # (i, j): score of frames i, j apart
+
+    def add(self, rgb: np.ndarray) -> None:
+        small = small_hsv(rgb)
+        number = len(self._scores) + (1 if self._recent else 0)
+        for back, earlier in enumerate(reversed(self._recent), start=1):
+            score = content_score(earlier, small)
+            if back == 1:
+                self._scores.append(score)
+            else:
+                self._jumps[(number - back, number)] = score
+        self._recent.append(small)
+
+    def cuts(self) -> list[int]:
+        """The cuts so far, as offsets into the frames added (see `find_cuts`)."""
+        return find_cuts(self._scores, lambda i, j: self._jumps[(i, j)])
+
+
+def shot_cuts(frames: Iterable[np.ndarray]) -> list[int]:
     """The cuts among consecutive RGB `frames`, as offsets into it (see `find_cuts`)."""
-    if len(frames) < 2:
-        return []
-    small = [small_hsv(frame) for frame in frames]
-    scores = [content_score(a, b) for a, b in itertools.pairwise(small)]
-    return find_cuts(scores, small)
+    finder = CutFinder()
+    for frame in frames:
+        finder.add(frame)
+    return finder.cuts()
+
+
+def keys_by_shot(first: int, last: int, interval: int, cuts: Iterable[int]) -> list[int]:
+    """Key frames for first..last: every `interval` frames counted from the start of each shot
+    (`cuts`: the first frame of each shot after the first), so every shot starts with a key."""
+    starts = sorted({first, *(c for c in cuts if first < c <= last)})
+    ends = [*(s - 1 for s in starts[1:]), last]
+    return [k for s, e in zip(starts, ends, strict=True) for k in range(s, e + 1, interval)]
