@@ -268,3 +268,16 @@ def test_renders_run_where_the_settings_say(qtbot, window, clip, tmp_path):
     request = window.current_request(tmp_path / "out.mp4")
     assert request.renderer.diffusion.device == request.propagation.device == "cuda:1"
     assert request.renderer.diffusion.allow_pickle
+
+
+def test_an_imported_clip_gets_a_key_at_each_shot(qtbot, window, tmp_path):
+    from test_cuts import scene
+
+    from zvstudio.media.synth import write_clip
+
+    path = tmp_path / "two_shots.mp4"
+    write_clip(path, scene(0, 14) + scene(1, 12), options={"crf": "12"})  # a cut at 14
+    assert window.open_path(path)
+    qtbot.waitUntil(lambda: window.document.shot_cuts == [14], timeout=20_000)
+    assert [k.frame for k in window.document.project.keyframes] == [0, 10, 14, 24]
+    assert not window.errors

@@ -279,6 +279,25 @@ def test_fill_keys_every_k(qtbot, document, clip):
     assert [k.frame for k in document.project.keyframes] == [0, 7, 10, 20]
 
 
+def test_fill_keys_starts_again_at_each_shot(qtbot, document, clip):
+    document.import_clip(clip, key_interval=10)
+    document.push(SetKey(KeyFrame(7, prompt="keep me")))  # an edit: the import keys stay
+    document.set_shot_cuts([13])
+    assert [k.frame for k in document.project.keyframes] == [0, 7, 10, 20]
+    inspector = make_inspector(qtbot, document)
+    qtbot.mouseClick(inspector.fill_keys_button, Qt.LeftButton)
+    assert [k.frame for k in document.project.keyframes] == [0, 7, 10, 13, 23]
+
+
+def test_a_fresh_imports_keys_follow_the_shots_once_found(document, clip):
+    document.import_clip(clip, key_interval=10)
+    document.set_shot_cuts([13])
+    assert [k.frame for k in document.project.keyframes] == [0, 10, 13, 23]
+    assert document.undo_stack.count() == 0  # part of the import, nothing to undo
+    document.set_shot_cuts([])  # no cut: the keys stay as they are
+    assert [k.frame for k in document.project.keyframes] == [0, 10, 13, 23]
+
+
 def test_constraint_settings_change_the_project(qtbot, diffusion):
     inspector = make_inspector(qtbot, diffusion)
     panel = inspector.render_panel

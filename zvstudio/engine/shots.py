@@ -13,13 +13,14 @@ import tempfile
 from pathlib import Path
 
 from zvstudio.hashing import text_hash
-from zvstudio.media import MediaInfo, VideoReader
-from zvstudio.media.cuts import CutFinder
+from zvstudio.media import MediaInfo, VideoReader, fit_size
+from zvstudio.media.cuts import SCORE_WIDTH, CutFinder
 from zvstudio.paths import cache_root
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 
 # Raise it when the detector changes what it finds, so no older result is reused.
 DETECTOR_VERSION = 1
+DECODE_SIDE = 2 * SCORE_WIDTH  # frames are decoded this small (the finder shrinks them further)
 
 
 def cuts_path(clip_id: str, first: int, last: int, root: Path | None = None) -> Path:
@@ -55,7 +56,8 @@ def clip_cuts(
         return cuts
     finder, total = CutFinder(), last - first + 1
     with VideoReader(source, info=info) as reader:
-        for number, frame in reader.frames(first, last + 1):
+        small = fit_size(*reader.size, DECODE_SIDE)  # scaled while decoding: cheaper
+        for number, frame in reader.frames(first, last + 1, size=small):
             if cancel is not None:
                 cancel.raise_if_cancelled()
             finder.add(frame)

@@ -10,6 +10,7 @@ from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from zvstudio.errors import ZvsError
 from zvstudio.media import MediaInfo, probe
+from zvstudio.media.cuts import keys_by_shot
 from zvstudio.project import ClipRef, KeyFrame, Project, load_project, save_project
 from zvstudio.project.edits import (
     Edit,
@@ -64,6 +65,9 @@ class Document(QObject):
         self.project = Project()
         self.path: Path | None = None
         self.info: MediaInfo | None = None
+        # The first frame of each shot after the first, once a job has found them.
+        self.shot_cuts: list[int] = []
+        self._import_interval: int | None = None  # K of the keys a fresh import was given
         self.undo_stack = QUndoStack(self)
         self.undo_stack.cleanChanged.connect(self._clean_changed)
 
@@ -103,6 +107,7 @@ class Document(QObject):
         step = key_interval or project.settings.key_interval
         project.keyframes = [KeyFrame(f) for f in range(0, info.frame_count, step)]
         self._load(project, None, info)
+        self._import_interval = step  # the keys are redone by shot when the cuts are found
 
     def open(self, path: str | Path) -> None:
         path = Path(path).resolve()
@@ -135,8 +140,22 @@ class Document(QObject):
             self.path_changed.emit()
         return target
 
+    def set_shot_cuts(self, cuts: list[int]) -> None:
+        """The clip's shot cuts, found. A clip just imported and not yet edited gets its first
+        keys again, now starting at each shot (the user chose none of them yet)."""
+        self.shot_cuts = list(cuts)
+        untouched = self.path is None and self.undo_stack.count() == 0
+        initial = [KeyFrame(f) for f in range(0, self.frame_count, self._import_interval or 1)]
+        if cuts and untouched and self._import_interval and self.project.keyframes == initial:
+            every = keys_by_shot(0, self.frame_count - 1, self._import_interval, cuts)
+            self.project.keyframes = [KeyFrame(f) for f in every]
+            self.keys_changed.emit()
+            self.changed.emit()
+
     def _load(self, project: Project, path: Path | None, info: MediaInfo | None = None) -> None:
         self.project, self.path, self.info = project, path, info
+        self.shot_cuts = []
+        self._import_interval = None
         self.undo_stack.clear()
         self.clip_changed.emit()
         self.path_changed.emit()

@@ -558,7 +558,8 @@ class RenderPanel(_Panel):
         self.key_interval_spin.valueChanged.connect(lambda value: self._set("key_interval", value))
         self.fill_keys_button = QPushButton("Fill keys every K")
         self.fill_keys_button.setToolTip(
-            "Place keys every K frames over the render range (keys with overrides stay)"
+            "Place keys every K frames over the render range, counted again from each shot cut "
+            "so that every shot has keys of its own (keys with overrides stay)"
         )
         self.fill_keys_button.clicked.connect(self.fill_keys)
         row = QHBoxLayout()
@@ -614,7 +615,8 @@ class RenderPanel(_Panel):
 
     def fill_keys(self) -> None:
         interval = self.settings.key_interval
-        self._push(lambda: keys_every(self.document.project, interval, self.document.frame_count))
+        doc = self.document
+        self._push(lambda: keys_every(doc.project, interval, doc.frame_count, doc.shot_cuts))
 
     def set_model(self, path: str | None) -> None:
         self._set("model", path, "change model")

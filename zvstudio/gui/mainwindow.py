@@ -29,6 +29,7 @@ from zvstudio.appsettings import AppSettings, edited, load_settings, save_settin
 from zvstudio.engine.jobs import JobEvent
 from zvstudio.engine.render import render_key_preview
 from zvstudio.engine.request import RenderRequest, request_from_project
+from zvstudio.engine.shots import clip_cuts
 from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
 from zvstudio.gui.bridge import EngineBridge
@@ -39,7 +40,7 @@ from zvstudio.gui.status import StatusWatcher
 from zvstudio.gui.timeline import TimelineWidget
 from zvstudio.gui.transport import Transport
 from zvstudio.gui.viewer import ViewerWidget
-from zvstudio.hashing import text_hash
+from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import Proxy, VideoReader, build_proxy
 from zvstudio.paths import cache_root
 from zvstudio.project.autosave import Autosaver
@@ -72,6 +73,7 @@ class MainWindow(QMainWindow):
         self._reader: VideoReader | None = None
         self.proxy: Proxy | None = None
         self.proxy_job: int | None = None
+        self.cuts_job: int | None = None
         self.models_job: int | None = None
         self.generate_jobs: dict[int, str] = {}  # generation job id -> what it makes
         self.diffusion_config_dir: Path | None = None  # the models' reference configs (tests)
@@ -392,6 +394,18 @@ class MainWindow(QMainWindow):
                 )
 
         self.proxy_job = self.bridge.submit(work, f"Prepare previews of {clip.name}")
+        self._find_shot_cuts(clip)
+
+    def _find_shot_cuts(self, clip: Path) -> None:
+        """The clip's shot cuts, as a job (read from the cache after the first time): keys
+        placed every K frames then start again at each shot."""
+        info, last = self.document.info, self.document.frame_count - 1
+
+        def work(context):
+            cuts = clip_cuts(clip, file_hash(clip), 0, last, info, context.progress, context.cancel)
+            return clip, cuts
+
+        self.cuts_job = self.bridge.submit(work, f"Find shot cuts in {clip.name}")
 
     def _thumbnail(self, number: int):
         """A timeline thumbnail from the proxy, None until the proxy is ready."""
@@ -582,6 +596,12 @@ class MainWindow(QMainWindow):
         if event.job == self.models_job and event.kind == "finished":
             self.models = list(event.result)
             self.inspector.reload_models()
+        if event.job == self.cuts_job and event.kind == "finished":
+            self.cuts_job = None
+            clip, cuts = event.result
+            current = self.document.project.clip
+            if current is not None and Path(current.path) == clip:
+                self.document.set_shot_cuts(cuts)
         if event.job == self.proxy_job and event.kind == "finished":
             self.proxy_job = None
             self.proxy = event.result

@@ -8,9 +8,11 @@ without a window. Edits keep what they replaced, so reverting restores per-key o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import replace
 
 from zvstudio.errors import ZvsError
+from zvstudio.media.cuts import keys_by_shot
 from zvstudio.project.model import FrameRange, KeyFrame, Project, RenderSettings
 
 
@@ -110,13 +112,16 @@ class ReplaceKeys(Edit):
         project.keyframes = list(self.old)
 
 
-def keys_every(project: Project, interval: int, frame_count: int) -> ReplaceKeys:
-    """Keys every `interval` frames over the render range; keys that carry overrides (a prompt,
-    seed, strength or painting) stay where they are, and keys on the grid keep theirs."""
+def keys_every(
+    project: Project, interval: int, frame_count: int, cuts: Sequence[int] = ()
+) -> ReplaceKeys:
+    """Keys every `interval` frames over the render range, counted again from each shot cut
+    (`cuts`: the first frames of shots); keys that carry overrides (a prompt, seed, strength or
+    painting) stay where they are, and keys on the grid keep theirs."""
     if interval < 1:
         raise ZvsError(f"the key interval must be at least 1, got {interval}")
     span = project.frame_range or FrameRange(0, max(frame_count - 1, 0))
-    grid = {frame: KeyFrame(frame) for frame in range(span.first, span.last + 1, interval)}
+    grid = {frame: KeyFrame(frame) for frame in keys_by_shot(span.first, span.last, interval, cuts)}
     for key in project.keyframes:
         if key.frame in grid or key != KeyFrame(key.frame):
             grid[key.frame] = key
