@@ -279,5 +279,6 @@ def test_an_imported_clip_gets_a_key_at_each_shot(qtbot, window, tmp_path):
     write_clip(path, scene(0, 14) + scene(1, 12), options={"crf": "12"})  # a cut at 14
     assert window.open_path(path)
     qtbot.waitUntil(lambda: window.document.shot_cuts == [14], timeout=20_000)
+    assert window.timeline.cuts() == [14]
     assert [k.frame for k in window.document.project.keyframes] == [0, 10, 14, 24]
     assert not window.errors

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication
 
 from zvstudio.gui import timeline as timeline_module
 from zvstudio.gui.timeline import (
+    CUT_COLOUR,
     KEY_COLOURS,
     MARGIN,
     SEGMENT_COLOURS,
@@ -467,3 +468,19 @@ def test_play_from_the_end_restarts_and_set_clip_resets(qtbot, transport):
     assert transport.frame() == 0 and transport.is_playing()
     transport.set_clip(30, 25)
     assert not transport.is_playing() and transport.frame() == 0
+
+
+def test_shot_cuts_are_drawn_across_the_thumbnails(make_timeline):
+    widget = make_timeline(frames=100, thumbnails=Thumbnails())
+    widget.set_cuts([60, 30])
+    assert widget.cuts() == [30, 60]
+    image = widget.grab().toImage()
+    middle = round(image.height() / 2)  # over the thumbnail strip
+
+    def line_at(frame: int) -> bool:
+        x = round(widget._left(frame))
+        return any(close_to(image.pixelColor(x + dx, middle), CUT_COLOUR, 2) for dx in (-1, 0))
+
+    assert line_at(30) and line_at(60) and not line_at(45)
+    widget.set_clip(100, 25.0)  # another clip: its cuts are not known yet
+    assert widget.cuts() == []

@@ -602,6 +602,7 @@ class MainWindow(QMainWindow):
             current = self.document.project.clip
             if current is not None and Path(current.path) == clip:
                 self.document.set_shot_cuts(cuts)
+                self.timeline.set_cuts(cuts)
         if event.job == self.proxy_job and event.kind == "finished":
             self.proxy_job = None
             self.proxy = event.result

@@ -48,6 +48,7 @@ SEGMENT_COLOURS: dict[str, str] = {
     "pending": "#6b7280",
     "rendering": "#f5b82e",
 }
+CUT_COLOUR = "#ffffff"  # a shot cut, over the thumbnails (with a dark edge)
 
 THUMBNAIL_CACHE_SIZE = 300
 ZOOM_STEP = 1.5
@@ -115,6 +116,7 @@ class TimelineWidget(QWidget):
         self._keys: dict[int, str] = {}
         self._selected: int | None = None
         self._segments: list[tuple[int, int, str]] = []
+        self._cuts: list[int] = []  # the first frame of each shot after the first
         self._range: tuple[int | None, int | None] = (None, None)
         self._ppf = 1.0
         self._fit_mode = True  # refit on resize until the user zooms
@@ -153,6 +155,7 @@ class TimelineWidget(QWidget):
         self._selected = self._pending_move = None
         self._playhead = min(self._playhead, max(self._count - 1, 0))
         self._range = (None, None)
+        self._cuts = []
         self.zoom_fit()
 
     def invalidate_thumbnails(self) -> None:
@@ -178,6 +181,14 @@ class TimelineWidget(QWidget):
         """Propagation segments (first, last, state) with state "cached", "pending", "rendering"."""
         self._segments = [(int(a), int(b), str(s)) for a, b, s in segments]
         self.update()
+
+    def set_cuts(self, cuts: Sequence[int]) -> None:
+        """Shot cuts (the first frame of each new shot), drawn as lines across the thumbnails."""
+        self._cuts = sorted(int(c) for c in cuts)
+        self.update()
+
+    def cuts(self) -> list[int]:
+        return list(self._cuts)
 
     def set_range(self, first: int | None, last: int | None) -> None:
         """An in/out range; frames outside it are shaded. None leaves that side open."""
@@ -380,6 +391,7 @@ class TimelineWidget(QWidget):
         self._paint_ruler(painter, lanes.ruler)
         self._paint_strip(painter, lanes.strip)
         self._paint_segments(painter, lanes.segments)
+        self._paint_cuts(painter, lanes)
         self._paint_range(painter, lanes)
         self._paint_playhead(painter, lanes)
         self._paint_keys(painter, lanes)
@@ -443,6 +455,15 @@ class TimelineWidget(QWidget):
             left, right = self._left(first), self._left(last + 1)
             rect = QRectF(left, lane.top(), right - left, lane.height()).intersected(lane)
             painter.fillRect(rect.adjusted(0.5, 0, -0.5, 0), colour)
+
+    def _paint_cuts(self, painter: QPainter, lanes: _Lanes) -> None:
+        """A bright line with a dark edge (visible on any picture) where a shot begins."""
+        top, bottom = lanes.strip.top(), lanes.bottom
+        for frame in self._cuts:
+            x = self._left(frame)
+            if -2 <= x <= self.width() + 2:
+                painter.fillRect(QRectF(x - 2, top, 4, bottom - top), QColor(0, 0, 0, 160))
+                painter.fillRect(QRectF(x - 1, top, 2, bottom - top), QColor(CUT_COLOUR))
 
     def _paint_range(self, painter: QPainter, lanes: _Lanes) -> None:
         first, last = self._range
