@@ -93,23 +93,21 @@ class CutFinder:
 
     def __init__(self) -> None:
         self._recent: deque[np.ndarray] = deque(maxlen=FLASH_LENGTH + 1)
-        self._scores: list[float] = []
-        self._jumps: dict[tuple[int, int], float] = {}  # (i, j): score of frames i, j apart
+        self._scores: list[float] = []  # frame j-1 to frame j, for each frame j > 0
+        # For each frame j, its scores to frames j-2, j-3, ... (what the flash check needs).
+        self._jumps: list[tuple[float, ...]] = []
 
     def add(self, rgb: np.ndarray) -> None:
         small = small_hsv(rgb)
-        number = len(self._scores) + (1 if self._recent else 0)
-        for back, earlier in enumerate(reversed(self._recent), start=1):
-            score = content_score(earlier, small)
-            if back == 1:
-                self._scores.append(score)
-            else:
-                self._jumps[(number - back, number)] = score
+        scores = [content_score(earlier, small) for earlier in reversed(self._recent)]
+        if scores:
+            self._scores.append(scores[0])
+        self._jumps.append(tuple(scores[1:]))
         self._recent.append(small)
 
     def cuts(self) -> list[int]:
         """The cuts so far, as offsets into the frames added (see `find_cuts`)."""
-        return find_cuts(self._scores, lambda i, j: self._jumps[(i, j)])
+        return find_cuts(self._scores, lambda i, j: self._jumps[j][j - i - 2])
 
 
 def shot_cuts(frames: Iterable[np.ndarray]) -> list[int]:
