@@ -144,10 +144,11 @@ class Document(QObject):
         """The clip's shot cuts, found. A clip just imported and not yet edited gets its first
         keys again, now starting at each shot (the user chose none of them yet)."""
         self.shot_cuts = list(cuts)
-        untouched = self.path is None and self.undo_stack.count() == 0
-        initial = [KeyFrame(f) for f in range(0, self.frame_count, self._import_interval or 1)]
-        if cuts and untouched and self._import_interval and self.project.keyframes == initial:
-            every = keys_by_shot(0, self.frame_count - 1, self._import_interval, cuts)
+        step = self._import_interval
+        if not cuts or step is None or self.path is not None or self.undo_stack.count():
+            return
+        if self.project.keyframes == [KeyFrame(f) for f in range(0, self.frame_count, step)]:
+            every = keys_by_shot(0, self.frame_count - 1, step, cuts)
             self.project.keyframes = [KeyFrame(f) for f in every]
             self.keys_changed.emit()
             self.changed.emit()

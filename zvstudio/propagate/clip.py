@@ -301,9 +301,9 @@ def _between(segment, keys, key_a, key_b, settings, cancel, pixels) -> dict[int,
     )
     for t in own_a + own_b:
         results[t] = pixels.download((forward if t in forward else backward).pop(t).image)
-    weights = [(key_b - t) / (key_b - key_a) for t in inner]
     if not inner:
         return results
+    weights = [(key_b - t) / (key_b - key_a) for t in inner]
     if settings.blend == "histogram":
         forward, backward = (
             {t: _downloaded(result, pixels) for t, result in direction.items()}
