@@ -6,6 +6,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 
 from zvstudio import diskcache
 from zvstudio.engine.keycache import KeyCache
@@ -49,3 +50,23 @@ def test_key_cache_round_trip(tmp_path):
     assert cache.load("k1", (40, 24)) is None  # another size: not this key
     assert (cache.hits, cache.misses) == (1, 2)
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
+
+
+def test_an_entry_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "cuts" / "abc.json"
+    assert diskcache.write_entry(path, lambda stream: stream.write(b"[1, 2]"))
+    assert path.read_bytes() == b"[1, 2]"
+
+    def full_disk(stream):
+        stream.write(b"[3")
+        raise OSError(28, "No space left on device")
+
+    assert not diskcache.write_entry(path, full_disk)  # the caching fails, the caller does not
+    assert path.read_bytes() == b"[1, 2]"  # the old entry is untouched
+    assert [p.name for p in path.parent.iterdir()] == ["abc.json"]  # no temporary file left
+    with pytest.raises(ValueError):  # a bug is not a full disk: it surfaces
+        diskcache.write_entry(path, lambda stream: int("x"))
+    assert [p.name for p in path.parent.iterdir()] == ["abc.json"]
+    read_only = tmp_path / "file-not-folder"
+    read_only.write_text("")
+    assert not diskcache.write_entry(read_only / "entry.json", lambda stream: None)

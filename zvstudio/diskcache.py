@@ -12,8 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from zvstudio.paths import cache_root
 
@@ -88,6 +91,28 @@ def evict(root: Path | None = None, limit: int | None = None) -> int:
 def clear(root: Path | None = None) -> int:
     """Delete every entry; returns the bytes freed."""
     return evict(root, limit=0)
+
+
+def write_entry(path: Path, write: Callable[[BinaryIO], None]) -> bool:
+    """Write one cache entry with `write(stream)`, atomically: into a temporary file (whose
+    name starts with '.', so it is never counted or evicted half-written) renamed into place.
+    A full or read-only disk only costs the caching, never the work: returns False."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    except OSError:
+        return False
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if not isinstance(exc, OSError):
+            raise
+        return False
+    return True
 
 
 def touch(path: Path) -> None:

@@ -6,12 +6,10 @@ without a key of its own: nothing can be propagated into a shot from a key in an
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from zvstudio import diskcache
 from zvstudio.hashing import text_hash
 from zvstudio.media import MediaInfo, VideoReader, fit_size
 from zvstudio.media.cuts import SCORE_WIDTH, CutFinder
@@ -69,15 +67,4 @@ def clip_cuts(
 
 def _store(path: Path, cuts: list[int]) -> None:
     """Keep `cuts`; a full or read-only disk only costs finding them again next time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump({"cuts": cuts}, stream)
-        os.replace(temp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+    diskcache.write_entry(path, lambda stream: stream.write(json.dumps({"cuts": cuts}).encode()))

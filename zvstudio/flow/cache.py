@@ -8,15 +8,13 @@ the disk space and read time of float32.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from zvstudio import diskcache
 from zvstudio.flow.base import FlowEstimator
 from zvstudio.flow.ops import resize_flow
 from zvstudio.hashing import text_hash
@@ -112,17 +110,4 @@ class FlowCache:
     def _store(self, path: Path, flow: np.ndarray) -> None:
         """Keep `flow` at `path`; a full or read-only disk only costs the caching (the flow is
         estimated again when asked for), never the render."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        except OSError:
-            return
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.save(stream, flow.astype(np.float16))
-            os.replace(temp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            if not isinstance(exc, OSError):
-                raise
+        diskcache.write_entry(path, lambda stream: np.save(stream, flow.astype(np.float16)))
