@@ -52,7 +52,7 @@ def test_key_cache_round_trip(tmp_path):
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
 
 
-def test_an_entry_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+def test_an_entry_is_written_whole_or_not_at_all(tmp_path):
     path = tmp_path / "cuts" / "abc.json"
     assert diskcache.write_entry(path, lambda stream: stream.write(b"[1, 2]"))
     assert path.read_bytes() == b"[1, 2]"
