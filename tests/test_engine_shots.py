@@ -65,3 +65,14 @@ def test_an_unreadable_cache_entry_is_found_again(two_shots, tmp_path):
     path.write_text("{not json")
     assert shots.clip_cuts(two_shots, file_hash(two_shots), 0, 22) == [9]
     assert json.loads(path.read_text()) == {"cuts": [9]}
+
+
+def test_probe_lists_the_shot_cuts(two_shots, capsys):
+    from zvstudio.cli import main
+
+    assert main(["probe", str(two_shots), "--cuts"]) == 0
+    assert "shot cuts  9\n" in capsys.readouterr().out
+    assert main(["probe", str(two_shots), "--cuts", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shot_cuts"] == [9]
+    assert main(["probe", str(two_shots), "--json"]) == 0
+    assert "shot_cuts" not in json.loads(capsys.readouterr().out)  # only when asked: it decodes

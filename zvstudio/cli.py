@@ -125,6 +125,11 @@ def _add_probe(commands) -> None:
     probe_parser = commands.add_parser("probe", help="describe a video file")
     probe_parser.add_argument("file", type=Path)
     probe_parser.add_argument("--json", action="store_true", help="print JSON")
+    probe_parser.add_argument(
+        "--cuts",
+        action="store_true",
+        help="also find the shot cuts (the first frame of each new shot): where to paint keys",
+    )
     probe_parser.set_defaults(command="probe", run=_run_probe)
 
 
@@ -132,8 +137,16 @@ def _run_probe(args) -> int:
     from zvstudio.media import probe
 
     info = probe(args.file)
+    cuts = None
+    if args.cuts:
+        from zvstudio.engine.shots import clip_cuts
+        from zvstudio.hashing import file_hash
+
+        last = info.frame_count - 1
+        cuts = clip_cuts(args.file, file_hash(args.file), 0, last, info) if last >= 0 else []
     if args.json:
-        print(json.dumps(info.to_dict(), indent=2))
+        extra = {} if cuts is None else {"shot_cuts": cuts}
+        print(json.dumps({**info.to_dict(), **extra}, indent=2))
         return 0
     rotation = f", rotated {info.rotation} deg" if info.rotation else ""
     rate = "variable" if info.is_vfr else "constant"
@@ -152,6 +165,8 @@ def _run_probe(args) -> int:
         )
     if not info.audio:
         lines.append("  audio      none")
+    if cuts is not None:
+        lines.append(f"  shot cuts  {', '.join(map(str, cuts)) if cuts else 'none (one shot)'}")
     print("\n".join(lines))
     return 0
 
