@@ -194,7 +194,11 @@ def _add_render(commands) -> None:
     _add_diffusion_options(render_parser, model_required=False)
     keys = render_parser.add_mutually_exclusive_group()
     keys.add_argument(
-        "--every", type=int, metavar="K", help="render a key every K frames and propagate the rest"
+        "--every",
+        type=int,
+        metavar="K",
+        help="render a key every K frames, counted again from each shot cut, and propagate "
+        "the rest",
     )
     keys.add_argument(
         "--keys", metavar="N,M,...", help="render these key frames (0-based) and propagate the rest"
