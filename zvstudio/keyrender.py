@@ -40,12 +40,19 @@ class KeyContext:
 
     `anchor` is the first rendered key and `previous` the key rendered just before this one;
     diffusion uses them for its cross-frame constraints, per-frame stylizers ignore them.
+    `shot_first` is the first frame of this key's shot: a reference from an earlier shot
+    shares its style, but no optical flow leads to it.
     """
 
     frame_index: int
     anchor: RenderedKey | None = None
     previous: RenderedKey | None = None
     params: KeyParams = field(default_factory=KeyParams)
+    shot_first: int = 0
+
+    def in_shot(self, key: RenderedKey) -> bool:
+        """Whether `key` is in this key's shot (flow-based constraints can use it)."""
+        return key.frame_index >= self.shot_first
 
 
 class KeyRenderer(ABC):

@@ -302,11 +302,13 @@ class KeyFrameSampler:
         cancel: CancelToken | None = None,
         preview: PreviewCallback | None = None,
         references: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+        shape_fusion: bool = True,
     ) -> np.ndarray:
         """Render `frame` (RGB uint8). `is_anchor` starts a new sequence of keys.
 
         `references` are (source frame, rendered key) pairs for pixel-aware fusion, in
-        priority order (the anchor first, then the previous key).
+        priority order (the anchor first, then the previous key). `shape_fusion=False` skips
+        shape-aware fusion with the anchor (in another shot: no flow leads to it).
         """
         settings = self.settings
         padded, (height, width) = pad_to_multiple(frame, self.multiple)
@@ -328,7 +330,7 @@ class KeyFrameSampler:
             model_timesteps=timesteps.to(self.device),
         )
         guide = self._pixel_guide(run, references)
-        self._request_flows(run, guide)
+        self._request_flows(run, guide, shape_fusion)
         self._begin_key(is_anchor)
         start = self._sdedit_input(padded, is_anchor, references)
         latents = self._sdedit_start(start, scheduler, timesteps[0])
@@ -418,13 +420,14 @@ class KeyFrameSampler:
         ]
         return _PixelGuide(steps, padded)
 
-    def _request_flows(self, run, guide) -> None:
+    def _request_flows(self, run, guide, shape_fusion: bool = True) -> None:
         """Start the flows this key will need: to the anchor frame when shape-aware fusion
-        acts, to each reference frame when pixel-aware fusion does."""
+        acts (setting `run.anchor_frame`), to each reference frame when pixel-aware fusion
+        does."""
         if run.is_anchor:
             return
         t_max = run.scheduler.config.num_train_timesteps
-        shape = any(
+        shape = shape_fusion and any(
             "shape_fusion" in self.settings.schedule.active(int(t), t_max) for t in run.timesteps
         )
         if shape and self._anchor_frame is not None:
@@ -594,16 +597,26 @@ class DiffusionKeyRenderer(KeyRenderer):
         is_anchor = context.anchor is None
         if is_anchor:
             self.sampler.set_anchor_frame(frame)
+        # The flow-based constraints (pixel- and shape-aware fusion) take references from the
+        # key's own shot only: across a cut no flow leads back, and the few pixels that pass
+        # the consistency check by chance (flat regions) would paste another shot in.
+        # Cross-frame attention and AdaIN still follow every reference: they carry the style.
+        keys = [context.anchor]
+        if context.previous is not context.anchor:
+            keys.append(context.previous)
         references = [
-            (key.source, key.result)
-            for key in (context.anchor, context.previous)
-            if key is not None
+            (key.source, key.result) for key in keys if key is not None and context.in_shot(key)
         ]
-        if context.previous is not None and context.previous is context.anchor:
-            references = references[:1]
+        anchor_in_shot = context.anchor is not None and context.in_shot(context.anchor)
         try:
             return self.sampler.render(
-                frame, is_anchor, None, progress, cancel, references=references
+                frame,
+                is_anchor,
+                None,
+                progress,
+                cancel,
+                references=references,
+                shape_fusion=is_anchor or anchor_in_shot,
             )
         except torch.cuda.OutOfMemoryError as exc:
             raise out_of_memory_error() from exc

@@ -35,7 +35,7 @@ from zvstudio.media import (
     check_output,
     probe,
 )
-from zvstudio.media.cuts import keys_by_shot
+from zvstudio.media.cuts import keys_by_shot, shot_first
 from zvstudio.progress import (
     CancelToken,
     LogCallback,
@@ -145,15 +145,21 @@ def key_identities(
     params: Mapping[int, KeyParams],
     clip_id: str,
     size: tuple[int, int],
+    cuts: Sequence[int] = (),
 ) -> dict[int, str]:
     """Each key's content identity: its clip, frame, size and renderer settings with its own
-    overrides; for a renderer with references (diffusion), also the earlier keys' identities."""
+    overrides; for a renderer with references (diffusion), also the earlier keys' identities
+    and, after a shot cut (`cuts`), where its shot starts (see `KeyContext.shot_first`)."""
     identities, previous = {}, ""
     for number in numbers:
         identity = renderer.key_identity(number, params.get(number))
         own = text_hash(clip_id, str(number), str(size), identity)
-        identities[number] = text_hash(own, previous) if renderer.uses_references else own
-        previous = identities[number]
+        if renderer.uses_references:
+            start = shot_first(number, numbers[0], cuts)
+            if start > numbers[0]:  # not the anchor's shot: its references are used otherwise
+                own = text_hash(own, f"shot from {start}")
+            own = text_hash(own, previous)
+        identities[number] = previous = own
     return identities
 
 
@@ -187,8 +193,10 @@ class RenderedKeys(Mapping):
         params: Mapping[int, KeyParams] | None = None,
         cache: KeyCache | None = None,
         log: LogCallback = ignore_log,
+        cuts: Sequence[int] = (),
     ) -> None:
         self.reader, self.renderer, self.numbers = reader, renderer, numbers
+        self.cuts = list(cuts)  # shot cuts: a key's flow-based references stay in its shot
         self.progress, self.cancel, self.log = progress, cancel, log
         self.params = dict(params or {})
         self.cache = cache
@@ -199,7 +207,9 @@ class RenderedKeys(Mapping):
         self.rendered = 0  # keys rendered (not counting replays)
         self.reused = 0  # keys taken from the cache
         self.replayed = 0  # keys rendered again only to restore the renderer's references
-        self.identities = key_identities(renderer, numbers, self.params, clip_id, reader.size)
+        self.identities = key_identities(
+            renderer, numbers, self.params, clip_id, reader.size, self.cuts
+        )
         self.names = {
             n: f"{key_slot(clip_id, reader.size, n)}-{self.identities[n]}" for n in numbers
         }
@@ -251,7 +261,9 @@ class RenderedKeys(Mapping):
         """Render key `index` with the anchor and the previous key as references."""
         number = self.numbers[index]
         previous = self._recent.get(self.numbers[index - 1]) if index else None
-        context = KeyContext(number, self._anchor, previous, self.params.get(number, KeyParams()))
+        params = self.params.get(number, KeyParams())
+        shot = shot_first(number, self.numbers[0], self.cuts)
+        context = KeyContext(number, self._anchor, previous, params, shot)
         try:
             result = self.renderer.render(frame, context, cancel=self.cancel)
         except RenderCancelled:
@@ -308,9 +320,13 @@ def render(
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
 
-    def cuts() -> list[int]:
-        clip_id = file_hash(request.source)
-        return clip_cuts(request.source, clip_id, first, last, info, progress, cancel)
+    found: list[list[int]] = []
+
+    def cuts() -> list[int]:  # found on first use, once
+        if not found:
+            clip_id = file_hash(request.source)
+            found.append(clip_cuts(request.source, clip_id, first, last, info, progress, cancel))
+        return found[0]
 
     keys = plan_keys(request, first, last, cuts)
     timing, audio = output_timing(request.source, info, first, last)
@@ -335,6 +351,7 @@ def render(
                 dict(request.key_params),
                 KeyCache(),
                 log,
+                cuts() if renderer.uses_references else (),
             )
             flows = FlowCache(estimator, clip_id)
             segments = SegmentCache(segment_context(request, estimator, clip_id, reader.size))

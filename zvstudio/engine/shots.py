@@ -27,13 +27,23 @@ def cuts_path(clip_id: str, first: int, last: int, root: Path | None = None) -> 
     return (root or cache_root()) / "cuts" / f"{name}.json"
 
 
-def cached_cuts(clip_id: str, first: int, last: int) -> list[int] | None:
-    """The cuts found before, or None when they were not (or cannot be read)."""
-    try:
-        cuts = json.loads(cuts_path(clip_id, first, last).read_text())["cuts"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return [int(c) for c in cuts] if isinstance(cuts, list) else None
+def cached_cuts(
+    clip_id: str, first: int, last: int, frame_count: int | None = None
+) -> list[int] | None:
+    """The cuts found before in first..last, or None when they were not (or cannot be read).
+    With the clip's `frame_count`, the cuts found for the whole clip (as the editor finds
+    them) answer for any range of it."""
+    ranges = [(first, last)]
+    if frame_count is not None and (first, last) != (0, frame_count - 1):
+        ranges.append((0, frame_count - 1))
+    for start, stop in ranges:
+        try:
+            cuts = json.loads(cuts_path(clip_id, start, stop).read_text())["cuts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(cuts, list):
+            return [int(c) for c in cuts if first < int(c) <= last]
+    return None
 
 
 def clip_cuts(
@@ -49,7 +59,7 @@ def clip_cuts(
 
     Decodes the range once (about as long as playing it at a few times real speed, with only
     a few frames held), unless the cache has it."""
-    cuts = cached_cuts(clip_id, first, last)
+    cuts = cached_cuts(clip_id, first, last, info.frame_count if info is not None else None)
     if cuts is not None:
         return cuts
     finder, total = CutFinder(), last - first + 1

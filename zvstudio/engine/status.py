@@ -88,13 +88,15 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
     info = info or probe(request.source)
     first, last = resolve_range(request, info.frame_count)
     clip_id = file_hash(request.source)
-    # The status is read often and must stay cheap: it knows the cuts a render found.
-    keys = plan_keys(request, first, last, lambda: cached_cuts(clip_id, first, last) or [])
+    # The status is read often and must stay cheap: it knows the cuts found before (by a
+    # render, or the editor when the clip opened), and finds none itself.
+    cuts = cached_cuts(clip_id, first, last, info.frame_count) or []
+    keys = plan_keys(request, first, last, lambda: cuts)
     if not keys:
         return RenderStatus(first, last)
     size = (info.display_width, info.display_height)
     identities = key_identities(
-        _identity_source(request), keys, dict(request.key_params), clip_id, size
+        _identity_source(request), keys, dict(request.key_params), clip_id, size, cuts
     )
     key_states, key_files = _key_states(keys, identities, clip_id, size)
     segments = SegmentCache(segment_context(request, flow_estimator(request), clip_id, size))

@@ -26,7 +26,15 @@ NEIGHBOUR_RATIO = 3.0  # ... and this many times more than the neighbouring pair
 NEIGHBOURS = 2  # pairs on each side that the ratio compares with
 FLASH_LENGTH = 3  # a cut and a cut back at most this many frames apart may be a flash
 
-__all__ = ["CutFinder", "change_scores", "find_cuts", "keys_by_shot", "shot_cuts", "small_hsv"]
+__all__ = [
+    "CutFinder",
+    "change_scores",
+    "find_cuts",
+    "keys_by_shot",
+    "shot_cuts",
+    "shot_first",
+    "small_hsv",
+]
 
 
 def small_hsv(rgb: np.ndarray) -> np.ndarray:
@@ -124,3 +132,8 @@ def keys_by_shot(first: int, last: int, interval: int, cuts: Iterable[int]) -> l
     starts = sorted({first, *(c for c in cuts if first < c <= last)})
     ends = [*(s - 1 for s in starts[1:]), last]
     return [k for s, e in zip(starts, ends, strict=True) for k in range(s, e + 1, interval)]
+
+
+def shot_first(frame: int, first: int, cuts: Iterable[int]) -> int:
+    """The first frame of `frame`'s shot, within a range that starts at `first`."""
+    return max([first, *(c for c in cuts if first < c <= frame)])
