@@ -11,6 +11,7 @@ only what it affects and an interrupted render resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -320,13 +321,10 @@ def render(
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
 
-    found: list[list[int]] = []
-
+    @functools.cache
     def cuts() -> list[int]:  # found on first use, once
-        if not found:
-            clip_id = file_hash(request.source)
-            found.append(clip_cuts(request.source, clip_id, first, last, info, progress, cancel))
-        return found[0]
+        clip_id = file_hash(request.source)
+        return clip_cuts(request.source, clip_id, first, last, info, progress, cancel)
 
     keys = plan_keys(request, first, last, cuts)
     timing, audio = output_timing(request.source, info, first, last)

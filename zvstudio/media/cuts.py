@@ -59,10 +59,9 @@ def content_score(a: np.ndarray, b: np.ndarray) -> float:
     return float(((hue * coloured).mean() + saturation.mean() + value.mean()) / 3)
 
 
-def change_scores(frames: Sequence[np.ndarray]) -> np.ndarray:
+def change_scores(frames: Iterable[np.ndarray]) -> np.ndarray:
     """`content_score` of each consecutive pair of RGB frames (one fewer than frames)."""
-    small = [small_hsv(frame) for frame in frames]
-    return np.array([content_score(a, b) for a, b in itertools.pairwise(small)], np.float64)
+    return np.array(_finder_of(frames).scores, np.float64)
 
 
 def find_cuts(
@@ -101,7 +100,7 @@ class CutFinder:
 
     def __init__(self) -> None:
         self._recent: deque[np.ndarray] = deque(maxlen=FLASH_LENGTH + 1)
-        self._scores: list[float] = []  # frame j-1 to frame j, for each frame j > 0
+        self.scores: list[float] = []  # frame j-1 to frame j, for each frame j > 0
         # For each frame j, its scores to frames j-2, j-3, ... (what the flash check needs).
         self._jumps: list[tuple[float, ...]] = []
 
@@ -109,21 +108,25 @@ class CutFinder:
         small = small_hsv(rgb)
         scores = [content_score(earlier, small) for earlier in reversed(self._recent)]
         if scores:
-            self._scores.append(scores[0])
+            self.scores.append(scores[0])
         self._jumps.append(tuple(scores[1:]))
         self._recent.append(small)
 
     def cuts(self) -> list[int]:
         """The cuts so far, as offsets into the frames added (see `find_cuts`)."""
-        return find_cuts(self._scores, lambda i, j: self._jumps[j][j - i - 2])
+        return find_cuts(self.scores, lambda i, j: self._jumps[j][j - i - 2])
 
 
 def shot_cuts(frames: Iterable[np.ndarray]) -> list[int]:
     """The cuts among consecutive RGB `frames`, as offsets into it (see `find_cuts`)."""
+    return _finder_of(frames).cuts()
+
+
+def _finder_of(frames: Iterable[np.ndarray]) -> CutFinder:
     finder = CutFinder()
     for frame in frames:
         finder.add(frame)
-    return finder.cuts()
+    return finder
 
 
 def keys_by_shot(first: int, last: int, interval: int, cuts: Iterable[int]) -> list[int]:

@@ -292,15 +292,18 @@ def _between(segment, keys, key_a, key_b, settings, cancel, pixels) -> dict[int,
     """
     images = segment.wait(cancel, lambda: {k: keys[k] for k in (key_a, key_b)})
     results = {key_a: images[key_a]}
+    # Key a's shot ends at the first cut and key b's starts at the last; the frames between
+    # (all of them, without a cut) come from both keys.
     cuts = segment.cuts
-    own_a = list(range(key_a + 1, cuts[0])) if cuts else []
-    own_b = list(range(cuts[-1], key_b)) if cuts else []
-    inner = list(range(key_a + 1 + len(own_a), key_b - len(own_b)))  # from both keys
+    first_cut, last_cut = (cuts[0], cuts[-1]) if cuts else (key_a + 1, key_b)
+    own_a = list(range(key_a + 1, first_cut))
+    inner = list(range(first_cut, last_cut))
+    own_b = list(range(last_cut, key_b))
     forward, backward = _both_directions(
         segment, key_a, key_b, images, (own_a, inner, own_b), settings, cancel, pixels
     )
-    for t in own_a + own_b:
-        results[t] = pixels.download((forward if t in forward else backward).pop(t).image)
+    for own, direction in ((own_a, forward), (own_b, backward)):
+        results.update({t: pixels.download(direction[t].image) for t in own})
     if not inner:
         return results
     weights = [(key_b - t) / (key_b - key_a) for t in inner]
