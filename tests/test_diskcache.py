@@ -34,6 +34,7 @@ def test_eviction_takes_the_oldest_entries_of_any_kind(tmp_path):
         "segments": 1000,
         "proxies": 0,
         "cuts": 0,
+        "motion": 0,
     }
     assert diskcache.evict(tmp_path, limit=1500) == 2000  # the flow, then the segment
     assert not flow.exists() and not segment.exists() and key.exists()

@@ -130,6 +130,13 @@ def _add_probe(commands) -> None:
         action="store_true",
         help="also find the shot cuts (the first frame of each new shot): where to paint keys",
     )
+    probe_parser.add_argument(
+        "--suggest-keys",
+        type=int,
+        metavar="K",
+        help="also suggest key frames to paint: as many as one every K frames from each shot "
+        "cut, placed where the motion needs them",
+    )
     probe_parser.set_defaults(command="probe", run=_run_probe)
 
 
@@ -137,15 +144,15 @@ def _run_probe(args) -> int:
     from zvstudio.media import probe
 
     info = probe(args.file)
-    cuts = None
-    if args.cuts:
-        from zvstudio.engine.shots import clip_cuts
-        from zvstudio.hashing import file_hash
-
-        last = info.frame_count - 1
-        cuts = clip_cuts(args.file, file_hash(args.file), 0, last, info) if last >= 0 else []
+    cuts = suggested = None
+    if args.cuts or args.suggest_keys is not None:
+        cuts = _probe_cuts(args.file, info)
+    if args.suggest_keys is not None:
+        suggested = _suggest_keys(args.file, info, args.suggest_keys, cuts)
     if args.json:
         extra = {} if cuts is None else {"shot_cuts": cuts}
+        if suggested is not None:
+            extra["suggested_keys"] = suggested
         print(json.dumps({**info.to_dict(), **extra}, indent=2))
         return 0
     rotation = f", rotated {info.rotation} deg" if info.rotation else ""
@@ -167,8 +174,34 @@ def _run_probe(args) -> int:
         lines.append("  audio      none")
     if cuts is not None:
         lines.append(f"  shot cuts  {', '.join(map(str, cuts)) if cuts else 'none (one shot)'}")
+    if suggested is not None:
+        lines.append(f"  keys       {', '.join(map(str, suggested))}")
     print("\n".join(lines))
     return 0
+
+
+def _probe_cuts(path: Path, info) -> list[int]:
+    from zvstudio.engine.shots import clip_cuts
+    from zvstudio.hashing import file_hash
+
+    last = info.frame_count - 1
+    return clip_cuts(path, file_hash(path), 0, last, info) if last >= 0 else []
+
+
+def _suggest_keys(path: Path, info, interval: int, cuts: list[int]) -> list[int]:
+    """Key frames for the whole clip, placed by motion (cached like a render's)."""
+    from zvstudio.engine.shots import clip_motion
+    from zvstudio.errors import ZvsError
+    from zvstudio.hashing import file_hash
+    from zvstudio.propagate.placement import keys_by_motion, max_gap
+
+    if interval < 1:
+        raise ZvsError(f"the key interval must be at least 1, got {interval}")
+    last = info.frame_count - 1
+    if last < 0:
+        return []
+    costs = clip_motion(path, file_hash(path), 0, last, max_gap(interval), info)
+    return keys_by_motion(costs, 0, interval, cuts)
 
 
 # -- render -----------------------------------------------------------------------------------
@@ -202,6 +235,12 @@ def _add_render(commands) -> None:
     )
     keys.add_argument(
         "--keys", metavar="N,M,...", help="render these key frames (0-based) and propagate the rest"
+    )
+    render_parser.add_argument(
+        "--placement",
+        choices=("even", "motion"),
+        help="where --every puts its keys: even (every K frames, the default) or motion (as "
+        "many keys, placed where the motion needs them: fewer where little moves)",
     )
     render_parser.add_argument(
         "--param",
@@ -347,6 +386,7 @@ def _with_overrides(request, args):
         last=last,
         key_frames=key_frames,
         key_interval=key_interval,
+        key_placement=args.placement or request.key_placement,
         flow_preset=flow_preset,
         flow_estimator=args.flow or request.flow_estimator,
     )
@@ -1243,6 +1283,7 @@ def _add_bench(commands) -> None:
     _add_synthesis_option(propagate)
     propagate.add_argument("--no-1080p", action="store_true", help="skip the 1080p timing")
     propagate.set_defaults(command="bench", run=_run_bench_propagate)
+    _add_bench_placement(which)
     kernel = which.add_parser(
         "patch-distance", help="PatchMatch candidate distances: eager reference vs fused kernel"
     )
@@ -1278,6 +1319,32 @@ def _run_bench_propagate(args) -> int:
         include_1080p=not args.no_1080p,
         synthesis=args.synthesis or "flow",
         poisson=bool(args.poisson),
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_bench_placement(which) -> None:
+    from zvstudio.stylize import available_styles
+
+    parser = which.add_parser(
+        "placement", help="keys placed by motion vs evenly: fidelity with as many keys"
+    )
+    parser.add_argument(
+        "videos", nargs="*", type=Path, help="clips to measure (default: ../shared/clips)"
+    )
+    parser.add_argument("--size", type=int, default=256, help="short side in pixels")
+    parser.add_argument("--frames", type=int, default=150, help="frames per clip")
+    parser.add_argument("--every", type=int, default=10, help="the even key interval")
+    parser.add_argument("--style", choices=available_styles(), default="stylization")
+    parser.set_defaults(command="bench", run=_run_bench_placement)
+
+
+def _run_bench_placement(args) -> int:
+    from zvstudio.bench.placement import run_placement_benchmark
+
+    report = run_placement_benchmark(
+        args.videos, size=args.size, frames=args.frames, interval=args.every, style=args.style
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 
 from zvstudio.engine.keycache import KeyCache
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
-from zvstudio.engine.shots import clip_cuts
+from zvstudio.engine.shots import clip_cuts, clip_motion
 from zvstudio.errors import RenderCancelled, StageError, ZvsError
 from zvstudio.flow import DISFlow, FlowCache, FlowEstimator, create_flow_estimator
 from zvstudio.hashing import file_hash, text_hash
@@ -47,6 +47,7 @@ from zvstudio.progress import (
 )
 from zvstudio.propagate.cache import SegmentCache
 from zvstudio.propagate.clip import ALGORITHM_VERSION, propagate_clip
+from zvstudio.propagate.placement import KeyCosts, keys_by_motion, max_gap
 from zvstudio.stylize import PaintedKeyRenderer, create_stylizer
 from zvstudio.stylize.painted import WithPaintedKeys
 
@@ -111,14 +112,31 @@ def output_timing(
     return timing, AudioSource(str(source), start, timing.duration, whole_clip=whole)
 
 
+def _numbers(frames: Sequence[int], shown: int = 24) -> str:
+    text = ", ".join(map(str, frames[:shown]))
+    return text + (f" ... ({len(frames) - shown} more)" if len(frames) > shown else "")
+
+
 def plan_keys(
-    request: RenderRequest, first: int, last: int, cuts: Callable[[], list[int]] | None = None
+    request: RenderRequest,
+    first: int,
+    last: int,
+    cuts: Callable[[], list[int]] | None = None,
+    motion: Callable[[int], KeyCosts | None] | None = None,
 ) -> list[int] | None:
-    """The key frames to render, or None to render every frame on its own. Keys at an
-    interval start again at each shot cut that `cuts()` finds (`keys_by_shot`)."""
+    """The key frames to render, or None to render every frame on its own.
+
+    Keys at an interval start again at each shot cut that `cuts()` finds (`keys_by_shot`).
+    With the "motion" placement, as many keys go where `motion(window)`'s analysis says
+    propagation needs them (`keys_by_motion`); evenly while it has none."""
 
     def every(interval: int) -> list[int]:
-        return keys_by_shot(first, last, interval, cuts() if cuts is not None else [])
+        found = cuts() if cuts is not None else []
+        if request.key_placement == "motion" and motion is not None:
+            costs = motion(max_gap(interval))
+            if costs is not None:
+                return keys_by_motion(costs, first, interval, found)
+        return keys_by_shot(first, last, interval, found)
 
     if request.renderer.kind == "diffusion" and not (request.key_frames or request.key_interval):
         return every(10)  # diffusion on every frame would be waste
@@ -326,7 +344,13 @@ def render(
         clip_id = file_hash(request.source)
         return clip_cuts(request.source, clip_id, first, last, info, progress, cancel)
 
-    keys = plan_keys(request, first, last, cuts)
+    def motion(window: int) -> KeyCosts:
+        clip_id = file_hash(request.source)
+        return clip_motion(request.source, clip_id, first, last, window, info, progress, cancel)
+
+    keys = plan_keys(request, first, last, cuts, motion)
+    if keys and request.key_placement == "motion" and not request.key_frames:
+        log(f"{len(keys)} keys placed where the motion needs them: {_numbers(keys)}")
     timing, audio = output_timing(request.source, info, first, last)
     with (
         VideoReader(request.source, _small_frame_cache(info), info) as reader,

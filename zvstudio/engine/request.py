@@ -15,6 +15,8 @@ from zvstudio.media.writer import ExportSettings, output_kind
 from zvstudio.project import Project
 from zvstudio.propagate.segment import PropagationSettings
 
+KEY_PLACEMENTS = ("even", "motion")
+
 
 @dataclass(frozen=True)
 class KeyRendererSpec:
@@ -36,9 +38,11 @@ class KeyRendererSpec:
 class RenderRequest:
     """Render frames `first..last` (inclusive; None = the whole clip) of `source` to `output`.
 
-    Key frames are `key_frames` if given, else every `key_interval` frames from `first`; the
-    key renderer renders them and propagation makes every other frame. With neither (and a
-    stylizer), every frame is rendered on its own. Painted keys are the painted frames.
+    Key frames are `key_frames` if given, else every `key_interval` frames from `first` (and
+    from each shot cut), or as many placed where the motion needs them with `key_placement`
+    "motion"; the key renderer renders them and propagation makes every other frame. With
+    neither (and a stylizer), every frame is rendered on its own. Painted keys are the
+    painted frames.
     """
 
     source: Path
@@ -49,10 +53,18 @@ class RenderRequest:
     last: int | None = None
     key_frames: tuple[int, ...] = ()
     key_interval: int | None = None
+    key_placement: str = "even"  # of keys at an interval: "even" or "motion"
     key_params: tuple[tuple[int, KeyParams], ...] = ()  # per-key overrides (prompt, seed, ...)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     flow_preset: str = "fine"  # the DIS estimator's quality
     flow_estimator: str = "dis"  # "dis", "raft" or one a plugin registered
+
+    def __post_init__(self) -> None:
+        if self.key_placement not in KEY_PLACEMENTS:
+            raise ZvsError(
+                f"unknown key placement {self.key_placement!r}",
+                hint=f"choose one of: {', '.join(KEY_PLACEMENTS)}",
+            )
 
 
 def request_from_project(project: Project, output: Path) -> RenderRequest:

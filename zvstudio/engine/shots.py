@@ -1,13 +1,20 @@
-"""A clip's shot cuts, found once per clip and range and kept in the cache.
+"""What a clip's frames say about where its keys go, found once per clip and range and cached.
 
-Keys placed "every K frames" start again at each shot (`keys_by_shot`), so no shot is left
-without a key of its own: nothing can be propagated into a shot from a key in another.
+- Shot cuts: keys placed "every K frames" start again at each shot (`keys_by_shot`), so no
+  shot is left without a key of its own: nothing can be propagated into a shot from a key in
+  another.
+- Motion: the predicted propagation errors (`KeyCosts`) from which keys are placed where the
+  motion needs them (`keys_by_motion`).
 """
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from zvstudio import diskcache
 from zvstudio.hashing import text_hash
@@ -15,9 +22,11 @@ from zvstudio.media import MediaInfo, VideoReader, fit_size
 from zvstudio.media.cuts import SCORE_WIDTH, CutFinder
 from zvstudio.paths import cache_root
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+from zvstudio.propagate.placement import ANALYSIS_SIDE, KeyCosts, MotionAnalyser
 
-# Raise it when the detector changes what it finds, so no older result is reused.
+# Raise them when the detector or the analysis changes its results, so no older one is reused.
 DETECTOR_VERSION = 1
+MOTION_VERSION = 1
 DECODE_SIDE = 2 * SCORE_WIDTH  # frames are decoded this small (the finder shrinks them further)
 
 
@@ -62,19 +71,87 @@ def clip_cuts(
     cuts = cached_cuts(clip_id, first, last, info.frame_count if info is not None else None)
     if cuts is not None:
         return cuts
-    finder, total = CutFinder(), last - first + 1
-    with VideoReader(source, info=info) as reader:
-        small = fit_size(*reader.size, DECODE_SIDE)  # scaled while decoding: cheaper
-        for number, frame in reader.frames(first, last + 1, size=small):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            finder.add(frame)
-            progress(Progress("cuts", number - first + 1, total, "finding shot cuts"))
+    finder = CutFinder()
+    stage = ("cuts", "finding shot cuts")
+    _each_frame(source, (first, last), DECODE_SIDE, finder.add, stage, info, progress, cancel)
     cuts = [first + c for c in finder.cuts()]
-    _store(cuts_path(clip_id, first, last), cuts)
+    # A full or read-only disk only costs finding them again next time.
+    payload = json.dumps({"cuts": cuts}).encode()
+    diskcache.write_entry(cuts_path(clip_id, first, last), lambda stream: stream.write(payload))
     return cuts
 
 
-def _store(path: Path, cuts: list[int]) -> None:
-    """Keep `cuts`; a full or read-only disk only costs finding them again next time."""
-    diskcache.write_entry(path, lambda stream: stream.write(json.dumps({"cuts": cuts}).encode()))
+def motion_path(clip_id: str, first: int, last: int, window: int, root: Path | None = None) -> Path:
+    """Where the motion analysis of frames first..last (keys up to `window` apart) is kept."""
+    name = text_hash(clip_id, str(first), str(last), str(window), f"motion {MOTION_VERSION}")
+    return (root or cache_root()) / "motion" / f"{name}.npz"
+
+
+def cached_motion(clip_id: str, first: int, last: int, window: int) -> KeyCosts | None:
+    """The motion analysis made before, or None when it was not (or cannot be read)."""
+    path = motion_path(clip_id, first, last, window)
+    try:
+        with np.load(path) as stored:
+            costs = KeyCosts(stored["forward"], stored["backward"])
+    except (OSError, ValueError, KeyError):
+        return None
+    expected = (last - first + 1, window + 1)
+    if costs.forward.shape != expected or costs.backward.shape != expected:
+        return None
+    diskcache.touch(path)
+    return costs
+
+
+def clip_motion(
+    source: Path,
+    clip_id: str,
+    first: int,
+    last: int,
+    window: int,
+    info: MediaInfo | None = None,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+) -> KeyCosts:
+    """The predicted propagation errors of frames first..last for keys up to `window` apart.
+
+    Decodes the range once at a small size (a few times faster than real time), unless the
+    cache has it."""
+    costs = cached_motion(clip_id, first, last, window)
+    if costs is not None:
+        return costs
+    analyser = MotionAnalyser(window)
+    stage = ("motion", "measuring motion")
+    side = 2 * ANALYSIS_SIDE  # the analyser shrinks them further
+    _each_frame(source, (first, last), side, analyser.add, stage, info, progress, cancel)
+    costs = analyser.costs()
+
+    def write(stream) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, forward=costs.forward, backward=costs.backward)
+        stream.write(buffer.getvalue())
+
+    diskcache.write_entry(motion_path(clip_id, first, last, window), write)
+    return costs
+
+
+def _each_frame(
+    source: Path,
+    frames: tuple[int, int],
+    side: int,
+    use: Callable[[np.ndarray], None],
+    stage: tuple[str, str],
+    info: MediaInfo | None,
+    progress: ProgressCallback,
+    cancel: CancelToken | None,
+) -> None:
+    """`use(frame)` for `frames` first..last in order, decoded at most `side` pixels wide or
+    high (scaled while decoding: cheaper), reporting progress as `stage` (name, message)."""
+    first, last = frames
+    total = last - first + 1
+    with VideoReader(source, info=info) as reader:
+        small = fit_size(*reader.size, side)
+        for number, frame in reader.frames(first, last + 1, size=small):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            use(frame)
+            progress(Progress(stage[0], number - first + 1, total, stage[1]))

@@ -26,7 +26,7 @@ from zvstudio.engine.render import (
     segment_context,
 )
 from zvstudio.engine.request import RenderRequest
-from zvstudio.engine.shots import cached_cuts
+from zvstudio.engine.shots import cached_cuts, cached_motion
 from zvstudio.hashing import file_hash
 from zvstudio.media import MediaInfo, probe
 from zvstudio.propagate.cache import SegmentCache
@@ -91,7 +91,13 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
     # The status is read often and must stay cheap: it knows the cuts found before (by a
     # render, or the editor when the clip opened), and finds none itself.
     cuts = cached_cuts(clip_id, first, last, info.frame_count) or []
-    keys = plan_keys(request, first, last, lambda: cuts)
+    keys = plan_keys(
+        request,
+        first,
+        last,
+        lambda: cuts,
+        lambda window: cached_motion(clip_id, first, last, window),
+    )
     if not keys:
         return RenderStatus(first, last)
     size = (info.display_width, info.display_height)
