@@ -141,14 +141,17 @@ def _add_probe(commands) -> None:
 
 
 def _run_probe(args) -> int:
+    from zvstudio.engine.shots import clip_cuts, motion_keys
+    from zvstudio.hashing import file_hash
     from zvstudio.media import probe
 
     info = probe(args.file)
     cuts = suggested = None
+    last = info.frame_count - 1
     if args.cuts or args.suggest_keys is not None:
-        cuts = _probe_cuts(args.file, info)
+        cuts = clip_cuts(args.file, file_hash(args.file), 0, last, info) if last >= 0 else []
     if args.suggest_keys is not None:
-        suggested = _suggest_keys(args.file, info, args.suggest_keys, cuts)
+        suggested = motion_keys(args.file, 0, last, args.suggest_keys, info) if last >= 0 else []
     if args.json:
         extra = {} if cuts is None else {"shot_cuts": cuts}
         if suggested is not None:
@@ -178,30 +181,6 @@ def _run_probe(args) -> int:
         lines.append(f"  keys       {', '.join(map(str, suggested))}")
     print("\n".join(lines))
     return 0
-
-
-def _probe_cuts(path: Path, info) -> list[int]:
-    from zvstudio.engine.shots import clip_cuts
-    from zvstudio.hashing import file_hash
-
-    last = info.frame_count - 1
-    return clip_cuts(path, file_hash(path), 0, last, info) if last >= 0 else []
-
-
-def _suggest_keys(path: Path, info, interval: int, cuts: list[int]) -> list[int]:
-    """Key frames for the whole clip, placed by motion (cached like a render's)."""
-    from zvstudio.engine.shots import clip_motion
-    from zvstudio.errors import ZvsError
-    from zvstudio.hashing import file_hash
-    from zvstudio.propagate.placement import keys_by_motion, max_gap
-
-    if interval < 1:
-        raise ZvsError(f"the key interval must be at least 1, got {interval}")
-    last = info.frame_count - 1
-    if last < 0:
-        return []
-    costs = clip_motion(path, file_hash(path), 0, last, max_gap(interval), info)
-    return keys_by_motion(costs, 0, interval, cuts)
 
 
 # -- render -----------------------------------------------------------------------------------
@@ -1211,7 +1190,7 @@ def _run_models(args) -> int:
 # -- cache ------------------------------------------------------------------------------------
 def _add_cache(commands) -> None:
     cache_parser = commands.add_parser(
-        "cache", help="show the render cache (flows, keys, segments, proxies, cuts) or clear it"
+        "cache", help="show the render cache (flows, keys, segments, ...) or clear it"
     )
     cache_parser.add_argument("--clear", action="store_true", help="delete everything cached")
     cache_parser.add_argument("--json", action="store_true", help="print JSON")

@@ -282,3 +282,28 @@ def test_an_imported_clip_gets_a_key_at_each_shot(qtbot, window, tmp_path):
     assert window.timeline.cuts() == [14]
     assert [k.frame for k in window.document.project.keyframes] == [0, 10, 14, 24]
     assert not window.errors
+
+
+def test_keys_placed_by_motion_in_one_undo_step(qtbot, window, tmp_path):
+    from test_placement import _moving_clip
+
+    from zvstudio.media.synth import write_clip
+
+    path = tmp_path / "still_then_moving.mp4"
+    frames = [np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in _moving_clip(20, 20, 4)]
+    write_clip(path, frames, options={"crf": "10"})
+    assert window.open_path(path)
+    document = window.document
+    document.push(SetKey(KeyFrame(5, prompt="a painted look")))  # an override stays
+    even = [k.frame for k in document.project.keyframes]
+    assert even == [0, 5, 10, 20, 30]
+    qtbot.mouseClick(window.inspector.motion_keys_button, Qt.LeftButton)
+    assert window.motion_job is not None
+    qtbot.waitUntil(lambda: window.motion_job is None, timeout=30_000)
+    keys = [k.frame for k in document.project.keyframes]
+    assert 5 in keys and len(keys) == 5  # four placed, three of them in the moving half
+    assert sum(k >= 20 for k in keys) == 3
+    assert document.project.key_at(5).prompt == "a painted look"
+    document.undo_stack.undo()
+    assert [k.frame for k in document.project.keyframes] == even
+    assert not window.errors

@@ -17,12 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from zvstudio import diskcache
-from zvstudio.hashing import text_hash
+from zvstudio.errors import ZvsError
+from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import MediaInfo, VideoReader, fit_size
 from zvstudio.media.cuts import SCORE_WIDTH, CutFinder
 from zvstudio.paths import cache_root
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
-from zvstudio.propagate.placement import ANALYSIS_SIDE, KeyCosts, MotionAnalyser
+from zvstudio.propagate.placement import (
+    ANALYSIS_SIDE,
+    KeyCosts,
+    MotionAnalyser,
+    keys_by_motion,
+    max_gap,
+)
 
 # Raise them when the detector or the analysis changes its results, so no older one is reused.
 DETECTOR_VERSION = 1
@@ -132,6 +139,26 @@ def clip_motion(
 
     diskcache.write_entry(motion_path(clip_id, first, last, window), write)
     return costs
+
+
+def motion_keys(
+    source: Path,
+    first: int,
+    last: int,
+    interval: int,
+    info: MediaInfo | None = None,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+) -> list[int]:
+    """Key frames for first..last: as many as every `interval` frames from each shot cut
+    gives, placed where the motion needs them (the cuts and the analysis come from the cache
+    when they were found before)."""
+    if interval < 1:
+        raise ZvsError(f"the key interval must be at least 1, got {interval}")
+    clip_id = file_hash(source)
+    cuts = clip_cuts(source, clip_id, first, last, info, progress, cancel)
+    costs = clip_motion(source, clip_id, first, last, max_gap(interval), info, progress, cancel)
+    return keys_by_motion(costs, first, interval, cuts)
 
 
 def _each_frame(

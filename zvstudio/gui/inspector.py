@@ -350,7 +350,12 @@ class _Panel(QWidget):
 
 
 class RenderPanel(_Panel):
-    """The global render settings; diffusion's widgets show only for that renderer."""
+    """The global render settings; diffusion's widgets show only for that renderer.
+
+    Placing keys by motion needs the clip analysed, which is a job: the panel only asks for
+    it (`keys_by_motion_requested` with the key interval) and the main window runs it."""
+
+    keys_by_motion_requested = Signal(int)
 
     def __init__(
         self, document: Document, dialogs: Dialogs, models: ModelSource | None = None
@@ -562,9 +567,20 @@ class RenderPanel(_Panel):
             "so that every shot has keys of its own (keys with overrides stay)"
         )
         self.fill_keys_button.clicked.connect(self.fill_keys)
+        self.motion_keys_button = QPushButton("By motion")
+        self.motion_keys_button.setToolTip(
+            "Place as many keys as every K frames gives, where the motion needs them: fewer "
+            "where little moves, more where new content comes into view (keys at most 2K "
+            "apart; every shot starts with one; keys with overrides stay). The clip's motion "
+            "is measured first, once"
+        )
+        self.motion_keys_button.clicked.connect(
+            lambda: self.keys_by_motion_requested.emit(self.settings.key_interval)
+        )
         row = QHBoxLayout()
         row.addWidget(self.key_interval_spin)
         row.addWidget(self.fill_keys_button)
+        row.addWidget(self.motion_keys_button)
         tip = "K: frames between keys; the frames between are propagated from the keys (5-20)"
         self.key_interval_spin.setToolTip(tip)
         form.addRow(_label("Key interval K", tip), row)
@@ -1020,12 +1036,13 @@ class Inspector(QWidget):
 
     Widgets for tests and the main window: `renderer_combo`, `style_combo`, `model_combo`,
     `prompt_edit`, `negative_prompt_edit`, `seed_spin`, `key_interval_spin`,
-    `fill_keys_button`, `diffusion_box` (hidden unless the renderer is diffusion),
-    `key_prompt_edit`, `key_prompt_override` (its checkbox), `key_placeholder`; every
-    other one is an attribute of `render_panel` (e.g. `constraint_rows["adain"].check`,
-    `lora_list`, `cross_frame_combo`) or `key_panel` (`overrides["seed"].check`,
-    `paint_button`). `dialogs` opens the file dialogs (tests replace its methods);
-    `message_label` shows why a change was refused.
+    `fill_keys_button`, `motion_keys_button` (its `render_panel.keys_by_motion_requested`
+    signal asks the main window to place the keys), `diffusion_box` (hidden unless the
+    renderer is diffusion), `key_prompt_edit`, `key_prompt_override` (its checkbox),
+    `key_placeholder`; every other one is an attribute of `render_panel` (e.g.
+    `constraint_rows["adain"].check`, `lora_list`, `cross_frame_combo`) or `key_panel`
+    (`overrides["seed"].check`, `paint_button`). `dialogs` opens the file dialogs (tests
+    replace its methods); `message_label` shows why a change was refused.
     """
 
     def __init__(
@@ -1063,6 +1080,7 @@ class Inspector(QWidget):
         self.seed_spin = render.seed_spin
         self.key_interval_spin = render.key_interval_spin
         self.fill_keys_button = render.fill_keys_button
+        self.motion_keys_button = render.motion_keys_button
         self.key_prompt_edit = key.overrides["prompt"].editor
         self.key_prompt_override = key.overrides["prompt"].check
         self.key_placeholder = key.placeholder

@@ -121,11 +121,19 @@ def keys_every(
     if interval < 1:
         raise ZvsError(f"the key interval must be at least 1, got {interval}")
     span = project.frame_range or FrameRange(0, max(frame_count - 1, 0))
-    grid = {frame: KeyFrame(frame) for frame in keys_by_shot(span.first, span.last, interval, cuts)}
+    frames = keys_by_shot(span.first, span.last, interval, cuts)
+    return keys_at(project, frames, f"keys every {interval} frames")
+
+
+def keys_at(project: Project, frames: Sequence[int], text: str) -> ReplaceKeys:
+    """Keys at `frames` (e.g. placed by motion) in place of the plain keys; keys that carry
+    overrides (a prompt, seed, strength or painting) stay where they are, and keys at `frames`
+    keep theirs."""
+    chosen = {frame: KeyFrame(frame) for frame in frames}
     for key in project.keyframes:
-        if key.frame in grid or key != KeyFrame(key.frame):
-            grid[key.frame] = key
-    return ReplaceKeys(list(grid.values()), f"keys every {interval} frames")
+        if key.frame in chosen or key != KeyFrame(key.frame):
+            chosen[key.frame] = key
+    return ReplaceKeys(list(chosen.values()), text)
 
 
 class SetSettings(Edit):
