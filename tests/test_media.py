@@ -180,6 +180,40 @@ def test_truncated_file_is_a_clear_error(tmp_path):
         probe(path)
 
 
+def test_a_file_cut_short_names_the_frames_that_still_render(tmp_path):
+    import re
+
+    import av
+
+    path = tmp_path / "cut.mp4"
+    rng = np.random.default_rng(0)
+    # The index first (faststart), as cameras and web exports write it: a copy cut short
+    # still lists every frame, but the later ones are gone.
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for _ in range(40):
+            image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    info = probe(path)
+    with VideoReader(path, info=info) as reader, pytest.raises(MediaError) as failure:
+        for _ in reader.frames():
+            pass
+    found = re.search(r"cannot decode frame (\d+)", failure.value.message)
+    assert found is not None, failure.value.message
+    broken = int(found.group(1))
+    assert 0 < broken < info.frame_count
+    assert f"frames 0..{broken - 1} may still render" in failure.value.hint
+    with VideoReader(path, info=info) as reader:  # and they do
+        assert len(list(reader.frames(0, broken))) == broken
+
+
 def test_audio_only_file_has_no_video(tmp_path):
     import av
 

@@ -140,7 +140,17 @@ class VideoReader:
             found = self._decode_until(target)
             if found is not None:
                 return found
-        raise MediaError(f"cannot decode frame {number} of {self.path}: the file may be damaged")
+        # A file cut short (a recording that stopped, a copy that did not finish) lists frames
+        # that it no longer holds: what comes before them can still be used.
+        hint = (
+            f"if the file was cut short, frames 0..{number - 1} may still render "
+            f"(render --to {number - 1}, or set the editor's range)"
+            if number > 0
+            else "export the clip again from its source"
+        )
+        raise MediaError(
+            f"cannot decode frame {number} of {self.path}: the file may be damaged", hint=hint
+        )
 
     def _can_continue_to(self, number: int) -> bool:
         """Whether decoding on from the current position reaches `number` sooner than a seek."""

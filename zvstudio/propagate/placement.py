@@ -30,6 +30,7 @@ from zvstudio.errors import ZvsError
 from zvstudio.flow.base import FlowEstimator
 from zvstudio.flow.dis import DISFlow
 from zvstudio.flow.ops import compose, warp
+from zvstudio.media.cuts import keys_by_shot
 
 # Frames are analysed this small: the analysis looks for where propagation breaks down,
 # which shows at any scale, and it costs about as much as finding the shot cuts.
@@ -249,8 +250,6 @@ def keys_by_motion(
 ) -> list[int]:
     """Key frames for the analysed frames first.. (frame numbers): as many as every `interval`
     frames from each shot's start would give, placed where propagation needs them."""
-    from zvstudio.media.cuts import keys_by_shot
-
     last = first + costs.frame_count - 1
     count = len(keys_by_shot(first, last, interval, cuts))
     offsets = [c - first for c in cuts if first < c <= last]
