@@ -17,6 +17,7 @@ from zvstudio.propagate.placement import (
     keys_by_motion,
     max_gap,
     place_keys,
+    predicted_errors,
 )
 
 
@@ -147,3 +148,17 @@ def test_keys_by_motion_start_every_shot():
     keys = keys_by_motion(costs, 0, 5, cuts=[24])
     assert 0 in keys and 24 in keys
     assert len(keys) == len(keys_by_shot(0, len(frames) - 1, 5, [24]))
+
+
+def test_predicted_errors_take_each_frame_from_its_better_key_in_its_shot():
+    costs = _costs(np.random.default_rng(3), 12, 4)
+    errors = predicted_errors(costs, [0, 4, 6, 9], cuts=[6])
+    assert errors[0] == errors[4] == errors[6] == errors[9] == 0
+    assert errors[2] == min(costs.forward[0, 2], costs.backward[4, 2])
+    assert errors[5] == costs.forward[4, 1]  # key 6 is in the next shot
+    assert errors[8] == min(costs.forward[6, 2], costs.backward[9, 1])
+    assert errors[11] == costs.forward[9, 2]  # after the last key: one way
+    far = predicted_errors(costs, [0], cuts=[])
+    assert np.isinf(far[5]) and far[4] == costs.forward[0, 4]  # beyond the window: unknown
+    assert np.isinf(predicted_errors(costs, [3], cuts=[])[8])
+    assert predicted_errors(costs, [3], cuts=[])[1] == costs.backward[3, 2]  # before the first

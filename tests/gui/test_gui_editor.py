@@ -298,12 +298,35 @@ def test_keys_placed_by_motion_in_one_undo_step(qtbot, window, tmp_path):
     even = [k.frame for k in document.project.keyframes]
     assert even == [0, 5, 10, 20, 30]
     qtbot.mouseClick(window.inspector.motion_keys_button, Qt.LeftButton)
-    assert window.motion_job is not None
-    qtbot.waitUntil(lambda: window.motion_job is None, timeout=30_000)
+    assert window.motion.job is not None
+    qtbot.waitUntil(lambda: window.motion.job is None, timeout=30_000)
     keys = [k.frame for k in document.project.keyframes]
     assert 5 in keys and len(keys) == 5  # four placed, three of them in the moving half
     assert sum(k >= 20 for k in keys) == 3
     assert document.project.key_at(5).prompt == "a painted look"
     document.undo_stack.undo()
     assert [k.frame for k in document.project.keyframes] == even
+    assert not window.errors
+
+
+def test_the_risk_band_rises_where_keys_are_far_from_the_motion(qtbot, window, tmp_path):
+    from test_placement import _moving_clip
+
+    from zvstudio.media.synth import write_clip
+
+    path = tmp_path / "still_then_moving.mp4"
+    frames = [np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in _moving_clip(20, 20, 4)]
+    write_clip(path, frames, options={"crf": "10"})
+    assert window.open_path(path)
+    assert window.timeline.risk_levels() is None
+    window.risk_action.trigger()  # View > Show where propagation may fail: analyses first
+    qtbot.waitUntil(lambda: window.timeline.risk_levels() is not None, timeout=30_000)
+    levels = window.timeline.risk_levels()
+    assert levels[[0, 10, 20, 30]].max() == 0  # on the keys
+    assert levels[1:10].max() < 0.2 < levels[31:40].max()  # still vs moving, one way
+    window.document.toggle_key(35)  # a key where the risk was: it falls there at once
+    after = window.timeline.risk_levels()
+    assert after[35] == 0 and after[31:40].mean() < levels[31:40].mean()
+    window.risk_action.trigger()
+    assert window.timeline.risk_levels() is None
     assert not window.errors

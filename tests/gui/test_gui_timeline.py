@@ -484,3 +484,33 @@ def test_shot_cuts_are_drawn_across_the_thumbnails(make_timeline):
     assert line_at(30) and line_at(60) and not line_at(45)
     widget.set_clip(100, 25.0)  # another clip: its cuts are not known yet
     assert widget.cuts() == []
+
+
+def test_the_risk_band_is_as_high_as_the_predicted_quality_is_poor(make_timeline):
+    widget = make_timeline(frames=100)  # no thumbnails: the band shows on the placeholder
+    quality = np.full(100, np.inf)
+    quality[10:20] = 20.0  # poor: full height
+    quality[50:60] = 27.0  # half way between clear (34 dB) and full (20 dB)
+    quality[80:90] = 0.0  # no key near enough to tell: full height
+    widget.set_quality(quality)
+    levels = widget.risk_levels()
+    assert levels[0] == 0 and levels[15] == 1 and levels[55] == 0.5 and levels[85] == 1
+    with pytest.raises(ValueError, match="values for a clip of 100 frames"):
+        widget.set_quality(np.zeros(99))
+    image = widget.grab().toImage()
+    strip = widget._lanes().strip
+
+    def red_at(frame: int, height: float) -> bool:
+        x = round(widget.x_of(frame))
+        y = round(strip.bottom() - height * strip.height())
+        colour = image.pixelColor(x, y)
+        return colour.red() > colour.green() + 60
+
+    assert red_at(15, 0.3) and red_at(85, 0.3)  # a full band reaches 40% of the strip
+    assert red_at(55, 0.1) and not red_at(55, 0.3)  # half a band: 20%
+    assert not red_at(35, 0.05)
+    widget.set_quality(None)
+    assert widget.risk_levels() is None
+    widget.set_quality(quality)
+    widget.set_clip(100, 25.0)  # another clip: nothing known yet
+    assert widget.risk_levels() is None

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from zvstudio.propagate.placement import (
     MotionAnalyser,
     keys_by_motion,
     max_gap,
+    predicted_errors,
 )
 
 # Raise them when the detector or the analysis changes its results, so no older one is reused.
@@ -141,6 +143,48 @@ def clip_motion(
     return costs
 
 
+@dataclass(frozen=True)
+class MotionAnalysis:
+    """Frames first.. of a clip: their shot cuts (frame numbers) and motion analysis."""
+
+    first: int
+    cuts: tuple[int, ...]
+    costs: KeyCosts
+
+    def keys(self, interval: int) -> list[int]:
+        """As many keys as every `interval` frames from each shot cut gives, placed where the
+        motion needs them."""
+        return keys_by_motion(self.costs, self.first, interval, self.cuts)
+
+    def quality(self, keys: Iterable[int]) -> np.ndarray:
+        """Each frame's predicted propagation quality with `keys` (frame numbers), as PSNR in
+        dB of the footage carried from them: inf on a key, 0 where no key is near enough to
+        tell (see `predicted_errors`)."""
+        offsets = [k - self.first for k in keys]
+        errors = predicted_errors(self.costs, offsets, [c - self.first for c in self.cuts])
+        with np.errstate(divide="ignore"):
+            decibels = 10 * np.log10(255.0**2 / errors)
+        decibels[np.isinf(errors)] = 0.0
+        return decibels
+
+
+def analyse_motion(
+    source: Path,
+    first: int,
+    last: int,
+    window: int,
+    info: MediaInfo | None = None,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+) -> MotionAnalysis:
+    """The shot cuts and motion of frames first..last, for keys up to `window` apart (from
+    the cache when they were found before)."""
+    clip_id = file_hash(source)
+    cuts = clip_cuts(source, clip_id, first, last, info, progress, cancel)
+    costs = clip_motion(source, clip_id, first, last, window, info, progress, cancel)
+    return MotionAnalysis(first, tuple(cuts), costs)
+
+
 def motion_keys(
     source: Path,
     first: int,
@@ -151,14 +195,11 @@ def motion_keys(
     cancel: CancelToken | None = None,
 ) -> list[int]:
     """Key frames for first..last: as many as every `interval` frames from each shot cut
-    gives, placed where the motion needs them (the cuts and the analysis come from the cache
-    when they were found before)."""
+    gives, placed where the motion needs them."""
     if interval < 1:
         raise ZvsError(f"the key interval must be at least 1, got {interval}")
-    clip_id = file_hash(source)
-    cuts = clip_cuts(source, clip_id, first, last, info, progress, cancel)
-    costs = clip_motion(source, clip_id, first, last, max_gap(interval), info, progress, cancel)
-    return keys_by_motion(costs, first, interval, cuts)
+    window = max_gap(interval)
+    return analyse_motion(source, first, last, window, info, progress, cancel).keys(interval)
 
 
 def _each_frame(

@@ -29,12 +29,13 @@ from zvstudio.appsettings import AppSettings, edited, load_settings, save_settin
 from zvstudio.engine.jobs import JobEvent
 from zvstudio.engine.render import render_key_preview
 from zvstudio.engine.request import RenderRequest, request_from_project
-from zvstudio.engine.shots import clip_cuts, motion_keys
+from zvstudio.engine.shots import clip_cuts
 from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
 from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
+from zvstudio.gui.motion import MotionView
 from zvstudio.gui.queue_panel import QueuePanel
 from zvstudio.gui.status import StatusWatcher
 from zvstudio.gui.timeline import TimelineWidget
@@ -44,7 +45,7 @@ from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import Proxy, VideoReader, build_proxy
 from zvstudio.paths import cache_root
 from zvstudio.project.autosave import Autosaver
-from zvstudio.project.edits import MoveKey, RemoveKey, keys_at
+from zvstudio.project.edits import MoveKey, RemoveKey
 
 VIDEO_FILTER = "Videos (*.mp4 *.mov *.mkv *.webm *.avi *.m4v);;All files (*)"
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
@@ -74,7 +75,6 @@ class MainWindow(QMainWindow):
         self.proxy: Proxy | None = None
         self.proxy_job: int | None = None
         self.cuts_job: int | None = None
-        self.motion_job: int | None = None
         self.models_job: int | None = None
         self.generate_jobs: dict[int, str] = {}  # generation job id -> what it makes
         self.diffusion_config_dir: Path | None = None  # the models' reference configs (tests)
@@ -98,6 +98,13 @@ class MainWindow(QMainWindow):
         self.models: list = []  # the model library (ModelInfo), scanned as a job at start
         self.inspector = Inspector(self.document, models=lambda: self.models)
         self.queue_panel = QueuePanel(self.bridge)
+        self.motion = MotionView(
+            self.document,
+            self.bridge,
+            self.timeline,
+            lambda title, error: self.show_error(title, error),
+            lambda text: self.statusBar().showMessage(text, 5000),
+        )
         self.status_watcher = StatusWatcher(self)
         # The right column (inspector over the queue) runs full height; the timeline spans
         # the rest of the width under the viewer.
@@ -172,6 +179,12 @@ class MainWindow(QMainWindow):
             )
         ]
         self.about_action = a("&About zvstudio", self.about)
+        self.risk_action = a("Show where propagation may fail", lambda: None)
+        self.risk_action.setCheckable(True)
+        self.risk_action.setToolTip(
+            "A red band over the thumbnails rises where the footage carried from the keys is "
+            "predicted to differ most from each frame: add a key there (or place them by motion)"
+        )
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -213,6 +226,8 @@ class MainWindow(QMainWindow):
         view = bar.addMenu("&View")
         view.addActions(self.view_actions)
         view.addSeparator()
+        view.addAction(self.risk_action)
+        view.addSeparator()
         for dock in (self.timeline_dock, self.inspector_dock, self.queue_dock):
             view.addAction(dock.toggleViewAction())
         bar.addMenu("&Models").addAction(self.models_action)
@@ -231,7 +246,8 @@ class MainWindow(QMainWindow):
         self.timeline.key_remove_requested.connect(self._remove_key)
         self.timeline.key_move_requested.connect(self._move_key)
         self.timeline.key_selected.connect(self._key_selected)
-        self.inspector.render_panel.keys_by_motion_requested.connect(self.place_keys_by_motion)
+        self.inspector.render_panel.keys_by_motion_requested.connect(self.motion.place_keys)
+        self.risk_action.toggled.connect(self.motion.show_risk)
         self.bridge.event.connect(self._job_event)
         self.status_watcher.ready.connect(self._status_ready)
         self.status_watcher.problem.connect(self._status_problem)
@@ -379,6 +395,7 @@ class MainWindow(QMainWindow):
             self._build_proxy(Path(doc.project.clip.path))
         self.transport.set_clip(doc.frame_count, doc.fps)
         self.timeline.set_clip(doc.frame_count, doc.fps, self._thumbnail if self._reader else None)
+        self.motion.clip_changed()
         self.status = None
         self.preview_image = None
         self.transport.seek(0)
@@ -409,37 +426,6 @@ class MainWindow(QMainWindow):
 
         self.cuts_job = self.bridge.submit(work, f"Find shot cuts in {clip.name}")
 
-    def place_keys_by_motion(self, interval: int) -> int | None:
-        """Place as many keys as every `interval` frames gives where the motion needs them,
-        as a job (the clip's motion is measured once, then cached); one undo step."""
-        project, info = self.document.project, self.document.info
-        if project.clip is None or info is None or self.motion_job is not None:
-            return None
-        clip = Path(project.clip.path)
-        span = project.frame_range
-        first, last = (span.first, span.last) if span else (0, self.document.frame_count - 1)
-
-        def work(context):
-            return clip, motion_keys(
-                clip, first, last, interval, info, context.progress, context.cancel
-            )
-
-        self.motion_job = self.bridge.submit(work, f"Place keys by motion in {clip.name}")
-        return self.motion_job
-
-    def _motion_keys_placed(self, event: JobEvent) -> None:
-        self.motion_job = None
-        if event.kind == "failed" and event.error is not None:
-            self.show_error("Placing keys by motion failed", event.error)
-        if event.kind != "finished":
-            return
-        clip, frames = event.result
-        current = self.document.project.clip
-        if current is None or Path(current.path) != clip:
-            return  # another clip was opened meanwhile
-        self.document.push(keys_at(self.document.project, frames, "place keys by motion"))
-        self.statusBar().showMessage(f"{len(frames)} keys placed where the motion needs them", 5000)
-
     def _thumbnail(self, number: int):
         """A timeline thumbnail from the proxy, None until the proxy is ready."""
         if self.proxy is None:
@@ -451,6 +437,7 @@ class MainWindow(QMainWindow):
 
     def _document_changed(self) -> None:
         self._show_keys()
+        self.motion.refresh()
         self.refresh_status()
         self._refresh_title()
 
@@ -636,8 +623,7 @@ class MainWindow(QMainWindow):
             if current is not None and Path(current.path) == clip:
                 self.document.set_shot_cuts(cuts)
                 self.timeline.set_cuts(cuts)
-        if event.job == self.motion_job and event.kind in ("finished", "failed", "cancelled"):
-            self._motion_keys_placed(event)
+        self.motion.job_event(event)
         if event.job == self.proxy_job and event.kind == "finished":
             self.proxy_job = None
             self.proxy = event.result

@@ -49,6 +49,12 @@ SEGMENT_COLOURS: dict[str, str] = {
     "rendering": "#f5b82e",
 }
 CUT_COLOUR = "#ffffff"  # a shot cut, over the thumbnails (with a dark edge)
+RISK_COLOUR = QColor(239, 83, 80, 170)  # where propagation is predicted to struggle
+# Predicted propagation quality (PSNR of the footage carried from its keys, dB) drawn as no
+# risk at or above RISK_CLEAR_DB, full height at or below RISK_FULL_DB (or with no key near).
+RISK_CLEAR_DB = 34.0
+RISK_FULL_DB = 20.0
+RISK_HEIGHT = 0.4  # of the thumbnail strip, at full risk
 
 THUMBNAIL_CACHE_SIZE = 300
 ZOOM_STEP = 1.5
@@ -117,6 +123,7 @@ class TimelineWidget(QWidget):
         self._selected: int | None = None
         self._segments: list[tuple[int, int, str]] = []
         self._cuts: list[int] = []  # the first frame of each shot after the first
+        self._quality: np.ndarray | None = None  # predicted dB per frame (see set_quality)
         self._range: tuple[int | None, int | None] = (None, None)
         self._ppf = 1.0
         self._fit_mode = True  # refit on resize until the user zooms
@@ -156,6 +163,7 @@ class TimelineWidget(QWidget):
         self._playhead = min(self._playhead, max(self._count - 1, 0))
         self._range = (None, None)
         self._cuts = []
+        self._quality = None
         self.zoom_fit()
 
     def invalidate_thumbnails(self) -> None:
@@ -189,6 +197,21 @@ class TimelineWidget(QWidget):
 
     def cuts(self) -> list[int]:
         return list(self._cuts)
+
+    def set_quality(self, decibels: Sequence[float] | None) -> None:
+        """The predicted propagation quality of every frame (PSNR in dB: inf on a key, 0 where
+        no key is near enough to tell), drawn as a red band rising where it is poor; None
+        hides it."""
+        if decibels is not None and len(decibels) != self._count:
+            raise ValueError(f"{len(decibels)} values for a clip of {self._count} frames")
+        self._quality = None if decibels is None else np.asarray(decibels, np.float64)
+        self.update()
+
+    def risk_levels(self) -> np.ndarray | None:
+        """The drawn band's height per frame, 0 (none) to 1 (full), or None when hidden."""
+        if self._quality is None:
+            return None
+        return np.clip((RISK_CLEAR_DB - self._quality) / (RISK_CLEAR_DB - RISK_FULL_DB), 0, 1)
 
     def set_range(self, first: int | None, last: int | None) -> None:
         """An in/out range; frames outside it are shaded. None leaves that side open."""
@@ -391,6 +414,7 @@ class TimelineWidget(QWidget):
         self._paint_ruler(painter, lanes.ruler)
         self._paint_strip(painter, lanes.strip)
         self._paint_segments(painter, lanes.segments)
+        self._paint_risk(painter, lanes.strip)
         self._paint_cuts(painter, lanes)
         self._paint_range(painter, lanes)
         self._paint_playhead(painter, lanes)
@@ -455,6 +479,24 @@ class TimelineWidget(QWidget):
             left, right = self._left(first), self._left(last + 1)
             rect = QRectF(left, lane.top(), right - left, lane.height()).intersected(lane)
             painter.fillRect(rect.adjusted(0.5, 0, -0.5, 0), colour)
+
+    def _paint_risk(self, painter: QPainter, strip: QRectF) -> None:
+        """A band along the bottom of the thumbnails, as high as the risk at each frame (the
+        highest of the frames that share a pixel column when zoomed out)."""
+        levels = self.risk_levels()
+        if levels is None or not levels.any():
+            return
+        first, last = self.frame_at(0), self.frame_at(self.width())
+        step = max(1, math.ceil(1.0 / self._ppf))  # frames per pixel column
+        path = QPainterPath(QPointF(self._left(first), strip.bottom()))
+        for start in range(first, last + 1, step):
+            height = float(levels[start : start + step].max()) * RISK_HEIGHT * strip.height()
+            left, right = self._left(start), self._left(min(start + step, self._count))
+            path.lineTo(left, strip.bottom() - height)
+            path.lineTo(right, strip.bottom() - height)
+        path.lineTo(self._left(min(last + 1, self._count)), strip.bottom())
+        path.closeSubpath()
+        painter.fillPath(path, RISK_COLOUR)
 
     def _paint_cuts(self, painter: QPainter, lanes: _Lanes) -> None:
         """A bright line with a dark edge (visible on any picture) where a shot begins."""
@@ -662,7 +704,15 @@ class TimelineWidget(QWidget):
         if key is not None:
             return f"Key {key} — {self._keys[key]}\nClick to select, drag to move"
         frame = self.frame_at(pos.x())
-        return f"Frame {frame} · {timecode(frame, self._fps)}"
+        text = f"Frame {frame} · {timecode(frame, self._fps)}"
+        if self._quality is not None and frame not in self._keys:
+            quality = self._quality[frame]
+            text += (
+                f"\nPredicted propagation quality {quality:.0f} dB"
+                if quality > 0
+                else "\nNo key near enough to predict: add one nearer"
+            )
+        return text
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         bar = self._scrollbar.sizeHint().height()

@@ -19,6 +19,7 @@ on every clip, and the worst frame's by 2-3 dB (figures in the README's Benchmar
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -243,6 +244,30 @@ def _cheapest(segments: _Segments, price: float | None) -> list[int]:
         key = int(previous[key])
         keys.append(key)
     return keys[::-1]
+
+
+def predicted_errors(costs: KeyCosts, keys: Iterable[int], cuts: Iterable[int] = ()) -> np.ndarray:
+    """Each analysed frame's predicted propagation error with `keys` (offsets into the
+    analysed frames; `cuts` likewise): 0 on a key, else from the better of its shot's nearest
+    keys before and after it; inf where neither is within the analysis window."""
+    frames = costs.frame_count
+    starts = sorted({0, *(c for c in cuts if 0 < c < frames)})
+    keys = sorted({k for k in keys if 0 <= k < frames})
+    errors = np.full(frames, np.inf)
+    for t in range(frames):
+        shot_index = bisect.bisect_right(starts, t) - 1
+        shot_end = starts[shot_index + 1] if shot_index + 1 < len(starts) else frames
+        i = bisect.bisect_left(keys, t)
+        if i < len(keys) and keys[i] == t:
+            errors[t] = 0.0
+            continue
+        found = []
+        if i > 0 and keys[i - 1] >= starts[shot_index] and t - keys[i - 1] <= costs.window:
+            found.append(costs.forward[keys[i - 1], t - keys[i - 1]])
+        if i < len(keys) and keys[i] < shot_end and keys[i] - t <= costs.window:
+            found.append(costs.backward[keys[i], keys[i] - t])
+        errors[t] = min(found, default=np.inf)
+    return errors
 
 
 def keys_by_motion(
