@@ -265,7 +265,10 @@ class FakeUNet(nn.Module):
     so the guided and rescaled combination can be recomputed by hand."""
 
     def forward(self, sample, timesteps, context, fs=None):
-        weight = 1 + torch.tanh(context.float().flatten(1).sum(1)).reshape(-1, 1, 1, 1, 1)
+        # The mean magnitude, not the sum: layer-normed text features sum to about zero, and a
+        # sum of the rest saturates tanh for some random initialisations (both left the
+        # conditional and unconditional outputs equal, so guidance had nothing to rescale).
+        weight = 1 + context.float().abs().mean(dim=(1, 2)).reshape(-1, 1, 1, 1, 1)
         return torch.tanh(sample[:, :4]) * weight * 3 + 0.25 * sample[:, 4:]
 
 
