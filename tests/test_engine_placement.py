@@ -105,3 +105,18 @@ def test_placement_benchmark_scores_both_placements(still_then_moving):
     # Keys where the new content comes in make the whole clip closer to the style.
     assert clip["motion"]["clip_psnr"] > clip["even"]["clip_psnr"]
     assert report["mean"]["motion"]["clip_psnr"] == clip["motion"]["clip_psnr"]
+
+
+def test_render_command_places_keys_by_motion(still_then_moving, tmp_path, capsys):
+    from zvstudio.cli import main
+
+    out = tmp_path / "frames"
+    args = ["render", str(still_then_moving), "--every", "10", "--placement", "motion", "-q"]
+    assert main([*args, "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "4 keys placed where the motion needs them: 0, 20," in captured.err
+    assert "4 keys, the rest propagated" in captured.out
+    assert len(list(out.glob("frame_*.png"))) == 40
+    explicit = ["render", str(still_then_moving), "--keys", "0,20", "--placement", "motion"]
+    assert main([*explicit, "-q", "-o", str(tmp_path / "k")]) == 0
+    assert "--placement places the keys of --every K" in capsys.readouterr().err

@@ -356,6 +356,9 @@ def _with_overrides(request, args):
     if args.poisson is not None:
         propagation = replace(propagation, poisson=args.poisson)
     propagation = replace(propagation, device=_pixel_device(args.device))
+    spaced = key_interval is not None or (renderer.kind == "diffusion" and not key_frames)
+    if args.placement == "motion" and (key_frames or not spaced):
+        _warn("--placement places the keys of --every K; with these keys it changes nothing")
     return replace(
         request,
         propagation=propagation,
