@@ -141,17 +141,25 @@ def _add_probe(commands) -> None:
 
 
 def _run_probe(args) -> int:
-    from zvstudio.engine.shots import clip_cuts, motion_keys
+    from zvstudio.engine.shots import analyse_motion, clip_cuts
+    from zvstudio.errors import ZvsError
     from zvstudio.hashing import file_hash
     from zvstudio.media import probe
+    from zvstudio.propagate.placement import max_gap
 
+    if args.suggest_keys is not None and args.suggest_keys < 1:
+        raise ZvsError(f"--suggest-keys needs an interval of at least 1, got {args.suggest_keys}")
     info = probe(args.file)
     cuts = suggested = None
     last = info.frame_count - 1
     if args.cuts or args.suggest_keys is not None:
         cuts = clip_cuts(args.file, file_hash(args.file), 0, last, info) if last >= 0 else []
-    if args.suggest_keys is not None:
-        suggested = motion_keys(args.file, 0, last, args.suggest_keys, info) if last >= 0 else []
+    if args.suggest_keys is not None and last >= 0:
+        window = max_gap(args.suggest_keys)
+        analysis = analyse_motion(args.file, 0, last, window, info)
+        suggested = analysis.keys(args.suggest_keys)
+    elif args.suggest_keys is not None:
+        suggested = []
     if args.json:
         extra = {} if cuts is None else {"shot_cuts": cuts}
         if suggested is not None:

@@ -284,15 +284,20 @@ def test_an_imported_clip_gets_a_key_at_each_shot(qtbot, window, tmp_path):
     assert not window.errors
 
 
-def test_keys_placed_by_motion_in_one_undo_step(qtbot, window, tmp_path):
+def open_still_then_moving(window, folder: Path) -> None:
+    """A clip still for 20 frames, then panning fast over new texture for 20."""
     from test_placement import _moving_clip
 
     from zvstudio.media.synth import write_clip
 
-    path = tmp_path / "still_then_moving.mp4"
+    path = folder / "still_then_moving.mp4"
     frames = [np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in _moving_clip(20, 20, 4)]
     write_clip(path, frames, options={"crf": "10"})
     assert window.open_path(path)
+
+
+def test_keys_placed_by_motion_in_one_undo_step(qtbot, window, tmp_path):
+    open_still_then_moving(window, tmp_path)
     document = window.document
     document.push(SetKey(KeyFrame(5, prompt="a painted look")))  # an override stays
     even = [k.frame for k in document.project.keyframes]
@@ -310,14 +315,7 @@ def test_keys_placed_by_motion_in_one_undo_step(qtbot, window, tmp_path):
 
 
 def test_the_risk_band_rises_where_keys_are_far_from_the_motion(qtbot, window, tmp_path):
-    from test_placement import _moving_clip
-
-    from zvstudio.media.synth import write_clip
-
-    path = tmp_path / "still_then_moving.mp4"
-    frames = [np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in _moving_clip(20, 20, 4)]
-    write_clip(path, frames, options={"crf": "10"})
-    assert window.open_path(path)
+    open_still_then_moving(window, tmp_path)
     assert window.timeline.risk_levels() is None
     window.risk_action.trigger()  # View > Show where propagation may fail: analyses first
     qtbot.waitUntil(lambda: window.timeline.risk_levels() is not None, timeout=30_000)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from zvstudio import diskcache
-from zvstudio.errors import ZvsError
 from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import MediaInfo, VideoReader, fit_size
 from zvstudio.media.cuts import SCORE_WIDTH, CutFinder
@@ -29,7 +28,6 @@ from zvstudio.propagate.placement import (
     KeyCosts,
     MotionAnalyser,
     keys_by_motion,
-    max_gap,
     predicted_errors,
 )
 
@@ -183,23 +181,6 @@ def analyse_motion(
     cuts = clip_cuts(source, clip_id, first, last, info, progress, cancel)
     costs = clip_motion(source, clip_id, first, last, window, info, progress, cancel)
     return MotionAnalysis(first, tuple(cuts), costs)
-
-
-def motion_keys(
-    source: Path,
-    first: int,
-    last: int,
-    interval: int,
-    info: MediaInfo | None = None,
-    progress: ProgressCallback = ignore_progress,
-    cancel: CancelToken | None = None,
-) -> list[int]:
-    """Key frames for first..last: as many as every `interval` frames from each shot cut
-    gives, placed where the motion needs them."""
-    if interval < 1:
-        raise ZvsError(f"the key interval must be at least 1, got {interval}")
-    window = max_gap(interval)
-    return analyse_motion(source, first, last, window, info, progress, cancel).keys(interval)
 
 
 def _each_frame(

@@ -275,6 +275,8 @@ def keys_by_motion(
 ) -> list[int]:
     """Key frames for the analysed frames first.. (frame numbers): as many as every `interval`
     frames from each shot's start would give, placed where propagation needs them."""
+    if interval < 1:
+        raise ZvsError(f"the key interval must be at least 1, got {interval}")
     last = first + costs.frame_count - 1
     count = len(keys_by_shot(first, last, interval, cuts))
     offsets = [c - first for c in cuts if first < c <= last]
