@@ -708,7 +708,7 @@ class TimelineWidget(QWidget):
         if self._quality is not None and frame not in self._keys:
             quality = self._quality[frame]
             text += (
-                f"\nPredicted propagation quality {quality:.0f} dB"
+                f"\nThe footage carried from its keys matches it to {quality:.0f} dB PSNR"
                 if quality > 0
                 else "\nNo key near enough to predict: add one nearer"
             )
