@@ -33,7 +33,7 @@ from zvstudio.propagate.placement import (
 
 # Raise them when the detector or the analysis changes its results, so no older one is reused.
 DETECTOR_VERSION = 1
-MOTION_VERSION = 1
+MOTION_VERSION = 2
 DECODE_SIDE = 2 * SCORE_WIDTH  # frames are decoded this small (the finder shrinks them further)
 
 
