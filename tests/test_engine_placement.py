@@ -14,6 +14,7 @@ from zvstudio.engine.render import render
 from zvstudio.engine.request import RenderRequest
 from zvstudio.engine.status import render_status
 from zvstudio.errors import ZvsError
+from zvstudio.hashing import file_hash
 from zvstudio.media import ExportSettings
 from zvstudio.media.synth import write_clip
 
@@ -40,6 +41,7 @@ def test_motion_placement_puts_the_keys_where_the_clip_moves(still_then_moving, 
     stages, lines = [], []
     result = render(request, lambda p: stages.append(p.stage), log=lines.append)
     assert "motion" in stages and result.frames == 40
+    assert "cuts" not in stages  # found in the same decoding pass as the motion
     keys = sorted(render_status(request).keys)  # the status now reads the analysis
     assert result.keys == len(keys) == 4 and keys[0] == 0
     # The still half needs only its first key (and one at most 2K later); even: 2 of 4.
@@ -58,15 +60,14 @@ def test_the_analysis_is_made_once(still_then_moving, tmp_path, monkeypatch):
     render(request, lambda p: stages.append(p.stage))
     assert "motion" not in stages
     # An unreadable entry is made again.
-    from zvstudio.hashing import file_hash
-
     clip_id = file_hash(still_then_moving)
     path = shots.motion_path(clip_id, 0, 29, 20)
     path.write_bytes(b"not an npz")
     assert shots.cached_motion(clip_id, 0, 29, 20) is None
     monkeypatch.undo()
-    costs = shots.clip_motion(still_then_moving, clip_id, 0, 29, 20)
-    assert costs.frame_count == 30 and shots.cached_motion(clip_id, 0, 29, 20) is not None
+    analysis = shots.analyse_motion(still_then_moving, 0, 29, 20)
+    assert analysis.costs.frame_count == 30 and analysis.cuts == ()
+    assert shots.cached_motion(clip_id, 0, 29, 20) is not None
 
 
 def test_even_placement_and_explicit_keys_need_no_analysis(still_then_moving, tmp_path):
@@ -120,3 +121,15 @@ def test_render_command_places_keys_by_motion(still_then_moving, tmp_path, capsy
     explicit = ["render", str(still_then_moving), "--keys", "0,20", "--placement", "motion"]
     assert main([*explicit, "-q", "-o", str(tmp_path / "k")]) == 0
     assert "--placement places the keys of --every K" in capsys.readouterr().err
+
+
+def test_motion_placement_starts_every_shot(tmp_path):
+    from test_cuts import scene
+
+    clip = tmp_path / "two_shots.mp4"
+    write_clip(clip, scene(0, 9) + scene(1, 14), options={"crf": "12"})
+    request = request_for(clip, tmp_path / "out", key_placement="motion")
+    result = render(request)
+    keys = sorted(render_status(request).keys)
+    assert result.keys == len(keys) == 3 and keys[:2] == [0, 9]  # as many as 0 | 9, 19
+    assert shots.cached_cuts(file_hash(clip), 0, 22) == [9]

@@ -21,7 +21,7 @@ import numpy as np
 
 from zvstudio.engine.keycache import KeyCache
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
-from zvstudio.engine.shots import clip_cuts, clip_motion
+from zvstudio.engine.shots import analyse_motion, clip_cuts
 from zvstudio.errors import RenderCancelled, StageError, ZvsError
 from zvstudio.flow import DISFlow, FlowCache, FlowEstimator, create_flow_estimator
 from zvstudio.hashing import file_hash, text_hash
@@ -130,13 +130,15 @@ def plan_keys(
     With the "motion" placement, as many keys go where `motion(window)`'s analysis says
     propagation needs them (`keys_by_motion`); evenly while it has none."""
 
+    def shots() -> list[int]:
+        return cuts() if cuts is not None else []
+
     def every(interval: int) -> list[int]:
-        found = cuts() if cuts is not None else []
         if request.key_placement == "motion" and motion is not None:
-            costs = motion(max_gap(interval))
+            costs = motion(max_gap(interval))  # first: it may find the cuts in the same pass
             if costs is not None:
-                return keys_by_motion(costs, first, interval, found)
-        return keys_by_shot(first, last, interval, found)
+                return keys_by_motion(costs, first, interval, shots())
+        return keys_by_shot(first, last, interval, shots())
 
     if request.renderer.kind == "diffusion" and not (request.key_frames or request.key_interval):
         return every(10)  # diffusion on every frame would be waste
@@ -344,9 +346,8 @@ def render(
         clip_id = file_hash(request.source)
         return clip_cuts(request.source, clip_id, first, last, info, progress, cancel)
 
-    def motion(window: int) -> KeyCosts:
-        clip_id = file_hash(request.source)
-        return clip_motion(request.source, clip_id, first, last, window, info, progress, cancel)
+    def motion(window: int) -> KeyCosts:  # finds the cuts too, in the same pass
+        return analyse_motion(request.source, first, last, window, info, progress, cancel).costs
 
     keys = plan_keys(request, first, last, cuts, motion)
     if keys and request.key_placement == "motion" and not request.key_frames:

@@ -24,7 +24,6 @@ from zvstudio.media.cuts import SCORE_WIDTH, CutFinder
 from zvstudio.paths import cache_root
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 from zvstudio.propagate.placement import (
-    ANALYSIS_SIDE,
     KeyCosts,
     MotionAnalyser,
     keys_by_motion,
@@ -33,8 +32,9 @@ from zvstudio.propagate.placement import (
 
 # Raise them when the detector or the analysis changes its results, so no older one is reused.
 DETECTOR_VERSION = 1
-MOTION_VERSION = 2
-DECODE_SIDE = 2 * SCORE_WIDTH  # frames are decoded this small (the finder shrinks them further)
+MOTION_VERSION = 3
+# Frames are decoded this small for both (the finder and the analyser shrink them further).
+DECODE_SIDE = 2 * SCORE_WIDTH
 
 
 def cuts_path(clip_id: str, first: int, last: int, root: Path | None = None) -> Path:
@@ -81,6 +81,10 @@ def clip_cuts(
     finder = CutFinder()
     stage = ("cuts", "finding shot cuts")
     _each_frame(source, (first, last), DECODE_SIDE, finder.add, stage, info, progress, cancel)
+    return _store_cuts(clip_id, first, last, finder)
+
+
+def _store_cuts(clip_id: str, first: int, last: int, finder: CutFinder) -> list[int]:
     cuts = [first + c for c in finder.cuts()]
     # A full or read-only disk only costs finding them again next time.
     payload = json.dumps({"cuts": cuts}).encode()
@@ -109,36 +113,13 @@ def cached_motion(clip_id: str, first: int, last: int, window: int) -> KeyCosts 
     return costs
 
 
-def clip_motion(
-    source: Path,
-    clip_id: str,
-    first: int,
-    last: int,
-    window: int,
-    info: MediaInfo | None = None,
-    progress: ProgressCallback = ignore_progress,
-    cancel: CancelToken | None = None,
-) -> KeyCosts:
-    """The predicted propagation errors of frames first..last for keys up to `window` apart.
-
-    Decodes the range once at a small size (a few times faster than real time), unless the
-    cache has it."""
-    costs = cached_motion(clip_id, first, last, window)
-    if costs is not None:
-        return costs
-    analyser = MotionAnalyser(window)
-    stage = ("motion", "measuring motion")
-    side = 2 * ANALYSIS_SIDE  # the analyser shrinks them further
-    _each_frame(source, (first, last), side, analyser.add, stage, info, progress, cancel)
-    costs = analyser.costs()
-
+def _store_motion(clip_id: str, first: int, last: int, costs: KeyCosts) -> None:
     def write(stream) -> None:
         buffer = io.BytesIO()
         np.savez(buffer, forward=costs.forward, backward=costs.backward)
         stream.write(buffer.getvalue())
 
-    diskcache.write_entry(motion_path(clip_id, first, last, window), write)
-    return costs
+    diskcache.write_entry(motion_path(clip_id, first, last, costs.window), write)
 
 
 @dataclass(frozen=True)
@@ -175,11 +156,29 @@ def analyse_motion(
     progress: ProgressCallback = ignore_progress,
     cancel: CancelToken | None = None,
 ) -> MotionAnalysis:
-    """The shot cuts and motion of frames first..last, for keys up to `window` apart (from
-    the cache when they were found before)."""
+    """The shot cuts and motion of frames first..last, for keys up to `window` apart: from
+    the cache, else found while decoding the range once (both in the same pass when neither
+    was found before), at a small size and a few times faster than real time."""
     clip_id = file_hash(source)
-    cuts = clip_cuts(source, clip_id, first, last, info, progress, cancel)
-    costs = clip_motion(source, clip_id, first, last, window, info, progress, cancel)
+    cuts = cached_cuts(clip_id, first, last, info.frame_count if info is not None else None)
+    costs = cached_motion(clip_id, first, last, window)
+    if costs is None:
+        analyser = MotionAnalyser(window)
+        finder = CutFinder() if cuts is None else None
+
+        def use(frame: np.ndarray) -> None:
+            analyser.add(frame)
+            if finder is not None:
+                finder.add(frame)
+
+        stage = ("motion", "measuring motion")
+        _each_frame(source, (first, last), DECODE_SIDE, use, stage, info, progress, cancel)
+        costs = analyser.costs()
+        _store_motion(clip_id, first, last, costs)
+        if finder is not None:
+            cuts = _store_cuts(clip_id, first, last, finder)
+    if cuts is None:
+        cuts = clip_cuts(source, clip_id, first, last, info, progress, cancel)
     return MotionAnalysis(first, tuple(cuts), costs)
 
 
