@@ -162,3 +162,13 @@ def test_predicted_errors_take_each_frame_from_its_better_key_in_its_shot():
     assert np.isinf(far[5]) and far[4] == costs.forward[0, 4]  # beyond the window: unknown
     assert np.isinf(predicted_errors(costs, [3], cuts=[])[8])
     assert predicted_errors(costs, [3], cuts=[])[1] == costs.backward[3, 2]  # before the first
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 10])
+def test_clips_shorter_than_the_interval_get_their_first_frame(frames):
+    rng = np.random.default_rng(frames)
+    clip = [rng.integers(0, 256, (36, 20, 3), dtype=np.uint8) for _ in range(frames)]
+    costs = analyse(clip, max_gap(10))
+    assert keys_by_motion(costs, 5, 10) == keys_by_shot(5, 4 + frames, 10, []) == [5]
+    errors = predicted_errors(costs, [0])
+    assert errors[0] == 0 and np.all(np.isfinite(errors))

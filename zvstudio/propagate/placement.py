@@ -204,8 +204,8 @@ class _Segments:
             self.shot_start[start:] = start
         self.after = np.cumsum(forward, axis=1)  # after[a, 0] = 0
         self.between = np.full((frames, gap + 1), np.inf)
-        for g in range(1, gap + 1):
-            total = np.zeros(max(frames - g, 0))
+        for g in range(1, min(gap, frames - 1) + 1):
+            total = np.zeros(frames - g)
             for d in range(1, g):
                 total += np.minimum(forward[: frames - g, d], backward[g:, g - d])
             self.between[: frames - g, g] = total
