@@ -41,10 +41,11 @@ class AppSettings:
     """Everything the user sets once for the application (not per project).
 
     `model_folders` are scanned besides the default folders; `autosave_minutes` 0 turns
-    autosave off; `recent_projects` is most recent first. `text_to_video` and `animate_image`
-    remember the New from text... and Animate image... dialogs' last values (name -> string,
-    number, bool or null; the dialogs ignore names and values they do not know). `load_warning`
-    is not saved: it says why `load_settings` fell back to the defaults.
+    autosave off; `recent_projects` is most recent first; `show_risk` is the View menu's "Show
+    where propagation may fail". `text_to_video` and `animate_image` remember the New from
+    text... and Animate image... dialogs' last values (name -> string, number, bool or null;
+    the dialogs ignore names and values they do not know). `load_warning` is not saved: it
+    says why `load_settings` fell back to the defaults.
     """
 
     version: int = field(
@@ -63,6 +64,7 @@ class AppSettings:
     cache_limit_gb: float = field(default=10.0, metadata=rule("float", low=0.5, high=1_000_000))
     autosave_minutes: int = field(default=3, metadata=rule("int", low=0, high=MAX_AUTOSAVE_MINUTES))
     recent_projects: list[str] = field(default_factory=list)
+    show_risk: bool = field(default=False, metadata=rule("bool"))
     text_to_video: dict[str, Any] = field(default_factory=dict)
     animate_image: dict[str, Any] = field(default_factory=dict)
     load_warning: str | None = field(default=None, compare=False, repr=False)

@@ -328,3 +328,17 @@ def test_the_risk_band_rises_where_keys_are_far_from_the_motion(qtbot, window, t
     window.risk_action.trigger()
     assert window.timeline.risk_levels() is None
     assert not window.errors
+
+
+def test_the_risk_band_setting_is_remembered(qtbot, tmp_path):
+    from zvstudio.appsettings import load_settings
+
+    first = MainWindow(AppSettings())
+    qtbot.addWidget(first)
+    first.risk_action.trigger()
+    assert load_settings().show_risk
+    first.shutdown()
+    second = MainWindow(load_settings())
+    qtbot.addWidget(second)
+    assert second.risk_action.isChecked() and second.motion.showing_risk
+    second.shutdown()

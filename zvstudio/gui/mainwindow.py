@@ -84,6 +84,7 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_menus()
         self._connect()
+        self.risk_action.setChecked(self.settings.show_risk)
         self._start_timers()
         self.setAcceptDrops(True)
         self.resize(1400, 900)
@@ -247,7 +248,7 @@ class MainWindow(QMainWindow):
         self.timeline.key_move_requested.connect(self._move_key)
         self.timeline.key_selected.connect(self._key_selected)
         self.inspector.render_panel.keys_by_motion_requested.connect(self.motion.place_keys)
-        self.risk_action.toggled.connect(self.motion.show_risk)
+        self.risk_action.toggled.connect(self._show_risk)
         self.bridge.event.connect(self._job_event)
         self.status_watcher.ready.connect(self._status_ready)
         self.status_watcher.problem.connect(self._status_problem)
@@ -434,6 +435,13 @@ class MainWindow(QMainWindow):
         height = THUMBNAIL_HEIGHT
         width = max(1, round(image.shape[1] * height / max(image.shape[0], 1)))
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+    def _show_risk(self, on: bool) -> None:
+        self.motion.show_risk(on)
+        if on != self.settings.show_risk:
+            self.settings = edited(self.settings, show_risk=on)
+            with contextlib.suppress(OSError, ZvsError):  # remembering is a convenience
+                save_settings(self.settings)
 
     def _document_changed(self) -> None:
         self._show_keys()
