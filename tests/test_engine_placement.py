@@ -133,3 +133,13 @@ def test_motion_placement_starts_every_shot(tmp_path):
     keys = sorted(render_status(request).keys)
     assert result.keys == len(keys) == 3 and keys[:2] == [0, 9]  # as many as 0 | 9, 19
     assert shots.cached_cuts(file_hash(clip), 0, 22) == [9]
+
+
+def test_placement_benchmark_from_a_later_frame(still_then_moving):
+    from zvstudio.bench.placement import run_placement_benchmark
+
+    report = run_placement_benchmark([still_then_moving], size=128, frames=40, start=20)
+    (clip,) = report["clips"]
+    assert clip["start"] == 20 and clip["frames"] == 20 and clip["even"]["keys"] == [0, 10]
+    with pytest.raises(ZvsError, match="no clip has 20 frames from frame 35"):
+        run_placement_benchmark([still_then_moving], size=128, frames=40, start=35)

@@ -1325,6 +1325,7 @@ def _add_bench_placement(which) -> None:
     )
     parser.add_argument("--size", type=int, default=256, help="short side in pixels")
     parser.add_argument("--frames", type=int, default=150, help="frames per clip")
+    parser.add_argument("--start", type=int, default=0, help="first frame of each clip")
     parser.add_argument("--every", type=int, default=10, help="the even key interval")
     parser.add_argument("--style", choices=available_styles(), default="stylization")
     parser.set_defaults(command="bench", run=_run_bench_placement)
@@ -1334,7 +1335,12 @@ def _run_bench_placement(args) -> int:
     from zvstudio.bench.placement import run_placement_benchmark
 
     report = run_placement_benchmark(
-        args.videos, size=args.size, frames=args.frames, interval=args.every, style=args.style
+        args.videos,
+        size=args.size,
+        frames=args.frames,
+        interval=args.every,
+        style=args.style,
+        start=args.start,
     )
     print(json.dumps(report, indent=2))
     return 0

@@ -1,10 +1,11 @@
 """`zvstudio bench placement`: keys placed by motion vs evenly, with the same number of keys.
 
-For each clip, both placements get as many keys as "every K frames" gives. The keys are
-stylised by a deterministic OpenCV style, every other frame is propagated, and each frame is
-scored against the style applied to that frame itself. The placements have different non-key
-frames, so the figures cover the whole clip: its PSNR from the mean squared error of all
-frames (keys count as exact) and the worst frame's PSNR; also the analysis's cost per frame.
+For each clip (its `frames` frames from `start`), both placements get as many keys as "every
+K frames" gives. The keys are stylised by a deterministic OpenCV style, every other frame is
+propagated, and each frame is scored against the style applied to that frame itself. The
+placements have different non-key frames, so the figures cover the whole clip: its PSNR from
+the mean squared error of all frames (keys count as exact) and the worst frame's PSNR; also
+the analysis's cost per frame. Clips with fewer than 2K frames from `start` are left out.
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ def _psnr(mean_squared_error: float) -> float:
     return round(min(100.0, 10 * np.log10(255.0**2 / max(mean_squared_error, 1e-30))), 3)
 
 
-def bench_clip(path: Path, count: int, short_side: int, interval: int, style: str) -> dict:
-    frames = load_frames(path, count, short_side)
+def bench_clip(
+    path: Path, count: int, short_side: int, interval: int, style: str, start: int = 0
+) -> dict | None:
+    frames = load_frames(path, count, short_side, start)
+    if len(frames) < 2 * interval:
+        return None  # too short from `start` to place keys anywhere but evenly
     stylizer = create_stylizer(style)
     truth = [stylizer.render(frame, KeyContext(n)) for n, frame in enumerate(frames)]
     cuts = shot_cuts(frames)
@@ -60,6 +65,7 @@ def bench_clip(path: Path, count: int, short_side: int, interval: int, style: st
     even = keys_by_shot(0, last, interval, cuts)
     return {
         "clip": path.name,
+        "start": start,
         "frames": len(frames),
         "cuts": cuts,
         "analysis_ms_per_frame": round(1e3 * (analysed - started) / len(frames), 2),
@@ -75,11 +81,15 @@ def run_placement_benchmark(
     frames: int = 150,
     interval: int = 10,
     style: str = "stylization",
+    start: int = 0,
 ) -> dict:
     clips = list(videos) or shared_clips()
     if not clips:
         raise ZvsError("no clips to measure", hint="give video files or provide ../shared/clips")
-    results = [bench_clip(Path(c), frames, size, interval, style) for c in clips]
+    measured = [bench_clip(Path(c), frames, size, interval, style, start) for c in clips]
+    results = [r for r in measured if r is not None]
+    if not results:
+        raise ZvsError(f"no clip has {2 * interval} frames from frame {start}")
     figures = ("clip_psnr", "worst_frame_psnr")
     return {
         "benchmark": "placement",
@@ -87,6 +97,7 @@ def run_placement_benchmark(
         "short_side": size,
         "key_interval": interval,
         "style": style,
+        "start": start,
         "clips": results,
         "mean": {
             placement: {

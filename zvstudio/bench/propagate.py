@@ -53,15 +53,17 @@ class _Frames:
         return ((n, self.images[n]) for n in range(start, stop))
 
 
-def load_frames(path: Path, count: int, short_side: int | None) -> list[np.ndarray]:
+def load_frames(path: Path, count: int, short_side: int | None, start: int = 0) -> list[np.ndarray]:
+    """Up to `count` frames from `start` (fewer at the clip's end; none past it)."""
     with VideoReader(path) as reader:
         width, height = reader.size
         size = None
         if short_side:
             scale = short_side / min(width, height)
             size = (round(width * scale / 2) * 2, round(height * scale / 2) * 2)
-        stop = min(count, len(reader))
-        return [image for _, image in reader.frames(0, stop, size=size)]
+        start = min(start, len(reader))
+        stop = min(start + count, len(reader))
+        return [image for _, image in reader.frames(start, stop, size=size)]
 
 
 def run_propagation(
