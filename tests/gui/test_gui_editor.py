@@ -322,11 +322,30 @@ def test_the_risk_band_rises_where_keys_are_far_from_the_motion(qtbot, window, t
     levels = window.timeline.risk_levels()
     assert levels[[0, 10, 20, 30]].max() == 0  # on the keys
     assert levels[1:10].max() < 0.2 < levels[31:40].max()  # still vs moving, one way
+    window.risk_action.trigger()
+    window.risk_action.trigger()  # on again: the analysis is at hand, no job
+    assert window.motion.job is None and window.timeline.risk_levels() is not None
     window.document.toggle_key(35)  # a key where the risk was: it falls there at once
     after = window.timeline.risk_levels()
     assert after[35] == 0 and after[31:40].mean() < levels[31:40].mean()
     window.risk_action.trigger()
     assert window.timeline.risk_levels() is None
+    assert not window.errors
+
+
+def test_keys_placed_by_motion_while_the_clip_is_being_measured(qtbot, window, tmp_path):
+    open_still_then_moving(window, tmp_path)
+    window.risk_action.trigger()  # starts measuring the motion
+    measuring = window.motion.job
+    assert measuring is not None
+    assert window.motion.place_keys(10) == measuring  # placed once it is measured
+    qtbot.waitUntil(
+        lambda: (
+            window.motion.job is None
+            and sum(k.frame >= 20 for k in window.document.project.keyframes) == 3
+        ),
+        timeout=30_000,
+    )
     assert not window.errors
 
 

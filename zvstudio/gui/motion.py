@@ -46,12 +46,17 @@ class MotionView(QObject):
         self.showing_risk = False
         self.job: int | None = None
         self._job_place: int | None = None  # the interval to place keys at, when asked
+        self._next_place: int | None = None  # asked while another analysis ran
         self._analysis: tuple[tuple, MotionAnalysis] | None = None  # (its scope, result)
 
     # -- requests ---------------------------------------------------------------------------
     def place_keys(self, interval: int) -> int | None:
         """Place as many keys as every `interval` frames gives where the motion needs them
-        (one undo step; keys with overrides stay). Returns the job, None when none started."""
+        (one undo step; keys with overrides stay). Returns the job, None without a clip; while
+        another analysis runs, the placement follows it."""
+        if self.job is not None:
+            self._next_place = interval
+            return self.job
         return self._analyse(interval, place=True)
 
     def show_risk(self, on: bool) -> None:
@@ -118,6 +123,9 @@ class MotionView(QObject):
         if event.job != self.job or event.kind not in ("finished", "failed", "cancelled"):
             return
         self.job, interval = None, self._job_place
+        if self._next_place is not None:  # asked for meanwhile (cached by now, mostly)
+            self._analyse(self._next_place, place=True)
+            self._next_place = None
         if event.kind == "failed" and event.error is not None:
             self._show_error("Measuring the clip's motion failed", event.error)
         if event.kind != "finished":
