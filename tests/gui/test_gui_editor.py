@@ -322,6 +322,9 @@ def test_the_risk_band_rises_where_keys_are_far_from_the_motion(qtbot, window, t
     levels = window.timeline.risk_levels()
     assert levels[[0, 10, 20, 30]].max() == 0  # on the keys
     assert levels[1:10].max() < 0.2 < levels[31:40].max()  # still vs moving, one way
+    press(qtbot, window, Qt.Key_R)  # go to the frame most at risk: in the moving half
+    riskiest = window.transport.frame()
+    assert riskiest > 30 and levels[riskiest] == levels.max()
     window.risk_action.trigger()
     window.risk_action.trigger()  # on again: the analysis is at hand, no job
     assert window.motion.job is None and window.timeline.risk_levels() is not None

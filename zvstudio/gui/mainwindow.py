@@ -166,6 +166,7 @@ class MainWindow(QMainWindow):
         self.end_action = a("Last frame", t.go_end, "End")
         self.toggle_key_action = a("Toggle key at playhead", self.toggle_key, "M")
         self.remove_key_action = a("Remove key", self.timeline.request_remove_selected, "Delete")
+        self.riskiest_action = a("Go to the frame most at risk", self.go_to_riskiest_frame, "R")
         self.zoom_in_action = a("Zoom in", self.timeline.zoom_in, "=")
         self.zoom_out_action = a("Zoom out", self.timeline.zoom_out, "-")
         self.zoom_fit_action = a("Fit the clip", self.timeline.zoom_fit, "\\")
@@ -219,7 +220,7 @@ class MainWindow(QMainWindow):
             ]
         )
         timeline.addSeparator()
-        timeline.addActions([self.toggle_key_action, self.remove_key_action])
+        timeline.addActions([self.toggle_key_action, self.remove_key_action, self.riskiest_action])
         timeline.addSeparator()
         timeline.addActions([self.zoom_in_action, self.zoom_out_action, self.zoom_fit_action])
         render = bar.addMenu("&Render")
@@ -435,6 +436,17 @@ class MainWindow(QMainWindow):
         height = THUMBNAIL_HEIGHT
         width = max(1, round(image.shape[1] * height / max(image.shape[0], 1)))
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+    def go_to_riskiest_frame(self) -> None:
+        """Move the playhead where propagation is predicted to struggle most (to add a key
+        there); shows the risk band first when it is off."""
+        if not self.risk_action.isChecked():
+            self.risk_action.setChecked(True)
+        frame = self.motion.riskiest_frame()
+        if frame is None:
+            self.statusBar().showMessage("Measuring the clip's motion: try again when done", 4000)
+            return
+        self.transport.seek(frame)
 
     def _show_risk(self, on: bool) -> None:
         self.motion.show_risk(on)

@@ -73,11 +73,26 @@ class MotionView(QObject):
             if self.showing_risk and self.document.project.clip is not None:
                 self._analyse(self.document.project.settings.key_interval, place=False)
             return
+        self.timeline.set_quality(self._quality(analysis))
+
+    def riskiest_frame(self) -> int | None:
+        """The frame whose footage carried from the keys matches it worst (None until the
+        clip's motion is measured, or when every frame is a key)."""
+        analysis = self._current()
+        if analysis is None:
+            return None
+        quality = self._quality(analysis)
+        frame = int(np.argmin(quality))
+        return frame if np.isfinite(quality[frame]) else None
+
+    def _quality(self, analysis: MotionAnalysis) -> np.ndarray:
+        """Predicted dB for every frame of the clip with the current keys (inf outside the
+        range and on keys)."""
         first, last = self._span()
         keys = [k.frame for k in self.document.project.keyframes if first <= k.frame <= last]
         quality = np.full(self.document.frame_count, np.inf)
         quality[first : last + 1] = analysis.quality(keys)
-        self.timeline.set_quality(quality)
+        return quality
 
     def clip_changed(self) -> None:
         self._analysis = None
