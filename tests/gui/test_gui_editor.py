@@ -352,6 +352,20 @@ def test_keys_placed_by_motion_while_the_clip_is_being_measured(qtbot, window, t
     assert not window.errors
 
 
+def test_cancelling_the_risk_analysis_turns_the_band_off(qtbot, window, tmp_path):
+    open_still_then_moving(window, tmp_path)
+    window.bridge.submit(lambda context: time.sleep(1), "Busy")  # the analysis waits behind it
+    window.risk_action.trigger()
+    measuring = window.motion.job
+    assert measuring is not None
+    window.bridge.cancel(measuring)
+    qtbot.waitUntil(lambda: window.motion.job is None, timeout=10_000)
+    assert not window.risk_action.isChecked() and window.timeline.risk_levels() is None
+    window.document.toggle_key(35)  # an edit does not start it again
+    assert window.motion.job is None
+    assert not window.errors
+
+
 def test_the_risk_band_setting_is_remembered(qtbot, tmp_path):
     from zvstudio.appsettings import load_settings
 

@@ -250,6 +250,7 @@ class MainWindow(QMainWindow):
         self.timeline.key_selected.connect(self._key_selected)
         self.inspector.render_panel.keys_by_motion_requested.connect(self.motion.place_keys)
         self.risk_action.toggled.connect(self._show_risk)
+        self.motion.risk_stopped.connect(lambda: self.risk_action.setChecked(False))
         self.bridge.event.connect(self._job_event)
         self.status_watcher.ready.connect(self._status_ready)
         self.status_watcher.problem.connect(self._status_problem)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, Signal
 
 from zvstudio.engine.jobs import JobEvent
 from zvstudio.engine.shots import MotionAnalysis, analyse_motion
@@ -29,8 +29,11 @@ _Report = Callable[[str, ZvsError | str], None]
 class MotionView(QObject):
     """Runs the motion analysis jobs and applies their results to the document and timeline.
 
-    `show_error(title, error)` reports a failed analysis, `say(text)` a finished placement.
+    `show_error(title, error)` reports a failed analysis, `say(text)` a finished placement;
+    `risk_stopped` says that the band's analysis was cancelled or failed (turn it off).
     """
+
+    risk_stopped = Signal()
 
     def __init__(
         self,
@@ -144,6 +147,9 @@ class MotionView(QObject):
         if event.kind == "failed" and event.error is not None:
             self._show_error("Measuring the clip's motion failed", event.error)
         if event.kind != "finished":
+            # The band would start the analysis again at the next edit: it stops instead.
+            if self.showing_risk and interval is None:
+                self.risk_stopped.emit()
             return
         scope, analysis = event.result
         if scope[:3] != self._scope(scope[3])[:3]:
