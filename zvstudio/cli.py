@@ -152,14 +152,12 @@ def _run_probe(args) -> int:
     info = probe(args.file)
     cuts = suggested = None
     last = info.frame_count - 1
-    if args.cuts or args.suggest_keys is not None:
+    if args.suggest_keys is not None and last >= 0:  # finds the cuts in the same pass
+        analysis = analyse_motion(args.file, 0, last, max_gap(args.suggest_keys), info)
+        cuts, suggested = list(analysis.cuts), analysis.keys(args.suggest_keys)
+    elif args.cuts or args.suggest_keys is not None:
         cuts = clip_cuts(args.file, file_hash(args.file), 0, last, info) if last >= 0 else []
-    if args.suggest_keys is not None and last >= 0:
-        window = max_gap(args.suggest_keys)
-        analysis = analyse_motion(args.file, 0, last, window, info)
-        suggested = analysis.keys(args.suggest_keys)
-    elif args.suggest_keys is not None:
-        suggested = []
+        suggested = None if args.suggest_keys is None else []
     if args.json:
         extra = {} if cuts is None else {"shot_cuts": cuts}
         if suggested is not None:
