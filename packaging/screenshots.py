@@ -4,7 +4,8 @@
 
 It opens the demo clip, renders it (keys turn green), starts a render of a longer stretch and
 captures it midway, and opens the export dialog, then the New from text and Animate image
-dialogs. Uses a private cache and settings folder.
+dialogs; last, keys placed by motion with the risk band on a talking-head clip of
+../shared/clips (skipped without it). Uses a private cache and settings folder.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main(out: Path) -> None:
     dialog.grab().save(str(out / "export-dialog.png"))
     dialog.close()
     _generate_dialogs(window, work, out)
+    _motion_keys(window, out)
     window.shutdown()
     window.close()
     app.quit()
@@ -99,6 +101,30 @@ def _generate_dialogs(window, work: Path, out: Path) -> None:
         wait_for(lambda: False, 0.5)
         dialog.grab().save(str(out / name))
         dialog.close()
+
+
+def _motion_keys(window, out: Path) -> None:
+    """Keys placed by motion, the risk band on, the playhead on the frame most at risk."""
+    from zvstudio.bench import shared_clips_dir
+    from zvstudio.gui.mainwindow import wait_for
+
+    folder = shared_clips_dir()
+    clip = folder / "pexels-antoni-shkraba-8048492-540x960-25fps.mp4" if folder else None
+    if clip is None or not clip.is_file():
+        print("no ../shared/clips: motion-keys.png not taken")
+        return
+    from PySide6.QtWidgets import QMessageBox
+
+    window.ask = lambda *args: QMessageBox.Discard  # the demo project's edits are not kept
+    window.open_path(clip)
+    wait_for(lambda: window.proxy is not None, 120)
+    window.risk_action.setChecked(True)
+    wait_for(lambda: window.timeline.risk_levels() is not None, 120)
+    window.motion.place_keys(10)
+    wait_for(lambda: window.motion.job is None, 120)
+    window.go_to_riskiest_frame()
+    wait_for(lambda: False, 0.5)
+    window.grab().save(str(out / "motion-keys.png"))
 
 
 if __name__ == "__main__":

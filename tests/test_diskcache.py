@@ -71,3 +71,21 @@ def test_an_entry_is_written_whole_or_not_at_all(tmp_path):
     read_only = tmp_path / "file-not-folder"
     read_only.write_text("")
     assert not diskcache.write_entry(read_only / "entry.json", lambda stream: None)
+
+
+def test_arrays_load_whole_and_bad_entries_raise(tmp_path):
+    import numpy as np
+
+    flow = np.arange(12, dtype=np.float16).reshape(2, 3, 2)
+    np.save(tmp_path / "flow.npy", flow)
+    np.testing.assert_array_equal(diskcache.load_arrays(tmp_path / "flow.npy")[""], flow)
+    np.savez(tmp_path / "costs.npz", forward=flow, backward=flow + 1)
+    loaded = diskcache.load_arrays(tmp_path / "costs.npz", ("forward", "backward"))
+    np.testing.assert_array_equal(loaded["backward"], flow + 1)
+    with pytest.raises(KeyError):
+        diskcache.load_arrays(tmp_path / "costs.npz", ("missing",))
+    (tmp_path / "damaged.npy").write_bytes(b"\\x93NUMPY garbage")
+    with pytest.raises((OSError, ValueError)):
+        diskcache.load_arrays(tmp_path / "damaged.npy")
+    with pytest.raises(OSError):
+        diskcache.load_arrays(tmp_path / "absent.npy")

@@ -13,10 +13,13 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
 
 from zvstudio.paths import cache_root
 
@@ -113,6 +116,24 @@ def write_entry(path: Path, write: Callable[[BinaryIO], None]) -> bool:
             raise
         return False
     return True
+
+
+# np.load parses each array's header with ast.literal_eval, which before CPython 3.11.8 and
+# 3.12.1 is not thread-safe ("SystemError: AST constructor recursion depth mismatch",
+# python/cpython#106905): a render's flow workers and the editor's status thread load arrays
+# at once. Arrays from the cache are small, so loading them one at a time costs nothing.
+_NUMPY_LOAD = threading.Lock()
+
+
+def load_arrays(path: Path, names: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays of an .npy file (as "") or the named arrays of an .npz file, read whole.
+    Raises OSError, ValueError or KeyError for a missing, damaged or incomplete entry."""
+    with _NUMPY_LOAD:
+        loaded = np.load(path)
+        if isinstance(loaded, np.ndarray):
+            return {"": loaded}
+        with loaded:
+            return {name: loaded[name] for name in names}
 
 
 def touch(path: Path) -> None:

@@ -102,8 +102,8 @@ def cached_motion(clip_id: str, first: int, last: int, window: int) -> KeyCosts 
     """The motion analysis made before, or None when it was not (or cannot be read)."""
     path = motion_path(clip_id, first, last, window)
     try:
-        with np.load(path) as stored:
-            costs = KeyCosts(stored["forward"], stored["backward"])
+        stored = diskcache.load_arrays(path, ("forward", "backward"))
+        costs = KeyCosts(stored["forward"], stored["backward"])
     except (OSError, ValueError, KeyError):
         return None
     expected = (last - first + 1, window + 1)

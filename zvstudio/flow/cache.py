@@ -100,8 +100,8 @@ class FlowCache:
     @staticmethod
     def _load(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
         try:
-            flow = np.load(path)
-        except (OSError, ValueError):
+            flow = diskcache.load_arrays(path)[""]
+        except (OSError, ValueError, KeyError):
             return None  # absent or unreadable: compute it (again)
         if flow.shape != (*shape, 2):
             return None
