@@ -155,9 +155,10 @@ def _run_probe(args) -> int:
     if args.suggest_keys is not None and last >= 0:  # finds the cuts in the same pass
         analysis = analyse_motion(args.file, 0, last, max_gap(args.suggest_keys), info)
         cuts, suggested = list(analysis.cuts), analysis.keys(args.suggest_keys)
-    elif args.cuts or args.suggest_keys is not None:
+    elif args.suggest_keys is not None:  # no frames: nothing to find
+        cuts, suggested = [], []
+    elif args.cuts:
         cuts = clip_cuts(args.file, file_hash(args.file), 0, last, info) if last >= 0 else []
-        suggested = None if args.suggest_keys is None else []
     if args.json:
         extra = {} if cuts is None else {"shot_cuts": cuts}
         if suggested is not None:

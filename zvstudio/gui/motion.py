@@ -50,7 +50,8 @@ class MotionView(QObject):
         self.job: int | None = None
         self._job_place: int | None = None  # the interval to place keys at, when asked
         self._next_place: int | None = None  # asked while another analysis ran
-        self._analysis: tuple[tuple, MotionAnalysis] | None = None  # (its scope, result)
+        # The last analysis and where it was made: (clip, first, last); its window is its own.
+        self._analysis: tuple[tuple, MotionAnalysis] | None = None
 
     # -- requests ---------------------------------------------------------------------------
     def place_keys(self, interval: int) -> int | None:
@@ -106,31 +107,31 @@ class MotionView(QObject):
         span = self.document.project.frame_range
         return (span.first, span.last) if span else (0, self.document.frame_count - 1)
 
-    def _scope(self, window: int) -> tuple:
+    def _where(self) -> tuple:
+        """The current clip and range: what an analysis is made for."""
         clip = self.document.project.clip
-        return (Path(clip.path) if clip else None, *self._span(), window)
+        return (Path(clip.path) if clip else None, *self._span())
 
     def _current(self) -> MotionAnalysis | None:
         """The analysis made for the current clip and range, with a window wide enough."""
         if self._analysis is None:
             return None
-        scope, analysis = self._analysis
+        where, analysis = self._analysis
         window = max_gap(self.document.project.settings.key_interval)
-        return analysis if scope[:3] == self._scope(window)[:3] and scope[3] >= window else None
+        return analysis if where == self._where() and analysis.costs.window >= window else None
 
     def _analyse(self, interval: int, place: bool) -> int | None:
         project, info = self.document.project, self.document.info
         if project.clip is None or info is None or self.job is not None:
             return None
         clip, (first, last) = Path(project.clip.path), self._span()
-        window = max_gap(interval)
-        scope = self._scope(window)
+        window, where = max_gap(interval), self._where()
 
         def work(context):
             analysis = analyse_motion(
                 clip, first, last, window, info, context.progress, context.cancel
             )
-            return scope, analysis
+            return where, analysis
 
         self._job_place = interval if place else None
         title = "Place keys by motion" if place else "Measure motion"
@@ -151,10 +152,10 @@ class MotionView(QObject):
             if self.showing_risk and interval is None:
                 self.risk_stopped.emit()
             return
-        scope, analysis = event.result
-        if scope[:3] != self._scope(scope[3])[:3]:
+        where, analysis = event.result
+        if where != self._where():
             return  # another clip or range meanwhile
-        self._analysis = (scope, analysis)
+        self._analysis = (where, analysis)
         if interval is not None:
             frames = analysis.keys(interval)
             self.document.push(keys_at(self.document.project, frames, "place keys by motion"))
