@@ -141,6 +141,31 @@ def test_last_frame_keeps_its_duration_when_b_frames_reorder_the_end(tmp_path, n
 
 
 @pytest.mark.parametrize("name", ["out.mp4", "out.mov"])
+def test_last_frame_keeps_its_duration_when_it_is_also_the_last_decoded(tmp_path, name):
+    # The timing of the synthetic VFR clip. Noise frames leave no B-frame after the last one, so
+    # the packet that closes the sample durations is also the last frame shown; the duration
+    # that makes their sum exact is shorter than its own, and alone it would end the edit list
+    # (and the video) early.
+    gaps = [3000, 3600, 6000, 6000, 1500, 1500, 6000, 6000, 1500, 3000, 6000, 3000, 3000, 6000]
+    gaps += [3000, 3000, 3600, 3600, 1500]
+    timing = FrameTiming(Fraction(1, 90000), np.cumsum([0, *gaps]), last_duration=3630)
+    target = tmp_path / name
+    noise = np.random.default_rng(0)
+    with VideoWriter(target, (96, 64), timing) as writer:
+        for _ in range(len(timing.pts)):
+            writer.write(noise.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+
+    with av.open(str(target)) as container:
+        packets = [(p.pts, p.dts) for p in container.demux(video=0) if p.size]
+    last_pts, last_dts = packets[-1]
+    assert last_pts == max(pts for pts, _ in packets)
+    sum_fixing_duration = timing.pts[-1] + timing.last_duration - last_dts + packets[0][1]
+    assert sum_fixing_duration < timing.last_duration  # the case under test
+    out = assert_probed_timing(target, timing, atol=1e-6)
+    assert float(out.fps) == pytest.approx(len(timing.pts) / timing.duration, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.mov"])
 def test_last_frame_keeps_its_duration_when_the_first_frames_are_the_longest(tmp_path, name):
     # 15 fps first, 60 fps at the end: the encoder's decode times, a few frames behind, already
     # run past the end of the last frame, so no last-packet duration can shorten them.

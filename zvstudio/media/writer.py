@@ -319,10 +319,10 @@ class _EncodedSink:
                 strict=True,
             )
         )
-        # MP4/MOV only: the first video packet's (pts, dts) in decode order, and the latest
-        # packet, held back until the next one shows it is not the last (see _mux_last_video).
+        # MP4/MOV only: the first video packet's (pts, dts) in decode order, and the latest two
+        # packets, held back until later ones show they are not the last (see _mux_last_video).
         self._decode_start: tuple[int, int] | None = None
-        self._held: av.Packet | None = None
+        self._held: list[av.Packet] = []
         self.container = av.open(str(self.temp), "w", format=self.kind)
         try:
             self.stream = _add_video_stream(self.container, self.kind, size, timing, settings)
@@ -352,29 +352,33 @@ class _EncodedSink:
                 continue
             if self._decode_start is None and packet.pts is not None and packet.dts is not None:
                 self._decode_start = (int(packet.pts), int(packet.dts))
-            if self._held is not None:
-                self.container.mux(self._held)
-            self._held = packet
+            self._held.append(packet)
+            if len(self._held) > 2:
+                self.container.mux(self._held.pop(0))
 
     def _mux_last_video(self, written: int) -> None:
-        """Mux the last packet in decode order with the duration that ends the video exactly.
+        """Mux the last two packets in decode order with durations that end the video exactly.
 
         MP4/MOV keep one duration per sample in decode order: each is the gap to the next dts,
-        only the last comes from the packet. FFmpeg's reader takes the track's duration from
-        their sum (recent versions: the smaller of it and the header's, which FFmpeg's muxer
-        writes as the span from the first pts to the latest pts + duration) and the average rate
-        as frames / sum. The encoder's dts run a few frames behind the pts (B-frames), so at a
-        variable rate the last frame's own duration left the sum, and the video, up to a frame
-        short. The last packet gets the duration that makes the sum equal the span, so both come
-        out exact; at a constant rate that is its own duration anyway. Its dts stays as encoded:
-        moving it stretches the previous sample instead, and short clips then report e.g. 15 fps
-        for 25. If the dts already run past the end (first frames longer than the last), no
-        duration can shorten the sum; the frame keeps its own and the header's span sets the
-        duration.
+        only the last comes from the packet. FFmpeg's reader takes the track's duration as the
+        smaller of their sum and the edit list's, which FFmpeg's muxer writes as the latest
+        pts + packet duration over all packets; it reads the average rate as frames / sum. The
+        encoder's dts run a few frames behind the pts (B-frames), so at a variable rate the last
+        frame's own duration left the sum, and the video, up to a frame short. So:
+        - the last packet gets the duration that makes the sum equal the span from the first pts
+          to the end (at a constant rate that is its own duration anyway). Its dts stays as
+          encoded: moving it stretches the previous sample instead, and short clips then report
+          e.g. 15 fps for 25;
+        - when that leaves the last packet ending before the video does (it is the last frame
+          shown, no B-frames after it), the packet before it, whose duration no sample stores,
+          carries the end for the edit list.
+        If the dts already run past the end (first frames longer than the last), no duration can
+        shorten the sum; the frame keeps its own and the edit list's end sets the duration.
         """
-        last, self._held = self._held, None
-        if last is None:
+        held, self._held = self._held, []
+        if not held:
             return
+        last = held[-1]
         if written and self._decode_start is not None and last.dts is not None:
             final_pts = int(self.timing.pts[written - 1])
             end = final_pts + self._durations[final_pts]
@@ -382,7 +386,12 @@ class _EncodedSink:
             duration = (end - first_pts) - (int(last.dts) - first_dts)
             if duration > 0:
                 last.duration = duration
-        self.container.mux(last)
+            previous = held[0] if len(held) == 2 else None
+            ends_early = last.pts is not None and last.pts + last.duration < end
+            if ends_early and previous is not None and previous.pts is not None:
+                previous.duration = end - int(previous.pts)
+        for packet in held:
+            self.container.mux(packet)
 
     def finish(self, written: int) -> None:
         self._mux_video(self.stream.encode(None))
