@@ -1,4 +1,5 @@
-"""The job queue: order, events, ETA, previews, cancel (active and queued), pause, errors."""
+"""The job queue: order, lanes, events, ETA, previews, cancel (active and queued), pause,
+errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import pytest
 from helpers import make_clip
 
-from zvstudio.engine.jobs import JobError, JobQueue, JobState
+from zvstudio.engine.jobs import ANALYSIS, RENDER, JobError, JobQueue, JobState
 from zvstudio.engine.render import RenderResult
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
 from zvstudio.errors import StageError, ZvsError
@@ -82,7 +83,7 @@ def test_jobs_run_in_order_on_a_worker_thread_and_report(queue):
     second = queue.submit(work("b"), "second")
     assert queue.wait(second, 10).state is JobState.FINISHED
     assert queue.job(first).result == "a" and queue.job(second).result == "b"
-    assert threads == ["zvstudio-jobs", "zvstudio-jobs"]
+    assert threads == ["zvstudio-render", "zvstudio-render"]
     kinds = queue.recorder.kinds(first)
     assert kinds == ["queued", "started", "progress", "progress", "progress", "log", "finished"]
     # The second job starts only after the first has finished.
@@ -110,6 +111,48 @@ def test_queued_jobs_can_be_cancelled_before_they_start(queue):
     assert queue.wait(last, 10).state is JobState.FINISHED
     assert ran == ["last"]
     assert queue.job(blocker).state is JobState.CANCELLED
+
+
+def test_analysis_never_waits_behind_a_render_and_each_lane_keeps_its_order(queue):
+    started, count = threading.Event(), [0]
+    render = queue.submit(polling_work(started, count), "a long render")
+    assert started.wait(5)
+    ran, threads = [], []
+
+    def note(name):
+        def run(context):
+            ran.append(name)
+            threads.append(threading.current_thread().name)
+
+        return run
+
+    waiting = queue.submit(note("render lane"), "queued behind the render", RENDER)
+    scan = queue.submit(note("scan"), "scan", ANALYSIS)
+    cuts = queue.submit(note("cuts"), "cuts", ANALYSIS)
+    assert queue.wait(cuts, 5).state is JobState.FINISHED
+    assert queue.job(scan).state is JobState.FINISHED
+    assert queue.job(render).state is JobState.RUNNING  # the render went on meanwhile
+    assert queue.job(waiting).state is JobState.QUEUED
+    assert ran == ["scan", "cuts"] and threads == ["zvstudio-analysis"] * 2
+
+    queue.cancel(render)
+    assert queue.wait(waiting, 5).state is JobState.FINISHED
+    assert ran == ["scan", "cuts", "render lane"]
+    with pytest.raises(ValueError, match="lane"):
+        queue.submit(note("nowhere"), "nowhere", "gpu")
+
+
+def test_shutdown_cancels_and_joins_every_lane():
+    jobs = JobQueue()
+    started = [threading.Event(), threading.Event()]
+    ids = [
+        jobs.submit(polling_work(started[0], [0]), "render", RENDER),
+        jobs.submit(polling_work(started[1], [0]), "analysis", ANALYSIS),
+    ]
+    assert all(event.wait(5) for event in started)
+    jobs.shutdown(timeout=5)
+    assert [jobs.job(job).state for job in ids] == [JobState.CANCELLED] * 2
+    assert not any(thread.is_alive() for thread in jobs._threads)
 
 
 def test_pause_holds_the_job_and_resume_continues(queue):

@@ -18,6 +18,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
 from zvstudio.appsettings import AppSettings
+from zvstudio.engine.jobs import ANALYSIS, JobState
 from zvstudio.gui.app import offer_recovery
 from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.media import probe
@@ -296,6 +297,12 @@ def open_still_then_moving(window, folder: Path) -> None:
     assert window.open_path(path)
 
 
+def until_cancelled(context) -> None:
+    while True:
+        context.cancel.raise_if_cancelled()
+        time.sleep(0.01)
+
+
 def test_keys_placed_by_motion_in_one_undo_step(qtbot, window, tmp_path):
     open_still_then_moving(window, tmp_path)
     document = window.document
@@ -317,8 +324,11 @@ def test_keys_placed_by_motion_in_one_undo_step(qtbot, window, tmp_path):
 def test_the_risk_band_rises_where_keys_are_far_from_the_motion(qtbot, window, tmp_path):
     open_still_then_moving(window, tmp_path)
     assert window.timeline.risk_levels() is None
+    render = window.bridge.submit(until_cancelled, "A long render")  # the band does not wait
     window.risk_action.trigger()  # View > Show where propagation may fail: analyses first
     qtbot.waitUntil(lambda: window.timeline.risk_levels() is not None, timeout=30_000)
+    assert window.bridge.queue.job(render).state is JobState.RUNNING
+    window.bridge.cancel(render)
     levels = window.timeline.risk_levels()
     assert levels[[0, 10, 20, 30]].max() == 0  # on the keys
     assert levels[1:10].max() < 0.2 < levels[31:40].max()  # still vs moving, one way
@@ -354,7 +364,8 @@ def test_keys_placed_by_motion_while_the_clip_is_being_measured(qtbot, window, t
 
 def test_cancelling_the_risk_analysis_turns_the_band_off(qtbot, window, tmp_path):
     open_still_then_moving(window, tmp_path)
-    window.bridge.submit(lambda context: time.sleep(1), "Busy")  # the analysis waits behind it
+    # The analysis waits behind another one.
+    window.bridge.submit(lambda context: time.sleep(1), "Busy", ANALYSIS)
     window.risk_action.trigger()
     measuring = window.motion.job
     assert measuring is not None

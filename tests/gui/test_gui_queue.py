@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
-from zvstudio.engine.jobs import JobQueue
+from zvstudio.engine.jobs import ANALYSIS, JobQueue
 from zvstudio.errors import ZvsError
 from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.queue_panel import QueuePanel, format_eta
@@ -90,6 +90,19 @@ def test_rows_come_in_order_and_selection_shows_that_jobs_log(panel, bridge, qtb
     assert "line 3" in panel.log_view.toPlainText()
     assert "line 5" not in panel.log_view.toPlainText()
     assert panel.log_view.isReadOnly()
+
+
+def test_a_job_starting_in_the_other_lane_leaves_the_watched_render_selected(panel, bridge, qtbot):
+    render = bridge.submit(stepping(10_000), "render")
+    qtbot.waitUntil(lambda: panel.state_text(render) == "Running", timeout=5000)
+    analysis = bridge.submit(stepping(3, 0.0), "find shot cuts", ANALYSIS)
+    qtbot.waitUntil(lambda: panel.state_text(analysis) == "Finished", timeout=5000)
+    assert panel.list.currentItem().data(Qt.UserRole) == render
+    bridge.cancel(render)
+    qtbot.waitUntil(lambda: panel.state_text(render) == "Cancelled", timeout=5000)
+    later = bridge.submit(stepping(3, 0.0), "nothing else runs")
+    qtbot.waitUntil(lambda: panel.state_text(later) == "Finished", timeout=5000)
+    assert panel.list.currentItem().data(Qt.UserRole) == later
 
 
 def test_cancel_button_stops_the_running_job(panel, bridge, qtbot):

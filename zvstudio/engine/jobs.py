@@ -1,5 +1,9 @@
 """Jobs: long work (renders, previews, exports) queued and run one at a time in a worker thread.
 
+Work that only reads the clip or the disk (preview proxies, shot cuts, motion analysis, model
+scans) goes to its own lane, `ANALYSIS`, with its own worker: it never waits behind a
+ten-minute render, and a render never waits for it. Each lane runs its jobs in order.
+
 The GUI and the command line submit work to a `JobQueue` and listen to its `JobEvent`s:
 queued, started, progress (stage, done of total, ETA), preview (the latest output frame,
 downscaled and at most a few per second), log lines, paused/resumed, and the end (finished with
@@ -104,6 +108,9 @@ class JobContext:
 
 
 Work = Callable[[JobContext], object]
+
+RENDER, ANALYSIS = "render", "analysis"
+LANES = (RENDER, ANALYSIS)
 Listener = Callable[[JobEvent], None]
 
 
@@ -112,6 +119,7 @@ class Job:
     id: int
     title: str
     work: Work
+    lane: str = RENDER
     state: JobState = JobState.QUEUED
     token: CancelToken = field(default_factory=CancelToken)
     clock: EtaClock = field(default_factory=EtaClock)
@@ -121,20 +129,24 @@ class Job:
 
 
 class JobQueue:
-    """Runs submitted jobs one after another on a worker thread; use as a context manager or
-    call `shutdown()`."""
+    """Runs submitted jobs one after another on a worker thread per lane; use as a context
+    manager or call `shutdown()`."""
 
     def __init__(self, preview_interval: float = 0.25, preview_size: int = 320) -> None:
         self.preview_interval = preview_interval
         self.preview_size = preview_size
         self._jobs: dict[int, Job] = {}
-        self._queue: deque[Job] = deque()
+        self._queues: dict[str, deque[Job]] = {lane: deque() for lane in LANES}
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._condition = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._serve, name="zvstudio-jobs", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._serve, args=(lane,), name=f"zvstudio-{lane}", daemon=True)
+            for lane in LANES
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- listening -------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -155,14 +167,16 @@ class JobQueue:
             listener(event)
 
     # -- control ---------------------------------------------------------------------------
-    def submit(self, work: Work, title: str = "job") -> int:
-        """Queue `work(context)`; returns the job's id."""
+    def submit(self, work: Work, title: str = "job", lane: str = RENDER) -> int:
+        """Queue `work(context)` in `lane` (RENDER or ANALYSIS); returns the job's id."""
+        if lane not in LANES:
+            raise ValueError(f"unknown job lane {lane!r} (one of {', '.join(LANES)})")
         with self._condition:
             if self._closing:
                 raise RuntimeError("the job queue is shut down")
-            job = Job(next(self._ids), title, work)
+            job = Job(next(self._ids), title, work, lane)
             self._jobs[job.id] = job
-            self._queue.append(job)
+            self._queues[lane].append(job)
             self._condition.notify_all()
         self._emit(JobEvent(job.id, "queued", message=title))
         return job.id
@@ -184,7 +198,7 @@ class JobQueue:
                 return
             queued = job.state is JobState.QUEUED
             if queued:
-                self._queue.remove(job)
+                self._queues[job.lane].remove(job)
                 job.state = JobState.CANCELLED
             job.token.cancel()
         if queued:
@@ -232,13 +246,16 @@ class JobQueue:
         return job
 
     def shutdown(self, cancel: bool = True, timeout: float | None = None) -> None:
-        """Stop taking jobs; cancel the rest (or let them finish) and join the worker."""
+        """Stop taking jobs; cancel the rest (or let them finish) and join the workers (within
+        `timeout` seconds in all)."""
         if cancel:
             self.cancel_all()
         with self._condition:
             self._closing = True
             self._condition.notify_all()
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> JobQueue:
         return self
@@ -247,14 +264,15 @@ class JobQueue:
         self.shutdown()
 
     # -- the worker ------------------------------------------------------------------------
-    def _serve(self) -> None:
+    def _serve(self, lane: str) -> None:
+        queue = self._queues[lane]
         while True:
             with self._condition:
-                while not self._queue and not self._closing:
+                while not queue and not self._closing:
                     self._condition.wait()
-                if not self._queue:
+                if not queue:
                     return
-                job = self._queue.popleft()
+                job = queue.popleft()
                 job.state = JobState.RUNNING
             self._run(job)
 

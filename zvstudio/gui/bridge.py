@@ -1,8 +1,8 @@
 """The GUI's one door to the engine: a `JobQueue` whose events arrive as Qt signals.
 
-The queue runs jobs on its own worker thread and calls listeners there. Emitting a signal
-from that thread is safe: Qt queues the call to receivers that live in the GUI thread, so
-every slot runs on the GUI thread and widgets are never touched from the worker.
+The queue runs jobs on its own worker threads (one per lane) and calls listeners there.
+Emitting a signal from those threads is safe: Qt queues the call to receivers that live in the
+GUI thread, so every slot runs on the GUI thread and widgets are never touched from a worker.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal
 
-from zvstudio.engine.jobs import Job, JobEvent, JobQueue, Work
+from zvstudio.engine.jobs import RENDER, Job, JobEvent, JobQueue, Work
 
 
 class EngineBridge(QObject):
@@ -45,8 +45,8 @@ class EngineBridge(QObject):
             self.cancelled.emit(event.job)
 
     # -- control (GUI thread) -------------------------------------------------------------
-    def submit(self, work: Work, title: str) -> int:
-        return self.queue.submit(work, title)
+    def submit(self, work: Work, title: str, lane: str = RENDER) -> int:
+        return self.queue.submit(work, title, lane)
 
     def submit_render(self, request, title: str | None = None) -> int:
         return self.queue.submit_render(request, title)

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 
 from zvstudio import __version__
 from zvstudio.appsettings import AppSettings, edited, load_settings, save_settings
-from zvstudio.engine.jobs import JobEvent
+from zvstudio.engine.jobs import ANALYSIS, JobEvent
 from zvstudio.engine.render import render_key_preview
 from zvstudio.engine.request import RenderRequest, request_from_project
 from zvstudio.engine.shots import clip_cuts
@@ -265,7 +265,7 @@ class MainWindow(QMainWindow):
             folders = default_model_folders(settings.models_dir, settings.model_folders)
             return scan(folders, context.progress)
 
-        self.models_job = self.bridge.submit(work, "Scan model folders")
+        self.models_job = self.bridge.submit(work, "Scan model folders", ANALYSIS)
         return self.models_job
 
     def _start_timers(self) -> None:
@@ -415,7 +415,7 @@ class MainWindow(QMainWindow):
                     reader, PROXY_SIDE, progress=context.progress, cancel=context.cancel
                 )
 
-        self.proxy_job = self.bridge.submit(work, f"Prepare previews of {clip.name}")
+        self.proxy_job = self.bridge.submit(work, f"Prepare previews of {clip.name}", ANALYSIS)
         self._find_shot_cuts(clip)
 
     def _find_shot_cuts(self, clip: Path) -> None:
@@ -427,7 +427,7 @@ class MainWindow(QMainWindow):
             cuts = clip_cuts(clip, file_hash(clip), 0, last, info, context.progress, context.cancel)
             return clip, cuts
 
-        self.cuts_job = self.bridge.submit(work, f"Find shot cuts in {clip.name}")
+        self.cuts_job = self.bridge.submit(work, f"Find shot cuts in {clip.name}", ANALYSIS)
 
     def _thumbnail(self, number: int):
         """A timeline thumbnail from the proxy, None until the proxy is ready."""

@@ -42,7 +42,7 @@ from zvstudio.diffusion.library import (
     home_models_folder,
     scan,
 )
-from zvstudio.engine.jobs import JobContext, JobError, JobEvent, Work
+from zvstudio.engine.jobs import ANALYSIS, JobContext, JobError, JobEvent, Work
 from zvstudio.errors import ZvsError
 from zvstudio.gui.bridge import EngineBridge
 from zvstudio.progress import Progress
@@ -224,7 +224,7 @@ class ModelManagerDialog(QDialog):
         self._scanned_once = True
         self._cancel_jobs()
         job = _scan_job(self._settings, self.extra_folders())
-        self._scan_id = self._bridge.submit(job, "scan model folders")
+        self._scan_id = self._bridge.submit(job, "scan model folders", ANALYSIS)
         self._set_status("Scanning…")
 
     def _cancel_jobs(self) -> None:
@@ -246,7 +246,9 @@ class ModelManagerDialog(QDialog):
             self._scan_id = None
             self._show_models(result)
             if self._models:
-                self._hash_id = self._bridge.submit(_hash_job(self._models), "hash models")
+                self._hash_id = self._bridge.submit(
+                    _hash_job(self._models), "hash models", ANALYSIS
+                )
         elif job_id == self._hash_id:
             self._hash_id = None
             self._show_hashes(result)

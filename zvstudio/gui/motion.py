@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from zvstudio.engine.jobs import JobEvent
+from zvstudio.engine.jobs import ANALYSIS, JobEvent
 from zvstudio.engine.shots import MotionAnalysis, analyse_motion
 from zvstudio.errors import ZvsError
 from zvstudio.gui.bridge import EngineBridge
@@ -135,7 +135,7 @@ class MotionView(QObject):
 
         self._job_place = interval if place else None
         title = "Place keys by motion" if place else "Measure motion"
-        self.job = self.bridge.submit(work, f"{title} in {clip.name}")
+        self.job = self.bridge.submit(work, f"{title} in {clip.name}", ANALYSIS)
         return self.job
 
     def job_event(self, event: JobEvent) -> None:

@@ -111,6 +111,9 @@ class _JobRow(QWidget):
         grid.setColumnStretch(1, 1)
 
 
+_ACTIVE = (JobState.RUNNING, JobState.PAUSED)
+
+
 @dataclass
 class _Job:
     id: int
@@ -281,7 +284,12 @@ class QueuePanel(QWidget):
 
     def _on_started(self, job: _Job, event: JobEvent) -> None:
         self._set_state(job, JobState.RUNNING, "started")
-        self.select(event.job)  # the running job is the one to watch
+        # The running job is the one to watch, unless one already is (a render while a
+        # clip is analysed in the other lane).
+        item = self.list.currentItem()
+        watched = self._jobs.get(item.data(Qt.UserRole)) if item is not None else None
+        if watched is None or watched is job or watched.state not in _ACTIVE:
+            self.select(event.job)
 
     def _on_paused(self, job: _Job, event: JobEvent) -> None:
         self._set_state(job, JobState.PAUSED, "paused")
