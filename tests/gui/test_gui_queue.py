@@ -92,9 +92,13 @@ def test_rows_come_in_order_and_selection_shows_that_jobs_log(panel, bridge, qtb
     assert panel.log_view.isReadOnly()
 
 
-def test_a_job_starting_in_the_other_lane_leaves_the_watched_render_selected(panel, bridge, qtbot):
+def test_the_running_render_is_the_job_watched_while_clips_are_analysed(panel, bridge, qtbot):
+    previews = bridge.submit(stepping(10_000), "prepare previews", ANALYSIS)
+    qtbot.waitUntil(lambda: panel.state_text(previews) == "Running", timeout=5000)
     render = bridge.submit(stepping(10_000), "render")
     qtbot.waitUntil(lambda: panel.state_text(render) == "Running", timeout=5000)
+    assert panel.list.currentItem().data(Qt.UserRole) == render  # it takes over
+    bridge.cancel(previews)
     analysis = bridge.submit(stepping(3, 0.0), "find shot cuts", ANALYSIS)
     qtbot.waitUntil(lambda: panel.state_text(analysis) == "Finished", timeout=5000)
     assert panel.list.currentItem().data(Qt.UserRole) == render

@@ -66,6 +66,9 @@ class EngineBridge(QObject):
     def jobs(self) -> list[Job]:
         return self.queue.jobs()
 
+    def lane(self, job_id: int) -> str:
+        return self.queue.job(job_id).lane
+
     def busy(self) -> bool:
         """True while a job is queued or running."""
         return any(not job.state.ended for job in self.queue.jobs())

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from zvstudio.engine.jobs import JobError, JobEvent, JobState
+from zvstudio.engine.jobs import ANALYSIS, RENDER, JobError, JobEvent, JobState
 from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.elided_label import ElidedLabel
 from zvstudio.gui.viewer import numpy_to_qimage
@@ -284,11 +284,15 @@ class QueuePanel(QWidget):
 
     def _on_started(self, job: _Job, event: JobEvent) -> None:
         self._set_state(job, JobState.RUNNING, "started")
-        # The running job is the one to watch, unless one already is (a render while a
-        # clip is analysed in the other lane).
+        # The running job is the one to watch, unless one already is: a render goes on
+        # while a clip is analysed in the other lane, and it is the one to watch.
         item = self.list.currentItem()
         watched = self._jobs.get(item.data(Qt.UserRole)) if item is not None else None
-        if watched is None or watched is job or watched.state not in _ACTIVE:
+        if (
+            watched is None
+            or watched.state not in _ACTIVE
+            or (self.bridge.lane(watched.id) == ANALYSIS and self.bridge.lane(job.id) == RENDER)
+        ):
             self.select(event.job)
 
     def _on_paused(self, job: _Job, event: JobEvent) -> None:
