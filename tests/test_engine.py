@@ -195,11 +195,53 @@ def test_explicit_keys_and_bad_key_plans(clip, tmp_path):
         flow_preset="medium",
     )
     assert render(request).keys == 2
-    with pytest.raises(ZvsError, match="outside the rendered frames"):
+    with pytest.raises(ZvsError, match=r"outside the clip's frames 0\.\.\d+"):
         render(RenderRequest(clip, tmp_path / "x.mp4", key_frames=(3, 40)))
     with pytest.raises(ZvsError, match="at least 1"):
         render(RenderRequest(clip, tmp_path / "x.mp4", key_interval=0))
     assert not (tmp_path / "x.mp4").exists()
+
+
+def png_frame(folder, number: int) -> np.ndarray:
+    return cv2.imread(str(folder / f"frame_{number:06d}.png"))
+
+
+def test_a_range_between_keys_renders_as_the_whole_clip_does(clip, tmp_path):
+    # The editor's in and out points: frames 3..8 lie between keys 0, 6 and 12, which are
+    # outside the range or on it; they come out as in the whole render, from its cache.
+    project = Project(
+        ClipRef(str(clip)),
+        keyframes=[KeyFrame(0), KeyFrame(6), KeyFrame(12), KeyFrame(15)],
+        settings=RenderSettings(renderer="stylize", style="pencil", flow_preset="medium"),
+    )
+    whole = render(request_from_project(project, tmp_path / "whole"))
+    project.frame_range = FrameRange(3, 8)
+    logs = []
+    ranged = render(request_from_project(project, tmp_path / "range"), log=logs.append)
+    assert ranged.frames == 6 and sorted(p.name for p in (tmp_path / "range").glob("*.png")) == [
+        f"frame_{n:06d}.png" for n in range(3, 9)
+    ]
+    for number in range(3, 9):
+        ranged_frame = png_frame(tmp_path / "range", number)
+        assert np.array_equal(ranged_frame, png_frame(whole.output, number))
+    # Keys 0, 6 and 12 (not 15); both segments come from the cache, so no key is rendered.
+    assert (ranged.keys, ranged.rendered_keys) == (3, 0)
+    assert ranged.reused_segments == ranged.segments == 2
+    assert any("keys [0, 12] too" in line for line in logs)
+
+
+def test_keys_around_a_range(clip):
+    from zvstudio.engine.render import keys_around
+    from zvstudio.propagate.clip import segment_spans
+
+    assert keys_around([15, 0, 6, 12], 3, 8) == [0, 6, 12]
+    assert keys_around([0, 6, 12], 7, 11) == [6, 12]
+    assert keys_around([4], 6, 9) == [4]  # from the key before alone
+    assert keys_around([10], 2, 5) == [10]
+    assert segment_spans([0, 6, 12], 3, 8) == [(0, 5, (0, 6)), (6, 11, (6, 12))]
+    assert segment_spans([4], 6, 9) == [(4, 9, (4,))]
+    assert segment_spans([10], 2, 5) == [(2, 9, (10,))]
+    assert segment_spans([3, 9], 0, 15) == [(0, 2, (3,)), (3, 8, (3, 9)), (9, 15, (9,))]
 
 
 def test_rendered_keys_keep_only_a_few_in_memory(clip):

@@ -19,6 +19,7 @@ from zvstudio.project.edits import (
     SetKey,
     SetSettings,
     keys_every,
+    mark_range,
 )
 
 
@@ -70,6 +71,26 @@ def test_keys_every_follows_the_render_range():
     project = Project(frame_range=FrameRange(4, 12))
     keys_every(project, 4, frame_count=100).apply(project)
     assert frames(project) == [4, 8, 12]
+
+
+def test_in_and_out_points_as_editors_set_them():
+    project = Project()
+
+    def mark(first=None, last=None):
+        mark_range(project, 100, first, last).apply(project)
+        return project.frame_range
+
+    assert mark(first=10) == FrameRange(10, 99)
+    assert mark(last=40) == FrameRange(10, 40)
+    assert mark(first=50) == FrameRange(50, 99)  # past the out point: the out opens
+    assert mark(last=20) == FrameRange(0, 20)  # before the in point: the in opens
+    assert mark(last=99) is None  # the whole clip is no range
+    edit = mark_range(project, 100, first=5)
+    edit.apply(project)
+    edit.revert(project)
+    assert project.frame_range is None
+    with pytest.raises(ZvsError, match="outside the clip"):
+        mark_range(project, 100, last=100)
 
 
 def test_typing_in_one_field_merges_into_one_step():

@@ -22,7 +22,7 @@ from zvstudio.engine.jobs import ANALYSIS, JobState
 from zvstudio.gui.app import offer_recovery
 from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.media import probe
-from zvstudio.project import KeyFrame, OutputSettings, load_project
+from zvstudio.project import FrameRange, KeyFrame, OutputSettings, load_project
 from zvstudio.project.edits import SetKey
 
 
@@ -100,6 +100,48 @@ def test_render_then_one_changed_key_goes_stale_alone(qtbot, window, clip, tmp_p
 
     window.document.undo_stack.undo()
     qtbot.waitUntil(lambda: window.key_states()[10] == "rendered", timeout=10_000)
+
+
+def test_in_and_out_points_render_part_of_the_clip(qtbot, window, clip):
+    window.open_path(clip)
+    doc = window.document
+    press(qtbot, window, Qt.Key_Right, times=3)
+    press(qtbot, window, Qt.Key_I)
+    press(qtbot, window, Qt.Key_Right, times=9)
+    press(qtbot, window, Qt.Key_O)
+    assert doc.project.frame_range == FrameRange(3, 12)
+    assert window.timeline.in_out() == (3, 12)
+    # Key navigation, and back to the range's ends.
+    press(qtbot, window, Qt.Key_Down)
+    assert window.transport.frame() == 20
+    press(qtbot, window, Qt.Key_Up, times=2)
+    assert window.transport.frame() == 0
+    press(qtbot, window, Qt.Key_I, Qt.ShiftModifier)
+    assert window.transport.frame() == 3
+    press(qtbot, window, Qt.Key_O, Qt.ShiftModifier)
+    assert window.transport.frame() == 12
+    # An in point after the out point opens the range to the clip's end; one undo step each.
+    window.transport.seek(15)
+    press(qtbot, window, Qt.Key_I)
+    assert doc.project.frame_range == FrameRange(15, 23)
+    doc.undo_stack.undo()
+    assert doc.project.frame_range == FrameRange(3, 12)
+
+    # Frames 3..12 lie between keys 0, 10 and 20: the render uses all three, as the whole
+    # clip's render does, and its frames are cached for it.
+    window.start_render()
+    wait_render(qtbot, window)
+    assert window.errors == []
+    assert window.key_states() == {0: "rendered", 10: "rendered", 20: "rendered"}
+    assert [(s.first, s.last) for s in window.status.segments] == [(0, 9), (10, 19)]
+    press(qtbot, window, Qt.Key_X, Qt.AltModifier)
+    assert doc.project.frame_range is None and window.timeline.in_out() == (None, None)
+    window.timeline.out_point_requested.emit(7)  # the timeline's context menu
+    assert doc.project.frame_range == FrameRange(0, 7)
+    window.timeline.range_clear_requested.emit()
+    assert doc.project.frame_range is None
+    qtbot.waitUntil(lambda: window.status is not None and not window.status.complete)
+    assert [s.cached for s in window.status.segments] == [True, True, False]  # 20..23 is not
 
 
 def test_cancel_a_render_from_the_queue_panel(qtbot, window, tmp_path):

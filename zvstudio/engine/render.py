@@ -119,6 +119,7 @@ def _numbers(frames: Sequence[int], shown: int = 24) -> str:
 
 def plan_keys(
     request: RenderRequest,
+    frame_count: int,
     first: int,
     last: int,
     cuts: Callable[[], list[int]] | None = None,
@@ -128,7 +129,9 @@ def plan_keys(
 
     Keys at an interval start again at each shot cut that `cuts()` finds (`keys_by_shot`).
     With the "motion" placement, as many keys go where `motion(window)`'s analysis says
-    propagation needs them (`keys_by_motion`); evenly while it has none."""
+    propagation needs them (`keys_by_motion`); evenly while it has none. Of keys given
+    explicitly, those outside first..last serve only as the nearest on either side (keys
+    outside the clip are an error)."""
 
     def shots() -> list[int]:
         return cuts() if cuts is not None else []
@@ -154,10 +157,20 @@ def plan_keys(
         keys = every(request.key_interval)
     else:
         return None
-    outside = [k for k in keys if not first <= k <= last]
+    outside = [k for k in keys if not 0 <= k < frame_count]
     if outside:
-        raise ZvsError(f"key frame(s) {outside} outside the rendered frames {first}..{last}")
-    return keys
+        raise ZvsError(f"key frame(s) {outside} outside the clip's frames 0..{frame_count - 1}")
+    return keys_around(keys, first, last)
+
+
+def keys_around(keys: Sequence[int], first: int, last: int) -> list[int]:
+    """The sorted `keys` that frames first..last are propagated from: those inside, and the
+    nearest on either side, so a range renders as the whole clip does (a range of the editor
+    that starts between two keys blends both, as the whole render does)."""
+    keys = sorted(keys)
+    before = [k for k in keys if k < first][-1:]
+    after = [k for k in keys if k > last][:1]
+    return before + [k for k in keys if first <= k <= last] + after
 
 
 def key_identities(
@@ -349,9 +362,12 @@ def render(
     def motion(window: int) -> KeyCosts:  # finds the cuts too, in the same pass
         return analyse_motion(request.source, first, last, window, info, progress, cancel).costs
 
-    keys = plan_keys(request, first, last, cuts, motion)
+    keys = plan_keys(request, info.frame_count, first, last, cuts, motion)
     if keys and request.key_placement == "motion" and not request.key_frames:
         log(f"{len(keys)} keys placed where the motion needs them: {_numbers(keys)}")
+    if keys and (keys[0] < first or keys[-1] > last):
+        around = [k for k in keys if not first <= k <= last]
+        log(f"frames {first}..{last} are propagated as in the whole clip: keys {around} too")
     timing, audio = output_timing(request.source, info, first, last)
     with (
         VideoReader(request.source, _small_frame_cache(info), info) as reader,

@@ -93,6 +93,7 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
     cuts = cached_cuts(clip_id, first, last, info.frame_count) or []
     keys = plan_keys(
         request,
+        info.frame_count,
         first,
         last,
         lambda: cuts,

@@ -45,7 +45,7 @@ from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import Proxy, VideoReader, build_proxy
 from zvstudio.paths import cache_root
 from zvstudio.project.autosave import Autosaver
-from zvstudio.project.edits import MoveKey, RemoveKey
+from zvstudio.project.edits import MoveKey, RemoveKey, SetFrameRange, mark_range
 
 VIDEO_FILTER = "Videos (*.mp4 *.mov *.mkv *.webm *.avi *.m4v);;All files (*)"
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
@@ -167,6 +167,13 @@ class MainWindow(QMainWindow):
         self.toggle_key_action = a("Toggle key at playhead", self.toggle_key, "M")
         self.remove_key_action = a("Remove key", self.timeline.request_remove_selected, "Delete")
         self.riskiest_action = a("Go to the frame most at risk", self.go_to_riskiest_frame, "R")
+        self.previous_key_action = a("Previous key", lambda: self.go_to_key(-1), "Up")
+        self.next_key_action = a("Next key", lambda: self.go_to_key(1), "Down")
+        self.mark_in_action = a("Mark in (render from here)", self.mark_in, "I")
+        self.mark_out_action = a("Mark out (render to here)", self.mark_out, "O")
+        self.clear_range_action = a("Clear in and out", self.clear_range, "Alt+X")
+        self.go_to_in_action = a("Go to in", lambda: self.go_to_range_end(0), "Shift+I")
+        self.go_to_out_action = a("Go to out", lambda: self.go_to_range_end(1), "Shift+O")
         self.zoom_in_action = a("Zoom in", self.timeline.zoom_in, "=")
         self.zoom_out_action = a("Zoom out", self.timeline.zoom_out, "-")
         self.zoom_fit_action = a("Fit the clip", self.timeline.zoom_fit, "\\")
@@ -220,7 +227,19 @@ class MainWindow(QMainWindow):
             ]
         )
         timeline.addSeparator()
+        timeline.addActions([self.previous_key_action, self.next_key_action])
+        timeline.addSeparator()
         timeline.addActions([self.toggle_key_action, self.remove_key_action, self.riskiest_action])
+        timeline.addSeparator()
+        timeline.addActions(
+            [
+                self.mark_in_action,
+                self.mark_out_action,
+                self.clear_range_action,
+                self.go_to_in_action,
+                self.go_to_out_action,
+            ]
+        )
         timeline.addSeparator()
         timeline.addActions([self.zoom_in_action, self.zoom_out_action, self.zoom_fit_action])
         render = bar.addMenu("&Render")
@@ -248,6 +267,9 @@ class MainWindow(QMainWindow):
         self.timeline.key_remove_requested.connect(self._remove_key)
         self.timeline.key_move_requested.connect(self._move_key)
         self.timeline.key_selected.connect(self._key_selected)
+        self.timeline.in_point_requested.connect(lambda frame: self._mark(first=frame))
+        self.timeline.out_point_requested.connect(lambda frame: self._mark(last=frame))
+        self.timeline.range_clear_requested.connect(self.clear_range)
         self.inspector.render_panel.keys_by_motion_requested.connect(self.motion.place_keys)
         self.risk_action.toggled.connect(self._show_risk)
         self.motion.risk_stopped.connect(lambda: self.risk_action.setChecked(False))
@@ -457,6 +479,8 @@ class MainWindow(QMainWindow):
                 save_settings(self.settings)
 
     def _document_changed(self) -> None:
+        span = self.document.project.frame_range
+        self.timeline.set_range(*((span.first, span.last) if span else (None, None)))
         self._show_keys()
         self.motion.refresh()
         self.refresh_status()
@@ -472,6 +496,51 @@ class MainWindow(QMainWindow):
     def toggle_key(self) -> None:
         if self.document.project.clip is not None:
             self.document.toggle_key(self.transport.frame())
+
+    # -- the render range (in and out points) and key navigation ---------------------------------
+    def mark_in(self) -> None:
+        self._mark(first=self.transport.frame())
+
+    def mark_out(self) -> None:
+        self._mark(last=self.transport.frame())
+
+    def _mark(self, first: int | None = None, last: int | None = None) -> None:
+        doc = self.document
+        if doc.project.clip is None:
+            return
+        doc.push(mark_range(doc.project, doc.frame_count, first, last))
+        span = doc.project.frame_range
+        if span is None:
+            self.statusBar().showMessage("Rendering the whole clip", 5000)
+            return
+        seconds = span.count / doc.fps if doc.fps else 0.0
+        self.statusBar().showMessage(
+            f"Render range: frames {span.first} to {span.last} "
+            f"({span.count} frames, {seconds:.2f} s)",
+            5000,
+        )
+
+    def clear_range(self) -> None:
+        if self.document.project.frame_range is not None:
+            self.document.push(SetFrameRange(None))
+            self.statusBar().showMessage("Rendering the whole clip", 5000)
+
+    def go_to_range_end(self, end: int) -> None:
+        """The playhead to the in point (`end` 0) or the out point (1), or the clip's ends."""
+        span, count = self.document.project.frame_range, self.document.frame_count
+        if count:
+            ends = (span.first, span.last) if span else (0, count - 1)
+            self.transport.stop()
+            self.transport.seek(ends[end])
+
+    def go_to_key(self, step: int) -> None:
+        """The playhead to the next key (`step` 1) or the previous one (-1)."""
+        here = self.transport.frame()
+        frames = [k.frame for k in self.document.project.keyframes]
+        ahead = [f for f in frames if f > here] if step > 0 else [f for f in frames if f < here]
+        if ahead:
+            self.transport.stop()
+            self.transport.seek(min(ahead) if step > 0 else max(ahead))
 
     def _remove_key(self, frame: int) -> None:
         if self.document.project.key_at(frame) is not None:

@@ -110,6 +110,9 @@ class TimelineWidget(QWidget):
     key_move_requested = Signal(int, int)  # old frame, new frame
     key_toggle_requested = Signal(int)
     key_remove_requested = Signal(int)
+    in_point_requested = Signal(int)
+    out_point_requested = Signal(int)
+    range_clear_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -217,6 +220,9 @@ class TimelineWidget(QWidget):
         """An in/out range; frames outside it are shaded. None leaves that side open."""
         self._range = (first, last)
         self.update()
+
+    def in_out(self) -> tuple[int | None, int | None]:
+        return self._range
 
     # -- playhead and selection ---------------------------------------------------------------
     def playhead(self) -> int:
@@ -678,6 +684,11 @@ class TimelineWidget(QWidget):
         else:
             verb = "Remove" if frame in self._keys else "Add"
             menu.addAction(f"{verb} key at frame {frame}", lambda: self._toggle_at(frame))
+        menu.addSeparator()
+        menu.addAction(f"Mark in at frame {frame}", lambda: self.in_point_requested.emit(frame))
+        menu.addAction(f"Mark out at frame {frame}", lambda: self.out_point_requested.emit(frame))
+        if self._range != (None, None):
+            menu.addAction("Clear in and out", self.range_clear_requested.emit)
         menu.addSeparator()
         menu.addAction("Fit the clip", self.zoom_fit)
         menu.exec(event.globalPos())

@@ -173,3 +173,22 @@ class SetFrameRange(Edit):
 
     def revert(self, project: Project) -> None:
         project.frame_range = self.old
+
+
+def mark_range(
+    project: Project, frame_count: int, first: int | None = None, last: int | None = None
+) -> SetFrameRange:
+    """Set the in point (`first`) or the out point (`last`) as editors do: the other end stays
+    unless it would fall on the wrong side, then it opens to the clip's start or end. A range
+    that covers the whole clip is no range."""
+    for frame in (first, last):
+        if frame is not None and not 0 <= frame < frame_count:
+            raise ZvsError(f"frame {frame} is outside the clip (0 to {frame_count - 1})")
+    span = project.frame_range or FrameRange(0, max(frame_count - 1, 0))
+    new_first = span.first if first is None else first
+    new_last = span.last if last is None else last
+    if new_last < new_first:  # the end that was not marked gives way
+        new_first, new_last = (new_first, frame_count - 1) if first is not None else (0, new_last)
+    if (new_first, new_last) == (0, frame_count - 1):
+        return SetFrameRange(None)
+    return SetFrameRange(FrameRange(new_first, new_last))

@@ -177,7 +177,7 @@ def propagate_clip(
         raise ZvsError(f"unknown blend mode {settings.blend!r}; choose {', '.join(BLEND_MODES)}")
     pixels = pixels or pixels_for(settings.device)
     last = len(reader) - 1 if last is None else last
-    spans = segment_spans(check_keys(keys, first, last), first, last)
+    spans = segment_spans(check_keys(keys, 0, len(reader) - 1), first, last)
     total = last - first + 1
     done = 0
     pool = ThreadPoolExecutor(FLOW_WORKERS, thread_name_prefix="zvstudio-flow")
@@ -202,7 +202,7 @@ def propagate_clip(
                 results = _computed(compute, start, stop)
                 if cache is not None:
                     cache.store(start, stop, ids, results)
-            for number in range(start, stop + 1):
+            for number in range(max(start, first), min(stop, last) + 1):
                 yield number, results[number]
                 done += 1
                 progress(Progress("propagate", done, total, image=results[number]))
@@ -244,13 +244,18 @@ def segment_spans(
 ) -> list[tuple[int, int, tuple[int, ...]]]:
     """(start, stop, keys involved) of each stretch of first..last between the sorted keys
     `order`: before the first key (from it alone), between two keys (a key's own frame starts
-    its segment), and after the last key."""
+    its segment), and after the last key.
+
+    Keys may lie outside first..last: a stretch between two keys is whole even where it
+    reaches outside, so the frames in first..last come out as a render of the whole clip
+    gives them (and share its cache); stretches that miss first..last are left out."""
+    low, high = min(first, order[0]), max(last, order[-1])
     spans = []
-    if first < order[0]:
-        spans.append((first, order[0] - 1, (order[0],)))
+    if low < order[0]:
+        spans.append((low, order[0] - 1, (order[0],)))
     spans += [(a, b - 1, (a, b)) for a, b in itertools.pairwise(order)]
-    spans.append((order[-1], last, (order[-1],)))
-    return spans
+    spans.append((order[-1], high, (order[-1],)))
+    return [span for span in spans if span[0] <= last and span[1] >= first]
 
 
 def _compute_span(span, segment, keys, settings, cancel, pixels) -> dict[int, np.ndarray]:
