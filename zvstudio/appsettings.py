@@ -42,8 +42,9 @@ class AppSettings:
 
     `model_folders` are scanned besides the default folders; `autosave_minutes` 0 turns
     autosave off; `recent_projects` is most recent first; `show_risk` is the View menu's "Show
-    where propagation may fail". `text_to_video` and `animate_image` remember the New from
-    text... and Animate image... dialogs' last values (name -> string, number, bool or null;
+    where propagation may fail", `loop_playback` and `mute` the Timeline menu's "Loop playback"
+    and "Mute sound". `text_to_video` and `animate_image` remember the New from text... and
+    Animate image... dialogs' last values (name -> string, number, bool or null;
     the dialogs ignore names and values they do not know). `load_warning` is not saved: it
     says why `load_settings` fell back to the defaults.
     """
@@ -65,6 +66,8 @@ class AppSettings:
     autosave_minutes: int = field(default=3, metadata=rule("int", low=0, high=MAX_AUTOSAVE_MINUTES))
     recent_projects: list[str] = field(default_factory=list)
     show_risk: bool = field(default=False, metadata=rule("bool"))
+    loop_playback: bool = field(default=False, metadata=rule("bool"))
+    mute: bool = field(default=False, metadata=rule("bool"))
     text_to_video: dict[str, Any] = field(default_factory=dict)
     animate_image: dict[str, Any] = field(default_factory=dict)
     load_warning: str | None = field(default=None, compare=False, repr=False)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from zvstudio.appsettings import AppSettings
 from zvstudio.engine.device import GpuFacts, StaticProbe
-from zvstudio.engine.jobs import JobState
+from zvstudio.engine.jobs import ANALYSIS, JobState
 from zvstudio.errors import ZvsError
 from zvstudio.gui import models_dialog
 from zvstudio.gui.bridge import EngineBridge
@@ -272,7 +272,8 @@ def test_models_show_scanning_while_the_job_waits(qtbot, models_setup, bridge, m
 def test_models_closing_cancels_the_scan(qtbot, models_setup, bridge, model_folder):
     dialog = models_setup
     release = threading.Event()
-    bridge.submit(lambda ctx: release.wait(10), "busy")
+    # Scans run in the analysis lane: keep it busy so that the scan waits in the queue.
+    bridge.submit(lambda ctx: release.wait(10), "busy", ANALYSIS)
     dialog.add_folder(model_folder)
     scan_id = dialog._scan_id
     dialog.reject()

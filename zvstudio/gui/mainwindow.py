@@ -32,6 +32,7 @@ from zvstudio.engine.request import RenderRequest, request_from_project
 from zvstudio.engine.shots import clip_cuts
 from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
+from zvstudio.gui.audio import AudioPlayback, SinkFactory, qt_sink
 from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
@@ -62,11 +63,13 @@ class MainWindow(QMainWindow):
         self,
         settings: AppSettings | None = None,
         bridge: EngineBridge | None = None,
+        audio_sink: SinkFactory = qt_sink,
     ) -> None:
         super().__init__()
         self.settings = settings or load_settings()
         self.document = Document(self)
         self.bridge = bridge or EngineBridge(self)
+        self._audio_sink = audio_sink
         self.status: RenderStatus | None = None
         self.render_job: int | None = None
         self.preview_job: int | None = None
@@ -85,6 +88,8 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._connect()
         self.risk_action.setChecked(self.settings.show_risk)
+        self.mute_action.setChecked(self.settings.mute)
+        self.loop_action.setChecked(self.settings.loop_playback)
         self._start_timers()
         self.setAcceptDrops(True)
         self.resize(1400, 900)
@@ -96,6 +101,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.viewer)
         self.timeline = TimelineWidget(self)
         self.transport = Transport(self)
+        self.audio = AudioPlayback(self.transport, self._audio_sink, self)
         self.models: list = []  # the model library (ModelInfo), scanned as a job at start
         self.inspector = Inspector(self.document, models=lambda: self.models)
         self.queue_panel = QueuePanel(self.bridge)
@@ -164,6 +170,11 @@ class MainWindow(QMainWindow):
         self.next_frame_action = a("Next frame", lambda: t.step(1), "Right")
         self.home_action = a("First frame", t.go_home, "Home")
         self.end_action = a("Last frame", t.go_end, "End")
+        self.loop_action = a("Loop playback", lambda: None, "Ctrl+L")
+        self.loop_action.setCheckable(True)
+        self.loop_action.setToolTip("Play the in to out range (or the clip) over and over")
+        self.mute_action = a("Mute sound", lambda: None, "Shift+M")
+        self.mute_action.setCheckable(True)
         self.toggle_key_action = a("Toggle key at playhead", self.toggle_key, "M")
         self.remove_key_action = a("Remove key", self.timeline.request_remove_selected, "Delete")
         self.riskiest_action = a("Go to the frame most at risk", self.go_to_riskiest_frame, "R")
@@ -224,6 +235,8 @@ class MainWindow(QMainWindow):
                 self.next_frame_action,
                 self.home_action,
                 self.end_action,
+                self.loop_action,
+                self.mute_action,
             ]
         )
         timeline.addSeparator()
@@ -272,6 +285,9 @@ class MainWindow(QMainWindow):
         self.timeline.range_clear_requested.connect(self.clear_range)
         self.inspector.render_panel.keys_by_motion_requested.connect(self.motion.place_keys)
         self.risk_action.toggled.connect(self._show_risk)
+        self.loop_action.toggled.connect(self._loop)
+        self.mute_action.toggled.connect(self._mute)
+        self.audio.failed.connect(lambda why: self.statusBar().showMessage(f"No sound: {why}"))
         self.motion.risk_stopped.connect(lambda: self.risk_action.setChecked(False))
         self.bridge.event.connect(self._job_event)
         self.status_watcher.ready.connect(self._status_ready)
@@ -411,6 +427,7 @@ class MainWindow(QMainWindow):
         if self.proxy is not None:
             self.proxy.close()
             self.proxy = None
+        self.audio.set_clip(None, None)
 
     def _clip_loaded(self) -> None:
         self._close_media()
@@ -419,6 +436,10 @@ class MainWindow(QMainWindow):
             self._reader = VideoReader(doc.project.clip.path, info=doc.info)
             self._build_proxy(Path(doc.project.clip.path))
         self.transport.set_clip(doc.frame_count, doc.fps)
+        span = doc.project.frame_range
+        self.transport.set_bounds(*((span.first, span.last) if span else (None, None)))
+        info = doc.info if doc.info is not None and doc.info.has_audio else None
+        self.audio.set_clip(doc.project.clip.path if info else None, info.index if info else None)
         self.timeline.set_clip(doc.frame_count, doc.fps, self._thumbnail if self._reader else None)
         self.motion.clip_changed()
         self.status = None
@@ -473,14 +494,28 @@ class MainWindow(QMainWindow):
 
     def _show_risk(self, on: bool) -> None:
         self.motion.show_risk(on)
-        if on != self.settings.show_risk:
-            self.settings = edited(self.settings, show_risk=on)
+        self._remember_setting(show_risk=on)
+
+    def _loop(self, on: bool) -> None:
+        self.transport.set_loop(on)
+        self._remember_setting(loop_playback=on)
+
+    def _mute(self, on: bool) -> None:
+        self.audio.set_muted(on)
+        self._remember_setting(mute=on)
+
+    def _remember_setting(self, **changes) -> None:
+        """Keep a menu toggle's state in the settings file for the next start."""
+        if any(getattr(self.settings, name) != value for name, value in changes.items()):
+            self.settings = edited(self.settings, **changes)
             with contextlib.suppress(OSError, ZvsError):  # remembering is a convenience
                 save_settings(self.settings)
 
     def _document_changed(self) -> None:
         span = self.document.project.frame_range
-        self.timeline.set_range(*((span.first, span.last) if span else (None, None)))
+        bounds = (span.first, span.last) if span else (None, None)
+        self.timeline.set_range(*bounds)
+        self.transport.set_bounds(*bounds)
         self._show_keys()
         self.motion.refresh()
         self.refresh_status()

@@ -1,0 +1,256 @@
+"""Playback: looping between the in and out points, and the clip's sound following the clock.
+
+The sound goes to a recording sink (no sound card here); what it receives is compared with
+the tone the test clip was written with.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from helpers import make_clip
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
+
+from zvstudio.appsettings import AppSettings, load_settings
+from zvstudio.gui.audio import AudioPlayback
+from zvstudio.gui.mainwindow import MainWindow
+from zvstudio.gui.transport import Transport
+from zvstudio.media import probe
+from zvstudio.media.synth import Tone, tone_samples
+
+FPS = 25
+RATE = 48000
+AAC_TOLERANCE = 0.02
+
+
+class Recording:
+    """What a sink was sent since its last start."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+    def samples(self) -> np.ndarray:
+        return np.frombuffer(bytes(self.data), np.int16).reshape(-1, 2).astype(np.float32) / 32768
+
+
+class RecordingSink:
+    """A sound card that keeps everything it is sent: each start begins a new recording. It
+    starts playing `start_delay` seconds after `start` and then takes samples in real time
+    from a buffer of `buffer_seconds`, as an output device does."""
+
+    def __init__(self, start_delay: float = 0.0, buffer_seconds: float = 0.1) -> None:
+        self.start_delay = start_delay
+        self.capacity = round(buffer_seconds * RATE)
+        self.recordings: list[Recording] = []
+        self.started = False
+        self.volume = None
+
+    def start(self) -> Recording:
+        self.started = True
+        self.started_at = time.monotonic()
+        self.recordings.append(Recording())
+        return self.recordings[-1]
+
+    def taken(self) -> int:
+        """The samples played so far (never more than were sent)."""
+        playing_for = time.monotonic() - self.started_at - self.start_delay
+        return min(max(0, round(playing_for * RATE)), len(self.recordings[-1].samples()))
+
+    def processedUSecs(self) -> int:
+        return self.taken() * 1_000_000 // RATE if self.started else 0
+
+    def bytesFree(self) -> int:
+        if not self.started:
+            return 0
+        return 4 * (self.capacity - (len(self.recordings[-1].samples()) - self.taken()))
+
+    def stop(self) -> None:
+        self.started = False
+
+    def setVolume(self, volume: float) -> None:
+        self.volume = volume
+
+
+def recorded_from(
+    recording: Recording, seconds: float | None = None, between: tuple[float, float] = (0, 0)
+) -> None:
+    """Assert that `recording` is the test tone from `seconds` on (or from some time in
+    `between`, to the sample), for as long as the first feed."""
+    got = recording.samples()[:2048, 0]
+    assert len(got) > 0
+    low, high = (seconds, seconds) if seconds is not None else between
+    starts = range(round(low * RATE), round(high * RATE) + 1)
+    errors = [np.abs(got - tone_samples(Tone(), s, len(got))[0]).max() for s in starts]
+    assert min(errors) < AAC_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def tone_clip(tmp_path_factory):
+    path, _, _ = make_clip(tmp_path_factory.mktemp("playback") / "tone.mp4", 100, audio=True)
+    return path
+
+
+@pytest.fixture
+def transport(qtbot):
+    t = Transport()
+    yield t
+    t.stop()
+
+
+@pytest.fixture
+def sound(qtbot, transport, tone_clip):
+    sink = RecordingSink()
+    playback = AudioPlayback(transport, lambda rate, channels: sink)
+    playback.set_clip(str(tone_clip), probe(tone_clip).index)
+    transport.set_clip(100, FPS)
+    return playback, sink
+
+
+def test_sound_starts_at_the_playhead_and_follows_every_jump(qtbot, transport, sound):
+    playback, sink = sound
+    transport.seek(20)
+    assert not sink.recordings  # stopped: silent
+    transport.play()
+    assert playback.is_playing() and sink.volume == 1.0
+    qtbot.wait(60)
+    recorded_from(sink.recordings[-1], 20 / FPS)
+    assert len(sink.recordings[-1].samples()) > 2048  # the timer kept feeding it
+
+    transport.seek(70)  # a jump while playing: the sound starts again there
+    assert len(sink.recordings) == 2
+    qtbot.wait(30)
+    recorded_from(sink.recordings[-1], 70 / FPS)
+
+    transport.shuttle_forward()  # 2x: silent
+    assert not sink.started and not playback.is_playing()
+    transport.shuttle_backward()  # backwards: silent
+    assert transport.speed() == -1.0 and not sink.started
+    clocks = []
+    transport.clock_changed.connect(lambda frame, speed: clocks.append(frame))
+    transport.shuttle_forward()  # 1x forwards again: the sound resumes where the clock is
+    assert transport.speed() == 1.0 and sink.started
+    qtbot.wait(30)
+    recorded_from(sink.recordings[-1], clocks[-1] / FPS)
+    transport.stop()
+    assert not sink.started
+
+
+def test_sound_catches_up_with_an_output_that_starts_late(qtbot, transport, tone_clip):
+    sink = RecordingSink(start_delay=0.3)
+    playback = AudioPlayback(transport, lambda rate, channels: sink)
+    playback.set_clip(str(tone_clip), probe(tone_clip).index)
+    transport.set_clip(100, FPS)
+    transport.seek(20)
+    transport.play()
+    qtbot.wait(600)
+    before = transport.position() / FPS
+    playing = sink.taken()  # what the output plays now...
+    after = transport.position() / FPS
+    heard = Recording()
+    heard.data = sink.recordings[-1].data[4 * playing :]
+    # ...is the sound of the frame showing (within the output's 10 ms steps here), not of
+    # the frame that showed 0.3 s ago when the sound started.
+    recorded_from(heard, between=(before - 0.02, after + 0.02))
+    transport.stop()
+
+
+def test_mute_and_a_clip_without_sound(qtbot, transport, sound, tmp_path):
+    playback, sink = sound
+    playback.set_muted(True)
+    transport.play()
+    assert not sink.recordings
+    before = transport.position()
+    playback.set_muted(False)  # unmuting while playing starts the sound at the clock
+    after = transport.position()
+    assert sink.started
+    qtbot.wait(20)
+    # The clock moved on while unmuting: the sound starts somewhere in between.
+    recorded_from(sink.recordings[-1], between=(before / FPS, after / FPS))
+    transport.stop()
+
+    silent, _, _ = make_clip(tmp_path / "silent.mp4", 10)
+    playback.set_clip(str(silent), probe(silent).index)
+    transport.set_clip(10, FPS)
+    transport.play()
+    assert len(sink.recordings) == 1 and not playback.is_playing()
+
+
+def test_without_an_output_device_playback_is_silent(qtbot, transport, tone_clip):
+    made = []
+    playback = AudioPlayback(transport, lambda rate, channels: made.append(rate))
+    playback.set_clip(str(tone_clip), probe(tone_clip).index)
+    transport.set_clip(100, FPS)
+    for _ in range(3):
+        transport.play()
+        transport.stop()
+    assert made == [48000]  # one attempt, not one per play
+    assert not playback.is_playing()
+
+
+def test_looping_repeats_the_in_to_out_range_and_restarts_the_sound(qtbot, transport, sound):
+    _, sink = sound
+    transport.set_bounds(30, 34)
+    transport.set_loop(True)
+    clocks = []
+    transport.clock_changed.connect(lambda frame, speed: clocks.append((frame, speed)))
+    transport.seek(80)
+    transport.play()  # outside the range: starts at the in point
+    assert transport.frame() == 30
+    frames = set()
+    transport.frame_changed.connect(frames.add)
+    qtbot.waitUntil(lambda: clocks.count((30.0, 1.0)) >= 3, timeout=5000)
+    assert frames == {30, 31, 32, 33, 34}
+    recorded_from(sink.recordings[-1], 30 / FPS)
+    assert len(sink.recordings) >= 3  # the sound restarted with each pass
+
+    transport.shuttle_backward()  # backwards, it wraps from the in point to the out point
+    qtbot.waitUntil(lambda: (34.0, -1.0) in clocks, timeout=5000)
+    transport.stop()
+    assert clocks[-1][1] == 0.0
+
+    transport.set_loop(False)  # not looping: playback runs on to the end of the clip
+    transport.seek(97)
+    transport.play()
+    qtbot.waitUntil(lambda: not transport.is_playing(), timeout=5000)
+    assert transport.frame() == 99
+
+
+@pytest.fixture
+def window_and_sink(qtbot):
+    sink = RecordingSink()
+    window = MainWindow(settings=AppSettings(), audio_sink=lambda rate, channels: sink)
+    window.ask = lambda *args: QMessageBox.Discard
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    window.activateWindow()
+    yield window, sink
+    window.shutdown()
+
+
+def test_the_editor_loops_and_mutes_from_its_menu_and_remembers(qtbot, window_and_sink, tone_clip):
+    window, sink = window_and_sink
+    window.document.import_clip(tone_clip)
+    window.transport.seek(40)
+    qtbot.keyClick(window, Qt.Key_I)
+    window.transport.seek(44)
+    qtbot.keyClick(window, Qt.Key_O)
+    qtbot.keyClick(window, Qt.Key_L, Qt.ControlModifier)
+    assert window.loop_action.isChecked() and load_settings().loop_playback
+    window.transport.seek(10)
+    qtbot.keyClick(window, Qt.Key_Space)
+    assert window.transport.frame() == 40  # looping starts at the in point
+    qtbot.wait(50)
+    recorded_from(sink.recordings[-1], 40 / FPS)
+    qtbot.keyClick(window, Qt.Key_M, Qt.ShiftModifier)
+    assert window.mute_action.isChecked() and load_settings().mute
+    assert not sink.started
+    qtbot.keyClick(window, Qt.Key_Space)
+    assert not window.transport.is_playing()
