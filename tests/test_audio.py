@@ -1,13 +1,20 @@
-"""Sound for playback: PCM from any time of a clip, resampled for the output device."""
+"""A clip's sound: PCM from any time for playback, and its level at every frame."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+from pathlib import Path
+
+import av
 import numpy as np
 import pytest
 from helpers import make_clip
 
+from zvstudio.engine import shots
+from zvstudio.engine.shots import clip_levels
 from zvstudio.errors import MediaError
-from zvstudio.media.audio import AudioReader
+from zvstudio.media import probe
+from zvstudio.media.audio import LEVELS_RATE, AudioReader, frame_levels
 from zvstudio.media.synth import Tone, tone_samples, write_clip
 
 AAC_TOLERANCE = 0.02  # the tone's amplitude is 0.25; AAC at its default rate stays well within
@@ -77,3 +84,62 @@ def test_a_clip_without_sound_and_a_damaged_file(tmp_path):
     broken.write_bytes(b"not a video at all")
     with pytest.raises(MediaError, match="cannot read"):
         AudioReader(broken)
+
+
+def write_bursts(path: Path, frame_times: list[float], loud: set[int], end: float) -> None:
+    """A clip whose sound is a ±0.5 square wave while the frames in `loud` show and silence
+    otherwise; frame i shows from frame_times[i] (variable rate), the last until `end`."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        video.time_base = video.codec_context.time_base = Fraction(1, 1000)
+        audio = container.add_stream("pcm_s16le", rate=LEVELS_RATE, layout="mono")
+        edges = [*frame_times, end]
+        wave = np.zeros(round(end * LEVELS_RATE), np.int16)
+        for frame in loud:
+            first, last = (round(edges[i] * LEVELS_RATE) for i in (frame, frame + 1))
+            wave[first:last] = np.where(np.arange(first, last) % 8 < 4, 16384, -16384)
+        for seconds in frame_times:
+            image = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            image.pts, image.time_base = round(seconds * 1000), video.time_base
+            container.mux(video.encode(image))
+        container.mux(video.encode(None))
+        for start in range(0, len(wave), 1600):
+            chunk = av.AudioFrame.from_ndarray(wave[None, start : start + 1600], "s16", "mono")
+            chunk.sample_rate, chunk.pts = LEVELS_RATE, start
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode(None))
+
+
+def test_each_frame_gets_the_level_of_the_sound_while_it_shows(tmp_path):
+    # Frames of uneven length: 40, 60, 20, 80 ms ...; loud while frames 2, 3 and 7 show.
+    times = list(np.cumsum([0, 0.04, 0.06, 0.02, 0.08, 0.04, 0.04, 0.04, 0.06, 0.04]))
+    path = tmp_path / "bursts.mov"
+    write_bursts(path, times, {2, 3, 7}, end=times[-1] + 0.04)
+    info = probe(path)
+    assert info.frame_count == len(times)
+    reports = []
+    levels = frame_levels(path, info.index, reports.append)
+    assert levels.shape == (len(times), 2)
+    loud = np.zeros(len(times), bool)
+    loud[[2, 3, 7]] = True
+    np.testing.assert_allclose(levels[loud], 0.5, atol=1e-3)  # peak and RMS of a square wave
+    np.testing.assert_array_equal(levels[~loud], 0.0)
+    assert reports[-1].done == reports[-1].total == len(times)
+
+
+def test_levels_are_measured_once_per_clip(tmp_path, tone_clip, monkeypatch):
+    info = probe(tone_clip)
+    levels = clip_levels(tone_clip, "tone-id", info)
+    assert levels.shape == (50, 2)
+    envelope = 0.25 * (0.8 + 0.2 * np.sin(3 * np.arange(50) / 25))
+    np.testing.assert_allclose(levels[:, 1], envelope / np.sqrt(2), rtol=0.05)  # RMS of a sine
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(shots, "frame_levels", measured_again)
+    np.testing.assert_array_equal(clip_levels(tone_clip, "tone-id", info), levels)
+    silent, _, _ = make_clip(tmp_path / "silent.mp4", 10)
+    assert clip_levels(silent, "silent-id", probe(silent)) is None

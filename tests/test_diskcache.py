@@ -35,6 +35,7 @@ def test_eviction_takes_the_oldest_entries_of_any_kind(tmp_path):
         "proxies": 0,
         "cuts": 0,
         "motion": 0,
+        "levels": 0,
     }
     assert diskcache.evict(tmp_path, limit=1500) == 2000  # the flow, then the segment
     assert not flow.exists() and not segment.exists() and key.exists()

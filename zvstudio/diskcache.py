@@ -1,10 +1,11 @@
 """The render cache on disk: its size, its limit and eviction, shared by every kind of entry.
 
-Flows, rendered keys, propagated segments, preview proxies, shot cuts and motion analyses
-live in folders of their own under `cache_root()`; each is keyed by a hash of exactly the
-inputs that determine it. They share one size limit ($ZVSTUDIO_CACHE_LIMIT_GB, 10 GB by
-default): when the cache grows past it, the least recently used entries are deleted first,
-whatever their kind. Entries are touched when read, so what the current project uses stays.
+Flows, rendered keys, propagated segments, preview proxies, shot cuts, motion analyses and
+sound levels live in folders of their own under `cache_root()`; each is keyed by a hash of
+exactly the inputs that determine it. They share one size limit ($ZVSTUDIO_CACHE_LIMIT_GB,
+10 GB by default): when the cache grows past it, the least recently used entries are deleted
+first, whatever their kind. Entries are touched when read, so what the current project uses
+stays.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ DEFAULT_LIMIT_BYTES = 10 << 30
 
 # Each kind's folder and how deep its entries sit below it (an entry is a file or a folder
 # that is created and deleted as a whole).
-KINDS = {"flows": 3, "keys": 1, "segments": 2, "proxies": 1, "cuts": 1, "motion": 1}
+KINDS = {
+    "flows": 3,
+    "keys": 1,
+    "segments": 2,
+    "proxies": 1,
+    "cuts": 1,
+    "motion": 1,
+    "levels": 1,
+}
 
 
 def cache_limit() -> int:

@@ -254,3 +254,17 @@ def test_the_editor_loops_and_mutes_from_its_menu_and_remembers(qtbot, window_an
     assert not sink.started
     qtbot.keyClick(window, Qt.Key_Space)
     assert not window.transport.is_playing()
+
+
+def test_the_timeline_shows_the_clips_sound(qtbot, window_and_sink, tone_clip, tmp_path):
+    window, _ = window_and_sink
+    window.document.import_clip(tone_clip)
+    qtbot.waitUntil(lambda: window.timeline.wave_heights() is not None, timeout=20_000)
+    heights = window.timeline.wave_heights()
+    assert heights.shape == (100, 2)
+    # The test tone peaks at 0.16-0.25 of full scale: about 12-16 dB down, 2/3 of the lane.
+    assert np.all((heights[:, 0] > 0.6) & (heights[:, 0] < 0.8))
+    silent, _, _ = make_clip(tmp_path / "silent.mp4", 10)
+    window.document.import_clip(silent)
+    qtbot.wait(200)
+    assert window.timeline.wave_heights() is None  # no sound, no lane

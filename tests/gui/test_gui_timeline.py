@@ -514,3 +514,34 @@ def test_the_risk_band_is_as_high_as_the_predicted_quality_is_poor(make_timeline
     widget.set_quality(quality)
     widget.set_clip(100, 25.0)  # another clip: nothing known yet
     assert widget.risk_levels() is None
+
+
+def test_the_waveform_lane_shows_the_sound_on_a_db_scale(make_timeline):
+    widget = make_timeline(frames=100)
+    height_without = widget.minimumHeight()
+    assert widget._lanes().wave.height() == 0 and widget.wave_heights() is None
+    levels = np.zeros((100, 2), np.float32)
+    levels[10:20] = (1.0, 0.5)  # full scale peaks
+    levels[50:60] = (10 ** (-24 / 20), 10 ** (-36 / 20))  # half way down the 48 dB scale
+    widget.set_levels(levels)
+    heights = widget.wave_heights()
+    np.testing.assert_allclose(heights[15], (1.0, 1 - 6.02 / 48), atol=1e-3)
+    np.testing.assert_allclose(heights[55], (0.5, 0.25), atol=1e-6)
+    assert heights[80].tolist() == [0, 0]  # silence
+    assert widget.minimumHeight() > height_without
+    with pytest.raises(ValueError, match="for 100 frames"):
+        widget.set_levels(np.zeros((99, 2)))
+
+    image = widget.grab().toImage()
+    wave = widget._lanes().wave
+    assert wave.height() > 0 and wave.top() >= widget._lanes().strip.bottom()
+
+    def blue_at(frame: int, height: float) -> bool:
+        colour = image.pixelColor(round(widget.x_of(frame)), round(wave.center().y() - height))
+        return colour.blue() > colour.red() + 40
+
+    half = wave.height() / 2
+    assert blue_at(15, 0.9 * half) and blue_at(55, 0.4 * half) and not blue_at(55, 0.6 * half)
+    assert not blue_at(80, 2)
+    widget.set_clip(100, 25.0)  # another clip: its sound is not measured yet
+    assert widget.wave_heights() is None and widget._lanes().wave.height() == 0

@@ -5,6 +5,8 @@
   another.
 - Motion: the predicted propagation errors (`KeyCosts`) from which keys are placed where the
   motion needs them (`keys_by_motion`).
+- Sound: each frame's peak and RMS level (`clip_levels`), for the timeline's waveform, where
+  artists see the beats and accents they put keys on.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from zvstudio import diskcache
 from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import MediaInfo, VideoReader, fit_size
+from zvstudio.media.audio import frame_levels
 from zvstudio.media.cuts import SCORE_WIDTH, CutFinder
 from zvstudio.paths import cache_root
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
@@ -33,6 +36,7 @@ from zvstudio.propagate.placement import (
 # Raise them when the detector or the analysis changes its results, so no older one is reused.
 DETECTOR_VERSION = 1
 MOTION_VERSION = 3
+LEVELS_VERSION = 1
 # Frames are decoded this small for both (the finder and the analyser shrink them further).
 DECODE_SIDE = 2 * SCORE_WIDTH
 
@@ -90,6 +94,37 @@ def _store_cuts(clip_id: str, first: int, last: int, finder: CutFinder) -> list[
     payload = json.dumps({"cuts": cuts}).encode()
     diskcache.write_entry(cuts_path(clip_id, first, last), lambda stream: stream.write(payload))
     return cuts
+
+
+def levels_path(clip_id: str, root: Path | None = None) -> Path:
+    """Where the sound levels of the clip `clip_id` are kept."""
+    name = text_hash(clip_id, f"levels {LEVELS_VERSION}")
+    return (root or cache_root()) / "levels" / f"{name}.npy"
+
+
+def clip_levels(
+    source: Path,
+    clip_id: str,
+    info: MediaInfo,
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+) -> np.ndarray | None:
+    """Each frame's sound level, (frames, 2) peak and RMS, from the cache after the first
+    time; None for a clip without sound."""
+    if not info.has_audio:
+        return None
+    path = levels_path(clip_id)
+    try:
+        levels = diskcache.load_arrays(path)[""]
+        if levels.shape == (info.frame_count, 2):
+            diskcache.touch(path)
+            return levels
+    except (OSError, ValueError):
+        pass  # not measured yet, or damaged: measure again
+    levels = frame_levels(source, info.index, progress, cancel)
+    if levels is not None:
+        diskcache.write_entry(path, lambda stream: np.save(stream, levels))
+    return levels
 
 
 def motion_path(clip_id: str, first: int, last: int, window: int, root: Path | None = None) -> Path:

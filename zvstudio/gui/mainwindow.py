@@ -29,7 +29,7 @@ from zvstudio.appsettings import AppSettings, edited, load_settings, save_settin
 from zvstudio.engine.jobs import ANALYSIS, JobEvent
 from zvstudio.engine.render import render_key_preview
 from zvstudio.engine.request import RenderRequest, request_from_project
-from zvstudio.engine.shots import clip_cuts
+from zvstudio.engine.shots import clip_cuts, clip_levels
 from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
 from zvstudio.gui.audio import AudioPlayback, SinkFactory, qt_sink
@@ -78,6 +78,7 @@ class MainWindow(QMainWindow):
         self.proxy: Proxy | None = None
         self.proxy_job: int | None = None
         self.cuts_job: int | None = None
+        self.levels_job: int | None = None
         self.models_job: int | None = None
         self.generate_jobs: dict[int, str] = {}  # generation job id -> what it makes
         self.diffusion_config_dir: Path | None = None  # the models' reference configs (tests)
@@ -459,7 +460,19 @@ class MainWindow(QMainWindow):
                 )
 
         self.proxy_job = self.bridge.submit(work, f"Prepare previews of {clip.name}", ANALYSIS)
+        if info is not None and info.has_audio:
+            self._measure_sound(clip)
         self._find_shot_cuts(clip)
+
+    def _measure_sound(self, clip: Path) -> None:
+        """The sound's level at every frame, as a job (read from the cache after the first
+        time), for the timeline's waveform."""
+        info = self.document.info
+
+        def work(context):
+            return clip, clip_levels(clip, file_hash(clip), info, context.progress, context.cancel)
+
+        self.levels_job = self.bridge.submit(work, f"Measure the sound of {clip.name}", ANALYSIS)
 
     def _find_shot_cuts(self, clip: Path) -> None:
         """The clip's shot cuts, as a job (read from the cache after the first time): keys
@@ -748,6 +761,12 @@ class MainWindow(QMainWindow):
             if current is not None and Path(current.path) == clip:
                 self.document.set_shot_cuts(cuts)
                 self.timeline.set_cuts(cuts)
+        if event.job == self.levels_job and event.kind == "finished":
+            self.levels_job = None
+            clip, levels = event.result
+            current = self.document.project.clip
+            if current is not None and Path(current.path) == clip:
+                self.timeline.set_levels(levels)
         self.motion.job_event(event)
         if event.job == self.proxy_job and event.kind == "finished":
             self.proxy_job = None

@@ -55,6 +55,12 @@ RISK_COLOUR = QColor(239, 83, 80, 170)  # where propagation is predicted to stru
 RISK_CLEAR_DB = 34.0
 RISK_FULL_DB = 20.0
 RISK_HEIGHT = 0.4  # of the thumbnail strip, at full risk
+# The sound's waveform, under the thumbnails: peak (pale) and RMS (strong) levels per frame,
+# on a dB scale as editors draw it (quiet passages stay visible).
+WAVE_HEIGHT = 30
+WAVE_FLOOR_DB = -48.0
+WAVE_PEAK_COLOUR = QColor(94, 168, 214, 150)
+WAVE_RMS_COLOUR = QColor(94, 168, 214)
 
 THUMBNAIL_CACHE_SIZE = 300
 ZOOM_STEP = 1.5
@@ -95,6 +101,7 @@ class _Lanes:
     ruler: QRectF
     keys: QRectF
     strip: QRectF
+    wave: QRectF  # empty when the clip has no sound
     segments: QRectF
 
     @property
@@ -127,6 +134,7 @@ class TimelineWidget(QWidget):
         self._segments: list[tuple[int, int, str]] = []
         self._cuts: list[int] = []  # the first frame of each shot after the first
         self._quality: np.ndarray | None = None  # predicted dB per frame (see set_quality)
+        self._levels: np.ndarray | None = None  # sound level per frame (see set_levels)
         self._range: tuple[int | None, int | None] = (None, None)
         self._ppf = 1.0
         self._fit_mode = True  # refit on resize until the user zooms
@@ -167,6 +175,7 @@ class TimelineWidget(QWidget):
         self._range = (None, None)
         self._cuts = []
         self._quality = None
+        self.set_levels(None)
         self.zoom_fit()
 
     def invalidate_thumbnails(self) -> None:
@@ -215,6 +224,22 @@ class TimelineWidget(QWidget):
         if self._quality is None:
             return None
         return np.clip((RISK_CLEAR_DB - self._quality) / (RISK_CLEAR_DB - RISK_FULL_DB), 0, 1)
+
+    def set_levels(self, levels: np.ndarray | None) -> None:
+        """The sound's (peak, RMS) level per frame, 0..1 of full scale, drawn as a waveform
+        under the thumbnails; None (no sound, or not measured yet) hides its lane."""
+        if levels is not None and np.shape(levels) != (self._count, 2):
+            raise ValueError(f"levels of shape {np.shape(levels)} for {self._count} frames")
+        self._levels = None if levels is None else np.asarray(levels, np.float32)
+        self.setMinimumHeight(self._fixed_height() + MIN_STRIP_HEIGHT)
+        self.update()
+
+    def wave_heights(self) -> np.ndarray | None:
+        """The drawn waveform's (peak, RMS) half-heights per frame, 0..1 of the lane's half."""
+        if self._levels is None:
+            return None
+        decibels = 20 * np.log10(np.maximum(self._levels, 1e-6))
+        return np.clip(1 - decibels / WAVE_FLOOR_DB, 0, 1)
 
     def set_range(self, first: int | None, last: int | None) -> None:
         """An in/out range; frames outside it are shaded. None leaves that side open."""
@@ -296,7 +321,8 @@ class TimelineWidget(QWidget):
 
     def _fixed_height(self) -> int:
         bar = self._scrollbar.sizeHint().height()
-        return RULER_HEIGHT + KEY_LANE_HEIGHT + SEGMENT_HEIGHT + 2 + bar
+        wave = WAVE_HEIGHT if self._levels is not None else 0
+        return RULER_HEIGHT + KEY_LANE_HEIGHT + wave + SEGMENT_HEIGHT + 2 + bar
 
     def _lanes(self) -> _Lanes:
         width = float(self.width())
@@ -304,8 +330,10 @@ class TimelineWidget(QWidget):
         ruler = QRectF(0, 0, width, RULER_HEIGHT)
         keys = QRectF(0, ruler.bottom(), width, KEY_LANE_HEIGHT)
         strip = QRectF(0, keys.bottom(), width, strip_height)
-        segments = QRectF(0, strip.bottom() + 1, width, SEGMENT_HEIGHT)
-        return _Lanes(ruler, keys, strip, segments)
+        wave_height = WAVE_HEIGHT if self._levels is not None else 0
+        wave = QRectF(0, strip.bottom(), width, wave_height)
+        segments = QRectF(0, wave.bottom() + 1, width, SEGMENT_HEIGHT)
+        return _Lanes(ruler, keys, strip, wave, segments)
 
     def _content_width(self) -> float:
         return self._count * self._ppf + 2 * MARGIN
@@ -419,6 +447,7 @@ class TimelineWidget(QWidget):
             return
         self._paint_ruler(painter, lanes.ruler)
         self._paint_strip(painter, lanes.strip)
+        self._paint_wave(painter, lanes.wave)
         self._paint_segments(painter, lanes.segments)
         self._paint_risk(painter, lanes.strip)
         self._paint_cuts(painter, lanes)
@@ -478,6 +507,27 @@ class TimelineWidget(QWidget):
             if image is not None:
                 painter.drawImage(QRectF(x, strip.top(), width, strip.height()), image)
         painter.restore()
+
+    def _paint_wave(self, painter: QPainter, lane: QRectF) -> None:
+        """Peak and RMS envelopes mirrored about the lane's middle (the loudest of the frames
+        that share a pixel column when zoomed out)."""
+        heights = self.wave_heights()
+        if heights is None:
+            return
+        painter.fillRect(self._clip_rect(lane), QColor(0, 0, 0, 60))
+        first, last = self.frame_at(0), self.frame_at(self.width())
+        step = max(1, math.ceil(1.0 / self._ppf))  # frames per pixel column
+        middle, half = lane.center().y(), lane.height() / 2 - 1
+        for column, colour in ((0, WAVE_PEAK_COLOUR), (1, WAVE_RMS_COLOUR)):
+            top, bottom = [], []
+            for start in range(first, last + 1, step):
+                height = float(heights[start : start + step, column].max()) * half
+                left, right = self._left(start), self._left(min(start + step, self._count))
+                top += [QPointF(left, middle - height), QPointF(right, middle - height)]
+                bottom += [QPointF(left, middle + height), QPointF(right, middle + height)]
+            path = QPainterPath()
+            path.addPolygon(QPolygonF(top + bottom[::-1]))
+            painter.fillPath(path, colour)
 
     def _paint_segments(self, painter: QPainter, lane: QRectF) -> None:
         for first, last, state in self._segments:
