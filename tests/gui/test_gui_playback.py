@@ -268,3 +268,35 @@ def test_the_timeline_shows_the_clips_sound(qtbot, window_and_sink, tone_clip, t
     window.document.import_clip(silent)
     qtbot.wait(200)
     assert window.timeline.wave_heights() is None  # no sound, no lane
+
+
+def test_the_transport_bar_plays_loops_mutes_and_shows_the_timecode(
+    qtbot, window_and_sink, tone_clip
+):
+    window, sink = window_and_sink
+    bar = window.transport_bar
+    window.document.import_clip(tone_clip)
+    assert bar.timecode_label.text() == "0:00:00 / 0:03:24"  # 100 frames at 25 fps
+    window.transport.seek(30)
+    assert bar.timecode_label.text() == "0:01:05 / 0:03:24"
+
+    def button(action):
+        return bar.widgetForAction(action)
+
+    def picture(action):
+        return action.icon().pixmap(16).toImage()
+
+    play_icon = picture(window.play_action)
+    qtbot.mouseClick(button(window.play_action), Qt.LeftButton)
+    assert window.transport.is_playing() and sink.started
+    assert picture(window.play_action) != play_icon  # shows pause while playing
+    qtbot.mouseClick(button(window.play_action), Qt.LeftButton)
+    assert not window.transport.is_playing()
+    assert picture(window.play_action) == play_icon
+    qtbot.mouseClick(button(window.loop_action), Qt.LeftButton)
+    assert window.transport.loops()
+    sound_icon = picture(window.mute_action)
+    qtbot.mouseClick(button(window.mute_action), Qt.LeftButton)
+    assert window.audio.is_muted() and picture(window.mute_action) != sound_icon
+    qtbot.mouseClick(button(window.end_action), Qt.LeftButton)
+    assert window.transport.frame() == 99

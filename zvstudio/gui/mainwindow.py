@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMessageBox,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -41,6 +42,7 @@ from zvstudio.gui.queue_panel import QueuePanel
 from zvstudio.gui.status import StatusWatcher
 from zvstudio.gui.timeline import TimelineWidget
 from zvstudio.gui.transport import Transport
+from zvstudio.gui.transport_bar import TransportBar
 from zvstudio.gui.viewer import ViewerWidget
 from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import Proxy, VideoReader, build_proxy
@@ -87,6 +89,7 @@ class MainWindow(QMainWindow):
         self._build_widgets()
         self._build_actions()
         self._build_menus()
+        self._build_transport_bar()
         self._connect()
         self.risk_action.setChecked(self.settings.show_risk)
         self.mute_action.setChecked(self.settings.mute)
@@ -99,7 +102,6 @@ class MainWindow(QMainWindow):
     # -- construction -----------------------------------------------------------------------
     def _build_widgets(self) -> None:
         self.viewer = ViewerWidget(self)
-        self.setCentralWidget(self.viewer)
         self.timeline = TimelineWidget(self)
         self.transport = Transport(self)
         self.audio = AudioPlayback(self.transport, self._audio_sink, self)
@@ -269,6 +271,26 @@ class MainWindow(QMainWindow):
         bar.addMenu("&Help").addAction(self.about_action)
         self._rebuild_recent_menu()
 
+    def _build_transport_bar(self) -> None:
+        """Playback buttons and the timecode under the viewer."""
+        actions = {
+            "home": self.home_action,
+            "previous": self.prev_frame_action,
+            "play": self.play_action,
+            "next": self.next_frame_action,
+            "end": self.end_action,
+            "loop": self.loop_action,
+            "mute": self.mute_action,
+        }
+        self.transport_bar = TransportBar(self.transport, actions, self)
+        centre = QWidget(self)
+        layout = QVBoxLayout(centre)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.viewer, 1)
+        layout.addWidget(self.transport_bar)
+        self.setCentralWidget(centre)
+
     def _connect(self) -> None:
         doc = self.document
         doc.clip_changed.connect(self._clip_loaded)
@@ -437,6 +459,7 @@ class MainWindow(QMainWindow):
             self._reader = VideoReader(doc.project.clip.path, info=doc.info)
             self._build_proxy(Path(doc.project.clip.path))
         self.transport.set_clip(doc.frame_count, doc.fps)
+        self.transport_bar.refresh()
         span = doc.project.frame_range
         self.transport.set_bounds(*((span.first, span.last) if span else (None, None)))
         info = doc.info if doc.info is not None and doc.info.has_audio else None

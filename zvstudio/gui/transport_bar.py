@@ -1,0 +1,81 @@
+"""The transport bar under the viewer: playback buttons, loop and mute, and the timecode.
+
+Its buttons are the main window's own actions (the same shortcuts and menu entries), so the
+bar only arranges them and keeps the play button's icon and the timecode current.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QFontDatabase
+from PySide6.QtWidgets import QLabel, QSizePolicy, QStyle, QToolBar, QWidget
+
+from zvstudio.gui.timeline import timecode
+from zvstudio.gui.transport import Transport
+
+ICONS = {
+    "home": QStyle.StandardPixmap.SP_MediaSkipBackward,
+    "previous": QStyle.StandardPixmap.SP_MediaSeekBackward,
+    "play": QStyle.StandardPixmap.SP_MediaPlay,
+    "pause": QStyle.StandardPixmap.SP_MediaPause,
+    "next": QStyle.StandardPixmap.SP_MediaSeekForward,
+    "end": QStyle.StandardPixmap.SP_MediaSkipForward,
+    "loop": QStyle.StandardPixmap.SP_BrowserReload,
+    "sound": QStyle.StandardPixmap.SP_MediaVolume,
+    "muted": QStyle.StandardPixmap.SP_MediaVolumeMuted,
+}
+
+
+class TransportBar(QToolBar):
+    """Buttons for `actions` (name -> action: home, previous, play, next, end, loop, mute)
+    over `transport`, and the playhead's timecode of the clip's length."""
+
+    def __init__(
+        self, transport: Transport, actions: dict[str, QAction], parent: QWidget | None = None
+    ) -> None:
+        super().__init__("Transport", parent)
+        self.setObjectName("Transport")
+        self.setMovable(False)
+        self.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
+        self._transport = transport
+        self._actions = actions
+        for name in ("home", "previous", "play", "next", "end"):
+            actions[name].setIcon(self._icon(name))
+            self.addAction(actions[name])
+        self.addSeparator()
+        actions["loop"].setIcon(self._icon("loop"))
+        self.addAction(actions["loop"])
+        self.addAction(actions["mute"])
+        spacer = QWidget(self)
+        spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.addWidget(spacer)
+        self.timecode_label = QLabel(self)
+        self.timecode_label.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.timecode_label.setToolTip("Playhead / clip length (minutes:seconds:frames)")
+        self.addWidget(self.timecode_label)
+        transport.playing_changed.connect(self._show_playing)
+        transport.frame_changed.connect(self._show_timecode)
+        actions["mute"].toggled.connect(self._show_muted)
+        self._show_playing(transport.is_playing())
+        self._show_muted(actions["mute"].isChecked())
+        self._show_timecode(transport.frame())
+
+    def _icon(self, name: str):
+        return self.style().standardIcon(ICONS[name])
+
+    def _show_playing(self, playing: bool) -> None:
+        self._actions["play"].setIcon(self._icon("pause" if playing else "play"))
+
+    def _show_muted(self, muted: bool) -> None:
+        self._actions["mute"].setIcon(self._icon("muted" if muted else "sound"))
+
+    def _show_timecode(self, frame: int) -> None:
+        count, fps = self._transport.frame_count(), self._transport.fps()
+        if count == 0:
+            self.timecode_label.setText("")
+            return
+        self.timecode_label.setText(f"{timecode(frame, fps)} / {timecode(count - 1, fps)}")
+
+    def refresh(self) -> None:
+        """Show the timecode again (a new clip: another length and rate)."""
+        self._show_timecode(self._transport.frame())
