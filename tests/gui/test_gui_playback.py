@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
 from zvstudio.appsettings import AppSettings, load_settings
-from zvstudio.gui.audio import AudioPlayback
+from zvstudio.gui.audio import AudioPlayback, NoSoundOutput, qt_sink
 from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.gui.transport import Transport
 from zvstudio.media import probe
@@ -182,15 +182,23 @@ def test_mute_and_a_clip_without_sound(qtbot, transport, sound, tmp_path):
     assert len(sink.recordings) == 1 and not playback.is_playing()
 
 
-def test_without_an_output_device_playback_is_silent(qtbot, transport, tone_clip):
+def test_without_an_output_device_playback_is_silent_and_says_why_once(qtbot, transport, tone_clip):
     made = []
-    playback = AudioPlayback(transport, lambda rate, channels: made.append(rate))
+
+    def no_output(rate, channels):
+        made.append(rate)
+        raise NoSoundOutput("no sound output device was found")
+
+    playback = AudioPlayback(transport, no_output)
+    said = []
+    playback.failed.connect(said.append)
     playback.set_clip(str(tone_clip), probe(tone_clip).index)
     transport.set_clip(100, FPS)
     for _ in range(3):
         transport.play()
         transport.stop()
     assert made == [48000]  # one attempt, not one per play
+    assert said == ["no sound output device was found"]
     assert not playback.is_playing()
 
 
@@ -300,3 +308,16 @@ def test_the_transport_bar_plays_loops_mutes_and_shows_the_timecode(
     assert window.audio.is_muted() and picture(window.mute_action) != sound_icon
     qtbot.mouseClick(button(window.end_action), Qt.LeftButton)
     assert window.transport.frame() == 99
+
+
+def test_the_qt_output_is_made_or_refused_with_a_reason(qtbot):
+    """Whatever this machine has: a working QAudioSink, or NoSoundOutput saying why."""
+    try:
+        sink = qt_sink(RATE, 2)
+    except NoSoundOutput as exc:
+        assert str(exc)
+        return
+    output = sink.start()
+    assert output is not None and sink.bytesFree() > 0
+    assert output.write(bytes(4096)) == 4096
+    sink.stop()

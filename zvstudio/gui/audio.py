@@ -6,7 +6,8 @@ the clock's time, so a seek or a loop keeps picture and sound together. Samples 
 `media.audio.AudioReader` and are pushed into a Qt audio sink a little at a time from a
 timer; the sink is made by a factory so that tests can listen without a sound card.
 QtMultimedia is imported only here and only when a sink is made: it needs PulseAudio's
-library on Linux, and without it (or without an output device) the editor plays silently.
+library on Linux, and without it (or without an output device) the editor says so once and
+plays silently.
 """
 
 from __future__ import annotations
@@ -49,24 +50,27 @@ class AudioSink(Protocol):
 SinkFactory = Callable[[int, int], AudioSink | None]
 
 
-def qt_sink(rate: int, channels: int) -> AudioSink | None:
-    """A QAudioSink on the default output, or None where there is none (see module doc)."""
+class NoSoundOutput(Exception):
+    """Why this machine cannot play sound (the editor then plays silently and says why)."""
+
+
+def qt_sink(rate: int, channels: int) -> AudioSink:
+    """A QAudioSink on the default output; NoSoundOutput where there is none (module doc)."""
     try:
         from PySide6.QtMultimedia import QAudioFormat, QAudioSink, QMediaDevices
     except ImportError as exc:  # QtMultimedia absent or its PulseAudio library missing
-        log.info("no sound: %s", exc)
-        return None
+        raise NoSoundOutput(
+            f"Qt's sound library cannot load ({exc}); on Linux install libpulse0"
+        ) from exc
     device = QMediaDevices.defaultAudioOutput()
     if device.isNull():
-        log.info("no sound: no audio output device")
-        return None
+        raise NoSoundOutput("no sound output device was found")
     audio_format = QAudioFormat()
     audio_format.setSampleRate(rate)
     audio_format.setChannelCount(channels)
     audio_format.setSampleFormat(QAudioFormat.SampleFormat.Int16)
     if not device.isFormatSupported(audio_format):
-        log.info("no sound: %s does not take 16-bit %d Hz", device.description(), rate)
-        return None
+        raise NoSoundOutput(f"{device.description()} does not take 16-bit {rate} Hz sound")
     sink = QAudioSink(device, audio_format)
     sink.setBufferSize(int(SINK_BUFFER_SECONDS * rate) * channels * BYTES_PER_SAMPLE)
     return sink
@@ -75,7 +79,7 @@ def qt_sink(rate: int, channels: int) -> AudioSink | None:
 class AudioPlayback(QObject):
     """Plays a clip's sound in step with `transport`."""
 
-    failed = Signal(str)  # why the sound stopped (a damaged audio stream)
+    failed = Signal(str)  # why there is no sound (no output, a damaged audio stream)
 
     def __init__(
         self,
@@ -200,7 +204,11 @@ class AudioPlayback(QObject):
         return self._reader
 
     def _open_sink(self) -> AudioSink | None:
-        if not self._sink_made:  # one attempt: without a device, stay silent quietly
+        if not self._sink_made:  # one attempt: without an output, say why once, then silence
             self._sink_made = True
-            self._sink = self._sink_factory(PLAYBACK_RATE, PLAYBACK_CHANNELS)
+            try:
+                self._sink = self._sink_factory(PLAYBACK_RATE, PLAYBACK_CHANNELS)
+            except NoSoundOutput as exc:
+                log.info("no sound: %s", exc)
+                self.failed.emit(str(exc))
         return self._sink

@@ -310,7 +310,9 @@ class MainWindow(QMainWindow):
         self.risk_action.toggled.connect(self._show_risk)
         self.loop_action.toggled.connect(self._loop)
         self.mute_action.toggled.connect(self._mute)
-        self.audio.failed.connect(lambda why: self.statusBar().showMessage(f"No sound: {why}"))
+        self.audio.failed.connect(
+            lambda why: self.statusBar().showMessage(f"No sound: {why}", 10_000)
+        )
         self.motion.risk_stopped.connect(lambda: self.risk_action.setChecked(False))
         self.bridge.event.connect(self._job_event)
         self.status_watcher.ready.connect(self._status_ready)
