@@ -44,7 +44,6 @@ class AudioSink(Protocol):
     def bytesFree(self) -> int: ...
     def processedUSecs(self) -> int: ...  # sound the output has taken since it started
     def stop(self) -> None: ...
-    def setVolume(self, volume: float) -> None: ...
 
 
 SinkFactory = Callable[[int, int], AudioSink | None]
@@ -98,7 +97,6 @@ class AudioPlayback(QObject):
         self._output: Writable | None = None
         self._sound_start = 0.0  # the container time of the first sample sent, plus skips
         self._muted = False
-        self._volume = 1.0
         self._timer = QTimer(self)
         self._timer.setInterval(FEED_INTERVAL_MS)
         self._timer.timeout.connect(self._feed)
@@ -120,11 +118,6 @@ class AudioPlayback(QObject):
     def is_muted(self) -> bool:
         return self._muted
 
-    def set_volume(self, volume: float) -> None:
-        self._volume = min(max(float(volume), 0.0), 1.0)
-        if self._sink is not None:
-            self._sink.setVolume(self._volume)
-
     def is_playing(self) -> bool:
         return self._output is not None
 
@@ -143,7 +136,6 @@ class AudioPlayback(QObject):
         except ZvsError as exc:
             self._fail(str(exc))
             return
-        sink.setVolume(self._volume)
         self._output = sink.start()
         if self._output is not None:
             self._feed()
