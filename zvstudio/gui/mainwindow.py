@@ -771,6 +771,11 @@ class MainWindow(QMainWindow):
         )
         return self.bridge.submit_render(request, f"Export {Path(path).name}")
 
+    def _of_current_clip(self, clip: Path, result):
+        """An analysis job's result when `clip` is still the open clip, else None."""
+        current = self.document.project.clip
+        return result if current is not None and Path(current.path) == clip else None
+
     def _job_event(self, event: JobEvent) -> None:
         if self._shut_down:
             return  # an event queued before the workers stopped: nothing may start now
@@ -781,17 +786,14 @@ class MainWindow(QMainWindow):
             self.inspector.reload_models()
         if event.job == self.cuts_job and event.kind == "finished":
             self.cuts_job = None
-            clip, cuts = event.result
-            current = self.document.project.clip
-            if current is not None and Path(current.path) == clip:
+            cuts = self._of_current_clip(*event.result)
+            if cuts is not None:
                 self.document.set_shot_cuts(cuts)
                 self.timeline.set_cuts(cuts)
         if event.job == self.levels_job and event.kind == "finished":
             self.levels_job = None
-            clip, levels = event.result
-            current = self.document.project.clip
-            if current is not None and Path(current.path) == clip:
-                self.timeline.set_levels(levels)
+            if self._of_current_clip(*event.result) is not None:
+                self.timeline.set_levels(event.result[1])
         self.motion.job_event(event)
         if event.job == self.proxy_job and event.kind == "finished":
             self.proxy_job = None
