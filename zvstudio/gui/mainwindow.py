@@ -462,8 +462,6 @@ class MainWindow(QMainWindow):
             self._build_proxy(Path(doc.project.clip.path))
         self.transport.set_clip(doc.frame_count, doc.fps)
         self.transport_bar.refresh()
-        span = doc.project.frame_range
-        self.transport.set_bounds(*((span.first, span.last) if span else (None, None)))
         info = doc.info if doc.info is not None and doc.info.has_audio else None
         self.audio.set_clip(doc.project.clip.path if info else None, info.index if info else None)
         self.timeline.set_clip(doc.frame_count, doc.fps, self._thumbnail if self._reader else None)
