@@ -72,6 +72,39 @@ def test_an_unreadable_cache_entry_is_found_again(two_shots, tmp_path):
     assert json.loads(path.read_text()) == {"cuts": [9]}
 
 
+def test_the_editor_gets_proxy_and_cuts_from_one_decode(two_shots, monkeypatch):
+    from zvstudio.hashing import file_hash
+    from zvstudio.media import VideoReader, probe
+
+    decodes = []
+    frames = VideoReader.frames
+
+    def counted(reader, *args, **kwargs):
+        decodes.append(args)
+        return frames(reader, *args, **kwargs)
+
+    monkeypatch.setattr(VideoReader, "frames", counted)
+    info, clip_id = probe(two_shots), file_hash(two_shots)
+
+    def prepare() -> shots.PreparedClip:
+        decodes.clear()
+        return shots.prepare_clip(two_shots, clip_id, info, 48)
+
+    first = prepare()
+    assert first.cuts == [9] and len(first.proxy) == 23 and len(decodes) == 1
+    assert shots.cached_cuts(clip_id, 0, 22) == [9]  # as if found on their own
+    assert prepare().cuts == [9] and decodes == []  # both from the cache now
+    # Either one lost from the cache costs a decode for it alone.
+    mtime = first.proxy.path.stat().st_mtime_ns
+    shots.cuts_path(clip_id, 0, 22).unlink()
+    assert prepare().cuts == [9] and len(decodes) == 1
+    assert first.proxy.path.stat().st_mtime_ns == mtime  # the proxy was not built again
+    first.proxy.path.unlink()
+    rebuilt = prepare()
+    assert rebuilt.cuts == [9] and len(rebuilt.proxy) == 23 and len(decodes) == 1
+    assert first.proxy.path.stat().st_mtime_ns != mtime
+
+
 def test_probe_lists_the_shot_cuts(two_shots, capsys):
     from zvstudio.cli import main
 

@@ -143,6 +143,17 @@ def test_proxy_previews_match_the_exact_frames(tmp_path):
         )
 
 
+def test_proxy_building_shows_each_frame_to_an_observer(tmp_path):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=12)
+    seen = []
+    with VideoReader(path) as reader:
+        proxy = build_proxy(reader, 96, each_frame=seen.append)
+        assert [frame_number(image) for image in seen] == list(range(12))
+        assert all(np.array_equal(image.shape, proxy.frame(0).shape) for image in seen)
+        build_proxy(reader, 96, each_frame=seen.append)  # reused: nothing decoded, nothing seen
+    assert len(seen) == 12
+
+
 def test_damaged_proxy_is_rejected_and_rebuilt(tmp_path):
     path, _, _ = make_clip(tmp_path / "c.mp4", count=10)
     target = tmp_path / "p.zvproxy"

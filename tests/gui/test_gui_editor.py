@@ -327,6 +327,24 @@ def test_an_imported_clip_gets_a_key_at_each_shot(qtbot, window, tmp_path):
     assert not window.errors
 
 
+def test_opening_another_clip_stops_reading_the_first(qtbot, window, clip, tmp_path):
+    import threading
+
+    release = threading.Event()
+    window.bridge.submit(lambda context: release.wait(10), "Busy", ANALYSIS)
+    assert window.open_path(clip)
+    first = (window.prepare_job, window.levels_job)
+    other, _, _ = make_clip(tmp_path / "other.mp4", count=9, width=64, height=48)
+    assert window.open_path(other)
+    states = {job.id: job.state for job in window.bridge.jobs()}
+    assert [states[job] for job in first] == [JobState.CANCELLED] * 2
+    assert window.levels_job is None  # the other clip has no sound to measure
+    release.set()
+    qtbot.waitUntil(lambda: window.proxy is not None, timeout=20_000)
+    assert len(window.proxy) == 9 and window.timeline.cuts() == []
+    assert not window.errors
+
+
 def open_still_then_moving(window, folder: Path) -> None:
     """A clip still for 20 frames, then panning fast over new texture for 20."""
     from test_placement import _moving_clip

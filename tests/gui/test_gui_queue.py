@@ -201,7 +201,7 @@ def test_jobs_submitted_before_the_panel_are_listed(bridge, qtbot):
 
 
 def test_a_long_title_is_shortened_in_the_middle_to_fit(panel, bridge, qtbot):
-    title = "Prepare previews of a-very-long-clip-name-from-the-camera-card-0001.mp4"
+    title = "Prepare a-very-long-clip-name-from-the-camera-card-0001.mp4"
     job = bridge.submit(stepping(2, 0.0), title)
     panel.resize(360, 500)
     label = panel._jobs[job].row.title

@@ -30,7 +30,7 @@ from zvstudio.appsettings import AppSettings, edited, load_settings, save_settin
 from zvstudio.engine.jobs import ANALYSIS, JobEvent
 from zvstudio.engine.render import render_key_preview
 from zvstudio.engine.request import RenderRequest, request_from_project
-from zvstudio.engine.shots import clip_cuts, clip_levels
+from zvstudio.engine.shots import clip_levels, prepare_clip
 from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
 from zvstudio.gui.audio import AudioPlayback, SinkFactory, qt_sink
@@ -45,7 +45,7 @@ from zvstudio.gui.transport import Transport
 from zvstudio.gui.transport_bar import TransportBar
 from zvstudio.gui.viewer import ViewerWidget
 from zvstudio.hashing import file_hash, text_hash
-from zvstudio.media import Proxy, VideoReader, build_proxy
+from zvstudio.media import Proxy, VideoReader
 from zvstudio.paths import cache_root
 from zvstudio.project.autosave import Autosaver
 from zvstudio.project.edits import MoveKey, RemoveKey, SetFrameRange, mark_range
@@ -78,8 +78,7 @@ class MainWindow(QMainWindow):
         self.preview_image = None  # the last previewed key (frame, image)
         self._reader: VideoReader | None = None
         self.proxy: Proxy | None = None
-        self.proxy_job: int | None = None
-        self.cuts_job: int | None = None
+        self.prepare_job: int | None = None
         self.levels_job: int | None = None
         self.models_job: int | None = None
         self.generate_jobs: dict[int, str] = {}  # generation job id -> what it makes
@@ -445,7 +444,12 @@ class MainWindow(QMainWindow):
 
     # -- document changes ---------------------------------------------------------------------
     def _close_media(self) -> None:
-        """Close the clip's reader and proxy (a new clip, or the window closing)."""
+        """Close the clip's reader and proxy (a new clip, or the window closing), and stop
+        reading the clip it had opened."""
+        for job in (self.prepare_job, self.levels_job):
+            if job is not None:
+                self.bridge.cancel(job)
+        self.prepare_job = self.levels_job = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -459,7 +463,7 @@ class MainWindow(QMainWindow):
         doc = self.document
         if doc.project.clip is not None and doc.info is not None:
             self._reader = VideoReader(doc.project.clip.path, info=doc.info)
-            self._build_proxy(Path(doc.project.clip.path))
+            self._prepare(Path(doc.project.clip.path))
         self.transport.set_clip(doc.frame_count, doc.fps)
         self.transport_bar.refresh()
         info = doc.info if doc.info is not None and doc.info.has_audio else None
@@ -471,21 +475,22 @@ class MainWindow(QMainWindow):
         self.transport.seek(0)
         self._frame_changed(0)
 
-    def _build_proxy(self, clip: Path) -> None:
-        """Every frame as a small JPEG, built once per clip as a job: thumbnails and playback
-        then never wait for a seek in a long-GOP file."""
+    def _prepare(self, clip: Path) -> None:
+        """The clip's preview proxy (every frame as a small JPEG: thumbnails and playback then
+        never wait for a seek in a long-GOP file) and its shot cuts (keys placed every K frames
+        start again at each shot), from one decode as a job, read from the cache after the
+        first time; and its sound levels for the waveform."""
         info = self.document.info
 
         def work(context):
-            with VideoReader(clip, info=info) as reader:
-                return build_proxy(
-                    reader, PROXY_SIDE, progress=context.progress, cancel=context.cancel
-                )
+            prepared = prepare_clip(
+                clip, file_hash(clip), info, PROXY_SIDE, context.progress, context.cancel
+            )
+            return clip, prepared
 
-        self.proxy_job = self.bridge.submit(work, f"Prepare previews of {clip.name}", ANALYSIS)
+        self.prepare_job = self.bridge.submit(work, f"Prepare {clip.name}", ANALYSIS)
         if info is not None and info.has_audio:
             self._measure_sound(clip)
-        self._find_shot_cuts(clip)
 
     def _measure_sound(self, clip: Path) -> None:
         """The sound's level at every frame, as a job (read from the cache after the first
@@ -496,17 +501,6 @@ class MainWindow(QMainWindow):
             return clip, clip_levels(clip, file_hash(clip), info, context.progress, context.cancel)
 
         self.levels_job = self.bridge.submit(work, f"Measure the sound of {clip.name}", ANALYSIS)
-
-    def _find_shot_cuts(self, clip: Path) -> None:
-        """The clip's shot cuts, as a job (read from the cache after the first time): keys
-        placed every K frames then start again at each shot."""
-        info, last = self.document.info, self.document.frame_count - 1
-
-        def work(context):
-            cuts = clip_cuts(clip, file_hash(clip), 0, last, info, context.progress, context.cancel)
-            return clip, cuts
-
-        self.cuts_job = self.bridge.submit(work, f"Find shot cuts in {clip.name}", ANALYSIS)
 
     def _thumbnail(self, number: int):
         """A timeline thumbnail from the proxy, None until the proxy is ready."""
@@ -782,22 +776,19 @@ class MainWindow(QMainWindow):
         if event.job == self.models_job and event.kind == "finished":
             self.models = list(event.result)
             self.inspector.reload_models()
-        if event.job == self.cuts_job and event.kind == "finished":
-            self.cuts_job = None
-            cuts = self._of_current_clip(*event.result)
-            if cuts is not None:
-                self.document.set_shot_cuts(cuts)
-                self.timeline.set_cuts(cuts)
+        if event.job == self.prepare_job and event.kind == "finished":
+            self.prepare_job = None
+            prepared = self._of_current_clip(*event.result)
+            if prepared is not None:
+                self.proxy = prepared.proxy
+                self.timeline.invalidate_thumbnails()  # thumbnails can be drawn now
+                self.document.set_shot_cuts(prepared.cuts)
+                self.timeline.set_cuts(prepared.cuts)
         if event.job == self.levels_job and event.kind == "finished":
             self.levels_job = None
             if self._of_current_clip(*event.result) is not None:
                 self.timeline.set_levels(event.result[1])
         self.motion.job_event(event)
-        if event.job == self.proxy_job and event.kind == "finished":
-            self.proxy_job = None
-            self.proxy = event.result
-            self.timeline.invalidate_thumbnails()  # thumbnails can be drawn now
-            self.timeline.update()
         if event.job == self.preview_job:
             self._preview_event(event)
         if event.job != self.render_job:

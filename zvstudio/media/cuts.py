@@ -104,6 +104,11 @@ class CutFinder:
         # For each frame j, its scores to frames j-2, j-3, ... (what the flash check needs).
         self._jumps: list[tuple[float, ...]] = []
 
+    @property
+    def frames(self) -> int:
+        """How many frames were added."""
+        return len(self._jumps)
+
     def add(self, rgb: np.ndarray) -> None:
         small = small_hsv(rgb)
         scores = [content_score(earlier, small) for earlier in reversed(self._recent)]

@@ -17,6 +17,7 @@ import os
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -100,8 +101,12 @@ def build_proxy(
     destination: str | os.PathLike[str] | None = None,
     progress: ProgressCallback = ignore_progress,
     cancel: CancelToken | None = None,
+    each_frame: Callable[[np.ndarray], None] | None = None,
 ) -> Proxy:
-    """Decode every frame of `reader` once and write its proxy (atomically); reuse a built one."""
+    """Decode every frame of `reader` once and write its proxy (atomically); reuse a built one.
+
+    `each_frame(image)` sees every frame at proxy size, in order, while a proxy is built (not
+    when a built one is reused), so other per-frame analyses can share the decode."""
     from zvstudio.media.reader import fit_size
 
     target = Path(destination) if destination else proxy_path(reader.path, max_side)
@@ -118,7 +123,7 @@ def build_proxy(
     handle, temp_name = tempfile.mkstemp(dir=target.parent, suffix=".partial")
     try:
         with os.fdopen(handle, "wb") as stream:
-            offsets = _write_frames(reader, size, stream, progress, cancel)
+            offsets = _write_frames(reader, size, stream, progress, cancel, each_frame)
             metadata = {
                 "max_side": max_side,
                 "width": size[0],
@@ -133,7 +138,7 @@ def build_proxy(
     return Proxy(target)
 
 
-def _write_frames(reader, size, stream, progress, cancel) -> list[int]:
+def _write_frames(reader, size, stream, progress, cancel, each_frame) -> list[int]:
     offsets = [0]
     total = len(reader)
     for number, image in reader.frames(size=size):
@@ -143,6 +148,8 @@ def _write_frames(reader, size, stream, progress, cancel) -> list[int]:
         ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         if not ok:
             raise MediaError(f"cannot compress proxy frame {number}")
+        if each_frame is not None:
+            each_frame(image)
         stream.write(encoded.tobytes())
         offsets.append(offsets[-1] + len(encoded))
         if number % 10 == 0 or number == total - 1:
