@@ -280,9 +280,9 @@ def test_the_transport_bar_plays_loops_mutes_and_shows_the_timecode(
     window, sink = window_and_sink
     bar = window.transport_bar
     window.document.import_clip(tone_clip)
-    assert bar.timecode_label.text() == "0:00:00 / 0:03:24"  # 100 frames at 25 fps
+    assert bar.timecode_label.text() == "00:00:00:00 / 00:00:03:24"  # 100 frames at 25 fps
     window.transport.seek(30)
-    assert bar.timecode_label.text() == "0:01:05 / 0:03:24"
+    assert bar.timecode_label.text() == "00:00:01:05 / 00:00:03:24"
 
     def button(action):
         return bar.widgetForAction(action)

@@ -357,6 +357,8 @@ def test_timecode():
     assert timecode(26, 25) == "0:01:01"
     assert timecode(25 * 3661, 25) == "1:01:01:00"
     assert timecode(30, 29.97) == "0:01:00"
+    assert timecode(26, 25, full=True) == "00:00:01:01"
+    assert timecode(25 * 36610, 25, full=True) == "10:10:10:00"
 
 
 # -- transport ---------------------------------------------------------------------------------

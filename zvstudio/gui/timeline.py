@@ -76,13 +76,17 @@ MIN_TICK_SPACING = 6.0
 AUTOSCROLL_LEAD = 0.1  # fraction of the view kept ahead of the playhead after a page scroll
 
 
-def timecode(frame: int, fps: float) -> str:
-    """`H:MM:SS:FF` (hours only when needed) for a frame number."""
+def timecode(frame: int, fps: float, full: bool = False) -> str:
+    """`H:MM:SS:FF` (hours only when needed) for a frame number; `full`: always `HH:MM:SS:FF`,
+    as video tools show the playhead (in real time: no drop-frame counting)."""
     seconds = math.floor(frame / fps + 1e-9)
     ff = max(0, math.floor(frame - seconds * fps + 1e-6))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    head = f"{hours}:{minutes:02d}" if hours else f"{minutes}"
+    if full:
+        head = f"{hours:02d}:{minutes:02d}"
+    else:
+        head = f"{hours}:{minutes:02d}" if hours else f"{minutes}"
     return f"{head}:{secs:02d}:{ff:02d}"
 
 

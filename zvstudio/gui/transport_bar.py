@@ -28,7 +28,7 @@ ICONS = {
 
 class TransportBar(QToolBar):
     """Buttons for `actions` (name -> action: home, previous, play, next, end, loop, mute)
-    over `transport`, and the playhead's timecode of the clip's length."""
+    over `transport`, and the timecodes of the playhead and the last frame."""
 
     def __init__(
         self, transport: Transport, actions: dict[str, QAction], parent: QWidget | None = None
@@ -51,7 +51,7 @@ class TransportBar(QToolBar):
         self.addWidget(spacer)
         self.timecode_label = QLabel(self)
         self.timecode_label.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.timecode_label.setToolTip("Playhead / clip length (minutes:seconds:frames)")
+        self.timecode_label.setToolTip("Playhead / last frame (hours:minutes:seconds:frames)")
         self.addWidget(self.timecode_label)
         transport.playing_changed.connect(self._show_playing)
         transport.frame_changed.connect(self._show_timecode)
@@ -74,7 +74,8 @@ class TransportBar(QToolBar):
         if count == 0:
             self.timecode_label.setText("")
             return
-        self.timecode_label.setText(f"{timecode(frame, fps)} / {timecode(count - 1, fps)}")
+        here, end = timecode(frame, fps, full=True), timecode(count - 1, fps, full=True)
+        self.timecode_label.setText(f"{here} / {end}")
 
     def refresh(self) -> None:
         """Show the timecode again (a new clip: another length and rate)."""
