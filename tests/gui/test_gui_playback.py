@@ -11,11 +11,18 @@ import time
 import numpy as np
 import pytest
 from helpers import make_clip
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QMessageBox
 
 from zvstudio.appsettings import AppSettings, load_settings
-from zvstudio.gui.audio import AudioPlayback, NoSoundOutput, qt_sink
+from zvstudio.gui.audio import (
+    SCRUB_FADE_SECONDS,
+    SCRUB_SECONDS,
+    AudioPlayback,
+    NoSoundOutput,
+    faded,
+    qt_sink,
+)
 from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.gui.transport import Transport
 from zvstudio.media import probe
@@ -157,6 +164,58 @@ def test_sound_catches_up_with_an_output_that_starts_late(qtbot, transport, tone
     transport.stop()
 
 
+SCRUB_LENGTH = round(SCRUB_SECONDS * RATE)
+
+
+def scrubbed_at(recording: Recording, seconds: float, nth: int = 0) -> None:
+    """Assert that the `nth` scrub in `recording` is the test tone at `seconds`:
+    `SCRUB_SECONDS` of it, faded in and out."""
+    got = recording.samples()[nth * SCRUB_LENGTH : (nth + 1) * SCRUB_LENGTH, 0]
+    ramp = round(SCRUB_FADE_SECONDS * RATE)
+    assert len(got) == SCRUB_LENGTH
+    tone = tone_samples(Tone(), round(seconds * RATE), len(got))[0]
+    assert np.abs(got - tone)[ramp:-ramp].max() < AAC_TOLERANCE
+    assert np.abs(got[:4]).max() < 0.01 and np.abs(got[-4:]).max() < 0.01  # no click
+
+
+def test_scrubbed_frames_sound_for_a_moment_on_a_running_output(qtbot, transport, sound):
+    playback, sink = sound
+    playback.scrub(50)
+    assert len(sink.recordings) == 1
+    scrubbed_at(sink.recordings[-1], 50 / FPS)
+    playback.scrub(12)  # the output still holds the last frame's moment: skipped, no lag
+    assert len(sink.recordings[-1].samples()) == SCRUB_LENGTH
+    qtbot.waitUntil(lambda: sink.bytesFree() >= 4 * SCRUB_LENGTH, timeout=2000)
+    playback.scrub(12)  # the same output (no new start) plays it next
+    assert len(sink.recordings) == 1 and sink.started
+    scrubbed_at(sink.recordings[-1], 12 / FPS, nth=1)
+    qtbot.waitUntil(lambda: sink.bytesFree() >= 4 * SCRUB_LENGTH, timeout=2000)
+    playback.set_scrubbing(False)
+    playback.scrub(30)
+    playback.set_scrubbing(True)
+    playback.set_muted(True)
+    playback.scrub(30)
+    playback.set_muted(False)
+    assert len(sink.recordings[-1].samples()) == 2 * SCRUB_LENGTH  # off, then muted: silent
+    transport.play()  # while playing, the clock's sound plays and scrubbing keeps out of it
+    playing = sink.recordings[-1]
+    sent = len(playing.samples())
+    playback.scrub(80)
+    assert len(playing.samples()) == sent
+    recorded_from(playing, 0.0)
+    transport.stop()
+
+
+def test_fading_ramps_the_ends_and_keeps_the_middle():
+    samples = np.full((100, 2), 1000, np.int16)
+    out = faded(samples, 10)
+    assert out.dtype == np.int16 and out.shape == samples.shape
+    assert list(out[:10, 0]) == [round(1000 * i / 10) for i in range(10)]
+    assert list(out[-10:, 1]) == [round(1000 * i / 10) for i in range(10)][::-1]
+    assert np.all(out[10:90] == 1000)
+    assert np.array_equal(faded(samples[:4], 10)[:, 0], [0, 500, 500, 0])  # short: half each
+
+
 def test_mute_and_a_clip_without_sound(qtbot, transport, sound, tmp_path):
     playback, sink = sound
     playback.set_muted(True)
@@ -258,6 +317,34 @@ def test_the_editor_loops_and_mutes_from_its_menu_and_remembers(qtbot, window_an
     assert not sink.started
     qtbot.keyClick(window, Qt.Key_Space)
     assert not window.transport.is_playing()
+
+
+def test_the_editor_scrubs_the_sound_and_the_choice_is_remembered(
+    qtbot, window_and_sink, tone_clip
+):
+    window, sink = window_and_sink
+    window.document.import_clip(tone_clip)
+    assert window.scrub_action.isChecked()  # on by default, as in video editors
+    window.transport.seek(20)
+    assert not sink.recordings  # moving the playhead from code is silent
+    window.timeline.setFocus()
+    qtbot.keyClick(window.timeline, Qt.Key_Right)
+    assert window.transport.frame() == 21
+    scrubbed_at(sink.recordings[-1], 21 / FPS)
+    qtbot.waitUntil(lambda: sink.bytesFree() >= 4 * SCRUB_LENGTH, timeout=2000)
+    timeline = window.timeline
+    qtbot.mouseClick(timeline, Qt.LeftButton, pos=QPoint(round(timeline.x_of(60)), 8))
+    assert window.transport.frame() == 60
+    scrubbed_at(sink.recordings[-1], 60 / FPS, nth=1)
+    qtbot.waitUntil(lambda: sink.bytesFree() >= 4 * SCRUB_LENGTH, timeout=2000)
+    qtbot.keyClick(window.timeline, Qt.Key_S, Qt.ShiftModifier)
+    assert not window.scrub_action.isChecked() and not load_settings().scrub_sound
+    qtbot.keyClick(window.timeline, Qt.Key_Left)
+    assert window.transport.frame() == 59
+    assert len(sink.recordings[-1].samples()) == 2 * SCRUB_LENGTH
+    again = MainWindow(settings=load_settings(), audio_sink=lambda rate, channels: sink)
+    assert not again.scrub_action.isChecked() and not again.audio.is_scrubbing()
+    again.shutdown()
 
 
 def test_the_timeline_shows_the_clips_sound(qtbot, window_and_sink, tone_clip, tmp_path):

@@ -92,15 +92,17 @@ def test_click_moves_playhead_and_emits(qtbot, make_timeline):
 
 def test_drag_scrubs_continuously(qtbot, make_timeline):
     widget = make_timeline(100)
-    seen = recorder(widget.playhead_changed)
+    seen, scrubbed = recorder(widget.playhead_changed), recorder(widget.scrubbed)
     qtbot.mousePress(widget, Qt.LeftButton, pos=strip_point(widget, 10))
-    for frame in (15, 20, 30):
+    for frame in (15, 20, 20, 30):
         qtbot.mouseMove(widget, strip_point(widget, frame))
     qtbot.mouseRelease(widget, Qt.LeftButton, pos=strip_point(widget, 30))
-    assert seen == [10, 15, 20, 30]
+    assert seen == scrubbed == [10, 15, 20, 30]
     assert widget.playhead() == 30
     qtbot.mouseMove(widget, strip_point(widget, 60))  # no button held: no scrubbing
     assert widget.playhead() == 30
+    widget.set_playhead(50)  # moved from code: not a scrub
+    assert seen[-1] == 50 and scrubbed[-1] == 30
 
 
 def test_set_playhead_clamps_and_emits_only_on_change(make_timeline):

@@ -2,7 +2,9 @@
 
 Sound plays while the transport plays forwards at 1x and is silent when stopped, shuttling
 faster or backwards, or muted. Every start, jump or speed change of the clock restarts it at
-the clock's time, so a seek or a loop keeps picture and sound together. Samples come from
+the clock's time, so a seek or a loop keeps picture and sound together. With playback stopped,
+`scrub` plays a moment of a frame's sound, as video editors do while the playhead is dragged
+or stepped, so that a beat can be found frame by frame. Samples come from
 `media.audio.AudioReader` and are pushed into a Qt audio sink a little at a time from a
 timer; the sink is made by a factory so that tests can listen without a sound card.
 QtMultimedia is imported only here and only when a sink is made: it needs PulseAudio's
@@ -16,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from zvstudio.errors import ZvsError
@@ -31,6 +34,10 @@ SINK_BUFFER_SECONDS = 0.12  # short, so sound starts and stops with the picture
 # take a long while to start playing (a second and more), and its clock can drift.
 CATCH_UP_SECONDS = 0.04
 BYTES_PER_SAMPLE = 2  # signed 16-bit
+# A scrubbed frame sounds for at least this long (one frame's 40 ms is hard to hear), faded in
+# and out so that it does not click.
+SCRUB_SECONDS = 0.08
+SCRUB_FADE_SECONDS = 0.005
 
 
 class Writable(Protocol):
@@ -97,6 +104,7 @@ class AudioPlayback(QObject):
         self._output: Writable | None = None
         self._sound_start = 0.0  # the container time of the first sample sent, plus skips
         self._muted = False
+        self._scrubbing = True
         self._timer = QTimer(self)
         self._timer.setInterval(FEED_INTERVAL_MS)
         self._timer.timeout.connect(self._feed)
@@ -118,7 +126,15 @@ class AudioPlayback(QObject):
     def is_muted(self) -> bool:
         return self._muted
 
+    def set_scrubbing(self, on: bool) -> None:
+        """Whether `scrub` sounds."""
+        self._scrubbing = bool(on)
+
+    def is_scrubbing(self) -> bool:
+        return self._scrubbing
+
     def is_playing(self) -> bool:
+        """Whether the output is open: playing the clock's sound, or scrubbed moments."""
         return self._output is not None
 
     # -- following the clock ------------------------------------------------------------------
@@ -140,6 +156,33 @@ class AudioPlayback(QObject):
         if self._output is not None:
             self._feed()
             self._timer.start()
+
+    def scrub(self, frame: int) -> None:
+        """Play the sound at `frame` for a moment (`SCRUB_SECONDS`), unless playback runs (the
+        clock's sound then plays), scrubbing is off, the sound is muted or there is none.
+
+        The output keeps running between scrubs: starting one can take from a tenth of a second
+        to seconds, longer than a scrubbed frame lasts. A frame scrubbed while the output still
+        holds a whole moment of earlier frames is skipped, so the sound never lags the drag."""
+        if self._transport.is_playing() or not self._scrubbing or self._muted:
+            return
+        reader = self._open_reader() if self._path is not None else None
+        sink = self._open_sink() if reader is not None else None
+        if sink is None or not reader.has_audio:
+            return
+        length = round(max(1.0 / self._transport.fps(), SCRUB_SECONDS) * reader.rate)
+        if self._output is None:
+            self._output = sink.start()
+        bytes_per_frame = BYTES_PER_SAMPLE * reader.channels
+        if self._output is None or sink.bytesFree() < length * bytes_per_frame:
+            return
+        try:
+            reader.start(self._seconds(frame))
+            samples = reader.read(length)
+        except ZvsError as exc:
+            self._fail(str(exc))
+            return
+        self._output.write(faded(samples, round(SCRUB_FADE_SECONDS * reader.rate)).tobytes())
 
     def _seconds(self, position: float) -> float:
         """The container time of the (fractional) frame `position`."""
@@ -204,3 +247,14 @@ class AudioPlayback(QObject):
                 log.info("no sound: %s", exc)
                 self.failed.emit(str(exc))
         return self._sink
+
+
+def faded(samples: np.ndarray, ramp: int) -> np.ndarray:
+    """`samples` (frames, channels) int16 faded in over the first `ramp` frames and out over
+    the last `ramp`."""
+    ramp = min(ramp, len(samples) // 2)
+    gain = np.ones(len(samples), np.float32)
+    if ramp > 0:
+        rise = np.arange(ramp, dtype=np.float32) / ramp
+        gain[:ramp], gain[len(gain) - ramp :] = rise, rise[::-1]
+    return np.round(samples * gain[:, None]).astype(np.int16)

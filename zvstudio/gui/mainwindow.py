@@ -93,6 +93,8 @@ class MainWindow(QMainWindow):
         self.risk_action.setChecked(self.settings.show_risk)
         self.mute_action.setChecked(self.settings.mute)
         self.loop_action.setChecked(self.settings.loop_playback)
+        self.scrub_action.setChecked(self.settings.scrub_sound)
+        self.audio.set_scrubbing(self.settings.scrub_sound)
         self._start_timers()
         self.setAcceptDrops(True)
         self.resize(1400, 900)
@@ -168,8 +170,8 @@ class MainWindow(QMainWindow):
         self.reverse_action = a("Play backwards (J)", t.shuttle_backward, "J")
         self.stop_action = a("Stop (K)", t.stop, "K")
         self.forward_action = a("Play forwards (L)", t.shuttle_forward, "L")
-        self.prev_frame_action = a("Previous frame", lambda: t.step(-1), "Left")
-        self.next_frame_action = a("Next frame", lambda: t.step(1), "Right")
+        self.prev_frame_action = a("Previous frame", lambda: self.step(-1), "Left")
+        self.next_frame_action = a("Next frame", lambda: self.step(1), "Right")
         self.home_action = a("First frame", t.go_home, "Home")
         self.end_action = a("Last frame", t.go_end, "End")
         self.loop_action = a("Loop playback", lambda: None, "Ctrl+L")
@@ -177,6 +179,11 @@ class MainWindow(QMainWindow):
         self.loop_action.setToolTip("Play the in to out range (or the clip) over and over")
         self.mute_action = a("Mute sound", lambda: None, "Shift+M")
         self.mute_action.setCheckable(True)
+        self.scrub_action = a("Scrub sound", lambda: None, "Shift+S")
+        self.scrub_action.setCheckable(True)
+        self.scrub_action.setToolTip(
+            "Play a moment of sound at each frame the playhead is dragged or stepped to"
+        )
         self.toggle_key_action = a("Toggle key at playhead", self.toggle_key, "M")
         self.remove_key_action = a("Remove key", self.timeline.request_remove_selected, "Delete")
         self.riskiest_action = a("Go to the frame most at risk", self.go_to_riskiest_frame, "R")
@@ -239,6 +246,7 @@ class MainWindow(QMainWindow):
                 self.end_action,
                 self.loop_action,
                 self.mute_action,
+                self.scrub_action,
             ]
         )
         timeline.addSeparator()
@@ -298,6 +306,7 @@ class MainWindow(QMainWindow):
         doc.dirty_changed.connect(self._refresh_title)
         self.transport.frame_changed.connect(self._frame_changed)
         self.timeline.playhead_changed.connect(self.transport.seek)
+        self.timeline.scrubbed.connect(self.audio.scrub)
         self.timeline.key_toggle_requested.connect(doc.toggle_key)
         self.timeline.key_remove_requested.connect(self._remove_key)
         self.timeline.key_move_requested.connect(self._move_key)
@@ -309,6 +318,7 @@ class MainWindow(QMainWindow):
         self.risk_action.toggled.connect(self._show_risk)
         self.loop_action.toggled.connect(self._loop)
         self.mute_action.toggled.connect(self._mute)
+        self.scrub_action.toggled.connect(self._scrub)
         self.audio.failed.connect(
             lambda why: self.statusBar().showMessage(f"No sound: {why}", 10_000)
         )
@@ -533,6 +543,15 @@ class MainWindow(QMainWindow):
     def _mute(self, on: bool) -> None:
         self.audio.set_muted(on)
         self._remember_setting(mute=on)
+
+    def _scrub(self, on: bool) -> None:
+        self.audio.set_scrubbing(on)
+        self._remember_setting(scrub_sound=on)
+
+    def step(self, frames: int) -> None:
+        """Stop and move the playhead `frames` on, sounding the frame reached (scrubbing)."""
+        self.transport.step(frames)
+        self.audio.scrub(self.transport.frame())
 
     def _remember_setting(self, **changes) -> None:
         """Keep a menu toggle's state in the settings file for the next start."""

@@ -117,6 +117,7 @@ class TimelineWidget(QWidget):
     """Ruler, key markers, thumbnails and segments for one clip; scrub, zoom and edit keys."""
 
     playhead_changed = Signal(int)
+    scrubbed = Signal(int)  # the user dragged (or clicked) the playhead to this frame
     key_selected = Signal(int)  # -1 when no key is selected
     key_move_requested = Signal(int, int)  # old frame, new frame
     key_toggle_requested = Signal(int)
@@ -670,7 +671,11 @@ class TimelineWidget(QWidget):
         else:
             self._drag = "scrub"
             self._set_selected(None)
-            self._move_playhead(self.frame_at(pos.x()))
+            self._scrub_to(pos.x())
+
+    def _scrub_to(self, x: float) -> None:
+        if self._move_playhead(self.frame_at(x)):
+            self.scrubbed.emit(self._playhead)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         pos = event.position()
@@ -683,7 +688,7 @@ class TimelineWidget(QWidget):
             return
         self._scroll_at_edge(pos.x())
         if self._drag == "scrub":
-            self._move_playhead(self.frame_at(pos.x()))
+            self._scrub_to(pos.x())
         elif abs(pos.x() - self._press_x) >= QApplication.startDragDistance():
             self._drag_target = self.frame_at(pos.x())
             self.update()
