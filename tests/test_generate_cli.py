@@ -116,6 +116,53 @@ def test_generate_refuses_bad_requests_clearly(models, tmp_path, capsys, extra, 
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_generate_smooths_the_background_with_a_local_segmentation_model(
+    models, tmp_path, monkeypatch
+):
+    from test_seg_annotator import write_tiny_segformer
+
+    from zvstudio.diffusion import seg
+
+    monkeypatch.setenv("ZVSTUDIO_SEG_MODEL", str(write_tiny_segformer(tmp_path / "seg")))
+    masked = []
+    find_foreground = seg.SegForeground.__call__
+    monkeypatch.setattr(
+        seg.SegForeground,
+        "__call__",
+        lambda self, rgb: masked.append(rgb.shape) or find_foreground(self, rgb),
+    )
+    out = tmp_path / "smooth.mp4"
+    args = ["generate", *models["model"], *TEXT, "--height", "32", "--smooth-background"]
+    assert main([*args, "-o", str(out)]) == 0
+    assert masked == [(32, 32, 3)] * 3  # each frame's foreground, found in the first pass
+    assert probe(out).frame_count == 3
+
+    from zvstudio.generate import jobs
+
+    asked = []
+    monkeypatch.setattr(jobs, "generate_text_to_video", lambda request, *a: asked.append(request))
+    main(["generate", *models["model"], *TEXT, "-o", str(out)])
+    main(["generate", *models["model"], *TEXT, "--smooth-background", "0.3", "-o", str(out)])
+    assert [r.settings.smooth_background for r in asked] == [0.0, 0.3]
+
+
+def test_generate_without_a_segmentation_model_cannot_smooth(models, tmp_path, monkeypatch, capsys):
+    from zvstudio.diffusion import seg
+
+    monkeypatch.setattr(seg, "find_foreground_source", lambda folders=None: None)
+    args = [
+        "generate",
+        *models["model"],
+        *TEXT,
+        "--smooth-background",
+        "-o",
+        str(tmp_path / "o.mp4"),
+    ]
+    assert main(args) == 1
+    assert "no ADE20K segmentation model was found" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+
+
 def test_generate_checks_the_output_before_loading_models(tmp_path, capsys):
     # No model exists at all: the output's folder is checked (and reported) first.
     args = ["generate", "--model", str(tmp_path / "none"), "--prompt", "a cat"]

@@ -894,6 +894,17 @@ def _add_generate(commands) -> None:
         "--chunk", type=int, default=8, help="frames denoised together, frame 0 included (8)"
     )
     parser.add_argument(
+        "--smooth-background",
+        type=float,
+        nargs="?",
+        const=0.6,
+        default=0.0,
+        metavar="STRENGTH",
+        help="hold the background still as the camera moves: each frame's background is pulled "
+        "towards frame 0's by STRENGTH (0.6 when not given); the clip is denoised twice and "
+        "needs a local ADE20K segmentation model to find the foreground",
+    )
+    parser.add_argument(
         "--video",
         type=Path,
         help="follow this clip's first frames through the ControlNet (--controlnet), or edit "
@@ -938,6 +949,7 @@ def _run_generate(args) -> int:
         height=args.height or height,
         motion_field=_pair(args.motion_field, "--motion-field"),
         chunk_size=args.chunk,
+        smooth_background=args.smooth_background,
         controlnet_scale=controlnet.scale if controlnet else 1.0,
         annotator=controlnet.annotator if controlnet else "canny",
         image_guidance_scale=args.image_cfg,

@@ -218,6 +218,31 @@ def test_new_from_text_builds_the_request(qtbot, tmp_path, library, tiny, clip):
     assert (request.settings.width, request.settings.height) == (512, 384)
 
 
+@pytest.mark.parametrize("model_found", [True, False])
+def test_background_smoothing_is_offered_with_a_segmentation_model_in_text_mode(
+    qtbot, tmp_path, library, tiny, clip, monkeypatch, model_found
+):
+    from zvstudio.gui import generate_dialogs
+
+    monkeypatch.setattr(generate_dialogs, "_has_seg_model", lambda: model_found)
+    dialog = make(qtbot, TextToVideoDialog, tmp_path, library)
+    pick(dialog.model_picker, tiny["model"])
+    dialog.prompt_edit.setPlainText("a red cat")
+    assert dialog.smoothing_spin.value() == 0  # off unless asked for: it doubles the time
+    assert dialog.smoothing_spin.isEnabled() == model_found
+    assert ("No ADE20K segmentation model" in dialog.smoothing_spin.toolTip()) != model_found
+    dialog.smoothing_spin.setValue(0.6)
+    policy = ModelPolicy.from_settings(CPU, tiny["config"])
+    expected = 0.6 if model_found else 0.0
+    assert dialog.choice().request(policy).settings.smooth_background == expected
+    controlnet = tmp_path / "control_canny"
+    controlnet.mkdir()
+    dialog.controlnet_picker.set_path(controlnet)
+    dialog.video_field.set_path(clip)  # an input video brings its own background
+    assert not dialog.smoothing_spin.isEnabled()
+    assert dialog.choice().smooth_background == 0
+
+
 def test_the_output_never_replaces_a_file_silently(qtbot, tmp_path, library, tiny):
     (tmp_path / "text_to_video.mp4").write_bytes(b"taken")
     dialog = make(qtbot, TextToVideoDialog, tmp_path, library)

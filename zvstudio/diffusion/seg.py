@@ -118,6 +118,10 @@ class SegAnnotator(TransformersAnnotator):
     what = "segmentation model"
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return colorize(self.labels(rgb))
+
+    def labels(self, rgb: np.ndarray) -> np.ndarray:
+        """Each pixel's ADE20K class (HxW int), the frame's size."""
         import torch
         import torch.nn.functional as F
 
@@ -134,5 +138,38 @@ class SegAnnotator(TransformersAnnotator):
         logits = F.interpolate(
             logits.float(), size=rgb.shape[:2], mode="bilinear", align_corners=False
         )
-        labels = logits[0].argmax(dim=0).numpy()
-        return colorize(labels)
+        return logits[0].argmax(dim=0).numpy()
+
+
+#: ADE20K's classes of scenery (ground, sky, water, vegetation, buildings and their surfaces):
+#: what stays behind the subject as the camera moves. Every other class is an object.
+SCENE_CLASSES = frozenset(
+    {
+        "wall", "building", "sky", "floor", "tree", "ceiling", "road", "grass", "sidewalk",
+        "earth", "mountain", "plant", "water", "sea", "field", "fence", "rock", "sand",
+        "skyscraper", "path", "stairs", "runway", "river", "bridge", "hill", "land",
+        "dirt track", "waterfall", "lake", "house", "windowpane", "railing", "column",
+        "stairway", "tower", "grandstand", "pier", "swimming pool", "palm", "curtain", "rug",
+    }
+)  # fmt: skip
+_SCENE_LABELS = np.array([name in SCENE_CLASSES for name in ADE20K_CLASSES])
+
+
+class SegForeground:
+    """A foreground mask source from a segmentation model: 1 where a pixel's class is an
+    object, 0 where it is scenery (`SCENE_CLASSES`). Text2Video-Zero's authors find the
+    foreground with a salient-object model; no such model loads in transformers without
+    running code from the model's folder, so an ADE20K model's objects stand in for it."""
+
+    def __init__(self, annotator: SegAnnotator) -> None:
+        self.annotator = annotator
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return (~_SCENE_LABELS[self.annotator.labels(rgb)]).astype(np.float32)
+
+
+def find_foreground_source(folders: Iterable[Path] | None = None) -> SegForeground | None:
+    """The foreground mask source from the first ADE20K model found (see `find_seg_model`),
+    or None when there is none."""
+    folder = find_seg_model(folders)
+    return None if folder is None else SegForeground(SegAnnotator(folder))

@@ -74,6 +74,7 @@ def generate_text_to_video(
     settings.check()
     check_output(request.output, request.export)
     models = _check_mode(request)
+    foreground = _foreground_source(request)
     control_frames, timing, audio = None, FrameTiming.constant(request.fps, settings.frames), None
     if request.video is not None:
         control_frames, timing, audio = _input_clip(
@@ -81,7 +82,7 @@ def generate_text_to_video(
         )
     components, controlnet = load_diffusion_models(models, log)
     with out_of_memory_as_error():
-        frames = TextToVideoZero(components, controlnet).generate(
+        frames = TextToVideoZero(components, controlnet, foreground).generate(
             settings, control_frames, progress, cancel
         )
     write_frames(request.output, frames, timing, request.export, audio)
@@ -162,6 +163,22 @@ def _check_mode(request: TextToVideoRequest) -> DiffusionSpec:
             hint="add --controlnet canny, or use an InstructPix2Pix checkpoint as --model",
         )
     return replace(models, unet_inputs=(8,) if instruct else (4, 8)) if editing else models
+
+
+def _foreground_source(request: TextToVideoRequest):
+    """Where background smoothing finds each frame's foreground (None when it is off), checked
+    before any model loads."""
+    if request.settings.smooth_background <= 0:
+        return None
+    from zvstudio.diffusion.seg import find_foreground_source
+    from zvstudio.generate.t2v_zero import no_foreground_source, smoothing_needs_text_mode
+
+    if request.video is not None or request.models.controlnet is not None:
+        raise smoothing_needs_text_mode()
+    source = find_foreground_source()
+    if source is None:
+        raise no_foreground_source()
+    return source
 
 
 def input_clip_size(video: Path, long_side: int = INPUT_LONG_SIDE) -> tuple[int, int]:

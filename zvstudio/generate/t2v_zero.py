@@ -13,6 +13,12 @@ Written on our own model layer (diffusers' TextToVideoZeroPipeline is deprecated
 3. All frames are denoised jointly from t1 with classifier-free guidance in one batch.
 4. Long clips are made in chunks that each include frame 0, with absolute frame ids for the
    motion and the noise, so a chunked clip equals an unchunked one.
+5. Background smoothing (optional, text mode, when a foreground mask source is given): the clip
+   is made once, each frame's foreground is found in it, and the joint denoising runs again
+   from t1 with each frame's background pulled towards frame 0's x_t1 carried by the motion
+   (where neither that frame's foreground nor frame 0's carried foreground lies), as the
+   paper's authors do: the background then holds still in the moving camera instead of
+   shimmering. Frame 0 is unchanged by it.
 
 ControlNet mode (an input clip's edges / pose / depth): every frame starts from the same x_T,
 there is no latent motion (the control images carry it), and the ControlNet's self-attention is
@@ -26,7 +32,7 @@ image, image only, neither) laid out as three groups of frames, frame 0 first in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -46,6 +52,12 @@ from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_pr
 # The paper's motion field is 12 px per frame at 512 px: a fraction of the frame, kept as such
 # at other sizes.
 MOTION_REFERENCE_SIZE = 512
+# Foreground masks grow by this many latent pixels (the authors' 5x5 dilation), so that an
+# object's edge is never pulled towards frame 0's background.
+FOREGROUND_MARGIN = 2
+
+#: A foreground mask source: an RGB uint8 frame -> HxW mask, > 0.5 where the foreground is.
+ForegroundMasks = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,9 @@ class TextToVideoSettings:
     controlnet_scale: float = 1.0
     annotator: str = "canny"  # what turns the input clip's frames into control images
     image_guidance_scale: float = 1.5  # InstructPix2Pix: how closely frames keep the input
+    # Background smoothing: how far each frame's background moves towards frame 0's carried
+    # by the motion (the paper's 0.6); 0 is off. Needs a foreground mask source.
+    smooth_background: float = 0.0
 
     def check(self) -> None:
         """Raise `ZvsError` for settings that cannot make a clip."""
@@ -83,6 +98,8 @@ class TextToVideoSettings:
             raise ZvsError(f"{self.width}x{self.height}: width and height must be multiples of 8")
         if not 0 < self.t0 < self.t1 < 1:
             raise ZvsError(f"need 0 < t0 < t1 < 1, got t0={self.t0}, t1={self.t1}")
+        if not 0 <= self.smooth_background <= 1:
+            raise ZvsError(f"background smoothing is 0 to 1, not {self.smooth_background}")
 
 
 # -- cross-frame attention to frame 0 ---------------------------------------------------------
@@ -219,13 +236,49 @@ def chunks(frames: int, chunk_size: int) -> list[list[int]]:
     return [[0, *rest[i : i + step]] for i in range(0, len(rest), step)] or [[0]]
 
 
+def latent_masks(masks: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """Foreground masks (HxW, > 0.5 inside) at latent `size` (h, w) as a binary (F, 1, h, w)
+    tensor: a latent pixel is foreground where any of its area is, grown by
+    `FOREGROUND_MARGIN`."""
+    height, width = size
+    kernel = np.ones((2 * FOREGROUND_MARGIN + 1,) * 2, np.uint8)
+    small = []
+    for mask in masks:
+        inside = (np.asarray(mask, np.float32) > 0.5).astype(np.float32)
+        cover = cv2.resize(inside, (width, height), interpolation=cv2.INTER_AREA)
+        small.append(cv2.dilate((cover > 0).astype(np.uint8), kernel))
+    return torch.from_numpy(np.stack(small)[:, None].astype(np.float32))
+
+
+def smooth_starts(
+    starts: torch.Tensor,
+    first: torch.Tensor,
+    foreground: torch.Tensor,
+    first_foreground: torch.Tensor,
+    shifts: Sequence[tuple[float, float]],
+    strength: float,
+) -> torch.Tensor:
+    """Background smoothing of the joint denoising's starting latents `starts` (F, C, h, w):
+    where frame k's background (1 - `foreground`[k], binary) meets frame 0's background carried
+    by k's motion `shifts`[k], move its latent `strength` of the way to frame 0's start `first`
+    (1, C, h, w) carried likewise. Frame 0's own start (shift 0) is left as it is."""
+    count = starts.shape[0]
+    carried = translate_latents((first * (1 - first_foreground)).expand(count, -1, -1, -1), shifts)
+    carried_foreground = translate_latents(first_foreground.expand(count, -1, -1, -1), shifts)
+    pull = strength * (1 - foreground) * (1 - carried_foreground)
+    return (starts.float() * (1 - pull) + carried.float() * pull).to(starts.dtype)
+
+
 # -- the generator ----------------------------------------------------------------------------
 class TextToVideoZero:
     """Makes clips with one loaded model (and optionally a ControlNet)."""
 
-    def __init__(self, components: Components, controlnet=None) -> None:
+    def __init__(
+        self, components: Components, controlnet=None, foreground: ForegroundMasks | None = None
+    ) -> None:
         self.components = components
         self.controlnet = controlnet
+        self.foreground = foreground  # what background smoothing finds the foreground with
         self.device = components.device
         self.dtype = components.unet.dtype
         # InstructPix2Pix UNets take the input frame's latent beside the noise.
@@ -244,7 +297,8 @@ class TextToVideoZero:
         """The clip's frames (RGB uint8, settings.height x settings.width).
 
         With a ControlNet, `control_frames` (RGB, one per output frame, any size) are turned
-        into control images by `settings.annotator`. Progress: "generate" steps, then "decode"
+        into control images by `settings.annotator`. Progress: "generate" steps (with
+        background smoothing, "foreground" frames between its two passes), then "decode"
         frames, each with the decoded frame as its preview."""
         frames = []
         latents = self.latents(settings, control_frames, progress, cancel)
@@ -259,6 +313,9 @@ class TextToVideoZero:
     def latents(self, settings, control_frames=None, progress=ignore_progress, cancel=None):
         """The clip's final latents (frames, C, h, w), before decoding."""
         settings.check()
+        smoothing = settings.smooth_background > 0
+        if smoothing:
+            self._check_smoothing(control_frames)
         if self.instruct:
             conditions = self._image_latents(settings, control_frames)
         else:
@@ -268,16 +325,44 @@ class TextToVideoZero:
         groups = chunks(settings.frames, settings.chunk_size)
         models = [self.components.unet] + ([self.controlnet] if self.controlnet else [])
         with first_frame_attention(models, self.layout):
+            passes = 2 if smoothing else 1
             run, starts, first_joint = self._starts(
-                settings, scheduler, conditions is None, len(groups), progress, cancel
+                settings, scheduler, conditions is None, passes * len(groups), progress, cancel
             )
-            result: dict[int, torch.Tensor] = {}
-            for ids in groups:
-                condition = None if conditions is None else conditions[ids]
-                joint = range(first_joint, len(scheduler.timesteps))
-                latents = run.steps(starts.for_frames(ids), joint, condition)
-                result.update(zip(ids, latents, strict=True))
-        return torch.stack([result[i] for i in range(settings.frames)])
+            joint = range(first_joint, len(scheduler.timesteps))
+            latents = self._joint(run, starts, groups, joint, conditions, settings.frames)
+            if smoothing:
+                masks = self._foreground_of(latents, progress, cancel)
+                starts = _SmoothedStarts(starts, masks, settings.smooth_background)
+                latents = self._joint(run, starts, groups, joint, conditions, settings.frames)
+        return latents
+
+    @staticmethod
+    def _joint(run, starts, groups, joint: range, conditions, frames: int) -> torch.Tensor:
+        """Every frame denoised from its start over the `joint` steps, chunk by chunk."""
+        result: dict[int, torch.Tensor] = {}
+        for ids in groups:
+            condition = None if conditions is None else conditions[ids]
+            latents = run.steps(starts.for_frames(ids), joint, condition)
+            result.update(zip(ids, latents, strict=True))
+        return torch.stack([result[i] for i in range(frames)])
+
+    def _check_smoothing(self, control_frames) -> None:
+        if self.instruct or self.controlnet is not None or control_frames is not None:
+            raise smoothing_needs_text_mode()
+        if self.foreground is None:
+            raise no_foreground_source()
+
+    def _foreground_of(self, latents: torch.Tensor, progress, cancel) -> torch.Tensor:
+        """Each frame's foreground mask (F, 1, h, w) at latent size, found in its image."""
+        masks = []
+        for number, latent in enumerate(latents, 1):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            image = self._to_image(latent)
+            masks.append(self.foreground(image))
+            progress(Progress("foreground", number, len(latents)))
+        return latent_masks(masks, tuple(latents.shape[-2:])).to(latents.device)
 
     def _starts(self, settings, scheduler, with_motion: bool, chunk_count: int, progress, cancel):
         """(the denoiser, where each frame starts, the first joint step). With motion, frame
@@ -345,6 +430,23 @@ class TextToVideoZero:
         return rgb_frames(decode(self.components.vae, latent[None]))[0]
 
 
+def smoothing_needs_text_mode() -> ZvsError:
+    return ZvsError(
+        "background smoothing works on text-to-video's camera motion: a clip made from an "
+        "input video follows that video's background instead",
+        hint="turn background smoothing off, or make the clip from the prompt alone",
+    )
+
+
+def no_foreground_source() -> ZvsError:
+    return ZvsError(
+        "background smoothing needs a foreground mask source: no ADE20K segmentation model "
+        "was found",
+        hint="put one (a transformers UperNet or SegFormer folder with model.safetensors) in "
+        "your models folder's annotators/, or set $ZVSTUDIO_SEG_MODEL",
+    )
+
+
 def _require_frames(settings, frames, who: str) -> None:
     if frames is None or len(frames) < settings.frames:
         have = 0 if frames is None else len(frames)
@@ -396,6 +498,27 @@ class _MotionStarts:
         moved = translate_latents(self.x_t0, [shift])
         noise = frame_noise(moved.shape[1:], self.settings.seed, frame_id)[None].to(moved)
         return renoise(moved.float(), noise.float(), self.alpha_t0, self.alpha_t1).to(moved.dtype)
+
+
+class _SmoothedStarts:
+    """Background smoothing: the motion starts of the first pass, smoothed (`smooth_starts`)
+    with each frame's foreground mask from it."""
+
+    def __init__(self, motion: _MotionStarts, masks: torch.Tensor, strength: float) -> None:
+        self.motion, self.masks, self.strength = motion, masks, strength
+
+    def for_frames(self, ids: list[int]) -> torch.Tensor:
+        latent_size = self.motion.x_t1.shape[-2:]
+        field = self.motion.settings.motion_field
+        shifts = [motion_shift(frame_id, field, latent_size) for frame_id in ids]
+        masks = self.masks.to(self.motion.x_t1)
+        starts = self.motion.for_frames(ids)
+        smoothed = smooth_starts(
+            starts, self.motion.x_t1, masks[ids], masks[:1], shifts, self.strength
+        )
+        # Frame 0 is pulled towards itself: keep it bit for bit, not within rounding.
+        smoothed[[i for i, frame_id in enumerate(ids) if frame_id == 0]] = starts[0]
+        return smoothed
 
 
 class _SharedStart:
