@@ -143,12 +143,14 @@ def test_proxy_previews_match_the_exact_frames(tmp_path):
         )
 
 
-def test_proxy_building_shows_each_frame_to_an_observer(tmp_path):
+def test_proxy_building_shows_each_frame_to_an_observer_and_progress(tmp_path):
     path, _, _ = make_clip(tmp_path / "c.mp4", count=12)
-    seen = []
+    seen, reports = [], []
     with VideoReader(path) as reader:
-        proxy = build_proxy(reader, 96, each_frame=seen.append)
+        proxy = build_proxy(reader, 96, progress=reports.append, each_frame=seen.append)
         assert [frame_number(image) for image in seen] == list(range(12))
+        # Progress shows the frame reached, for a live thumbnail.
+        assert [(r.done, frame_number(r.image)) for r in reports] == [(1, 0), (11, 10), (12, 11)]
         assert all(np.array_equal(image.shape, proxy.frame(0).shape) for image in seen)
         build_proxy(reader, 96, each_frame=seen.append)  # reused: nothing decoded, nothing seen
     assert len(seen) == 12

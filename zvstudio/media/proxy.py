@@ -152,8 +152,8 @@ def _write_frames(reader, size, stream, progress, cancel, each_frame) -> list[in
             each_frame(image)
         stream.write(encoded.tobytes())
         offsets.append(offsets[-1] + len(encoded))
-        if number % 10 == 0 or number == total - 1:
-            progress(Progress("proxy", number + 1, total))
+        if number % 10 == 0 or number == total - 1:  # the frame: the queue's live thumbnail
+            progress(Progress("proxy", number + 1, total, image=image))
     return offsets
 
 
