@@ -143,3 +143,30 @@ def test_levels_are_measured_once_per_clip(tmp_path, tone_clip, monkeypatch):
     np.testing.assert_array_equal(clip_levels(tone_clip, "tone-id", info), levels)
     silent, _, _ = make_clip(tmp_path / "silent.mp4", 10)
     assert clip_levels(silent, "silent-id", probe(silent)) is None
+
+
+def test_a_beaten_tone_is_loud_on_each_beat_and_dies_away():
+    tone = Tone(beats_per_second=2.0, volume=0.5)
+    wave = tone_samples(tone, 0, 48000)[0]  # one second: beats at 0 and 0.5 s
+
+    def peak(start: float, stop: float) -> float:
+        return float(np.abs(wave[round(start * 48000) : round(stop * 48000)]).max())
+
+    assert peak(0.0, 0.01) > 0.45 and peak(0.5, 0.51) > 0.45  # struck
+    assert peak(0.40, 0.49) < 0.15 and peak(0.9, 0.99) < 0.15  # died away before the next
+
+
+def test_the_demo_clips_sound_is_struck_when_its_ball_lands(tmp_path):
+    from zvstudio.demo import write_demo_clip
+
+    path = tmp_path / "demo.mp4"
+    demo = write_demo_clip(path)
+    info = probe(path)
+    peaks = frame_levels(path, info.index)[:, 0]
+    bounce = demo.scene["ball"]["bounces_per_second"]
+    # The frame showing while the ball lands (at k / bounce seconds) holds its strike.
+    landings = [int(k / bounce * info.fps) for k in range(4)]
+    loud = [i for i in range(1, len(peaks) - 1) if peaks[i] >= max(peaks[i - 1], peaks[i + 1])]
+    loud = [i for i in loud if peaks[i] > 2 * np.median(peaks)]
+    assert landings[1:] == loud  # frame 0's strike has no frame before it to compare
+    assert peaks[0] > 2 * np.median(peaks)

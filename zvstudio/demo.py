@@ -1,4 +1,5 @@
-"""The demo clip: procedural moving, textured content with an audio tone.
+"""The demo clip: procedural moving, textured content with an audio tone struck each time the
+ball bounces.
 
 `zvstudio render --demo` renders this clip so that a new user sees the whole pipeline work with
 nothing downloaded. The scene (sizes, colours, speeds) is described in
@@ -143,7 +144,11 @@ def write_demo_clip(path: str | os.PathLike[str], scene: dict | None = None) -> 
         path,
         demo.frames(),
         fps=demo.fps,
-        tone=Tone(frequency=tone["frequency"], volume=tone["volume"]),
+        tone=Tone(
+            frequency=tone["frequency"],
+            volume=tone["volume"],
+            beats_per_second=demo.scene["ball"]["bounces_per_second"],  # the ball lands
+        ),
         options={"crf": "16", "preset": "fast"},
     )
     return demo

@@ -18,19 +18,31 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Tone:
-    """A sine tone with a gentle tremolo, as the clip's audio track."""
+    """A sine tone with a gentle tremolo, as the clip's audio track; with `beats_per_second`,
+    struck on each beat instead (loud at t = k / beats_per_second, then dying away), so that
+    the waveform and the sound show where the beats fall."""
 
     frequency: float = 440.0
     sample_rate: int = 48000
     volume: float = 0.25
     codec: str = "aac"
     layout: str = "stereo"
+    beats_per_second: float = 0.0
+
+
+BEAT_DECAY_SECONDS = 0.08  # a struck beat's loudness falls by e in this time...
+BEAT_FLOOR = 0.1  # ...down to this fraction of the volume
 
 
 def tone_samples(tone: Tone, first: int, count: int) -> np.ndarray:
     """Samples first..first+count-1 of `tone`, planar float32, one row per channel."""
     t = (first + np.arange(count)) / tone.sample_rate
-    wave = tone.volume * np.sin(2 * np.pi * tone.frequency * t) * (0.8 + 0.2 * np.sin(3 * t))
+    if tone.beats_per_second > 0:
+        since_beat = np.mod(t, 1.0 / tone.beats_per_second)
+        envelope = BEAT_FLOOR + (1 - BEAT_FLOOR) * np.exp(-since_beat / BEAT_DECAY_SECONDS)
+    else:
+        envelope = 0.8 + 0.2 * np.sin(3 * t)
+    wave = tone.volume * np.sin(2 * np.pi * tone.frequency * t) * envelope
     channels = av.AudioLayout(tone.layout).nb_channels
     return np.repeat(wave.astype(np.float32)[None, :], channels, axis=0)
 
