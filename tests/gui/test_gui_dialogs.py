@@ -494,3 +494,32 @@ def test_settings_probe_this_machine_without_starting_cuda(qtbot):
     assert len(devices) == 2 + torch.cuda.device_count() + torch.backends.mps.is_available()
     assert not torch.cuda.is_initialized()  # counting GPUs must not create a CUDA context
     dialog.close()
+
+
+# ------------------------------------------------------------------------------- shortcuts
+
+
+def test_the_shortcuts_list_holds_every_keyed_command_and_filters(qtbot):
+    from PySide6.QtGui import QKeySequence
+
+    from zvstudio.gui.mainwindow import MainWindow
+    from zvstudio.gui.shortcuts_dialog import ShortcutsDialog, menu_shortcuts
+
+    window = MainWindow(AppSettings())
+    qtbot.addWidget(window)
+    listed = menu_shortcuts(window.menuBar())
+    assert ("Timeline", "Scrub sound", "Shift+S") in listed
+    assert ("File", "Save as", "Ctrl+Shift+S") in listed
+    assert ("Help", "Keyboard shortcuts", "F1") in listed
+    # Every command with keys that the window has is in a menu, so it is listed.
+    native = QKeySequence.SequenceFormat.NativeText
+    keyed = {a.shortcut().toString(native) for a in window.actions() if not a.shortcut().isEmpty()}
+    assert keyed == {keys for _, _, keys in listed}
+    dialog = ShortcutsDialog(window.menuBar(), window)
+    qtbot.addWidget(dialog)
+    assert len(dialog.visible_rows()) == len(listed)
+    qtbot.keyClicks(dialog.filter_edit, "loop")
+    assert dialog.visible_rows() == [("Loop playback", "Ctrl+L")]
+    dialog.filter_edit.setText("shift+s")  # keys are found too
+    assert set(dialog.visible_rows()) == {("Scrub sound", "Shift+S"), ("Save as", "Ctrl+Shift+S")}
+    window.shutdown()

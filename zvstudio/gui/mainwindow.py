@@ -39,6 +39,7 @@ from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
 from zvstudio.gui.motion import MotionView
 from zvstudio.gui.queue_panel import QueuePanel
+from zvstudio.gui.shortcuts_dialog import ShortcutsDialog
 from zvstudio.gui.status import StatusWatcher
 from zvstudio.gui.timeline import TimelineWidget
 from zvstudio.gui.transport import Transport
@@ -207,6 +208,7 @@ class MainWindow(QMainWindow):
                 ("original", "rendered", "split", "side_by_side"), "1234", strict=True
             )
         ]
+        self.shortcuts_action = a("&Keyboard shortcuts", self.shortcuts_dialog, "F1")
         self.about_action = a("&About zvstudio", self.about)
         self.risk_action = a("Show where propagation may fail", lambda: None)
         self.risk_action.setCheckable(True)
@@ -275,7 +277,7 @@ class MainWindow(QMainWindow):
         for dock in (self.timeline_dock, self.inspector_dock, self.queue_dock):
             view.addAction(dock.toggleViewAction())
         bar.addMenu("&Models").addAction(self.models_action)
-        bar.addMenu("&Help").addAction(self.about_action)
+        bar.addMenu("&Help").addActions([self.shortcuts_action, self.about_action])
         self._rebuild_recent_menu()
 
     def _build_transport_bar(self) -> None:
@@ -956,6 +958,9 @@ class MainWindow(QMainWindow):
             save_settings(self.settings)
             self.models = dialog.models()
             self.inspector.reload_models()
+
+    def shortcuts_dialog(self) -> None:
+        ShortcutsDialog(self.menuBar(), self).exec()
 
     def about(self) -> None:
         QMessageBox.about(
