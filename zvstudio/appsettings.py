@@ -43,9 +43,10 @@ class AppSettings:
     `model_folders` are scanned besides the default folders; `autosave_minutes` 0 turns
     autosave off; `recent_projects` is most recent first; `show_risk` is the View menu's "Show
     where propagation may fail", `loop_playback`, `mute` and `scrub_sound` the Timeline menu's
-    "Loop playback", "Mute sound" and "Scrub sound". `text_to_video` and `animate_image`
-    remember the New from text... and Animate image... dialogs' last values (name -> string,
-    number, bool or null; the dialogs ignore names and values they do not know).
+    "Loop playback", "Mute sound" and "Scrub sound", `volume` the transport bar's playback
+    volume. `text_to_video` and `animate_image` remember the New from text... and Animate
+    image... dialogs' last values (name -> string, number, bool or null; the dialogs ignore
+    names and values they do not know).
     `load_warning` is not saved: it says why `load_settings` fell back to the defaults.
     """
 
@@ -69,6 +70,7 @@ class AppSettings:
     loop_playback: bool = field(default=False, metadata=rule("bool"))
     mute: bool = field(default=False, metadata=rule("bool"))
     scrub_sound: bool = field(default=True, metadata=rule("bool"))
+    volume: float = field(default=1.0, metadata=rule("float", low=0, high=1))
     text_to_video: dict[str, Any] = field(default_factory=dict)
     animate_image: dict[str, Any] = field(default_factory=dict)
     load_warning: str | None = field(default=None, compare=False, repr=False)

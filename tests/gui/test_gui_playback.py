@@ -57,6 +57,10 @@ class RecordingSink:
         self.capacity = round(buffer_seconds * RATE)
         self.recordings: list[Recording] = []
         self.started = False
+        self.volume = 1.0
+
+    def setVolume(self, volume: float) -> None:
+        self.volume = volume
 
     def start(self) -> Recording:
         self.started = True
@@ -404,3 +408,25 @@ def test_the_qt_output_is_made_or_refused_with_a_reason(qtbot):
     assert output is not None and sink.bytesFree() > 0
     assert output.write(bytes(4096)) == 4096
     sink.stop()
+
+
+def test_the_volume_slider_sets_the_outputs_volume_and_is_remembered(
+    qtbot, window_and_sink, tone_clip
+):
+    window, sink = window_and_sink
+    window.document.import_clip(tone_clip)
+    slider = window.transport_bar.volume_slider
+    assert slider.value() == 100
+    slider.setValue(40)  # from the keyboard or the wheel: taken and kept at once
+    window.transport.play()  # the output is made now, at the chosen volume
+    assert sink.volume == pytest.approx(0.4) and load_settings().volume == pytest.approx(0.4)
+    slider.setSliderDown(True)  # a drag changes the sound as it goes, kept on release
+    slider.setValue(70)
+    assert sink.volume == pytest.approx(0.7) and load_settings().volume == pytest.approx(0.4)
+    slider.setSliderDown(False)  # the release
+    assert load_settings().volume == pytest.approx(0.7)
+    window.transport.stop()
+    again = MainWindow(settings=load_settings(), audio_sink=lambda rate, channels: sink)
+    assert again.transport_bar.volume_slider.value() == 70
+    assert again.audio.volume() == pytest.approx(0.7)
+    again.shutdown()

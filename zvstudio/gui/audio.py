@@ -48,6 +48,7 @@ class AudioSink(Protocol):
     """What playback needs of an output: Qt's QAudioSink in push mode has these."""
 
     def start(self) -> Writable | None: ...
+    def setVolume(self, volume: float) -> None: ...  # 0..1, linear
     def bytesFree(self) -> int: ...
     def processedUSecs(self) -> int: ...  # sound the output has taken since it started
     def stop(self) -> None: ...
@@ -104,6 +105,7 @@ class AudioPlayback(QObject):
         self._output: Writable | None = None
         self._sound_start = 0.0  # the container time of the first sample sent, plus skips
         self._muted = False
+        self._volume = 1.0
         self._scrubbing = True
         self._timer = QTimer(self)
         self._timer.setInterval(FEED_INTERVAL_MS)
@@ -125,6 +127,15 @@ class AudioPlayback(QObject):
 
     def is_muted(self) -> bool:
         return self._muted
+
+    def set_volume(self, volume: float) -> None:
+        """The output's volume, 0..1 (applied at once, also while playing)."""
+        self._volume = min(max(float(volume), 0.0), 1.0)
+        if self._sink is not None:
+            self._sink.setVolume(self._volume)
+
+    def volume(self) -> float:
+        return self._volume
 
     def set_scrubbing(self, on: bool) -> None:
         """Whether `scrub` sounds."""
@@ -243,6 +254,7 @@ class AudioPlayback(QObject):
             self._sink_made = True
             try:
                 self._sink = self._sink_factory(PLAYBACK_RATE, PLAYBACK_CHANNELS)
+                self._sink.setVolume(self._volume)
             except NoSoundOutput as exc:
                 log.info("no sound: %s", exc)
                 self.failed.emit(str(exc))

@@ -292,6 +292,11 @@ class MainWindow(QMainWindow):
             "mute": self.mute_action,
         }
         self.transport_bar = TransportBar(self.transport, actions, self)
+        self.transport_bar.set_volume(self.settings.volume)
+        self.audio.set_volume(self.settings.volume)
+        self.transport_bar.volume_changed.connect(self._volume)
+        slider = self.transport_bar.volume_slider
+        slider.sliderReleased.connect(lambda: self._remember_setting(volume=self.audio.volume()))
         centre = QWidget(self)
         layout = QVBoxLayout(centre)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -545,6 +550,11 @@ class MainWindow(QMainWindow):
     def _mute(self, on: bool) -> None:
         self.audio.set_muted(on)
         self._remember_setting(mute=on)
+
+    def _volume(self, volume: float) -> None:
+        self.audio.set_volume(volume)
+        if not self.transport_bar.volume_slider.isSliderDown():  # a drag is kept on release
+            self._remember_setting(volume=volume)
 
     def _scrub(self, on: bool) -> None:
         self.audio.set_scrubbing(on)

@@ -1,4 +1,5 @@
-"""The transport bar under the viewer: playback buttons, loop and mute, and the timecode.
+"""The transport bar under the viewer: playback buttons, loop, mute and the sound's volume,
+and the timecode.
 
 Its buttons are the main window's own actions (the same shortcuts and menu entries), so the
 bar only arranges them and keeps the play button's icon and the timecode current.
@@ -6,9 +7,9 @@ bar only arranges them and keeps the play button's icon and the timecode current
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QFontDatabase
-from PySide6.QtWidgets import QLabel, QSizePolicy, QStyle, QToolBar, QWidget
+from PySide6.QtWidgets import QLabel, QSizePolicy, QSlider, QStyle, QToolBar, QWidget
 
 from zvstudio.gui.timeline import timecode
 from zvstudio.gui.transport import Transport
@@ -28,7 +29,9 @@ ICONS = {
 
 class TransportBar(QToolBar):
     """Buttons for `actions` (name -> action: home, previous, play, next, end, loop, mute)
-    over `transport`, and the timecodes of the playhead and the last frame."""
+    over `transport`, a volume slider, and the timecodes of the playhead and the last frame."""
+
+    volume_changed = Signal(float)  # 0..1, as the user drags the slider
 
     def __init__(
         self, transport: Transport, actions: dict[str, QAction], parent: QWidget | None = None
@@ -46,6 +49,13 @@ class TransportBar(QToolBar):
         actions["loop"].setIcon(self._icon("loop"))
         self.addAction(actions["loop"])
         self.addAction(actions["mute"])
+        self.volume_slider = QSlider(Qt.Orientation.Horizontal, self)
+        self.volume_slider.setRange(0, 100)
+        self.volume_slider.setValue(100)
+        self.volume_slider.setMaximumWidth(90)
+        self.volume_slider.setToolTip("Playback volume")
+        self.volume_slider.valueChanged.connect(lambda value: self.volume_changed.emit(value / 100))
+        self.addWidget(self.volume_slider)
         spacer = QWidget(self)
         spacer.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.addWidget(spacer)
@@ -76,6 +86,12 @@ class TransportBar(QToolBar):
             return
         here, end = timecode(frame, fps, full=True), timecode(count - 1, fps, full=True)
         self.timecode_label.setText(f"{here} / {end}")
+
+    def set_volume(self, volume: float) -> None:
+        """Show `volume` (0..1) on the slider without announcing it."""
+        self.volume_slider.blockSignals(True)
+        self.volume_slider.setValue(round(min(max(volume, 0.0), 1.0) * 100))
+        self.volume_slider.blockSignals(False)
 
     def refresh(self) -> None:
         """Show the timecode again (a new clip: another length and rate)."""
