@@ -912,6 +912,7 @@ class TextToVideoDialog(_GenerateDialog):
             "How far the camera pans per frame, in pixels of a 512 px frame (0, 0: none)",
         )
         self.smoothing_spin = _spin(0, 1, 0.1)
+        self.smoothing_spin.setSpecialValueText("Off")
         self.smoothing_tip = (
             "Holds the background still as the camera moves: each frame's background is pulled "
             "towards frame 0's by this much (0: off; the paper uses 0.6). The clip is denoised "
