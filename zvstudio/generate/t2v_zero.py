@@ -261,7 +261,8 @@ def smooth_starts(
     """Background smoothing of the joint denoising's starting latents `starts` (F, C, h, w):
     where frame k's background (1 - `foreground`[k], binary) meets frame 0's background carried
     by k's motion `shifts`[k], move its latent `strength` of the way to frame 0's start `first`
-    (1, C, h, w) carried likewise. Frame 0's own start (shift 0) is left as it is."""
+    (1, C, h, w) carried likewise. Frame 0's own start (shift 0, and `first` itself) is pulled
+    towards itself: unchanged up to rounding."""
     count = starts.shape[0]
     carried = translate_latents((first * (1 - first_foreground)).expand(count, -1, -1, -1), shifts)
     carried_foreground = translate_latents(first_foreground.expand(count, -1, -1, -1), shifts)
