@@ -91,11 +91,10 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_transport_bar()
         self._connect()
-        self.risk_action.setChecked(self.settings.show_risk)
-        self.mute_action.setChecked(self.settings.mute)
-        self.loop_action.setChecked(self.settings.loop_playback)
-        self.scrub_action.setChecked(self.settings.scrub_sound)
-        self.audio.set_scrubbing(self.settings.scrub_sound)
+        self._remembered_toggle(self.risk_action, "show_risk", self.motion.show_risk)
+        self._remembered_toggle(self.loop_action, "loop_playback", self.transport.set_loop)
+        self._remembered_toggle(self.mute_action, "mute", self.audio.set_muted)
+        self._remembered_toggle(self.scrub_action, "scrub_sound", self.audio.set_scrubbing)
         self._start_timers()
         self.setAcceptDrops(True)
         self.resize(1400, 900)
@@ -322,10 +321,6 @@ class MainWindow(QMainWindow):
         self.timeline.out_point_requested.connect(lambda frame: self._mark(last=frame))
         self.timeline.range_clear_requested.connect(self.clear_range)
         self.inspector.render_panel.keys_by_motion_requested.connect(self.motion.place_keys)
-        self.risk_action.toggled.connect(self._show_risk)
-        self.loop_action.toggled.connect(self._loop)
-        self.mute_action.toggled.connect(self._mute)
-        self.scrub_action.toggled.connect(self._scrub)
         self.audio.failed.connect(
             lambda why: self.statusBar().showMessage(f"No sound: {why}", 10_000)
         )
@@ -539,26 +534,22 @@ class MainWindow(QMainWindow):
             return
         self.transport.seek(frame)
 
-    def _show_risk(self, on: bool) -> None:
-        self.motion.show_risk(on)
-        self._remember_setting(show_risk=on)
+    def _remembered_toggle(self, action: QAction, setting: str, apply) -> None:
+        """Give a checkable menu entry the state the settings remember, `apply(on)` it, and
+        apply and remember each change of it."""
+        action.setChecked(getattr(self.settings, setting))
+        apply(action.isChecked())
 
-    def _loop(self, on: bool) -> None:
-        self.transport.set_loop(on)
-        self._remember_setting(loop_playback=on)
+        def toggled(on: bool) -> None:
+            apply(on)
+            self._remember_setting(**{setting: on})
 
-    def _mute(self, on: bool) -> None:
-        self.audio.set_muted(on)
-        self._remember_setting(mute=on)
+        action.toggled.connect(toggled)
 
     def _volume(self, volume: float) -> None:
         self.audio.set_volume(volume)
         if not self.transport_bar.volume_slider.isSliderDown():  # a drag is kept on release
             self._remember_setting(volume=volume)
-
-    def _scrub(self, on: bool) -> None:
-        self.audio.set_scrubbing(on)
-        self._remember_setting(scrub_sound=on)
 
     def step(self, frames: int) -> None:
         """Stop and move the playhead `frames` on, sounding the frame reached (scrubbing)."""
