@@ -139,7 +139,7 @@ class TimelineWidget(QWidget):
         self._segments: list[tuple[int, int, str]] = []
         self._cuts: list[int] = []  # the first frame of each shot after the first
         self._quality: np.ndarray | None = None  # predicted dB per frame (see set_quality)
-        self._levels: np.ndarray | None = None  # sound level per frame (see set_levels)
+        self._wave: np.ndarray | None = None  # the waveform's heights per frame (set_levels)
         self._range: tuple[int | None, int | None] = (None, None)
         self._ppf = 1.0
         self._fit_mode = True  # refit on resize until the user zooms
@@ -235,16 +235,17 @@ class TimelineWidget(QWidget):
         under the thumbnails; None (no sound, or not measured yet) hides its lane."""
         if levels is not None and np.shape(levels) != (self._count, 2):
             raise ValueError(f"levels of shape {np.shape(levels)} for {self._count} frames")
-        self._levels = None if levels is None else np.asarray(levels, np.float32)
+        if levels is None:
+            self._wave = None
+        else:  # in dB once here, not at every repaint
+            decibels = 20 * np.log10(np.maximum(np.asarray(levels, np.float32), 1e-6))
+            self._wave = np.clip(1 - decibels / WAVE_FLOOR_DB, 0, 1)
         self.setMinimumHeight(self._fixed_height() + MIN_STRIP_HEIGHT)
         self.update()
 
     def wave_heights(self) -> np.ndarray | None:
         """The drawn waveform's (peak, RMS) half-heights per frame, 0..1 of the lane's half."""
-        if self._levels is None:
-            return None
-        decibels = 20 * np.log10(np.maximum(self._levels, 1e-6))
-        return np.clip(1 - decibels / WAVE_FLOOR_DB, 0, 1)
+        return self._wave
 
     def set_range(self, first: int | None, last: int | None) -> None:
         """An in/out range; frames outside it are shaded. None leaves that side open."""
@@ -326,7 +327,7 @@ class TimelineWidget(QWidget):
 
     def _fixed_height(self) -> int:
         bar = self._scrollbar.sizeHint().height()
-        wave = WAVE_HEIGHT if self._levels is not None else 0
+        wave = WAVE_HEIGHT if self._wave is not None else 0
         return RULER_HEIGHT + KEY_LANE_HEIGHT + wave + SEGMENT_HEIGHT + 2 + bar
 
     def _lanes(self) -> _Lanes:
@@ -335,7 +336,7 @@ class TimelineWidget(QWidget):
         ruler = QRectF(0, 0, width, RULER_HEIGHT)
         keys = QRectF(0, ruler.bottom(), width, KEY_LANE_HEIGHT)
         strip = QRectF(0, keys.bottom(), width, strip_height)
-        wave_height = WAVE_HEIGHT if self._levels is not None else 0
+        wave_height = WAVE_HEIGHT if self._wave is not None else 0
         wave = QRectF(0, strip.bottom(), width, wave_height)
         segments = QRectF(0, wave.bottom() + 1, width, SEGMENT_HEIGHT)
         return _Lanes(ruler, keys, strip, wave, segments)
