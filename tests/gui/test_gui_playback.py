@@ -26,6 +26,7 @@ from zvstudio.gui.audio import (
 from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.gui.transport import Transport
 from zvstudio.media import probe
+from zvstudio.media.audio import AudioReader
 from zvstudio.media.synth import Tone, tone_samples
 
 FPS = 25
@@ -135,10 +136,10 @@ def test_sound_starts_at_the_playhead_and_follows_every_jump(qtbot, transport, s
     qtbot.wait(30)
     recorded_from(sink.recordings[-1], 70 / FPS)
 
-    transport.shuttle_forward()  # 2x: silent
-    assert not sink.started and not playback.is_playing()
-    transport.shuttle_backward()  # backwards: silent
-    assert transport.speed() == -1.0 and not sink.started
+    transport.shuttle_forward()  # 2x: moments from the clock (the next test)
+    assert len(sink.recordings) == 3 and playback.is_playing()
+    transport.shuttle_backward()
+    assert transport.speed() == -1.0 and len(sink.recordings) == 4
     clocks = []
     transport.clock_changed.connect(lambda frame, speed: clocks.append(frame))
     transport.shuttle_forward()  # 1x forwards again: the sound resumes where the clock is
@@ -208,6 +209,43 @@ def test_scrubbed_frames_sound_for_a_moment_on_a_running_output(qtbot, transport
     assert len(playing.samples()) == sent
     recorded_from(playing, 0.0)
     transport.stop()
+
+
+@pytest.mark.parametrize("presses", [2, -1, -2])
+def test_shuttling_plays_moments_from_where_the_clock_is(
+    qtbot, transport, sound, presses, monkeypatch
+):
+    """J/L faster than 1x or backwards: moments of sound one after another, each read at the
+    clock when the output had room, so they follow the clock in its direction."""
+    playback, sink = sound
+    reads = []  # (where the clock was, where the sound was read), at each read
+    start_reading = AudioReader.start
+
+    def spy(reader, seconds):
+        reads.append((transport.position() / FPS, seconds))
+        start_reading(reader, seconds)
+
+    monkeypatch.setattr(AudioReader, "start", spy)
+    transport.seek(10 if presses > 0 else 90)
+    press = transport.shuttle_forward if presses > 0 else transport.shuttle_backward
+    for _ in range(abs(presses)):
+        reads.clear()  # (from 1x on the way to 2x)
+        press()
+    speed = transport.speed()
+    assert speed == (2.0 if presses == 2 else -float(abs(presses))) and playback.is_playing()
+    qtbot.waitUntil(lambda: len(sink.recordings[-1].samples()) >= 4 * SCRUB_LENGTH, timeout=5000)
+    transport.stop()
+    assert not sink.started
+    recording = sink.recordings[-1]
+    assert len(reads) == len(recording.samples()) // SCRUB_LENGTH >= 4
+    for n, (clock, seconds) in enumerate(reads[:4]):
+        assert seconds == pytest.approx(clock, abs=1e-3)  # (the clip's pts start at 0)
+        moment = Recording()
+        moment.data = recording.data[4 * n * SCRUB_LENGTH : 4 * (n + 1) * SCRUB_LENGTH]
+        scrubbed_at(moment, seconds)  # that moment of the sound, faded in and out
+        if n:  # a moment of real time apart, so the clock moved about `speed` moments on
+            step = (seconds - reads[n - 1][1]) / speed
+            assert SCRUB_SECONDS * 0.5 < step < SCRUB_SECONDS * 5, reads
 
 
 def test_fading_ramps_the_ends_and_keeps_the_middle():

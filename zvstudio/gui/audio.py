@@ -1,12 +1,14 @@
 """The clip's sound during playback: it follows the transport's clock.
 
-Sound plays while the transport plays forwards at 1x and is silent when stopped, shuttling
-faster or backwards, or muted. Every start, jump or speed change of the clock restarts it at
-the clock's time, so a seek or a loop keeps picture and sound together. With playback stopped,
-`scrub` plays a moment of a frame's sound, as video editors do while the playhead is dragged
-or stepped, so that a beat can be found frame by frame. Samples come from
-`media.audio.AudioReader` and are pushed into a Qt audio sink a little at a time from a
-timer; the sink is made by a factory so that tests can listen without a sound card.
+Sound plays while the transport plays forwards at 1x and is silent when stopped or muted.
+Every start, jump or speed change of the clock restarts it at the clock's time, so a seek or a
+loop keeps picture and sound together. With playback stopped, `scrub` plays a moment of a
+frame's sound, as video editors do while the playhead is dragged or stepped, so that a beat can
+be found frame by frame. Shuttling faster or backwards (J/L) plays such moments one after
+another from wherever the clock is: speech stays at its pitch and can still be followed, where
+resampling would turn it into chirps, and backwards each moment still plays forwards. Samples
+come from `media.audio.AudioReader` and are pushed into a Qt audio sink a little at a time
+from a timer; the sink is made by a factory so that tests can listen without a sound card.
 QtMultimedia is imported only here and only when a sink is made: it needs PulseAudio's
 library on Linux, and without it (or without an output device) the editor says so once and
 plays silently.
@@ -107,6 +109,7 @@ class AudioPlayback(QObject):
         self._muted = False
         self._volume = 1.0
         self._scrubbing = True
+        self._shuttling = False  # playing moments at the clock (any speed but 1x)
         self._timer = QTimer(self)
         self._timer.setInterval(FEED_INTERVAL_MS)
         self._timer.timeout.connect(self._feed)
@@ -151,18 +154,20 @@ class AudioPlayback(QObject):
     # -- following the clock ------------------------------------------------------------------
     def _follow(self, position: float, speed: float) -> None:
         self._halt()
-        if speed != 1.0 or self._muted or self._path is None:
+        if speed == 0.0 or self._muted or self._path is None:
             return
         reader = self._open_reader()
         sink = self._open_sink()
         if reader is None or sink is None or not reader.has_audio:
             return
-        self._sound_start = self._seconds(position)
-        try:
-            reader.start(self._sound_start)
-        except ZvsError as exc:
-            self._fail(str(exc))
-            return
+        self._shuttling = speed != 1.0
+        if not self._shuttling:
+            self._sound_start = self._seconds(position)
+            try:
+                reader.start(self._sound_start)
+            except ZvsError as exc:
+                self._fail(str(exc))
+                return
         self._output = sink.start()
         if self._output is not None:
             self._feed()
@@ -181,14 +186,20 @@ class AudioPlayback(QObject):
         sink = self._open_sink() if reader is not None else None
         if sink is None or not reader.has_audio:
             return
-        length = round(max(1.0 / self._transport.fps(), SCRUB_SECONDS) * reader.rate)
         if self._output is None:
             self._output = sink.start()
-        bytes_per_frame = BYTES_PER_SAMPLE * reader.channels
-        if self._output is None or sink.bytesFree() < length * bytes_per_frame:
+        if self._output is not None:
+            self._play_moment(frame)
+
+    def _play_moment(self, position: float) -> None:
+        """Send a faded moment of the sound at frame `position`, if the output has room for
+        a whole one."""
+        reader = self._reader
+        length = round(max(1.0 / self._transport.fps(), SCRUB_SECONDS) * reader.rate)
+        if self._sink.bytesFree() < length * BYTES_PER_SAMPLE * reader.channels:
             return
         try:
-            reader.start(self._seconds(frame))
+            reader.start(self._seconds(position))
             samples = reader.read(length)
         except ZvsError as exc:
             self._fail(str(exc))
@@ -205,6 +216,9 @@ class AudioPlayback(QObject):
     def _feed(self) -> None:
         """Top the sink's buffer up with the next samples."""
         if self._output is None or self._sink is None or self._reader is None:
+            return
+        if self._shuttling:
+            self._play_moment(self._transport.position())
             return
         try:
             self._catch_up()
