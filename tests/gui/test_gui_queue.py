@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt
 
 from zvstudio.engine.jobs import ANALYSIS, JobQueue
 from zvstudio.errors import ZvsError
+from zvstudio.gui import queue_panel
 from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.queue_panel import QueuePanel, format_eta
 from zvstudio.progress import Progress
@@ -107,6 +108,25 @@ def test_the_running_render_is_the_job_watched_while_clips_are_analysed(panel, b
     later = bridge.submit(stepping(3, 0.0), "nothing else runs")
     qtbot.waitUntil(lambda: panel.state_text(later) == "Finished", timeout=5000)
     assert panel.list.currentItem().data(Qt.UserRole) == later
+
+
+def test_analysis_jobs_leave_shortly_after_they_end_unless_they_failed(
+    panel, bridge, qtbot, monkeypatch
+):
+    monkeypatch.setattr(queue_panel, "ANALYSIS_LINGER_MS", 300)
+    render = bridge.submit(stepping(2, 0.0), "render")
+    measured = bridge.submit(stepping(2, 0.0), "measure the sound", ANALYSIS)
+    qtbot.waitUntil(lambda: panel.state_text(measured) == "Finished", timeout=5000)
+    assert measured in panel.job_ids()  # its end is seen first
+    prepare = bridge.submit(stepping(10_000), "prepare clip", ANALYSIS)
+    qtbot.waitUntil(lambda: panel.state_text(prepare) == "Running", timeout=5000)
+    bridge.cancel(prepare)  # as opening another clip does
+    failed = bridge.submit(out_of_memory, "find cuts", ANALYSIS)
+    qtbot.waitUntil(lambda: panel.state_text(failed) == "Failed", timeout=5000)
+    qtbot.waitUntil(lambda: panel.job_ids() == [render, failed], timeout=5000)
+    qtbot.wait(400)
+    assert panel.job_ids() == [render, failed]  # the render and the failure stay
+    assert panel.state_text(render) == "Finished"
 
 
 def test_cancel_button_stops_the_running_job(panel, bridge, qtbot):

@@ -1,7 +1,9 @@
 """The render queue panel: every job since start, its progress, preview, log and controls.
 
 One row widget per job is made when the job is queued and then updated in place from the
-bridge's events (progress can arrive 50 times a second, so nothing is ever rebuilt).
+bridge's events (progress can arrive 50 times a second, so nothing is ever rebuilt). The
+analysis lane's jobs (preparing a clip, measuring its sound or motion) are the editor's own
+housekeeping: they show while they run and leave shortly after they end, unless they failed.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QFontDatabase, QPixmap
 from PySide6.QtWidgets import (
     QDialog,
@@ -35,6 +37,7 @@ from zvstudio.gui.viewer import numpy_to_qimage
 _STATE_TEXT = {state: state.value.capitalize() for state in JobState}
 _MAX_LOG_LINES = 5000  # per job; a long render logs a line per frame
 _THUMB_HEIGHT = 40
+ANALYSIS_LINGER_MS = 2500  # how long an ended analysis job stays, so its end can be seen
 
 
 def format_eta(seconds: float | None) -> str:
@@ -158,6 +161,8 @@ class QueuePanel(QWidget):
                 self._on_failed(record, JobEvent(job.id, "failed", error=job.error))
             record.state = job.state
             self._show_state(record)
+            if job.state in (JobState.FINISHED, JobState.CANCELLED):
+                self._leave_soon(record)
 
     def _lay_out(self) -> None:
         top = QHBoxLayout()
@@ -236,11 +241,25 @@ class QueuePanel(QWidget):
     def clear_finished(self) -> None:
         """Remove the rows of jobs that have ended (finished, failed or cancelled)."""
         for job in [job for job in self._jobs.values() if job.state.ended]:
-            self.list.takeItem(self.list.row(job.item))
-            job.row.deleteLater()
-            del self._jobs[job.id]
+            self._remove(job)
+
+    def _remove(self, job: _Job) -> None:
+        self.list.takeItem(self.list.row(job.item))
+        job.row.deleteLater()
+        del self._jobs[job.id]
         if self.list.currentItem() is None:
             self.log_view.clear()
+
+    def _leave_soon(self, job: _Job) -> None:
+        """An ended analysis job's row goes after `ANALYSIS_LINGER_MS` (if still there)."""
+        if self.bridge.lane(job.id) != ANALYSIS:
+            return
+
+        def leave() -> None:
+            if self._jobs.get(job.id) is job:
+                self._remove(job)
+
+        QTimer.singleShot(ANALYSIS_LINGER_MS, self, leave)
 
     def _cancel(self, job_id: int) -> None:
         self._jobs[job_id].row.cancel.setEnabled(False)  # one click is enough
@@ -306,9 +325,11 @@ class QueuePanel(QWidget):
         bar.setRange(0, max(1, bar.maximum()))
         bar.setValue(bar.maximum())
         self._set_state(job, JobState.FINISHED, "finished")
+        self._leave_soon(job)
 
     def _on_cancelled(self, job: _Job, event: JobEvent) -> None:
         self._set_state(job, JobState.CANCELLED, event.message or "cancelled")
+        self._leave_soon(job)
 
     def _on_failed(self, job: _Job, event: JobEvent) -> None:
         job.error = event.error or JobError(event.message or "failed")
