@@ -58,6 +58,14 @@ def test_preview_writes_the_key_png(setup, capsys):
         == 0
     )
     assert cv2.imread(str(root / "key2.png")).shape == (48, 64, 3)
+    # Rendered at 24 pixels on the short side and scaled to the frame's size: another key.
+    assert main([*args[:-2], "--key-size", "24", "-o", str(root / "key3.png")]) == 0
+    smaller = cv2.imread(str(root / "key3.png"))
+    assert smaller.shape == (48, 64, 3) and not (smaller == image).all()
+    # A key size of at least the short side renders at the frame's size, as the default 512
+    # did for key.png.
+    assert main([*args[:-2], "--key-size", "48", "-o", str(root / "key4.png")]) == 0
+    assert (cv2.imread(str(root / "key4.png")) == image).all()
 
 
 def test_preview_bad_input(setup, capsys):
@@ -81,6 +89,8 @@ def test_preview_bad_input(setup, capsys):
     assert "PNG" in capsys.readouterr().err
     assert main([*base, "--strength", "1.5", "-o", str(root / "x.png")]) == 1
     assert "strength" in capsys.readouterr().err
+    assert main([*base, "--key-size", "-1", "-o", str(root / "x.png")]) == 1
+    assert "--key-size must be 0" in capsys.readouterr().err
     assert (
         main(
             [

@@ -32,6 +32,7 @@ from zvstudio.project import (
     project_to_dict,
     save_project,
 )
+from zvstudio.project.model import DEFAULT_KEY_SIZE
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -660,3 +661,16 @@ def test_constraint_settings_reach_the_sampler(tmp_path):
     )
     off = diffusion_key_settings(tmp_path, replace(settings, cross_frame_layers="off"))
     assert off.cross_frame_layers == "off" and off.schedule.cross_frame is None
+
+
+def test_the_key_size_round_trips_reaches_the_sampler_and_defaults_to_512(tmp_path):
+    settings = RenderSettings(renderer="diffusion", key_size=768)
+    path = tmp_path / "film.zvs"
+    save_project(Project(settings=settings), path)
+    assert json.loads(path.read_text(encoding="utf-8"))["settings"]["key_size"] == 768
+    assert load_project(path).settings == settings
+    assert diffusion_key_settings(tmp_path, settings).key_size == 768
+    older = project_from_dict(v1(settings={"renderer": "diffusion"}), tmp_path).settings
+    assert older.key_size == 512 == DEFAULT_KEY_SIZE
+    bad = save_json(tmp_path / "p.zvs", v1(settings={"key_size": -64}))
+    assert "settings.key_size: must be" in load_error(bad)

@@ -17,10 +17,12 @@ from zvstudio.diffusion.sampler import (
     KeyFrameSampler,
     KeySettings,
     canny_condition,
+    diffusion_key_identity,
     latent_preview,
+    resized,
 )
 from zvstudio.errors import RenderCancelled, ZvsError
-from zvstudio.keyrender import KeyContext, RenderedKey
+from zvstudio.keyrender import KeyContext, RenderedKey, working_size
 from zvstudio.progress import CancelToken
 
 
@@ -60,6 +62,49 @@ def test_renders_keys_of_any_size_deterministically(components, folders):
     sampler.close()
     again = KeyFrameSampler(load_sd15_components(folders[0], config_dir=folders[1]), SETTINGS)
     assert np.array_equal(again.render(frames()[0], is_anchor=True), first)
+
+
+def test_the_working_size_caps_the_short_side_and_never_enlarges():
+    assert working_size(1080, 1920, 512) == (512, 910)
+    assert working_size(1920, 1080, 512) == (910, 512)  # portrait
+    assert working_size(2160, 3840, 768) == (768, 1365)
+    assert working_size(480, 640, 512) == (480, 640)  # smaller: as it is
+    assert working_size(1080, 1920, 0) == (1080, 1920)  # 0: the frame's size
+
+
+def test_keys_are_rendered_at_the_key_size_and_scaled_back(components, folders):
+    """A key of a frame larger than `key_size` is the key of the frame scaled down, scaled
+    back up; the reference keys are scaled down with it."""
+    big = [resized(frame, (80, 112)) for frame in frames()]
+    small_size = (40, 56)
+    capped = KeyFrameSampler(components, replace(SETTINGS, key_size=40))
+    capped.set_anchor_frame(big[0])
+    anchor = capped.render(big[0], is_anchor=True)
+    later = capped.render(big[1], is_anchor=False, references=[(big[0], anchor)])
+    assert anchor.shape == later.shape == (80, 112, 3)
+    capped.close()
+
+    model, config = folders
+    plain = KeyFrameSampler(load_sd15_components(model, config_dir=config), SETTINGS)
+    small = [resized(frame, small_size) for frame in big]
+    plain.set_anchor_frame(small[0])
+    small_anchor = plain.render(small[0], is_anchor=True)
+    small_later = plain.render(
+        small[1], is_anchor=False, references=[(small[0], resized(anchor, small_size))]
+    )
+    assert np.array_equal(anchor, resized(small_anchor, (80, 112)))
+    assert np.array_equal(later, resized(small_later, (80, 112)))
+    # Rendered at another size, the same key is another key: cached apart.
+    identities = {
+        diffusion_key_identity("m", torch.float32, replace(SETTINGS, key_size=size))
+        for size in (0, 40, 512)
+    }
+    assert len(identities) == 3
+
+
+def test_a_negative_key_size_is_refused():
+    with pytest.raises(ZvsError, match="key size"):
+        KeySettings(key_size=-1)
 
 
 def test_later_keys_are_constrained_by_the_anchor(components):

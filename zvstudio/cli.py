@@ -706,6 +706,17 @@ def _add_diffusion_options(parser, model_required: bool) -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
     parser.add_argument("--seed", type=int, default=0)
+    from zvstudio.project.model import DEFAULT_KEY_SIZE
+
+    parser.add_argument(
+        "--key-size",
+        type=int,
+        default=DEFAULT_KEY_SIZE,
+        metavar="PIXELS",
+        help="render keys at most this many pixels on their short side, then scale them to the "
+        f"frame's size (default {DEFAULT_KEY_SIZE}, what SD1.5 was trained at; 0: the frame's "
+        "own size)",
+    )
 
 
 def _add_model_options(
@@ -775,6 +786,8 @@ def _diffusion_spec(args):
         raise ZvsError(f"--strength must be between 0 and 1, got {args.strength}")
     if args.steps < 1:
         raise ZvsError(f"--steps must be at least 1, got {args.steps}")
+    if args.key_size < 0:
+        raise ZvsError(f"--key-size must be 0 (the frame's size) or more, got {args.key_size}")
     controlnet = _controlnet_choice(args, default_scale=0.7)
     settings = KeySettings(
         annotator=controlnet.annotator if controlnet else "canny",
@@ -785,6 +798,7 @@ def _diffusion_spec(args):
         strength=args.strength,
         seed=args.seed,
         controlnet_scale=controlnet.scale if controlnet else 0.7,
+        key_size=args.key_size,
     )
     return _model_spec(args, settings, controlnet)
 

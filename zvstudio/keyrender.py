@@ -15,6 +15,16 @@ import numpy as np
 from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
 
 
+def working_size(height: int, width: int, key_size: int) -> tuple[int, int]:
+    """The (height, width) a key of that size is rendered at by a renderer that works best at
+    `key_size` pixels on the short side (diffusion): scaled down to it, never up (0: as is)."""
+    short = min(height, width)
+    if key_size <= 0 or short <= key_size:
+        return height, width
+    scale = key_size / short
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 @dataclass(frozen=True)
 class RenderedKey:
     """A key frame that has already been rendered: the input frame and its result."""

@@ -325,6 +325,24 @@ def test_constraint_settings_change_the_project(qtbot, diffusion):
     assert adain.check.isChecked() and adain.start.isEnabled()
 
 
+def test_the_key_size_is_set_and_says_where_keys_are_rendered(qtbot, document, tmp_path):
+    hd, _, _ = make_clip(tmp_path / "hd.mp4", count=2, width=1280, height=720)
+    document.import_clip(hd)
+    document.push(SetSettings(replace(document.project.settings, renderer="diffusion")))
+    panel = make_inspector(qtbot, document).render_panel
+    assert panel.key_size_spin.value() == 512
+    assert panel.key_size_note.text() == "Keys at 910 × 512, scaled to 1280 × 720"
+    panel.key_size_spin.setValue(0)
+    assert document.project.settings.key_size == 0
+    assert panel.key_size_spin.text() == "Clip size"
+    assert panel.key_size_note.text() == "Keys at the clip's 1280 × 720"
+    panel.key_size_spin.setValue(768)
+    assert panel.key_size_note.text() == "Keys at the clip's 1280 × 720"  # never enlarged
+    document.undo_stack.undo()
+    document.undo_stack.undo()
+    assert document.project.settings.key_size == 512 and panel.key_size_spin.value() == 512
+
+
 def test_propagation_settings_change_the_project(qtbot, document):
     inspector = make_inspector(qtbot, document)
     panel = inspector.render_panel

@@ -239,6 +239,7 @@ def _renderer(mode: str, settings: KeysBenchSettings, components, controlnet):
         steps=settings.steps,
         strength=settings.strength,
         seed=1,
+        key_size=0,  # at the size measured, 768 too
     )
     if mode == "plain":
         off = ConstraintSchedule(None, None, None, None)

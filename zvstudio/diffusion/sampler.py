@@ -28,6 +28,13 @@ A readable top-to-bottom DDIM loop, as diffusers writes its pipelines, on our ow
 
 Optical flows between input frames are computed once per key, in a background thread that
 overlaps the first sampling steps (OpenCV releases the GIL; on a GPU the UNet runs meanwhile).
+
+Keys are rendered at most `key_size` pixels on their short side (512 by default, the size
+SD1.x was trained at) and scaled back to the frame's size, where propagation carries them at
+full resolution. A 1080p key at its own size has 4.5 times the pixels of one at 512, takes
+longer still (attention grows with the square of the pixels) and repeats its subjects across
+the frame. The frame and the reference keys are scaled down together, so every key of a clip
+is rendered at the same size.
 """
 
 from __future__ import annotations
@@ -58,8 +65,9 @@ from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rg
 from zvstudio.diffusion.loading import Components
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, consistency_mask, warp
-from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer
+from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer, working_size
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
+from zvstudio.project.model import DEFAULT_KEY_SIZE
 
 PIXEL_FUSION_MODES = ("single_pass", "two_pass")  # see the module's docstring
 
@@ -95,8 +103,12 @@ class KeySettings:
     # Match each later key's input colours (Lab histograms) to the anchor's render before
     # SDEdit, for prompts whose colours differ from the footage (METHOD 1.1).
     colour_correction: bool = False
+    # Render at most this many pixels on the short side (scaled back after); 0: the frame's.
+    key_size: int = DEFAULT_KEY_SIZE
 
     def __post_init__(self) -> None:
+        if self.key_size < 0:
+            raise ZvsError(f"the key size must be 0 (the frame's) or more, got {self.key_size}")
         if self.pixel_fusion_mode not in PIXEL_FUSION_MODES:
             raise ZvsError(
                 f"unknown pixel fusion mode {self.pixel_fusion_mode!r}",
@@ -250,6 +262,16 @@ def latent_preview(x0: torch.Tensor) -> np.ndarray:
     return ((rgb + 1) * 127.5).clamp(0, 255).byte().numpy()
 
 
+def resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` at (height, width): area-averaged when smaller, Lanczos when larger."""
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = height < image.shape[0]
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
 def pad_to_multiple(frame: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Reflect-pad to a multiple of `multiple` (never distort the aspect ratio by resizing)."""
     height, width = frame.shape[:2]
@@ -311,6 +333,10 @@ class KeyFrameSampler:
         shape-aware fusion with the anchor (in another shot: no flow leads to it).
         """
         settings = self.settings
+        full_size = frame.shape[:2]
+        size = working_size(*full_size, settings.key_size)
+        frame = resized(frame, size)
+        references = [(resized(source, size), resized(key, size)) for source, key in references]
         padded, (height, width) = pad_to_multiple(frame, self.multiple)
         scheduler = self.components.make_scheduler()
         scheduler.set_timesteps(settings.steps)
@@ -344,7 +370,7 @@ class KeyFrameSampler:
         image = self._to_image(final)[:height, :width]
         if is_anchor:
             self._anchor_render = image
-        return image
+        return resized(image, full_size)
 
     def _flow_executor(self) -> ThreadPoolExecutor:
         if self._flow_thread is None:
@@ -539,7 +565,8 @@ class KeyFrameSampler:
         return ddim_update(x0, epsilon, alpha_prev).to(self.dtype)
 
     def set_anchor_frame(self, frame: np.ndarray) -> None:
-        self._anchor_frame, _ = pad_to_multiple(frame, self.multiple)
+        size = working_size(*frame.shape[:2], self.settings.key_size)
+        self._anchor_frame, _ = pad_to_multiple(resized(frame, size), self.multiple)
 
 
 def settings_with_overrides(settings: KeySettings, params: KeyParams | None) -> KeySettings:

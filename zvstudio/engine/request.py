@@ -150,6 +150,7 @@ def _project_diffusion(settings):
         pixel_fusion_detail=settings.pixel_fusion_detail,
         pixel_fusion_mode=settings.pixel_fusion_mode,
         colour_correction=settings.colour_correction,
+        key_size=settings.key_size,
     )
     loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
     return DiffusionSpec(Path(settings.model), key_settings, loras, controlnet)

@@ -49,9 +49,12 @@ from zvstudio.errors import ZvsError
 from zvstudio.gui.document import Document
 from zvstudio.gui.elided_label import ElidedLabel
 from zvstudio.gui.style_params import StyleParamsEditor
+from zvstudio.keyrender import working_size
+from zvstudio.media import MediaInfo
 from zvstudio.project.edits import Edit, SetKey, SetSettings, keys_every
 from zvstudio.project.model import (
     CONSTRAINT_RANGES,
+    DEFAULT_KEY_SIZE,
     SEED_MAX,
     KeyFrame,
     LoraRef,
@@ -144,6 +147,17 @@ def _label(text: str, tip: str) -> QLabel:
     label = QLabel(text)
     label.setToolTip(tip)
     return label
+
+
+def key_size_note(info: MediaInfo | None, key_size: int) -> str:
+    """Where the clip's keys are rendered, e.g. "Keys at 910 × 512, scaled to 1920 × 1080"."""
+    if info is None:
+        return ""
+    width, height = info.display_width, info.display_height
+    key_height, key_width = working_size(height, width, key_size)
+    if (key_width, key_height) == (width, height):
+        return f"Keys at the clip's {width} × {height}"
+    return f"Keys at {key_width} × {key_height}, scaled to {width} × {height}"
 
 
 def _note(text: str) -> QLabel:
@@ -470,6 +484,13 @@ class RenderPanel(_Panel):
         self.strength_spin = self._number_row(form, "strength", _spin(0, 1, 0.05))
         self.steps_spin = self._number_row(form, "steps", _int_spin(1, 1000))
         self.guidance_spin = self._number_row(form, "guidance_scale", _spin(0, 100, 0.5, 1))
+        key_size = _int_spin(0, 16384)
+        key_size.setSingleStep(64)
+        key_size.setSuffix(" px")
+        key_size.setSpecialValueText("Clip size")
+        self.key_size_spin = self._number_row(form, "key_size", key_size)
+        self.key_size_note = _note("")
+        form.addRow(self.key_size_note)
         return group
 
     def _number_row(self, form: QFormLayout, field: str, spin: QAbstractSpinBox) -> Any:
@@ -477,6 +498,12 @@ class RenderPanel(_Panel):
             "strength": ("Strength", "How much of the input is re-imagined (lower keeps more)"),
             "steps": ("Steps", "Sampling steps over the whole schedule (20 is usual)"),
             "guidance_scale": ("Guidance", "How closely the prompt is followed (CFG, 7.5)"),
+            "key_size": (
+                "Key size",
+                "Keys are rendered at most this many pixels on their short side, then scaled to "
+                f"the clip's size (SD1.5 was trained at {DEFAULT_KEY_SIZE}: much larger is slow "
+                "and repeats subjects)",
+            ),
         }[field]
         spin.valueChanged.connect(lambda value: self._set(field, value))
         _add_row(form, label, spin, tip)
@@ -682,6 +709,7 @@ class RenderPanel(_Panel):
         for widget, field in self._value_widgets():
             _show(widget, getattr(settings, field))
         self._show_constraints(settings)
+        self.key_size_note.setText(key_size_note(self.document.info, settings.key_size))
         self.fill_keys_button.setEnabled(self.document.frame_count > 0)
         for combo, field in (
             (self.synthesis_combo, "synthesis"),
@@ -722,6 +750,7 @@ class RenderPanel(_Panel):
             (self.strength_spin, "strength"),
             (self.steps_spin, "steps"),
             (self.guidance_spin, "guidance_scale"),
+            (self.key_size_spin, "key_size"),
             (self.controlnet_scale_spin, "controlnet_scale"),
             (self.pixel_fusion_weight_spin, "pixel_fusion_weight"),
             (self.pixel_fusion_detail_spin, "pixel_fusion_detail"),

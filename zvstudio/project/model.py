@@ -30,6 +30,9 @@ CROSS_FRAME_LAYERS = ("decoder", "decoder_loose", "all", "off")
 # `<name>_start` and `<name>_end` (fractions of T_max) in `RenderSettings`.
 CONSTRAINT_RANGES = ("shape_fusion", "pixel_fusion", "adain")
 PIXEL_FUSION_MODES = ("single_pass", "two_pass")  # the sampler's (tested), without torch
+# Diffusion renders keys at most this many pixels on the short side (SD1.x's training size) and
+# scales them to the frame's size (see zvstudio.diffusion.sampler); 0: at the frame's size.
+DEFAULT_KEY_SIZE = 512
 # Propagation's choices (tested equal to zvstudio.propagate's and zvstudio.flow's), without cv2.
 SYNTHESIS_MODES = ("flow", "patch")
 BLEND_MODES = ("soft", "histogram")
@@ -150,6 +153,7 @@ class RenderSettings(Validated):
     )
     adain: bool = field(default=True, metadata=rule("bool"))
     colour_correction: bool = field(default=False, metadata=rule("bool"))
+    key_size: int = field(default=DEFAULT_KEY_SIZE, metadata=rule("int", low=0, high=16384))
     adain_start: float = field(default=0.0, metadata=_fraction())
     adain_end: float = field(default=0.2, metadata=_fraction())
     # How keys are carried to the other frames (`PropagationSettings`, with its defaults).
