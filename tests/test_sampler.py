@@ -462,3 +462,20 @@ def test_a_closed_sampler_renders_again(components):
     second = sampler.render(video[1], is_anchor=False, references=[(video[0], anchor)])
     sampler.close()
     assert np.array_equal(first, second)
+
+
+def test_running_out_of_gpu_memory_says_what_to_lower(components, monkeypatch):
+    from zvstudio.generate.jobs import out_of_memory_as_error
+
+    renderer = DiffusionKeyRenderer(KeyFrameSampler(components, SETTINGS), "m")
+
+    def exhausted(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(renderer.sampler, "render", exhausted)
+    with pytest.raises(ZvsError, match="ran out of memory") as error:
+        renderer.render(frames()[0], KeyContext(0))
+    assert error.value.code == "out_of_memory" and "--key-size" in error.value.hint
+    with pytest.raises(ZvsError) as error, out_of_memory_as_error():
+        exhausted()
+    assert "--frames" in error.value.hint and "key size" not in error.value.hint

@@ -116,13 +116,20 @@ class KeySettings:
             )
 
 
-def out_of_memory_error() -> ZvsError:
+# What to change when the GPU runs out of memory, by what ran out.
+KEYS_MEMORY_HINT = (
+    "lower the key size (Key size in the inspector, --key-size), turn on offload (Settings, "
+    "--offload model), close other GPU programs, or use --device cpu"
+)
+CLIP_MEMORY_HINT = (
+    "make fewer or smaller frames (--frames, --width, --height), turn on offload (Settings, "
+    "--offload model), close other GPU programs, or use --device cpu"
+)
+
+
+def out_of_memory_error(hint: str = KEYS_MEMORY_HINT) -> ZvsError:
     """What to tell the user when the GPU runs out of memory (the app keeps running)."""
-    return ZvsError(
-        "the GPU ran out of memory",
-        hint="lower the resolution, close other GPU programs, or use --device cpu",
-        code="out_of_memory",
-    )
+    return ZvsError("the GPU ran out of memory", hint=hint, code="out_of_memory")
 
 
 def seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ from zvstudio.diffusion.loading import (
     weights_kwargs,
 )
 from zvstudio.diffusion.sampler import (
+    CLIP_MEMORY_HINT,
     encode_prompts,
     guided_noise,
     next_alpha,
@@ -377,7 +378,7 @@ def animate(
             latents = _video(run, motion_unet, trace, on_step)
             return [f[:height, :width] for f in _decode_frames(run, latents)]
     except torch.cuda.OutOfMemoryError as exc:
-        raise out_of_memory_error() from exc
+        raise out_of_memory_error(CLIP_MEMORY_HINT) from exc
     finally:
         if windows is not None:
             windows.restore()

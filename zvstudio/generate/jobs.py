@@ -231,9 +231,9 @@ def out_of_memory_as_error() -> Iterator[None]:
     """Turn CUDA's out-of-memory error into the message users get everywhere else."""
     import torch
 
-    from zvstudio.diffusion.sampler import out_of_memory_error
+    from zvstudio.diffusion.sampler import CLIP_MEMORY_HINT, out_of_memory_error
 
     try:
         yield
     except torch.cuda.OutOfMemoryError as exc:
-        raise out_of_memory_error() from exc
+        raise out_of_memory_error(CLIP_MEMORY_HINT) from exc

@@ -134,6 +134,10 @@ class DynamiCrafterSettings:
         return config.default_fs if self.fs is None else self.fs
 
 
+PRESET_MEMORY_HINT = (
+    "use a smaller --preset or fewer --frames, turn on offload (Settings, --offload model), "
+    "close other GPU programs, or use --device cpu"
+)
 _MODES_HINT = "animate (one image), interpolate (first and last image) or loop (one image)"
 
 
@@ -345,7 +349,7 @@ class DynamiCrafterSampler:
                 latents = self.sample(conditioning, settings, progress, cancel)
                 frames = self.decode(latents, settings, progress, cancel)
         except torch.cuda.OutOfMemoryError as exc:
-            raise out_of_memory_error() from exc
+            raise out_of_memory_error(PRESET_MEMORY_HINT) from exc
         if settings.mode == "loop":
             frames = frames[:-1]  # the last frame is the first again
         return frames
