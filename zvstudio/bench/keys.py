@@ -165,7 +165,8 @@ def _measure_size(size: int, settings: KeysBenchSettings, components, controlnet
             )
         except torch.cuda.OutOfMemoryError:
             # Reported, not fatal: the other modes and sizes may still fit.
-            modes[mode] = {"error": str(out_of_memory_error()), "hint": out_of_memory_error().hint}
+            error = out_of_memory_error(BENCH_MEMORY_HINT)
+            modes[mode] = {"error": str(error), "hint": error.hint}
             torch.cuda.empty_cache()
     if "two_pass" in images and "single_pass" in images:
         # How far the single pass lands from the paper's two passes (uint8 levels, non-anchor
@@ -223,6 +224,9 @@ def _measure_mode(mode: str, frames, settings: KeysBenchSettings, components, co
         **gpu_peaks(components.device),
         "peak_ram_mb": round(peak_rss_mb(), 1),
     }, images
+
+
+BENCH_MEMORY_HINT = "measure smaller --sizes, or close other GPU programs"
 
 
 def _renderer(mode: str, settings: KeysBenchSettings, components, controlnet):
