@@ -435,6 +435,23 @@ def test_the_transport_bar_plays_loops_mutes_and_shows_the_timecode(
     assert window.transport.frame() == 99
 
 
+def test_the_loop_icon_is_drawn_in_one_colour_like_the_media_icons(qtbot):
+    from PySide6.QtGui import QColor
+
+    from zvstudio.gui.transport_bar import loop_icon
+
+    for side in (16, 32):
+        image = loop_icon(QColor(200, 30, 40)).pixmap(side).toImage()
+        assert (image.width(), image.height()) == (side, side)
+        pixels = [image.pixelColor(x, y) for x in range(side) for y in range(side)]
+        inked = [c for c in pixels if c.alpha() > 200]
+        assert side * 2 < len(inked) < side * side // 2  # a ring, not a blot or nothing
+        # (antialiased edges round their colour a little)
+        assert all(
+            abs(c.red() - 200) + abs(c.green() - 30) + abs(c.blue() - 40) <= 6 for c in inked
+        )
+
+
 def test_the_qt_output_is_made_or_refused_with_a_reason(qtbot):
     """Whatever this machine has: a working QAudioSink, or NoSoundOutput saying why."""
     try:

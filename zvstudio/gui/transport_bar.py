@@ -7,8 +7,18 @@ bar only arranges them and keeps the play button's icon and the timecode current
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QAction, QFontDatabase
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import (
+    QAction,
+    QColor,
+    QFontDatabase,
+    QIcon,
+    QPainter,
+    QPainterPath,
+    QPalette,
+    QPen,
+    QPixmap,
+)
 from PySide6.QtWidgets import QLabel, QSizePolicy, QSlider, QStyle, QToolBar, QWidget
 
 from zvstudio.gui.timeline import timecode
@@ -21,7 +31,6 @@ ICONS = {
     "pause": QStyle.StandardPixmap.SP_MediaPause,
     "next": QStyle.StandardPixmap.SP_MediaSeekForward,
     "end": QStyle.StandardPixmap.SP_MediaSkipForward,
-    "loop": QStyle.StandardPixmap.SP_BrowserReload,
     "sound": QStyle.StandardPixmap.SP_MediaVolume,
     "muted": QStyle.StandardPixmap.SP_MediaVolumeMuted,
 }
@@ -46,7 +55,7 @@ class TransportBar(QToolBar):
             actions[name].setIcon(self._icon(name))
             self.addAction(actions[name])
         self.addSeparator()
-        actions["loop"].setIcon(self._icon("loop"))
+        actions["loop"].setIcon(loop_icon(self.palette().color(QPalette.ColorRole.ButtonText)))
         self.addAction(actions["loop"])
         self.addAction(actions["mute"])
         self.volume_slider = QSlider(Qt.Orientation.Horizontal, self)
@@ -96,3 +105,31 @@ class TransportBar(QToolBar):
     def refresh(self) -> None:
         """Show the timecode again (a new clip: another length and rate)."""
         self._show_timecode(self._transport.frame())
+
+
+def loop_icon(color: QColor) -> QIcon:
+    """A loop (an open ring with an arrowhead) drawn in `color`, in the plain style of the
+    style's media icons: the style has no loop icon, and its "reload" one is coloured."""
+    icon = QIcon()
+    for side in (16, 24, 32, 48):
+        pixmap = QPixmap(side, side)
+        pixmap.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(pixmap)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        pen = QPen(color, max(1.5, side / 11))
+        pen.setCapStyle(Qt.PenCapStyle.RoundCap)
+        painter.setPen(pen)
+        margin = side * 0.2
+        ring = QRectF(margin, margin, side - 2 * margin, side - 2 * margin)
+        painter.drawArc(ring, 100 * 16, 290 * 16)  # from the top, round to the right
+        tip = QPointF(ring.center().x() - side * 0.02, ring.top())
+        head = QPainterPath(tip + QPointF(side * 0.22, 0))
+        head.lineTo(tip - QPointF(side * 0.06, side * 0.2))
+        head.lineTo(tip + QPointF(-side * 0.06, side * 0.2))
+        head.closeSubpath()
+        painter.setBrush(color)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.drawPath(head)
+        painter.end()
+        icon.addPixmap(pixmap)
+    return icon
