@@ -214,6 +214,22 @@ def test_animate_a_users_image_keeps_its_size_and_first_frame(models, tmp_path):
     assert first.shape == (24, 40, 3)
 
 
+def test_animate_scales_a_large_image_down_and_says_so(models, tmp_path, monkeypatch, capsys):
+    from zvstudio.generate import jobs
+
+    monkeypatch.setattr(jobs, "STILL_SHORT_SIDE", 16)  # a phone photo against 512, in small
+    image = np.zeros((24, 40, 3), np.uint8)
+    image[:, :20] = (200, 60, 30)
+    cv2.imwrite(str(tmp_path / "still.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "frames"
+    args = ["animate", str(tmp_path / "still.png"), *models["model"]]
+    args += ["--motion-adapter", str(models["motion"]), "--frames", "2", "--steps", "2"]
+    assert main([*args, "-o", str(out)]) == 0
+    first = cv2.imread(str(sorted(out.glob("*.png"))[0]))
+    assert first.shape == (16, 27, 3)
+    assert "the image is 40x24: animated at 27x16" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "case, message",
     [

@@ -70,7 +70,8 @@ class AnimateSettings:
     "up", block names, or several comma-separated); `window_length` is how many frames (frame i
     and those before it) each frame attends to, None for all of 0..i. `width`/`height` size a
     generated still (rounded up internally, cropped back); a given image keeps its own size
-    (reflect-padded internally) and these two are ignored.
+    (reflect-padded internally) and these two are ignored (the job scales a large image down
+    first: `zvstudio.generate.jobs.STILL_SHORT_SIDE`).
     """
 
     prompt: str = ""

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 DEFAULT_FPS = Fraction(8)
 # The long side of a clip made from an input video, when no size is given (SD1.5's native).
 INPUT_LONG_SIDE = 512
+# A user's still larger than this on its short side is animated scaled down to it.
+STILL_SHORT_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def animate_image(
 
     started = time.monotonic()
     check_output(request.output, request.export)
-    image = None if request.image is None else read_image(request.image)
+    image = None if request.image is None else _still_to_animate(read_image(request.image), log)
     adapter = load_motion_adapter(request.motion_adapter, allow_pickle=request.models.allow_pickle)
     components, _ = load_diffusion_models(request.models, log)
     with out_of_memory_as_error():
@@ -123,6 +125,22 @@ def animate_image(
     timing = FrameTiming.constant(request.fps, len(frames))
     write_frames(request.output, frames, timing, request.export)
     return GenerateResult(request.output, len(frames), time.monotonic() - started)
+
+
+def _still_to_animate(image: np.ndarray, log: LogCallback) -> np.ndarray:
+    """A user's image scaled down to at most `STILL_SHORT_SIDE` pixels on its short side: a
+    phone photo at its own size would take many times as long, or run out of memory."""
+    from zvstudio.diffusion.sampler import resized
+    from zvstudio.keyrender import working_size
+
+    height, width = image.shape[:2]
+    size = working_size(height, width, STILL_SHORT_SIDE)
+    if size != (height, width):
+        log(
+            f"the image is {width}x{height}: animated at {size[1]}x{size[0]} (SD1.5 and its "
+            f"motion modules work at {STILL_SHORT_SIDE} pixels)"
+        )
+    return resized(image, size)
 
 
 def read_image(path: Path) -> np.ndarray:
