@@ -14,6 +14,10 @@ import numpy as np
 
 from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
 
+# Diffusion renders keys at most this many pixels on the short side (SD1.x's training size) and
+# scales them to the frame's size (see zvstudio.diffusion.sampler); 0: at the frame's size.
+DEFAULT_KEY_SIZE = 512
+
 
 def working_size(height: int, width: int, key_size: int) -> tuple[int, int]:
     """The (height, width) a key of that size is rendered at by a renderer that works best at

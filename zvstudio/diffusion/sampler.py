@@ -65,9 +65,14 @@ from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rg
 from zvstudio.diffusion.loading import Components
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, consistency_mask, warp
-from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer, working_size
+from zvstudio.keyrender import (
+    DEFAULT_KEY_SIZE,
+    KeyContext,
+    KeyParams,
+    KeyRenderer,
+    working_size,
+)
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
-from zvstudio.project.model import DEFAULT_KEY_SIZE
 
 PIXEL_FUSION_MODES = ("single_pass", "two_pass")  # see the module's docstring
 

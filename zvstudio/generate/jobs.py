@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zvstudio.errors import ZvsError
+from zvstudio.keyrender import DEFAULT_KEY_SIZE
 from zvstudio.media import ExportSettings, FrameTiming, VideoWriter, check_output
 from zvstudio.progress import (
     CancelToken,
@@ -35,7 +36,7 @@ DEFAULT_FPS = Fraction(8)
 # The long side of a clip made from an input video, when no size is given (SD1.5's native).
 INPUT_LONG_SIDE = 512
 # A user's still larger than this on its short side is animated scaled down to it.
-STILL_SHORT_SIDE = 512
+STILL_SHORT_SIDE = DEFAULT_KEY_SIZE
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zvstudio.keyrender import DEFAULT_KEY_SIZE
 from zvstudio.project.hashing import content_hash
 from zvstudio.project.schema import Validated, rule
 
@@ -30,9 +31,6 @@ CROSS_FRAME_LAYERS = ("decoder", "decoder_loose", "all", "off")
 # `<name>_start` and `<name>_end` (fractions of T_max) in `RenderSettings`.
 CONSTRAINT_RANGES = ("shape_fusion", "pixel_fusion", "adain")
 PIXEL_FUSION_MODES = ("single_pass", "two_pass")  # the sampler's (tested), without torch
-# Diffusion renders keys at most this many pixels on the short side (SD1.x's training size) and
-# scales them to the frame's size (see zvstudio.diffusion.sampler); 0: at the frame's size.
-DEFAULT_KEY_SIZE = 512
 # Propagation's choices (tested equal to zvstudio.propagate's and zvstudio.flow's), without cv2.
 SYNTHESIS_MODES = ("flow", "patch")
 BLEND_MODES = ("soft", "histogram")
