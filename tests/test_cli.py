@@ -341,6 +341,14 @@ def test_render_with_keys_and_propagation(tmp_path, capsys):
     capsys.readouterr()
     assert main(["render", str(path), "--keys", "0,x", "-o", str(tmp_path / "c.mp4")]) == 1
     assert "--keys" in capsys.readouterr().err
+    # --size: at most that many pixels on the short side (the clip is 192x112).
+    small = ["render", str(path), "--every", "4", "--size", "56", "-o", str(tmp_path / "s.mp4")]
+    assert main(small) == 0
+    info = probe(tmp_path / "s.mp4")
+    assert (info.width, info.height, info.frame_count, info.has_audio) == (96, 56, 12, True)
+    assert "rendering at 96x56 (the clip is 192x112)" in capsys.readouterr().err
+    assert main([*small[:-2], "--size", "8", "-o", str(tmp_path / "t.mp4")]) == 1
+    assert "at least 16 pixels" in capsys.readouterr().err
 
 
 def test_a_cancelled_render_resumes_from_finished_segments(tmp_path, capsys):

@@ -321,3 +321,50 @@ def test_segments_are_cached_so_a_changed_key_recomputes_only_its_neighbours(cli
         with VideoReader(clip) as reader:  # repaint key 10
             cv2.imwrite(paintings[10], reader.frame(10))
         assert run("c.mp4") == {0: True, 5: False, 10: False, 15: True}
+
+
+def test_the_render_size_caps_the_short_side_with_even_sides(clip):
+    from zvstudio.media import probe
+
+    def size(width, height, short_side):
+        info = replace(probe(clip), width=width, height=height, rotation=0)
+        return RenderRequest(clip, clip, short_side=short_side).frame_size(info)
+
+    assert size(3840, 2160, 720) == (1280, 720)
+    assert size(1080, 1920, 540) == (540, 960)  # portrait: the short side is the width
+    assert size(1000, 562, 301) == (536, 300)  # 535.6 x 301, then even, never above
+    assert size(1920, 1080, 0) == (1920, 1080)  # 0: the clip's size
+    assert size(1280, 720, 1080) == (1280, 720)  # never enlarged
+    with pytest.raises(ZvsError, match="at least 16"):
+        RenderRequest(clip, clip, short_side=8)
+
+
+def test_a_render_at_a_smaller_size_is_that_size_throughout_and_cached_apart(clip, tmp_path):
+    """The keys, the propagated frames and the file are at the render size, with the
+    source's frame count and sound; the clip's own size is another render in the cache."""
+    from zvstudio.engine.status import render_status
+    from zvstudio.media import probe
+
+    logged = []
+    small = RenderRequest(
+        clip,
+        tmp_path / "small.mp4",
+        KeyRendererSpec(style="oil"),
+        key_interval=5,
+        flow_preset="medium",
+        short_side=56,
+    )
+    result = render(small, log=logged.append)
+    info = probe(tmp_path / "small.mp4")
+    assert (info.width, info.height, info.frame_count) == (96, 56, 16)
+    assert info.has_audio and result.frames == 16
+    assert "rendering at 96x56 (the clip is 192x112)" in logged
+    assert render_status(small).complete
+    full = replace(small, output=tmp_path / "full.mp4", short_side=0)
+    assert not render_status(full).complete  # nothing of the full size rendered yet
+    with VideoReader(clip, output_size=(96, 56)) as reader:
+        key = create_stylizer("oil").render(reader.frame(5), KeyContext(5))
+    frames = tmp_path / "frames"
+    render(replace(small, output=frames, export=ExportSettings("png")))
+    saved = cv2.cvtColor(cv2.imread(str(frames / "frame_000005.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(saved, key)  # the key is the renderer's output at the render size

@@ -83,6 +83,20 @@ def test_scaled_frames_keep_orientation(clip):
         assert frame_number(small) == 13
 
 
+def test_a_reader_with_an_output_size_serves_every_frame_at_it(clip):
+    (path, _, _), _ = clip
+    with VideoReader(path) as plain:
+        width, height = plain.size
+        scaled = VideoReader(path, output_size=(width // 2, height // 2))
+        assert scaled.size == (width // 2, height // 2)
+        assert np.array_equal(scaled.frame(13), plain.frame(13, size=scaled.size))
+        sequence = dict(scaled.frames(10, 14))
+        assert all(np.array_equal(sequence[n], plain.frame(n, size=scaled.size)) for n in sequence)
+        assert scaled.frame(13, size=(width, height)).shape == (height, width, 3)  # asked for
+        scaled.close()
+        assert VideoReader(path, output_size=plain.size).size == plain.size
+
+
 def test_frame_outside_the_clip_is_an_index_error(clip):
     (path, _, _), _ = clip
     with VideoReader(path) as reader, pytest.raises(IndexError):

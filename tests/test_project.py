@@ -674,3 +674,19 @@ def test_the_key_size_round_trips_reaches_the_sampler_and_defaults_to_512(tmp_pa
     assert older.key_size == 512 == DEFAULT_KEY_SIZE
     bad = save_json(tmp_path / "p.zvs", v1(settings={"key_size": -64}))
     assert "settings.key_size: must be" in load_error(bad)
+
+
+def test_the_render_size_round_trips_and_reaches_the_request(tmp_path):
+    from zvstudio.engine.request import request_from_project
+
+    settings = RenderSettings(short_side=720)
+    path = tmp_path / "film.zvs"
+    clip = make_file(tmp_path / "clip.mp4")
+    save_project(Project(ClipRef.from_file(clip), settings=settings), path)
+    loaded = load_project(path)
+    assert loaded.settings.short_side == 720
+    assert request_from_project(loaded, tmp_path / "out.mp4").short_side == 720
+    older = project_from_dict(v1(settings={}), tmp_path).settings
+    assert older.short_side == 0  # files from before: the clip's size
+    bad = save_json(tmp_path / "p.zvs", v1(settings={"short_side": 8}))
+    assert "settings.short_side: must be 0 (the clip's size) or at least 16" in load_error(bad)

@@ -210,6 +210,13 @@ def _add_render(commands) -> None:
         help="output .mp4/.mov/.mkv file, or a folder for PNG frames",
     )
     render_parser.add_argument("--style", help="weightless style (see `zvstudio styles`)")
+    render_parser.add_argument(
+        "--size",
+        type=int,
+        metavar="PIXELS",
+        help="render and export at most this many pixels on the short side, e.g. 720 for a "
+        "4K clip (default: the clip's size, or the project's render size)",
+    )
     _add_diffusion_options(render_parser, model_required=False)
     keys = render_parser.add_mutually_exclusive_group()
     keys.add_argument(
@@ -378,6 +385,7 @@ def _with_overrides(request, args):
         key_placement=args.placement or request.key_placement,
         flow_preset=flow_preset,
         flow_estimator=args.flow or request.flow_estimator,
+        short_side=request.short_side if args.size is None else args.size,
     )
 
 

@@ -41,6 +41,10 @@ def diffusion(document) -> Document:
     return document
 
 
+def item_texts(combo) -> list[str]:
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
 def key_placeholder_shown(inspector: Inspector) -> bool:
     # On the Key tab, which need not be the current one.
     return inspector.key_placeholder.isVisibleTo(inspector.key_panel)
@@ -335,12 +339,32 @@ def test_the_key_size_is_set_and_says_where_keys_are_rendered(qtbot, document, t
     panel.key_size_spin.setValue(0)
     assert document.project.settings.key_size == 0
     assert panel.key_size_spin.text() == "Clip size"
-    assert panel.key_size_note.text() == "Keys at the clip's 1280 × 720"
+    assert panel.key_size_note.text() == "Keys at the frames' 1280 × 720"
     panel.key_size_spin.setValue(768)
-    assert panel.key_size_note.text() == "Keys at the clip's 1280 × 720"  # never enlarged
+    assert panel.key_size_note.text() == "Keys at the frames' 1280 × 720"  # never enlarged
     document.undo_stack.undo()
     document.undo_stack.undo()
     assert document.project.settings.key_size == 512 and panel.key_size_spin.value() == 512
+
+
+def test_the_render_size_offers_the_sizes_below_the_clips(qtbot, document, tmp_path):
+    panel = make_inspector(qtbot, document).render_panel
+    assert item_texts(panel.render_size_combo)[:2] == ["Clip size", "2160 px short side"]
+    hd, _, _ = make_clip(tmp_path / "hd.mp4", count=2, width=1280, height=720)
+    document.import_clip(hd)
+    document.push(SetSettings(replace(document.project.settings, renderer="diffusion")))
+    combo = panel.render_size_combo
+    assert item_texts(combo) == ["Clip size (1280 × 720)", "960 × 540", "640 × 360"]
+    assert combo.currentData() == 0
+    choose(combo, 360)
+    assert document.project.settings.short_side == 360
+    assert panel.key_size_note.text() == "Keys at the frames' 640 × 360"
+    choose(combo, 540)
+    assert panel.key_size_note.text() == "Keys at 910 × 512, scaled to 960 × 540"
+    document.undo_stack.undo()
+    assert document.project.settings.short_side == 360 and combo.currentData() == 360
+    document.push(SetSettings(replace(document.project.settings, short_side=600)))  # a file's
+    assert combo.currentText() == "600 px short side"
 
 
 def test_propagation_settings_change_the_project(qtbot, document):

@@ -369,8 +369,12 @@ def render(
         around = [k for k in keys if not first <= k <= last]
         log(f"frames {first}..{last} are propagated as in the whole clip: keys {around} too")
     timing, audio = output_timing(request.source, info, first, last)
+    size = request.frame_size(info)
+    clip_size = (info.display_width, info.display_height)
+    if size != clip_size:
+        log(f"rendering at {size[0]}x{size[1]} (the clip is {clip_size[0]}x{clip_size[1]})")
     with (
-        VideoReader(request.source, _small_frame_cache(info), info) as reader,
+        VideoReader(request.source, _small_frame_cache(info), info, size) as reader,
         VideoWriter(
             request.output, reader.size, timing, request.export, audio, first_number=first
         ) as writer,
@@ -392,7 +396,7 @@ def render(
                 log,
                 cuts() if renderer.uses_references else (),
             )
-            flows = FlowCache(estimator, clip_id)
+            flows = FlowCache(estimator, flow_clip_key(clip_id, info, reader.size))
             segments = SegmentCache(segment_context(request, estimator, clip_id, reader.size))
             frames = propagate_clip(
                 reader,
@@ -436,6 +440,12 @@ def flow_estimator(request: RenderRequest) -> FlowEstimator:
     return create_flow_estimator(request.flow_estimator)
 
 
+def flow_clip_key(clip_id: str, info: MediaInfo, size: tuple[int, int]) -> str:
+    """The flow cache's key for the clip's frames at `size` (the clip's own size keeps the
+    plain clip id, as before render sizes existed)."""
+    return clip_id if size == (info.display_width, info.display_height) else f"{clip_id}@{size}"
+
+
 def segment_context(request: RenderRequest, estimator, clip_id: str, size: tuple[int, int]) -> str:
     """What every propagated segment of this render depends on besides its keys."""
     settings = estimator.settings_key(), repr(request.propagation), str(size)
@@ -453,7 +463,8 @@ def render_key_preview(
     per-key overrides: to try settings on one frame before rendering the clip."""
     cancel = cancel or CancelToken()
     renderer = create_key_renderer(request.renderer, log)
-    with VideoReader(request.source) as reader:
+    info = probe(request.source)
+    with VideoReader(request.source, info=info, output_size=request.frame_size(info)) as reader:
         if not 0 <= number < len(reader):
             raise ZvsError(f"frame {number} is outside the clip's frames 0..{len(reader) - 1}")
         frame = reader.frame(number)

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zvstudio.errors import ZvsError
-from zvstudio.keyrender import KeyParams
+from zvstudio.keyrender import KeyParams, working_size
+from zvstudio.media.probe import MediaInfo
 from zvstudio.media.writer import ExportSettings, output_kind
 from zvstudio.project import Project
+from zvstudio.project.model import MIN_SHORT_SIDE
 from zvstudio.propagate.segment import PropagationSettings
 
 KEY_PLACEMENTS = ("even", "motion")
@@ -58,6 +60,8 @@ class RenderRequest:
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     flow_preset: str = "fine"  # the DIS estimator's quality
     flow_estimator: str = "dis"  # "dis", "raft" or one a plugin registered
+    # Render (and export) at most this many pixels on the short side; 0: at the clip's size.
+    short_side: int = 0
 
     def __post_init__(self) -> None:
         if self.key_placement not in KEY_PLACEMENTS:
@@ -65,6 +69,24 @@ class RenderRequest:
                 f"unknown key placement {self.key_placement!r}",
                 hint=f"choose one of: {', '.join(KEY_PLACEMENTS)}",
             )
+        if self.short_side != 0 and self.short_side < MIN_SHORT_SIDE:
+            raise ZvsError(
+                f"the render size must be at least {MIN_SHORT_SIDE} pixels on the short side "
+                f"(or 0, the clip's size), got {self.short_side}"
+            )
+
+    def frame_size(self, info: MediaInfo) -> tuple[int, int]:
+        """The (width, height) the clip is rendered and exported at (see `render_size`)."""
+        return render_size(info.display_width, info.display_height, self.short_side)
+
+
+def render_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """A clip of `width` x `height` rendered at most `short_side` pixels on its short side
+    (0: as it is): scaled down when larger, both sides then even (as video encoders need)."""
+    scaled_height, scaled_width = working_size(height, width, short_side)
+    if (scaled_width, scaled_height) == (width, height):
+        return width, height
+    return max(2, scaled_width // 2 * 2), max(2, scaled_height // 2 * 2)
 
 
 def request_from_project(project: Project, output: Path) -> RenderRequest:
@@ -94,6 +116,7 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
             synthesis=settings.synthesis, blend=settings.blend, poisson=settings.poisson
         ),
         flow_preset=settings.flow_preset,
+        short_side=settings.short_side,
     )
 
 

@@ -101,7 +101,7 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
     )
     if not keys:
         return RenderStatus(first, last)
-    size = (info.display_width, info.display_height)
+    size = request.frame_size(info)
     identities = key_identities(
         _identity_source(request), keys, dict(request.key_params), clip_id, size, cuts
     )

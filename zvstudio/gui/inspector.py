@@ -45,6 +45,7 @@ from zvstudio.diffusion.annotators import (
     weights_hint,
 )
 from zvstudio.diffusion.identify import ModelInfo
+from zvstudio.engine.request import render_size
 from zvstudio.errors import ZvsError
 from zvstudio.gui.document import Document
 from zvstudio.gui.elided_label import ElidedLabel
@@ -149,14 +150,37 @@ def _label(text: str, tip: str) -> QLabel:
     return label
 
 
-def key_size_note(info: MediaInfo | None, key_size: int) -> str:
-    """Where the clip's keys are rendered, e.g. "Keys at 910 × 512, scaled to 1920 × 1080"."""
+RENDER_SIZES = (2160, 1440, 1080, 720, 540, 360)  # short sides offered, besides the clip's
+RENDER_SIZE_TIP = (
+    "The size the clip is rendered and exported at: a smaller one renders faster (a draft, or "
+    "4K footage); the keys and the propagation run at it too"
+)
+
+
+def render_size_choices(info: MediaInfo | None, current: int) -> list[tuple[int, str]]:
+    """(short side, label) for the render size combo: the clip's size, then the standard
+    sizes below it (all of them without a clip), and `current` if it is none of those."""
     if info is None:
+        choices = [(0, "Clip size"), *((side, f"{side} px short side") for side in RENDER_SIZES)]
+    else:
+        width, height = info.display_width, info.display_height
+        choices = [(0, f"Clip size ({width} × {height})")]
+        for side in (s for s in RENDER_SIZES if s < min(width, height)):
+            choices.append((side, "{} × {}".format(*render_size(width, height, side))))
+    if current not in {side for side, _ in choices}:
+        choices.append((current, f"{current} px short side"))
+    return choices
+
+
+def key_size_note(frames: tuple[int, int] | None, key_size: int) -> str:
+    """Where keys of `frames` (width, height: the render size) are rendered, e.g. "Keys at
+    910 × 512, scaled to 1920 × 1080"; "" without a clip."""
+    if frames is None:
         return ""
-    width, height = info.display_width, info.display_height
+    width, height = frames
     key_height, key_width = working_size(height, width, key_size)
     if (key_width, key_height) == (width, height):
-        return f"Keys at the clip's {width} × {height}"
+        return f"Keys at the frames' {width} × {height}"
     return f"Keys at {key_width} × {key_height}, scaled to {width} × {height}"
 
 
@@ -586,6 +610,13 @@ class RenderPanel(_Panel):
     def _propagation_group(self) -> QGroupBox:
         group = QGroupBox("Keys and propagation")
         form = _form(group)
+        self.render_size_combo = _combo()
+        self.render_size_combo.currentIndexChanged.connect(
+            lambda: self._set(
+                "short_side", self.render_size_combo.currentData(), "change the render size"
+            )
+        )
+        _add_row(form, "Render size", self.render_size_combo, RENDER_SIZE_TIP)
         self.key_interval_spin = _int_spin(1, 10_000)
         self.key_interval_spin.valueChanged.connect(lambda value: self._set("key_interval", value))
         self.fill_keys_button = QPushButton("Fill keys every K")
@@ -709,7 +740,12 @@ class RenderPanel(_Panel):
         for widget, field in self._value_widgets():
             _show(widget, getattr(settings, field))
         self._show_constraints(settings)
-        self.key_size_note.setText(key_size_note(self.document.info, settings.key_size))
+        info = self.document.info
+        frames = None
+        if info is not None:
+            frames = render_size(info.display_width, info.display_height, settings.short_side)
+        self.key_size_note.setText(key_size_note(frames, settings.key_size))
+        self._show_render_sizes(settings.short_side)
         self.fill_keys_button.setEnabled(self.document.frame_count > 0)
         for combo, field in (
             (self.synthesis_combo, "synthesis"),
@@ -717,6 +753,16 @@ class RenderPanel(_Panel):
             (self.blend_combo, "blend"),
         ):
             _select(combo, getattr(settings, field))
+
+    def _show_render_sizes(self, current: int) -> None:
+        combo = self.render_size_combo
+        choices = render_size_choices(self.document.info, current)
+        shown = [(combo.itemData(i), combo.itemText(i)) for i in range(combo.count())]
+        if shown != choices:
+            combo.clear()
+            for short_side, label in choices:
+                combo.addItem(label, short_side)
+        _select(combo, current)
 
     def _show_renderer(self, settings: RenderSettings) -> None:
         _select(self.renderer_combo, settings.renderer)

@@ -84,6 +84,8 @@ def fit_size(width: int, height: int, max_side: int) -> Size:
 class VideoReader:
     """Exact random access and sequential reading of a video's frames as RGB arrays.
 
+    With `output_size` (width, height), frames come scaled to it (while decoding: cheaper than
+    after) unless a call asks for another size, and `size` is that size.
     Not thread-safe: give each thread its own reader (they can share a `FrameCache`).
     """
 
@@ -92,11 +94,14 @@ class VideoReader:
         path: str | os.PathLike[str],
         cache: FrameCache | None = None,
         info: MediaInfo | None = None,
+        output_size: Size | None = None,
     ) -> None:
         self.path = Path(path)
         self.info = info or probe(path)
         self.index = self.info.index
         self.cache = cache if cache is not None else FrameCache()
+        display = (self.info.display_width, self.info.display_height)
+        self._output_size = None if output_size == display else output_size
         self._container: av.container.InputContainer | None = None
         self._decoder: Iterator[av.VideoFrame] | None = None
         self._last_pts: int | None = None
@@ -108,13 +113,15 @@ class VideoReader:
 
     @property
     def size(self) -> Size:
-        """Display size (width, height), rotation applied."""
-        return self.info.display_width, self.info.display_height
+        """The frames' size (width, height): the display size (rotation applied), or the
+        output size."""
+        return self._output_size or (self.info.display_width, self.info.display_height)
 
     # -- exact access ----------------------------------------------------------------------
     def frame(self, number: int, size: Size | None = None) -> np.ndarray:
         """Frame `number` (0-based, display order) as RGB uint8, optionally scaled to `size`."""
         self._check_number(number)
+        size = size or self._output_size
         key = (number, size)
         cached = self.cache.get(key)
         if cached is not None:
@@ -202,6 +209,7 @@ class VideoReader:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (number, RGB frame) for frames start..stop-1 in order, decoding with threads."""
         stop = len(self.index) if stop is None else stop
+        size = size or self._output_size
         if not 0 <= start <= stop <= len(self.index):
             raise IndexError(f"frame range {start}..{stop} is outside 0..{len(self.index)}")
         if start == stop:

@@ -35,6 +35,7 @@ PIXEL_FUSION_MODES = ("single_pass", "two_pass")  # the sampler's (tested), with
 SYNTHESIS_MODES = ("flow", "patch")
 BLEND_MODES = ("soft", "histogram")
 FLOW_PRESETS = ("ultrafast", "fast", "medium", "fine")
+MIN_SHORT_SIDE = 16  # the smallest render size (pixels on the short side)
 HASH_PATTERN = (r"(b2:[0-9a-f]{32})?", "empty or 'b2:' followed by 32 hex digits")
 
 
@@ -152,6 +153,8 @@ class RenderSettings(Validated):
     adain: bool = field(default=True, metadata=rule("bool"))
     colour_correction: bool = field(default=False, metadata=rule("bool"))
     key_size: int = field(default=DEFAULT_KEY_SIZE, metadata=rule("int", low=0, high=16384))
+    # Render and export at most this many pixels on the short side; 0: at the clip's size.
+    short_side: int = field(default=0, metadata=rule("int", low=0, high=16384))
     adain_start: float = field(default=0.0, metadata=_fraction())
     adain_end: float = field(default=0.2, metadata=_fraction())
     # How keys are carried to the other frames (`PropagationSettings`, with its defaults).
@@ -165,6 +168,8 @@ class RenderSettings(Validated):
 
     @staticmethod
     def extra_problems(values: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        if 0 < values["short_side"] < MIN_SHORT_SIDE:
+            yield "short_side", f"must be 0 (the clip's size) or at least {MIN_SHORT_SIDE}"
         for name in CONSTRAINT_RANGES:
             start, end = values[f"{name}_start"], values[f"{name}_end"]
             if end <= start:  # an empty range would silently never run
