@@ -523,3 +523,11 @@ def test_the_shortcuts_list_holds_every_keyed_command_and_filters(qtbot):
     dialog.filter_edit.setText("shift+s")  # keys are found too
     assert set(dialog.visible_rows()) == {("Scrub sound", "Shift+S"), ("Save as", "Ctrl+Shift+S")}
     window.shutdown()
+
+
+def test_export_shows_the_size_frames_are_rendered_at(qtbot, tmp_path):
+    path = str(tmp_path / "a.mp4")
+    dialog = ExportDialog(None, 30, 25.0, OutputSettings(), path, None, size=(960, 540))
+    qtbot.addWidget(dialog)
+    assert dialog.size_label.text() == "960 × 540"
+    dialog.close()

@@ -23,7 +23,7 @@ from zvstudio.gui.app import offer_recovery
 from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.media import probe
 from zvstudio.project import FrameRange, KeyFrame, OutputSettings, load_project
-from zvstudio.project.edits import SetKey
+from zvstudio.project.edits import SetKey, SetSettings
 
 
 @pytest.fixture(scope="module")
@@ -449,3 +449,17 @@ def test_the_risk_band_setting_is_remembered(qtbot, tmp_path):
     qtbot.addWidget(second)
     assert second.risk_action.isChecked() and second.motion.showing_risk
     second.shutdown()
+
+
+def test_export_is_offered_at_the_render_size(window, clip, monkeypatch):
+    from zvstudio.gui import export_dialog
+
+    shown = []
+    monkeypatch.setattr(export_dialog.ExportDialog, "exec", lambda self: shown.append(self) or 0)
+    window.export_dialog()
+    assert not shown  # no clip, no export
+    window.open_path(clip)
+    settings = window.document.project.settings
+    window.document.push(SetSettings(replace(settings, short_side=40)))
+    window.export_dialog()
+    assert shown[-1].size_label.text() == "64 × 40"  # the 128 x 80 clip at 40 on its short side

@@ -83,9 +83,11 @@ class ExportDialog(QDialog):
         output: OutputSettings,
         suggested_path: str,
         in_out: tuple[int, int] | None = None,
+        size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Export")
+        self._size = size  # (width, height) the frames are rendered at, when known
         self._frame_count = max(frame_count, 1)
         self._fps = fps
         self._in_out = in_out
@@ -105,6 +107,10 @@ class ExportDialog(QDialog):
         form.addRow("Format:", self.format_combo)
         form.addRow("Quality (CRF):", self._build_quality(output.crf))
         form.addRow("Frames:", self._build_range())
+        if self._size is not None:
+            self.size_label = QLabel("{} × {}".format(*self._size))
+            self.size_label.setToolTip("The render size: Keys and propagation in the inspector")
+            form.addRow("Size:", self.size_label)
         self.audio_check = QCheckBox("Include the clip's audio")
         self.audio_check.setChecked(output.audio)
         form.addRow("Audio:", self.audio_check)
