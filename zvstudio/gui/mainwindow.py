@@ -933,13 +933,13 @@ class MainWindow(QMainWindow):
             doc.project.settings.output,
             str(suggested),
             (span.first, span.last) if span else None,
-            self._render_size(),
+            self.render_frame_size(),
         )
         if dialog.exec():
             choice = dialog.choice()
             self.export_to(choice.path, choice.output, choice.first, choice.last)
 
-    def _render_size(self) -> tuple[int, int] | None:
+    def render_frame_size(self) -> tuple[int, int] | None:
         """The (width, height) the open clip renders at (its render size), None without one."""
         from zvstudio.engine.request import render_size
 
