@@ -714,7 +714,7 @@ def _add_diffusion_options(parser, model_required: bool) -> None:
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     parser.add_argument("--cfg", type=float, default=7.5, help="guidance scale (default 7.5)")
     parser.add_argument("--seed", type=int, default=0)
-    from zvstudio.project.model import DEFAULT_KEY_SIZE
+    from zvstudio.keyrender import DEFAULT_KEY_SIZE
 
     parser.add_argument(
         "--key-size",
