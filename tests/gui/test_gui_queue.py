@@ -113,7 +113,7 @@ def test_the_running_render_is_the_job_watched_while_clips_are_analysed(panel, b
 def test_analysis_jobs_leave_shortly_after_they_end_unless_they_failed(
     panel, bridge, qtbot, monkeypatch
 ):
-    monkeypatch.setattr(queue_panel, "ANALYSIS_LINGER_MS", 300)
+    monkeypatch.setattr(queue_panel, "ANALYSIS_LINGER_MS", 1000)
     render = bridge.submit(stepping(2, 0.0), "render")
     measured = bridge.submit(stepping(2, 0.0), "measure the sound", ANALYSIS)
     qtbot.waitUntil(lambda: panel.state_text(measured) == "Finished", timeout=5000)
