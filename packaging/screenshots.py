@@ -61,7 +61,7 @@ def main(out: Path) -> None:
         doc.fps,
         doc.project.settings.output,
         str(work / "demo_zvstudio.mp4"),
-        size=window.render_frame_size(),
+        size=doc.render_size,
     )
     dialog.show()
     wait_for(lambda: False, 0.5)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zvstudio.errors import ZvsError
-from zvstudio.keyrender import DEFAULT_KEY_SIZE
+from zvstudio.keyrender import DEFAULT_KEY_SIZE, working_size
 from zvstudio.media import ExportSettings, FrameTiming, VideoWriter, check_output
 from zvstudio.progress import (
     CancelToken,
@@ -132,7 +132,6 @@ def _still_to_animate(image: np.ndarray, log: LogCallback) -> np.ndarray:
     """A user's image scaled down to at most `STILL_SHORT_SIDE` pixels on its short side: a
     phone photo at its own size would take many times as long, or run out of memory."""
     from zvstudio.diffusion.sampler import resized
-    from zvstudio.keyrender import working_size
 
     height, width = image.shape[:2]
     size = working_size(height, width, STILL_SHORT_SIDE)

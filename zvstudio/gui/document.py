@@ -88,6 +88,17 @@ class Document(QObject):
         return float(self.info.fps) if self.info else 25.0
 
     @property
+    def render_size(self) -> tuple[int, int] | None:
+        """The (width, height) the clip renders and exports at (the project's render size),
+        None without a clip."""
+        from zvstudio.engine.request import render_size
+
+        if self.info is None:
+            return None
+        info, short_side = self.info, self.project.settings.short_side
+        return render_size(info.display_width, info.display_height, short_side)
+
+    @property
     def title(self) -> str:
         if self.path is not None:
             return self.path.name

@@ -740,11 +740,7 @@ class RenderPanel(_Panel):
         for widget, field in self._value_widgets():
             _show(widget, getattr(settings, field))
         self._show_constraints(settings)
-        info = self.document.info
-        frames = None
-        if info is not None:
-            frames = render_size(info.display_width, info.display_height, settings.short_side)
-        self.key_size_note.setText(key_size_note(frames, settings.key_size))
+        self.key_size_note.setText(key_size_note(self.document.render_size, settings.key_size))
         self._show_render_sizes(settings.short_side)
         self.fill_keys_button.setEnabled(self.document.frame_count > 0)
         for combo, field in (

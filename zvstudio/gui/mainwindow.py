@@ -933,21 +933,11 @@ class MainWindow(QMainWindow):
             doc.project.settings.output,
             str(suggested),
             (span.first, span.last) if span else None,
-            self.render_frame_size(),
+            doc.render_size,
         )
         if dialog.exec():
             choice = dialog.choice()
             self.export_to(choice.path, choice.output, choice.first, choice.last)
-
-    def render_frame_size(self) -> tuple[int, int] | None:
-        """The (width, height) the open clip renders at (its render size), None without one."""
-        from zvstudio.engine.request import render_size
-
-        info = self.document.info
-        if info is None:
-            return None
-        short_side = self.document.project.settings.short_side
-        return render_size(info.display_width, info.display_height, short_side)
 
     def settings_dialog(self) -> None:
         from zvstudio.appsettings import apply_settings
