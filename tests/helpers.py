@@ -120,3 +120,31 @@ def assert_annotator_found(
     assert kind in annotators.available_annotators()
     assert annotators.annotator_identity(kind).startswith(f"{kind}@:{weights.name}:")
     assert annotators.local_annotator_files([models])[listed_as or kind] == str(weights)
+
+
+def make_colour_clip(
+    path: Path, signal: np.ndarray, transfer: int, primaries: int, count: int = 2
+) -> Path:
+    """Write a lossless 10-bit HEVC clip whose every frame is `signal` (non-linear R'G'B', float
+    H x W x 3 in 0..1, even sides), tagged with these H.273 transfer and primaries codes (and
+    the BT.2020 matrix), as phones tag their HDR recordings."""
+    import av
+
+    height, width = signal.shape[:2]
+    rgb48 = np.round(np.clip(signal, 0, 1) * 65535).astype(np.uint16)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(
+            "libx265", rate=25, options={"x265-params": "lossless=1:bframes=0:log-level=error"}
+        )
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p10le"
+        context = stream.codec_context
+        context.colorspace, context.color_range = 9, 1  # BT.2020 matrix, limited range
+        context.color_primaries, context.color_trc = primaries, transfer
+        for number in range(count):
+            frame = av.VideoFrame.from_ndarray(rgb48, format="rgb48le").reformat(
+                format="yuv420p10le", dst_colorspace="bt2020", dst_color_range="MPEG"
+            )
+            frame.pts = number
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -165,6 +165,8 @@ def _run_probe(args) -> int:
             extra["suggested_keys"] = suggested
         print(json.dumps({**info.to_dict(), **extra}, indent=2))
         return 0
+    from zvstudio.media.hdr import sdr_note
+
     rotation = f", rotated {info.rotation} deg" if info.rotation else ""
     rate = "variable" if info.is_vfr else "constant"
     lines = [
@@ -175,6 +177,8 @@ def _run_probe(args) -> int:
         f"  frames     {info.frame_count} at {float(info.fps):.3f} fps ({rate} frame rate)",
         f"  duration   {info.duration:.3f} s",
     ]
+    if info.colour:
+        lines.append(f"  colour     {sdr_note(info.colour)}")
     for stream in info.audio:
         lines.append(
             f"  audio      #{stream.index} {stream.codec}, {stream.sample_rate} Hz, "

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import make_clip
+from helpers import make_clip, make_colour_clip
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
@@ -59,6 +59,14 @@ def press(qtbot, window, key, modifier=Qt.NoModifier, times=1):
 def wait_render(qtbot, window, timeout=120_000):
     qtbot.waitUntil(lambda: window.render_job is None, timeout=timeout)
     qtbot.waitUntil(lambda: window.status is not None and window.status.complete, timeout=10_000)
+
+
+def test_an_hdr_clip_says_it_is_shown_as_sdr(window, tmp_path):
+    grey = np.full((64, 96, 3), 0.5)
+    clip = make_colour_clip(tmp_path / "phone.mov", grey, transfer=18, primaries=9, count=4)
+    assert window.open_path(clip)
+    message = window.statusBar().currentMessage()
+    assert message == "HDR (HLG) clip, converted to SDR BT.709 (highlights rolled off)"
 
 
 def test_import_key_with_keyboard_undo_redo(qtbot, window, clip):

@@ -47,6 +47,7 @@ from zvstudio.gui.transport_bar import TransportBar
 from zvstudio.gui.viewer import ViewerWidget
 from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import Proxy, VideoReader
+from zvstudio.media.hdr import sdr_note
 from zvstudio.paths import cache_root
 from zvstudio.project.autosave import Autosaver
 from zvstudio.project.edits import MoveKey, RemoveKey, SetFrameRange, mark_range
@@ -476,6 +477,8 @@ class MainWindow(QMainWindow):
         if doc.project.clip is not None and doc.info is not None:
             self._reader = VideoReader(doc.project.clip.path, info=doc.info)
             self._prepare(Path(doc.project.clip.path))
+            if doc.info.colour:
+                self.statusBar().showMessage(sdr_note(doc.info.colour), 10_000)
         self.transport.set_clip(doc.frame_count, doc.fps)
         self.transport_bar.refresh()
         info = doc.info if doc.info is not None and doc.info.has_audio else None

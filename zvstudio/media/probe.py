@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from zvstudio.errors import MediaError
+from zvstudio.media.hdr import describe
 
 # Relative spread of frame durations above which a clip counts as variable frame rate; below
 # it, the spread is timestamp rounding (e.g. 1/30 s in a 1/1000 time base).
@@ -82,6 +83,7 @@ class MediaInfo:
     bit_rate: int | None
     audio: tuple[AudioStreamInfo, ...]
     index: FrameIndex
+    colour: str = ""  # "HDR (HLG)", "HDR (PQ)" or "BT.2020": frames are converted to SDR BT.709
 
     @property
     def display_width(self) -> int:
@@ -198,12 +200,14 @@ def _frame_rate(stream: av.video.VideoStream, index: FrameIndex, duration: float
     return Fraction(len(index) / duration).limit_denominator(1001) if duration > 0 else Fraction(0)
 
 
-def _first_frame_rotation(container: av.container.InputContainer, path: str) -> int:
-    """Display rotation in degrees counter-clockwise (0, 90, 180 or 270)."""
+def _first_frame_looks(container: av.container.InputContainer, path: str) -> tuple[int, str]:
+    """The display rotation in degrees counter-clockwise (0, 90, 180 or 270) and the colour
+    encoding (see `hdr.describe`), from the first frame (the bitstream's own tags)."""
     stream = _video_stream(container, path)
     for frame in container.decode(stream):
-        return round((frame.rotation or 0) / 90.0) * 90 % 360
-    return 0
+        rotation = round((frame.rotation or 0) / 90.0) * 90 % 360
+        return rotation, describe(frame.color_trc, frame.color_primaries)
+    return 0, ""
 
 
 def _audio_info(stream: av.audio.AudioStream) -> AudioStreamInfo:
@@ -229,7 +233,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         stream = _video_stream(container, path_str)
         codec = stream.codec_context
         try:
-            rotation = _first_frame_rotation(container, path_str)
+            rotation, colour = _first_frame_looks(container, path_str)
         except av.error.FFmpegError as exc:
             raise MediaError(f"cannot decode {path_str}: {_ffmpeg_reason(exc)}") from exc
         audio = tuple(_audio_info(s) for s in container.streams.audio)
@@ -254,6 +258,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         bit_rate=bit_rate,
         audio=audio,
         index=index,
+        colour=colour,
     )
 
 

@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from zvstudio.errors import MediaError
+from zvstudio.media.hdr import needs_conversion, to_sdr
 from zvstudio.media.probe import MediaInfo, open_input, probe
 
 Size = tuple[int, int]  # (width, height) in display orientation
@@ -62,14 +63,19 @@ class FrameCache:
 
 
 def to_rgb(frame: av.VideoFrame, rotation: int, size: Size | None = None) -> np.ndarray:
-    """Convert a decoded frame to an upright RGB array, scaled to `size` (display w, h)."""
+    """Convert a decoded frame to an upright SDR BT.709 RGB array, scaled to `size` (display w,
+    h); HDR and BT.2020 frames are converted (see `hdr`)."""
     width = height = None
     if size is not None:
         width, height = size if rotation % 180 == 0 else (size[1], size[0])
     # swscale does the scaling and the YUV->RGB conversion in one pass, honouring the frame's
     # colour space; AREA keeps downscaled previews free of aliasing.
-    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
-    array = rgb.to_ndarray()
+    if needs_conversion(frame.color_trc, frame.color_primaries):
+        signal = frame.reformat(width=width, height=height, format="rgb48le", interpolation="AREA")
+        array = to_sdr(signal.to_ndarray(), frame.color_trc, frame.color_primaries)
+    else:
+        rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+        array = rgb.to_ndarray()
     if rotation:
         array = np.ascontiguousarray(np.rot90(array, k=rotation // 90))
     return array
