@@ -490,6 +490,8 @@ def test_key_images_of_another_size_are_resized_with_a_warning(tmp_path):
     assert "stretched" in warning
     same, warning = load_key_image(tmp_path / "k.png", (80, 60))
     assert warning == "" and np.array_equal(same, image)
+    smaller, warning = load_key_image(tmp_path / "k.png", (40, 30), painted_at=(80, 60))
+    assert warning == "" and smaller.shape == (30, 40, 3)  # painted at the clip's size: expected
     (tmp_path / "bad.png").write_text("not a picture")
     with pytest.raises(ZvsError, match="not an image"):
         load_key_image(tmp_path / "bad.png", (80, 60))
@@ -555,6 +557,26 @@ def test_propagate_command_writes_every_frame_with_audio(painted_clip, tmp_path,
             expected = style(original.frame(number))
             held = style(original.frame(nearest))
             assert psnr(result.frame(number), expected) > psnr(held, expected) + 2
+
+
+def test_propagate_command_at_a_smaller_size(painted_clip, tmp_path, capsys):
+    folder, clip = painted_clip
+    keys = ["--key", f"0={folder / 'key0.png'}", "--key", f"10={folder / 'key10.png'}"]
+    out = tmp_path / "frames"
+    assert main(["propagate", str(clip), *keys, "--size", "56", "-q", "-o", str(out)]) == 0
+    assert "resized" not in capsys.readouterr().err  # keys painted at the clip's size fit
+    written = sorted(out.glob("frame_*.png"))
+    assert len(written) == 16
+    small = (96, 56)  # 192 x 112 at 56 on the short side
+    with VideoReader(clip, output_size=small) as original:
+        for number, nearest in ((4, 0), (13, 10)):
+            result = cv2.imread(str(written[number]))[..., ::-1]
+            assert result.shape == (56, 96, 3)
+            expected = style(original.frame(number))
+            held = style(original.frame(nearest))
+            assert psnr(result, expected) > psnr(held, expected) + 2
+    assert main(["propagate", str(clip), *keys, "--size", "8", "-q", "-o", str(out)]) != 0
+    assert "at least 16 pixels on the short side" in capsys.readouterr().err
 
 
 def test_propagate_command_to_png_frames(painted_clip, tmp_path):

@@ -537,6 +537,14 @@ def _add_propagate(commands) -> None:
         "one), cpu, cuda, cuda:N (mps: the patch search only)",
     )
     _add_patch_options(parser)
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        metavar="PIXELS",
+        help="propagate and export at most this many pixels on the short side, e.g. 720 for a "
+        "4K clip; keys painted at the clip's size are scaled down (default: the clip's size)",
+    )
     parser.add_argument("--format", choices=FORMATS, help="codec (default: h264, png for a folder)")
     parser.add_argument("--crf", type=int, default=18, help="H.264/H.265 quality (default 18)")
     parser.add_argument("--no-audio", action="store_true", help="leave the audio out")
@@ -671,6 +679,7 @@ def _run_propagate(args) -> int:
         ),
         export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio),
         flow_preset=args.flow_preset,
+        short_side=args.size,
     )
     result = _run_job(
         args, lambda progress, cancel: propagate_video(request, progress, cancel, _warn)

@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zvstudio.engine.render import RenderResult, output_timing
+from zvstudio.engine.render import RenderResult, flow_clip_key, output_timing
+from zvstudio.engine.request import check_short_side, render_size
 from zvstudio.flow import DISFlow, FlowCache
 from zvstudio.hashing import file_hash
 from zvstudio.media import (
@@ -36,6 +37,11 @@ class PropagateRequest:
     settings: PropagationSettings = field(default_factory=PropagationSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     flow_preset: str = "fine"
+    # Propagate (and export) at most this many pixels on the short side; 0: the clip's size.
+    short_side: int = 0
+
+    def __post_init__(self) -> None:
+        check_short_side(self.short_side)
 
 
 def propagate_video(
@@ -50,16 +56,19 @@ def propagate_video(
     info = probe(request.source)
     last = info.frame_count - 1
     check_keys(request.keys, 0, last)
-    size = (info.display_width, info.display_height)
+    clip_size = (info.display_width, info.display_height)
+    size = render_size(*clip_size, request.short_side)
     keys = {}
     for number, path in sorted(request.keys.items()):
-        keys[number], warning = load_key_image(path, size)
+        keys[number], warning = load_key_image(path, size, painted_at=clip_size)
         if warning:
             warn(warning)
-    flows = FlowCache(DISFlow(request.flow_preset), file_hash(request.source))
+    flows = FlowCache(
+        DISFlow(request.flow_preset), flow_clip_key(file_hash(request.source), info, size)
+    )
     timing, audio = output_timing(request.source, info, 0, last)
     with (
-        VideoReader(request.source, info=info) as reader,
+        VideoReader(request.source, info=info, output_size=size) as reader,
         VideoWriter(request.output, size, timing, request.export, audio) as writer,
     ):
         for _, image in propagate_clip(

@@ -69,15 +69,20 @@ class RenderRequest:
                 f"unknown key placement {self.key_placement!r}",
                 hint=f"choose one of: {', '.join(KEY_PLACEMENTS)}",
             )
-        if self.short_side != 0 and self.short_side < MIN_SHORT_SIDE:
-            raise ZvsError(
-                f"the render size must be at least {MIN_SHORT_SIDE} pixels on the short side "
-                f"(or 0, the clip's size), got {self.short_side}"
-            )
+        check_short_side(self.short_side)
 
     def frame_size(self, info: MediaInfo) -> tuple[int, int]:
         """The (width, height) the clip is rendered and exported at (see `render_size`)."""
         return render_size(info.display_width, info.display_height, self.short_side)
+
+
+def check_short_side(short_side: int) -> None:
+    """Refuse a render size too small to make sense (0 is the clip's size)."""
+    if short_side != 0 and short_side < MIN_SHORT_SIDE:
+        raise ZvsError(
+            f"the render size must be at least {MIN_SHORT_SIDE} pixels on the short side "
+            f"(or 0, the clip's size), got {short_side}"
+        )
 
 
 def render_size(width: int, height: int, short_side: int) -> tuple[int, int]:

@@ -46,11 +46,16 @@ from zvstudio.propagate.segment import (
 ALGORITHM_VERSION = 2
 
 
-def load_key_image(path: str | os.PathLike[str], size: tuple[int, int]) -> tuple[np.ndarray, str]:
+def load_key_image(
+    path: str | os.PathLike[str],
+    size: tuple[int, int],
+    painted_at: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, str]:
     """Read a key image as RGB uint8 at `size` (width, height).
 
     Returns the image and a warning ("" if none): an image of another size is resized, since
-    artists often paint at another resolution, and the user is told.
+    artists often paint at another resolution, and the user is told, unless it is the size
+    `painted_at` (the clip's own, when propagating at a smaller size).
     """
     path = Path(path)
     try:
@@ -68,6 +73,8 @@ def load_key_image(path: str | os.PathLike[str], size: tuple[int, int]) -> tuple
     resized = cv2.resize(
         image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
     )
+    if (width, height) == painted_at:
+        return resized, ""
     warning = f"key image {path} is {width}x{height}, the clip {size[0]}x{size[1]}: resized"
     if abs(width / height - size[0] / size[1]) > 0.01 * size[0] / size[1]:
         warning += " (its aspect ratio differs, so it is stretched)"
