@@ -90,7 +90,8 @@ def test_import_key_with_keyboard_undo_redo(qtbot, window, clip):
 
 def test_render_then_one_changed_key_goes_stale_alone(qtbot, window, clip, tmp_path):
     window.open_path(clip)
-    window.start_render()
+    job = window.start_render()
+    assert window.queue_panel.title_text(job) == "Render walk"
     wait_render(qtbot, window)
     assert set(window.key_states().values()) == {"rendered"}
     assert window.errors == []
@@ -137,7 +138,8 @@ def test_in_and_out_points_render_part_of_the_clip(qtbot, window, clip):
 
     # Frames 3..12 lie between keys 0, 10 and 20: the render uses all three, as the whole
     # clip's render does, and its frames are cached for it.
-    window.start_render()
+    job = window.start_render()
+    assert window.queue_panel.title_text(job) == "Render walk, frames 3–12"
     wait_render(qtbot, window)
     assert window.errors == []
     assert window.key_states() == {0: "rendered", 10: "rendered", 20: "rendered"}

@@ -99,6 +99,15 @@ class Document(QObject):
         return render_size(info.display_width, info.display_height, short_side)
 
     @property
+    def name(self) -> str:
+        """The project's file name without its extension, else the clip's (for job titles)."""
+        if self.path is not None:
+            return self.path.stem
+        if self.project.clip is not None:
+            return Path(self.project.clip.path).stem
+        return "Untitled"
+
+    @property
     def title(self) -> str:
         if self.path is not None:
             return self.path.name

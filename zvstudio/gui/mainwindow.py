@@ -742,7 +742,11 @@ class MainWindow(QMainWindow):
         if request is None:
             return None
         request.output.parent.mkdir(parents=True, exist_ok=True)
-        self.render_job = self.bridge.submit_render(request, f"Render {self.document.title}")
+        span = self.document.project.frame_range
+        title = f"Render {self.document.name}"
+        if span is not None:
+            title += f", frames {span.first}–{span.last}"
+        self.render_job = self.bridge.submit_render(request, title)
         self.status_timer.start()
         self._show_keys()
         return self.render_job

@@ -185,6 +185,9 @@ class QueuePanel(QWidget):
     def job_ids(self) -> list[int]:
         return list(self._jobs)
 
+    def title_text(self, job_id: int) -> str:
+        return self._jobs[job_id].row.title.full_text()
+
     def state_text(self, job_id: int) -> str:
         return self._jobs[job_id].row.state.text()
 
