@@ -33,10 +33,11 @@ def _private_cache(tmp_path_factory, monkeypatch):
 def _no_local_annotators(monkeypatch):
     """Annotators backed by the user's model files (depth, HED) are not looked for unless a
     test asks (`refresh_local_annotators`), and whatever a test registers is forgotten."""
-    from zvstudio.diffusion import annotators
+    from zvstudio.diffusion import annotators, library
 
     monkeypatch.setattr(annotators, "_annotators", dict(annotators._annotators))
     monkeypatch.setattr(annotators, "_local_models_checked", True)
+    monkeypatch.setattr(library, "_app_folders", (None, ()))  # the editor's, once applied
 
 
 @pytest.fixture

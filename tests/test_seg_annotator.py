@@ -364,3 +364,29 @@ def test_a_model_in_the_model_folder_makes_seg_available(tiny_ade, tmp_path, mon
     assert annotators.local_annotator_files([models])["seg"] == str(ade)
     image = annotators.annotate("seg", np.zeros((20, 30, 3), np.uint8))
     assert image.shape == (20, 30, 3)
+
+
+def test_a_model_in_a_folder_added_in_the_editor_makes_seg_available(
+    tiny_ade, tmp_path, monkeypatch
+):
+    """The editor's settings (its models folder, folders added in the Model manager) are where
+    annotators are looked for too, once applied, not only where models are listed."""
+    monkeypatch.setenv("ZVSTUDIO_CACHE_LIMIT_GB", "20")  # apply_settings sets it: restored after
+    from zvstudio.appsettings import AppSettings, apply_settings
+    from zvstudio.diffusion import annotators
+    from zvstudio.diffusion.library import default_model_folders
+
+    added = tmp_path / "webui"
+    ade = copy_model(tiny_ade, added / "annotators" / "upernet-ade")
+    annotators.refresh_local_annotators()
+    assert not annotators.has_annotator("seg") and find_seg_model() is None
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    apply_settings(AppSettings(models_dir=str(chosen), model_folders=[str(added)]))
+    assert default_model_folders()[:2] == [chosen, added]
+    assert find_seg_model() == ade
+    assert annotators.has_annotator("seg")  # looked for again after the folders changed
+    # Explicit folders (the Model manager's while it edits them) are taken as they are.
+    assert added not in default_model_folders(None, [])
+    apply_settings(AppSettings())
+    assert not annotators.has_annotator("seg")

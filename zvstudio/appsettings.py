@@ -8,7 +8,8 @@ are used, with `load_warning` saying why so the GUI can tell the user. Values ar
 construction with the same rules (and wording) as the project document's fields.
 
 `apply_settings` hands the engine its share through the environment variables it already reads
-(`ZVSTUDIO_CACHE_DIR`, `ZVSTUDIO_CACHE_LIMIT_GB`), so the CLI and the GUI configure it alike.
+(`ZVSTUDIO_CACHE_DIR`, `ZVSTUDIO_CACHE_LIMIT_GB`), so the CLI and the GUI configure it alike,
+and the model folders to every lookup of model files (`set_app_model_folders`).
 """
 
 from __future__ import annotations
@@ -211,10 +212,16 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def apply_settings(settings: AppSettings) -> None:
     """Point the engine at the settings' cache folder and limit through the environment it
-    reads. Without a cache folder the environment's own (or the platform default) stays."""
+    reads (without a cache folder the environment's own, or the platform default, stays), and
+    at the settings' model folders, where annotators' weights are looked for again."""
     if settings.cache_dir:
         os.environ["ZVSTUDIO_CACHE_DIR"] = os.path.expanduser(settings.cache_dir)
     os.environ["ZVSTUDIO_CACHE_LIMIT_GB"] = repr(float(settings.cache_limit_gb))
+    from zvstudio.diffusion.annotators import forget_local_annotators
+    from zvstudio.diffusion.library import set_app_model_folders
+
+    set_app_model_folders(settings.models_dir, settings.model_folders)
+    forget_local_annotators()
 
 
 def edited(settings: AppSettings, **changes: Any) -> AppSettings:

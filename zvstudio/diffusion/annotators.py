@@ -120,6 +120,13 @@ def _local_kinds() -> tuple:
     )
 
 
+def forget_local_annotators() -> None:
+    """Look for the annotators backed by the user's files again when next asked (the model
+    folders changed)."""
+    global _local_models_checked
+    _local_models_checked = False
+
+
 def refresh_local_annotators() -> None:
     """Look again for annotators backed by the user's model files (depth, HED soft edges,
     lineart, ...), e.g. after a model was added or $ZVSTUDIO_DEPTH_MODEL changed. A plugin's

@@ -119,15 +119,33 @@ def expand_root(root: str | os.PathLike[str]) -> list[Path]:
     return found or [root]
 
 
+# The editor's models folder and added folders (its settings), used by every lookup that names
+# no folders: annotators' weights, a ControlNet found by name, the segmentation model. Without
+# this, a folder added in the Model manager would list its ControlNets but not lend its
+# annotators to them.
+_app_folders: tuple[str | None, tuple[str, ...]] = (None, ())
+
+
+def set_app_model_folders(
+    models_dir: str | os.PathLike[str] | None, roots: Iterable[str | os.PathLike[str]]
+) -> None:
+    """Make `default_model_folders()` called without arguments search these folders too."""
+    global _app_folders
+    _app_folders = (str(models_dir) if models_dir else None, tuple(str(r) for r in roots))
+
+
 def default_model_folders(
     models_dir: str | os.PathLike[str] | None = None,
-    roots: Iterable[str | os.PathLike[str]] = (),
+    roots: Iterable[str | os.PathLike[str]] | None = None,
 ) -> list[Path]:
     """The existing folders to scan: `models_dir` (a settings choice) or ~/zvstudio/models,
-    $ZVSTUDIO_MODELS entries and `roots` (each through `expand_root`), and the HF cache."""
+    $ZVSTUDIO_MODELS entries and `roots` (each through `expand_root`), and the HF cache.
+    With neither argument, the application's folders (`set_app_model_folders`)."""
+    if models_dir is None and roots is None:
+        models_dir, roots = _app_folders
     folders = [Path(models_dir).expanduser() if models_dir else home_models_folder()]
     extra = [e for e in os.environ.get("ZVSTUDIO_MODELS", "").split(os.pathsep) if e.strip()]
-    for root in [*extra, *roots]:
+    for root in [*extra, *(roots or ())]:
         folders.extend(expand_root(root))
     folders.append(hf_cache_dir())
     return _unique(f for f in folders if f.is_dir())

@@ -26,7 +26,13 @@ from PySide6.QtWidgets import (
 )
 
 from zvstudio import __version__
-from zvstudio.appsettings import AppSettings, edited, load_settings, save_settings
+from zvstudio.appsettings import (
+    AppSettings,
+    apply_settings,
+    edited,
+    load_settings,
+    save_settings,
+)
 from zvstudio.engine.jobs import ANALYSIS, JobEvent
 from zvstudio.engine.render import render_key_preview
 from zvstudio.engine.request import RenderRequest, request_from_project
@@ -947,7 +953,6 @@ class MainWindow(QMainWindow):
             self.export_to(choice.path, choice.output, choice.first, choice.last)
 
     def settings_dialog(self) -> None:
-        from zvstudio.appsettings import apply_settings
         from zvstudio.gui.settings_dialog import SettingsDialog
 
         dialog = SettingsDialog(self.settings, self)
@@ -964,6 +969,7 @@ class MainWindow(QMainWindow):
         dialog = ModelManagerDialog(self.settings, self.bridge, self)
         if dialog.exec():
             self.settings = dialog.settings()
+            apply_settings(self.settings)  # annotators' weights are looked for in new folders
             save_settings(self.settings)
             self.models = dialog.models()
             self.inspector.reload_models()
