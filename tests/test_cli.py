@@ -209,6 +209,16 @@ def test_render_a_project(tmp_path):
         assert frame_number(reader.frame(0)) == 3
 
 
+def test_render_a_project_whose_clip_moved_says_how_to_find_it(tmp_path, capsys):
+    path, _, _ = make_clip(tmp_path / "c.mp4", count=4)
+    save_project(Project(clip=ClipRef.from_file(path)), tmp_path / "p.zvs")
+    path.rename(tmp_path / "moved.mp4")
+    assert main(["render", str(tmp_path / "p.zvs"), "-q", "-o", str(tmp_path / "o.mp4")]) != 0
+    err = capsys.readouterr().err
+    assert f"the project's clip {path} is missing" in err and "open the project" in err
+    assert not (tmp_path / "o.mp4").exists()
+
+
 def test_bench_decode_prints_json(tmp_path, capsys):
     path, _, _ = make_clip(tmp_path / "c.mp4", count=30)
     assert main(["bench", "decode", str(path), "--samples", "4", "--no-1080p"]) == 0

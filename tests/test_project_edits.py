@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from zvstudio.errors import ZvsError
-from zvstudio.project import FrameRange, KeyFrame, Project, RenderSettings
+from zvstudio.project import ClipRef, FrameRange, KeyFrame, Project, RenderSettings
 from zvstudio.project.autosave import Autosaver, pending_recoveries
 from zvstudio.project.edits import (
     MoveKey,
@@ -20,6 +20,7 @@ from zvstudio.project.edits import (
     SetSettings,
     keys_every,
     mark_range,
+    relink_clip,
 )
 
 
@@ -91,6 +92,28 @@ def test_in_and_out_points_as_editors_set_them():
     assert project.frame_range is None
     with pytest.raises(ZvsError, match="outside the clip"):
         mark_range(project, 100, last=100)
+
+
+def test_relinking_a_clip_keeps_what_fits_in_it():
+    old = ClipRef("/gone/a.mp4", "b2:" + "1" * 32)
+    project = Project(clip=old, keyframes=[KeyFrame(0), KeyFrame(10, seed=4)])
+    moved = ClipRef("/new/a.mp4", old.content_hash)
+    assert relink_clip(project, moved, 24) == []
+    assert project.clip == moved and frames(project) == [0, 10]
+
+    project = Project(clip=old, frame_range=FrameRange(5, 20), keyframes=[KeyFrame(0)])
+    project.keyframes += [KeyFrame(12), KeyFrame(20)]
+    shorter = ClipRef("/new/b.mp4", "b2:" + "2" * 32)
+    notes = relink_clip(project, shorter, 12)
+    assert frames(project) == [0]
+    assert project.frame_range == FrameRange(5, 11) and project.clip == shorter
+    assert notes == [
+        "keys past the clip's last frame (11) removed: 12, 20",
+        "the render range now ends at the clip's last frame",
+    ]
+    project.frame_range = FrameRange(8, 11)
+    assert relink_clip(project, shorter, 8) == ["the render range was cleared"]
+    assert project.frame_range is None
 
 
 def test_typing_in_one_field_merges_into_one_step():

@@ -187,6 +187,60 @@ def test_export_save_and_reopen(qtbot, window, clip, tmp_path):
     assert load_project(project_file).key_at(5).seed == 3
 
 
+def test_a_moved_clip_is_located_and_its_renders_found_again(qtbot, window, tmp_path):
+    source = tmp_path / "shoot" / "walk.mp4"
+    source.parent.mkdir()
+    make_clip(source, count=24, width=128, height=80)
+    assert window.open_path(source)
+    window.document.push(SetKey(KeyFrame(5, seed=3)))
+    window.start_render()
+    wait_render(qtbot, window)
+    project_file = tmp_path / "story.zvs"
+    assert window.save_to(project_file)
+    saved = window.document.project
+    window.document.new()
+    moved = tmp_path / "archive" / "walk-final.mp4"
+    moved.parent.mkdir()
+    source.rename(moved)
+
+    questions = []
+    window.ask = lambda title, text, buttons: questions.append(title) or QMessageBox.Open
+    window.choose_file = lambda title, folder, filters: str(moved)
+    assert window.open_path(project_file)
+    assert questions == ["Clip not found"] and window.errors == []
+    doc = window.document
+    assert doc.project.clip.path == str(moved) and doc.project.keyframes == saved.keyframes
+    assert doc.dirty and doc.path == project_file
+    assert window.statusBar().currentMessage().startswith(f"Clip relinked to {moved}")
+    # The render cache is keyed by content: every key is rendered already.
+    qtbot.waitUntil(lambda: window.status is not None, timeout=10_000)
+    assert set(window.key_states().values()) == {"rendered"} and window.status.complete
+    assert window.save_to(project_file)
+    assert load_project(project_file).clip.path == str(moved)
+
+
+def test_locating_another_file_asks_again_and_can_be_declined(qtbot, window, clip, tmp_path):
+    source = tmp_path / "walk.mp4"
+    source.write_bytes(clip.read_bytes())
+    assert window.open_path(source)
+    assert window.save_to(tmp_path / "story.zvs")
+    window.document.new()
+    source.unlink()
+    other, _, _ = make_clip(tmp_path / "other.mp4", count=12, width=128, height=80)
+    answers = {"Clip not found": QMessageBox.Open, "Another clip": QMessageBox.No}
+    window.ask = lambda title, text, buttons: answers[title]
+    window.choose_file = lambda title, folder, filters: str(other)
+    assert not window.open_path(tmp_path / "story.zvs")
+    assert window.document.project.clip is None  # nothing was opened
+    answers["Another clip"] = QMessageBox.Yes
+    assert window.open_path(tmp_path / "story.zvs")
+    assert [key.frame for key in window.document.project.keyframes] == [0, 10]
+    assert "removed: 20" in window.statusBar().currentMessage()
+    window.document.new()
+    answers["Clip not found"] = QMessageBox.Cancel
+    assert not window.open_path(tmp_path / "story.zvs") and window.errors == []
+
+
 def test_crash_recovery_from_an_autosave(qtbot, window, clip, tmp_path):
     code = (
         "import os, sys\n"

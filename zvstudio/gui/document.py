@@ -20,7 +20,21 @@ from zvstudio.project.edits import (
     SetFrameRange,
     SetKey,
     SetSettings,
+    relink_clip,
 )
+
+
+class ClipMissingError(ZvsError):
+    """The project's clip is not where the project says: moved, renamed, or on a drive that
+    is not connected. The editor offers to locate it."""
+
+    def __init__(self, project_path: Path, clip: ClipRef) -> None:
+        super().__init__(
+            f"the project's clip {clip.path} is missing",
+            hint="locate it (the project keeps its keys and settings), or move it back",
+        )
+        self.project_path, self.clip = project_path, clip
+
 
 _MERGEABLE = 1  # QUndoCommand id shared by edits that may merge (Edit.merge decides)
 
@@ -129,18 +143,24 @@ class Document(QObject):
         self._load(project, None, info)
         self._import_interval = step  # the keys are redone by shot when the cuts are found
 
-    def open(self, path: str | Path) -> None:
+    def open(self, path: str | Path, clip: str | Path | None = None) -> list[str]:
+        """Open the project at `path`. With `clip`, that file becomes its clip (the old one
+        moved, or is replaced) and the document is left modified. Returns notes for the user
+        on what relinking changed."""
         path = Path(path).resolve()
         project = load_project(path)
-        info = None
-        if project.clip is not None:
+        info, notes = None, []
+        if project.clip is not None and clip is not None:
+            info = probe(clip)
+            notes = relink_clip(project, ClipRef.from_file(clip), info.frame_count)
+        elif project.clip is not None:
             if not Path(project.clip.path).is_file():
-                raise ZvsError(
-                    f"the project's clip {project.clip.path} is missing",
-                    hint="move the clip back, or import it again into a new project",
-                )
+                raise ClipMissingError(path, project.clip)
             info = probe(project.clip.path)
         self._load(project, path, info)
+        if clip is not None:
+            self.undo_stack.resetClean()  # unsaved until the new clip's path is saved
+        return notes
 
     def load_recovered(self, project: Project, original: Path | None) -> None:
         """An autosaved project: loaded as unsaved changes to `original`."""
@@ -178,6 +198,7 @@ class Document(QObject):
         self.shot_cuts = []
         self._import_interval = None
         self.undo_stack.clear()
+        self.undo_stack.setClean()  # clear() alone leaves a stack made unclean by resetClean
         self.clip_changed.emit()
         self.path_changed.emit()
         self.changed.emit()

@@ -41,7 +41,7 @@ from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
 from zvstudio.gui.audio import AudioPlayback, SinkFactory, qt_sink
 from zvstudio.gui.bridge import EngineBridge
-from zvstudio.gui.document import Document
+from zvstudio.gui.document import ClipMissingError, Document
 from zvstudio.gui.inspector import Inspector
 from zvstudio.gui.motion import MotionView
 from zvstudio.gui.queue_panel import QueuePanel
@@ -55,6 +55,7 @@ from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import Proxy, VideoReader
 from zvstudio.media.hdr import sdr_note
 from zvstudio.paths import cache_root
+from zvstudio.project import content_hash
 from zvstudio.project.autosave import Autosaver
 from zvstudio.project.edits import MoveKey, RemoveKey, SetFrameRange, mark_range
 
@@ -379,7 +380,11 @@ class MainWindow(QMainWindow):
             return False
         try:
             if path.suffix.lower() == ".zvs":
-                self.document.open(path)
+                try:
+                    self.document.open(path)
+                except ClipMissingError as missing:
+                    if not self._locate_clip(missing):
+                        return False
                 self._remember(path)
             else:
                 self.document.import_clip(path)
@@ -387,6 +392,45 @@ class MainWindow(QMainWindow):
             self.show_error(f"Cannot open {path.name}", exc)
             return False
         return True
+
+    def _locate_clip(self, missing: ClipMissingError) -> bool:
+        """Ask for a moved project's clip and open the project with it; False if the user
+        gives up. A file with other content than the project's clip needs a second yes."""
+        clip = Path(missing.clip.path)
+        question = (
+            f"The clip of {missing.project_path.name}, {clip.name}, is not in {clip.parent}: "
+            "it was moved or renamed, or is on a drive that is not connected.\n\n"
+            "Locate it? The project keeps its keys and settings, and what was rendered from "
+            "the clip is found again in the cache."
+        )
+        if self.ask("Clip not found", question, QMessageBox.Open | QMessageBox.Cancel) != (
+            QMessageBox.Open
+        ):
+            return False
+        start = clip.parent if clip.parent.is_dir() else missing.project_path.parent
+        chosen = self.choose_file(f"Locate {clip.name}", start, VIDEO_FILTER)
+        if not chosen:
+            return False
+        expected = missing.clip.content_hash
+        if expected and content_hash(chosen) != expected:
+            other = (
+                f"{Path(chosen).name} is not the file the project was made with: its content "
+                "differs. Use it anyway? The keys and settings are kept; everything is "
+                "rendered again."
+            )
+            if self.ask("Another clip", other, QMessageBox.Yes | QMessageBox.No) != (
+                QMessageBox.Yes
+            ):
+                return False
+        notes = self.document.open(missing.project_path, clip=chosen)
+        message = f"Clip relinked to {chosen}" + "".join(f"; {note}" for note in notes)
+        self.statusBar().showMessage(message + ". Save to keep it.", 15_000)
+        return True
+
+    def choose_file(self, title: str, folder: Path, filter_text: str) -> str:
+        """A file the user picks, or "" (tests replace this method)."""
+        path, _ = QFileDialog.getOpenFileName(self, title, str(folder), filter_text)
+        return path
 
     def save(self) -> bool:
         if self.document.path is None:

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from zvstudio.errors import ZvsError
 from zvstudio.media.cuts import keys_by_shot
-from zvstudio.project.model import FrameRange, KeyFrame, Project, RenderSettings
+from zvstudio.project.model import ClipRef, FrameRange, KeyFrame, Project, RenderSettings
 
 
 class Edit(ABC):
@@ -192,3 +192,26 @@ def mark_range(
     if (new_first, new_last) == (0, frame_count - 1):
         return SetFrameRange(None)
     return SetFrameRange(FrameRange(new_first, new_last))
+
+
+def relink_clip(project: Project, clip: ClipRef, frame_count: int) -> list[str]:
+    """Make `clip` the project's clip (found elsewhere after it moved, or another version of
+    it); keys and a render range past its last frame go. Returns what else changed, for the
+    user. Not undoable: the old clip is gone."""
+    notes = []
+    dropped = [key.frame for key in project.keyframes if key.frame >= frame_count]
+    if dropped:
+        project.keyframes = [key for key in project.keyframes if key.frame < frame_count]
+        listed = ", ".join(map(str, dropped))
+        notes.append(f"keys past the clip's last frame ({frame_count - 1}) removed: {listed}")
+    span = project.frame_range
+    if span is not None and span.last >= frame_count:
+        inside = 0 < span.first < frame_count  # else the range is the whole clip, or nothing
+        project.frame_range = FrameRange(span.first, frame_count - 1) if inside else None
+        notes.append(
+            "the render range now ends at the clip's last frame"
+            if inside
+            else "the render range was cleared"
+        )
+    project.clip = clip
+    return notes
