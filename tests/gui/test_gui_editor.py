@@ -527,3 +527,8 @@ def test_export_is_offered_at_the_render_size(window, clip, monkeypatch):
     window.document.push(SetSettings(replace(settings, short_side=40)))
     window.export_dialog()
     assert shown[-1].size_label.text() == "64 × 40"  # the 128 x 80 clip at 40 on its short side
+    assert not hasattr(shown[-1], "colour_label")  # an SDR clip: nothing to say
+    hdr = make_colour_clip(clip.parent / "phone.mov", np.full((32, 48, 3), 0.5), 18, 9)
+    window.open_path(hdr)
+    window.export_dialog()
+    assert shown[-1].colour_label.text() == "SDR BT.709 (the clip is HDR (HLG))"

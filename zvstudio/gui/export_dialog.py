@@ -84,10 +84,12 @@ class ExportDialog(QDialog):
         suggested_path: str,
         in_out: tuple[int, int] | None = None,
         size: tuple[int, int] | None = None,
+        source_colour: str = "",
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Export")
         self._size = size  # (width, height) the frames are rendered at, when known
+        self._source_colour = source_colour  # an HDR or BT.2020 clip's (MediaInfo.colour)
         self._frame_count = max(frame_count, 1)
         self._fps = fps
         self._in_out = in_out
@@ -111,6 +113,13 @@ class ExportDialog(QDialog):
             self.size_label = QLabel("{} × {}".format(*self._size))
             self.size_label.setToolTip("The render size: Keys and propagation in the inspector")
             form.addRow("Size:", self.size_label)
+        if self._source_colour:
+            self.colour_label = QLabel(f"SDR BT.709 (the clip is {self._source_colour})")
+            self.colour_label.setToolTip(
+                "HDR and BT.2020 clips are converted to SDR BT.709 as they are read, the "
+                "colours the models work in"
+            )
+            form.addRow("Colour:", self.colour_label)
         self.audio_check = QCheckBox("Include the clip's audio")
         self.audio_check.setChecked(output.audio)
         form.addRow("Audio:", self.audio_check)

@@ -991,6 +991,7 @@ class MainWindow(QMainWindow):
             str(suggested),
             (span.first, span.last) if span else None,
             doc.render_size,
+            doc.info.colour if doc.info else "",
         )
         if dialog.exec():
             choice = dialog.choice()
