@@ -191,3 +191,13 @@ def test_probe_says_how_an_hdr_clip_is_read(tmp_path, capsys):
     assert "HDR (HLG) clip, converted to SDR BT.709 (highlights rolled off)" in out
     assert main(["probe", str(path), "--json"]) == 0
     assert '"colour": "HDR (HLG)"' in capsys.readouterr().out
+
+
+def test_a_render_of_an_hdr_clip_says_so_and_exports_sdr(tmp_path, capsys):
+    grey = hlg_signal_of_grey(MID_GREY * REFERENCE_WHITE)
+    path = make_colour_clip(tmp_path / "phone.mov", patches(grey, grey), HLG, BT2020, count=6)
+    out = tmp_path / "out.mp4"
+    assert main(["render", str(path), "--style", "posterize", "-o", str(out)]) == 0
+    assert "HDR (HLG) clip, converted to SDR BT.709" in capsys.readouterr().err
+    assert probe(out).colour == "" and probe(out).frame_count == 6  # tagged BT.709
+    assert VideoReader(out).frame(3).mean() == pytest.approx(sdr_value(MID_GREY), abs=4)

@@ -37,6 +37,7 @@ from zvstudio.media import (
     probe,
 )
 from zvstudio.media.cuts import keys_by_shot, shot_first
+from zvstudio.media.hdr import sdr_note
 from zvstudio.progress import (
     CancelToken,
     LogCallback,
@@ -373,6 +374,8 @@ def render(
     clip_size = (info.display_width, info.display_height)
     if size != clip_size:
         log(f"rendering at {size[0]}x{size[1]} (the clip is {clip_size[0]}x{clip_size[1]})")
+    if info.colour:
+        log(sdr_note(info.colour))
     with (
         VideoReader(request.source, _small_frame_cache(info), info, size) as reader,
         VideoWriter(
