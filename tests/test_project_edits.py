@@ -15,6 +15,7 @@ from zvstudio.project.autosave import Autosaver, pending_recoveries
 from zvstudio.project.edits import (
     MoveKey,
     RemoveKey,
+    ReplaceClip,
     SetFrameRange,
     SetKey,
     SetSettings,
@@ -29,8 +30,10 @@ def frames(project: Project) -> list[int]:
 
 
 def test_every_edit_reverts_exactly():
-    project = Project(keyframes=[KeyFrame(0), KeyFrame(10, prompt="a cat", seed=3)])
+    clip = ClipRef("/clips/a.mp4", "b2:" + "1" * 32)
+    project = Project(clip=clip, keyframes=[KeyFrame(0), KeyFrame(10, prompt="a cat", seed=3)])
     original = repr(project)
+    shorter = ClipRef("/clips/a-v2.mp4", "b2:" + "2" * 32)
     edits = [
         SetKey(KeyFrame(5)),
         SetKey(KeyFrame(10, prompt="a dog")),
@@ -38,17 +41,20 @@ def test_every_edit_reverts_exactly():
         MoveKey(10, 12),
         SetSettings(replace(project.settings, style="pencil"), "style"),
         SetFrameRange(FrameRange(2, 20)),
+        ReplaceClip(shorter, 10),
     ]
     for edit in edits:
         edit.apply(project)
-    assert frames(project) == [5, 12]
-    assert project.key_at(12).prompt == "a dog"
+    assert frames(project) == [5] and project.frame_range == FrameRange(2, 9)
+    assert project.clip == shorter
     for edit in reversed(edits):
         edit.revert(project)
     assert repr(project) == original
     for edit in edits:  # redo after undo gives the same result again
         edit.apply(project)
-    assert frames(project) == [5, 12] and project.settings.style == "pencil"
+    assert frames(project) == [5] and project.settings.style == "pencil"
+    edits[-1].revert(project)
+    assert project.key_at(12).prompt == "a dog" and project.frame_range == FrameRange(2, 20)
 
 
 def test_moving_onto_a_key_is_refused_and_changes_nothing():

@@ -241,6 +241,29 @@ def test_locating_another_file_asks_again_and_can_be_declined(qtbot, window, cli
     assert not window.open_path(tmp_path / "story.zvs") and window.errors == []
 
 
+def test_replace_the_clip_keeps_the_keys_and_undoes(qtbot, window, clip, tmp_path):
+    window.open_path(clip)
+    window.start_render()
+    wait_render(qtbot, window)
+    shorter, _, _ = make_clip(tmp_path / "walk-v2.mp4", count=12, width=128, height=80)
+    window.choose_file = lambda title, folder, filters: str(shorter)
+    assert window.replace_clip_dialog()
+    doc = window.document
+    assert doc.project.clip.path == str(shorter) and doc.frame_count == 12
+    assert [key.frame for key in doc.project.keyframes] == [0, 10]
+    assert window.transport.frame_count() == 12 and window.transport.frame() == 0
+    assert "removed: 20" in window.statusBar().currentMessage()
+    # Other content: nothing rendered from the first clip is shown for it.
+    qtbot.waitUntil(lambda: window.status is not None and window.status.last == 11)
+    assert set(window.key_states().values()) == {"pending"}
+    doc.undo_stack.undo()
+    assert doc.project.clip.path == str(clip) and doc.frame_count == 24
+    qtbot.waitUntil(lambda: window.status is not None and window.status.last == 23)
+    assert window.key_states() == {0: "rendered", 10: "rendered", 20: "rendered"}
+    doc.undo_stack.redo()
+    assert doc.frame_count == 12 and window.errors == []
+
+
 def test_crash_recovery_from_an_autosave(qtbot, window, clip, tmp_path):
     code = (
         "import os, sys\n"

@@ -16,6 +16,7 @@ from zvstudio.project.edits import (
     Edit,
     MoveKey,
     RemoveKey,
+    ReplaceClip,
     ReplaceKeys,
     SetFrameRange,
     SetKey,
@@ -82,6 +83,7 @@ class Document(QObject):
         # The first frame of each shot after the first, once a job has found them.
         self.shot_cuts: list[int] = []
         self._import_interval: int | None = None  # K of the keys a fresh import was given
+        self._infos: dict[str, MediaInfo] = {}  # clips that ReplaceClip edits switch between
         self.undo_stack = QUndoStack(self)
         self.undo_stack.cleanChanged.connect(self._clean_changed)
 
@@ -197,6 +199,7 @@ class Document(QObject):
         self.project, self.path, self.info = project, path, info
         self.shot_cuts = []
         self._import_interval = None
+        self._infos.clear()
         self.undo_stack.clear()
         self.undo_stack.setClean()  # clear() alone leaves a stack made unclean by resetClean
         self.clip_changed.emit()
@@ -211,12 +214,29 @@ class Document(QObject):
         edit.apply(self.project)
         self.undo_stack.push(_EditCommand(self, edit))
 
+    def replace_clip(self, clip: str | Path) -> list[str]:
+        """Make `clip` the project's clip, as an undoable edit; returns what else changed."""
+        if self.project.clip is None or self.info is None:
+            raise ZvsError("the project has no clip to replace", hint="import a clip instead")
+        info = probe(clip)  # a clear error for a file that is not a readable video
+        new = ClipRef.from_file(clip)
+        self._infos[new.path] = info
+        self._infos[self.project.clip.path] = self.info
+        edit = ReplaceClip(new, info.frame_count)
+        self.push(edit)
+        return edit.notes
+
     def notify(self, edit: Edit) -> None:
-        if isinstance(edit, SetKey | RemoveKey | MoveKey | ReplaceKeys):
+        if isinstance(edit, ReplaceClip):
+            # Probed when the clip was chosen (undo must not fail for a file since moved).
+            self.info = self._infos[self.project.clip.path]
+            self.shot_cuts = []
+            self.clip_changed.emit()
+        if isinstance(edit, SetKey | RemoveKey | MoveKey | ReplaceKeys | ReplaceClip):
             self.keys_changed.emit()
         elif isinstance(edit, SetSettings):
             self.settings_changed.emit()
-        elif isinstance(edit, SetFrameRange):
+        if isinstance(edit, SetFrameRange | ReplaceClip):
             self.range_changed.emit()
         self.changed.emit()
 

@@ -166,6 +166,11 @@ class MainWindow(QMainWindow):
         self.save_as_action = a("Save &as…", self.save_as, "Ctrl+Shift+S")
         self.import_action = a("&Import clip…", self.import_dialog, "Ctrl+I")
         self.export_action = a("&Export…", self.export_dialog, "Ctrl+E")
+        self.replace_clip_action = a("Re&place clip…", self.replace_clip_dialog)
+        self.replace_clip_action.setToolTip(
+            "Another file as the project's clip (a new version of the edit): keys and "
+            "settings are kept"
+        )
         self.quit_action = a("&Quit", self.close, QKeySequence.Quit)
         self.undo_action = self.document.undo_stack.createUndoAction(self, "&Undo")
         self.undo_action.setShortcut(QKeySequence("Ctrl+Z"))
@@ -235,7 +240,7 @@ class MainWindow(QMainWindow):
         self.recent_menu = file_menu.addMenu("Open &recent")
         file_menu.addActions([self.save_action, self.save_as_action])
         file_menu.addSeparator()
-        file_menu.addActions([self.import_action, self.export_action])
+        file_menu.addActions([self.import_action, self.replace_clip_action, self.export_action])
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         edit = bar.addMenu("&Edit")
@@ -425,6 +430,27 @@ class MainWindow(QMainWindow):
         notes = self.document.open(missing.project_path, clip=chosen)
         message = f"Clip relinked to {chosen}" + "".join(f"; {note}" for note in notes)
         self.statusBar().showMessage(message + ". Save to keep it.", 15_000)
+        return True
+
+    def replace_clip_dialog(self) -> bool:
+        """Ask for another file to be the project's clip; True when it was replaced."""
+        clip = self.document.project.clip
+        if clip is None:
+            self.statusBar().showMessage("Import a clip first", 4000)
+            return False
+        if self.render_job is not None:
+            self.statusBar().showMessage("Wait for the render to end, or cancel it", 5000)
+            return False
+        chosen = self.choose_file("Replace clip", Path(clip.path).parent, VIDEO_FILTER)
+        if not chosen:
+            return False
+        try:
+            notes = self.document.replace_clip(chosen)
+        except ZvsError as exc:
+            self.show_error(f"Cannot use {Path(chosen).name}", exc)
+            return False
+        message = f"The clip is now {Path(chosen).name}" + "".join(f"; {n}" for n in notes)
+        self.statusBar().showMessage(message + " (Ctrl+Z undoes it)", 10_000)
         return True
 
     def choose_file(self, title: str, folder: Path, filter_text: str) -> str:

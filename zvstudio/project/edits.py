@@ -194,10 +194,31 @@ def mark_range(
     return SetFrameRange(FrameRange(new_first, new_last))
 
 
+class ReplaceClip(Edit):
+    """Another file as the project's clip (a new version of the edit, say) with `frame_count`
+    frames; keys and a render range past its end go, and come back on undo. `notes` says what
+    besides the clip changed."""
+
+    text = "replace the clip"
+
+    def __init__(self, clip: ClipRef, frame_count: int) -> None:
+        self.clip, self.frame_count = clip, frame_count
+        self.old: tuple[ClipRef | None, list[KeyFrame], FrameRange | None] | None = None
+        self.notes: list[str] = []
+
+    def apply(self, project: Project) -> None:
+        self.old = (project.clip, list(project.keyframes), project.frame_range)
+        self.notes = relink_clip(project, self.clip, self.frame_count)
+
+    def revert(self, project: Project) -> None:
+        project.clip, keys, project.frame_range = self.old
+        project.keyframes = list(keys)
+
+
 def relink_clip(project: Project, clip: ClipRef, frame_count: int) -> list[str]:
     """Make `clip` the project's clip (found elsewhere after it moved, or another version of
     it); keys and a render range past its last frame go. Returns what else changed, for the
-    user. Not undoable: the old clip is gone."""
+    user."""
     notes = []
     dropped = [key.frame for key in project.keyframes if key.frame >= frame_count]
     if dropped:
