@@ -417,7 +417,12 @@ class MainWindow(QMainWindow):
         if not chosen:
             return False
         expected = missing.clip.content_hash
-        if expected and content_hash(chosen) != expected:
+        QApplication.setOverrideCursor(Qt.WaitCursor)  # hashing a long clip takes seconds
+        try:
+            same = not expected or content_hash(chosen) == expected
+        finally:
+            QApplication.restoreOverrideCursor()
+        if not same:
             other = (
                 f"{Path(chosen).name} is not the file the project was made with: its content "
                 "differs. Use it anyway? The keys and settings are kept; everything is "

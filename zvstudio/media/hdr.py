@@ -5,8 +5,8 @@ BT.709, such footage looks flat, grey and desaturated, and so would every key re
 Frames are therefore converted the way a colourist's HDR-to-SDR transform does:
 
 1. the signal is decoded to display light (PQ: ST 2084; HLG: BT.2100's inverse OETF and its
-   OOTF for a 1000 cd/m2 display), in units of HDR reference white (203 cd/m2, BT.2408), which
-   becomes SDR white;
+   OOTF for a 1000 cd/m2 display), in units of HDR reference white (203 cd/m2, BT.2408), so
+   that mid grey comes out as an SDR camera's and reference white near SDR white;
 2. BT.2020 colours are converted to BT.709 in linear light (colours outside BT.709 are clipped);
 3. highlights above `KNEE` of SDR white roll off smoothly towards it (on the brightest
    channel, so hues are kept), everything below stays as it was;
