@@ -98,11 +98,6 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
     """The render that a project describes, written to `output`."""
     if project.clip is None:
         raise ZvsError("the project has no clip to render", hint="import a clip first")
-    if not Path(project.clip.path).is_file():
-        raise ZvsError(
-            f"the project's clip {project.clip.path} is missing",
-            hint="move it back, or open the project in the editor, which asks where it is",
-        )
     settings = project.settings
     out = settings.output
     fmt = "png" if output_kind(output) == "png" else out.format
