@@ -314,16 +314,10 @@ def _render_request(args, scratch: Path):
     from zvstudio.media import ExportSettings, output_kind
 
     if args.input is not None and args.input.suffix.lower() == ".zvs":
-        from zvstudio.project import load_project
+        from zvstudio.project import check_clip, load_project
 
         project = load_project(args.input)
-        if project.clip is not None and not Path(project.clip.path).is_file():
-            from zvstudio.errors import ZvsError
-
-            raise ZvsError(
-                f"the project's clip {project.clip.path} is missing",
-                hint="move it back, or open the project in the editor, which asks where it is",
-            )
+        check_clip(project, args.input)
         request = request_from_project(project, args.output)
     else:
         source = args.input

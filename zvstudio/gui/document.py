@@ -11,7 +11,14 @@ from PySide6.QtGui import QUndoCommand, QUndoStack
 from zvstudio.errors import ZvsError
 from zvstudio.media import MediaInfo, probe
 from zvstudio.media.cuts import keys_by_shot
-from zvstudio.project import ClipRef, KeyFrame, Project, load_project, save_project
+from zvstudio.project import (
+    ClipRef,
+    KeyFrame,
+    Project,
+    check_clip,
+    load_project,
+    save_project,
+)
 from zvstudio.project.edits import (
     Edit,
     MoveKey,
@@ -23,19 +30,6 @@ from zvstudio.project.edits import (
     SetSettings,
     relink_clip,
 )
-
-
-class ClipMissingError(ZvsError):
-    """The project's clip is not where the project says: moved, renamed, or on a drive that
-    is not connected. The editor offers to locate it."""
-
-    def __init__(self, project_path: Path, clip: ClipRef) -> None:
-        super().__init__(
-            f"the project's clip {clip.path} is missing",
-            hint="locate it (the project keeps its keys and settings), or move it back",
-        )
-        self.project_path, self.clip = project_path, clip
-
 
 _MERGEABLE = 1  # QUndoCommand id shared by edits that may merge (Edit.merge decides)
 
@@ -156,8 +150,7 @@ class Document(QObject):
             info = probe(clip)
             notes = relink_clip(project, ClipRef.from_file(clip), info.frame_count)
         elif project.clip is not None:
-            if not Path(project.clip.path).is_file():
-                raise ClipMissingError(path, project.clip)
+            check_clip(project, path)
             info = probe(project.clip.path)
         self._load(project, path, info)
         if clip is not None:

@@ -41,7 +41,7 @@ from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
 from zvstudio.gui.audio import AudioPlayback, SinkFactory, qt_sink
 from zvstudio.gui.bridge import EngineBridge
-from zvstudio.gui.document import ClipMissingError, Document
+from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
 from zvstudio.gui.motion import MotionView
 from zvstudio.gui.queue_panel import QueuePanel
@@ -55,7 +55,7 @@ from zvstudio.hashing import file_hash, text_hash
 from zvstudio.media import Proxy, VideoReader
 from zvstudio.media.hdr import sdr_note
 from zvstudio.paths import cache_root
-from zvstudio.project import content_hash
+from zvstudio.project import ClipMissingError, content_hash
 from zvstudio.project.autosave import Autosaver
 from zvstudio.project.edits import MoveKey, RemoveKey, SetFrameRange, mark_range
 
@@ -401,9 +401,9 @@ class MainWindow(QMainWindow):
     def _locate_clip(self, missing: ClipMissingError) -> bool:
         """Ask for a moved project's clip and open the project with it; False if the user
         gives up. A file with other content than the project's clip needs a second yes."""
-        clip = Path(missing.clip.path)
+        clip, project_path = Path(missing.clip.path), Path(missing.project_path)
         question = (
-            f"The clip of {missing.project_path.name}, {clip.name}, is not in {clip.parent}: "
+            f"The clip of {project_path.name}, {clip.name}, is not in {clip.parent}: "
             "it was moved or renamed, or is on a drive that is not connected.\n\n"
             "Locate it? The project keeps its keys and settings, and what was rendered from "
             "the clip is found again in the cache."
@@ -412,7 +412,7 @@ class MainWindow(QMainWindow):
             QMessageBox.Open
         ):
             return False
-        start = clip.parent if clip.parent.is_dir() else missing.project_path.parent
+        start = clip.parent if clip.parent.is_dir() else project_path.parent
         chosen = self.choose_file(f"Locate {clip.name}", start, VIDEO_FILTER)
         if not chosen:
             return False
@@ -432,7 +432,7 @@ class MainWindow(QMainWindow):
                 QMessageBox.Yes
             ):
                 return False
-        notes = self.document.open(missing.project_path, clip=chosen)
+        notes = self.document.open(project_path, clip=chosen)
         message = f"Clip relinked to {chosen}" + "".join(f"; {note}" for note in notes)
         self.statusBar().showMessage(message + ". Save to keep it.", 15_000)
         return True

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from zvstudio.errors import ProjectError
-from zvstudio.project.model import CURRENT_SCHEMA_VERSION, Project
+from zvstudio.project.model import CURRENT_SCHEMA_VERSION, ClipRef, Project
 from zvstudio.project.schema import BAD, problems_in, read_object, show, to_json
 
 FORMAT = "zvstudio-project"
@@ -174,6 +174,24 @@ def load_project(path: StrPath) -> Project:
     except OSError as exc:
         raise ProjectError(f"could not read project file {source}: {exc.strerror or exc}") from exc
     return project_from_dict(_parse(raw, source), os.path.dirname(source), source=source)
+
+
+class ClipMissingError(ProjectError):
+    """The project's clip is not where the project says: moved, renamed, or on a drive that
+    is not connected. The editor catches it and asks where the clip is."""
+
+    def __init__(self, project_path: StrPath, clip: ClipRef) -> None:
+        super().__init__(
+            f"the project's clip {clip.path} is missing",
+            hint="move it back, or open the project in the editor, which asks where it is",
+        )
+        self.project_path, self.clip = os.fspath(project_path), clip
+
+
+def check_clip(project: Project, path: StrPath) -> None:
+    """Raise `ClipMissingError` when the clip of `project` (loaded from `path`) is not there."""
+    if project.clip is not None and not os.path.isfile(project.clip.path):
+        raise ClipMissingError(path, project.clip)
 
 
 def _parse(raw: bytes, source: str) -> Any:
