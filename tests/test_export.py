@@ -22,6 +22,7 @@ from zvstudio.media import (
     VideoWriter,
     probe,
 )
+from zvstudio.media.sequence import clip_audio_file
 from zvstudio.media.synth import Tone, write_clip
 
 AUDIO_FRAME_SECONDS = 1024 / 48000
@@ -44,7 +45,7 @@ def export(source, target, settings=None, first=0, stop=None, transform=None):
     audio = None
     if info.has_audio:
         audio = AudioSource(
-            str(source),
+            clip_audio_file(source),  # an image sequence's sound is beside it
             start=info.index.seconds(first) + float(info.index.pts[0] * info.index.time_base),
             duration=timing.duration,
             whole_clip=(first == 0 and stop == info.frame_count),

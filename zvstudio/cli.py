@@ -25,6 +25,7 @@ from zvstudio.progress import CancelToken, EtaClock, Progress
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
+CLIP_HELP = "a video file or an image sequence (its folder, one of its frames, or frame_%%04d.png)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +62,14 @@ def _opens_a_file(argv: list[str], parser: argparse.ArgumentParser) -> bool:
     if len(argv) != 1 or argv[0].startswith("-"):
         return False
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return argv[0] not in commands.choices and Path(argv[0]).exists()
+    return argv[0] not in commands.choices and _exists(argv[0])
+
+
+def _exists(path: str | Path) -> bool:
+    """Whether `path` is there: a file, a folder, or an image sequence's pattern."""
+    from zvstudio.media.sequence import clip_exists
+
+    return Path(path).exists() or clip_exists(path)
 
 
 def _print_error(message: str) -> None:
@@ -101,7 +109,7 @@ def _add_gui(commands) -> None:
 
 
 def _run_gui(args) -> int:
-    if args.file and not Path(args.file).exists():
+    if args.file and not _exists(args.file):
         raise ZvsError(f"{args.file} does not exist")
     if _no_display():
         raise ZvsError(
@@ -122,7 +130,9 @@ def _no_display() -> bool:
 
 # -- probe ------------------------------------------------------------------------------------
 def _add_probe(commands) -> None:
-    probe_parser = commands.add_parser("probe", help="describe a video file")
+    probe_parser = commands.add_parser(
+        "probe", help="describe a clip: a video file or an image sequence"
+    )
     probe_parser.add_argument("file", type=Path)
     probe_parser.add_argument("--json", action="store_true", help="print JSON")
     probe_parser.add_argument(
@@ -143,8 +153,8 @@ def _add_probe(commands) -> None:
 def _run_probe(args) -> int:
     from zvstudio.engine.shots import analyse_motion, clip_cuts
     from zvstudio.errors import ZvsError
-    from zvstudio.hashing import file_hash
     from zvstudio.media import probe
+    from zvstudio.media.sequence import clip_hash
     from zvstudio.propagate.placement import max_gap
 
     if args.suggest_keys is not None and args.suggest_keys < 1:
@@ -158,7 +168,7 @@ def _run_probe(args) -> int:
     elif args.suggest_keys is not None:  # no frames: nothing to find
         cuts, suggested = [], []
     elif args.cuts:
-        cuts = clip_cuts(args.file, file_hash(args.file), 0, last, info) if last >= 0 else []
+        cuts = clip_cuts(args.file, clip_hash(args.file), 0, last, info) if last >= 0 else []
     if args.json:
         extra = {} if cuts is None else {"shot_cuts": cuts}
         if suggested is not None:
@@ -169,6 +179,8 @@ def _run_probe(args) -> int:
 
     rotation = f", rotated {info.rotation} deg" if info.rotation else ""
     rate = "variable" if info.is_vfr else "constant"
+    if info.timing_assumed:
+        rate += '; images carry none: timing.json beside them, as {"fps": 30}, sets it'
     lines = [
         f"{info.path}",
         f"  container  {info.container}",
@@ -202,7 +214,7 @@ def _add_render(commands) -> None:
         "render", help="render a clip (or the built-in demo) with a key renderer and export it"
     )
     source = render_parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("input", nargs="?", type=Path, help="a video file or a .zvs project")
+    source.add_argument("input", nargs="?", type=Path, help=f"{CLIP_HELP}, or a .zvs project")
     source.add_argument(
         "--demo", action="store_true", help="render the built-in demo clip (procedural, with audio)"
     )
@@ -495,7 +507,7 @@ def _add_propagate(commands) -> None:
     parser = commands.add_parser(
         "propagate", help="carry rendered or hand-painted key frames to every frame of a clip"
     )
-    parser.add_argument("video", type=Path)
+    parser.add_argument("video", type=Path, help=CLIP_HELP)
     parser.add_argument(
         "--key",
         action="append",
@@ -860,7 +872,7 @@ def _model_spec(args, settings, controlnet):
 # -- preview ----------------------------------------------------------------------------------
 def _add_preview(commands) -> None:
     parser = commands.add_parser("preview", help="render one key frame with a diffusion model")
-    parser.add_argument("video", type=Path)
+    parser.add_argument("video", type=Path, help=CLIP_HELP)
     parser.add_argument("--frame", type=int, default=0, help="the frame to render (0-based)")
     _add_diffusion_options(parser, model_required=True)
     parser.add_argument("-o", "--output", type=Path, required=True, help="the PNG to write")

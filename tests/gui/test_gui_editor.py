@@ -18,6 +18,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
 from zvstudio.appsettings import AppSettings
+from zvstudio.cli import main as main_cli
 from zvstudio.engine.jobs import ANALYSIS, JobState
 from zvstudio.gui.app import offer_recovery
 from zvstudio.gui.mainwindow import MainWindow
@@ -555,3 +556,22 @@ def test_export_is_offered_at_the_render_size(window, clip, monkeypatch):
     window.open_path(hdr)
     window.export_dialog()
     assert shown[-1].colour_label.text() == "SDR BT.709 (the clip is HDR (HLG))"
+
+
+def test_a_folder_of_frames_dropped_on_the_window_is_a_clip(qtbot, window, clip, tmp_path):
+    # Frames exported (or painted over) elsewhere come back as a clip, with their sound.
+    frames = tmp_path / "walk_frames"
+    assert main_cli(["render", str(clip), "--style", "posterize", "-q", "-o", str(frames)]) == 0
+    assert _drag(window, "enter", [frames])
+    assert _drag(window, "drop", [frames])
+    doc = window.document
+    assert doc.project.clip.path == str(frames / "frame_%06d.png")
+    assert doc.frame_count == 24 and doc.info.has_audio
+    assert window.windowTitle().startswith("walk_frames/frame_######.png (unsaved)")
+    job = window.start_render()
+    assert window.queue_panel.title_text(job) == "Render walk_frames"
+    wait_render(qtbot, window)
+    assert set(window.key_states().values()) == {"rendered"}
+    assert window.errors == []
+    assert window.rendered_frame(7) is not None
+    assert window._suggested_project_path() == tmp_path / "walk_frames.zvs"

@@ -14,12 +14,12 @@ from pathlib import Path
 from zvstudio.engine.render import RenderResult, flow_clip_key, output_timing
 from zvstudio.engine.request import check_short_side, render_size
 from zvstudio.flow import DISFlow, FlowCache
-from zvstudio.hashing import file_hash
 from zvstudio.media import (
     ExportSettings,
     VideoReader,
     VideoWriter,
     check_output,
+    clip_hash,
     probe,
 )
 from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
@@ -52,7 +52,7 @@ def propagate_video(
 ) -> RenderResult:
     """Run `request`; the output appears only when complete (see `VideoWriter`)."""
     started = time.monotonic()
-    check_output(request.output, request.export)
+    check_output(request.output, request.export, request.source)
     info = probe(request.source)
     last = info.frame_count - 1
     check_keys(request.keys, 0, last)
@@ -64,7 +64,7 @@ def propagate_video(
         if warning:
             warn(warning)
     flows = FlowCache(
-        DISFlow(request.flow_preset), flow_clip_key(file_hash(request.source), info, size)
+        DISFlow(request.flow_preset), flow_clip_key(clip_hash(request.source), info, size)
     )
     timing, audio = output_timing(request.source, info, 0, last)
     with (

@@ -24,7 +24,7 @@ from zvstudio.engine.request import KeyRendererSpec, RenderRequest
 from zvstudio.engine.shots import analyse_motion, clip_cuts
 from zvstudio.errors import RenderCancelled, StageError, ZvsError
 from zvstudio.flow import DISFlow, FlowCache, FlowEstimator, create_flow_estimator
-from zvstudio.hashing import file_hash, text_hash
+from zvstudio.hashing import text_hash
 from zvstudio.keyrender import KeyContext, KeyParams, KeyRenderer, RenderedKey
 from zvstudio.media import (
     AudioSource,
@@ -34,6 +34,8 @@ from zvstudio.media import (
     VideoReader,
     VideoWriter,
     check_output,
+    clip_audio_file,
+    clip_hash,
     probe,
 )
 from zvstudio.media.cuts import keys_by_shot, shot_first
@@ -110,7 +112,10 @@ def output_timing(
         return timing, None
     start = float(info.index.pts[first] * info.index.time_base)
     whole = first == 0 and last == info.frame_count - 1
-    return timing, AudioSource(str(source), start, timing.duration, whole_clip=whole)
+    sound = clip_audio_file(source)
+    if sound is None:
+        return timing, None
+    return timing, AudioSource(sound, start, timing.duration, whole_clip=whole)
 
 
 def _numbers(frames: Sequence[int], shown: int = 24) -> str:
@@ -349,7 +354,7 @@ def render(
     started = time.monotonic()
     progress(Progress("prepare", 0, 1, "checking the inputs"))
     # Check everything the user can get wrong before any work starts.
-    check_output(request.output, request.export)
+    check_output(request.output, request.export, request.source)
     renderer = create_key_renderer(request.renderer, log)
     estimator = flow_estimator(request)
     info = probe(request.source)
@@ -357,7 +362,7 @@ def render(
 
     @functools.cache
     def cuts() -> list[int]:  # found on first use, once
-        clip_id = file_hash(request.source)
+        clip_id = clip_hash(request.source)
         return clip_cuts(request.source, clip_id, first, last, info, progress, cancel)
 
     def motion(window: int) -> KeyCosts:  # finds the cuts too, in the same pass
@@ -386,7 +391,7 @@ def render(
         if keys is None:
             frames = _every_frame(reader, renderer, first, last, progress, cancel)
         else:
-            clip_id = file_hash(request.source)
+            clip_id = clip_hash(request.source)
             rendered = RenderedKeys(
                 reader,
                 renderer,

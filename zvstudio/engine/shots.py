@@ -22,8 +22,8 @@ from typing import NamedTuple
 import numpy as np
 
 from zvstudio import diskcache
-from zvstudio.hashing import file_hash, text_hash
-from zvstudio.media import MediaInfo, Proxy, VideoReader, build_proxy, fit_size
+from zvstudio.hashing import text_hash
+from zvstudio.media import MediaInfo, Proxy, VideoReader, build_proxy, clip_hash, fit_size
 from zvstudio.media.audio import frame_levels
 from zvstudio.media.cuts import SCORE_WIDTH, CutFinder
 from zvstudio.paths import cache_root
@@ -227,7 +227,7 @@ def analyse_motion(
     """The shot cuts and motion of frames first..last, for keys up to `window` apart: from
     the cache, else found while decoding the range once (both in the same pass when neither
     was found before), at a small size and a few times faster than real time."""
-    clip_id = file_hash(source)
+    clip_id = clip_hash(source)
     cuts = cached_cuts(clip_id, first, last, info.frame_count if info is not None else None)
     costs = cached_motion(clip_id, first, last, window)
     if costs is None:

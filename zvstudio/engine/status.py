@@ -27,8 +27,7 @@ from zvstudio.engine.render import (
 )
 from zvstudio.engine.request import RenderRequest
 from zvstudio.engine.shots import cached_cuts, cached_motion
-from zvstudio.hashing import file_hash
-from zvstudio.media import MediaInfo, probe
+from zvstudio.media import MediaInfo, clip_hash, probe
 from zvstudio.propagate.cache import SegmentCache
 from zvstudio.propagate.clip import segment_spans
 from zvstudio.stylize import PaintedKeyRenderer
@@ -87,7 +86,7 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
     if the caller has it). Raises `ZvsError` for a request that `render` would refuse."""
     info = info or probe(request.source)
     first, last = resolve_range(request, info.frame_count)
-    clip_id = file_hash(request.source)
+    clip_id = clip_hash(request.source)
     # The status is read often and must stay cheap: it knows the cuts found before (by a
     # render, or the editor when the clip opened), and finds none itself.
     cuts = cached_cuts(clip_id, first, last, info.frame_count) or []

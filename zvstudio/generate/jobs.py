@@ -75,7 +75,7 @@ def generate_text_to_video(
     started = time.monotonic()
     settings = request.settings
     settings.check()
-    check_output(request.output, request.export)
+    check_output(request.output, request.export, request.video)
     models = _check_mode(request)
     foreground = _foreground_source(request)
     control_frames, timing, audio = None, FrameTiming.constant(request.fps, settings.frames), None

@@ -9,7 +9,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from zvstudio.errors import ZvsError
-from zvstudio.media import MediaInfo, probe
+from zvstudio.media import MediaInfo, clip_label, clip_title, probe
 from zvstudio.media.cuts import keys_by_shot
 from zvstudio.project import (
     ClipRef,
@@ -114,7 +114,7 @@ class Document(QObject):
         if self.path is not None:
             return self.path.stem
         if self.project.clip is not None:
-            return Path(self.project.clip.path).stem
+            return clip_title(self.project.clip.path)
         return "Untitled"
 
     @property
@@ -122,7 +122,7 @@ class Document(QObject):
         if self.path is not None:
             return self.path.name
         if self.project.clip is not None:
-            return f"{Path(self.project.clip.path).name} (unsaved)"
+            return f"{clip_label(self.project.clip.path)} (unsaved)"
         return "Untitled"
 
     # -- whole documents ------------------------------------------------------------------

@@ -51,15 +51,22 @@ from zvstudio.gui.timeline import TimelineWidget
 from zvstudio.gui.transport import Transport
 from zvstudio.gui.transport_bar import TransportBar
 from zvstudio.gui.viewer import ViewerWidget
-from zvstudio.hashing import file_hash, text_hash
-from zvstudio.media import Proxy, VideoReader
+from zvstudio.hashing import text_hash
+from zvstudio.media import Proxy, VideoReader, clip_hash, clip_label
 from zvstudio.media.hdr import sdr_note
+from zvstudio.media.sequence import IMAGE_SUFFIXES, named_after_clip
 from zvstudio.paths import cache_root
 from zvstudio.project import ClipMissingError, content_hash
 from zvstudio.project.autosave import Autosaver
 from zvstudio.project.edits import MoveKey, RemoveKey, SetFrameRange, mark_range
 
-VIDEO_FILTER = "Videos (*.mp4 *.mov *.mkv *.webm *.avi *.m4v);;All files (*)"
+_VIDEOS = "*.mp4 *.mov *.mkv *.webm *.avi *.m4v"
+_FRAMES = " ".join(f"*{suffix}" for suffix in sorted(IMAGE_SUFFIXES))
+# Choosing any frame of an image sequence takes the whole sequence as the clip.
+VIDEO_FILTER = (
+    f"Clips ({_VIDEOS} {_FRAMES});;Videos ({_VIDEOS});;"
+    f"Image sequences: any of their frames ({_FRAMES});;All files (*)"
+)
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
 STATUS_INTERVAL_MS = 400
@@ -403,7 +410,7 @@ class MainWindow(QMainWindow):
         gives up. A file with other content than the project's clip needs a second yes."""
         clip, project_path = Path(missing.clip.path), Path(missing.project_path)
         question = (
-            f"The clip of {project_path.name}, {clip.name}, is not in {clip.parent}: "
+            f"The clip of {project_path.name}, {clip_label(clip)}, is not in {clip.parent}: "
             "it was moved or renamed, or is on a drive that is not connected.\n\n"
             "Locate it? The project keeps its keys and settings, and what was rendered from "
             "the clip is found again in the cache."
@@ -413,7 +420,7 @@ class MainWindow(QMainWindow):
         ):
             return False
         start = clip.parent if clip.parent.is_dir() else project_path.parent
-        chosen = self.choose_file(f"Locate {clip.name}", start, VIDEO_FILTER)
+        chosen = self.choose_file(f"Locate {clip_label(clip)}", start, VIDEO_FILTER)
         if not chosen:
             return False
         expected = missing.clip.content_hash
@@ -454,7 +461,8 @@ class MainWindow(QMainWindow):
         except ZvsError as exc:
             self.show_error(f"Cannot use {Path(chosen).name}", exc)
             return False
-        message = f"The clip is now {Path(chosen).name}" + "".join(f"; {n}" for n in notes)
+        now = clip_label(chosen)
+        message = f"The clip is now {now}" + "".join(f"; {n}" for n in notes)
         self.statusBar().showMessage(message + " (Ctrl+Z undoes it)", 10_000)
         return True
 
@@ -486,7 +494,7 @@ class MainWindow(QMainWindow):
 
     def _suggested_project_path(self) -> Path:
         clip = self.document.project.clip
-        return Path(clip.path).with_suffix(".zvs") if clip else Path.home() / "untitled.zvs"
+        return named_after_clip(clip.path, ".zvs") if clip else Path.home() / "untitled.zvs"
 
     def _remember(self, path: Path) -> None:
         self.settings.add_recent(str(path))
@@ -580,11 +588,11 @@ class MainWindow(QMainWindow):
 
         def work(context):
             prepared = prepare_clip(
-                clip, file_hash(clip), info, PROXY_SIDE, context.progress, context.cancel
+                clip, clip_hash(clip), info, PROXY_SIDE, context.progress, context.cancel
             )
             return clip, prepared
 
-        self.prepare_job = self.bridge.submit(work, f"Prepare {clip.name}", ANALYSIS)
+        self.prepare_job = self.bridge.submit(work, f"Prepare {clip_label(clip)}", ANALYSIS)
         if info is not None and info.has_audio:
             self._measure_sound(clip)
 
@@ -594,9 +602,10 @@ class MainWindow(QMainWindow):
         info = self.document.info
 
         def work(context):
-            return clip, clip_levels(clip, file_hash(clip), info, context.progress, context.cancel)
+            return clip, clip_levels(clip, clip_hash(clip), info, context.progress, context.cancel)
 
-        self.levels_job = self.bridge.submit(work, f"Measure the sound of {clip.name}", ANALYSIS)
+        title = f"Measure the sound of {clip_label(clip)}"
+        self.levels_job = self.bridge.submit(work, title, ANALYSIS)
 
     def _thumbnail(self, number: int):
         """A timeline thumbnail from the proxy, None until the proxy is ready."""
@@ -1011,9 +1020,7 @@ class MainWindow(QMainWindow):
         if doc.project.clip is None:
             return
         span = doc.project.frame_range
-        suggested = Path(doc.project.clip.path).with_name(
-            Path(doc.project.clip.path).stem + "_zvstudio.mp4"
-        )
+        suggested = named_after_clip(doc.project.clip.path, "_zvstudio.mp4")
         dialog = ExportDialog(
             self,
             doc.frame_count,
@@ -1075,7 +1082,8 @@ class MainWindow(QMainWindow):
     @staticmethod
     def _droppable(path: str) -> bool:
         suffix = Path(path).suffix.lower()
-        return bool(path) and (suffix == ".zvs" or suffix in VIDEO_SUFFIXES)
+        known = suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES or suffix == ".zvs"
+        return bool(path) and (known or Path(path).is_dir())  # a folder: its image sequence
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if not self._may_discard():

@@ -20,6 +20,7 @@ from zvstudio.errors import ZvsError
 from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.document import Document
 from zvstudio.gui.timeline import TimelineWidget
+from zvstudio.media import clip_label
 from zvstudio.project.edits import keys_at
 from zvstudio.propagate.placement import max_gap
 
@@ -135,7 +136,7 @@ class MotionView(QObject):
 
         self._job_place = interval if place else None
         title = "Place keys by motion" if place else "Measure motion"
-        self.job = self.bridge.submit(work, f"{title} in {clip.name}", ANALYSIS)
+        self.job = self.bridge.submit(work, f"{title} in {clip_label(clip)}", ANALYSIS)
         return self.job
 
     def job_event(self, event: JobEvent) -> None:

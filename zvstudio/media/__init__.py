@@ -3,6 +3,14 @@
 from zvstudio.media.probe import AudioStreamInfo, FrameIndex, MediaInfo, probe
 from zvstudio.media.proxy import Proxy, build_proxy, proxy_path
 from zvstudio.media.reader import FrameCache, VideoReader, fit_size
+from zvstudio.media.sequence import (
+    clip_audio_file,
+    clip_exists,
+    clip_hash,
+    clip_label,
+    clip_title,
+    sequence_path,
+)
 from zvstudio.media.writer import (
     FORMATS,
     AudioSource,
@@ -27,8 +35,14 @@ __all__ = [
     "VideoWriter",
     "build_proxy",
     "check_output",
+    "clip_audio_file",
+    "clip_exists",
+    "clip_hash",
+    "clip_label",
+    "clip_title",
     "fit_size",
     "output_kind",
     "probe",
     "proxy_path",
+    "sequence_path",
 ]

@@ -20,6 +20,7 @@ import numpy as np
 
 from zvstudio.errors import MediaError
 from zvstudio.media.probe import FrameIndex, open_input
+from zvstudio.media.sequence import clip_audio_file
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 
 PLAYBACK_RATE = 48000
@@ -39,11 +40,12 @@ class AudioReader:
         rate: int = PLAYBACK_RATE,
         channels: int = PLAYBACK_CHANNELS,
     ) -> None:
-        self.path = str(path)
         self.rate = int(rate)
         self.channels = int(channels)
-        self._container = open_input(self.path)
-        audio = self._container.streams.audio
+        sound = clip_audio_file(path)  # an image sequence's sound is a file beside it
+        self.path = sound or str(path)
+        self._container = open_input(sound) if sound is not None else None
+        audio = self._container.streams.audio if self._container is not None else ()
         self._stream = audio[0] if audio else None
         self._chunks: Iterator[np.ndarray] = iter(())
         self._buffer = np.zeros((0, self.channels), np.int16)
@@ -84,7 +86,8 @@ class AudioReader:
 
     def close(self) -> None:
         self._chunks = iter(())
-        self._container.close()
+        if self._container is not None:
+            self._container.close()
 
     def _samples_from(self, seconds: float) -> Iterator[np.ndarray]:
         """Resampled chunks starting exactly at `seconds`: silence before the stream starts."""

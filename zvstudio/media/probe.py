@@ -17,6 +17,7 @@ import numpy as np
 
 from zvstudio.errors import MediaError
 from zvstudio.media.hdr import describe
+from zvstudio.media.sequence import CONTAINER_NAME, ImageSequence, find_sequence
 
 # Relative spread of frame durations above which a clip counts as variable frame rate; below
 # it, the spread is timestamp rounding (e.g. 1/30 s in a 1/1000 time base).
@@ -84,6 +85,11 @@ class MediaInfo:
     audio: tuple[AudioStreamInfo, ...]
     index: FrameIndex
     colour: str = ""  # "HDR (HLG)", "HDR (PQ)" or "BT.2020": frames are converted to SDR BT.709
+    timing_assumed: bool = False  # an image sequence without timing.json: DEFAULT_RATE
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.container == CONTAINER_NAME
 
     @property
     def display_width(self) -> int:
@@ -225,7 +231,11 @@ def _audio_info(stream: av.audio.AudioStream) -> AudioStreamInfo:
 
 
 def probe(path: str | os.PathLike[str]) -> MediaInfo:
-    """Describe the media file at `path`; raises `MediaError` if it is not a readable video."""
+    """Describe the clip at `path` (a video file or an image sequence, see `sequence`); raises
+    `MediaError` if it is not a readable clip."""
+    sequence = find_sequence(path)
+    if sequence is not None:
+        return _probe_sequence(sequence)
     path_str = str(path)
     with open_input(path) as container:
         index = build_frame_index(container, path_str)
@@ -259,6 +269,40 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         audio=audio,
         index=index,
         colour=colour,
+    )
+
+
+def _probe_sequence(sequence: ImageSequence) -> MediaInfo:
+    timing = sequence.timing()
+    index = FrameIndex(timing.time_base, timing.pts, timing.pts.copy(), timing.last_duration)
+    first = sequence.decode(0)
+    audio: tuple[AudioStreamInfo, ...] = ()
+    if sequence.audio_path is not None:
+        with open_input(sequence.audio_path) as container:
+            audio = tuple(_audio_info(s) for s in container.streams.audio)
+    duration = _span_seconds(index)
+    is_vfr = _is_variable_rate(index.pts)
+    if len(index) > 1 and not is_vfr:
+        rate = 1 / (index.time_base * int(np.median(np.diff(index.pts))))
+    else:
+        rate = Fraction(len(index) / duration).limit_denominator(1001)
+    return MediaInfo(
+        path=sequence.pattern,
+        container=CONTAINER_NAME,
+        codec=sequence.suffix.lower().lstrip("."),
+        pixel_format=first.format.name,
+        width=first.width,
+        height=first.height,
+        rotation=round((first.rotation or 0) / 90.0) * 90 % 360,
+        fps=rate,
+        is_vfr=is_vfr,
+        frame_count=len(index),
+        duration=duration,
+        bit_rate=None,
+        audio=audio,
+        index=index,
+        colour=describe(first.color_trc, first.color_primaries),
+        timing_assumed=timing.source == "assumed",
     )
 
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from zvstudio.errors import MediaError
-from zvstudio.hashing import file_hash
+from zvstudio.media.sequence import clip_hash
 from zvstudio.paths import cache_root
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
 
@@ -35,7 +35,7 @@ _JPEG_QUALITY = 88
 
 def proxy_path(video: str | os.PathLike[str], max_side: int) -> Path:
     """Where the proxy of `video` at `max_side` lives in the cache (keyed by content)."""
-    digest = file_hash(video).split(":", 1)[1]
+    digest = clip_hash(video).split(":", 1)[1]
     return cache_root() / "proxies" / f"{digest}-{max_side}.zvproxy"
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -20,6 +21,7 @@ import numpy as np
 from zvstudio.errors import MediaError
 from zvstudio.media.hdr import needs_conversion, to_sdr
 from zvstudio.media.probe import MediaInfo, open_input, probe
+from zvstudio.media.sequence import ImageSequence, find_sequence
 
 Size = tuple[int, int]  # (width, height) in display orientation
 
@@ -112,6 +114,7 @@ class VideoReader:
         self._decoder: Iterator[av.VideoFrame] | None = None
         self._last_pts: int | None = None
         self._proxy = None
+        self._sequence = find_sequence(self.info.path) if self.info.is_sequence else None
 
     # -- geometry ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -132,11 +135,21 @@ class VideoReader:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        decoded = self._decode_exact(number)
-        array = to_rgb(decoded, self.info.rotation, size)
+        if self._sequence is not None:
+            array = self._sequence_frame(self._sequence, number, size)
+        else:
+            array = to_rgb(self._decode_exact(number), self.info.rotation, size)
         array.flags.writeable = False
         self.cache.put(key, array)
         return array
+
+    def _sequence_frame(
+        self, sequence: ImageSequence, number: int, size: Size | None
+    ) -> np.ndarray:
+        # Every frame comes at the first one's size: a stray frame of another size (a
+        # re-export at another resolution) must not break what expects one size.
+        size = size or (self.info.display_width, self.info.display_height)
+        return to_rgb(sequence.decode(number), self.info.rotation, size)
 
     def _check_number(self, number: int) -> None:
         if not 0 <= number < len(self.index):
@@ -220,6 +233,9 @@ class VideoReader:
             raise IndexError(f"frame range {start}..{stop} is outside 0..{len(self.index)}")
         if start == stop:
             return
+        if self._sequence is not None:
+            yield from self._sequence_frames(self._sequence, start, stop, size)
+            return
         wanted = {int(p): n for n, p in enumerate(self.index.pts[start:stop], start)}
         with open_input(self.path) as container:
             stream = container.streams.video[0]
@@ -249,6 +265,26 @@ class VideoReader:
         for missing in range(expected, stop):
             yield missing, self.frame(missing, size)
 
+    def _sequence_frames(self, sequence, start, stop, size) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames start..stop-1 of an image sequence, decoded a few ahead on other threads
+        (FFmpeg decodes each image on one thread, and releases the GIL while it does)."""
+        ahead = max(2, os.cpu_count() or 2)
+        with ThreadPoolExecutor(ahead, thread_name_prefix="zvs-images") as pool:
+            pending: deque = deque()
+            try:
+                for number in range(start, stop):
+                    future = pool.submit(self._sequence_frame, sequence, number, size)
+                    pending.append((number, future))
+                    if len(pending) > ahead:
+                        done, first = pending.popleft()
+                        yield done, first.result()
+                while pending:
+                    done, first = pending.popleft()
+                    yield done, first.result()
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
     # -- previews ------------------------------------------------------------------------
     def attach_proxy(self, proxy) -> None:
         """Serve `preview()` from a prebuilt proxy (see `zvstudio.media.proxy`)."""
@@ -269,6 +305,8 @@ class VideoReader:
         count = max(1, min(count, total))
         targets = np.linspace(0, total - 1, count).round().astype(int)
         size = fit_size(*self.size, max_side)
+        if self._sequence is not None:
+            return [(int(t), self._sequence_frame(self._sequence, int(t), size)) for t in targets]
         results: list[tuple[int, np.ndarray]] = []
         with open_input(self.path) as container:
             stream = container.streams.video[0]

@@ -31,6 +31,7 @@ import numpy as np
 
 from zvstudio.errors import MediaError
 from zvstudio.media.probe import FrameIndex, open_input
+from zvstudio.media.sequence import AUDIO_FILE, TIMING_FILE, find_sequence
 
 FORMATS = ("h264", "h265", "prores", "png")
 _VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".m4v": "mp4"}
@@ -58,8 +59,6 @@ _COPYABLE_AUDIO = {
     # samples) would play as extra audio; copy only codecs without one.
     "matroska": {"flac", "opus", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
 }
-PNG_TIMING_FILE = "timing.json"
-PNG_AUDIO_FILE = "audio.wav"
 
 
 @dataclass(frozen=True)
@@ -127,9 +126,19 @@ def output_kind(path: str | os.PathLike[str]) -> str:
     return _VIDEO_CONTAINERS[suffix]
 
 
-def check_output(path: str | os.PathLike[str], settings: ExportSettings) -> None:
-    """Fail early, before any rendering, if `path` cannot receive this export."""
+def check_output(
+    path: str | os.PathLike[str],
+    settings: ExportSettings,
+    source: str | os.PathLike[str] | None = None,
+) -> None:
+    """Fail early, before any rendering, if `path` cannot receive this export (of the clip at
+    `source`, which it must not replace)."""
     path = Path(path)
+    if source is not None and _is_clip_itself(path, source):
+        raise MediaError(
+            f"cannot write {path}: it is the clip being rendered",
+            hint="choose another output name, so that the clip is kept",
+        )
     kind = output_kind(path)
     if settings.format not in FORMATS:
         raise MediaError(
@@ -155,10 +164,19 @@ def check_output(path: str | os.PathLike[str], settings: ExportSettings) -> None
         _check_replaceable_folder(path)
 
 
+def _is_clip_itself(path: Path, source: str | os.PathLike[str]) -> bool:
+    try:
+        sequence = find_sequence(source)
+    except MediaError:
+        sequence = None  # not readable as a clip: reading it will say why
+    held = sequence.folder if sequence is not None else Path(source)
+    return path.resolve() == held.resolve()
+
+
 def _check_replaceable_folder(path: Path) -> None:
     if not path.is_dir():
         raise MediaError(f"cannot write a PNG sequence to {path}: a file of that name exists")
-    if any(path.iterdir()) and not (path / PNG_TIMING_FILE).exists():
+    if any(path.iterdir()) and not (path / TIMING_FILE).exists():
         raise MediaError(
             f"folder {path} is not empty and is not an earlier zvstudio export",
             hint="choose an empty or new folder so that nothing of yours is overwritten",
@@ -457,8 +475,9 @@ class _AudioFeed:
             self._items = self._copied_packets()
         else:
             rate = self.in_stream.rate or 48000
-            layout = self.in_stream.layout.name if self.in_stream.layout else "stereo"
-            self.out_stream = output.add_stream(codec, rate=rate, layout=layout)
+            self.out_stream = output.add_stream(
+                codec, rate=rate, layout=_named_layout(self.in_stream)
+            )
             self._items = self._encoded_packets()
         self._pending = None
 
@@ -542,6 +561,16 @@ class _AudioFeed:
         self.input.close()
 
 
+def _named_layout(stream: av.audio.AudioStream) -> str:
+    """The stream's channel layout. An unnamed one (a WAV without a channel mask reads as "2
+    channels", which the AAC encoder refuses) gets the usual layout for its channel count."""
+    name = stream.layout.name if stream.layout else ""
+    if name and not name.endswith("channels"):
+        return name
+    usual = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
+    return usual.get(stream.channels or 2, "stereo")
+
+
 def _resampled(resampler: av.AudioResampler, frames) -> Iterator[av.AudioFrame]:
     for frame in frames:
         yield from resampler.resample(frame)
@@ -592,9 +621,9 @@ class _PngSink:
             "pts": [int(p) for p in self.timing.pts[:written]],
             "last_duration": self.timing.last_duration,
         }
-        (self.temp / PNG_TIMING_FILE).write_text(json.dumps(timing, indent=1) + "\n")
+        (self.temp / TIMING_FILE).write_text(json.dumps(timing, indent=1) + "\n")
         if self.audio is not None:
-            self._write_wav(self.temp / PNG_AUDIO_FILE)
+            self._write_wav(self.temp / AUDIO_FILE)
         self._move_into_place()
 
     def _write_wav(self, path: Path) -> None:

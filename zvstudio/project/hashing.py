@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 
 from zvstudio.errors import ProjectError
-from zvstudio.hashing import file_hash
+from zvstudio.media.sequence import clip_hash
 
 HASH_PREFIX = "b2:"
 
 
 def content_hash(path: str | os.PathLike[str]) -> str:
-    """The blake2b (16-byte digest) hash of the whole file, as "b2:" + 32 hex digits."""
+    """The blake2b (16-byte digest) hash of the whole file (of every frame of an image
+    sequence), as "b2:" + 32 hex digits."""
     try:
-        return file_hash(path)
+        return clip_hash(path)
     except FileNotFoundError:
         raise ProjectError(f"cannot hash {os.fspath(path)}: file not found") from None
     except OSError as exc:

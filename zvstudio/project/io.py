@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from zvstudio.errors import ProjectError
+from zvstudio.media.sequence import clip_exists
 from zvstudio.project.model import CURRENT_SCHEMA_VERSION, ClipRef, Project
 from zvstudio.project.schema import BAD, problems_in, read_object, show, to_json
 
@@ -190,7 +191,7 @@ class ClipMissingError(ProjectError):
 
 def check_clip(project: Project, path: StrPath) -> None:
     """Raise `ClipMissingError` when the clip of `project` (loaded from `path`) is not there."""
-    if project.clip is not None and not os.path.isfile(project.clip.path):
+    if project.clip is not None and not clip_exists(project.clip.path):
         raise ClipMissingError(path, project.clip)
 
 

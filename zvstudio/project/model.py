@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zvstudio.keyrender import DEFAULT_KEY_SIZE
+from zvstudio.media.sequence import sequence_path
 from zvstudio.project.hashing import content_hash
 from zvstudio.project.schema import Validated, rule
 
@@ -55,8 +56,9 @@ class ClipRef(Validated):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> ClipRef:
-        """Reference the file at `path` with its current content hash."""
-        return cls(os.path.abspath(path), content_hash(path))
+        """Reference the clip at `path` (a video file, or an image sequence by its pattern)
+        with its current content hash."""
+        return cls(os.path.abspath(sequence_path(path)), content_hash(path))
 
 
 @dataclass(frozen=True)

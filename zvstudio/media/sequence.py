@@ -1,0 +1,398 @@
+"""Image sequences as clips: numbered frames in a folder (frame_0001.png, frame_0002.png, ...),
+as renderers, compositors, painting apps and our own PNG export write them.
+
+A sequence is named by a pattern path, FFmpeg's way: `shots/frame_%04d.png` (`%d` when the
+numbers are not padded; Nuke's `frame_####.png` is read too). A folder that holds one sequence,
+or any one of its frames, names it as well; `sequence_path` turns each into the pattern.
+Frame i of the clip is the i-th file in number order. The numbers must run without gaps (a
+constant step such as every other frame is fine), since a missing frame would shift the rest.
+
+Images carry no timing. `timing.json` beside the frames gives it: zvstudio's PNG export
+writes every frame's timestamp there, so a round trip keeps even a variable frame rate, and a
+user can write `{"fps": 25}`. Without it the rate is 24 fps. `audio.wav` beside the frames is
+the clip's sound.
+
+Each frame is decoded by FFmpeg on its own (PNG, JPEG, TIFF, BMP, WebP, 16-bit included;
+OpenEXR's scene-linear light is encoded as sRGB), so a sequence reads as a video whose every
+frame is a keyframe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import reduce
+from pathlib import Path
+
+import av
+import numpy as np
+
+from zvstudio.errors import MediaError
+from zvstudio.hashing import file_hash
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr"})
+TIMING_FILE = "timing.json"
+AUDIO_FILE = "audio.wav"
+DEFAULT_RATE = Fraction(24)
+CONTAINER_NAME = "image sequence"
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+_PRINTF = re.compile(r"%(0\d+)?d")
+_HASHES = re.compile(r"#+")
+_HASH_CHUNK = 1 << 20
+_hash_memo: dict[tuple, str] = {}
+_hash_lock = threading.Lock()
+
+
+class FramesNotFound(MediaError):
+    """No frames are where a sequence's path points."""
+
+
+@dataclass(frozen=True)
+class SequenceTiming:
+    """When each frame shows: `pts[i]` ticks of `time_base`; `source` says where that came
+    from ("timing.json" or "assumed")."""
+
+    time_base: Fraction
+    pts: np.ndarray
+    last_duration: int
+    source: str
+
+
+@dataclass(frozen=True)
+class ImageSequence:
+    """Frames `prefix + number + suffix` in `folder`; `digits` is the zero-padded width (0:
+    the numbers are written without padding)."""
+
+    folder: Path
+    prefix: str
+    suffix: str
+    digits: int
+    numbers: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def pattern(self) -> str:
+        """The FFmpeg-style pattern path that names this sequence."""
+        number = f"%0{self.digits}d" if self.digits else "%d"
+        return str(self.folder / f"{_escape_percent(self.prefix)}{number}{self.suffix}")
+
+    @property
+    def label(self) -> str:
+        """A short name for people: `shots/frame_####.png`."""
+        return f"{self.folder.name}/{self.prefix}{'#' * max(self.digits, 1)}{self.suffix}"
+
+    def file(self, index: int) -> Path:
+        number = self.numbers[index]
+        return self.folder / f"{self.prefix}{number:0{self.digits}d}{self.suffix}"
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.file(index) for index in range(len(self.numbers))]
+
+    @property
+    def audio_path(self) -> Path | None:
+        path = self.folder / AUDIO_FILE
+        return path if path.is_file() else None
+
+    def decode(self, index: int) -> av.VideoFrame:
+        """Frame `index` (0-based) as FFmpeg decodes its file."""
+        path = self.file(index)
+        try:
+            with av.open(str(path), "r") as container:
+                stream = container.streams.video[0]
+                if stream.codec_context.name == "exr":
+                    # Scene-linear light: show it as sRGB, as image viewers do.
+                    stream.codec_context.options = {"apply_trc": "iec61966_2_1"}
+                return next(container.decode(stream))
+        except (av.error.FFmpegError, IndexError, StopIteration) as exc:
+            raise MediaError(
+                f"cannot read frame {index} of {self.label}: {path.name} is not a readable image",
+                hint="export that frame again, or replace it with a copy of a neighbour",
+            ) from exc
+        except OSError as exc:
+            raise MediaError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    def timing(self) -> SequenceTiming:
+        """The frames' timing: from `timing.json` beside them, else `DEFAULT_RATE`."""
+        path = self.folder / TIMING_FILE
+        if not path.is_file():
+            return _constant_timing(DEFAULT_RATE, len(self), "assumed")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return self._timing_from(data)
+        except (ValueError, TypeError, KeyError, ZeroDivisionError, AttributeError) as exc:
+            raise MediaError(
+                f"cannot read the timing of {self.label} from {path}: {exc}",
+                hint='write it as {"fps": 25}, or remove it to use 24 fps',
+            ) from None
+
+    def _timing_from(self, data: dict) -> SequenceTiming:
+        if "pts" in data:
+            time_base = Fraction(data["time_base"])
+            pts = np.asarray(data["pts"], dtype=np.int64)
+            first = int(data.get("first_frame", self.numbers[0]))
+            if len(pts) == len(self) and first == self.numbers[0]:
+                return SequenceTiming(time_base, pts, int(data["last_duration"]), TIMING_FILE)
+            # Frames were added or removed since it was written: keep its average rate.
+            span = (int(pts[-1]) - int(pts[0]) + int(data["last_duration"])) * time_base
+            rate = Fraction(len(pts) / float(span)).limit_denominator(1001)
+            return _constant_timing(rate, len(self), TIMING_FILE)
+        rate = Fraction(str(data["fps"])).limit_denominator(1001)
+        if rate <= 0:
+            raise ValueError(f"fps must be positive, not {data['fps']}")
+        return _constant_timing(rate, len(self), TIMING_FILE)
+
+
+def _constant_timing(rate: Fraction, count: int, source: str) -> SequenceTiming:
+    return SequenceTiming(1 / rate, np.arange(count, dtype=np.int64), 1, source)
+
+
+def _escape_percent(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+# -------------------------------------------------------------------------- finding
+
+
+def looks_like_sequence(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` names an image sequence rather than a video file (cheap: no listing)."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    return path.is_dir()
+
+
+def find_sequence(path: str | os.PathLike[str]) -> ImageSequence | None:
+    """The image sequence that `path` names (a pattern, a folder or one of its frames), or
+    None when it names something else (a video file). A path that names a sequence badly (an
+    empty folder, a folder of several sequences, frames missing) raises `MediaError`."""
+    if not looks_like_sequence(path):
+        return None
+    path = Path(path)
+    if path.is_dir():
+        return _only_sequence_in(path)
+    if not path.is_file() and (_PRINTF.search(path.name) or _HASHES.search(path.name)):
+        return _sequence_from_pattern(path)
+    return _sequence_of_frame(path)
+
+
+def sequence_path(path: str | os.PathLike[str]) -> str:
+    """The pattern of the sequence `path` names, or `path` itself for a video file."""
+    sequence = find_sequence(path)
+    return sequence.pattern if sequence is not None else os.fspath(path)
+
+
+def clip_exists(path: str | os.PathLike[str]) -> bool:
+    """Whether the clip at `path` (a video file or an image sequence) is there."""
+    if not looks_like_sequence(path):
+        return os.path.isfile(path)
+    try:
+        return find_sequence(path) is not None
+    except FramesNotFound:
+        return False
+    except MediaError:
+        return True  # there, though not readable as it is: reading it says why
+
+
+def clip_audio_file(path: str | os.PathLike[str]) -> str | None:
+    """The file that holds a clip's sound: the video itself, or a sequence's `audio.wav`
+    (None without one)."""
+    sequence = find_sequence(path)
+    if sequence is None:
+        return os.fspath(path)
+    audio = sequence.audio_path
+    return str(audio) if audio is not None else None
+
+
+def clip_title(path: str | os.PathLike[str]) -> str:
+    """What to call a clip in titles and file names: a video's stem, a sequence's folder."""
+    path = Path(path)
+    if looks_like_sequence(path):
+        return (path if path.is_dir() else path.parent).name or path.stem
+    return path.stem
+
+
+def named_after_clip(path: str | os.PathLike[str], ending: str) -> Path:
+    """A file named after the clip, beside it (beside a sequence's folder): `clip` + `ending`."""
+    path = Path(path)
+    beside = path if path.is_dir() else path.parent
+    if looks_like_sequence(path):
+        beside = beside.parent
+    return beside / f"{clip_title(path)}{ending}"
+
+
+def clip_label(path: str | os.PathLike[str]) -> str:
+    """A clip's name for people: a video's file name, `shots/frame_####.png` for a sequence."""
+    try:
+        sequence = find_sequence(path)
+    except MediaError:
+        sequence = None
+    return sequence.label if sequence is not None else Path(path).name
+
+
+def _image_groups(folder: Path) -> dict[tuple[str, str], dict[int, str]]:
+    """Numbered images in `folder` by (prefix, suffix): number -> the digits as written."""
+    groups: dict[tuple[str, str], dict[int, str]] = {}
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.is_file()]
+    except OSError as exc:
+        raise MediaError(f"cannot list {folder}: {exc.strerror or exc}") from exc
+    for name in names:
+        stem, suffix = os.path.splitext(name)
+        match = _NUMBERED.match(stem)
+        if suffix.lower() in IMAGE_SUFFIXES and match:
+            groups.setdefault((match[1], suffix), {})[int(match[2])] = match[2]
+    return groups
+
+
+def _only_sequence_in(folder: Path) -> ImageSequence:
+    groups = _image_groups(folder)
+    if not groups:
+        raise MediaError(
+            f"{folder} holds no numbered images",
+            hint="a clip can be a video file or a folder of frames named like frame_0001.png",
+        )
+    sequences = [
+        _sequence(folder, prefix, suffix, written)
+        for (prefix, suffix), written in sorted(groups.items())
+    ]
+    if len(sequences) > 1:
+        listed = ", ".join(f"{s.label.split('/', 1)[1]} ({len(s)} frames)" for s in sequences)
+        raise MediaError(
+            f"{folder} holds several image sequences: {listed}",
+            hint="choose one of the frames of the sequence you mean",
+        )
+    return _checked(sequences[0])
+
+
+def _sequence_of_frame(path: Path) -> ImageSequence:
+    if not path.is_file():
+        raise FramesNotFound(f"file not found: {path}")
+    match = _NUMBERED.match(path.stem)
+    if match is None:
+        raise MediaError(
+            f"{path} is a single image, not a clip",
+            hint="a clip can be a video file or numbered frames (frame_0001.png, ...); "
+            "to make a clip from a still, use animate",
+        )
+    written = _image_groups(path.parent)[(match[1], path.suffix)]
+    return _checked(_sequence(path.parent, match[1], path.suffix, written))
+
+
+def _sequence_from_pattern(path: Path) -> ImageSequence:
+    name = path.name
+    printf = _PRINTF.search(name)
+    token = printf or _HASHES.search(name)
+    assert token is not None
+    prefix, suffix = name[: token.start()].replace("%%", "%"), name[token.end() :]
+    if printf:
+        digits = int(printf[1]) if printf[1] else 0
+    else:
+        digits = len(token[0]) if len(token[0]) > 1 else 0
+    if not path.parent.is_dir():
+        raise FramesNotFound(f"folder not found: {path.parent}")
+    written = _image_groups(path.parent).get((prefix, suffix), {})
+    numbers = [n for n, text in written.items() if _fits(text, digits)]
+    if not numbers:
+        raise FramesNotFound(f"no frames match {path}")
+    return _checked(ImageSequence(path.parent, prefix, suffix, digits, tuple(sorted(numbers))))
+
+
+def _fits(text: str, digits: int) -> bool:
+    """Whether number `text` is written with padding `digits` (longer numbers overflow it)."""
+    if digits == 0:
+        return text == "0" or not text.startswith("0")
+    return len(text) == digits or (len(text) > digits and not text.startswith("0"))
+
+
+def _sequence(folder: Path, prefix: str, suffix: str, written: dict[int, str]) -> ImageSequence:
+    """The sequence of the numbers in `written` (number -> digits as written), with the padding
+    that the zero-padded ones show, or that all share."""
+    texts = list(written.values())
+    padded = [len(t) for t in texts if t.startswith("0") and len(t) > 1]
+    lengths = {len(t) for t in texts}
+    if padded:
+        digits = min(padded)
+    elif len(lengths) == 1 and len(texts) > 1:
+        digits = lengths.pop()  # 1000..1099 reads as %04d or %d alike
+    else:
+        digits = 0
+    digits = digits if digits > 1 else 0
+    numbers = tuple(sorted(n for n, t in written.items() if _fits(t, digits)))
+    return ImageSequence(folder, prefix, suffix, digits, numbers)
+
+
+def _checked(sequence: ImageSequence) -> ImageSequence:
+    """Refuse a sequence with frames missing: its frames would shift in time."""
+    numbers = sequence.numbers
+    if len(numbers) < 2:
+        return sequence
+    step = reduce(math.gcd, np.diff(numbers).tolist())
+    expected = range(numbers[0], numbers[-1] + 1, step)
+    if len(expected) != len(numbers):
+        missing = sorted(set(expected) - set(numbers))
+        raise MediaError(
+            f"{sequence.label} is missing frames {_ranges(missing)}",
+            hint="render or copy the missing frames in (a copy of a neighbour will do)",
+        )
+    return sequence
+
+
+def _ranges(numbers: list[int], shown: int = 6) -> str:
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    parts = [f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs[:shown]]
+    return ", ".join(parts) + (f" and {len(runs) - shown} more" if len(runs) > shown else "")
+
+
+# -------------------------------------------------------------------------- identity
+
+
+def sequence_hash(sequence: ImageSequence) -> str:
+    """A content hash of every frame in order, with the timing and sound beside them, as
+    "b2:<hex>"; remembered for the process by each file's name, size and modification time."""
+    extras = [sequence.folder / TIMING_FILE, sequence.folder / AUDIO_FILE]
+    files = [*sequence.files, *(p for p in extras if p.is_file())]
+    try:
+        stats = tuple((p.name, *_stat_key(p)) for p in files)
+    except OSError as exc:
+        raise MediaError(f"cannot read {sequence.label}: {exc.strerror or exc}") from exc
+    memo_key = (str(sequence.folder.resolve()), stats)
+    with _hash_lock:
+        if memo_key in _hash_memo:
+            return _hash_memo[memo_key]
+    digest = hashlib.blake2b(b"image sequence v1", digest_size=16)
+    for path in files:
+        # Frames by position, not name: renumbered frames are the same clip.
+        digest.update(b"\0" + (path.name.encode() if path in extras else b"frame"))
+        with open(path, "rb") as stream:
+            while chunk := stream.read(_HASH_CHUNK):
+                digest.update(chunk)
+    result = "b2:" + digest.hexdigest()
+    with _hash_lock:
+        _hash_memo[memo_key] = result
+    return result
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def clip_hash(path: str | os.PathLike[str]) -> str:
+    """The content hash that identifies a clip (a video file or an image sequence)."""
+    sequence = find_sequence(path)
+    return sequence_hash(sequence) if sequence is not None else file_hash(path)
