@@ -176,11 +176,10 @@ def _run_probe(args) -> int:
         print(json.dumps({**info.to_dict(), **extra}, indent=2))
         return 0
     from zvstudio.media.hdr import sdr_note
+    from zvstudio.media.sequence import ASSUMED_RATE_NOTE
 
     rotation = f", rotated {info.rotation} deg" if info.rotation else ""
     rate = "variable" if info.is_vfr else "constant"
-    if info.timing_assumed:
-        rate += '; images carry none: timing.json beside them, as {"fps": 30}, sets it'
     lines = [
         f"{info.path}",
         f"  container  {info.container}",
@@ -189,6 +188,8 @@ def _run_probe(args) -> int:
         f"  frames     {info.frame_count} at {float(info.fps):.3f} fps ({rate} frame rate)",
         f"  duration   {info.duration:.3f} s",
     ]
+    if info.timing_assumed:
+        lines.append(f"  timing     {ASSUMED_RATE_NOTE}")
     if info.colour:
         lines.append(f"  colour     {sdr_note(info.colour)}")
     for stream in info.audio:

@@ -568,6 +568,7 @@ def test_a_folder_of_frames_dropped_on_the_window_is_a_clip(qtbot, window, clip,
     assert doc.project.clip.path == str(frames / "frame_%06d.png")
     assert doc.frame_count == 24 and doc.info.has_audio
     assert window.windowTitle().startswith("walk_frames/frame_######.png (unsaved)")
+    assert window.statusBar().currentMessage() == ""  # its timing.json gives the rate
     job = window.start_render()
     assert window.queue_panel.title_text(job) == "Render walk_frames"
     wait_render(qtbot, window)
@@ -575,3 +576,7 @@ def test_a_folder_of_frames_dropped_on_the_window_is_a_clip(qtbot, window, clip,
     assert window.errors == []
     assert window.rendered_frame(7) is not None
     assert window._suggested_project_path() == tmp_path / "walk_frames.zvs"
+
+    (frames / "timing.json").unlink()  # frames from elsewhere: the rate is a guess, and said
+    assert window.open_path(frames / "frame_000003.png")
+    assert "24 fps is assumed" in window.statusBar().currentMessage()

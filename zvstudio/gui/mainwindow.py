@@ -54,7 +54,7 @@ from zvstudio.gui.viewer import ViewerWidget
 from zvstudio.hashing import text_hash
 from zvstudio.media import Proxy, VideoReader, clip_hash, clip_label
 from zvstudio.media.hdr import sdr_note
-from zvstudio.media.sequence import IMAGE_SUFFIXES, named_after_clip
+from zvstudio.media.sequence import ASSUMED_RATE_NOTE, IMAGE_SUFFIXES, named_after_clip
 from zvstudio.paths import cache_root
 from zvstudio.project import ClipMissingError, content_hash
 from zvstudio.project.autosave import Autosaver
@@ -568,6 +568,8 @@ class MainWindow(QMainWindow):
             self._prepare(Path(doc.project.clip.path))
             if doc.info.colour:
                 self.statusBar().showMessage(sdr_note(doc.info.colour), 10_000)
+            elif doc.info.timing_assumed:
+                self.statusBar().showMessage(f"Image sequence: {ASSUMED_RATE_NOTE}", 15_000)
         self.transport.set_clip(doc.frame_count, doc.fps)
         self.transport_bar.refresh()
         info = doc.info if doc.info is not None and doc.info.has_audio else None

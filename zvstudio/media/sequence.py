@@ -41,6 +41,10 @@ TIMING_FILE = "timing.json"
 AUDIO_FILE = "audio.wav"
 DEFAULT_RATE = Fraction(24)
 CONTAINER_NAME = "image sequence"
+ASSUMED_RATE_NOTE = (
+    f"images carry no timing, so {DEFAULT_RATE} fps is assumed; "
+    'a timing.json beside the frames, as {"fps": 30}, sets it'
+)
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 _PRINTF = re.compile(r"%(0\d+)?d")
