@@ -512,9 +512,16 @@ def _add_propagate(commands) -> None:
     parser.add_argument(
         "--key",
         action="append",
-        required=True,
+        default=[],
         metavar="N=IMAGE",
         help="frame N (0-based) looks like IMAGE (repeat for more keys)",
+    )
+    parser.add_argument(
+        "--keys-from",
+        type=Path,
+        metavar="FOLDER",
+        help="every image in FOLDER named by its frame number (frame_000120.png) is a key; "
+        "--key wins where both give a frame",
     )
     parser.add_argument(
         "-o",
@@ -681,7 +688,7 @@ def _run_propagate(args) -> int:
     fmt = args.format or ("png" if output_kind(args.output) == "png" else "h264")
     request = PropagateRequest(
         source=args.video,
-        keys=_parse_keys(args.key),
+        keys=_propagated_keys(args),
         output=args.output,
         settings=PropagationSettings(
             reanchor=not args.no_reanchor,
@@ -701,6 +708,31 @@ def _run_propagate(args) -> int:
     )
     _print_written(result)
     return 0
+
+
+def _propagated_keys(args) -> dict[int, Path]:
+    """The keys of `propagate`: those of --keys-from, then those of --key."""
+    from zvstudio.errors import ZvsError
+
+    keys: dict[int, Path] = {}
+    if args.keys_from is not None:
+        from zvstudio.engine.painting import PAINT_NAME, paintings_in
+        from zvstudio.media import probe
+
+        found = paintings_in(args.keys_from, probe(args.video).frame_count)
+        if found.outside:
+            names = ", ".join(path.name for path in found.outside[:4])
+            _warn(f"ignored {len(found.outside)} images past the clip's last frame: {names}")
+        if not found.by_frame and not args.key:
+            raise ZvsError(
+                f"no keys in {args.keys_from}",
+                hint=f"name each painted key by its frame number, e.g. {PAINT_NAME.format(120)}",
+            )
+        keys.update(found.by_frame)
+    elif not args.key:
+        raise ZvsError("no keys given", hint="use --key N=IMAGE or --keys-from FOLDER")
+    keys.update(_parse_keys(args.key))
+    return dict(sorted(keys.items()))
 
 
 def _pixel_device(requested: str) -> str:

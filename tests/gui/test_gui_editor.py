@@ -22,7 +22,7 @@ from zvstudio.cli import main as main_cli
 from zvstudio.engine.jobs import ANALYSIS, JobState
 from zvstudio.gui.app import offer_recovery
 from zvstudio.gui.mainwindow import MainWindow
-from zvstudio.media import probe
+from zvstudio.media import VideoReader, probe
 from zvstudio.project import FrameRange, KeyFrame, OutputSettings, load_project
 from zvstudio.project.edits import SetKey, SetSettings
 
@@ -580,3 +580,60 @@ def test_a_folder_of_frames_dropped_on_the_window_is_a_clip(qtbot, window, clip,
     (frames / "timing.json").unlink()  # frames from elsewhere: the rate is a guess, and said
     assert window.open_path(frames / "frame_000003.png")
     assert "24 fps is assumed" in window.statusBar().currentMessage()
+
+
+def test_keys_exported_for_painting_come_back_as_painted_keys(qtbot, window, clip, tmp_path):
+    paint = tmp_path / "paint"
+    window.choose_folder = lambda title, folder: str(paint)
+    asked = []
+    window.choose = lambda title, text, choices: asked.append(choices) or choices[0]
+    assert window.open_path(clip)
+    doc = window.document
+    assert window.painting.export_keys() == [0, 10, 20]
+    assert asked == []  # nothing rendered yet: the original frames, without asking
+    with VideoReader(clip) as reader:
+        original = reader.frame(10)
+    exported = cv2.cvtColor(cv2.imread(str(paint / "frame_000010.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(exported, original)
+
+    # The artist paints key 10 and a new key at 15, and leaves 0 and 20 as they were.
+    cv2.imwrite(str(paint / "frame_000010.png"), np.full((80, 128, 3), (0, 0, 255), np.uint8))
+    cv2.imwrite(str(paint / "frame_000015.png"), np.full((80, 128, 3), (0, 255, 0), np.uint8))
+    assert window.painting.use_painted_keys() == [10, 15]
+    painted = {k.frame: k.painted_image for k in doc.project.keyframes}
+    assert painted == {
+        0: None,
+        10: str((paint / "frame_000010.png").resolve()),
+        15: str((paint / "frame_000015.png").resolve()),
+        20: None,
+    }
+    assert "not painted yet, left as they were: 0, 20" in window.statusBar().currentMessage()
+    wait_render_after(qtbot, window)
+    assert np.abs(window.rendered_frame(10).astype(int) - (255, 0, 0)).max() <= 2  # red key
+
+    # Painting key 10 again in the paint program makes it stale, with no edit in the editor.
+    qtbot.waitUntil(lambda: len(window.painting.watcher.files()) == 2, timeout=5000)
+    time.sleep(0.05)
+    cv2.imwrite(str(paint / "frame_000010.png"), np.full((80, 128, 3), (255, 0, 0), np.uint8))
+    qtbot.waitUntil(lambda: window.key_states()[10] == "stale", timeout=10_000)
+    assert window.key_states()[15] == "rendered"
+
+    doc.undo_stack.undo()  # one step takes every painting back
+    assert all(k.painted_image is None for k in doc.project.keyframes)
+    assert doc.project.key_at(15) is None
+    assert window.painting.watcher.files() == []
+
+    # Once rendered, the choice is asked: the rendered keys, to touch up.
+    window.choose = lambda title, text, choices: choices[1]
+    wait_render_after(qtbot, window)
+    touched = tmp_path / "touch"
+    window.choose_folder = lambda title, folder: str(touched)
+    assert window.painting.export_keys() == [0, 10, 20]
+    written = cv2.cvtColor(cv2.imread(str(touched / "frame_000020.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(written, window.rendered_frame(20))
+
+
+def wait_render_after(qtbot, window):
+    window.start_render()
+    wait_render(qtbot, window)
+    assert set(window.key_states().values()) == {"rendered"}

@@ -44,6 +44,7 @@ from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
 from zvstudio.gui.motion import MotionView
+from zvstudio.gui.painting import PaintedKeys
 from zvstudio.gui.queue_panel import QueuePanel
 from zvstudio.gui.shortcuts_dialog import ShortcutsDialog
 from zvstudio.gui.status import StatusWatcher
@@ -124,6 +125,7 @@ class MainWindow(QMainWindow):
         self.models: list = []  # the model library (ModelInfo), scanned as a job at start
         self.inspector = Inspector(self.document, models=lambda: self.models)
         self.queue_panel = QueuePanel(self.bridge)
+        self.painting = PaintedKeys(self)
         self.motion = MotionView(
             self.document,
             self.bridge,
@@ -207,6 +209,15 @@ class MainWindow(QMainWindow):
         self.toggle_key_action = a("Toggle key at playhead", self.toggle_key, "M")
         self.remove_key_action = a("Remove key", self.timeline.request_remove_selected, "Delete")
         self.riskiest_action = a("Go to the frame most at risk", self.go_to_riskiest_frame, "R")
+        self.export_keys_action = a("E&xport keys for painting…", self.painting.export_keys)
+        self.export_keys_action.setToolTip(
+            "Write the key frames to a folder as frame_000120.png …, to paint over in another "
+            "program (or the rendered keys, to touch up)"
+        )
+        self.painted_keys_action = a("&Use painted keys…", self.painting.use_painted_keys)
+        self.painted_keys_action.setToolTip(
+            "Take the images in a folder, named by frame number, as painted keys"
+        )
         self.previous_key_action = a("Previous key", lambda: self.go_to_key(-1), "Up")
         self.next_key_action = a("Next key", lambda: self.go_to_key(1), "Down")
         self.mark_in_action = a("Mark in (render from here)", self.mark_in, "I")
@@ -274,6 +285,8 @@ class MainWindow(QMainWindow):
         timeline.addActions([self.previous_key_action, self.next_key_action])
         timeline.addSeparator()
         timeline.addActions([self.toggle_key_action, self.remove_key_action, self.riskiest_action])
+        timeline.addSeparator()
+        timeline.addActions([self.export_keys_action, self.painted_keys_action])
         timeline.addSeparator()
         timeline.addActions(
             [
@@ -470,6 +483,17 @@ class MainWindow(QMainWindow):
         """A file the user picks, or "" (tests replace this method)."""
         path, _ = QFileDialog.getOpenFileName(self, title, str(folder), filter_text)
         return path
+
+    def choose_folder(self, title: str, folder: Path) -> str:
+        """A folder the user picks, or "" (tests replace this method)."""
+        return QFileDialog.getExistingDirectory(self, title, str(folder))
+
+    def choose(self, title: str, text: str, choices: list[str]) -> str | None:
+        """One of `choices` (button labels), or None if the user cancels (tests replace it)."""
+        box = QMessageBox(QMessageBox.Question, title, text, QMessageBox.Cancel, self)
+        buttons = {box.addButton(choice, QMessageBox.AcceptRole): choice for choice in choices}
+        box.exec()
+        return buttons.get(box.clickedButton())
 
     def save(self) -> bool:
         if self.document.path is None:

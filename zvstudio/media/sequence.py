@@ -46,7 +46,7 @@ ASSUMED_RATE_NOTE = (
     'a timing.json beside the frames, as {"fps": 30}, sets it'
 )
 
-_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+NUMBERED_NAME = re.compile(r"^(.*?)(\d+)$")  # a file stem: prefix, frame number
 _PRINTF = re.compile(r"%(0\d+)?d")
 _HASHES = re.compile(r"#+")
 _HASH_CHUNK = 1 << 20
@@ -252,7 +252,7 @@ def _image_groups(folder: Path) -> dict[tuple[str, str], dict[int, str]]:
         raise MediaError(f"cannot list {folder}: {exc.strerror or exc}") from exc
     for name in names:
         stem, suffix = os.path.splitext(name)
-        match = _NUMBERED.match(stem)
+        match = NUMBERED_NAME.match(stem)
         if suffix.lower() in IMAGE_SUFFIXES and match:
             groups.setdefault((match[1], suffix), {})[int(match[2])] = match[2]
     return groups
@@ -281,7 +281,7 @@ def _only_sequence_in(folder: Path) -> ImageSequence:
 def _sequence_of_frame(path: Path) -> ImageSequence:
     if not path.is_file():
         raise FramesNotFound(f"file not found: {path}")
-    match = _NUMBERED.match(path.stem)
+    match = NUMBERED_NAME.match(path.stem)
     if match is None:
         raise MediaError(
             f"{path} is a single image, not a clip",

@@ -136,6 +136,15 @@ def keys_at(project: Project, frames: Sequence[int], text: str) -> ReplaceKeys:
     return ReplaceKeys(list(chosen.values()), text)
 
 
+def keys_painted(project: Project, paintings: dict[int, str]) -> ReplaceKeys:
+    """Every key in `paintings` (frame -> image) takes its painting, as one edit; a painted
+    frame that is not a key yet becomes one. Other keys stay as they are."""
+    keys = {key.frame: key for key in project.keyframes}
+    for frame, image in paintings.items():
+        keys[frame] = replace(keys.get(frame, KeyFrame(frame)), painted_image=image)
+    return ReplaceKeys(list(keys.values()), f"use {len(paintings)} painted keys")
+
+
 class SetSettings(Edit):
     """Replace the global render settings; successive changes of the same field (a slider
     drag, typing a prompt) merge into one undo step."""
