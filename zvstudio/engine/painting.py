@@ -18,6 +18,7 @@ import numpy as np
 
 from zvstudio.errors import ZvsError
 from zvstudio.media.sequence import IMAGE_SUFFIXES, NUMBERED_NAME
+from zvstudio.media.writer import write_png
 from zvstudio.progress import CancelToken
 
 PAINT_NAME = "frame_{:06d}.png"
@@ -64,25 +65,9 @@ def write_frames_for_painting(
         if target.exists():
             result.kept.append(frame)
             continue
-        _write_png(target, image)
+        write_png(target, image)
         result.written.append(frame)
     return result
-
-
-def _write_png(target: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ZvsError(f"cannot encode {target.name}")
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        partial.write_bytes(data.tobytes())
-        os.replace(partial, target)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise ZvsError(
-            f"cannot write {target}: {exc.strerror or exc}",
-            hint="choose a folder you can write to, with free space",
-        ) from exc
 
 
 def paintings_in(

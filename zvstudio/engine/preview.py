@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-
 from zvstudio.errors import ZvsError
+from zvstudio.media.writer import write_png
 from zvstudio.progress import (
     CancelToken,
     LogCallback,
@@ -233,19 +230,5 @@ def render_preview(
         image = sampler.render(frame, is_anchor=True, progress=progress, cancel=cancel)
     except torch.cuda.OutOfMemoryError as exc:
         raise out_of_memory_error() from exc
-    _write_png(request.output, image)
+    write_png(request.output, image)
     return warnings
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """Write atomically: a half-written file never replaces an existing one."""
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ZvsError(f"cannot encode {path}")
-    temp = path.with_name(f".{path.name}.partial")
-    try:
-        temp.write_bytes(data.tobytes())
-        os.replace(temp, path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise ZvsError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -19,12 +19,10 @@ frame is a keyframe.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import reduce
@@ -34,7 +32,7 @@ import av
 import numpy as np
 
 from zvstudio.errors import MediaError
-from zvstudio.hashing import file_hash
+from zvstudio.hashing import file_hash, files_hash
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr"})
 TIMING_FILE = "timing.json"
@@ -49,9 +47,6 @@ ASSUMED_RATE_NOTE = (
 NUMBERED_NAME = re.compile(r"^(.*?)(\d+)$")  # a file stem: prefix, frame number
 _PRINTF = re.compile(r"%(0\d+)?d")
 _HASHES = re.compile(r"#+")
-_HASH_CHUNK = 1 << 20
-_hash_memo: dict[tuple, str] = {}
-_hash_lock = threading.Lock()
 
 
 class FramesNotFound(MediaError):
@@ -367,33 +362,16 @@ def _ranges(numbers: list[int], shown: int = 6) -> str:
 
 def sequence_hash(sequence: ImageSequence) -> str:
     """A content hash of every frame in order, with the timing and sound beside them, as
-    "b2:<hex>"; remembered for the process by each file's name, size and modification time."""
-    extras = [sequence.folder / TIMING_FILE, sequence.folder / AUDIO_FILE]
-    files = [*sequence.files, *(p for p in extras if p.is_file())]
+    "b2:<hex>"; remembered for the process by each file's path, size and modification time."""
+    # Frames by position, not name: renumbered frames are the same clip.
+    parts = [(b"\0frame", path) for path in sequence.files]
+    for extra in (sequence.folder / TIMING_FILE, sequence.folder / AUDIO_FILE):
+        if extra.is_file():
+            parts.append((b"\0" + extra.name.encode(), extra))
     try:
-        stats = tuple((p.name, *_stat_key(p)) for p in files)
+        return files_hash(parts, salt=b"image sequence v1")
     except OSError as exc:
         raise MediaError(f"cannot read {sequence.label}: {exc.strerror or exc}") from exc
-    memo_key = (str(sequence.folder.resolve()), stats)
-    with _hash_lock:
-        if memo_key in _hash_memo:
-            return _hash_memo[memo_key]
-    digest = hashlib.blake2b(b"image sequence v1", digest_size=16)
-    for path in files:
-        # Frames by position, not name: renumbered frames are the same clip.
-        digest.update(b"\0" + (path.name.encode() if path in extras else b"frame"))
-        with open(path, "rb") as stream:
-            while chunk := stream.read(_HASH_CHUNK):
-                digest.update(chunk)
-    result = "b2:" + digest.hexdigest()
-    with _hash_lock:
-        _hash_memo[memo_key] = result
-    return result
-
-
-def _stat_key(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
 
 
 def clip_hash(path: str | os.PathLike[str]) -> str:

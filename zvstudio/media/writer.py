@@ -212,6 +212,23 @@ def partial_sibling(path: Path) -> Path:
             return candidate
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an RGB image as a PNG atomically: a half-written file never replaces one there."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise MediaError(f"cannot encode {path}")
+    temp = partial_sibling(path)
+    try:
+        temp.write_bytes(data.tobytes())
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise MediaError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="choose a folder you can write to, with free space",
+        ) from exc
+
+
 def remove_stale_partials(path: Path) -> None:
     """Delete what killed exports of `path` left behind: partial files or folders whose
     writing process no longer runs. (A clean failure or cancel removes its own.)"""
