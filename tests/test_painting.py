@@ -116,3 +116,34 @@ def test_key_frames_left_as_exported_are_not_taken_as_paintings(tmp_path):
 
     found = paintings_in(tmp_path, 30, unpainted)
     assert list(found.by_frame) == [10] and found.untouched == [0, 20]
+
+
+def test_extract_then_propagate_uses_only_the_frames_painted(tmp_path, capsys):
+    clip, _, _ = make_clip(tmp_path / "c.mp4", count=24)
+    paint = tmp_path / "paint"
+    assert main(["extract", str(clip), "--every", "8", "-o", str(paint)]) == 0
+    assert "wrote 3 frames" in capsys.readouterr().out
+    assert main(["extract", str(clip), "--keys", "8,23", "-o", str(paint)]) == 0
+    assert "kept 1 files already there (frames 8)" in capsys.readouterr().out
+    names = sorted(p.name for p in paint.iterdir())
+    assert names == [f"frame_{n:06d}.png" for n in (0, 8, 16, 23)]
+    with VideoReader(clip) as reader:
+        extracted = cv2.cvtColor(cv2.imread(str(paint / "frame_000016.png")), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(extracted, reader.frame(16))
+        for frame in (8, 16):  # the artist paints two of the four
+            cv2.imwrite(str(paint / f"frame_{frame:06d}.png"), 255 - reader.frame(frame)[..., ::-1])
+
+    out = tmp_path / "out"
+    assert main(["propagate", str(clip), "--keys-from", str(paint), "-q", "-o", str(out)]) == 0
+    assert "left out 2 images still as extracted: frames 0, 23" in capsys.readouterr().err
+    with VideoReader(out) as result, VideoReader(clip) as source:
+        for n in (0, 12, 23):  # 0 and 23 too follow the painted look, not their own frames
+            made, original = result.frame(n).astype(int), source.frame(n).astype(int)
+            assert np.abs(made - (255 - original)).mean() < np.abs(made - original).mean() / 4
+
+    motion = tmp_path / "motion"
+    args = ["extract", str(clip), "--every", "8", "--placement", "motion", "-o", str(motion)]
+    assert main(args) == 0
+    assert len(list(motion.iterdir())) == 3  # as many frames as every 8, placed by motion
+    assert main(["extract", str(clip), "--keys", "3,40", "-o", str(motion)]) == 1
+    assert "frames [40] are outside" in capsys.readouterr().err

@@ -88,6 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_probe(commands)
     _add_render(commands)
     _add_propagate(commands)
+    _add_extract(commands)
     _add_preview(commands)
     _add_generate(commands)
     _add_animate(commands)
@@ -500,6 +501,84 @@ def _clock(seconds: float) -> str:
 
 
 # -- propagate --------------------------------------------------------------------------------
+# -- extract ----------------------------------------------------------------------------------
+def _add_extract(commands) -> None:
+    parser = commands.add_parser(
+        "extract",
+        help="write a clip's key frames as PNGs to paint over (then propagate --keys-from)",
+    )
+    parser.add_argument("video", type=Path, help=CLIP_HELP)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keys", metavar="N,M,...", help="these frames (0-based)")
+    which.add_argument(
+        "--every",
+        type=int,
+        metavar="K",
+        help="a frame every K frames, counted again from each shot cut",
+    )
+    parser.add_argument(
+        "--placement",
+        choices=("even", "motion"),
+        default="even",
+        help="where --every puts its frames: even (the default) or motion (as many frames, "
+        "placed where the motion needs them)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="folder for frame_NNNNNN.png files (named by frame; files already there are kept)",
+    )
+    parser.set_defaults(command="extract", run=_run_extract)
+
+
+def _run_extract(args) -> int:
+    from zvstudio.engine.painting import write_frames_for_painting
+    from zvstudio.errors import ZvsError
+    from zvstudio.media import VideoReader, probe
+
+    info = probe(args.video)
+    last = info.frame_count - 1
+    if args.keys is not None:
+        frames = sorted(set(_key_list(args.keys)))
+        outside = [f for f in frames if not 0 <= f <= last]
+        if outside:
+            raise ZvsError(f"--keys: frames {outside} are outside the clip's frames 0..{last}")
+        if not frames:
+            raise ZvsError("--keys lists no frames", hint="e.g. --keys 0,12,40")
+    else:
+        frames = _frames_every(args, info)
+    with VideoReader(args.video, info=info) as reader:
+        images = ((frame, reader.frame(frame)) for frame in frames)
+        result = write_frames_for_painting(args.output, images)
+    listed = ", ".join(map(str, result.written)) or "none"
+    print(f"wrote {len(result.written)} frames to {args.output}: {listed}")
+    if result.kept:
+        kept = ", ".join(map(str, result.kept))
+        print(f"kept {len(result.kept)} files already there (frames {kept})")
+    print(f"paint them, then: zvstudio propagate {args.video} --keys-from {args.output} -o OUT")
+    return 0
+
+
+def _frames_every(args, info) -> list[int]:
+    """Frames every K (`args.every`) from each shot cut, or as many placed by motion."""
+    from zvstudio.engine.shots import analyse_motion, clip_cuts
+    from zvstudio.errors import ZvsError
+    from zvstudio.media import clip_hash
+    from zvstudio.media.cuts import keys_by_shot
+    from zvstudio.propagate.placement import max_gap
+
+    if args.every < 1:
+        raise ZvsError(f"--every needs an interval of at least 1, got {args.every}")
+    last = info.frame_count - 1
+    if args.placement == "motion":
+        analysis = analyse_motion(args.video, 0, last, max_gap(args.every), info)
+        return list(analysis.keys(args.every))
+    cuts = clip_cuts(args.video, clip_hash(args.video), 0, last, info)
+    return list(keys_by_shot(0, last, args.every, cuts))
+
+
 def _add_propagate(commands) -> None:
     from zvstudio.flow import DIS_PRESETS
     from zvstudio.media import FORMATS
@@ -716,10 +795,15 @@ def _propagated_keys(args) -> dict[int, Path]:
 
     keys: dict[int, Path] = {}
     if args.keys_from is not None:
-        from zvstudio.engine.painting import PAINT_NAME, paintings_in
-        from zvstudio.media import probe
+        from zvstudio.engine.painting import PAINT_NAME, as_exported, paintings_in
+        from zvstudio.media import VideoReader, probe
 
-        found = paintings_in(args.keys_from, probe(args.video).frame_count)
+        info = probe(args.video)
+        with VideoReader(args.video, info=info) as reader:
+            found = paintings_in(args.keys_from, info.frame_count, as_exported(reader.frame))
+        if found.untouched:
+            listed = ", ".join(map(str, found.untouched))
+            _warn(f"left out {len(found.untouched)} images still as extracted: frames {listed}")
         if found.outside:
             names = ", ".join(path.name for path in found.outside[:4])
             _warn(f"ignored {len(found.outside)} images past the clip's last frame: {names}")

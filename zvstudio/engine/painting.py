@@ -70,6 +70,22 @@ def write_frames_for_painting(
     return result
 
 
+def as_exported(*sources: Callable[[int], np.ndarray | None]) -> Unpainted:
+    """An `unpainted` test for `paintings_in`: the image is exactly what one of `sources`
+    gives for its frame (the clip's frame, its render), so nobody painted it."""
+
+    def unpainted(frame: int, image: np.ndarray) -> bool:
+        exports = (source(frame) for source in sources)
+        return any(
+            exported is not None
+            and exported.shape == image.shape
+            and np.array_equal(exported, image)
+            for exported in exports
+        )
+
+    return unpainted
+
+
 def paintings_in(
     folder: str | os.PathLike[str], frame_count: int, unpainted: Unpainted | None = None
 ) -> Paintings:

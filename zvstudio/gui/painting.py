@@ -14,7 +14,12 @@ import numpy as np
 from PySide6.QtCore import QFileSystemWatcher, QObject, Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
-from zvstudio.engine.painting import PAINT_NAME, paintings_in, write_frames_for_painting
+from zvstudio.engine.painting import (
+    PAINT_NAME,
+    as_exported,
+    paintings_in,
+    write_frames_for_painting,
+)
 from zvstudio.errors import ZvsError
 from zvstudio.media import VideoReader
 from zvstudio.project.edits import keys_painted
@@ -89,7 +94,8 @@ class PaintedKeys(QObject):
             return None
         try:
             with _busy(), VideoReader(doc.project.clip.path, info=doc.info) as reader:
-                found = paintings_in(folder, doc.frame_count, self._unpainted(reader))
+                unpainted = as_exported(reader.frame, self.window.rendered_frame)
+                found = paintings_in(folder, doc.frame_count, unpainted)
         except ZvsError as exc:
             self.window.show_error("Cannot use the painted keys", exc)
             return None
@@ -146,18 +152,6 @@ class PaintedKeys(QObject):
         with VideoReader(doc.project.clip.path, info=doc.info) as reader:
             for frame in frames:
                 yield frame, rendered[frame] if frame in rendered else reader.frame(frame)
-
-    def _unpainted(self, reader: VideoReader):
-        """Whether an image is a key frame exactly as exported: its original or its render."""
-
-        def unpainted(frame: int, image: np.ndarray) -> bool:
-            rendered = self.window.rendered_frame(frame)
-            return any(
-                same is not None and same.shape == image.shape and np.array_equal(same, image)
-                for same in (reader.frame(frame), rendered)
-            )
-
-        return unpainted
 
     def _start_folder(self) -> Path:
         if self.folder is not None:
