@@ -637,3 +637,33 @@ def wait_render_after(qtbot, window):
     window.start_render()
     wait_render(qtbot, window)
     assert set(window.key_states().values()) == {"rendered"}
+
+
+def test_go_to_a_timecode_and_save_the_frame_shown(qtbot, window, clip, tmp_path):
+    assert window.open_path(clip)
+    typed = iter(["0:15", "+3", "later"])
+    window.ask_text = lambda title, label, text: next(typed)
+    window.go_to_position()
+    assert window.transport.frame() == 15  # 0 s and 15 frames at 25 fps
+    window.go_to_position()
+    assert window.transport.frame() == 18
+    window.go_to_position()
+    assert window.transport.frame() == 18 and "not a frame number" in (
+        window.statusBar().currentMessage()
+    )
+
+    window.choose_save_path = lambda title, suggested, kinds: str(tmp_path / "still")
+    saved = window.save_frame()  # not rendered yet: the original
+    assert saved == tmp_path / "still.png"
+    with VideoReader(clip) as reader:
+        original = reader.frame(18)
+    assert np.array_equal(cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB), original)
+    wait_render_after(qtbot, window)
+    window.save_frame()
+    still = cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(still, window.rendered_frame(18))
+    assert not np.array_equal(still, original)
+    assert "Saved the rendered frame 18" in window.statusBar().currentMessage()
+    window.viewer.set_mode("original")
+    window.save_frame()
+    assert np.array_equal(cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB), original)

@@ -19,6 +19,7 @@ from zvstudio.gui.timeline import (
     SEGMENT_COLOURS,
     ZOOM_STEP,
     TimelineWidget,
+    parse_position,
     timecode,
 )
 from zvstudio.gui.transport import Transport
@@ -361,6 +362,27 @@ def test_timecode():
     assert timecode(30, 29.97) == "0:01:00"
     assert timecode(26, 25, full=True) == "00:00:01:01"
     assert timecode(25 * 36610, 25, full=True) == "10:10:10:00"
+
+
+@pytest.mark.parametrize("fps", [24, 25, 30000 / 1001, 12.5])
+def test_every_timecode_shown_leads_back_to_its_frame(fps):
+    count = int(fps * 3700)  # past an hour
+    for frame in range(0, count, 7):
+        for full in (False, True):
+            assert parse_position(timecode(frame, fps, full), fps, count) == frame
+
+
+def test_positions_are_frames_timecodes_or_offsets_within_the_clip():
+    assert parse_position(" 120 ", 25, 1000) == 120
+    assert parse_position("1:05", 25, 1000) == 30  # SS:FF
+    assert parse_position("00:00:02:10", 25, 1000) == 60
+    assert parse_position("+10", 25, 1000, current=50) == 60
+    assert parse_position("-1:00", 25, 1000, current=50) == 25  # a second back
+    assert parse_position("5000", 25, 1000) == 999  # clamped to the last frame
+    assert parse_position("-100", 25, 1000, current=50) == 0
+    for bad in ("", "abc", "1:2:3:4:5", "1.5", "+", "12:xx"):
+        with pytest.raises(ValueError, match="not a frame number or a timecode"):
+            parse_position(bad, 25, 1000)
 
 
 # -- transport ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
     QFileDialog,
+    QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -48,7 +49,7 @@ from zvstudio.gui.painting import PaintedKeys
 from zvstudio.gui.queue_panel import QueuePanel
 from zvstudio.gui.shortcuts_dialog import ShortcutsDialog
 from zvstudio.gui.status import StatusWatcher
-from zvstudio.gui.timeline import TimelineWidget
+from zvstudio.gui.timeline import TimelineWidget, parse_position
 from zvstudio.gui.transport import Transport
 from zvstudio.gui.transport_bar import TransportBar
 from zvstudio.gui.viewer import ViewerWidget
@@ -56,6 +57,7 @@ from zvstudio.hashing import text_hash
 from zvstudio.media import Proxy, VideoReader, clip_hash, clip_label
 from zvstudio.media.hdr import sdr_note
 from zvstudio.media.sequence import ASSUMED_RATE_NOTE, IMAGE_SUFFIXES, named_after_clip
+from zvstudio.media.writer import write_png
 from zvstudio.paths import cache_root
 from zvstudio.project import ClipMissingError, content_hash
 from zvstudio.project.autosave import Autosaver
@@ -209,6 +211,12 @@ class MainWindow(QMainWindow):
         self.toggle_key_action = a("Toggle key at playhead", self.toggle_key, "M")
         self.remove_key_action = a("Remove key", self.timeline.request_remove_selected, "Delete")
         self.riskiest_action = a("Go to the frame most at risk", self.go_to_riskiest_frame, "R")
+        self.go_to_action = a("&Go to frame or timecode…", self.go_to_position, "Ctrl+G")
+        self.save_frame_action = a("Save &frame as image…", self.save_frame, "Ctrl+Shift+E")
+        self.save_frame_action.setToolTip(
+            "The frame at the playhead as a PNG: its render (the original in View original, "
+            "or before it is rendered)"
+        )
         self.export_keys_action = a("E&xport keys for painting…", self.painting.export_keys)
         self.export_keys_action.setToolTip(
             "Write the key frames to a folder as frame_000120.png …, to paint over in another "
@@ -259,6 +267,7 @@ class MainWindow(QMainWindow):
         file_menu.addActions([self.save_action, self.save_as_action])
         file_menu.addSeparator()
         file_menu.addActions([self.import_action, self.replace_clip_action, self.export_action])
+        file_menu.addAction(self.save_frame_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         edit = bar.addMenu("&Edit")
@@ -282,7 +291,7 @@ class MainWindow(QMainWindow):
             ]
         )
         timeline.addSeparator()
-        timeline.addActions([self.previous_key_action, self.next_key_action])
+        timeline.addActions([self.previous_key_action, self.next_key_action, self.go_to_action])
         timeline.addSeparator()
         timeline.addActions([self.toggle_key_action, self.remove_key_action, self.riskiest_action])
         timeline.addSeparator()
@@ -484,6 +493,16 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, title, str(folder), filter_text)
         return path
 
+    def choose_save_path(self, title: str, suggested: Path, filter_text: str) -> str:
+        """A path the user names to save to, or "" (tests replace this method)."""
+        path, _ = QFileDialog.getSaveFileName(self, title, str(suggested), filter_text)
+        return path
+
+    def ask_text(self, title: str, label: str, text: str) -> str | None:
+        """A line the user types, or None if cancelled (tests replace this method)."""
+        value, ok = QInputDialog.getText(self, title, label, text=text)
+        return value if ok else None
+
     def choose_folder(self, title: str, folder: Path) -> str:
         """A folder the user picks, or "" (tests replace this method)."""
         return QFileDialog.getExistingDirectory(self, title, str(folder))
@@ -669,6 +688,48 @@ class MainWindow(QMainWindow):
         self.audio.set_volume(volume)
         if not self.transport_bar.volume_slider.isSliderDown():  # a drag is kept on release
             self._remember_setting(volume=volume)
+
+    def go_to_position(self) -> None:
+        """Ask for a frame number, a timecode or an offset, and move the playhead there."""
+        doc, here = self.document, self.transport.frame()
+        if doc.frame_count == 0:
+            return
+        text = self.ask_text(
+            "Go to", "Frame number, timecode (HH:MM:SS:FF) or offset (+10, -1:00):", str(here)
+        )
+        if not text:
+            return
+        try:
+            frame = parse_position(text, doc.fps, doc.frame_count, here)
+        except ValueError as exc:
+            self.statusBar().showMessage(str(exc), 6000)
+            return
+        self.transport.seek(frame)
+
+    def save_frame(self) -> Path | None:
+        """Save the frame at the playhead as a PNG the user names: its render, unless the
+        viewer shows the original or the frame is not rendered yet."""
+        doc = self.document
+        if doc.project.clip is None or self._reader is None:
+            self.statusBar().showMessage("Import a clip first", 4000)
+            return None
+        frame = self.transport.frame()
+        image = None if self.viewer.mode() == "original" else self.rendered_frame(frame)
+        what = "rendered" if image is not None else "original"
+        if image is None:
+            image = self._reader.frame(frame)
+        suggested = named_after_clip(doc.project.clip.path, f"_{frame:06d}.png")
+        chosen = self.choose_save_path("Save frame as image", suggested, "PNG images (*.png)")
+        if not chosen:
+            return None
+        path = Path(chosen).with_suffix(".png")
+        try:
+            write_png(path, image)
+        except ZvsError as exc:
+            self.show_error("The frame was not saved", exc)
+            return None
+        self.statusBar().showMessage(f"Saved the {what} frame {frame} as {path}", 8000)
+        return path
 
     def step(self, frames: int) -> None:
         """Stop and move the playhead `frames` on, sounding the frame reached (scrubbing)."""

@@ -90,6 +90,25 @@ def timecode(frame: int, fps: float, full: bool = False) -> str:
     return f"{head}:{secs:02d}:{ff:02d}"
 
 
+def parse_position(text: str, fps: float, frame_count: int, current: int = 0) -> int:
+    """The frame that `text` names: a frame number (`120`), a timecode as `timecode` writes
+    it (`1:05:12`, `00:01:05:12`: the last field is frames), or an offset from `current`
+    (`+10`, `-1:00`). Clamped to the clip; ValueError for anything else."""
+    text = text.strip()
+    sign = text[:1] if text[:1] in "+-" else ""
+    body = text[1:].strip() if sign else text
+    fields = body.split(":")
+    if not body or len(fields) > 4 or not all(f.isdigit() for f in fields):
+        raise ValueError(f"{text!r} is not a frame number or a timecode (HH:MM:SS:FF)")
+    *clock, frames = (int(f) for f in fields)
+    seconds = sum(value * 60**power for power, value in enumerate(reversed(clock)))
+    # The inverse of `timecode`, whose seconds are floor(frame / fps).
+    frame = math.ceil(seconds * fps - 1e-9) + frames
+    if sign:
+        frame = current + frame if sign == "+" else current - frame
+    return max(0, min(frame, frame_count - 1))
+
+
 def _ruler_steps(fps: float) -> list[int]:
     """Candidate tick spacings in frames: single frames up to a second, then whole seconds."""
     rate = max(1, round(fps))
