@@ -134,7 +134,7 @@ def _add_probe(commands) -> None:
     probe_parser = commands.add_parser(
         "probe", help="describe a clip: a video file or an image sequence"
     )
-    probe_parser.add_argument("file", type=Path)
+    probe_parser.add_argument("file", type=Path, help=CLIP_HELP)
     probe_parser.add_argument("--json", action="store_true", help="print JSON")
     probe_parser.add_argument(
         "--cuts",
@@ -500,7 +500,6 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
-# -- propagate --------------------------------------------------------------------------------
 # -- extract ----------------------------------------------------------------------------------
 def _add_extract(commands) -> None:
     parser = commands.add_parser(
@@ -579,6 +578,7 @@ def _frames_every(args, info) -> list[int]:
     return list(keys_by_shot(0, last, args.every, cuts))
 
 
+# -- propagate --------------------------------------------------------------------------------
 def _add_propagate(commands) -> None:
     from zvstudio.flow import DIS_PRESETS
     from zvstudio.media import FORMATS
