@@ -201,3 +201,13 @@ def test_a_render_of_an_hdr_clip_says_so_and_exports_sdr(tmp_path, capsys):
     assert "HDR (HLG) clip, converted to SDR BT.709" in capsys.readouterr().err
     assert probe(out).colour == "" and probe(out).frame_count == 6  # tagged BT.709
     assert VideoReader(out).frame(3).mean() == pytest.approx(sdr_value(MID_GREY), abs=4)
+
+
+def test_converting_in_bands_of_rows_gives_the_whole_frames_result():
+    from zvstudio.media.hdr import _band_to_sdr, to_sdr
+
+    rng = np.random.default_rng(3)
+    signal = (rng.random((300, 64, 3)) * 65535).astype(np.uint16)  # 128 + 128 + 44 rows
+    for transfer, primaries in ((18, 9), (16, 9), (1, 9)):
+        whole = _band_to_sdr(signal, transfer, primaries)
+        assert np.array_equal(to_sdr(signal, transfer, primaries), whole)
