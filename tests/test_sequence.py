@@ -329,3 +329,29 @@ def test_a_sequence_that_is_there_but_unreadable_still_exists(tmp_path):
     odd = tmp_path / "odd"
     write_frames(odd, [7], name="take#2_{:03d}.png")  # a real name that looks like a pattern
     assert find_sequence(odd / "take#2_007.png").pattern == str(odd / "take#2_%03d.png")
+
+
+def test_a_png_export_of_a_sequence_keeps_its_frame_numbers(tmp_path):
+    from zvstudio.cli import main
+
+    write_frames(tmp_path / "plate", range(1001, 1013))  # numbered from 1001, as VFX plates are
+    out = tmp_path / "out"
+    args = ["render", str(tmp_path / "plate"), "--style", "posterize", "--from", "2", "-q"]
+    assert main([*args, "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png"))[:2] == ["frame_001003.png", "frame_001004.png"]
+    again = find_sequence(out)
+    assert again.numbers == tuple(range(1003, 1013))
+    assert not probe(out).timing_assumed  # timing.json's first frame is the first file's
+    propagated = tmp_path / "propagated"
+    key = str(tmp_path / "plate" / "frame_1001.png")
+    assert (
+        main(
+            ["propagate", str(tmp_path / "plate"), "--key", f"0={key}", "-q", "-o", str(propagated)]
+        )
+        == 0
+    )
+    assert find_sequence(propagated).numbers == tuple(range(1001, 1013))
+    every_other = tmp_path / "twos"
+    write_frames(every_other, range(1, 13, 2))
+    assert main(["render", str(every_other), "--style", "posterize", "-q", "-o", str(out)]) == 0
+    assert find_sequence(out).numbers == tuple(range(6))  # by position where numbers skip

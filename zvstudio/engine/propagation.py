@@ -69,7 +69,9 @@ def propagate_video(
     timing, audio = output_timing(request.source, info, 0, last)
     with (
         VideoReader(request.source, info=info, output_size=size) as reader,
-        VideoWriter(request.output, size, timing, request.export, audio) as writer,
+        VideoWriter(
+            request.output, size, timing, request.export, audio, info.frame_name_number(0)
+        ) as writer,
     ):
         for _, image in propagate_clip(
             reader, keys, flows, request.settings, 0, last, progress, cancel

@@ -384,7 +384,12 @@ def render(
     with (
         VideoReader(request.source, _small_frame_cache(info), info, size) as reader,
         VideoWriter(
-            request.output, reader.size, timing, request.export, audio, first_number=first
+            request.output,
+            reader.size,
+            timing,
+            request.export,
+            audio,
+            first_number=info.frame_name_number(first),
         ) as writer,
     ):
         segments = rendered = None

@@ -86,6 +86,12 @@ class MediaInfo:
     index: FrameIndex
     colour: str = ""  # "HDR (HLG)", "HDR (PQ)" or "BT.2020": frames are converted to SDR BT.709
     timing_assumed: bool = False  # an image sequence without timing.json: DEFAULT_RATE
+    first_number: int = 0  # the number in the name of an image sequence's first frame
+
+    def frame_name_number(self, frame: int) -> int:
+        """The number that frame `frame` goes by in file names: its own in an image sequence
+        numbered one by one (frame_1001.png in, frame_1001.png out), else `frame`."""
+        return self.first_number + frame
 
     @property
     def is_sequence(self) -> bool:
@@ -303,6 +309,7 @@ def _probe_sequence(sequence: ImageSequence) -> MediaInfo:
         index=index,
         colour=describe(first.color_trc, first.color_primaries),
         timing_assumed=timing.source == "assumed",
+        first_number=sequence.numbers[0] if sequence.step == 1 else 0,
     )
 
 

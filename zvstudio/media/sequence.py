@@ -79,6 +79,11 @@ class ImageSequence:
         return len(self.numbers)
 
     @property
+    def step(self) -> int:
+        """How far apart the numbers of consecutive frames are (1 unless frames were skipped)."""
+        return self.numbers[1] - self.numbers[0] if len(self.numbers) > 1 else 1
+
+    @property
     def pattern(self) -> str:
         """The FFmpeg-style pattern path that names this sequence."""
         number = f"%0{self.digits}d" if self.digits else "%d"
