@@ -118,7 +118,8 @@ def output_timing(
     return timing, AudioSource(sound, start, timing.duration, whole_clip=whole)
 
 
-def _numbers(frames: Sequence[int], shown: int = 24) -> str:
+def listed_frames(frames: Sequence[int], shown: int = 24) -> str:
+    """Frame numbers for a message: the first `shown`, and how many more."""
     text = ", ".join(map(str, frames[:shown]))
     return text + (f" ... ({len(frames) - shown} more)" if len(frames) > shown else "")
 
@@ -370,7 +371,7 @@ def render(
 
     keys = plan_keys(request, info.frame_count, first, last, cuts, motion)
     if keys and request.key_placement == "motion" and not request.key_frames:
-        log(f"{len(keys)} keys placed where the motion needs them: {_numbers(keys)}")
+        log(f"{len(keys)} keys placed where the motion needs them: {listed_frames(keys)}")
     if keys and (keys[0] < first or keys[-1] > last):
         around = [k for k in keys if not first <= k <= last]
         log(f"frames {first}..{last} are propagated as in the whole clip: keys {around} too")

@@ -42,6 +42,7 @@ from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
 from zvstudio.gui.audio import AudioPlayback, SinkFactory, qt_sink
 from zvstudio.gui.bridge import EngineBridge
+from zvstudio.gui.busy import busy_cursor
 from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
 from zvstudio.gui.motion import MotionView
@@ -446,11 +447,8 @@ class MainWindow(QMainWindow):
         if not chosen:
             return False
         expected = missing.clip.content_hash
-        QApplication.setOverrideCursor(Qt.WaitCursor)  # hashing a long clip takes seconds
-        try:
+        with busy_cursor():  # hashing a long clip takes seconds
             same = not expected or content_hash(chosen) == expected
-        finally:
-            QApplication.restoreOverrideCursor()
         if not same:
             other = (
                 f"{Path(chosen).name} is not the file the project was made with: its content "

@@ -7,12 +7,10 @@ saved again in the paint program marks its key stale at once.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QFileSystemWatcher, QObject, Qt, QTimer
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer
 
 from zvstudio.engine.painting import (
     PAINT_NAME,
@@ -20,7 +18,9 @@ from zvstudio.engine.painting import (
     paintings_in,
     write_frames_for_painting,
 )
+from zvstudio.engine.render import listed_frames
 from zvstudio.errors import ZvsError
+from zvstudio.gui.busy import busy_cursor
 from zvstudio.media import VideoReader
 from zvstudio.project.edits import keys_painted
 
@@ -68,7 +68,7 @@ class PaintedKeys(QObject):
                 return None
         images = self._images(frames, rendered if source == RENDERS else {})
         try:
-            with _busy():
+            with busy_cursor():  # measured: 1.3 s for 25 keys of a 1080p clip
                 result = write_frames_for_painting(folder, images)
         except ZvsError as exc:
             self.window.show_error("Cannot export the keys", exc)
@@ -79,7 +79,8 @@ class PaintedKeys(QObject):
         message = f"Wrote {len(result.written)} keys to {folder}"
         message += f" ({names}{more})" if names else ""
         if result.kept:
-            message += f"; kept {len(result.kept)} files already there ({_listed(result.kept)})"
+            kept = listed_frames(result.kept)
+            message += f"; kept {len(result.kept)} files already there ({kept})"
         say(message + ". Paint them, then Timeline > Use painted keys.", 20_000)
         return result.written
 
@@ -93,7 +94,8 @@ class PaintedKeys(QObject):
         if not folder:
             return None
         try:
-            with _busy(), VideoReader(doc.project.clip.path, info=doc.info) as reader:
+            # Decoding and comparing: measured 0.6 s for 25 keys of a 1080p clip.
+            with busy_cursor(), VideoReader(doc.project.clip.path, info=doc.info) as reader:
                 unpainted = as_exported(reader.frame, self.window.rendered_frame)
                 found = paintings_in(folder, doc.frame_count, unpainted)
         except ZvsError as exc:
@@ -111,9 +113,9 @@ class PaintedKeys(QObject):
         doc.push(keys_painted(doc.project, {f: str(p) for f, p in found.by_frame.items()}))
         message = f"{len(found.by_frame)} keys use paintings from {folder}"
         if new:
-            message += f"; new keys at {_listed(new)}"
+            message += f"; new keys at {listed_frames(new)}"
         if found.untouched:
-            message += f"; not painted yet, left as they were: {_listed(found.untouched)}"
+            message += f"; not painted yet, left as they were: {listed_frames(found.untouched)}"
         if found.outside:
             message += f"; ignored {len(found.outside)} images past the clip's last frame"
         say(message + " (Ctrl+Z undoes it)", 15_000)
@@ -144,7 +146,7 @@ class PaintedKeys(QObject):
         frames = [key.frame for key in keys if key.painted_image in changed]
         if frames:
             self.window.refresh_status()
-            self._say(f"Painting saved again: key {_listed(frames)} will render again", 8000)
+            self._say(f"Painting saved again: key {listed_frames(frames)} will render again", 8000)
 
     # -- helpers -----------------------------------------------------------------------------
     def _images(self, frames: list[int], rendered: dict[int, np.ndarray]) -> Iterator:
@@ -160,19 +162,3 @@ class PaintedKeys(QObject):
 
     def _say(self, text: str, milliseconds: int = 8000) -> None:
         self.window.statusBar().showMessage(text, milliseconds)
-
-
-@contextmanager
-def _busy() -> Iterator[None]:
-    """A wait cursor while key frames are decoded and written or compared (measured: 1.3 s
-    to export 25 keys of a 1080p clip, 0.6 s to take them back)."""
-    QApplication.setOverrideCursor(Qt.WaitCursor)
-    try:
-        yield
-    finally:
-        QApplication.restoreOverrideCursor()
-
-
-def _listed(frames: list[int], shown: int = 8) -> str:
-    text = ", ".join(map(str, frames[:shown]))
-    return text + (f" and {len(frames) - shown} more" if len(frames) > shown else "")
