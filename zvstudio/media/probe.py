@@ -217,9 +217,14 @@ def _first_frame_looks(container: av.container.InputContainer, path: str) -> tup
     encoding (see `hdr.describe`), from the first frame (the bitstream's own tags)."""
     stream = _video_stream(container, path)
     for frame in container.decode(stream):
-        rotation = round((frame.rotation or 0) / 90.0) * 90 % 360
-        return rotation, describe(frame.color_trc, frame.color_primaries)
+        return _frame_looks(frame)
     return 0, ""
+
+
+def _frame_looks(frame: av.VideoFrame) -> tuple[int, str]:
+    """A decoded frame's display rotation (0, 90, 180 or 270) and colour encoding."""
+    rotation = round((frame.rotation or 0) / 90.0) * 90 % 360
+    return rotation, describe(frame.color_trc, frame.color_primaries)
 
 
 def _audio_info(stream: av.audio.AudioStream) -> AudioStreamInfo:
@@ -282,6 +287,7 @@ def _probe_sequence(sequence: ImageSequence) -> MediaInfo:
     timing = sequence.timing()
     index = FrameIndex(timing.time_base, timing.pts, timing.pts.copy(), timing.last_duration)
     first = sequence.decode(0)
+    rotation, colour = _frame_looks(first)
     audio: tuple[AudioStreamInfo, ...] = ()
     if sequence.audio_path is not None:
         with open_input(sequence.audio_path) as container:
@@ -299,7 +305,7 @@ def _probe_sequence(sequence: ImageSequence) -> MediaInfo:
         pixel_format=first.format.name,
         width=first.width,
         height=first.height,
-        rotation=round((first.rotation or 0) / 90.0) * 90 % 360,
+        rotation=rotation,
         fps=rate,
         is_vfr=is_vfr,
         frame_count=len(index),
@@ -307,7 +313,7 @@ def _probe_sequence(sequence: ImageSequence) -> MediaInfo:
         bit_rate=None,
         audio=audio,
         index=index,
-        colour=describe(first.color_trc, first.color_primaries),
+        colour=colour,
         timing_assumed=timing.source == "assumed",
         first_number=sequence.numbers[0] if sequence.step == 1 else 0,
     )
