@@ -92,7 +92,7 @@ class ImageSequence:
     @property
     def label(self) -> str:
         """A short name for people: `shots/frame_####.png`."""
-        return f"{self.folder.name}/{self.prefix}{'#' * max(self.digits, 1)}{self.suffix}"
+        return _label(self.folder, self.prefix, self.digits, self.suffix)
 
     def file(self, index: int) -> Path:
         number = self.numbers[index]
@@ -164,6 +164,10 @@ def _escape_percent(text: str) -> str:
     return text.replace("%", "%%")
 
 
+def _label(folder: Path, prefix: str, digits: int, suffix: str) -> str:
+    return f"{folder.name}/{prefix}{'#' * max(digits, 1)}{suffix}"
+
+
 # -------------------------------------------------------------------------- finding
 
 
@@ -184,8 +188,9 @@ def find_sequence(path: str | os.PathLike[str]) -> ImageSequence | None:
     path = Path(path)
     if path.is_dir():
         return _only_sequence_in(path)
-    if not path.is_file() and (_PRINTF.search(path.name) or _HASHES.search(path.name)):
-        return _sequence_from_pattern(path)
+    parsed = _parsed_pattern(path)
+    if parsed is not None:
+        return _sequence_from_pattern(path, *parsed)
     return _sequence_of_frame(path)
 
 
@@ -236,6 +241,9 @@ def named_after_clip(path: str | os.PathLike[str], ending: str) -> Path:
 
 def clip_label(path: str | os.PathLike[str]) -> str:
     """A clip's name for people: a video's file name, `shots/frame_####.png` for a sequence."""
+    parsed = _parsed_pattern(Path(path)) if looks_like_sequence(path) else None
+    if parsed is not None:  # a project's clip: named without listing its folder each time
+        return _label(Path(path).parent, *parsed)
     try:
         sequence = find_sequence(path)
     except MediaError:
@@ -292,16 +300,23 @@ def _sequence_of_frame(path: Path) -> ImageSequence:
     return _checked(_sequence(path.parent, match[1], path.suffix, written))
 
 
-def _sequence_from_pattern(path: Path) -> ImageSequence:
+def _parsed_pattern(path: Path) -> tuple[str, int, str] | None:
+    """(prefix, digits, suffix) of a pattern path (`frame_%04d.png`, `frame_####.png`); None
+    for any other path, an existing file whose name only looks like a pattern included."""
     name = path.name
     printf = _PRINTF.search(name)
     token = printf or _HASHES.search(name)
-    assert token is not None
+    if token is None or path.is_file():
+        return None
     prefix, suffix = name[: token.start()].replace("%%", "%"), name[token.end() :]
     if printf:
         digits = int(printf[1]) if printf[1] else 0
     else:
         digits = len(token[0]) if len(token[0]) > 1 else 0
+    return prefix, digits, suffix
+
+
+def _sequence_from_pattern(path: Path, prefix: str, digits: int, suffix: str) -> ImageSequence:
     if not path.parent.is_dir():
         raise FramesNotFound(f"folder not found: {path.parent}")
     written = _image_groups(path.parent).get((prefix, suffix), {})
