@@ -21,8 +21,11 @@ from zvstudio.media.sequence import (
     clip_exists,
     clip_hash,
     clip_label,
+    clip_sound_hash,
     find_sequence,
+    frame_rate,
     named_after_clip,
+    rate_text,
     sequence_path,
 )
 
@@ -128,6 +131,80 @@ def test_timing_json_sets_the_rate(tmp_path, written, rate):
     assert info.index.seconds(5) == pytest.approx(5 / float(rate))
 
 
+@pytest.mark.parametrize(
+    ("typed", "rate"),
+    [
+        ("25", Fraction(25)),
+        ("12.5", Fraction(25, 2)),
+        (" 29.97 ", Fraction(30000, 1001)),
+        ("23.976", Fraction(24000, 1001)),
+        ("23.98", Fraction(24000, 1001)),
+        ("59.94", Fraction(60000, 1001)),
+        ("30000/1001", Fraction(30000, 1001)),
+        (29.97, Fraction(30000, 1001)),
+    ],
+)
+def test_frame_rates_are_read_as_people_write_them(typed, rate):
+    assert frame_rate(typed) == rate
+    assert frame_rate(rate_text(rate)) == rate
+
+
+@pytest.mark.parametrize("typed", ["", "fast", "1/0", "0", "-24", "1e9"])
+def test_what_is_not_a_frame_rate_is_refused(typed):
+    with pytest.raises(ValueError, match="frame rate"):
+        frame_rate(typed)
+
+
+def test_setting_the_rate_of_a_sequence_keeps_its_renders(tmp_path, capsys):
+    """An image sequence imported at the assumed 24 fps and rendered, then set to its real
+    rate: the next render takes every frame from the cache and plays at the new rate."""
+    from zvstudio.cli import main
+
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=12, audio=True)
+    export(source, tmp_path / "frames", ExportSettings("png"))  # per-frame times, VFR-capable
+    frames = tmp_path / "frames"
+    render = ["render", str(frames), "--style", "cartoon", "--every", "4"]
+    assert main([*render, "-o", str(tmp_path / "first.mp4")]) == 0
+    pictures = clip_hash(frames)
+    capsys.readouterr()
+
+    assert main(["probe", str(frames), "--set-fps", "12.5", "--json"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["fps"] == 12.5
+    assert "12.500 fps" in printed.err
+    assert json.loads((frames / "timing.json").read_text()) == {"fps": "25/2"}
+    assert clip_hash(frames) == pictures
+
+    assert main([*render, "-o", str(tmp_path / "second.mp4")]) == 0
+    assert "0 of 3 keys needed rendering" in capsys.readouterr().err
+    second = probe(tmp_path / "second.mp4")
+    assert second.frame_count == 12 and second.fps == Fraction(25, 2)
+    assert second.duration == pytest.approx(12 / 12.5, abs=0.01)
+
+
+def test_a_rate_is_refused_for_a_video_and_a_failed_write_changes_nothing(tmp_path, capsys):
+    from zvstudio.cli import main
+    from zvstudio.media.writer import write_sequence_rate
+
+    video, _, _ = make_clip(tmp_path / "c.mp4", count=3)
+    with pytest.raises(MediaError, match="video file: its frame rate is in the file"):
+        write_sequence_rate(video, Fraction(25))
+    assert main(["probe", str(tmp_path / "c.mp4"), "--set-fps", "fast"]) == 1
+    assert "not a frame rate" in capsys.readouterr().err
+
+    write_frames(tmp_path / "s", range(3))
+    (tmp_path / "s" / "timing.json").mkdir()  # stands in for a folder that cannot be written
+    with pytest.raises(MediaError, match="cannot write") as caught:
+        write_sequence_rate(tmp_path / "s", Fraction(25))
+    assert "writable" in caught.value.hint
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "frame_0000.png",
+        "frame_0001.png",
+        "frame_0002.png",
+        "timing.json",
+    ]
+
+
 def test_a_broken_timing_json_is_named(tmp_path):
     write_frames(tmp_path, range(3))
     (tmp_path / "timing.json").write_text("{fps: 25")
@@ -214,9 +291,12 @@ def test_the_clip_hash_follows_the_frames_content(tmp_path):
     frames[4].write_bytes(frames[3].read_bytes())
     changed = clip_hash(tmp_path / "s")
     assert changed != first
+    # Timing and sound are not the pictures: what was rendered from them stays valid.
+    sound = clip_sound_hash(tmp_path / "s")
     (tmp_path / "s" / "timing.json").write_text('{"fps": 30}')
-    assert clip_hash(tmp_path / "s") not in (first, changed)  # the timing is part of the clip
-    # Renumbered frames are the same pictures at the same times: the same clip.
+    assert clip_hash(tmp_path / "s") == changed
+    assert clip_sound_hash(tmp_path / "s") != sound  # the sound at each frame moved
+    # Renumbered frames are the same pictures: the same clip.
     (tmp_path / "s" / "timing.json").unlink()
     for frame in sorted((tmp_path / "s").glob("*.png"), reverse=True):
         number = int(frame.stem.split("_")[1])
@@ -278,7 +358,7 @@ def test_render_and_probe_take_a_sequence(tmp_path, capsys):
     (tmp_path / "frames" / "timing.json").unlink()  # a sequence from elsewhere: no timing
     assert main(["probe", str(tmp_path / "frames")]) == 0
     printed = capsys.readouterr().out
-    assert "image sequence" in printed and "24.000 fps" in printed and '{"fps": 30}' in printed
+    assert "image sequence" in printed and "24.000 fps" in printed and "--set-fps" in printed
 
     frame = tmp_path / "frames" / "frame_000003.png"
     out = tmp_path / "out.mp4"

@@ -148,6 +148,12 @@ def _add_probe(commands) -> None:
         help="also suggest key frames to paint: as many as one every K frames from each shot "
         "cut, placed where the motion needs them",
     )
+    probe_parser.add_argument(
+        "--set-fps",
+        metavar="RATE",
+        help="image sequences: set the frame rate first, e.g. 25, 29.97 or 30000/1001 (kept in "
+        "a timing.json beside the frames; what was rendered from them stays valid)",
+    )
     probe_parser.set_defaults(command="probe", run=_run_probe)
 
 
@@ -160,6 +166,8 @@ def _run_probe(args) -> int:
 
     if args.suggest_keys is not None and args.suggest_keys < 1:
         raise ZvsError(f"--suggest-keys needs an interval of at least 1, got {args.suggest_keys}")
+    if args.set_fps is not None:
+        _set_sequence_rate(args.file, args.set_fps)
     info = probe(args.file)
     cuts = suggested = None
     last = info.frame_count - 1
@@ -190,7 +198,7 @@ def _run_probe(args) -> int:
         f"  duration   {info.duration:.3f} s",
     ]
     if info.timing_assumed:
-        lines.append(f"  timing     {ASSUMED_RATE_NOTE}")
+        lines.append(f"  timing     {ASSUMED_RATE_NOTE}; --set-fps RATE sets it")
     if info.colour:
         lines.append(f"  colour     {sdr_note(info.colour)}")
     for stream in info.audio:
@@ -206,6 +214,19 @@ def _run_probe(args) -> int:
         lines.append(f"  keys       {', '.join(map(str, suggested))}")
     print("\n".join(lines))
     return 0
+
+
+def _set_sequence_rate(clip: Path, text: str) -> None:
+    from zvstudio.errors import ZvsError
+    from zvstudio.media.sequence import frame_rate
+    from zvstudio.media.writer import write_sequence_rate
+
+    try:
+        rate = frame_rate(text)
+    except ValueError as exc:
+        raise ZvsError(f"--set-fps: {exc}") from None
+    written = write_sequence_rate(clip, rate)
+    print(f"frame rate set to {float(rate):.3f} fps in {written}", file=sys.stderr)
 
 
 # -- render -----------------------------------------------------------------------------------

@@ -582,6 +582,41 @@ def test_a_folder_of_frames_dropped_on_the_window_is_a_clip(qtbot, window, clip,
     assert "24 fps is assumed" in window.statusBar().currentMessage()
 
 
+def test_the_rate_of_a_sequence_is_set_and_its_renders_kept(qtbot, window, clip, tmp_path):
+    frames = tmp_path / "walk_frames"
+    assert main_cli(["render", str(clip), "--style", "posterize", "-q", "-o", str(frames)]) == 0
+    (frames / "timing.json").unlink()  # frames from elsewhere: 24 fps assumed
+    assert window.open_path(clip)
+    assert not window.sequence_rate_action.isEnabled()  # a video's rate is in the file
+    assert window.open_path(frames)
+    assert window.sequence_rate_action.isEnabled()
+    wait_render_after(qtbot, window)
+    window.transport.seek(13)
+    asked = []
+    typed = iter(["12", "fast"])
+
+    def answer(title, label, items, current):
+        asked.append((current, items))
+        return next(typed)
+
+    window.ask_item = answer
+    assert window.sequence_rate_dialog()
+    assert asked[0][0] == "24" and "29.97" in asked[0][1]
+    doc = window.document
+    assert doc.fps == 12 and not doc.info.timing_assumed
+    assert window.transport.frame() == 13  # the playhead stays on its frame
+    timecode = window.transport_bar.timecode_label.text()
+    assert timecode == "00:00:01:01 / 00:00:01:11"  # 12 frames a second
+    assert window.statusBar().currentMessage() == "The sequence plays at 12 fps"
+    assert not doc.dirty  # nothing in the project changed: the rate is beside the frames
+    qtbot.waitUntil(lambda: window.status is not None and window.status.complete, timeout=10_000)
+    assert set(window.key_states().values()) == {"rendered"}  # nothing to render again
+
+    assert not window.sequence_rate_dialog()  # a typo is refused and changes nothing
+    assert "not a frame rate" in window.errors[-1]
+    assert doc.fps == 12
+
+
 def test_keys_exported_for_painting_come_back_as_painted_keys(qtbot, window, clip, tmp_path):
     paint = tmp_path / "paint"
     window.choose_folder = lambda title, folder: str(paint)

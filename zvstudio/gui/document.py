@@ -219,6 +219,16 @@ class Document(QObject):
         self.push(edit)
         return edit.notes
 
+    def reload_clip_info(self) -> None:
+        """Read the clip's description again after its timing changed on disk (an image
+        sequence's frame rate): the pictures, and so the keys and renders, are the same."""
+        if self.project.clip is None:
+            return
+        info = probe(self.project.clip.path)
+        self._infos[self.project.clip.path] = self.info = info
+        self.clip_changed.emit()
+        self.changed.emit()
+
     def notify(self, edit: Edit) -> None:
         if isinstance(edit, ReplaceClip):
             # Probed when the clip was chosen (undo must not fail for a file since moved).

@@ -57,8 +57,15 @@ from zvstudio.gui.viewer import ViewerWidget
 from zvstudio.hashing import text_hash
 from zvstudio.media import Proxy, VideoReader, clip_hash, clip_label
 from zvstudio.media.hdr import sdr_note
-from zvstudio.media.sequence import ASSUMED_RATE_NOTE, IMAGE_SUFFIXES, named_after_clip
-from zvstudio.media.writer import write_png
+from zvstudio.media.sequence import (
+    ASSUMED_RATE_NOTE,
+    IMAGE_SUFFIXES,
+    clip_sound_hash,
+    frame_rate,
+    named_after_clip,
+    rate_text,
+)
+from zvstudio.media.writer import write_png, write_sequence_rate
 from zvstudio.paths import cache_root
 from zvstudio.project import ClipMissingError, content_hash
 from zvstudio.project.autosave import Autosaver
@@ -73,9 +80,10 @@ VIDEO_FILTER = (
 )
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
-STATUS_INTERVAL_MS = 400
+STATUS_INTERVAL_MS = 400  # how often the status is refreshed while a job runs
+COMMON_RATES = ["23.976", "24", "25", "29.97", "30", "48", "50", "59.94", "60"]
 PROXY_SIDE = 640  # the preview proxy's longer side (playback and thumbnails)
-THUMBNAIL_HEIGHT = 72  # how often the status is refreshed while a job runs
+THUMBNAIL_HEIGHT = 72  # pixels, the timeline's thumbnails
 
 
 class MainWindow(QMainWindow):
@@ -183,6 +191,11 @@ class MainWindow(QMainWindow):
             "Another file as the project's clip (a new version of the edit): keys and "
             "settings are kept"
         )
+        self.sequence_rate_action = a("Frame ra&te of sequence…", self.sequence_rate_dialog)
+        self.sequence_rate_action.setToolTip(
+            "How many frames a second an image sequence plays at (its images carry no timing); "
+            "rendered frames are kept"
+        )
         self.quit_action = a("&Quit", self.close, QKeySequence.Quit)
         self.undo_action = self.document.undo_stack.createUndoAction(self, "&Undo")
         self.undo_action.setShortcut(QKeySequence("Ctrl+Z"))
@@ -267,7 +280,8 @@ class MainWindow(QMainWindow):
         self.recent_menu = file_menu.addMenu("Open &recent")
         file_menu.addActions([self.save_action, self.save_as_action])
         file_menu.addSeparator()
-        file_menu.addActions([self.import_action, self.replace_clip_action, self.export_action])
+        file_menu.addActions([self.import_action, self.replace_clip_action])
+        file_menu.addActions([self.sequence_rate_action, self.export_action])
         file_menu.addAction(self.save_frame_action)
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
@@ -486,6 +500,35 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(message + " (Ctrl+Z undoes it)", 10_000)
         return True
 
+    def sequence_rate_dialog(self) -> bool:
+        """Ask for the frame rate of the project's image sequence and keep it beside the
+        frames; True when it changed. Keys, renders and the playhead stay where they are."""
+        doc = self.document
+        if doc.info is None or not doc.info.is_sequence:
+            self.statusBar().showMessage("Only an image sequence takes a frame rate", 5000)
+            return False
+        if self.render_job is not None:
+            self.statusBar().showMessage("Wait for the render to end, or cancel it", 5000)
+            return False
+        current = rate_text(doc.info.fps)
+        label = f"Frames per second of {clip_label(doc.project.clip.path)}:"
+        if doc.info.is_vfr:
+            label += "\n(its exported frame times vary; a rate replaces them)"
+        text = self.ask_item("Frame rate of sequence", label, COMMON_RATES, current)
+        if text is None or text.strip() == current:
+            return False
+        try:
+            rate = frame_rate(text)
+            write_sequence_rate(doc.project.clip.path, rate)
+            frame = self.transport.frame()
+            doc.reload_clip_info()
+        except (ValueError, ZvsError) as exc:
+            self.show_error("The frame rate was not set", exc)
+            return False
+        self.transport.seek(frame)
+        self.statusBar().showMessage(f"The sequence plays at {rate_text(rate)} fps", 8000)
+        return True
+
     def choose_file(self, title: str, folder: Path, filter_text: str) -> str:
         """A file the user picks, or "" (tests replace this method)."""
         path, _ = QFileDialog.getOpenFileName(self, title, str(folder), filter_text)
@@ -499,6 +542,15 @@ class MainWindow(QMainWindow):
     def ask_text(self, title: str, label: str, text: str) -> str | None:
         """A line the user types, or None if cancelled (tests replace this method)."""
         value, ok = QInputDialog.getText(self, title, label, text=text)
+        return value if ok else None
+
+    def ask_item(self, title: str, label: str, items: list[str], current: str) -> str | None:
+        """One of `items` or another line the user types, or None if cancelled (tests
+        replace this method)."""
+        shown = items if current in items else [current, *items]
+        value, ok = QInputDialog.getItem(
+            self, title, label, shown, shown.index(current), editable=True
+        )
         return value if ok else None
 
     def choose_folder(self, title: str, folder: Path) -> str:
@@ -610,7 +662,8 @@ class MainWindow(QMainWindow):
             if doc.info.colour:
                 self.statusBar().showMessage(sdr_note(doc.info.colour), 10_000)
             elif doc.info.timing_assumed:
-                self.statusBar().showMessage(f"Image sequence: {ASSUMED_RATE_NOTE}", 15_000)
+                note = f"Image sequence: {ASSUMED_RATE_NOTE} (File > Frame rate of sequence)"
+                self.statusBar().showMessage(note, 15_000)
         self.transport.set_clip(doc.frame_count, doc.fps)
         self.transport_bar.refresh()
         info = doc.info if doc.info is not None and doc.info.has_audio else None
@@ -645,7 +698,10 @@ class MainWindow(QMainWindow):
         info = self.document.info
 
         def work(context):
-            return clip, clip_levels(clip, clip_hash(clip), info, context.progress, context.cancel)
+            levels = clip_levels(
+                clip, clip_sound_hash(clip), info, context.progress, context.cancel
+            )
+            return clip, levels
 
         title = f"Measure the sound of {clip_label(clip)}"
         self.levels_job = self.bridge.submit(work, title, ANALYSIS)
@@ -757,6 +813,8 @@ class MainWindow(QMainWindow):
         has_clip = self.document.project.clip is not None
         for action in (self.export_action, self.render_action, self.preview_action):
             action.setEnabled(has_clip)
+        info = self.document.info
+        self.sequence_rate_action.setEnabled(info is not None and info.is_sequence)
 
     def toggle_key(self) -> None:
         if self.document.project.clip is not None:

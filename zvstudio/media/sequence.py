@@ -8,8 +8,9 @@ Frame i of the clip is the i-th file in number order. The numbers must run witho
 constant step such as every other frame is fine), since a missing frame would shift the rest.
 
 Images carry no timing. `timing.json` beside the frames gives it: zvstudio's PNG export
-writes every frame's timestamp there, so a round trip keeps even a variable frame rate, and a
-user can write `{"fps": 25}`. Without it the rate is 24 fps. `audio.wav` beside the frames is
+writes every frame's timestamp there, so a round trip keeps even a variable frame rate; the
+editor's File > Frame rate of sequence and `zvstudio probe --set-fps` write `{"fps": 25}`, as a
+user can by hand. Without it the rate is 24 fps. `audio.wav` beside the frames is
 the clip's sound.
 
 Each frame is decoded by FFmpeg on its own (PNG, JPEG, TIFF, BMP, WebP, 16-bit included;
@@ -38,11 +39,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".
 TIMING_FILE = "timing.json"
 AUDIO_FILE = "audio.wav"
 DEFAULT_RATE = Fraction(24)
+MAX_RATE = 1000  # fps; beyond it a typed rate is a typo (a high-speed camera shoots ~1000)
 CONTAINER_NAME = "image sequence"
-ASSUMED_RATE_NOTE = (
-    f"images carry no timing, so {DEFAULT_RATE} fps is assumed; "
-    'a timing.json beside the frames, as {"fps": 30}, sets it'
-)
+ASSUMED_RATE_NOTE = f"images carry no timing, so {DEFAULT_RATE} fps is assumed"
 
 NUMBERED_NAME = re.compile(r"^(.*?)(\d+)$")  # a file stem: prefix, frame number
 _PRINTF = re.compile(r"%(0\d+)?d")
@@ -150,10 +149,28 @@ class ImageSequence:
             span = (int(pts[-1]) - int(pts[0]) + int(data["last_duration"])) * time_base
             rate = Fraction(len(pts) / float(span)).limit_denominator(1001)
             return _constant_timing(rate, len(self), TIMING_FILE)
-        rate = Fraction(str(data["fps"])).limit_denominator(1001)
-        if rate <= 0:
-            raise ValueError(f"fps must be positive, not {data['fps']}")
-        return _constant_timing(rate, len(self), TIMING_FILE)
+        return _constant_timing(frame_rate(data["fps"]), len(self), TIMING_FILE)
+
+
+def frame_rate(value: str | float | Fraction) -> Fraction:
+    """A frame rate as people write it: 25, "29.97", "30000/1001", 23.976. The rounded NTSC
+    rates mean their exact values (29.97 is 30000/1001), as every video tool takes them.
+    Raises ValueError for anything that is not a positive rate."""
+    try:
+        rate = Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{value!r} is not a frame rate (write 25, 29.97 or 30000/1001)") from None
+    if not 0 < rate <= MAX_RATE:
+        raise ValueError(f"a frame rate must be above 0 and at most {MAX_RATE} fps, not {value}")
+    ntsc = round(rate * Fraction(1001, 1000)) * Fraction(1000, 1001)
+    if rate.denominator != 1 and abs(rate - ntsc) < Fraction(1, 200):
+        return ntsc
+    return rate.limit_denominator(1001)
+
+
+def rate_text(rate: Fraction) -> str:
+    """A frame rate as people write it: "25", "29.97" (for 30000/1001), "12.5"."""
+    return f"{float(rate):.3f}".rstrip("0").rstrip(".")
 
 
 def _constant_timing(rate: Fraction, count: int, source: str) -> SequenceTiming:
@@ -381,20 +398,34 @@ def _ranges(numbers: list[int], shown: int = 6) -> str:
 
 
 def sequence_hash(sequence: ImageSequence) -> str:
-    """A content hash of every frame in order, with the timing and sound beside them, as
-    "b2:<hex>"; remembered for the process by each file's path, size and modification time."""
-    # Frames by position, not name: renumbered frames are the same clip.
+    """A content hash of the pictures: every frame in order, as "b2:<hex>"; remembered for the
+    process by each file's path, size and modification time."""
+    # Frames by position, not name: renumbered frames are the same clip. Timing and sound are
+    # left out: frames, flows and renders do not depend on them, so setting the rate of a
+    # sequence or giving it new sound keeps every rendered frame (see `clip_sound_hash`).
     parts = [(b"\0frame", path) for path in sequence.files]
-    for extra in (sequence.folder / TIMING_FILE, sequence.folder / AUDIO_FILE):
-        if extra.is_file():
-            parts.append((b"\0" + extra.name.encode(), extra))
-    try:
-        return files_hash(parts, salt=b"image sequence v1")
-    except OSError as exc:
-        raise MediaError(f"cannot read {sequence.label}: {exc.strerror or exc}") from exc
+    return _hashed(sequence, parts, b"image sequence v2")
 
 
 def clip_hash(path: str | os.PathLike[str]) -> str:
-    """The content hash that identifies a clip (a video file or an image sequence)."""
+    """The content hash that identifies a clip's pictures (a video file: the whole file)."""
     sequence = find_sequence(path)
     return sequence_hash(sequence) if sequence is not None else file_hash(path)
+
+
+def clip_sound_hash(path: str | os.PathLike[str]) -> str:
+    """A content hash of a clip's sound and timing, for what is measured from both (the sound
+    at each frame): the file of a video; a sequence's audio.wav and timing.json."""
+    sequence = find_sequence(path)
+    if sequence is None:
+        return file_hash(path)
+    beside = (sequence.folder / TIMING_FILE, sequence.folder / AUDIO_FILE)
+    parts = [(b"\0" + extra.name.encode(), extra) for extra in beside if extra.is_file()]
+    return _hashed(sequence, parts, b"image sequence sound v1")
+
+
+def _hashed(sequence: ImageSequence, parts: list[tuple[bytes, Path]], salt: bytes) -> str:
+    try:
+        return files_hash(parts, salt=salt)
+    except OSError as exc:
+        raise MediaError(f"cannot read {sequence.label}: {exc.strerror or exc}") from exc

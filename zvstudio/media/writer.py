@@ -217,16 +217,40 @@ def write_png(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise MediaError(f"cannot encode {path}")
+    _write_bytes(path, data.tobytes(), "choose a folder you can write to, with free space")
+
+
+def write_sequence_rate(clip: str | os.PathLike[str], rate: Fraction) -> Path:
+    """Set the frame rate of the image sequence `clip` names: `{"fps": rate}` in the
+    timing.json beside its frames (replacing the per-frame times an export wrote there).
+    Returns that file. Its frames and everything rendered from them stay as they are."""
+    sequence = find_sequence(clip)
+    if sequence is None:
+        raise MediaError(
+            f"{Path(clip).name} is a video file: its frame rate is in the file",
+            hint="only image sequences, whose frames carry no timing, take a frame rate",
+        )
+    fps: int | str = rate.numerator if rate.denominator == 1 else str(rate)
+    target = sequence.folder / TIMING_FILE
+    text = json.dumps({"fps": fps}) + "\n"
+    _write_bytes(
+        target,
+        text.encode(),
+        "the frame rate is kept beside the frames: make that "
+        "folder writable, or copy the frames to one that is",
+    )
+    return target
+
+
+def _write_bytes(path: Path, data: bytes, hint: str) -> None:
+    """Write a file atomically: a half-written file never replaces one there."""
     temp = partial_sibling(path)
     try:
-        temp.write_bytes(data.tobytes())
+        temp.write_bytes(data)
         os.replace(temp, path)
     except OSError as exc:
         temp.unlink(missing_ok=True)
-        raise MediaError(
-            f"cannot write {path}: {exc.strerror or exc}",
-            hint="choose a folder you can write to, with free space",
-        ) from exc
+        raise MediaError(f"cannot write {path}: {exc.strerror or exc}", hint=hint) from exc
 
 
 def remove_stale_partials(path: Path) -> None:
