@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import shutil
 import subprocess
@@ -20,10 +21,12 @@ from zvstudio.media import (
     FrameTiming,
     VideoReader,
     VideoWriter,
+    format_for,
     probe,
 )
 from zvstudio.media.sequence import clip_audio_file
 from zvstudio.media.synth import Tone, write_clip
+from zvstudio.media.writer import encode_image
 
 AUDIO_FRAME_SECONDS = 1024 / 48000
 
@@ -270,6 +273,57 @@ def test_png_export_is_lossless(tmp_path):
     assert np.array_equal(saved, exact)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "suffix", "tolerance"), [("tiff", ".tif", 0), ("dpx", ".dpx", 0), ("exr", ".exr", 1)]
+)
+def test_image_frame_exports_read_back_as_the_same_pictures(
+    vfr_clip, tmp_path, fmt, suffix, tolerance
+):
+    """TIFF, DPX and EXR frames: named by frame number, with timing and sound beside them, and
+    read back as a clip with the pictures that were written (EXR through half floats)."""
+    source, _ = vfr_clip
+    target = tmp_path / "frames"
+    export(source, target, ExportSettings(fmt), first=3, stop=9)
+    assert sorted(p.name for p in target.glob("frame_*")) == [
+        f"frame_{n:06d}{suffix}" for n in range(3, 9)
+    ]
+    assert (target / "timing.json").is_file() and (target / "audio.wav").is_file()
+    info = probe(target)
+    assert info.is_sequence and info.codec == suffix.lstrip(".")
+    assert info.frame_count == 6 and info.is_vfr and info.has_audio
+    with VideoReader(source) as original, VideoReader(target) as written:
+        for n in range(6):
+            expected = original.frame(3 + n).astype(int)
+            assert np.abs(written.frame(n).astype(int) - expected).max() <= tolerance
+
+
+def test_exr_frames_hold_linear_light():
+    """What compositors expect: an sRGB mid grey (128) is 0.2158 in linear light."""
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 128, 255, 0
+    with av.open(io.BytesIO(encode_image(image, "exr")), format="exr_pipe") as container:
+        frame = next(container.decode(video=0))
+    linear = frame.to_ndarray(format="gbrpf32le")  # channels in R, G, B order
+    assert linear.shape == (4, 6, 3)
+    assert np.allclose(linear[0, 0], [0.2158, 1.0, 0.0], atol=5e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "preferred", "chosen"),
+    [
+        ("frames", None, "png"),
+        ("frames", "exr", "exr"),
+        ("frames", "h264", "png"),
+        ("out.mp4", None, "h264"),
+        ("out.mp4", "dpx", "h264"),
+        ("out.mp4", "prores", "h264"),
+        ("out.mov", "prores", "prores"),
+    ],
+)
+def test_the_export_format_fits_the_output(name, preferred, chosen):
+    assert format_for(name, preferred) == chosen
+
+
 def test_export_without_audio_when_asked(vfr_clip, tmp_path):
     source, _ = vfr_clip
     target = tmp_path / "silent.mp4"
@@ -352,7 +406,9 @@ def test_disk_full_is_reported_and_cleaned_up(tmp_path, monkeypatch):
         ("out.mp4", ExportSettings("prores"), "ProRes needs a .mov"),
         ("out.avi", ExportSettings(), "unknown output type"),
         ("out.mp4", ExportSettings("png"), "does not match"),
+        ("out.mov", ExportSettings("exr"), "does not match"),
         ("frames", ExportSettings("h264"), "does not match"),
+        ("frames", ExportSettings("prores"), "does not match"),
         ("out.mp4", ExportSettings("vp9"), "unknown export format"),
     ],
 )

@@ -26,6 +26,10 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
 CLIP_HELP = "a video file or an image sequence (its folder, one of its frames, or frame_%%04d.png)"
+FORMAT_HELP = (
+    "h264, h265 or prores for a video file (default h264); png, tiff, exr (linear light) or "
+    "dpx (10-bit) for a folder of frames (default png)"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,9 +298,7 @@ def _add_render(commands) -> None:
     _add_synthesis_option(render_parser)
     render_parser.add_argument("--from", dest="first", type=int, help="first frame (0-based)")
     render_parser.add_argument("--to", dest="last", type=int, help="last frame (inclusive)")
-    render_parser.add_argument(
-        "--format", choices=FORMATS, help="codec (default: h264, or png for a folder)"
-    )
+    render_parser.add_argument("--format", choices=FORMATS, help=FORMAT_HELP)
     render_parser.add_argument("--crf", type=int, help="H.264/H.265 quality, 0-51 (default 18)")
     render_parser.add_argument("--no-audio", action="store_true", help="leave the audio out")
     render_parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -346,7 +348,7 @@ def _print_written(result) -> None:
 def _render_request(args, scratch: Path):
     """Build the render request from a video, a project or the demo, plus the options."""
     from zvstudio.engine.request import KeyRendererSpec, RenderRequest, request_from_project
-    from zvstudio.media import ExportSettings, output_kind
+    from zvstudio.media import ExportSettings, format_for
 
     if args.input is not None and args.input.suffix.lower() == ".zvs":
         from zvstudio.project import check_clip, load_project
@@ -362,7 +364,7 @@ def _render_request(args, scratch: Path):
             source = scratch / "demo.mp4"
             write_demo_clip(source)
         style = DEMO_STYLE if args.demo else "stylization"
-        fmt = "png" if output_kind(args.output) == "png" else "h264"
+        fmt = format_for(args.output)
         request = RenderRequest(
             source=source,
             output=args.output,
@@ -667,7 +669,7 @@ def _add_propagate(commands) -> None:
         help="propagate and export at most this many pixels on the short side, e.g. 720 for a "
         "4K clip; keys painted at the clip's size are scaled down (default: the clip's size)",
     )
-    parser.add_argument("--format", choices=FORMATS, help="codec (default: h264, png for a folder)")
+    parser.add_argument("--format", choices=FORMATS, help=FORMAT_HELP)
     parser.add_argument("--crf", type=int, default=18, help="H.264/H.265 quality (default 18)")
     parser.add_argument("--no-audio", action="store_true", help="leave the audio out")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -778,14 +780,14 @@ def _patch_settings(args):
 
 def _run_propagate(args) -> int:
     from zvstudio.engine.propagation import PropagateRequest, propagate_video
-    from zvstudio.media import ExportSettings, output_kind
+    from zvstudio.media import ExportSettings, format_for
     from zvstudio.propagate.segment import PropagationSettings
 
     if args.error_window < 1 or args.error_window % 2 == 0:
         from zvstudio.errors import ZvsError
 
         raise ZvsError(f"--error-window must be an odd number >= 1, got {args.error_window}")
-    fmt = args.format or ("png" if output_kind(args.output) == "png" else "h264")
+    fmt = args.format or format_for(args.output)
     request = PropagateRequest(
         source=args.video,
         keys=_propagated_keys(args),
@@ -1054,7 +1056,7 @@ def _add_generation_options(
     parser.add_argument(
         "--fps", type=Fraction, default=Fraction(8), help="frame rate of the clip (default 8)"
     )
-    parser.add_argument("--format", choices=FORMATS, help="codec (default: h264, png for a folder)")
+    parser.add_argument("--format", choices=FORMATS, help=FORMAT_HELP)
     parser.add_argument("--crf", type=int, default=18, help="H.264/H.265 quality (default 18)")
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="output video, or a folder for PNGs"
@@ -1312,9 +1314,9 @@ def _refuse_other_engines_options(args, engine: str, names: Sequence[str]) -> No
 
 
 def _generation_export(args, audio: bool):
-    from zvstudio.media import ExportSettings, output_kind
+    from zvstudio.media import ExportSettings, format_for
 
-    fmt = args.format or ("png" if output_kind(args.output) == "png" else "h264")
+    fmt = args.format or format_for(args.output)
     return ExportSettings(format=fmt, crf=args.crf, audio=audio)
 
 

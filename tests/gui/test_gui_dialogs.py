@@ -20,7 +20,7 @@ from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.export_dialog import ExportDialog
 from zvstudio.gui.models_dialog import DEFAULT_ROLE, ModelManagerDialog
 from zvstudio.gui.settings_dialog import SettingsDialog, available_devices
-from zvstudio.media.writer import ExportSettings, check_output
+from zvstudio.media.writer import FORMATS, ExportSettings, check_output
 from zvstudio.paths import cache_root
 from zvstudio.project.model import OutputSettings
 
@@ -74,9 +74,13 @@ def test_export_format_sets_extension_quality_and_audio(export_dialog, tmp_path)
 
     select_format(export_dialog, "png")
     assert export_dialog.path_edit.text() == str(tmp_path / "film")
-    assert not export_dialog.audio_check.isEnabled()
+    assert export_dialog.audio_check.isEnabled()  # frames get the sound as audio.wav
+    assert "audio.wav" in export_dialog.audio_check.toolTip()
     choice = export_dialog.choice()
-    assert (choice.output.format, choice.output.audio) == ("png", False)
+    assert (choice.output.format, choice.output.audio) == ("png", True)
+    select_format(export_dialog, "exr")  # from one kind of frames to another: the same folder
+    assert export_dialog.path_edit.text() == str(tmp_path / "film")
+    assert export_dialog.format_combo.currentText() == "OpenEXR frames (linear light)"
 
     select_format(export_dialog, "h265")
     assert export_dialog.path_edit.text() == str(tmp_path / "film.mp4")
@@ -92,7 +96,7 @@ def test_export_keeps_a_container_the_user_chose(export_dialog, tmp_path):
     assert export_dialog.path_edit.text() == str(tmp_path / "film.mkv")
 
 
-@pytest.mark.parametrize("fmt", ["h264", "h265", "prores", "png"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_export_paths_are_accepted_by_the_writer(export_dialog, fmt):
     select_format(export_dialog, fmt)
     choice = export_dialog.choice()
@@ -131,9 +135,11 @@ def test_export_refuses_an_empty_path_or_a_wrong_extension(export_dialog, tmp_pa
     export_dialog.path_edit.setText(str(tmp_path / "film.avi"))
     assert not ok_enabled(export_dialog)
     assert ".mp4" in export_dialog.reason_label.text()
-    select_format(export_dialog, "png")
-    export_dialog.path_edit.setText(str(tmp_path / "frames.png"))
-    assert "folder" in export_dialog.reason_label.text()
+    select_format(export_dialog, "dpx")
+    export_dialog.path_edit.setText(str(tmp_path / "frames.dpx"))
+    assert export_dialog.reason_label.text() == (
+        "DPX frames (10-bit) are saved into a folder: remove the file extension."
+    )
     assert not ok_enabled(export_dialog)
 
 

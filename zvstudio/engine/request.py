@@ -12,7 +12,7 @@ from pathlib import Path
 from zvstudio.errors import ZvsError
 from zvstudio.keyrender import KeyParams, working_size
 from zvstudio.media.probe import MediaInfo
-from zvstudio.media.writer import ExportSettings, output_kind
+from zvstudio.media.writer import ExportSettings, format_for
 from zvstudio.project import Project
 from zvstudio.project.model import MIN_SHORT_SIDE
 from zvstudio.propagate.segment import PropagationSettings
@@ -100,7 +100,7 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
         raise ZvsError("the project has no clip to render", hint="import a clip first")
     settings = project.settings
     out = settings.output
-    fmt = "png" if output_kind(output) == "png" else out.format
+    fmt = format_for(output, out.format)
     frame_range = project.frame_range
     return RenderRequest(
         source=Path(project.clip.path),

@@ -31,28 +31,34 @@ from PySide6.QtWidgets import (
 )
 
 from zvstudio.errors import ZvsError
+from zvstudio.media.writer import IMAGE_FORMATS
 from zvstudio.project.model import OutputSettings
 
 FORMAT_LABELS = {
     "h264": "H.264",
     "h265": "H.265 (HEVC)",
     "prores": "ProRes 422",
-    "png": "PNG sequence",
+    "png": "PNG frames",
+    "tiff": "TIFF frames",
+    "exr": "OpenEXR frames (linear light)",
+    "dpx": "DPX frames (10-bit)",
 }
-# The file suffix each format gets by default, and the others the writer accepts for it.
-DEFAULT_SUFFIX = {"h264": ".mp4", "h265": ".mp4", "prores": ".mov", "png": ""}
+# The file suffix each format gets by default, and the others the writer accepts for it;
+# image frames go into a folder, a path without one.
+DEFAULT_SUFFIX = {"h264": ".mp4", "h265": ".mp4", "prores": ".mov"}
 ALLOWED_SUFFIXES = {
     "h264": (".mp4", ".mov", ".mkv", ".m4v"),
     "h265": (".mp4", ".mov", ".mkv", ".m4v"),
     "prores": (".mov", ".mkv"),
-    "png": ("",),
 }
+for _frames in IMAGE_FORMATS:
+    DEFAULT_SUFFIX[_frames], ALLOWED_SUFFIXES[_frames] = "", ("",)
 CRF_FORMATS = ("h264", "h265")
 
 
 @dataclass(frozen=True)
 class ExportChoice:
-    """What to export: frames `first`..`last` (inclusive) to `path` (a folder for PNG)."""
+    """What to export: frames `first`..`last` (inclusive) to `path` (a folder for frames)."""
 
     path: Path
     output: OutputSettings
@@ -196,7 +202,8 @@ class ExportDialog(QDialog):
         fmt = self.current_format()
         self.crf_slider.setEnabled(fmt in CRF_FORMATS)
         self.crf_spin.setEnabled(fmt in CRF_FORMATS)
-        self.audio_check.setEnabled(fmt != "png")
+        beside = "as audio.wav beside the frames" if fmt in IMAGE_FORMATS else "in the file"
+        self.audio_check.setToolTip(f"The clip's sound, {beside}")
         self.path_edit.setText(path_for_format(self.path_edit.text(), self._format, fmt))
         self._format = fmt
         self._validate()
@@ -223,9 +230,9 @@ class ExportDialog(QDialog):
         if not path:
             return "Choose where to save the export."
         suffix = Path(path).suffix.lower()
-        if fmt == "png" and suffix:
-            return "A PNG sequence is saved into a folder: remove the file extension."
-        if fmt != "png" and suffix not in ALLOWED_SUFFIXES[fmt]:
+        if fmt in IMAGE_FORMATS and suffix:
+            return f"{FORMAT_LABELS[fmt]} are saved into a folder: remove the file extension."
+        if fmt not in IMAGE_FORMATS and suffix not in ALLOWED_SUFFIXES[fmt]:
             allowed = ", ".join(ALLOWED_SUFFIXES[fmt])
             return f"{FORMAT_LABELS[fmt]} is saved as a {allowed} file."
         if self.first_spin.value() > self.last_spin.value():
@@ -245,11 +252,12 @@ class ExportDialog(QDialog):
             self.range_info.setText("")
 
     def browse(self) -> None:
-        """Ask for a file (video) or a folder (PNG sequence) with the platform's dialog."""
+        """Ask for a file (video) or a folder (image frames) with the platform's dialog."""
         fmt = self.current_format()
         current = self.path_edit.text().strip()
-        if fmt == "png":
-            chosen = QFileDialog.getExistingDirectory(self, "Folder for the PNG sequence", current)
+        if fmt in IMAGE_FORMATS:
+            title = f"Folder for the {FORMAT_LABELS[fmt]}"
+            chosen = QFileDialog.getExistingDirectory(self, title, current)
         else:
             patterns = " ".join(f"*{s}" for s in ALLOWED_SUFFIXES[fmt])
             chosen, _ = QFileDialog.getSaveFileName(
@@ -270,7 +278,7 @@ class ExportDialog(QDialog):
         output = OutputSettings(
             format=fmt,
             crf=self.crf_spin.value(),
-            audio=self.audio_check.isChecked() and fmt != "png",
+            audio=self.audio_check.isChecked(),
         )
         path = Path(self.path_edit.text().strip()).expanduser()
         return ExportChoice(path, output, self.first_spin.value(), self.last_spin.value())

@@ -1011,12 +1011,12 @@ class MainWindow(QMainWindow):
         when the project was rendered)."""
         from dataclasses import replace
 
-        from zvstudio.media import ExportSettings, output_kind
+        from zvstudio.media import ExportSettings, format_for
 
         request = self.current_request(Path(path))
         if request is None:
             return None
-        fmt = "png" if output_kind(Path(path)) == "png" else output_settings.format
+        fmt = format_for(path, output_settings.format)
         request = replace(
             request,
             first=first,

@@ -18,6 +18,7 @@ from zvstudio.media.writer import (
     FrameTiming,
     VideoWriter,
     check_output,
+    format_for,
     output_kind,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "clip_label",
     "clip_title",
     "fit_size",
+    "format_for",
     "output_kind",
     "probe",
     "proxy_path",

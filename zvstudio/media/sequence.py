@@ -13,7 +13,7 @@ editor's File > Frame rate of sequence and `zvstudio probe --set-fps` write `{"f
 user can by hand. Without it the rate is 24 fps. `audio.wav` beside the frames is
 the clip's sound.
 
-Each frame is decoded by FFmpeg on its own (PNG, JPEG, TIFF, BMP, WebP, 16-bit included;
+Each frame is decoded by FFmpeg on its own (PNG, JPEG, TIFF, BMP, WebP, DPX, 16-bit included;
 OpenEXR's scene-linear light is encoded as sRGB), so a sequence reads as a video whose every
 frame is a keyframe.
 """
@@ -35,7 +35,9 @@ import numpy as np
 from zvstudio.errors import MediaError
 from zvstudio.hashing import file_hash, files_hash
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr", ".dpx"}
+)
 TIMING_FILE = "timing.json"
 AUDIO_FILE = "audio.wav"
 DEFAULT_RATE = Fraction(24)

@@ -33,7 +33,16 @@ from zvstudio.errors import MediaError
 from zvstudio.media.probe import FrameIndex, open_input
 from zvstudio.media.sequence import AUDIO_FILE, TIMING_FILE, find_sequence
 
-FORMATS = ("h264", "h265", "prores", "png")
+VIDEO_FORMATS = ("h264", "h265", "prores")
+# Frames written as numbered images into a folder, by format: the file suffix and what it is.
+IMAGE_FORMATS = {
+    "png": (".png", "PNG, 8-bit"),
+    "tiff": (".tif", "TIFF, 8-bit, LZW"),
+    "exr": (".exr", "OpenEXR, linear light, half float"),
+    "dpx": (".dpx", "DPX, 10-bit"),
+}
+FORMATS = VIDEO_FORMATS + tuple(IMAGE_FORMATS)
+FOLDER = "folder"  # the output kind of a path without extension: a folder of image frames
 _VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".m4v": "mp4"}
 _ALLOWED_FORMATS = {
     "mp4": {"h264", "h265"},
@@ -114,16 +123,27 @@ class AudioSource:
 
 
 def output_kind(path: str | os.PathLike[str]) -> str:
-    """'png' for a folder (no extension), else the container name; unknown -> MediaError."""
+    """`FOLDER` for a path without extension (image frames), else the container name;
+    unknown -> MediaError."""
     suffix = Path(path).suffix.lower()
     if suffix == "":
-        return "png"
+        return FOLDER
     if suffix not in _VIDEO_CONTAINERS:
         raise MediaError(
             f"cannot write {path}: unknown output type '{suffix}'",
-            hint="use .mp4, .mov or .mkv, or a folder name for a PNG sequence",
+            hint="use .mp4, .mov or .mkv, or a folder name for image frames",
         )
     return _VIDEO_CONTAINERS[suffix]
+
+
+def format_for(path: str | os.PathLike[str], preferred: str | None = None) -> str:
+    """The export format for output `path`: `preferred` where that output takes it, else the
+    usual one for it (PNG frames in a folder, H.264 in a video file)."""
+    kind = output_kind(path)
+    fitting = IMAGE_FORMATS if kind == FOLDER else _ALLOWED_FORMATS[kind]
+    if preferred in fitting:
+        return preferred
+    return "png" if kind == FOLDER else "h264"
 
 
 def check_output(
@@ -144,12 +164,17 @@ def check_output(
         raise MediaError(
             f"unknown export format '{settings.format}'; choose one of " + ", ".join(FORMATS)
         )
-    if (kind == "png" and settings.format != "png") or (kind != "png" and settings.format == "png"):
+    if kind == FOLDER and settings.format not in IMAGE_FORMATS:
         raise MediaError(
             f"format '{settings.format}' does not match output {path}",
-            hint="a PNG sequence is written to a folder (a path without extension)",
+            hint=f"{settings.format} makes a video file: name one, e.g. {path.name}.mp4",
         )
-    if kind != "png" and settings.format not in _ALLOWED_FORMATS[kind]:
+    if kind != FOLDER and settings.format in IMAGE_FORMATS:
+        raise MediaError(
+            f"format '{settings.format}' does not match output {path}",
+            hint="image frames are written to a folder (a path without extension)",
+        )
+    if kind != FOLDER and settings.format not in _ALLOWED_FORMATS[kind]:
         raise MediaError(
             f"{settings.format} cannot be stored in a {path.suffix} file",
             hint="ProRes needs a .mov (or .mkv) output",
@@ -158,9 +183,9 @@ def check_output(
     if not parent.is_dir():
         raise MediaError(f"cannot write {path}: folder {parent} does not exist")
     _probe_writable(path)
-    if path.is_dir() and kind != "png":
+    if path.is_dir() and kind != FOLDER:
         raise MediaError(f"cannot write {path}: a folder of that name exists")
-    if kind == "png" and path.exists():
+    if kind == FOLDER and path.exists():
         _check_replaceable_folder(path)
 
 
@@ -175,7 +200,7 @@ def _is_clip_itself(path: Path, source: str | os.PathLike[str]) -> bool:
 
 def _check_replaceable_folder(path: Path) -> None:
     if not path.is_dir():
-        raise MediaError(f"cannot write a PNG sequence to {path}: a file of that name exists")
+        raise MediaError(f"cannot write image frames to {path}: a file of that name exists")
     if any(path.iterdir()) and not (path / TIMING_FILE).exists():
         raise MediaError(
             f"folder {path} is not empty and is not an earlier zvstudio export",
@@ -214,10 +239,46 @@ def partial_sibling(path: Path) -> Path:
 
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write an RGB image as a PNG atomically: a half-written file never replaces one there."""
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise MediaError(f"cannot encode {path}")
-    _write_bytes(path, data.tobytes(), "choose a folder you can write to, with free space")
+    _write_bytes(
+        path, encode_image(image, "png"), "choose a folder you can write to, with free space"
+    )
+
+
+def encode_image(image: np.ndarray, fmt: str) -> bytes:
+    """An RGB uint8 image as the bytes of an image file in `fmt` (one of `IMAGE_FORMATS`)."""
+    if fmt in ("png", "tiff"):
+        flags = [cv2.IMWRITE_PNG_COMPRESSION, 3] if fmt == "png" else []
+        suffix = IMAGE_FORMATS[fmt][0]
+        ok, data = cv2.imencode(suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), flags)
+        if not ok:
+            raise MediaError(f"cannot encode a {fmt.upper()} frame")
+        return data.tobytes()
+    if fmt == "exr":
+        # Compositors expect scene-linear light in EXR: undo the sRGB curve that the reader
+        # applies to EXR frames, so a round trip gives the same pixels back.
+        frame = av.VideoFrame.from_ndarray(srgb_to_linear(image), format="gbrpf32le")
+        return _encoded_still("exr", frame, {"format": "half", "compression": "zip16"})
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="gbrp10le")
+    return _encoded_still("dpx", frame, {})
+
+
+def srgb_to_linear(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 encoded with the sRGB curve, as float32 linear light (0..1)."""
+    values = image.astype(np.float32) / 255.0
+    low = values / 12.92
+    high = ((values + 0.055) / 1.055) ** 2.4
+    return np.where(values <= 0.04045, low, high).astype(np.float32)
+
+
+def _encoded_still(codec: str, frame: av.VideoFrame, options: dict[str, str]) -> bytes:
+    """One frame encoded by FFmpeg's image encoder `codec` (what OpenCV cannot write without
+    optional build flags: EXR, DPX)."""
+    context = av.CodecContext.create(codec, "w")
+    context.width, context.height = frame.width, frame.height
+    context.pix_fmt = frame.format.name
+    context.time_base = Fraction(1, 1)
+    context.options = options
+    return b"".join(bytes(packet) for packet in [*context.encode(frame), *context.encode(None)])
 
 
 def write_sequence_rate(clip: str | os.PathLike[str], rate: Fraction) -> Path:
@@ -316,8 +377,8 @@ class VideoWriter:
         self.written = 0
         audio = audio if settings.audio else None
         try:
-            if settings.format == "png":
-                self._sink = _PngSink(self.path, timing, audio, first_number)
+            if settings.format in IMAGE_FORMATS:
+                self._sink = _FramesSink(self.path, settings.format, timing, audio, first_number)
             else:
                 self._sink = _EncodedSink(self.path, size, timing, settings, audio)
         except OSError as exc:  # the folder refuses new files (read-only, full, special)
@@ -634,11 +695,12 @@ def _audio_frame(samples, first, last, context, rate, pts) -> av.AudioFrame:
     return frame
 
 
-class _PngSink:
-    """A folder of PNG files named by source frame number, plus timing.json and audio.wav."""
+class _FramesSink:
+    """A folder of image files named by source frame number, plus timing.json and audio.wav."""
 
-    def __init__(self, path: Path, timing: FrameTiming, audio, first_number: int) -> None:
+    def __init__(self, path: Path, fmt: str, timing: FrameTiming, audio, first_number: int):
         self.target = path
+        self.format = fmt
         self.timing = timing
         self.first_number = first_number
         self.audio = audio
@@ -646,13 +708,9 @@ class _PngSink:
         self.temp.mkdir()
 
     def write(self, number: int, image: np.ndarray) -> None:
-        name = self.temp / f"frame_{self.first_number + number:06d}.png"
-        ok, data = cv2.imencode(
-            ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3]
-        )
-        if not ok:
-            raise MediaError(f"cannot encode PNG frame {number}")
-        name.write_bytes(data.tobytes())
+        suffix = IMAGE_FORMATS[self.format][0]
+        name = self.temp / f"frame_{self.first_number + number:06d}{suffix}"
+        name.write_bytes(encode_image(image, self.format))
 
     def finish(self, written: int) -> None:
         timing = {

@@ -24,7 +24,7 @@ from zvstudio.project.schema import Validated, rule
 CURRENT_SCHEMA_VERSION = 1
 
 RENDERERS = ("stylize", "diffusion", "painted")
-OUTPUT_FORMATS = ("h264", "h265", "prores", "png")
+OUTPUT_FORMATS = ("h264", "h265", "prores", "png", "tiff", "exr", "dpx")  # media.writer.FORMATS
 SEED_MAX = 2**32 - 1  # the range every UI and RNG in use accepts
 # Which UNet self-attention layers attend to the anchor and previous key ("off": none).
 CROSS_FRAME_LAYERS = ("decoder", "decoder_loose", "all", "off")
