@@ -23,6 +23,7 @@ from zvstudio.engine.jobs import ANALYSIS, JobState
 from zvstudio.gui.app import offer_recovery
 from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.media import VideoReader, probe
+from zvstudio.paths import cache_root
 from zvstudio.project import FrameRange, KeyFrame, OutputSettings, load_project
 from zvstudio.project.edits import SetKey, SetSettings
 
@@ -68,6 +69,39 @@ def test_an_hdr_clip_says_it_is_shown_as_sdr(window, tmp_path):
     assert window.open_path(clip)
     message = window.statusBar().currentMessage()
     assert message == "HDR (HLG) clip, converted to SDR BT.709 (highlights rolled off)"
+
+
+def test_the_start_page_offers_ways_to_begin_and_the_recent_projects(qtbot, window, tmp_path):
+    page = window.start_page
+    assert window.centre.currentWidget() is page
+    titles = [button.text() for button in page.buttons]
+    assert titles == [
+        "Import clip",
+        "Open project",
+        "Open the demo clip",
+        "New from text",
+        "Animate image",
+    ]
+    assert "(Ctrl+I)" in page.buttons[0].description()
+    assert page.recent_buttons() == [] and not page.recent_heading.isVisible()
+
+    qtbot.mouseClick(page.buttons[2], Qt.LeftButton)  # the demo: a clip to try things on
+    assert window.centre.currentWidget() is window.player
+    assert window.document.frame_count == 72 and window.document.info.has_audio
+    assert (cache_root() / "demo" / "demo.mp4").is_file()
+    assert window.save_to(tmp_path / "first try.zvs")
+
+    (tmp_path / "gone.zvs").write_text("{}")
+    window._remember(tmp_path / "gone.zvs")
+    (tmp_path / "gone.zvs").unlink()  # deleted since: shown, but it cannot be opened
+    window.new_project()  # no clip: the start page again, with the projects just saved
+    assert window.centre.currentWidget() is page
+    recent = page.recent_buttons()
+    assert [b.text() for b in recent] == ["gone", "first try"]
+    assert not recent[0].isEnabled() and recent[0].description().startswith("not found")
+    qtbot.mouseClick(recent[1], Qt.LeftButton)
+    assert window.document.path == tmp_path / "first try.zvs"
+    assert window.centre.currentWidget() is window.player
 
 
 def test_import_key_with_keyboard_undo_redo(qtbot, window, clip):

@@ -742,7 +742,8 @@ class RenderPanel(_Panel):
         self._show_constraints(settings)
         self.key_size_note.setText(key_size_note(self.document.render_size, settings.key_size))
         self._show_render_sizes(settings.short_side)
-        self.fill_keys_button.setEnabled(self.document.frame_count > 0)
+        for button in (self.fill_keys_button, self.motion_keys_button):
+            button.setEnabled(self.document.frame_count > 0)
         for combo, field in (
             (self.synthesis_combo, "synthesis"),
             (self.flow_preset_combo, "flow_preset"),

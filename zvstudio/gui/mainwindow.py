@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMessageBox,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -49,6 +50,7 @@ from zvstudio.gui.motion import MotionView
 from zvstudio.gui.painting import PaintedKeys
 from zvstudio.gui.queue_panel import QueuePanel
 from zvstudio.gui.shortcuts_dialog import ShortcutsDialog
+from zvstudio.gui.start_page import StartPage
 from zvstudio.gui.status import StatusWatcher
 from zvstudio.gui.timeline import TimelineWidget, parse_position
 from zvstudio.gui.transport import Transport
@@ -116,7 +118,8 @@ class MainWindow(QMainWindow):
         self._build_widgets()
         self._build_actions()
         self._build_menus()
-        self._build_transport_bar()
+        self._build_centre()
+        self._rebuild_recent_menu()
         self._connect()
         self._remembered_toggle(self.risk_action, "show_risk", self.motion.show_risk)
         self._remembered_toggle(self.loop_action, "loop_playback", self.transport.set_loop)
@@ -262,6 +265,8 @@ class MainWindow(QMainWindow):
         ]
         self.shortcuts_action = a("&Keyboard shortcuts", self.shortcuts_dialog, "F1")
         self.about_action = a("&About zvstudio", self.about)
+        self.demo_action = a("Open the &demo clip", self.open_demo)
+        self.demo_action.setToolTip("A short built-in clip with sound, to try each step on")
         self.risk_action = a("Show where propagation may fail", lambda: None)
         self.risk_action.setCheckable(True)
         self.risk_action.setToolTip(
@@ -333,11 +338,13 @@ class MainWindow(QMainWindow):
         for dock in (self.timeline_dock, self.inspector_dock, self.queue_dock):
             view.addAction(dock.toggleViewAction())
         bar.addMenu("&Models").addAction(self.models_action)
-        bar.addMenu("&Help").addActions([self.shortcuts_action, self.about_action])
-        self._rebuild_recent_menu()
+        bar.addMenu("&Help").addActions(
+            [self.demo_action, self.shortcuts_action, self.about_action]
+        )
 
-    def _build_transport_bar(self) -> None:
-        """Playback buttons and the timecode under the viewer."""
+    def _build_centre(self) -> None:
+        """The viewer over the playback buttons and the timecode; the start page instead
+        while there is no clip."""
         actions = {
             "home": self.home_action,
             "previous": self.prev_frame_action,
@@ -353,13 +360,29 @@ class MainWindow(QMainWindow):
         self.transport_bar.volume_changed.connect(self._volume)
         slider = self.transport_bar.volume_slider
         slider.sliderReleased.connect(lambda: self._remember_setting(volume=self.audio.volume()))
-        centre = QWidget(self)
-        layout = QVBoxLayout(centre)
+        self.player = QWidget(self)
+        layout = QVBoxLayout(self.player)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addWidget(self.viewer, 1)
         layout.addWidget(self.transport_bar)
-        self.setCentralWidget(centre)
+        self.start_page = StartPage(
+            [
+                (self.import_action, "A video file or a folder of frames, with keys placed"),
+                (self.open_action, "A project saved before"),
+                (self.demo_action, "A short clip with sound, to try each step on"),
+                (
+                    self.new_from_text_action,
+                    "A clip made from a prompt, by a Stable Diffusion model",
+                ),
+                (self.animate_image_action, "A clip that moves, made from one picture"),
+            ]
+        )
+        self.start_page.recent_chosen.connect(self.open_path)
+        self.centre = QStackedWidget(self)
+        self.centre.addWidget(self.start_page)
+        self.centre.addWidget(self.player)
+        self.setCentralWidget(self.centre)
 
     def _connect(self) -> None:
         doc = self.document
@@ -416,6 +439,24 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "Open project", "", PROJECT_FILTER)
         if path:
             self.open_path(path)
+
+    def open_demo(self) -> bool:
+        """Import the built-in demo clip (written to the cache folder the first time)."""
+        from zvstudio.demo import write_demo_clip
+
+        clip = cache_root() / "demo" / "demo.mp4"
+        if not clip.is_file():
+            try:
+                clip.parent.mkdir(parents=True, exist_ok=True)
+                partial = clip.with_name(".demo.partial.mp4")
+                with busy_cursor():
+                    write_demo_clip(partial)
+                partial.replace(clip)
+            except (OSError, ZvsError) as exc:
+                error = exc if isinstance(exc, ZvsError) else ZvsError(f"{exc.strerror or exc}")
+                self.show_error(f"The demo clip could not be written to {clip.parent}", error)
+                return False
+        return self.open_path(clip)
 
     def import_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Import clip", "", VIDEO_FILTER)
@@ -602,6 +643,7 @@ class MainWindow(QMainWindow):
             action = self.recent_menu.addAction(entry)
             action.triggered.connect(lambda _=False, p=entry: self.open_path(p))
         self.recent_menu.setEnabled(bool(self.settings.recent_projects))
+        self.start_page.set_recent(self.settings.recent_projects)
 
     def _may_discard(self) -> bool:
         """Ask before unsaved changes are lost; True when it is fine to go on."""
@@ -656,6 +698,7 @@ class MainWindow(QMainWindow):
     def _clip_loaded(self) -> None:
         self._close_media()
         doc = self.document
+        self.centre.setCurrentWidget(self.start_page if doc.project.clip is None else self.player)
         if doc.project.clip is not None and doc.info is not None:
             self._reader = VideoReader(doc.project.clip.path, info=doc.info)
             self._prepare(Path(doc.project.clip.path))
