@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python packaging/screenshots.py resources/screenshots
 
-It opens the demo clip, renders it (keys turn green), starts a render of a longer stretch and
+It shows the start page, opens the demo clip, renders it (keys turn green), starts a render of a longer stretch and
 captures it midway, and opens the export dialog, then the New from text and Animate image
 dialogs; last, keys placed by motion with the risk band on a talking-head clip of
 ../shared/clips (skipped without it). Uses a private cache and settings folder.
@@ -32,6 +32,8 @@ def main(out: Path) -> None:
     write_demo_clip(clip)
     window = MainWindow(AppSettings())
     window.show()
+    wait_for(lambda: False, 0.5)
+    window.grab().save(str(out / "start-page.png"))
     window.open_path(clip)
     wait_for(lambda: window.proxy is not None, 60)
     window.start_render()

@@ -296,6 +296,7 @@ def _add_render(commands) -> None:
         help="optical-flow estimator for propagation: dis (default) or one a plugin adds",
     )
     _add_synthesis_option(render_parser)
+    _add_matte_options(render_parser)
     render_parser.add_argument("--from", dest="first", type=int, help="first frame (0-based)")
     render_parser.add_argument("--to", dest="last", type=int, help="last frame (inclusive)")
     render_parser.add_argument("--format", choices=FORMATS, help=FORMAT_HELP)
@@ -429,6 +430,7 @@ def _with_overrides(request, args):
         flow_preset=flow_preset,
         flow_estimator=args.flow or request.flow_estimator,
         short_side=request.short_side if args.size is None else args.size,
+        matte=_matte(args, request.matte),
     )
 
 
@@ -654,6 +656,7 @@ def _add_propagate(commands) -> None:
         help="window (pixels) over which guide errors are measured",
     )
     _add_synthesis_option(parser)
+    _add_matte_options(parser)
     parser.add_argument(
         "--device",
         default="auto",
@@ -691,6 +694,37 @@ def _add_synthesis_option(parser) -> None:
         help="screened-Poisson fusion after blending the two keys: the detail of the nearer "
         "key's result with the blend's colours",
     )
+
+
+def _add_matte_options(parser) -> None:
+    parser.add_argument(
+        "--matte",
+        type=Path,
+        metavar="CLIP",
+        help="show the render only where this matte is white (or opaque), the original "
+        "footage elsewhere: a video or an image sequence with one frame per frame of the clip",
+    )
+    parser.add_argument(
+        "--matte-invert", action="store_true", help="show the render where the matte is black"
+    )
+    parser.add_argument(
+        "--matte-feather",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="soften the matte's edge by this many pixels (default 0)",
+    )
+
+
+def _matte(args, current=None):
+    """The matte the options give, else `current` (a project's)."""
+    from zvstudio.media.matte import MatteSpec
+
+    if args.matte is None:
+        if args.matte_invert or args.matte_feather:
+            _warn("--matte-invert and --matte-feather need --matte; they change nothing")
+        return current
+    return MatteSpec(args.matte, args.matte_invert, args.matte_feather)
 
 
 def _add_patch_options(parser) -> None:
@@ -804,6 +838,7 @@ def _run_propagate(args) -> int:
         export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio),
         flow_preset=args.flow_preset,
         short_side=args.size,
+        matte=_matte(args),
     )
     result = _run_job(
         args, lambda progress, cancel: propagate_video(request, progress, cancel, _warn)

@@ -22,6 +22,7 @@ from zvstudio.media import (
     clip_hash,
     probe,
 )
+from zvstudio.media.matte import MatteSpec, check_matte, matted_frames
 from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
 from zvstudio.propagate.clip import check_keys, load_key_image, propagate_clip
 from zvstudio.propagate.segment import PropagationSettings
@@ -39,6 +40,7 @@ class PropagateRequest:
     flow_preset: str = "fine"
     # Propagate (and export) at most this many pixels on the short side; 0: the clip's size.
     short_side: int = 0
+    matte: MatteSpec | None = None  # where the propagated keys show over the original footage
 
     def __post_init__(self) -> None:
         check_short_side(self.short_side)
@@ -56,6 +58,7 @@ def propagate_video(
     info = probe(request.source)
     last = info.frame_count - 1
     check_keys(request.keys, 0, last)
+    check_matte(request.matte, info.frame_count)
     clip_size = (info.display_width, info.display_height)
     size = render_size(*clip_size, request.short_side)
     keys = {}
@@ -73,8 +76,9 @@ def propagate_video(
             request.output, size, timing, request.export, audio, info.frame_name_number(0)
         ) as writer,
     ):
-        for _, image in propagate_clip(
-            reader, keys, flows, request.settings, 0, last, progress, cancel
-        ):
+        frames = propagate_clip(reader, keys, flows, request.settings, 0, last, progress, cancel)
+        if request.matte is not None:
+            frames = matted_frames(frames, info, request.matte, size, 0, last)
+        for _, image in frames:
             writer.write(image)
     return RenderResult(request.output, info.frame_count, time.monotonic() - started)

@@ -40,6 +40,7 @@ from zvstudio.media import (
 )
 from zvstudio.media.cuts import keys_by_shot, shot_first
 from zvstudio.media.hdr import sdr_note
+from zvstudio.media.matte import check_matte, matted_frames
 from zvstudio.progress import (
     CancelToken,
     LogCallback,
@@ -360,6 +361,7 @@ def render(
     estimator = flow_estimator(request)
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
+    check_matte(request.matte, info.frame_count)
 
     @functools.cache
     def cuts() -> list[int]:  # found on first use, once
@@ -424,6 +426,8 @@ def render(
                 segments,
                 rendered.identities,
             )
+        if request.matte is not None:
+            frames = matted_frames(frames, info, request.matte, reader.size, first, last)
         for _, image in frames:
             cancel.raise_if_cancelled()
             writer.write(image)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from zvstudio.errors import ZvsError
 from zvstudio.keyrender import KeyParams, working_size
+from zvstudio.media.matte import MatteSpec
 from zvstudio.media.probe import MediaInfo
 from zvstudio.media.writer import ExportSettings, format_for
 from zvstudio.project import Project
-from zvstudio.project.model import MIN_SHORT_SIDE
+from zvstudio.project.model import MIN_SHORT_SIDE, RenderSettings
 from zvstudio.propagate.segment import PropagationSettings
 
 KEY_PLACEMENTS = ("even", "motion")
@@ -62,6 +63,7 @@ class RenderRequest:
     flow_estimator: str = "dis"  # "dis", "raft" or one a plugin registered
     # Render (and export) at most this many pixels on the short side; 0: at the clip's size.
     short_side: int = 0
+    matte: MatteSpec | None = None  # where the render shows over the original footage
 
     def __post_init__(self) -> None:
         if self.key_placement not in KEY_PLACEMENTS:
@@ -122,7 +124,15 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
         ),
         flow_preset=settings.flow_preset,
         short_side=settings.short_side,
+        matte=project_matte(settings),
     )
+
+
+def project_matte(settings: RenderSettings) -> MatteSpec | None:
+    """The project's matte, None without one."""
+    if settings.matte is None:
+        return None
+    return MatteSpec(Path(settings.matte), settings.matte_invert, settings.matte_feather)
 
 
 def _project_renderer(project: Project) -> KeyRendererSpec:

@@ -164,6 +164,10 @@ class RenderSettings(Validated):
     flow_preset: str = field(default="fine", metadata=rule("str", choices=FLOW_PRESETS))
     blend: str = field(default="soft", metadata=rule("str", choices=BLEND_MODES))
     poisson: bool = field(default=False, metadata=rule("bool"))
+    # A matte clip (`zvstudio.media.matte`): the render shows where it is white or opaque.
+    matte: str | None = field(default=None, metadata=rule("path", nullable=True))
+    matte_invert: bool = field(default=False, metadata=rule("bool"))
+    matte_feather: float = field(default=0.0, metadata=rule("float", low=0, high=200))
     output: OutputSettings = field(
         default_factory=OutputSettings, metadata=rule("object", item=OutputSettings)
     )

@@ -1,0 +1,140 @@
+"""Mattes: where the render shows and where the original footage stays.
+
+A matte is a clip of its own, frame for frame with the clip it belongs to: a video or an image
+sequence, as a roto or segmentation tool exports it. Images with transparency (PNG, TIFF,
+EXR with alpha) give their alpha; anything else its brightness (white: the render, black: the
+original). `composite` puts each rendered frame over the original through its matte, so a
+subject can be restyled while the rest of the shot stays as filmed.
+
+The matte acts after rendering: keys and propagated segments are cached without it, so
+changing or removing a matte only composites again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from zvstudio.errors import MediaError
+from zvstudio.media.probe import MediaInfo, probe
+from zvstudio.media.reader import FrameCache, Size, VideoReader
+from zvstudio.media.sequence import find_sequence
+
+# Rec. 709 luma weights: a grey matte of any hue reads as its brightness.
+_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
+MAX_FEATHER = 200.0  # pixels; a wider soft edge is a different matte, not a feather
+
+
+@dataclass(frozen=True)
+class MatteSpec:
+    """The matte clip at `path`; `invert` swaps what shows (black: the render), `feather`
+    softens its edge by a Gaussian blur of that many pixels (at the render's size)."""
+
+    path: Path
+    invert: bool = False
+    feather: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.feather <= MAX_FEATHER:
+            raise MediaError(f"a matte's feather must be 0-{MAX_FEATHER:g} px, not {self.feather}")
+
+
+class MatteReader:
+    """The weights of a matte's frames (float32, 0..1, height x width) at `size`."""
+
+    def __init__(self, spec: MatteSpec, size: Size, frame_count: int) -> None:
+        self.spec = spec
+        self.size = size
+        info = probe(spec.path)
+        if info.frame_count != frame_count:
+            raise MediaError(
+                f"the matte {Path(spec.path).name} has {info.frame_count} frames and the clip "
+                f"{frame_count}",
+                hint="export the matte from the same frames as the clip, one image per frame",
+            )
+        sequence = find_sequence(spec.path) if info.is_sequence else None
+        self._alpha = sequence if sequence is not None and _has_alpha(sequence) else None
+        # Brightness mattes read like any clip (video levels, rotation and all); a frame
+        # is used once, so nothing is kept.
+        self._reader = None if self._alpha else VideoReader(spec.path, FrameCache(0), info, size)
+
+    def weights(self, number: int) -> np.ndarray:
+        """Frame `number`'s matte: 1 where the render shows, 0 where the original does."""
+        if self._alpha is not None:
+            frame = self._alpha.decode(number)
+            width, height = self.size
+            rgba = frame.reformat(width=width, height=height, format="rgba", interpolation="AREA")
+            matte = rgba.to_ndarray()[..., 3].astype(np.float32) / 255.0
+        else:
+            matte = self._reader.frame(number).astype(np.float32) @ (_LUMA / 255.0)
+        return self._shaped(matte)
+
+    def frames(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(number, weights) for frames start..stop-1 in order."""
+        if self._reader is not None:
+            for number, image in self._reader.frames(start, stop):
+                yield number, self._shaped(image.astype(np.float32) @ (_LUMA / 255.0))
+        else:
+            for number in range(start, stop):
+                yield number, self.weights(number)
+
+    def _shaped(self, matte: np.ndarray) -> np.ndarray:
+        if self.spec.feather > 0:
+            matte = cv2.GaussianBlur(matte, (0, 0), self.spec.feather)
+        if self.spec.invert:
+            matte = 1.0 - matte
+        return np.clip(matte, 0.0, 1.0)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> MatteReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _has_alpha(sequence) -> bool:
+    components = sequence.decode(0).format.components
+    return any(component.is_alpha for component in components)
+
+
+def composite(rendered: np.ndarray, original: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """`rendered` over `original` through `weights` (1: rendered), as RGB uint8."""
+    alpha = weights[..., None]
+    mixed = rendered.astype(np.float32) * alpha + original.astype(np.float32) * (1.0 - alpha)
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def matted_frames(
+    frames: Iterator[tuple[int, np.ndarray]],
+    info: MediaInfo,
+    spec: MatteSpec,
+    size: Size,
+    first: int,
+    last: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """`frames` (rendered frames first..last of the clip `info` describes, in order, at
+    `size`), each put over the original frame through its matte."""
+    with (
+        MatteReader(spec, size, info.frame_count) as mattes,
+        VideoReader(info.path, FrameCache(0), info, size) as originals,
+    ):
+        matte_frames = mattes.frames(first, last + 1)
+        original_frames = originals.frames(first, last + 1)
+        for (number, image), (_, matte), (_, original) in zip(
+            frames, matte_frames, original_frames, strict=True
+        ):
+            yield number, composite(image, original, matte)
+
+
+def check_matte(spec: MatteSpec | None, frame_count: int) -> None:
+    """Fail before any work if the matte cannot be read or does not fit the clip."""
+    if spec is not None:
+        MatteReader(spec, (16, 16), frame_count).close()
