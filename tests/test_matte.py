@@ -129,3 +129,24 @@ def test_painted_keys_show_through_an_inverted_matte(tmp_path):
     with VideoReader(clip) as original:
         assert np.array_equal(frame[:, : W // 2], original.frame(5)[:, : W // 2])
     assert np.abs(frame[:, W // 2 + 8 :].astype(int) - [255, 0, 0]).max() <= 2
+
+
+def test_a_project_keeps_its_matte_beside_it(tmp_path):
+    from dataclasses import replace
+
+    from zvstudio.engine.request import request_from_project
+    from zvstudio.project import ClipRef, Project, load_project, save_project
+
+    clip, _, _ = make_clip(tmp_path / "walk.mp4", count=4)
+    write_matte(tmp_path / "matte", 4, left_half())
+    pattern = str(tmp_path / "matte" / "matte_%04d.png")
+    project = Project(clip=ClipRef.from_file(clip))
+    project.settings = replace(
+        project.settings, matte=pattern, matte_invert=True, matte_feather=2.5
+    )
+    save_project(project, tmp_path / "walk.zvs")
+    assert '"matte": "matte/matte_%04d.png"' in (tmp_path / "walk.zvs").read_text()
+    loaded = load_project(tmp_path / "walk.zvs")
+    request = request_from_project(loaded, tmp_path / "out.mp4")
+    assert request.matte == MatteSpec(Path(pattern), invert=True, feather=2.5)
+    assert request_from_project(Project(clip=project.clip), tmp_path / "o.mp4").matte is None

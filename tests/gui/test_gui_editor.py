@@ -651,6 +651,50 @@ def test_the_rate_of_a_sequence_is_set_and_its_renders_kept(qtbot, window, clip,
     assert doc.fps == 12
 
 
+def test_a_matte_shows_the_render_over_the_original_without_rendering_again(
+    qtbot, window, clip, tmp_path
+):
+    assert window.open_path(clip)
+    panel = window.inspector.render_panel
+    assert not panel.clear_matte_button.isEnabled() and not panel.matte_feather_spin.isEnabled()
+    wait_render_after(qtbot, window)
+    matte = tmp_path / "matte"
+    matte.mkdir()
+    white_left = np.zeros((80, 128), np.uint8)
+    white_left[:, :64] = 255
+    for number in range(24):
+        cv2.imwrite(str(matte / f"m_{number:03d}.png"), white_left)
+    short = tmp_path / "short"
+    short.mkdir()
+    cv2.imwrite(str(short / "m_000.png"), white_left)
+    chosen = iter([str(short / "m_000.png"), str(matte / "m_005.png")])
+    panel.dialogs.open_file = lambda title, kinds: next(chosen)
+
+    panel.matte_button.click()  # one frame for a clip of 24: refused, with the reason
+    assert window.document.project.settings.matte is None
+    assert "has 1 frames and the clip 24" in window.inspector.message_label.text()
+    panel.matte_button.click()
+    settings = window.document.project.settings
+    assert settings.matte == str(matte / "m_%03d.png")
+    assert panel.matte_label.text().startswith("matte/m_###.png: the render shows")
+    qtbot.waitUntil(lambda: window.status is not None and window.status.complete, timeout=10_000)
+    assert set(window.key_states().values()) == {"rendered"}  # nothing to render again
+
+    with VideoReader(clip) as reader:
+        original = reader.frame(7)
+    rendered, shown = window.rendered_frame(7), window.shown_render(7)
+    assert np.array_equal(shown[:, :64], rendered[:, :64])
+    assert np.array_equal(shown[:, 64:], original[:, 64:])
+    assert not np.array_equal(rendered[:, 64:], original[:, 64:])
+    panel.matte_invert_check.click()
+    shown = window.shown_render(7)
+    assert np.array_equal(shown[:, :64], original[:, :64])
+    window.document.undo_stack.undo()
+    window.document.undo_stack.undo()
+    assert window.document.project.settings.matte is None
+    assert np.array_equal(window.shown_render(7), rendered)
+
+
 def test_keys_exported_for_painting_come_back_as_painted_keys(qtbot, window, clip, tmp_path):
     paint = tmp_path / "paint"
     window.choose_folder = lambda title, folder: str(paint)

@@ -51,7 +51,9 @@ from zvstudio.gui.document import Document
 from zvstudio.gui.elided_label import ElidedLabel
 from zvstudio.gui.style_params import StyleParamsEditor
 from zvstudio.keyrender import working_size
-from zvstudio.media import MediaInfo
+from zvstudio.media import MediaInfo, clip_label, probe, sequence_path
+from zvstudio.media.matte import MAX_FEATHER
+from zvstudio.media.sequence import IMAGE_SUFFIXES
 from zvstudio.project.edits import Edit, SetKey, SetSettings, keys_every
 from zvstudio.project.model import (
     CONSTRAINT_RANGES,
@@ -116,6 +118,18 @@ POISSON_TIP = (
 RENDER_BASES = ("sd1", "unknown")  # bases the sampler can load (unknown: let it try)
 MODEL_FILTER = "Models (*.safetensors *.sft *.ckpt *.pt *.pth *.bin);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.exr *.bmp);;All files (*)"
+MATTE_FILTER = (
+    "Mattes: videos or frames of a sequence (*.mp4 *.mov *.mkv *.webm *.avi *.m4v "
+    + " ".join(f"*{suffix}" for suffix in sorted(IMAGE_SUFFIXES))
+    + ");;All files (*)"
+)
+MATTE_TIP = (
+    "A clip with one frame per frame of this one, as a roto or segmentation tool exports it: "
+    "the render shows where it is white (or opaque, for images with transparency), the "
+    "original footage elsewhere. Applied after rendering: changing it renders nothing again"
+)
+MATTE_SHOWS = "the render shows where it is white or opaque"
+MATTE_NONE = "None: the render fills the frame"
 
 CONSTRAINT_TEXT = {
     "shape_fusion": (
@@ -411,6 +425,7 @@ class RenderPanel(_Panel):
         box.addWidget(self._constraint_group())
         layout.addWidget(self.diffusion_box)
         layout.addWidget(self._propagation_group())
+        layout.addWidget(self._matte_group())
         layout.addStretch(1)
         self._loading = False
         self.reload_models()
@@ -661,6 +676,68 @@ class RenderPanel(_Panel):
         form.addRow(self.poisson_check)
         return group
 
+    def _matte_group(self) -> QGroupBox:
+        group = QGroupBox("Matte")
+        form = _form(group)
+        self.matte_label = _note("")
+        form.addRow(self.matte_label)
+        self.matte_button = QPushButton("Choose matte…")
+        self.matte_button.setToolTip(MATTE_TIP)
+        self.matte_button.clicked.connect(self._choose_matte)
+        self.clear_matte_button = QPushButton("No matte")
+        self.clear_matte_button.setToolTip("The render fills the whole frame")
+        self.clear_matte_button.clicked.connect(lambda: self.set_matte(None))
+        row = QHBoxLayout()
+        row.addWidget(self.matte_button)
+        row.addWidget(self.clear_matte_button)
+        form.addRow(row)
+        self.matte_invert_check = QCheckBox("Invert: the render where the matte is black")
+        self.matte_invert_check.toggled.connect(
+            lambda on: self._set("matte_invert", on, f"{'invert' if on else 'uninvert'} the matte")
+        )
+        form.addRow(self.matte_invert_check)
+        self.matte_feather_spin = QDoubleSpinBox()
+        self.matte_feather_spin.setRange(0.0, MAX_FEATHER)
+        self.matte_feather_spin.setDecimals(1)
+        self.matte_feather_spin.setSuffix(" px")
+        self.matte_feather_spin.valueChanged.connect(lambda v: self._set("matte_feather", v))
+        _add_row(form, "Feather", self.matte_feather_spin, "Soften the matte's edge")
+        return group
+
+    def set_matte(self, path: str | None) -> None:
+        """Use the clip at `path` as the matte (None: none). One whose frames do not match
+        the clip's is refused, with the reason shown."""
+        if path is not None:
+            try:
+                path = sequence_path(path)
+                count = probe(path).frame_count
+            except ZvsError as exc:
+                self.problem.emit(f"Cannot use {Path(path).name} as a matte: {exc}")
+                return
+            if count != self.document.frame_count:
+                self.problem.emit(
+                    f"The matte has {count} frames and the clip {self.document.frame_count}: "
+                    "export it from the same frames, one image per frame"
+                )
+                return
+        self._set("matte", path, "choose a matte" if path else "remove the matte")
+
+    def _choose_matte(self) -> None:
+        path = self.dialogs.open_file(
+            "Choose the matte: a video or any frame of a sequence", MATTE_FILTER
+        )
+        if path:
+            self.set_matte(os.path.abspath(path))
+
+    def _show_matte(self, settings: RenderSettings) -> None:
+        has = settings.matte is not None
+        text = f"{clip_label(settings.matte)}: {MATTE_SHOWS}" if has else MATTE_NONE
+        self.matte_label.setText(text)
+        self.matte_label.setToolTip(settings.matte or "")
+        self.matte_button.setEnabled(self.document.frame_count > 0)
+        for widget in (self.clear_matte_button, self.matte_invert_check, self.matte_feather_spin):
+            widget.setEnabled(has)
+
     def _choice_row(
         self, form: QFormLayout, field: str, text: str, labels: dict[str, str], tip: str
     ) -> QComboBox:
@@ -744,6 +821,7 @@ class RenderPanel(_Panel):
         self._show_render_sizes(settings.short_side)
         for button in (self.fill_keys_button, self.motion_keys_button):
             button.setEnabled(self.document.frame_count > 0)
+        self._show_matte(settings)
         for combo, field in (
             (self.synthesis_combo, "synthesis"),
             (self.flow_preset_combo, "flow_preset"),
@@ -800,6 +878,8 @@ class RenderPanel(_Panel):
             (self.colour_correction_check, "colour_correction"),
             (self.key_interval_spin, "key_interval"),
             (self.poisson_check, "poisson"),
+            (self.matte_invert_check, "matte_invert"),
+            (self.matte_feather_spin, "matte_feather"),
         ]
 
     def _show_styles(self, current: str) -> None:

@@ -37,7 +37,7 @@ from zvstudio.appsettings import (
 )
 from zvstudio.engine.jobs import ANALYSIS, JobEvent
 from zvstudio.engine.render import render_key_preview
-from zvstudio.engine.request import RenderRequest, request_from_project
+from zvstudio.engine.request import RenderRequest, project_matte, request_from_project
 from zvstudio.engine.shots import clip_levels, prepare_clip
 from zvstudio.engine.status import RenderStatus
 from zvstudio.errors import ZvsError
@@ -59,6 +59,7 @@ from zvstudio.gui.viewer import ViewerWidget
 from zvstudio.hashing import text_hash
 from zvstudio.media import Proxy, VideoReader, clip_hash, clip_label
 from zvstudio.media.hdr import sdr_note
+from zvstudio.media.matte import MatteReader, composite
 from zvstudio.media.sequence import (
     ASSUMED_RATE_NOTE,
     IMAGE_SUFFIXES,
@@ -108,6 +109,7 @@ class MainWindow(QMainWindow):
         self.preview_image = None  # the last previewed key (frame, image)
         self._reader: VideoReader | None = None
         self.proxy: Proxy | None = None
+        self._matte: tuple | None = None  # ((matte, size), its reader or None) once opened
         self.prepare_job: int | None = None
         self.levels_job: int | None = None
         self.models_job: int | None = None
@@ -693,6 +695,7 @@ class MainWindow(QMainWindow):
         if self.proxy is not None:
             self.proxy.close()
             self.proxy = None
+        self._close_matte()
         self.audio.set_clip(None, None)
 
     def _clip_loaded(self) -> None:
@@ -811,7 +814,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Import a clip first", 4000)
             return None
         frame = self.transport.frame()
-        image = None if self.viewer.mode() == "original" else self.rendered_frame(frame)
+        image = None if self.viewer.mode() == "original" else self.shown_render(frame)
         what = "rendered" if image is not None else "original"
         if image is None:
             image = self._reader.frame(frame)
@@ -937,7 +940,7 @@ class MainWindow(QMainWindow):
         # While playing, the proxy keeps up with the frame rate; stopped, the exact frame.
         playing = self.proxy is not None and self.transport.is_playing()
         original = self.proxy.frame(number) if playing else self._reader.frame(number)
-        self.viewer.set_frames(original, self.rendered_frame(number))
+        self.viewer.set_frames(original, self.shown_render(number, original))
         seconds = number / self.document.fps
         self.frame_label.setText(f"frame {number} / {count - 1}   {seconds:7.2f} s")
 
@@ -946,6 +949,47 @@ class MainWindow(QMainWindow):
         if self.preview_image is not None and self.preview_image[0] == number:
             return self.preview_image[1]
         return self.status.rendered_frame(number) if self.status else None
+
+    def shown_render(self, number: int, original=None):
+        """The frame's render as it will be exported: through the project's matte, over the
+        original frame (`original`, at any size, when the caller has it). None if not
+        rendered."""
+        image = self.rendered_frame(number)
+        mattes = self._matte_reader(image.shape[1::-1]) if image is not None else None
+        if mattes is None:
+            return image
+        if original is None:
+            original = self._reader.frame(number)
+        if original.shape != image.shape:
+            original = cv2.resize(original, image.shape[1::-1], interpolation=cv2.INTER_AREA)
+        try:
+            return composite(image, original, mattes.weights(number))
+        except ZvsError as exc:
+            self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
+            return image
+
+    def _matte_reader(self, size: tuple[int, int]) -> MatteReader | None:
+        """The project's matte at `size`, opened once per matte and size; None without one
+        (or when it cannot be read: the status bar says why)."""
+        spec = project_matte(self.document.project.settings)
+        wanted = None if spec is None else (spec, size)
+        if self._matte is not None and self._matte[0] == wanted:
+            return self._matte[1]
+        self._close_matte()
+        if spec is None:
+            return None
+        try:
+            reader = MatteReader(spec, size, self.document.frame_count)
+        except ZvsError as exc:
+            self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
+            reader = None
+        self._matte = (wanted, reader)
+        return reader
+
+    def _close_matte(self) -> None:
+        if self._matte is not None and self._matte[1] is not None:
+            self._matte[1].close()
+        self._matte = None
 
     # -- render status ------------------------------------------------------------------------
     def current_request(self, output: Path | None = None) -> RenderRequest | None:
