@@ -307,6 +307,14 @@ def test_exr_frames_hold_linear_light():
     assert linear.shape == (4, 6, 3)
     assert np.allclose(linear[0, 0], [0.2158, 1.0, 0.0], atol=5e-4)
 
+    # With alpha, premultiplied as OpenEXR has it: colour times opacity.
+    translucent = np.dstack([image, np.full((4, 6), 128, np.uint8)])
+    with av.open(io.BytesIO(encode_image(translucent, "exr")), format="exr_pipe") as container:
+        rgba = next(container.decode(video=0)).to_ndarray(format="gbrapf32le")
+    assert np.allclose(rgba[0, 0], [0.2158 * 0.502, 0.502, 0.0, 0.502], atol=1e-3)
+    with pytest.raises(MediaError, match="no alpha"):
+        encode_image(translucent, "dpx")
+
 
 @pytest.mark.parametrize(
     ("name", "preferred", "chosen"),
@@ -410,6 +418,8 @@ def test_disk_full_is_reported_and_cleaned_up(tmp_path, monkeypatch):
         ("frames", ExportSettings("h264"), "does not match"),
         ("frames", ExportSettings("prores"), "does not match"),
         ("out.mp4", ExportSettings("vp9"), "unknown export format"),
+        ("out.mp4", ExportSettings(alpha=True), "h264 has no alpha channel"),
+        ("frames", ExportSettings("dpx", alpha=True), "dpx has no alpha channel"),
     ],
 )
 def test_impossible_outputs_fail_before_writing(tmp_path, name, settings, message):

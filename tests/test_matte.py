@@ -150,3 +150,47 @@ def test_a_project_keeps_its_matte_beside_it(tmp_path):
     request = request_from_project(loaded, tmp_path / "out.mp4")
     assert request.matte == MatteSpec(Path(pattern), invert=True, feather=2.5)
     assert request_from_project(Project(clip=project.clip), tmp_path / "o.mp4").matte is None
+
+
+def test_the_matte_as_an_alpha_channel(tmp_path, capsys):
+    """For a compositor: the render whole, with the matte as its alpha (PNG frames, ProRes
+    4444), instead of the render over the original."""
+    import av
+
+    clip, _, _ = make_clip(tmp_path / "walk.mp4", count=6)
+    matte = write_matte(tmp_path / "matte", 6, left_half())
+    render = ["render", str(clip), "--style", "posterize", "--every", "3", "-q"]
+    assert main([*render, "-o", str(tmp_path / "plain")]) == 0
+    assert main([*render, "--matte", str(matte), "--alpha", "-o", str(tmp_path / "rgba")]) == 0
+    saved = cv2.imread(str(tmp_path / "rgba" / "frame_000004.png"), cv2.IMREAD_UNCHANGED)
+    assert saved.shape == (H, W, 4)
+    assert saved[:, : W // 2, 3].min() == 255 and saved[:, W // 2 :, 3].max() == 0
+    plain = cv2.imread(str(tmp_path / "plain" / "frame_000004.png"))
+    assert np.array_equal(saved[..., :3], plain)  # the whole render, the original nowhere
+
+    mov = tmp_path / "comp.mov"
+    args = [*render, "--matte", str(matte), "--alpha", "--format", "prores", "-o", str(mov)]
+    assert main(args) == 0
+    with av.open(str(mov)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.profile == "4444"
+        frame = next(container.decode(stream)).to_ndarray(format="rgba")
+    assert frame[:, : W // 2 - 4, 3].min() == 255 and frame[:, W // 2 + 4 :, 3].max() == 0
+
+    capsys.readouterr()
+    assert main([*render, "--alpha", "--format", "png", "-o", str(tmp_path / "none")]) == 1
+    assert "an alpha channel needs a matte" in capsys.readouterr().err
+    assert main([*render, "--matte", str(matte), "--alpha", "-o", str(tmp_path / "a.mp4")]) == 1
+    assert "h264 has no alpha channel" in capsys.readouterr().err
+
+
+def test_a_projects_alpha_is_kept_where_the_output_can_hold_it(tmp_path):
+    from zvstudio.engine.request import export_settings
+    from zvstudio.project.model import OutputSettings
+
+    wanted = OutputSettings(format="prores", alpha=True)
+    assert export_settings(tmp_path / "a.mov", wanted, has_matte=True).alpha
+    assert not export_settings(tmp_path / "a.mp4", wanted, has_matte=True).alpha  # H.264 there
+    assert not export_settings(tmp_path / "a.mov", wanted, has_matte=False).alpha
+    frames = export_settings(tmp_path / "frames", OutputSettings(format="exr", alpha=True), True)
+    assert (frames.format, frames.alpha) == ("exr", True)

@@ -389,6 +389,8 @@ def _with_overrides(request, args):
         export = replace(export, crf=args.crf)
     if args.no_audio:
         export = replace(export, audio=False)
+    if args.alpha:
+        export = replace(export, alpha=True)
     renderer = request.renderer
     if args.model is not None and args.style is not None:
         from zvstudio.errors import ZvsError
@@ -714,6 +716,12 @@ def _add_matte_options(parser) -> None:
         metavar="PX",
         help="soften the matte's edge by this many pixels (default 0)",
     )
+    parser.add_argument(
+        "--alpha",
+        action="store_true",
+        help="write the matte as the output's alpha channel instead of putting the render over "
+        "the original: ProRes 4444 (--format prores, a .mov) or PNG, TIFF or EXR frames",
+    )
 
 
 def _matte(args, current=None):
@@ -835,7 +843,7 @@ def _run_propagate(args) -> int:
             patch=_patch_settings(args),
             device=_pixel_device(args.device),
         ),
-        export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio),
+        export=ExportSettings(format=fmt, crf=args.crf, audio=not args.no_audio, alpha=args.alpha),
         flow_preset=args.flow_preset,
         short_side=args.size,
         matte=_matte(args),

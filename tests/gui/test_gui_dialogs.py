@@ -88,6 +88,23 @@ def test_export_format_sets_extension_quality_and_audio(export_dialog, tmp_path)
     assert export_dialog.choice().output == OutputSettings(format="h265", crf=20, audio=True)
 
 
+def test_export_offers_the_matte_as_alpha_where_it_can(qtbot, export_dialog, tmp_path):
+    assert not export_dialog.alpha_check.isEnabled()  # no matte in this project
+    assert "matte in the inspector" in export_dialog.alpha_check.toolTip()
+    dialog = ExportDialog(
+        None, 30, 25.0, OutputSettings(alpha=True), str(tmp_path / "a.mp4"), has_matte=True
+    )
+    qtbot.addWidget(dialog)
+    assert not dialog.alpha_check.isEnabled() and "no alpha channel" in dialog.alpha_check.toolTip()
+    assert not dialog.choice().output.alpha
+    select_format(dialog, "prores")
+    assert dialog.alpha_check.isEnabled() and dialog.alpha_check.isChecked()
+    assert dialog.choice().output == OutputSettings(format="prores", alpha=True)
+    select_format(dialog, "dpx")
+    assert not dialog.choice().output.alpha
+    dialog.close()
+
+
 def test_export_keeps_a_container_the_user_chose(export_dialog, tmp_path):
     export_dialog.path_edit.setText(str(tmp_path / "film.mkv"))
     select_format(export_dialog, "h265")

@@ -58,7 +58,7 @@ def propagate_video(
     info = probe(request.source)
     last = info.frame_count - 1
     check_keys(request.keys, 0, last)
-    check_matte(request.matte, info.frame_count)
+    check_matte(request.matte, info.frame_count, request.export.alpha)
     clip_size = (info.display_width, info.display_height)
     size = render_size(*clip_size, request.short_side)
     keys = {}
@@ -78,7 +78,8 @@ def propagate_video(
     ):
         frames = propagate_clip(reader, keys, flows, request.settings, 0, last, progress, cancel)
         if request.matte is not None:
-            frames = matted_frames(frames, info, request.matte, size, 0, last)
+            alpha = request.export.alpha
+            frames = matted_frames(frames, info, request.matte, size, 0, last, alpha)
         for _, image in frames:
             writer.write(image)
     return RenderResult(request.output, info.frame_count, time.monotonic() - started)

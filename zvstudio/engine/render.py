@@ -361,7 +361,7 @@ def render(
     estimator = flow_estimator(request)
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
-    check_matte(request.matte, info.frame_count)
+    check_matte(request.matte, info.frame_count, request.export.alpha)
 
     @functools.cache
     def cuts() -> list[int]:  # found on first use, once
@@ -427,7 +427,8 @@ def render(
                 rendered.identities,
             )
         if request.matte is not None:
-            frames = matted_frames(frames, info, request.matte, reader.size, first, last)
+            alpha = request.export.alpha
+            frames = matted_frames(frames, info, request.matte, reader.size, first, last, alpha)
         for _, image in frames:
             cancel.raise_if_cancelled()
             writer.write(image)

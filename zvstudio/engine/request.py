@@ -13,9 +13,9 @@ from zvstudio.errors import ZvsError
 from zvstudio.keyrender import KeyParams, working_size
 from zvstudio.media.matte import MatteSpec
 from zvstudio.media.probe import MediaInfo
-from zvstudio.media.writer import ExportSettings, format_for
+from zvstudio.media.writer import ALPHA_FORMATS, ExportSettings, format_for
 from zvstudio.project import Project
-from zvstudio.project.model import MIN_SHORT_SIDE, RenderSettings
+from zvstudio.project.model import MIN_SHORT_SIDE, OutputSettings, RenderSettings
 from zvstudio.propagate.segment import PropagationSettings
 
 KEY_PLACEMENTS = ("even", "motion")
@@ -102,13 +102,12 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
         raise ZvsError("the project has no clip to render", hint="import a clip first")
     settings = project.settings
     out = settings.output
-    fmt = format_for(output, out.format)
     frame_range = project.frame_range
     return RenderRequest(
         source=Path(project.clip.path),
         output=output,
         renderer=_project_renderer(project),
-        export=ExportSettings(format=fmt, crf=out.crf, audio=out.audio),
+        export=export_settings(output, out, settings.matte is not None),
         first=frame_range.first if frame_range else None,
         last=frame_range.last if frame_range else None,
         key_frames=tuple(key.frame for key in project.keyframes),
@@ -126,6 +125,15 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
         short_side=settings.short_side,
         matte=project_matte(settings),
     )
+
+
+def export_settings(output: Path, out: OutputSettings, has_matte: bool) -> ExportSettings:
+    """How to write `output` as a project's output settings say, where that output can: a
+    folder gets image frames, a video file a video format; the matte becomes an alpha channel
+    only where the format has one and there is a matte."""
+    fmt = format_for(output, out.format)
+    alpha = out.alpha and has_matte and fmt in ALPHA_FORMATS
+    return ExportSettings(format=fmt, crf=out.crf, audio=out.audio, alpha=alpha)
 
 
 def project_matte(settings: RenderSettings) -> MatteSpec | None:

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from zvstudio.errors import ZvsError
-from zvstudio.media.writer import IMAGE_FORMATS
+from zvstudio.media.writer import ALPHA_FORMATS, IMAGE_FORMATS
 from zvstudio.project.model import OutputSettings
 
 FORMAT_LABELS = {
@@ -66,6 +66,18 @@ class ExportChoice:
     last: int
 
 
+def alpha_tip(has_matte: bool, fmt: str) -> str:
+    """What the alpha box does, or why it cannot."""
+    if not has_matte:
+        return "Choose a matte in the inspector first: the alpha channel comes from it"
+    if fmt not in ALPHA_FORMATS:
+        return f"{FORMAT_LABELS[fmt]} has no alpha channel: choose ProRes (4444), PNG, TIFF or EXR"
+    return (
+        "Write the matte as the alpha channel, for a compositor to put the render over the "
+        "footage, instead of putting it over the original here"
+    )
+
+
 def path_for_format(path: str, old_format: str, new_format: str) -> str:
     """`path` with the suffix `new_format` needs: a suffix that was the old format's default or
     that the new format cannot take is replaced; one the user chose and still fits is kept."""
@@ -91,8 +103,10 @@ class ExportDialog(QDialog):
         in_out: tuple[int, int] | None = None,
         size: tuple[int, int] | None = None,
         source_colour: str = "",
+        has_matte: bool = False,
     ) -> None:
         super().__init__(parent)
+        self._has_matte = has_matte  # the project has a matte, which can become the alpha
         self.setWindowTitle("Export")
         self._size = size  # (width, height) the frames are rendered at, when known
         self._source_colour = source_colour  # an HDR or BT.2020 clip's (MediaInfo.colour)
@@ -129,6 +143,9 @@ class ExportDialog(QDialog):
         self.audio_check = QCheckBox("Include the clip's audio")
         self.audio_check.setChecked(output.audio)
         form.addRow("Audio:", self.audio_check)
+        self.alpha_check = QCheckBox("The matte as an alpha channel")
+        self.alpha_check.setChecked(output.alpha)
+        form.addRow("Alpha:", self.alpha_check)
         form.addRow("Save to:", self._build_path(suggested_path))
 
         self.reason_label = QLabel()
@@ -204,6 +221,8 @@ class ExportDialog(QDialog):
         self.crf_spin.setEnabled(fmt in CRF_FORMATS)
         beside = "as audio.wav beside the frames" if fmt in IMAGE_FORMATS else "in the file"
         self.audio_check.setToolTip(f"The clip's sound, {beside}")
+        self.alpha_check.setEnabled(self._has_matte and fmt in ALPHA_FORMATS)
+        self.alpha_check.setToolTip(alpha_tip(self._has_matte, fmt))
         self.path_edit.setText(path_for_format(self.path_edit.text(), self._format, fmt))
         self._format = fmt
         self._validate()
@@ -279,6 +298,7 @@ class ExportDialog(QDialog):
             format=fmt,
             crf=self.crf_spin.value(),
             audio=self.audio_check.isChecked(),
+            alpha=self.alpha_check.isChecked() and self.alpha_check.isEnabled(),
         )
         path = Path(self.path_edit.text().strip()).expanduser()
         return ExportChoice(path, output, self.first_spin.value(), self.last_spin.value())

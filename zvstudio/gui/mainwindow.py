@@ -1098,18 +1098,13 @@ class MainWindow(QMainWindow):
         when the project was rendered)."""
         from dataclasses import replace
 
-        from zvstudio.media import ExportSettings, format_for
+        from zvstudio.engine.request import export_settings
 
         request = self.current_request(Path(path))
         if request is None:
             return None
-        fmt = format_for(path, output_settings.format)
-        request = replace(
-            request,
-            first=first,
-            last=last,
-            export=ExportSettings(format=fmt, crf=output_settings.crf, audio=output_settings.audio),
-        )
+        export = export_settings(Path(path), output_settings, request.matte is not None)
+        request = replace(request, first=first, last=last, export=export)
         return self.bridge.submit_render(request, f"Export {Path(path).name}")
 
     def _of_current_clip(self, clip: Path, result):
@@ -1260,6 +1255,7 @@ class MainWindow(QMainWindow):
             (span.first, span.last) if span else None,
             doc.render_size,
             doc.info.colour if doc.info else "",
+            has_matte=doc.project.settings.matte is not None,
         )
         if dialog.exec():
             choice = dialog.choice()

@@ -119,22 +119,32 @@ def matted_frames(
     size: Size,
     first: int,
     last: int,
+    alpha: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """`frames` (rendered frames first..last of the clip `info` describes, in order, at
-    `size`), each put over the original frame through its matte."""
-    with (
-        MatteReader(spec, size, info.frame_count) as mattes,
-        VideoReader(info.path, FrameCache(0), info, size) as originals,
-    ):
+    `size`), each put over the original frame through its matte; with `alpha`, given the matte
+    as their alpha channel instead (RGBA), for a compositor to do it."""
+    with MatteReader(spec, size, info.frame_count) as mattes:
         matte_frames = mattes.frames(first, last + 1)
-        original_frames = originals.frames(first, last + 1)
-        for (number, image), (_, matte), (_, original) in zip(
-            frames, matte_frames, original_frames, strict=True
-        ):
-            yield number, composite(image, original, matte)
+        if alpha:
+            for (number, image), (_, matte) in zip(frames, matte_frames, strict=True):
+                opacity = np.clip(matte * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                yield number, np.dstack([image, opacity])
+            return
+        with VideoReader(info.path, FrameCache(0), info, size) as originals:
+            original_frames = originals.frames(first, last + 1)
+            for (number, image), (_, matte), (_, original) in zip(
+                frames, matte_frames, original_frames, strict=True
+            ):
+                yield number, composite(image, original, matte)
 
 
-def check_matte(spec: MatteSpec | None, frame_count: int) -> None:
-    """Fail before any work if the matte cannot be read or does not fit the clip."""
+def check_matte(spec: MatteSpec | None, frame_count: int, alpha: bool = False) -> None:
+    """Fail before any work if the matte cannot be read or does not fit the clip, or if an
+    alpha channel is asked for without one."""
     if spec is not None:
         MatteReader(spec, (16, 16), frame_count).close()
+    elif alpha:
+        raise MediaError(
+            "an alpha channel needs a matte", hint="give the matte that the alpha comes from"
+        )

@@ -42,6 +42,7 @@ IMAGE_FORMATS = {
     "dpx": (".dpx", "DPX, 10-bit"),
 }
 FORMATS = VIDEO_FORMATS + tuple(IMAGE_FORMATS)
+ALPHA_FORMATS = ("prores", "png", "tiff", "exr")  # those that can carry an alpha channel
 FOLDER = "folder"  # the output kind of a path without extension: a folder of image frames
 _VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".m4v": "mp4"}
 _ALLOWED_FORMATS = {
@@ -78,6 +79,7 @@ class ExportSettings:
     crf: int = 18
     preset: str = "medium"
     audio: bool = True
+    alpha: bool = False  # frames come as RGBA and keep their alpha (ProRes 4444, PNG, TIFF, EXR)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,11 @@ def check_output(
             f"format '{settings.format}' does not match output {path}",
             hint="image frames are written to a folder (a path without extension)",
         )
+    if settings.alpha and settings.format not in ALPHA_FORMATS:
+        raise MediaError(
+            f"{settings.format} has no alpha channel",
+            hint="use prores (a .mov: ProRes 4444), or png, tiff or exr frames",
+        )
     if kind != FOLDER and settings.format not in _ALLOWED_FORMATS[kind]:
         raise MediaError(
             f"{settings.format} cannot be stored in a {path.suffix} file",
@@ -245,19 +252,29 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
-    """An RGB uint8 image as the bytes of an image file in `fmt` (one of `IMAGE_FORMATS`)."""
+    """An RGB or RGBA uint8 image as the bytes of an image file in `fmt` (one of
+    `IMAGE_FORMATS`; RGBA for those in `ALPHA_FORMATS`)."""
+    alpha = image.shape[2] == 4
     if fmt in ("png", "tiff"):
         flags = [cv2.IMWRITE_PNG_COMPRESSION, 3] if fmt == "png" else []
         suffix = IMAGE_FORMATS[fmt][0]
-        ok, data = cv2.imencode(suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), flags)
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if alpha else cv2.COLOR_RGB2BGR)
+        ok, data = cv2.imencode(suffix, bgr, flags)
         if not ok:
             raise MediaError(f"cannot encode a {fmt.upper()} frame")
         return data.tobytes()
     if fmt == "exr":
         # Compositors expect scene-linear light in EXR: undo the sRGB curve that the reader
-        # applies to EXR frames, so a round trip gives the same pixels back.
-        frame = av.VideoFrame.from_ndarray(srgb_to_linear(image), format="gbrpf32le")
+        # applies to EXR frames, so a round trip gives the same pixels back. EXR's alpha is
+        # premultiplied (OpenEXR's convention): colour times alpha.
+        linear = srgb_to_linear(image[..., :3])
+        if alpha:
+            opacity = image[..., 3:].astype(np.float32) / 255.0
+            linear = np.concatenate([linear * opacity, opacity], axis=2)
+        frame = av.VideoFrame.from_ndarray(linear, format="gbrapf32le" if alpha else "gbrpf32le")
         return _encoded_still("exr", frame, {"format": "half", "compression": "zip16"})
+    if alpha:
+        raise MediaError(f"{fmt} frames have no alpha channel")
     frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="gbrp10le")
     return _encoded_still("dpx", frame, {})
 
@@ -387,9 +404,11 @@ class VideoWriter:
     def write(self, image: np.ndarray) -> None:
         if self.written >= len(self.timing.pts):
             raise MediaError(f"more frames than the {len(self.timing.pts)} planned for {self.path}")
-        if image.shape != (self.size[1], self.size[0], 3) or image.dtype != np.uint8:
+        channels = 4 if self.settings.alpha else 3
+        if image.shape != (self.size[1], self.size[0], channels) or image.dtype != np.uint8:
+            kind = "RGBA" if self.settings.alpha else "RGB"
             raise ValueError(
-                f"expected a {self.size[0]}x{self.size[1]} RGB uint8 frame, "
+                f"expected a {self.size[0]}x{self.size[1]} {kind} uint8 frame, "
                 f"got {image.shape} {image.dtype}"
             )
         try:
@@ -452,7 +471,7 @@ class _EncodedSink:
             raise
 
     def write(self, number: int, image: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame = av.VideoFrame.from_ndarray(image, format="rgba" if image.shape[2] == 4 else "rgb24")
         frame = frame.reformat(
             format=self.stream.codec_context.pix_fmt,
             dst_colorspace="itu709",
@@ -543,6 +562,8 @@ def _add_video_stream(container, kind, size, timing: FrameTiming, settings: Expo
         # Profile 2 is ProRes 422 (standard); 10-bit 4:2:2 is what ProRes stores.
         "prores": ("prores_ks", {"profile": "2"}, "yuv422p10le"),
     }[settings.format]
+    if settings.alpha:  # ProRes 4444, the profile that keeps an alpha channel
+        codec, options, pix_fmt = "prores_ks", {"profile": "4"}, "yuva444p10le"
     stream = container.add_stream(codec, rate=timing.average_rate(), options=options)
     stream.width, stream.height = size
     stream.pix_fmt = pix_fmt

@@ -111,6 +111,8 @@ class OutputSettings(Validated):
     format: str = field(default="h264", metadata=rule("str", choices=OUTPUT_FORMATS))
     crf: int = field(default=18, metadata=rule("int", low=0, high=51))
     audio: bool = field(default=True, metadata=rule("bool"))
+    # The matte as the output's alpha channel, where the format has one (else over the original)
+    alpha: bool = field(default=False, metadata=rule("bool"))
 
 
 @dataclass(frozen=True)
