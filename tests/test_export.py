@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -405,6 +406,30 @@ def test_disk_full_is_reported_and_cleaned_up(tmp_path, monkeypatch):
     assert "disk space" in str(caught.value)
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "out.mp4"]
+
+
+@pytest.mark.parametrize("failing_frame", [2, 11])  # mid-export, and the last frame
+def test_disk_full_while_writing_frames_keeps_the_earlier_export(
+    tmp_path, monkeypatch, failing_frame
+):
+    """Frames are compressed and written on worker threads: a failure there still reaches
+    the export, which leaves the folder as it was."""
+    source, _, _ = make_clip(tmp_path / "c.mp4", count=12)
+    target = tmp_path / "frames"
+    export(source, target, ExportSettings("exr"))
+    before = sorted(p.name for p in target.iterdir())
+    real_write = Path.write_bytes
+
+    def full_disk(self, data):
+        if self.name == f"frame_{failing_frame:06d}.exr":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(MediaError, match="No space left"):
+        export(source, target, ExportSettings("exr"))
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "frames"]
 
 
 @pytest.mark.parametrize(
