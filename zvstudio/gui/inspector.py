@@ -693,7 +693,9 @@ class RenderPanel(_Panel):
         form.addRow(row)
         self.matte_invert_check = QCheckBox("Invert: the render where the matte is black")
         self.matte_invert_check.toggled.connect(
-            lambda on: self._set("matte_invert", on, f"{'invert' if on else 'uninvert'} the matte")
+            lambda on: self._set(
+                "matte_invert", on, f"{'invert' if on else 'stop inverting'} the matte"
+            )
         )
         form.addRow(self.matte_invert_check)
         self.matte_feather_spin = QDoubleSpinBox()
