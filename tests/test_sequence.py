@@ -234,6 +234,19 @@ def test_a_frame_of_another_size_comes_at_the_clips_size(tmp_path):
         assert reader.frame(2).shape == (112, 192, 3)
         assert frame_number(reader.frame(2)) == 2
         assert {image.shape for _, image in reader.frames()} == {(112, 192, 3)}
+        assert reader.resized_frames == {2: (384, 224)}
+
+
+def test_a_render_says_which_frames_had_another_size(tmp_path, capsys):
+    from zvstudio.cli import main
+
+    write_frames(tmp_path / "shot", range(6))
+    for number in (2, 3):
+        larger = cv2.resize(numbered_frame(number), (384, 224), interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(tmp_path / "shot" / f"frame_{number:04d}.png"), larger[..., ::-1])
+    args = ["render", str(tmp_path / "shot"), "--style", "posterize", "-o"]
+    assert main([*args, str(tmp_path / "out.mp4")]) == 0
+    assert "frames 2, 3 are 384x224, not 192x112 like the first: scaled" in capsys.readouterr().err
 
 
 def test_other_image_formats_read_as_their_pictures(tmp_path):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zvstudio.engine.render import RenderResult, flow_clip_key, output_timing
+from zvstudio.engine.render import RenderResult, flow_clip_key, output_timing, resized_note
 from zvstudio.engine.request import check_short_side, render_size
 from zvstudio.flow import DISFlow, FlowCache
 from zvstudio.media import (
@@ -82,4 +82,6 @@ def propagate_video(
             frames = matted_frames(frames, info, request.matte, size, 0, last, alpha)
         for _, image in frames:
             writer.write(image)
+    if reader.resized_frames:
+        warn(resized_note(reader.resized_frames, info))
     return RenderResult(request.output, info.frame_count, time.monotonic() - started)

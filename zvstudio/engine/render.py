@@ -119,6 +119,17 @@ def output_timing(
     return timing, AudioSource(sound, start, timing.duration, whole_clip=whole)
 
 
+def resized_note(resized: dict[int, tuple[int, int]], info: MediaInfo) -> str:
+    """Say which frames of an image sequence had another size than the first (and were
+    scaled to it): a re-export at another resolution, usually by mistake."""
+    sizes = sorted({f"{w}x{h}" for w, h in resized.values()})
+    return (
+        f"frames {listed_frames(sorted(resized))} are {' or '.join(sizes)}, not "
+        f"{info.width}x{info.height} like the first: scaled to it (export them again at that "
+        "size if that was not meant)"
+    )
+
+
 def listed_frames(frames: Sequence[int], shown: int = 24) -> str:
     """Frame numbers for a message: the first `shown`, and how many more."""
     text = ", ".join(map(str, frames[:shown]))
@@ -433,6 +444,8 @@ def render(
             cancel.raise_if_cancelled()
             writer.write(image)
         progress(Progress("encode", last - first + 1, last - first + 1, "finishing the file"))
+        if reader.resized_frames:
+            log(resized_note(reader.resized_frames, info))
     result = RenderResult(
         request.output,
         last - first + 1,

@@ -115,6 +115,9 @@ class VideoReader:
         self._last_pts: int | None = None
         self._proxy = None
         self._sequence = find_sequence(self.info.path) if self.info.is_sequence else None
+        # Frames of an image sequence whose images had another size than the first (they
+        # come scaled to it): number -> (width, height) as stored, for a warning.
+        self.resized_frames: dict[int, tuple[int, int]] = {}
 
     # -- geometry ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -149,7 +152,10 @@ class VideoReader:
         # Every frame comes at the first one's size: a stray frame of another size (a
         # re-export at another resolution) must not break what expects one size.
         size = size or (self.info.display_width, self.info.display_height)
-        return to_rgb(sequence.decode(number), self.info.rotation, size)
+        frame = sequence.decode(number)
+        if (frame.width, frame.height) != (self.info.width, self.info.height):
+            self.resized_frames[number] = (frame.width, frame.height)
+        return to_rgb(frame, self.info.rotation, size)
 
     def _check_number(self, number: int) -> None:
         if not 0 <= number < len(self.index):
