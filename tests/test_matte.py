@@ -59,6 +59,7 @@ def test_a_matte_video_is_read_at_full_range(tmp_path):
     frames = [np.repeat(left_half()[..., None], 3, axis=2)] * 4
     write_clip(tmp_path / "matte.mp4", iter(frames), fps=25)
     with MatteReader(MatteSpec(tmp_path / "matte.mp4"), (W, H), 4) as matte:
+        assert not matte.has_alpha
         weights = matte.weights(3)
     assert weights[:, :80].min() > 0.97 and weights[:, 112:].max() < 0.03
 
@@ -176,6 +177,11 @@ def test_the_matte_as_an_alpha_channel(tmp_path, capsys):
         assert stream.codec_context.profile == "4444"
         frame = next(container.decode(stream)).to_ndarray(format="rgba")
     assert frame[:, : W // 2 - 4, 3].min() == 255 and frame[:, W // 2 + 4 :, 3].max() == 0
+    # A ProRes 4444 file is a matte by its alpha (its colour is the render's, not black/white).
+    with MatteReader(MatteSpec(mov), (W, H), 6) as reader:
+        assert reader.has_alpha
+        weights = dict(reader.frames(0, 6))[5]
+    assert weights[:, : W // 2 - 4].min() > 0.99 and weights[:, W // 2 + 4 :].max() < 0.01
 
     capsys.readouterr()
     assert main([*render, "--alpha", "--format", "png", "-o", str(tmp_path / "none")]) == 1

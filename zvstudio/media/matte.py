@@ -1,10 +1,11 @@
 """Mattes: where the render shows and where the original footage stays.
 
 A matte is a clip of its own, frame for frame with the clip it belongs to: a video or an image
-sequence, as a roto or segmentation tool exports it. Images with transparency (PNG, TIFF,
-EXR with alpha) give their alpha; anything else its brightness (white: the render, black: the
-original). `composite` puts each rendered frame over the original through its matte, so a
-subject can be restyled while the rest of the shot stays as filmed.
+sequence, as a roto or segmentation tool exports it. Frames with an alpha channel (PNG, TIFF
+or EXR images with transparency, ProRes 4444) give their alpha; anything else its brightness
+(white: the render, black: the original). `composite` puts each rendered frame over the
+original through its matte, so a subject can be restyled while the rest of the shot stays as
+filmed.
 
 The matte acts after rendering: keys and propagated segments are cached without it, so
 changing or removing a matte only composites again.
@@ -22,7 +23,6 @@ import numpy as np
 from zvstudio.errors import MediaError
 from zvstudio.media.probe import MediaInfo, probe
 from zvstudio.media.reader import FrameCache, Size, VideoReader
-from zvstudio.media.sequence import find_sequence
 
 # Rec. 709 luma weights: a grey matte of any hue reads as its brightness.
 _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
@@ -56,31 +56,41 @@ class MatteReader:
                 f"{frame_count}",
                 hint="export the matte from the same frames as the clip, one image per frame",
             )
-        sequence = find_sequence(spec.path) if info.is_sequence else None
-        self._alpha = sequence if sequence is not None and _has_alpha(sequence) else None
-        # Brightness mattes read like any clip (video levels, rotation and all); a frame
-        # is used once, so nothing is kept.
-        self._reader = None if self._alpha else VideoReader(spec.path, FrameCache(0), info, size)
+        # Read like any clip (video levels, rotation and all); a frame is used once, so
+        # nothing is kept.
+        self._reader = VideoReader(spec.path, FrameCache(0), info, size)
+        self._rotation = info.rotation
+        try:
+            components = self._reader.decoded(0).format.components
+        except BaseException:
+            self._reader.close()
+            raise
+        self.has_alpha = any(component.is_alpha for component in components)
 
     def weights(self, number: int) -> np.ndarray:
         """Frame `number`'s matte: 1 where the render shows, 0 where the original does."""
-        if self._alpha is not None:
-            frame = self._alpha.decode(number)
-            width, height = self.size
-            rgba = frame.reformat(width=width, height=height, format="rgba", interpolation="AREA")
-            matte = rgba.to_ndarray()[..., 3].astype(np.float32) / 255.0
-        else:
-            matte = self._reader.frame(number).astype(np.float32) @ (_LUMA / 255.0)
-        return self._shaped(matte)
+        if self.has_alpha:
+            return self._shaped(self._alpha(number))
+        return self._shaped(self._reader.frame(number).astype(np.float32) @ (_LUMA / 255.0))
 
     def frames(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         """(number, weights) for frames start..stop-1 in order."""
-        if self._reader is not None:
-            for number, image in self._reader.frames(start, stop):
-                yield number, self._shaped(image.astype(np.float32) @ (_LUMA / 255.0))
-        else:
+        if self.has_alpha:  # exact decoding goes on from frame to frame: no seeks
             for number in range(start, stop):
                 yield number, self.weights(number)
+            return
+        for number, image in self._reader.frames(start, stop):
+            yield number, self._shaped(image.astype(np.float32) @ (_LUMA / 255.0))
+
+    def _alpha(self, number: int) -> np.ndarray:
+        """The alpha channel of frame `number`, upright, at `size`, as 0..1."""
+        width, height = self.size if self._rotation % 180 == 0 else self.size[::-1]
+        frame = self._reader.decoded(number)
+        rgba = frame.reformat(width=width, height=height, format="rgba", interpolation="AREA")
+        alpha = rgba.to_ndarray()[..., 3]
+        if self._rotation:
+            alpha = np.rot90(alpha, k=self._rotation // 90)
+        return alpha.astype(np.float32) / 255.0
 
     def _shaped(self, matte: np.ndarray) -> np.ndarray:
         if self.spec.feather > 0:
@@ -90,19 +100,13 @@ class MatteReader:
         return np.clip(matte, 0.0, 1.0)
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
+        self._reader.close()
 
     def __enter__(self) -> MatteReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _has_alpha(sequence) -> bool:
-    components = sequence.decode(0).format.components
-    return any(component.is_alpha for component in components)
 
 
 def composite(rendered: np.ndarray, original: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -157,6 +157,14 @@ class VideoReader:
             self.resized_frames[number] = (frame.width, frame.height)
         return to_rgb(frame, self.info.rotation, size)
 
+    def decoded(self, number: int) -> av.VideoFrame:
+        """Frame `number` as FFmpeg decodes it (its own pixel format, size and orientation),
+        for what RGB leaves out, such as an alpha channel."""
+        self._check_number(number)
+        if self._sequence is not None:
+            return self._sequence.decode(number)
+        return self._decode_exact(number)
+
     def _check_number(self, number: int) -> None:
         if not 0 <= number < len(self.index):
             raise IndexError(f"frame {number} is outside 0..{len(self.index) - 1}")
