@@ -230,6 +230,19 @@ def test_bench_decode_prints_json(tmp_path, capsys):
         assert 0 < clip[key]["median_ms"] <= clip[key]["max_ms"]
 
 
+def test_bench_export_prints_json(capsys):
+    assert main(["bench", "export", "--size", "64x48", "--frames", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    measured = {(row["format"], row["alpha"]) for row in report["formats"]}
+    assert ("exr", False) in measured and ("prores", True) in measured
+    assert ("h264", True) not in measured  # H.264 has no alpha
+    assert report["size"] == [64, 48] and report["frames"] == 3
+    assert all(row["ms_per_frame"] > 0 and row["kib_per_frame"] > 0 for row in report["formats"])
+    assert report["matte_composite_ms_per_frame"] >= 0
+    assert main(["bench", "export", "--size", "wide"]) == 1
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("synthesis, preset", [("flow", "fine"), ("patch", "medium")])
 def test_bench_propagate_prints_json(tmp_path, capsys, synthesis, preset):
     path, _, _ = make_clip(tmp_path / "c.mp4", count=12)

@@ -1498,6 +1498,14 @@ def _add_bench(commands) -> None:
         "--no-1080p", action="store_true", help="skip the synthetic 1080p H.264 clip"
     )
     decode.set_defaults(command="bench", run=_run_bench_decode)
+    export = which.add_parser(
+        "export", help="writing frames in each export format, and matte compositing"
+    )
+    export.add_argument(
+        "--size", default="1920x1080", metavar="WxH", help="frame size (default 1920x1080)"
+    )
+    export.add_argument("--frames", type=int, default=24, help="frames per format (default 24)")
+    export.set_defaults(command="bench", run=_run_bench_export)
     from zvstudio.flow import DIS_PRESETS
 
     propagate = which.add_parser("propagate", help="key propagation: seconds/frame and fidelity")
@@ -1537,6 +1545,20 @@ def _run_bench_decode(args) -> int:
         args.videos, samples=args.samples, include_1080p=not args.no_1080p
     )
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _run_bench_export(args) -> int:
+    from zvstudio.bench.export import run_export_benchmark
+    from zvstudio.errors import ZvsError
+
+    try:
+        width, height = (int(part) for part in args.size.lower().split("x"))
+    except ValueError:
+        raise ZvsError(f"--size takes WIDTHxHEIGHT, e.g. 1920x1080, not {args.size!r}") from None
+    if width < 16 or height < 16 or width % 2 or height % 2 or args.frames < 1:
+        raise ZvsError("--size needs even sides of at least 16 pixels, --frames at least 1")
+    print(json.dumps(run_export_benchmark((width, height), args.frames), indent=2))
     return 0
 
 
