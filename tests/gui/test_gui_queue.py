@@ -210,6 +210,32 @@ def test_clear_finished_removes_only_ended_jobs(panel, bridge, qtbot):
     assert panel.row_count() == 0 and panel.log_view.toPlainText() == ""
 
 
+def test_a_finished_export_offers_to_show_its_folder(panel, bridge, qtbot, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from PySide6.QtGui import QDesktopServices
+
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url) or True)
+    video = tmp_path / "walk_zvstudio.mp4"
+    video.write_bytes(b"")
+    frames = tmp_path / "out" / "frames"
+    frames.mkdir(parents=True)
+    exported = bridge.submit(lambda ctx: SimpleNamespace(output=video), "Export walk")
+    folder = bridge.submit(lambda ctx: SimpleNamespace(output=frames), "Export frames")
+    counted = bridge.submit(stepping(2, 0.0), "no file")
+    qtbot.waitUntil(lambda: panel.state_text(counted) == "Finished", timeout=5000)
+    assert not shown(panel.reveal_button(counted))  # it wrote nothing to show
+    assert shown(panel.reveal_button(exported)) and panel.output(exported) == video
+    qtbot.mouseClick(panel.reveal_button(exported), Qt.LeftButton)
+    assert panel.reveal(folder)  # a folder of frames opens itself
+    assert [url.toLocalFile() for url in opened] == [str(tmp_path), str(frames)]
+
+    frames.rmdir()
+    frames.parent.rmdir()  # moved away since: nothing to open
+    assert not panel.reveal(folder) and "cannot open" in panel.log_text(folder)
+
+
 def test_jobs_submitted_before_the_panel_are_listed(bridge, qtbot):
     job = bridge.submit(stepping(10_000), "early")
     widget = QueuePanel(bridge)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QFontDatabase, QPixmap
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtGui import QDesktopServices, QFontDatabase, QPixmap
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -89,6 +90,8 @@ class _JobRow(QWidget):
         self.pause.hide()
         self.details = QPushButton("Details…")
         self.details.hide()
+        self.reveal = QPushButton("Show")
+        self.reveal.hide()
         self._lay_out()
 
     def _lay_out(self) -> None:
@@ -104,7 +107,7 @@ class _JobRow(QWidget):
         grid.addWidget(self.error, 3, 1, 1, 2)
         buttons = QVBoxLayout()  # stacked, so the row fits a narrow dock
         buttons.setSpacing(2)
-        for button in (self.pause, self.cancel, self.details):
+        for button in (self.pause, self.cancel, self.details, self.reveal):
             buttons.addWidget(button)
         for button in (self.pause, self.cancel):  # keep the progress bars of all rows aligned
             policy = button.sizePolicy()
@@ -125,6 +128,7 @@ class _Job:
     state: JobState = JobState.QUEUED
     log: deque[str] = field(default_factory=lambda: deque(maxlen=_MAX_LOG_LINES))
     error: JobError | None = None
+    output: Path | None = None  # what a finished render or export wrote
 
 
 class QueuePanel(QWidget):
@@ -237,6 +241,7 @@ class QueuePanel(QWidget):
         row.cancel.clicked.connect(lambda: self._cancel(job_id))
         row.pause.clicked.connect(lambda: self._toggle_pause(job_id))
         row.details.clicked.connect(lambda: self.show_details(job_id))
+        row.reveal.clicked.connect(lambda: self.reveal(job_id))
         if self.list.currentItem() is None:
             self.list.setCurrentItem(item)
         return job
@@ -273,6 +278,24 @@ class QueuePanel(QWidget):
             self.bridge.resume(job_id)
         else:
             self.bridge.pause(job_id)
+
+    def output(self, job_id: int) -> Path | None:
+        return self._jobs[job_id].output
+
+    def reveal_button(self, job_id: int) -> QPushButton:
+        return self._jobs[job_id].row.reveal
+
+    def reveal(self, job_id: int) -> bool:
+        """Open the folder that holds what the job wrote (a folder of frames itself) in the
+        platform's file manager; False (and a log line) when it is gone or cannot be opened."""
+        job = self._jobs[job_id]
+        if job.output is None:
+            return False
+        folder = job.output if job.output.is_dir() else job.output.parent
+        if not folder.is_dir() or not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            self._log(job, f"— cannot open {folder}")
+            return False
+        return True
 
     def show_details(self, job_id: int) -> QDialog:
         """A non-modal window with the failed job's traceback."""
@@ -328,6 +351,11 @@ class QueuePanel(QWidget):
         bar.setRange(0, max(1, bar.maximum()))
         bar.setValue(bar.maximum())
         self._set_state(job, JobState.FINISHED, "finished")
+        output = getattr(event.result, "output", None)  # a render's or an export's file
+        if output is not None:
+            job.output = Path(output)
+            job.row.reveal.setToolTip(f"Open the folder of {job.output}")
+            job.row.reveal.show()
         self._leave_soon(job)
 
     def _on_cancelled(self, job: _Job, event: JobEvent) -> None:
