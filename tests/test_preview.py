@@ -163,3 +163,20 @@ def test_render_a_clip_with_diffusion_keys(setup, capsys):
         == 1
     )
     assert "either --style" in capsys.readouterr().err
+
+
+def test_preview_tries_several_seeds_with_one_model_load(setup, capsys):
+    root, model, config, clip = setup
+    args = ["preview", str(clip), "--frame", "2", "--model", str(model), "--config", str(config)]
+    args += ["--prompt", "a red cat", "--steps", "3", "--device", "cpu", "-q", "--seed", "7"]
+    assert main([*args, "--seeds", "3", "-o", str(root / "try.png")]) == 0
+    printed = capsys.readouterr().out
+    names = [f"try_seed{seed}.png" for seed in (7, 8, 9)]
+    assert all(f"wrote {root / name}" in printed for name in names)
+    images = [cv2.imread(str(root / name)) for name in names]
+    assert all(image.shape == (48, 64, 3) for image in images)
+    assert not (images[0] == images[1]).all() and not (images[1] == images[2]).all()
+    assert main([*args, "-o", str(root / "seven.png")]) == 0  # the same key, seed 7 alone
+    assert (cv2.imread(str(root / "seven.png")) == images[0]).all()
+    assert main([*args, "--seeds", "0", "-o", str(root / "none.png")]) == 1
+    assert "--seeds needs at least 1" in capsys.readouterr().err

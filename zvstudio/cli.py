@@ -1059,6 +1059,13 @@ def _add_preview(commands) -> None:
     parser.add_argument("--frame", type=int, default=0, help="the frame to render (0-based)")
     _add_diffusion_options(parser, model_required=True)
     parser.add_argument("-o", "--output", type=Path, required=True, help="the PNG to write")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="render the key with N seeds from --seed on, to choose one: OUT_seedS.png each",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(command="preview", run=_run_preview)
 
@@ -1066,12 +1073,15 @@ def _add_preview(commands) -> None:
 def _run_preview(args) -> int:
     from zvstudio.engine.preview import PreviewRequest, render_preview
 
-    request = PreviewRequest(args.video, args.frame, args.output, _diffusion_spec(args))
+    request = PreviewRequest(
+        args.video, args.frame, args.output, _diffusion_spec(args), seeds=args.seeds
+    )
     for warning in _run_job(
         args, lambda progress, cancel: render_preview(request, progress, cancel)
     ):
         _warn(warning)
-    print(f"wrote {args.output}")
+    for _, output in request.outputs():
+        print(f"wrote {output}")
     return 0
 
 

@@ -6,6 +6,7 @@ import hashlib
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PySide6.QtWidgets import QDialogButtonBox, QFileDialog, QMessageBox
@@ -554,3 +555,18 @@ def test_export_shows_the_size_frames_are_rendered_at(qtbot, tmp_path):
     qtbot.addWidget(dialog)
     assert dialog.size_label.text() == "960 × 540"
     dialog.close()
+
+
+def test_the_seeds_dialog_returns_the_seed_picked(qtbot):
+    from zvstudio.gui.seeds_dialog import SeedsDialog
+
+    variations = [(seed, np.full((40, 64, 3), seed * 20, np.uint8)) for seed in (3, 4, 5)]
+    dialog = SeedsDialog(12, variations, "key 12's")
+    qtbot.addWidget(dialog)
+    assert sorted(dialog.buttons) == [3, 4, 5] and dialog.windowTitle() == "Seeds for frame 12"
+    dialog.buttons[4].click()
+    assert dialog.chosen == 4 and dialog.result() == dialog.DialogCode.Accepted
+    other = SeedsDialog(12, variations, "key 12's")
+    qtbot.addWidget(other)
+    other.reject()
+    assert other.chosen is None

@@ -374,6 +374,53 @@ def test_preview_the_key_at_the_playhead(qtbot, window, clip):
     assert window.viewer.mode() != "original"
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tiny_models import write_tiny_config_dir, write_tiny_diffusers
+
+    root = tmp_path_factory.mktemp("tiny")
+    return write_tiny_diffusers(root / "model"), write_tiny_config_dir(root / "config")
+
+
+def test_try_seeds_at_a_key_and_use_the_one_picked(qtbot, window, clip, tiny_model):
+    model, config = tiny_model
+    window.diffusion_config_dir = config
+    assert window.open_path(clip)
+    doc = window.document
+    window.transport.seek(10)
+    assert window.try_seeds() is None  # a stylizer: the seed changes nothing
+    assert "Only Stable Diffusion keys" in window.statusBar().currentMessage()
+    diffusion = replace(
+        doc.project.settings, renderer="diffusion", model=str(model), controlnet=None, steps=2
+    )
+    doc.push(SetSettings(replace(diffusion, seed=5)))
+    asked = []
+    answers = iter([7, None])
+
+    def choose(frame, variations, target):
+        asked.append((frame, [seed for seed, _ in variations], target))
+        return next(answers)
+
+    window.choose_seed = choose
+    window.try_seeds()
+    qtbot.waitUntil(lambda: window.seeds_job is None, timeout=120_000)
+    assert window.errors == []
+    assert asked == [(10, [5, 6, 7, 8], "key 10's")]
+    assert doc.project.key_at(10).seed == 7 and doc.project.settings.seed == 5
+    frame, image = window.preview_image
+    assert frame == 10 and image.shape == (80, 128, 3)  # the picked variation is shown
+    assert window.rendered_frame(10) is image
+    assert "Seed 7 for key 10" in window.statusBar().currentMessage()
+    doc.undo_stack.undo()
+    assert doc.project.key_at(10).seed is None
+
+    window.transport.seek(4)  # no key here: the choice would be every key's seed
+    window.try_seeds(2)
+    qtbot.waitUntil(lambda: window.seeds_job is None, timeout=120_000)
+    assert asked[1] == (4, [5, 6], "the seed of every key")
+    assert doc.project.settings.seed == 5  # cancelled: nothing changed
+
+
 def _drag(window, event_type, paths):
     from PySide6.QtCore import QMimeData, QPointF, QUrl
     from PySide6.QtGui import QDragEnterEvent, QDropEvent

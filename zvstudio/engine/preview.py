@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -192,12 +192,23 @@ def model_content_id(path: Path) -> str:
 
 @dataclass(frozen=True)
 class PreviewRequest:
-    """Render frame `frame` of `video` as a key with `diffusion` and write it to `output`."""
+    """Render frame `frame` of `video` as a key with `diffusion` and write it to `output`;
+    with `seeds` above 1, once for each of that many seeds from the settings' seed on, to
+    `output` named for each (key_seed7.png, key_seed8.png, ...)."""
 
     video: Path
     frame: int
     output: Path
     diffusion: DiffusionSpec
+    seeds: int = 1
+
+    def outputs(self) -> list[tuple[int, Path]]:
+        """(seed, file) for each image the preview writes."""
+        first = self.diffusion.settings.seed
+        if self.seeds == 1:
+            return [(first, self.output)]
+        stem = self.output.with_suffix("")
+        return [(seed, Path(f"{stem}_seed{seed}.png")) for seed in range(first, first + self.seeds)]
 
 
 def render_preview(
@@ -223,12 +234,16 @@ def render_preview(
                 f"frame {request.frame} is outside the clip's frames 0..{len(reader) - 1}"
             )
         frame = reader.frame(request.frame)
+    if request.seeds < 1:
+        raise ZvsError(f"--seeds needs at least 1, got {request.seeds}")
     settings = request.diffusion.settings
     warnings = check_schedule(settings.schedule, settings.strength)
     try:
         sampler = build_sampler(request.diffusion)
-        image = sampler.render(frame, is_anchor=True, progress=progress, cancel=cancel)
+        for seed, output in request.outputs():  # one model load for every seed
+            sampler.settings = replace(settings, seed=seed)
+            image = sampler.render(frame, is_anchor=True, progress=progress, cancel=cancel)
+            write_png(output, image)
     except torch.cuda.OutOfMemoryError as exc:
         raise out_of_memory_error() from exc
-    write_png(request.output, image)
     return warnings

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -493,16 +493,51 @@ def render_key_preview(
 ) -> np.ndarray:
     """Frame `number` rendered as a key on its own (as the first key of a render), with its
     per-key overrides: to try settings on one frame before rendering the clip."""
-    cancel = cancel or CancelToken()
     renderer = create_key_renderer(request.renderer, log)
+    frame = _key_frame(request, number)
+    params = dict(request.key_params).get(number, KeyParams())
+    return _render_alone(renderer, frame, number, params, progress, cancel)
+
+
+def render_key_variations(
+    request: RenderRequest,
+    number: int,
+    seeds: Sequence[int],
+    progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+    log: LogCallback = ignore_log,
+) -> list[tuple[int, np.ndarray]]:
+    """Frame `number` rendered as a key on its own once for each of `seeds` (the model loaded
+    once), with its other per-key overrides: to choose a seed. Only diffusion keys vary."""
+    if request.renderer.kind != "diffusion":
+        raise ZvsError(
+            "only diffusion keys change with the seed",
+            hint="choose the Stable Diffusion key renderer to try seeds",
+        )
+    renderer = create_key_renderer(request.renderer, log)
+    frame = _key_frame(request, number)
+    params = dict(request.key_params).get(number, KeyParams())
+    variations = []
+    for index, seed in enumerate(seeds):
+        log(f"seed {seed} ({index + 1} of {len(seeds)})")
+        image = _render_alone(renderer, frame, number, replace(params, seed=seed), progress, cancel)
+        variations.append((seed, image))
+    return variations
+
+
+def _key_frame(request: RenderRequest, number: int) -> np.ndarray:
     info = probe(request.source)
     with VideoReader(request.source, info=info, output_size=request.frame_size(info)) as reader:
         if not 0 <= number < len(reader):
             raise ZvsError(f"frame {number} is outside the clip's frames 0..{len(reader) - 1}")
-        frame = reader.frame(number)
-    context = KeyContext(number, params=dict(request.key_params).get(number, KeyParams()))
+        return reader.frame(number)
+
+
+def _render_alone(renderer, frame, number, params, progress, cancel) -> np.ndarray:
+    """One key rendered as the first of a render (no references)."""
+    cancel = cancel or CancelToken()
     try:
-        return renderer.render(frame, context, progress, cancel)
+        return renderer.render(frame, KeyContext(number, params=params), progress, cancel)
     except (RenderCancelled, ZvsError):
         raise
     except Exception as exc:

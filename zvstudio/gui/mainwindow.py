@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -36,7 +37,7 @@ from zvstudio.appsettings import (
     save_settings,
 )
 from zvstudio.engine.jobs import ANALYSIS, JobEvent
-from zvstudio.engine.render import render_key_preview
+from zvstudio.engine.render import render_key_preview, render_key_variations
 from zvstudio.engine.request import RenderRequest, project_matte, request_from_project
 from zvstudio.engine.shots import clip_levels, prepare_clip
 from zvstudio.engine.status import RenderStatus
@@ -72,7 +73,15 @@ from zvstudio.media.writer import write_png, write_sequence_rate
 from zvstudio.paths import cache_root
 from zvstudio.project import ClipMissingError, content_hash
 from zvstudio.project.autosave import Autosaver
-from zvstudio.project.edits import MoveKey, RemoveKey, SetFrameRange, mark_range
+from zvstudio.project.edits import (
+    MoveKey,
+    RemoveKey,
+    SetFrameRange,
+    SetKey,
+    SetSettings,
+    mark_range,
+)
+from zvstudio.project.model import SEED_MAX
 
 _VIDEOS = "*.mp4 *.mov *.mkv *.webm *.avi *.m4v"
 _FRAMES = " ".join(f"*{suffix}" for suffix in sorted(IMAGE_SUFFIXES))
@@ -84,6 +93,7 @@ VIDEO_FILTER = (
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
 STATUS_INTERVAL_MS = 400  # how often the status is refreshed while a job runs
+SEED_TRIES = 4  # Render > Try seeds: variations side by side
 COMMON_RATES = ["23.976", "24", "25", "29.97", "30", "48", "50", "59.94", "60"]
 PROXY_SIDE = 640  # the preview proxy's longer side (playback and thumbnails)
 THUMBNAIL_HEIGHT = 72  # pixels, the timeline's thumbnails
@@ -106,6 +116,7 @@ class MainWindow(QMainWindow):
         self.status: RenderStatus | None = None
         self.render_job: int | None = None
         self.preview_job: int | None = None
+        self.seeds_job: int | None = None  # Render > Try seeds
         self.preview_image = None  # the last previewed key (frame, image)
         self._reader: VideoReader | None = None
         self.proxy: Proxy | None = None
@@ -256,6 +267,11 @@ class MainWindow(QMainWindow):
         self.zoom_out_action = a("Zoom out", self.timeline.zoom_out, "-")
         self.zoom_fit_action = a("Fit the clip", self.timeline.zoom_fit, "\\")
         self.preview_action = a("&Preview key at playhead", self.preview_key, "Ctrl+P")
+        self.seeds_action = a("&Try seeds at playhead…", self.try_seeds, "Ctrl+Shift+P")
+        self.seeds_action.setToolTip(
+            f"Render the key at the playhead with {SEED_TRIES} seeds side by side, and use the "
+            "one you pick (Stable Diffusion keys)"
+        )
         self.render_action = a("&Render", self.start_render, "Ctrl+R")
         self.cancel_action = a("&Cancel render", self.cancel_render, "Ctrl+.")
         self.models_action = a("&Model manager…", self.models_dialog)
@@ -331,7 +347,8 @@ class MainWindow(QMainWindow):
         timeline.addSeparator()
         timeline.addActions([self.zoom_in_action, self.zoom_out_action, self.zoom_fit_action])
         render = bar.addMenu("&Render")
-        render.addActions([self.preview_action, self.render_action, self.cancel_action])
+        render.addActions([self.preview_action, self.seeds_action])
+        render.addActions([self.render_action, self.cancel_action])
         view = bar.addMenu("&View")
         view.addActions(self.view_actions)
         view.addSeparator()
@@ -1093,11 +1110,82 @@ class MainWindow(QMainWindow):
             self.viewer.set_mode("split")  # the preview must be visible
         return self.preview_job
 
+    def try_seeds(self, count: int = SEED_TRIES) -> int | None:
+        """Render the key at the playhead with `count` seeds from its own on, as a job; when
+        they are done, the user picks one (`choose_seed`) and it becomes the key's seed."""
+        request = self.current_request()
+        if request is None:
+            return None
+        if request.renderer.kind != "diffusion":
+            message = "Only Stable Diffusion keys change with the seed: choose that key renderer"
+            self.statusBar().showMessage(message, 6000)
+            return None
+        number = self.transport.frame()
+        key = self.document.project.key_at(number)
+        first = self.document.project.settings.seed
+        if key is not None and key.seed is not None:
+            first = key.seed
+        seeds = [(first + offset) % (SEED_MAX + 1) for offset in range(count)]
+
+        def work(context):
+            variations = render_key_variations(
+                request, number, seeds, context.progress, context.cancel, context.log
+            )
+            return number, variations
+
+        self.seeds_job = self.bridge.submit(work, f"Try {count} seeds at frame {number}")
+        if self.viewer.mode() == "original":
+            self.viewer.set_mode("split")  # the steps must be visible
+        return self.seeds_job
+
+    def choose_seed(self, frame: int, variations: list, target: str) -> int | None:
+        """The seed the user picks among `variations` ((seed, image) each), or None (tests
+        replace this method)."""
+        from zvstudio.gui.seeds_dialog import SeedsDialog
+
+        dialog = SeedsDialog(frame, variations, target, self)
+        dialog.exec()
+        return dialog.chosen
+
+    def use_seed(self, frame: int, seed: int, image) -> None:
+        """Make `seed` the seed of the key at `frame` (of every key when `frame` is not a
+        key), one undo step, and show its render as the preview."""
+        doc = self.document
+        key = doc.project.key_at(frame)
+        if key is not None:
+            edit = SetKey(replace(key, seed=seed))
+            edit.text = f"use seed {seed} for key {frame}"
+        else:
+            edit = SetSettings(replace(doc.project.settings, seed=seed))  # a step of its own
+            edit.text = f"use seed {seed}"
+        doc.push(edit)
+        self.preview_image = (frame, image)
+        self._show_frame(self.transport.frame())
+        where = f"key {frame}" if key is not None else "every key"
+        self.statusBar().showMessage(f"Seed {seed} for {where} (Ctrl+Z undoes it)", 8000)
+
+    def _seeds_event(self, event: JobEvent) -> None:
+        if event.kind == "preview" and event.image is not None:
+            self.viewer.set_frames(self._reader.frame(self.transport.frame()), event.image)
+        elif event.kind == "finished":
+            self.seeds_job = None
+            frame, variations = event.result
+            key = self.document.project.key_at(frame)
+            target = f"key {frame}'s" if key is not None else "the seed of every key"
+            seed = self.choose_seed(frame, variations, target)
+            if seed is not None:
+                self.use_seed(frame, seed, dict(variations)[seed])
+            else:
+                self._show_frame(self.transport.frame())
+        elif event.kind in ("failed", "cancelled"):
+            self.seeds_job = None
+            self._show_frame(self.transport.frame())
+            if event.error is not None:
+                self.show_error("Trying seeds failed", event.error)
+
     def export_to(self, path: Path, output_settings, first: int, last: int) -> int | None:
         """Export frames first..last to `path` as a job (keys and segments come from the cache
         when the project was rendered)."""
-        from dataclasses import replace
-
         from zvstudio.engine.request import export_settings
 
         request = self.current_request(Path(path))
@@ -1135,6 +1223,8 @@ class MainWindow(QMainWindow):
         self.motion.job_event(event)
         if event.job == self.preview_job:
             self._preview_event(event)
+        if event.job == self.seeds_job:
+            self._seeds_event(event)
         if event.job != self.render_job:
             if event.kind == "finished":
                 self.refresh_status()  # an export may have filled the cache too
