@@ -561,12 +561,12 @@ def test_the_seeds_dialog_returns_the_seed_picked(qtbot):
     from zvstudio.gui.seeds_dialog import SeedsDialog
 
     variations = [(seed, np.full((40, 64, 3), seed * 20, np.uint8)) for seed in (3, 4, 5)]
-    dialog = SeedsDialog(12, variations, "key 12's")
+    dialog = SeedsDialog(12, variations, "key 12's seed")
     qtbot.addWidget(dialog)
     assert sorted(dialog.buttons) == [3, 4, 5] and dialog.windowTitle() == "Seeds for frame 12"
     dialog.buttons[4].click()
     assert dialog.chosen == 4 and dialog.result() == dialog.DialogCode.Accepted
-    other = SeedsDialog(12, variations, "key 12's")
+    other = SeedsDialog(12, variations, "key 12's seed")
     qtbot.addWidget(other)
     other.reject()
     assert other.chosen is None

@@ -405,7 +405,7 @@ def test_try_seeds_at_a_key_and_use_the_one_picked(qtbot, window, clip, tiny_mod
     window.try_seeds()
     qtbot.waitUntil(lambda: window.seeds_job is None, timeout=120_000)
     assert window.errors == []
-    assert asked == [(10, [5, 6, 7, 8], "key 10's")]
+    assert asked == [(10, [5, 6, 7, 8], "key 10's seed")]
     assert doc.project.key_at(10).seed == 7 and doc.project.settings.seed == 5
     frame, image = window.preview_image
     assert frame == 10 and image.shape == (80, 128, 3)  # the picked variation is shown

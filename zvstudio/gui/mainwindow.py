@@ -1171,7 +1171,7 @@ class MainWindow(QMainWindow):
             self.seeds_job = None
             frame, variations = event.result
             key = self.document.project.key_at(frame)
-            target = f"key {frame}'s" if key is not None else "the seed of every key"
+            target = f"key {frame}'s seed" if key is not None else "the seed of every key"
             seed = self.choose_seed(frame, variations, target)
             if seed is not None:
                 self.use_seed(frame, seed, dict(variations)[seed])

@@ -35,7 +35,7 @@ class SeedsDialog(QDialog):
         grid = QGridLayout()
         for index, (seed, image) in enumerate(variations):
             grid.addWidget(self._cell(seed, image), index // _COLUMNS, index % _COLUMNS)
-        note = QLabel(f"The chosen seed becomes {target}.")
+        note = QLabel(f"The seed you pick becomes {target}.")
         note.setWordWrap(True)
         close = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
         close.rejected.connect(self.reject)
