@@ -746,7 +746,8 @@ class _FramesSink:
     def write(self, number: int, image: np.ndarray) -> None:
         suffix = IMAGE_FORMATS[self.format][0]
         name = self.temp / f"frame_{self.first_number + number:06d}{suffix}"
-        self._pending.append(self._pool.submit(self._write_frame, name, image))
+        # A copy: the caller may reuse its array while this frame waits for a worker.
+        self._pending.append(self._pool.submit(self._write_frame, name, image.copy()))
         while len(self._pending) > 2 * self._workers:  # a bounded number of frames in memory
             self._pending.popleft().result()  # raises what writing that frame raised
 
