@@ -733,6 +733,18 @@ def test_a_matte_shows_the_render_over_the_original_without_rendering_again(
     assert np.array_equal(shown[:, :64], rendered[:, :64])
     assert np.array_equal(shown[:, 64:], original[:, 64:])
     assert not np.array_equal(rendered[:, 64:], original[:, 64:])
+
+    window.transport.seek(7)
+    press(qtbot, window, Qt.Key_5)  # View matte: the original, tinted where it stays
+    assert window.viewer.mode() == "matte"
+    overlay = window.viewer.shown_image("original")
+    assert overlay.pixelColor(10, 40).getRgb()[:3] == tuple(original[40, 10])
+    tinted = original[40, 120] * 0.5 + np.array([220, 30, 40]) * 0.5
+    assert np.abs(np.array(overlay.pixelColor(120, 40).getRgb()[:3]) - tinted).max() <= 0.5
+    assert window.viewer.shown_image("rendered") is None
+    window.viewer.set_mode("split")
+    assert window.viewer.shown_image("rendered") is not None
+
     panel.matte_invert_check.click()
     shown = window.shown_render(7)
     assert np.array_equal(shown[:, :64], original[:, :64])

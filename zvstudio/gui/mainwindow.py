@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import cv2
+import numpy as np
 from PySide6.QtCore import QSize, QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
@@ -94,6 +95,8 @@ PROJECT_FILTER = "zvstudio projects (*.zvs)"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
 STATUS_INTERVAL_MS = 400  # how often the status is refreshed while a job runs
 SEED_TRIES = 4  # Render > Try seeds: variations side by side
+MATTE_TINT = 0.5  # View matte: how strongly the original's kept parts are tinted
+MATTE_RED = np.array([220.0, 30.0, 40.0])
 COMMON_RATES = ["23.976", "24", "25", "29.97", "30", "48", "50", "59.94", "60"]
 PROXY_SIDE = 640  # the preview proxy's longer side (playback and thumbnails)
 THUMBNAIL_HEIGHT = 72  # pixels, the timeline's thumbnails
@@ -120,7 +123,8 @@ class MainWindow(QMainWindow):
         self.preview_image = None  # the last previewed key (frame, image)
         self._reader: VideoReader | None = None
         self.proxy: Proxy | None = None
-        self._matte: tuple | None = None  # ((matte, size), its reader or None) once opened
+        self._matte_spec = None  # the matte whose readers `_mattes` holds, by size
+        self._mattes: dict[tuple[int, int], MatteReader | None] = {}
         self.prepare_job: int | None = None
         self.levels_job: int | None = None
         self.models_job: int | None = None
@@ -278,9 +282,12 @@ class MainWindow(QMainWindow):
         self.view_actions = [
             a(f"View {mode.replace('_', ' ')}", lambda _=False, m=mode: self.viewer.set_mode(m), k)
             for mode, k in zip(
-                ("original", "rendered", "split", "side_by_side"), "1234", strict=True
+                ("original", "rendered", "split", "side_by_side", "matte"), "12345", strict=True
             )
         ]
+        self.view_actions[-1].setToolTip(
+            "The original with the matte over it: tinted red where the original footage stays"
+        )
         self.shortcuts_action = a("&Keyboard shortcuts", self.shortcuts_dialog, "F1")
         self.about_action = a("&About zvstudio", self.about)
         self.demo_action = a("Open the &demo clip", self.open_demo)
@@ -410,6 +417,7 @@ class MainWindow(QMainWindow):
         doc.path_changed.connect(self._refresh_title)
         doc.dirty_changed.connect(self._refresh_title)
         self.transport.frame_changed.connect(self._frame_changed)
+        self.viewer.mode_changed.connect(lambda _mode: self._show_frame(self.transport.frame()))
         self.timeline.playhead_changed.connect(self.transport.seek)
         self.timeline.scrubbed.connect(self.audio.scrub)
         self.timeline.key_toggle_requested.connect(doc.toggle_key)
@@ -957,7 +965,10 @@ class MainWindow(QMainWindow):
         # While playing, the proxy keeps up with the frame rate; stopped, the exact frame.
         playing = self.proxy is not None and self.transport.is_playing()
         original = self.proxy.frame(number) if playing else self._reader.frame(number)
-        self.viewer.set_frames(original, self.shown_render(number, original))
+        if self.viewer.mode() == "matte":
+            self.viewer.set_frames(self.matte_overlay(number, original), None)
+        else:
+            self.viewer.set_frames(original, self.shown_render(number, original))
         seconds = number / self.document.fps
         self.frame_label.setText(f"frame {number} / {count - 1}   {seconds:7.2f} s")
 
@@ -985,28 +996,45 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
             return image
 
-    def _matte_reader(self, size: tuple[int, int]) -> MatteReader | None:
-        """The project's matte at `size`, opened once per matte and size; None without one
-        (or when it cannot be read: the status bar says why)."""
-        spec = project_matte(self.document.project.settings)
-        wanted = None if spec is None else (spec, size)
-        if self._matte is not None and self._matte[0] == wanted:
-            return self._matte[1]
-        self._close_matte()
-        if spec is None:
-            return None
+    def matte_overlay(self, number: int, original):
+        """`original` (frame `number`, any size) with the project's matte over it, tinted
+        red where the original footage stays (a roto artist's view); as it is without one."""
+        mattes = self._matte_reader(original.shape[1::-1])
+        if mattes is None:
+            self.statusBar().showMessage("No matte: choose one in the inspector", 4000)
+            return original
         try:
-            reader = MatteReader(spec, size, self.document.frame_count)
+            kept = 1.0 - mattes.weights(number)[..., None]
         except ZvsError as exc:
             self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
-            reader = None
-        self._matte = (wanted, reader)
-        return reader
+            return original
+        tinted = original * (1.0 - MATTE_TINT * kept) + MATTE_RED * (MATTE_TINT * kept)
+        return np.clip(tinted + 0.5, 0, 255).astype(np.uint8)
+
+    def _matte_reader(self, size: tuple[int, int]) -> MatteReader | None:
+        """The project's matte at `size`, opened once per matte and size (the render's and
+        the viewer's); None without one (or when it cannot be read: the status bar says
+        why)."""
+        spec = project_matte(self.document.project.settings)
+        if spec != self._matte_spec:
+            self._close_matte()
+            self._matte_spec = spec
+        if spec is None:
+            return None
+        if size not in self._mattes:
+            try:
+                self._mattes[size] = MatteReader(spec, size, self.document.frame_count)
+            except ZvsError as exc:
+                self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
+                self._mattes[size] = None
+        return self._mattes[size]
 
     def _close_matte(self) -> None:
-        if self._matte is not None and self._matte[1] is not None:
-            self._matte[1].close()
-        self._matte = None
+        for reader in self._mattes.values():
+            if reader is not None:
+                reader.close()
+        self._mattes.clear()
+        self._matte_spec = None
 
     # -- render status ------------------------------------------------------------------------
     def current_request(self, output: Path | None = None) -> RenderRequest | None:

@@ -22,7 +22,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QWidget
 
-MODES = ("original", "rendered", "split", "side_by_side")
+# "matte": the original, as the window gives it in that mode (tinted where a matte keeps it)
+MODES = ("original", "rendered", "split", "side_by_side", "matte")
 _FORMATS = {1: QImage.Format_Grayscale8, 3: QImage.Format_RGB888, 4: QImage.Format_RGBA8888}
 _BACKGROUND = QColor(24, 24, 26)
 _MIN_ZOOM, _MAX_ZOOM = 0.02, 64.0
@@ -79,6 +80,10 @@ class ViewerWidget(QWidget):
         if self.image_size() != before:
             self._fitted = True  # another clip: a zoom into the last one means nothing here
         self.update()
+
+    def shown_image(self, which: str) -> QImage | None:
+        """The "original" or "rendered" frame as it is shown (None: a placeholder)."""
+        return self._original if which == "original" else self._rendered
 
     def image_size(self) -> QSize:
         """Size of the image space both frames are drawn in (the original's, when present)."""
@@ -191,6 +196,9 @@ class ViewerWidget(QWidget):
             self._placeholder(painter, QRectF(self.rect()), "No clip")
         elif self._mode == "original":
             self._frame(painter, QRectF(self.rect()), "original")
+        elif self._mode == "matte":
+            self._frame(painter, QRectF(self.rect()), "original")
+            self._tag(painter, "Matte", QRectF(self.rect()), Qt.AlignLeft)
         elif self._mode == "rendered":
             self._frame(painter, QRectF(self.rect()), "rendered")
         elif self._mode == "split":
