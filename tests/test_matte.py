@@ -83,6 +83,8 @@ def test_a_matte_of_another_length_or_feather_is_refused(tmp_path):
     assert "one image per frame" in caught.value.hint
     with pytest.raises(MediaError, match="feather"):
         MatteSpec(folder, feather=-1)
+    with pytest.raises(MediaError, match=r"^the matte: file not found"):
+        MatteReader(MatteSpec(tmp_path / "gone.mp4"), (W, H), 5)
 
 
 def test_composite_mixes_by_the_weights():

@@ -49,7 +49,10 @@ class MatteReader:
     def __init__(self, spec: MatteSpec, size: Size, frame_count: int) -> None:
         self.spec = spec
         self.size = size
-        info = probe(spec.path)
+        try:
+            info = probe(spec.path)
+        except MediaError as exc:  # say that it is the matte, not the clip, that is wrong
+            raise MediaError(f"the matte: {exc.message}", hint=exc.hint) from exc
         if info.frame_count != frame_count:
             raise MediaError(
                 f"the matte {Path(spec.path).name} has {info.frame_count} frames and the clip "
