@@ -372,6 +372,8 @@ def test_render_and_probe_take_a_sequence(tmp_path, capsys):
     assert main(["probe", str(tmp_path / "frames")]) == 0
     printed = capsys.readouterr().out
     assert "image sequence" in printed and "24.000 fps" in printed and "--set-fps" in printed
+    assert "files      frames/frame_######.png, numbered 0-23" in printed
+    assert "pcm_s16le, 48000 Hz, stereo" in printed  # a WAV without a channel mask
 
     frame = tmp_path / "frames" / "frame_000003.png"
     out = tmp_path / "out.mp4"

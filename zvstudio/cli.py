@@ -201,6 +201,8 @@ def _run_probe(args) -> int:
         f"  frames     {info.frame_count} at {float(info.fps):.3f} fps ({rate} frame rate)",
         f"  duration   {info.duration:.3f} s",
     ]
+    if info.is_sequence:
+        lines.append(f"  files      {_sequence_files(args.file)}")
     if info.timing_assumed:
         lines.append(f"  timing     {ASSUMED_RATE_NOTE}; --set-fps RATE sets it")
     if info.colour:
@@ -218,6 +220,16 @@ def _run_probe(args) -> int:
         lines.append(f"  keys       {', '.join(map(str, suggested))}")
     print("\n".join(lines))
     return 0
+
+
+def _sequence_files(clip: Path) -> str:
+    """An image sequence's files for people: `shots/frame_####.png, 1001-1100`."""
+    from zvstudio.media.sequence import find_sequence
+
+    sequence = find_sequence(clip)
+    numbers = sequence.numbers
+    step = f" by {sequence.step}" if sequence.step != 1 else ""
+    return f"{sequence.label}, numbered {numbers[0]}-{numbers[-1]}{step}"
 
 
 def _set_sequence_rate(clip: Path, text: str) -> None:

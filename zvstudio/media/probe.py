@@ -227,9 +227,21 @@ def _frame_looks(frame: av.VideoFrame) -> tuple[int, str]:
     return rotation, describe(frame.color_trc, frame.color_primaries)
 
 
+_USUAL_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
+
+
+def named_layout(stream: av.audio.AudioStream) -> str:
+    """The stream's channel layout. An unnamed one (a WAV without a channel mask reads as "2
+    channels", which the AAC encoder refuses) gets the usual layout for its channel count."""
+    name = stream.layout.name if stream.layout else ""
+    if name and not name.endswith("channels"):
+        return name
+    return _USUAL_LAYOUTS.get(stream.channels or 2, "stereo")
+
+
 def _audio_info(stream: av.audio.AudioStream) -> AudioStreamInfo:
     duration = float(stream.duration * stream.time_base) if stream.duration else None
-    layout = stream.layout.name if stream.layout else ""
+    layout = named_layout(stream)
     return AudioStreamInfo(
         index=stream.index,
         codec=stream.codec_context.name,

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from zvstudio.errors import MediaError
-from zvstudio.media.probe import FrameIndex, open_input
+from zvstudio.media.probe import FrameIndex, named_layout, open_input
 from zvstudio.media.sequence import AUDIO_FILE, TIMING_FILE, find_sequence
 
 VIDEO_FORMATS = ("h264", "h265", "prores")
@@ -609,7 +609,7 @@ class _AudioFeed:
         else:
             rate = self.in_stream.rate or 48000
             self.out_stream = output.add_stream(
-                codec, rate=rate, layout=_named_layout(self.in_stream)
+                codec, rate=rate, layout=named_layout(self.in_stream)
             )
             self._items = self._encoded_packets()
         self._pending = None
@@ -692,16 +692,6 @@ class _AudioFeed:
 
     def close(self) -> None:
         self.input.close()
-
-
-def _named_layout(stream: av.audio.AudioStream) -> str:
-    """The stream's channel layout. An unnamed one (a WAV without a channel mask reads as "2
-    channels", which the AAC encoder refuses) gets the usual layout for its channel count."""
-    name = stream.layout.name if stream.layout else ""
-    if name and not name.endswith("channels"):
-        return name
-    usual = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
-    return usual.get(stream.channels or 2, "stereo")
 
 
 def _resampled(resampler: av.AudioResampler, frames) -> Iterator[av.AudioFrame]:
