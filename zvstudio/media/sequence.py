@@ -7,7 +7,7 @@ or any one of its frames, names it as well; `sequence_path` turns each into the 
 Frame i of the clip is the i-th file in number order. The numbers must run without gaps (a
 constant step such as every other frame is fine), since a missing frame would shift the rest.
 
-Images carry no timing. `timing.json` beside the frames gives it: zvstudio's PNG export
+Images carry no timing. `timing.json` beside the frames gives it: zvstudio's export of frames
 writes every frame's timestamp there, so a round trip keeps even a variable frame rate; the
 editor's File > Frame rate of sequence and `zvstudio probe --set-fps` write `{"fps": 25}`, as a
 user can by hand. Without it the rate is 24 fps. `audio.wav` beside the frames is
