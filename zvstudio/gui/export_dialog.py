@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from zvstudio.errors import ZvsError
-from zvstudio.media.writer import ALPHA_FORMATS, IMAGE_FORMATS
+from zvstudio.media.writer import ALPHA_FORMATS, IMAGE_FORMATS, output_suffixes
 from zvstudio.project.model import OutputSettings
 
 FORMAT_LABELS = {
@@ -43,16 +43,10 @@ FORMAT_LABELS = {
     "exr": "OpenEXR frames (linear light)",
     "dpx": "DPX frames (10-bit)",
 }
-# The file suffix each format gets by default, and the others the writer accepts for it;
-# image frames go into a folder, a path without one.
-DEFAULT_SUFFIX = {"h264": ".mp4", "h265": ".mp4", "prores": ".mov"}
-ALLOWED_SUFFIXES = {
-    "h264": (".mp4", ".mov", ".mkv", ".m4v"),
-    "h265": (".mp4", ".mov", ".mkv", ".m4v"),
-    "prores": (".mov", ".mkv"),
-}
-for _frames in IMAGE_FORMATS:
-    DEFAULT_SUFFIX[_frames], ALLOWED_SUFFIXES[_frames] = "", ("",)
+# The suffixes the writer accepts for each format (its first is the one suggested; image
+# frames go into a folder, a path without one).
+ALLOWED_SUFFIXES = {fmt: output_suffixes(fmt) for fmt in FORMAT_LABELS}
+DEFAULT_SUFFIX = {fmt: suffixes[0] for fmt, suffixes in ALLOWED_SUFFIXES.items()}
 CRF_FORMATS = ("h264", "h265")
 
 

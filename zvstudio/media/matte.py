@@ -74,7 +74,7 @@ class MatteReader:
         """Frame `number`'s matte: 1 where the render shows, 0 where the original does."""
         if self.has_alpha:
             return self._shaped(self._alpha(number))
-        return self._shaped(self._reader.frame(number).astype(np.float32) @ (_LUMA / 255.0))
+        return self._shaped(_brightness(self._reader.frame(number)))
 
     def frames(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         """(number, weights) for frames start..stop-1 in order."""
@@ -83,7 +83,7 @@ class MatteReader:
                 yield number, self.weights(number)
             return
         for number, image in self._reader.frames(start, stop):
-            yield number, self._shaped(image.astype(np.float32) @ (_LUMA / 255.0))
+            yield number, self._shaped(_brightness(image))
 
     def _alpha(self, number: int) -> np.ndarray:
         """The alpha channel of frame `number`, upright, at `size`, as 0..1."""
@@ -110,6 +110,11 @@ class MatteReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _brightness(image: np.ndarray) -> np.ndarray:
+    """An RGB uint8 frame's luma, 0..1."""
+    return image.astype(np.float32) @ (_LUMA / 255.0)
 
 
 def composite(rendered: np.ndarray, original: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -140,6 +140,13 @@ def output_kind(path: str | os.PathLike[str]) -> str:
     return _VIDEO_CONTAINERS[suffix]
 
 
+def output_suffixes(fmt: str) -> tuple[str, ...]:
+    """The file suffixes an export in `fmt` can be written to ("" for a folder of frames)."""
+    if fmt in IMAGE_FORMATS:
+        return ("",)
+    return tuple(s for s, kind in _VIDEO_CONTAINERS.items() if fmt in _ALLOWED_FORMATS[kind])
+
+
 def format_for(path: str | os.PathLike[str], preferred: str | None = None) -> str:
     """The export format for output `path`: `preferred` where that output takes it, else the
     usual one for it (PNG frames in a folder, H.264 in a video file)."""
