@@ -121,7 +121,7 @@ class FailingPosterize(type(create_stylizer("posterize"))):
 
 def test_a_failing_key_names_its_frame_and_finished_work_stays_cached(clip, tmp_path, monkeypatch):
     renderer = FailingPosterize.from_params()
-    monkeypatch.setattr(render_module, "create_key_renderer", lambda spec, log: renderer)
+    monkeypatch.setattr(render_module, "create_key_renderer", lambda *args: renderer)
     request = RenderRequest(
         clip, tmp_path / "out.mp4", key_interval=6, flow_preset="medium"
     )  # keys 0, 6, 12

@@ -308,7 +308,7 @@ def _add_render(commands) -> None:
         help="optical-flow estimator for propagation: dis (default) or one a plugin adds",
     )
     _add_synthesis_option(render_parser)
-    _add_matte_options(render_parser)
+    _add_matte_options(render_parser, keys=True)
     render_parser.add_argument("--from", dest="first", type=int, help="first frame (0-based)")
     render_parser.add_argument("--to", dest="last", type=int, help="last frame (inclusive)")
     render_parser.add_argument("--format", choices=FORMATS, help=FORMAT_HELP)
@@ -710,7 +710,8 @@ def _add_synthesis_option(parser) -> None:
     )
 
 
-def _add_matte_options(parser) -> None:
+def _add_matte_options(parser, keys: bool = False) -> None:
+    """The matte options; with `keys` (a render that renders keys) also --matte-crop."""
     parser.add_argument(
         "--matte",
         type=Path,
@@ -728,6 +729,13 @@ def _add_matte_options(parser) -> None:
         metavar="PX",
         help="soften the matte's edge by this many pixels (default 0)",
     )
+    if keys:
+        parser.add_argument(
+            "--matte-crop",
+            action="store_true",
+            help="render each key's matte area (with a margin) at the size of the whole frame: "
+            "more detail on a small subject, as 'inpaint only masked' does",
+        )
     parser.add_argument(
         "--alpha",
         action="store_true",
@@ -737,14 +745,26 @@ def _add_matte_options(parser) -> None:
 
 
 def _matte(args, current=None):
-    """The matte the options give, else `current` (a project's)."""
+    """The matte the options give, else `current` (a project's) with the options given."""
+    from dataclasses import replace
+
     from zvstudio.media.matte import MatteSpec
 
-    if args.matte is None:
-        if args.matte_invert or args.matte_feather:
-            _warn("--matte-invert and --matte-feather need --matte; they change nothing")
-        return current
-    return MatteSpec(args.matte, args.matte_invert, args.matte_feather)
+    crop = getattr(args, "matte_crop", False)
+    if args.matte is not None:
+        return MatteSpec(args.matte, args.matte_invert, args.matte_feather, crop)
+    if current is None:
+        if args.matte_invert or args.matte_feather or crop:
+            _warn(
+                "--matte-invert, --matte-feather and --matte-crop need a matte; they change nothing"
+            )
+        return None
+    return replace(
+        current,
+        invert=current.invert or args.matte_invert,
+        feather=args.matte_feather or current.feather,
+        crop=current.crop or crop,
+    )
 
 
 def _add_patch_options(parser) -> None:

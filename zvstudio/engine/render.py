@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from zvstudio.engine.keycache import KeyCache
+from zvstudio.engine.matte_keys import MatteAreaRenderer
 from zvstudio.engine.request import KeyRendererSpec, RenderRequest
 from zvstudio.engine.shots import analyse_motion, clip_cuts
 from zvstudio.errors import RenderCancelled, StageError, ZvsError
@@ -40,7 +41,7 @@ from zvstudio.media import (
 )
 from zvstudio.media.cuts import keys_by_shot, shot_first
 from zvstudio.media.hdr import sdr_note
-from zvstudio.media.matte import check_matte, matted_frames
+from zvstudio.media.matte import MatteSpec, check_matte, matted_frames
 from zvstudio.progress import (
     CancelToken,
     LogCallback,
@@ -69,14 +70,29 @@ class RenderResult:
     replayed_keys: int = 0  # cached keys rendered again to restore references (diffusion)
 
 
-def create_key_renderer(spec: KeyRendererSpec, log: LogCallback = ignore_log) -> KeyRenderer:
+def create_key_renderer(
+    spec: KeyRendererSpec,
+    log: LogCallback = ignore_log,
+    matte: MatteSpec | None = None,
+    frame_count: int = 0,
+) -> KeyRenderer:
     """The key renderer of `spec`; with a stylizer or diffusion, painted frames (if any) are
-    taken from their paintings instead."""
+    taken from their paintings instead. A `matte` that crops renders each key's matte area
+    closer (see `zvstudio.engine.matte_keys`; `frame_count` is the clip's)."""
     paintings = PaintedKeyRenderer({frame: path for frame, path in spec.painted})
     if spec.kind == "painted":
         return paintings
-    base = _base_renderer(spec, log)
-    return WithPaintedKeys(base, paintings) if spec.painted else base
+    return with_paintings(_base_renderer(spec, log), paintings, matte, frame_count)
+
+
+def with_paintings(
+    base, paintings: PaintedKeyRenderer, matte: MatteSpec | None, frame_count: int
+) -> KeyRenderer:
+    """`base`'s keys, rendered on their matte areas if `matte` crops, except the painted
+    frames, which are their paintings whole."""
+    if matte is not None and matte.crop:
+        base = MatteAreaRenderer(base, matte, frame_count)
+    return WithPaintedKeys(base, paintings) if paintings.paintings else base
 
 
 def _base_renderer(spec: KeyRendererSpec, log: LogCallback) -> KeyRenderer:
@@ -368,11 +384,11 @@ def render(
     progress(Progress("prepare", 0, 1, "checking the inputs"))
     # Check everything the user can get wrong before any work starts.
     check_output(request.output, request.export, request.source)
-    renderer = create_key_renderer(request.renderer, log)
-    estimator = flow_estimator(request)
     info = probe(request.source)
     first, last = resolve_range(request, info.frame_count)
     check_matte(request.matte, info.frame_count, request.export.alpha)
+    renderer = request_renderer(request, info.frame_count, log)
+    estimator = flow_estimator(request)
 
     @functools.cache
     def cuts() -> list[int]:  # found on first use, once
@@ -493,8 +509,8 @@ def render_key_preview(
 ) -> np.ndarray:
     """Frame `number` rendered as a key on its own (as the first key of a render), with its
     per-key overrides: to try settings on one frame before rendering the clip."""
-    renderer = create_key_renderer(request.renderer, log)
-    frame = _key_frame(request, number)
+    frame, frame_count = _key_frame(request, number)
+    renderer = request_renderer(request, frame_count, log)
     params = dict(request.key_params).get(number, KeyParams())
     return _render_alone(renderer, frame, number, params, progress, cancel)
 
@@ -514,8 +530,8 @@ def render_key_variations(
             "only diffusion keys change with the seed",
             hint="choose the Stable Diffusion key renderer to try seeds",
         )
-    renderer = create_key_renderer(request.renderer, log)
-    frame = _key_frame(request, number)
+    frame, frame_count = _key_frame(request, number)
+    renderer = request_renderer(request, frame_count, log)
     params = dict(request.key_params).get(number, KeyParams())
     variations = []
     for index, seed in enumerate(seeds):
@@ -525,12 +541,18 @@ def render_key_variations(
     return variations
 
 
-def _key_frame(request: RenderRequest, number: int) -> np.ndarray:
+def request_renderer(request: RenderRequest, frame_count: int, log: LogCallback) -> KeyRenderer:
+    """The request's key renderer, for a clip of `frame_count` frames."""
+    return create_key_renderer(request.renderer, log, request.matte, frame_count)
+
+
+def _key_frame(request: RenderRequest, number: int) -> tuple[np.ndarray, int]:
+    """(frame `number` at the render's size, the clip's frame count)."""
     info = probe(request.source)
     with VideoReader(request.source, info=info, output_size=request.frame_size(info)) as reader:
         if not 0 <= number < len(reader):
             raise ZvsError(f"frame {number} is outside the clip's frames 0..{len(reader) - 1}")
-        return reader.frame(number)
+        return reader.frame(number), len(reader)
 
 
 def _render_alone(renderer, frame, number, params, progress, cancel) -> np.ndarray:

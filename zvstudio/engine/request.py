@@ -140,7 +140,9 @@ def project_matte(settings: RenderSettings) -> MatteSpec | None:
     """The project's matte, None without one."""
     if settings.matte is None:
         return None
-    return MatteSpec(Path(settings.matte), settings.matte_invert, settings.matte_feather)
+    return MatteSpec(
+        Path(settings.matte), settings.matte_invert, settings.matte_feather, settings.matte_crop
+    )
 
 
 def _project_renderer(project: Project) -> KeyRendererSpec:

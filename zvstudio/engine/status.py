@@ -24,6 +24,7 @@ from zvstudio.engine.render import (
     plan_keys,
     resolve_range,
     segment_context,
+    with_paintings,
 )
 from zvstudio.engine.request import RenderRequest
 from zvstudio.engine.shots import cached_cuts, cached_motion
@@ -31,7 +32,6 @@ from zvstudio.media import MediaInfo, clip_hash, probe
 from zvstudio.propagate.cache import SegmentCache
 from zvstudio.propagate.clip import segment_spans
 from zvstudio.stylize import PaintedKeyRenderer
-from zvstudio.stylize.painted import WithPaintedKeys
 
 # Key states: rendered (cached with the current settings), stale (cached only with older
 # settings: a change made it out of date), pending (never rendered).
@@ -101,9 +101,8 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
     if not keys:
         return RenderStatus(first, last)
     size = request.frame_size(info)
-    identities = key_identities(
-        _identity_source(request), keys, dict(request.key_params), clip_id, size, cuts
-    )
+    source = _identity_source(request, info.frame_count)
+    identities = key_identities(source, keys, dict(request.key_params), clip_id, size, cuts)
     key_states, key_files = _key_states(keys, identities, clip_id, size)
     segments = SegmentCache(segment_context(request, flow_estimator(request), clip_id, size))
     spans = []
@@ -113,17 +112,17 @@ def render_status(request: RenderRequest, info: MediaInfo | None = None) -> Rend
     return RenderStatus(first, last, key_states, tuple(spans), key_files)
 
 
-def _identity_source(request: RenderRequest):
+def _identity_source(request: RenderRequest, frame_count: int):
     """Something with `key_identity` and `uses_references` for the request's key renderer,
     loading no model."""
     spec = request.renderer
     if spec.kind == "diffusion" and spec.diffusion is not None:
         from zvstudio.engine.preview import DiffusionIdentities
 
-        identities = DiffusionIdentities(spec.diffusion)
         paintings = PaintedKeyRenderer(dict(spec.painted))
-        return WithPaintedKeys(identities, paintings) if spec.painted else identities
-    return create_key_renderer(spec)
+        identities = DiffusionIdentities(spec.diffusion)
+        return with_paintings(identities, paintings, request.matte, frame_count)
+    return create_key_renderer(spec, matte=request.matte, frame_count=frame_count)
 
 
 def _key_states(

@@ -8,7 +8,8 @@ original through its matte, so a subject can be restyled while the rest of the s
 filmed.
 
 The matte acts after rendering: keys and propagated segments are cached without it, so
-changing or removing a matte only composites again.
+changing or removing a matte only composites again. The one exception is `MatteSpec.crop`,
+which renders each key's matte area closer (`zvstudio.engine.matte_keys`).
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ MAX_FEATHER = 200.0  # pixels; a wider soft edge is a different matte, not a fea
 @dataclass(frozen=True)
 class MatteSpec:
     """The matte clip at `path`; `invert` swaps what shows (black: the render), `feather`
-    softens its edge by a Gaussian blur of that many pixels (at the render's size)."""
+    softens its edge by a Gaussian blur of that many pixels (at the render's size); `crop`
+    renders each key's matte area at the size of the whole frame (more detail on a small
+    subject; see `zvstudio.engine.matte_keys`)."""
 
     path: Path
     invert: bool = False
     feather: float = 0.0
+    crop: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.feather <= MAX_FEATHER:

@@ -170,6 +170,8 @@ class RenderSettings(Validated):
     matte: str | None = field(default=None, metadata=rule("path", nullable=True))
     matte_invert: bool = field(default=False, metadata=rule("bool"))
     matte_feather: float = field(default=0.0, metadata=rule("float", low=0, high=200))
+    # Render each key's matte area at the frame's size (`zvstudio.engine.matte_keys`).
+    matte_crop: bool = field(default=False, metadata=rule("bool"))
     output: OutputSettings = field(
         default_factory=OutputSettings, metadata=rule("object", item=OutputSettings)
     )
