@@ -748,10 +748,45 @@ def test_a_matte_shows_the_render_over_the_original_without_rendering_again(
     panel.matte_invert_check.click()
     shown = window.shown_render(7)
     assert np.array_equal(shown[:, :64], original[:, :64])
+    assert set(window.key_states().values()) == {"rendered"}
+    panel.matte_crop_check.click()  # keys rendered closer depend on the matte: out of date
+    assert window.document.project.settings.matte_crop
+    qtbot.waitUntil(lambda: set(window.key_states().values()) == {"stale"}, timeout=10_000)
+    window.document.undo_stack.undo()
+    qtbot.waitUntil(lambda: set(window.key_states().values()) == {"rendered"}, timeout=10_000)
     window.document.undo_stack.undo()
     window.document.undo_stack.undo()
     assert window.document.project.settings.matte is None
     assert np.array_equal(window.shown_render(7), rendered)
+
+
+def test_view_matte_boxes_the_area_of_keys_rendered_closer(qtbot, window, clip, tmp_path):
+    from zvstudio.engine.matte_keys import matte_area
+
+    assert window.open_path(clip)
+    square = np.zeros((80, 128), np.uint8)
+    square[30:50, 70:90] = 255
+    (tmp_path / "matte").mkdir()
+    for number in range(24):
+        cv2.imwrite(str(tmp_path / "matte" / f"m_{number:03d}.png"), square)
+    panel = window.inspector.render_panel
+    panel.set_matte(str(tmp_path / "matte" / "m_000.png"))
+    window.transport.seek(3)
+    window.viewer.set_mode("matte")
+    yellow = (255, 210, 0)
+    area = matte_area(square / 255.0)
+    edge = (area.x, area.y + area.height // 2)
+    assert window.viewer.shown_image("original").pixelColor(*edge).getRgb()[:3] != yellow
+    panel.matte_crop_check.click()
+    qtbot.waitUntil(
+        lambda: window.viewer.shown_image("original").pixelColor(*edge).getRgb()[:3] == yellow,
+        timeout=5000,
+    )
+    shown = window.viewer.shown_image("original")
+    right, bottom = area.x + area.width - 1, area.y + area.height - 1
+    assert shown.pixelColor(right, area.y + 1).getRgb()[:3] == yellow
+    assert shown.pixelColor(area.x + 2, bottom).getRgb()[:3] == yellow
+    assert shown.pixelColor(80, 40).getRgb()[:3] != yellow  # the subject itself is not drawn on
 
 
 def test_keys_exported_for_painting_come_back_as_painted_keys(qtbot, window, clip, tmp_path):

@@ -126,7 +126,13 @@ MATTE_FILTER = (
 MATTE_TIP = (
     "A clip with one frame per frame of this one, as a roto or segmentation tool exports it: "
     "the render shows where it is white (or opaque, for images with transparency), the "
-    "original footage elsewhere. Applied after rendering: changing it renders nothing again"
+    "original footage elsewhere. Applied after rendering: changing it renders nothing again "
+    "(unless keys are rendered closer)"
+)
+MATTE_CROP_TIP = (
+    "Render each key's matte area (with a margin of context) at the size of the whole frame "
+    "and put it back: a small subject gets the model's full resolution, as 'inpaint only "
+    "masked' does. The keys depend on the matte then: changing it renders them again"
 )
 MATTE_SHOWS = "the render shows where it is white or opaque"
 MATTE_NONE = "None: the render fills the frame"
@@ -704,6 +710,14 @@ class RenderPanel(_Panel):
         self.matte_feather_spin.setSuffix(" px")
         self.matte_feather_spin.valueChanged.connect(lambda v: self._set("matte_feather", v))
         _add_row(form, "Feather", self.matte_feather_spin, "Soften the matte's edge")
+        self.matte_crop_check = QCheckBox("Render keys closer: the matte's area at full size")
+        self.matte_crop_check.setToolTip(MATTE_CROP_TIP)
+        self.matte_crop_check.toggled.connect(
+            lambda on: self._set(
+                "matte_crop", on, f"render keys {'closer' if on else 'whole'} in the matte"
+            )
+        )
+        form.addRow(self.matte_crop_check)
         return group
 
     def set_matte(self, path: str | None) -> None:
@@ -737,7 +751,12 @@ class RenderPanel(_Panel):
         self.matte_label.setText(text)
         self.matte_label.setToolTip(settings.matte or "")
         self.matte_button.setEnabled(self.document.frame_count > 0)
-        for widget in (self.clear_matte_button, self.matte_invert_check, self.matte_feather_spin):
+        for widget in (
+            self.clear_matte_button,
+            self.matte_invert_check,
+            self.matte_feather_spin,
+            self.matte_crop_check,
+        ):
             widget.setEnabled(has)
 
     def _choice_row(
@@ -882,6 +901,7 @@ class RenderPanel(_Panel):
             (self.poisson_check, "poisson"),
             (self.matte_invert_check, "matte_invert"),
             (self.matte_feather_spin, "matte_feather"),
+            (self.matte_crop_check, "matte_crop"),
         ]
 
     def _show_styles(self, current: str) -> None:

@@ -38,6 +38,7 @@ from zvstudio.appsettings import (
     save_settings,
 )
 from zvstudio.engine.jobs import ANALYSIS, JobEvent
+from zvstudio.engine.matte_keys import matte_area
 from zvstudio.engine.render import render_key_preview, render_key_variations
 from zvstudio.engine.request import RenderRequest, project_matte, request_from_project
 from zvstudio.engine.shots import clip_levels, prepare_clip
@@ -97,6 +98,7 @@ STATUS_INTERVAL_MS = 400  # how often the status is refreshed while a job runs
 SEED_TRIES = 4  # Render > Try seeds: variations side by side
 MATTE_TINT = 0.5  # View matte: how strongly the original's kept parts are tinted
 MATTE_RED = np.array([220.0, 30.0, 40.0])
+KEY_AREA_COLOUR = (255, 210, 0)  # View matte: the frame's area a key is rendered closer in
 COMMON_RATES = ["23.976", "24", "25", "29.97", "30", "48", "50", "59.94", "60"]
 PROXY_SIDE = 640  # the preview proxy's longer side (playback and thumbnails)
 THUMBNAIL_HEIGHT = 72  # pixels, the timeline's thumbnails
@@ -286,7 +288,8 @@ class MainWindow(QMainWindow):
             )
         ]
         self.view_actions[-1].setToolTip(
-            "The original with the matte over it: tinted red where the original footage stays"
+            "The original with the matte over it: tinted red where the original footage stays; "
+            "with keys rendered closer, a yellow box shows the area a key there is rendered in"
         )
         self.shortcuts_action = a("&Keyboard shortcuts", self.shortcuts_dialog, "F1")
         self.about_action = a("&About zvstudio", self.about)
@@ -1004,12 +1007,19 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("No matte: choose one in the inspector", 4000)
             return original
         try:
-            kept = 1.0 - mattes.weights(number)[..., None]
+            weights = mattes.weights(number)
         except ZvsError as exc:
             self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
             return original
+        kept = 1.0 - weights[..., None]
         tinted = original * (1.0 - MATTE_TINT * kept) + MATTE_RED * (MATTE_TINT * kept)
-        return np.clip(tinted + 0.5, 0, 255).astype(np.uint8)
+        overlay = np.clip(tinted + 0.5, 0, 255).astype(np.uint8)
+        area = matte_area(weights) if mattes.spec.crop else None
+        if area is not None:
+            corner = (area.x + area.width - 1, area.y + area.height - 1)
+            line = max(1, round(min(original.shape[:2]) / 270))
+            cv2.rectangle(overlay, (area.x, area.y), corner, KEY_AREA_COLOUR, line)
+        return overlay
 
     def _matte_reader(self, size: tuple[int, int]) -> MatteReader | None:
         """The project's matte at `size`, opened once per matte and size (the render's and
