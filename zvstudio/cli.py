@@ -97,6 +97,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_animate(commands)
     _add_styles(commands)
+    _add_presets(commands)
     _add_models(commands)
     _add_cache(commands)
     _add_bench(commands)
@@ -266,6 +267,12 @@ def _add_render(commands) -> None:
     )
     render_parser.add_argument("--style", help="weightless style (see `zvstudio styles`)")
     render_parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="start from this render preset (see `zvstudio presets`); the other options "
+        "change it, and a project keeps its matte",
+    )
+    render_parser.add_argument(
         "--size",
         type=int,
         metavar="PIXELS",
@@ -368,6 +375,7 @@ def _render_request(args, scratch: Path):
 
         project = load_project(args.input)
         check_clip(project, args.input)
+        project.settings = _with_preset(args, project.settings)
         request = request_from_project(project, args.output)
     else:
         source = args.input
@@ -376,6 +384,12 @@ def _render_request(args, scratch: Path):
 
             source = scratch / "demo.mp4"
             write_demo_clip(source)
+        if args.preset:
+            from zvstudio.project import ClipRef, Project, RenderSettings
+
+            settings = _with_preset(args, RenderSettings())
+            project = Project(clip=ClipRef.from_file(source), settings=settings)
+            return _with_overrides(request_from_project(project, args.output), args)
         style = DEMO_STYLE if args.demo else "stylization"
         fmt = format_for(args.output)
         request = RenderRequest(
@@ -388,6 +402,15 @@ def _render_request(args, scratch: Path):
             flow_preset=DEMO_FLOW if args.demo else "fine",
         )
     return _with_overrides(request, args)
+
+
+def _with_preset(args, settings):
+    """`settings` with the look of the preset --preset names, if any."""
+    if not args.preset:
+        return settings
+    from zvstudio.project.presets import load_preset
+
+    return load_preset(args.preset).applied_to(settings)
 
 
 def _with_overrides(request, args):
@@ -1415,6 +1438,61 @@ def _pair(text: str, option: str) -> tuple[float, float]:
             f"{option} {text!r} is not two numbers", hint=f"e.g. {option} 12,12"
         ) from None
     return x, y
+
+
+# -- presets ----------------------------------------------------------------------------------
+def _add_presets(commands) -> None:
+    parser = commands.add_parser(
+        "presets", help="list, save or delete render presets (a project's look, for other shots)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="action")
+    save = actions.add_parser("save", help="save a project's render settings as a preset")
+    save.add_argument("name", help="the preset's name")
+    save.add_argument(
+        "--from", dest="project", type=Path, required=True, help="the .zvs project to take"
+    )
+    delete = actions.add_parser("delete", help="delete a preset (its file is kept as .bak)")
+    delete.add_argument("name")
+    parser.set_defaults(command="presets", run=_run_presets)
+
+
+def _run_presets(args) -> int:
+    from zvstudio.project import load_project
+    from zvstudio.project.presets import (
+        delete_preset,
+        describe,
+        list_presets,
+        preset_path,
+        presets_folder,
+        save_preset,
+    )
+
+    if args.action == "save":
+        replaced = preset_path(args.name).is_file()
+        preset = save_preset(args.name, load_project(args.project).settings)
+        note = " (the previous one kept as .bak)" if replaced else ""
+        print(f"{'replaced' if replaced else 'saved'} the preset {preset.name!r}{note}")
+        return 0
+    if args.action == "delete":
+        delete_preset(args.name)
+        print(f"deleted the preset {args.name!r}")
+        return 0
+    problems: list[str] = []
+    presets = list_presets(problems)
+    if args.json:
+        entries = [
+            {"name": p.name, "file": str(p.path), "does": describe(p.settings)} for p in presets
+        ]
+        report = {"folder": str(presets_folder()), "presets": entries, "problems": problems}
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"presets in {presets_folder()}" + ("" if presets else ": none yet"))
+    for preset in presets:
+        print(f"  {preset.name}: {describe(preset.settings)}")
+    for problem in problems:
+        _warn(problem)
+    return 0
 
 
 # -- styles -----------------------------------------------------------------------------------

@@ -874,3 +874,49 @@ def test_go_to_a_timecode_and_save_the_frame_shown(qtbot, window, clip, tmp_path
     window.viewer.set_mode("original")
     window.save_frame()
     assert np.array_equal(cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB), original)
+
+
+def test_a_look_is_saved_as_a_preset_and_applied_to_another_shot(window, clip, tmp_path):
+    from zvstudio.gui.presets import DELETE, REPLACE
+    from zvstudio.project.presets import load_preset, presets_folder
+
+    assert window.open_path(clip)
+    doc, presets = window.document, window.presets
+    pencil = replace(doc.project.settings, style="pencil", key_interval=5, poisson=True)
+    doc.push(SetSettings(pencil))
+    window.ask_text = lambda title, label, text: "  Pencil fives "
+    assert presets.save_as().name == "Pencil fives"
+    assert load_preset("Pencil fives").settings.style == "pencil"
+    assert "Saved the preset “Pencil fives”: style pencil" in window.statusBar().currentMessage()
+
+    # Another look, with a matte of this shot.
+    other = replace(pencil, style="posterize", key_interval=8, poisson=False, matte=str(clip))
+    doc.push(SetSettings(other))
+    presets.refresh()
+    (action,) = presets.apply_menu.actions()
+    assert action.text() == "Pencil fives" and "a key every 5 frames" in action.toolTip()
+    action.trigger()
+    applied = doc.project.settings
+    assert (applied.style, applied.key_interval, applied.poisson) == ("pencil", 5, True)
+    assert applied.matte == str(clip)  # the shot keeps its matte
+    assert doc.undo_stack.undoText() == "apply the preset Pencil fives"
+    doc.undo_stack.undo()
+    assert doc.project.settings == other
+
+    # Saving under the same name asks first.
+    window.choose = lambda title, text, choices: None
+    assert presets.save_as() is None
+    assert load_preset("Pencil fives").settings.style == "pencil"
+    window.choose = lambda title, text, choices: REPLACE
+    assert presets.save_as().settings.style == "posterize"
+    assert load_preset("Pencil fives").settings.matte is None  # the matte stays with the shot
+
+    window.ask_text = lambda title, label, text: "a/b"
+    assert presets.save_as() is None
+    assert "Cannot save the preset: the preset name" in window.statusBar().currentMessage()
+
+    window.choose = lambda title, text, choices: DELETE
+    (delete,) = presets.delete_menu.actions()
+    delete.trigger()
+    assert not (presets_folder() / "Pencil fives.json").exists()
+    assert presets.apply_menu.actions() == [] and not presets.apply_menu.isEnabled()

@@ -51,6 +51,7 @@ from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
 from zvstudio.gui.motion import MotionView
 from zvstudio.gui.painting import PaintedKeys
+from zvstudio.gui.presets import PresetMenu
 from zvstudio.gui.queue_panel import QueuePanel
 from zvstudio.gui.shortcuts_dialog import ShortcutsDialog
 from zvstudio.gui.start_page import StartPage
@@ -359,6 +360,8 @@ class MainWindow(QMainWindow):
         render = bar.addMenu("&Render")
         render.addActions([self.preview_action, self.seeds_action])
         render.addActions([self.render_action, self.cancel_action])
+        render.addSeparator()
+        self.presets = PresetMenu(self, render.addMenu("Pre&sets"))
         view = bar.addMenu("&View")
         view.addActions(self.view_actions)
         view.addSeparator()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zvstudio.paths import config_root
-from zvstudio.project.io import _write_atomically, load_project, save_project
+from zvstudio.project.io import load_project, save_project, write_atomically
 from zvstudio.project.model import Project
 
 
@@ -59,7 +59,7 @@ class Autosaver:
             "saved_at": time.time(),
             "pid": self.pid,
         }
-        _write_atomically(str(_note_of(self.project_file)), json.dumps(note).encode())
+        write_atomically(str(_note_of(self.project_file)), json.dumps(note).encode())
         return self.project_file
 
     def discard(self) -> None:

@@ -229,13 +229,13 @@ def save_project(project: Project, path: StrPath) -> None:
     text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
     existed = os.path.exists(target)
     try:
-        _write_atomically(os.path.realpath(target), (text + "\n").encode("utf-8"))
+        write_atomically(os.path.realpath(target), (text + "\n").encode("utf-8"))
     except OSError as exc:
         hint = "the existing file was not changed" if existed else None
         raise ProjectError(f"{failed}: {exc.strerror or exc}", hint) from exc
 
 
-def _write_atomically(target: str, data: bytes) -> None:
+def write_atomically(target: str, data: bytes) -> None:
     """Temp file beside the target, fsync, back up the old file, rename over, fsync folder."""
     with _temp_beside(target) as temp:
         with open(temp, "wb") as file:
