@@ -64,6 +64,37 @@ def test_a_matte_video_is_read_at_full_range(tmp_path):
     assert weights[:, :80].min() > 0.97 and weights[:, 112:].max() < 0.03
 
 
+def test_a_webm_matte_with_alpha_gives_its_alpha(tmp_path):
+    # VP9 keeps its alpha beside the picture, where FFmpeg's own decoder does not look: the
+    # matte (grey everywhere, opaque on the left) must read as its alpha, not as grey.
+    import av
+
+    from zvstudio.media import probe
+
+    path = tmp_path / "roto.webm"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuva420p"
+        rgba = np.full((H, W, 4), 128, np.uint8)
+        rgba[..., 3] = 0
+        rgba[:, : W // 2, 3] = 255
+        for _ in range(6):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert probe(path).pixel_format == "yuva420p"
+    with MatteReader(MatteSpec(path), (W, H), 6) as matte:
+        assert matte.has_alpha
+        later, earlier = matte.weights(4), matte.weights(1)  # random access, backwards too
+        listed = [n for n, _ in matte.frames(0, 6)]
+    for weights in (later, earlier):
+        assert weights[:, : W // 2 - 4].min() > 0.98 and weights[:, W // 2 + 4 :].max() < 0.02
+    assert listed == list(range(6))
+    with VideoReader(path) as reader:  # the picture is the same as without the alpha
+        assert np.abs(reader.frame(3).astype(int) - 128).max() <= 2
+
+
 def test_invert_and_feather_shape_the_matte(tmp_path):
     folder = write_matte(tmp_path / "m", 2, left_half())
     with MatteReader(MatteSpec(folder, invert=True), (W, H), 2) as matte:

@@ -2,10 +2,10 @@
 
 A matte is a clip of its own, frame for frame with the clip it belongs to: a video or an image
 sequence, as a roto or segmentation tool exports it. Frames with an alpha channel (PNG, TIFF
-or EXR images with transparency, ProRes 4444) give their alpha; anything else its brightness
-(white: the render, black: the original). `composite` puts each rendered frame over the
-original through its matte, so a subject can be restyled while the rest of the shot stays as
-filmed.
+or EXR images with transparency, ProRes 4444, WebM with alpha) give their alpha; anything
+else its brightness (white: the render, black: the original). `composite` puts each rendered
+frame over the original through its matte, so a subject can be restyled while the rest of the
+shot stays as filmed.
 
 The matte acts after rendering: keys and propagated segments are cached without it, so
 changing or removing a matte only composites again. The one exception is `MatteSpec.crop`,

@@ -212,6 +212,24 @@ def _frame_rate(stream: av.video.VideoStream, index: FrameIndex, duration: float
     return Fraction(len(index) / duration).limit_denominator(1001) if duration > 0 else Fraction(0)
 
 
+# VP8/VP9 keep an alpha channel in each packet's side data (WebM's "alpha_mode" track tag
+# says so), which only libvpx's decoders read; FFmpeg's own drop it.
+_ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
+
+
+def alpha_decoder(stream: av.video.stream.VideoStream) -> str | None:
+    """The decoder that keeps `stream`'s alpha channel where FFmpeg's default would drop
+    it (VP8/VP9 with alpha), if this FFmpeg has it; None: the default decoder."""
+    name = _ALPHA_DECODERS.get(stream.codec_context.name)
+    if name is None or stream.metadata.get("alpha_mode") != "1":
+        return None
+    try:
+        av.codec.Codec(name, "r")
+    except (av.error.FFmpegError, ValueError):
+        return None
+    return name
+
+
 def _first_frame_looks(container: av.container.InputContainer, path: str) -> tuple[int, str]:
     """The display rotation in degrees counter-clockwise (0, 90, 180 or 270) and the colour
     encoding (see `hdr.describe`), from the first frame (the bitstream's own tags)."""
@@ -274,6 +292,8 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         container_name = container.format.name
         fps = _frame_rate(stream, index, _span_seconds(index))
         codec_name, pixel_format = codec.name, codec.format.name if codec.format else ""
+        if alpha_decoder(stream) and pixel_format == "yuv420p":
+            pixel_format = "yuva420p"  # what the decoder that keeps the alpha gives
         width, height = codec.width, codec.height
     duration = _span_seconds(index)
     return MediaInfo(

@@ -20,12 +20,26 @@ import numpy as np
 
 from zvstudio.errors import MediaError
 from zvstudio.media.hdr import needs_conversion, to_sdr
-from zvstudio.media.probe import MediaInfo, open_input, probe
+from zvstudio.media.probe import MediaInfo, alpha_decoder, open_input, probe
 from zvstudio.media.sequence import ImageSequence, find_sequence
 
 Size = tuple[int, int]  # (width, height) in display orientation
 
 _DEFAULT_CACHE_BYTES = 256 << 20
+
+
+def decode_stream(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> Iterator[av.VideoFrame]:
+    """`stream`'s frames from the container's position, with their alpha where they have one."""
+    name = alpha_decoder(stream)
+    if name is None:
+        yield from container.decode(stream)
+        return
+    context = av.CodecContext.create(name, "r")
+    context.thread_type = "AUTO"
+    for packet in container.demux(stream):
+        yield from context.decode(packet)
 
 
 class FrameCache:
@@ -205,7 +219,7 @@ class VideoReader:
         container = self._open()
         stream = container.streams.video[0]
         container.seek(pts, stream=stream, backward=True, any_frame=False)
-        self._decoder = container.decode(stream)
+        self._decoder = decode_stream(container, stream)
         self._last_pts = None
 
     def _decode_until(self, target: int) -> av.VideoFrame | None:
@@ -262,7 +276,7 @@ class VideoReader:
     def _sequential(self, container, stream, wanted, start, stop, size):
         expected = start
         try:
-            for decoded in container.decode(stream):
+            for decoded in decode_stream(container, stream):
                 number = wanted.get(decoded.pts) if decoded.pts is not None else None
                 if number is None or number < expected:
                     continue
