@@ -202,6 +202,8 @@ def _run_probe(args) -> int:
         f"  frames     {info.frame_count} at {float(info.fps):.3f} fps ({rate} frame rate)",
         f"  duration   {info.duration:.3f} s",
     ]
+    if info.timecode:
+        lines.append(f"  timecode   {info.timecode} (the first frame's; renders carry it on)")
     if info.is_sequence:
         lines.append(f"  files      {_sequence_files(args.file)}")
     if info.timing_assumed:

@@ -920,3 +920,29 @@ def test_a_look_is_saved_as_a_preset_and_applied_to_another_shot(window, clip, t
     delete.trigger()
     assert not (presets_folder() / "Pencil fives.json").exists()
     assert presets.apply_menu.actions() == [] and not presets.apply_menu.isEnabled()
+
+
+def test_a_clip_with_source_timecode_shows_it_and_goes_to_it(window, tmp_path):
+    from fractions import Fraction
+
+    from zvstudio.media import ExportSettings, FrameTiming, VideoWriter
+
+    timing = FrameTiming.constant(Fraction(25), 30)
+    timing = FrameTiming(timing.time_base, timing.pts, timing.last_duration, "01:00:10:05")
+    clip = tmp_path / "a001.mov"
+    with VideoWriter(clip, (64, 48), timing, ExportSettings()) as writer:
+        for value in range(30):
+            writer.write(np.full((48, 64, 3), value * 8, np.uint8))
+    assert window.open_path(clip)
+    label = window.transport_bar.timecode_label
+    assert label.text().endswith("TC 01:00:10:05") and "01:00:10:05 at frame 0" in label.toolTip()
+    window.transport.seek(20)
+    assert label.text() == "00:00:00:20 / 00:00:01:04   TC 01:00:11:00"
+    answers = iter(["01:00:10:15", "00:00:00:12", "01:00:30:00"])
+    window.ask_text = lambda title, label, text: next(answers)
+    window.go_to_position()  # the clip's own timecode
+    assert window.transport.frame() == 10
+    window.go_to_position()  # from the clip's start
+    assert window.transport.frame() == 12
+    window.go_to_position()  # past the clip's timecode: read from its start, clamped
+    assert window.transport.frame() == 29

@@ -42,6 +42,7 @@ from zvstudio.media import (
 from zvstudio.media.cuts import keys_by_shot, shot_first
 from zvstudio.media.hdr import sdr_note
 from zvstudio.media.matte import MatteSpec, check_matte, matted_frames
+from zvstudio.media.timecode import timecode_at
 from zvstudio.progress import (
     CancelToken,
     LogCallback,
@@ -123,8 +124,10 @@ def resolve_range(request: RenderRequest, frame_count: int) -> tuple[int, int]:
 def output_timing(
     source: Path, info: MediaInfo, first: int, last: int
 ) -> tuple[FrameTiming, AudioSource | None]:
-    """The source's timing of frames first..last and its audio cut to match, for export."""
+    """The source's timing of frames first..last (from the timecode of frame `first`) and its
+    audio cut to match, for export."""
     timing = FrameTiming.from_index(info.index, first, last + 1)
+    timing = replace(timing, timecode=timecode_at(info.timecode, info.fps, first))
     if not info.has_audio:
         return timing, None
     start = float(info.index.pts[first] * info.index.time_base)

@@ -56,7 +56,7 @@ from zvstudio.gui.queue_panel import QueuePanel
 from zvstudio.gui.shortcuts_dialog import ShortcutsDialog
 from zvstudio.gui.start_page import StartPage
 from zvstudio.gui.status import StatusWatcher
-from zvstudio.gui.timeline import TimelineWidget, parse_position
+from zvstudio.gui.timeline import TimelineWidget, parse_position, source_frame
 from zvstudio.gui.transport import Transport
 from zvstudio.gui.transport_bar import TransportBar
 from zvstudio.gui.viewer import ViewerWidget
@@ -742,7 +742,7 @@ class MainWindow(QMainWindow):
                 note = f"Image sequence: {ASSUMED_RATE_NOTE} (File > Frame rate of sequence)"
                 self.statusBar().showMessage(note, 15_000)
         self.transport.set_clip(doc.frame_count, doc.fps)
-        self.transport_bar.refresh()
+        self.transport_bar.set_source_timecode(doc.info.timecode if doc.info else None)
         info = doc.info if doc.info is not None and doc.info.has_audio else None
         self.audio.set_clip(doc.project.clip.path if info else None, info.index if info else None)
         self.timeline.set_clip(doc.frame_count, doc.fps, self._thumbnail if self._reader else None)
@@ -825,13 +825,19 @@ class MainWindow(QMainWindow):
         doc, here = self.document, self.transport.frame()
         if doc.frame_count == 0:
             return
+        start = doc.info.timecode if doc.info else None
+        source = " or the clip's own timecode" if start else ""
         text = self.ask_text(
-            "Go to", "Frame number, timecode (HH:MM:SS:FF) or offset (+10, -1:00):", str(here)
+            "Go to",
+            f"Frame number, timecode (HH:MM:SS:FF){source} or offset (+10, -1:00):",
+            str(here),
         )
         if not text:
             return
         try:
-            frame = parse_position(text, doc.fps, doc.frame_count, here)
+            frame = source_frame(text, start, doc.info.fps, doc.frame_count)
+            if frame is None:
+                frame = parse_position(text, doc.fps, doc.frame_count, here)
         except ValueError as exc:
             self.statusBar().showMessage(str(exc), 6000)
             return

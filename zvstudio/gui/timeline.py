@@ -13,6 +13,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRectF, QSize, Qt, Signal
@@ -31,6 +32,8 @@ from PySide6.QtGui import (
     QWheelEvent,
 )
 from PySide6.QtWidgets import QApplication, QMenu, QScrollBar, QToolTip, QWidget
+
+from zvstudio.media.timecode import timecode_frames
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,16 @@ def parse_position(text: str, fps: float, frame_count: int, current: int = 0) ->
     if sign:
         frame = current + frame if sign == "+" else current - frame
     return max(0, min(frame, frame_count - 1))
+
+
+def source_frame(text: str, start: str | None, fps: Fraction, frame_count: int) -> int | None:
+    """The frame at the source timecode `text` ("01:00:12:05") of a clip whose first frame
+    is at `start`, when `text` names one of its frames; None otherwise (then `text` is read
+    as `parse_position` reads it: from the clip's start)."""
+    if start is None:
+        return None
+    frames = timecode_frames(start, fps, text.strip().replace(".", ";"))
+    return frames if frames is not None and 0 <= frames < frame_count else None
 
 
 def _ruler_steps(fps: float) -> list[int]:

@@ -7,6 +7,8 @@ bar only arranges them and keeps the play button's icon and the timecode current
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QAction,
@@ -23,6 +25,9 @@ from PySide6.QtWidgets import QLabel, QSizePolicy, QSlider, QStyle, QToolBar, QW
 
 from zvstudio.gui.timeline import timecode
 from zvstudio.gui.transport import Transport
+from zvstudio.media.timecode import timecode_at
+
+ELAPSED_TIP = "Playhead / last frame from the clip's start (hours:minutes:seconds:frames)"
 
 ICONS = {
     "home": QStyle.StandardPixmap.SP_MediaSkipBackward,
@@ -70,8 +75,9 @@ class TransportBar(QToolBar):
         self.addWidget(spacer)
         self.timecode_label = QLabel(self)
         self.timecode_label.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.timecode_label.setToolTip("Playhead / last frame (hours:minutes:seconds:frames)")
+        self.timecode_label.setToolTip(ELAPSED_TIP)
         self.addWidget(self.timecode_label)
+        self._source_start: str | None = None  # the clip's own timecode at its first frame
         transport.playing_changed.connect(self._show_playing)
         transport.frame_changed.connect(self._show_timecode)
         actions["mute"].toggled.connect(self._show_muted)
@@ -94,17 +100,21 @@ class TransportBar(QToolBar):
             self.timecode_label.setText("")
             return
         here, end = timecode(frame, fps, full=True), timecode(count - 1, fps, full=True)
-        self.timecode_label.setText(f"{here} / {end}")
+        source = timecode_at(self._source_start, Fraction(fps).limit_denominator(1001), frame)
+        self.timecode_label.setText(f"{here} / {end}" + (f"   TC {source}" if source else ""))
+
+    def set_source_timecode(self, start: str | None) -> None:
+        """Show the clip's source timecode at the playhead too (`start`: its first frame's)."""
+        self._source_start = start
+        tip = ELAPSED_TIP + (f"; TC: the clip's own timecode ({start} at frame 0)" if start else "")
+        self.timecode_label.setToolTip(tip)
+        self._show_timecode(self._transport.frame())
 
     def set_volume(self, volume: float) -> None:
         """Show `volume` (0..1) on the slider without announcing it."""
         self.volume_slider.blockSignals(True)
         self.volume_slider.setValue(round(min(max(volume, 0.0), 1.0) * 100))
         self.volume_slider.blockSignals(False)
-
-    def refresh(self) -> None:
-        """Show the timecode again (a new clip: another length and rate)."""
-        self._show_timecode(self._transport.frame())
 
 
 def loop_icon(color: QColor) -> QIcon:

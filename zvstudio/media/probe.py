@@ -18,6 +18,7 @@ import numpy as np
 from zvstudio.errors import MediaError
 from zvstudio.media.hdr import describe
 from zvstudio.media.sequence import CONTAINER_NAME, ImageSequence, find_sequence
+from zvstudio.media.timecode import read_timecode
 
 # Relative spread of frame durations above which a clip counts as variable frame rate; below
 # it, the spread is timestamp rounding (e.g. 1/30 s in a 1/1000 time base).
@@ -87,6 +88,7 @@ class MediaInfo:
     colour: str = ""  # "HDR (HLG)", "HDR (PQ)" or "BT.2020": frames are converted to SDR BT.709
     timing_assumed: bool = False  # an image sequence without timing.json: DEFAULT_RATE
     first_number: int = 0  # the number in the name of an image sequence's first frame
+    timecode: str | None = None  # the first frame's source timecode ("01:00:10:05"), if any
 
     def frame_name_number(self, frame: int) -> int:
         """The number that frame `frame` goes by in file names: its own in an image sequence
@@ -288,6 +290,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         except av.error.FFmpegError as exc:
             raise MediaError(f"cannot decode {path_str}: {_ffmpeg_reason(exc)}") from exc
         audio = tuple(_audio_info(s) for s in container.streams.audio)
+        timecode = read_timecode(container)
         bit_rate = container.bit_rate or None
         container_name = container.format.name
         fps = _frame_rate(stream, index, _span_seconds(index))
@@ -312,6 +315,7 @@ def probe(path: str | os.PathLike[str]) -> MediaInfo:
         audio=audio,
         index=index,
         colour=colour,
+        timecode=timecode,
     )
 
 
@@ -348,6 +352,7 @@ def _probe_sequence(sequence: ImageSequence) -> MediaInfo:
         colour=colour,
         timing_assumed=timing.source == "assumed",
         first_number=sequence.numbers[0] if sequence.step == 1 else 0,
+        timecode=timing.timecode,
     )
 
 

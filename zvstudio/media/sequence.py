@@ -24,7 +24,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import reduce
 from pathlib import Path
@@ -34,6 +34,7 @@ import numpy as np
 
 from zvstudio.errors import MediaError
 from zvstudio.hashing import file_hash, files_hash
+from zvstudio.media.timecode import valid_timecode
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr", ".dpx"}
@@ -63,6 +64,7 @@ class SequenceTiming:
     pts: np.ndarray
     last_duration: int
     source: str
+    timecode: str | None = None  # the first frame's source timecode, kept by an export
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class ImageSequence:
             return _constant_timing(DEFAULT_RATE, len(self), "assumed")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return self._timing_from(data)
+            return replace(self._timing_from(data), timecode=valid_timecode(data.get("timecode")))
         except (ValueError, TypeError, KeyError, ZeroDivisionError, AttributeError) as exc:
             raise MediaError(
                 f"cannot read the timing of {self.label} from {path}: {exc}",

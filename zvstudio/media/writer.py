@@ -91,6 +91,7 @@ class FrameTiming:
     time_base: Fraction
     pts: np.ndarray
     last_duration: int
+    timecode: str | None = None  # the first frame's (source) timecode, tagged on the output
 
     @classmethod
     def from_index(cls, index: FrameIndex, start: int = 0, stop: int | None = None) -> FrameTiming:
@@ -327,7 +328,11 @@ def write_sequence_rate(clip: str | os.PathLike[str], rate: Fraction) -> Path:
         )
     fps: int | str = rate.numerator if rate.denominator == 1 else str(rate)
     target = sequence.folder / TIMING_FILE
-    text = json.dumps({"fps": fps}) + "\n"
+    timing: dict[str, int | str] = {"fps": fps}
+    timecode = sequence.timing().timecode if target.is_file() else None
+    if timecode:  # the frames' timecode stays theirs
+        timing["timecode"] = timecode
+    text = json.dumps(timing) + "\n"
     _write_bytes(
         target,
         text.encode(),
@@ -482,6 +487,9 @@ class _EncodedSink:
         self.container = av.open(str(self.temp), "w", format=self.kind)
         try:
             self.stream = _add_video_stream(self.container, self.kind, size, timing, settings)
+            if timing.timecode:  # for an editor to conform the render by
+                tags = self.stream if self.kind in ("mp4", "mov") else self.container
+                tags.metadata["timecode"] = timing.timecode  # MP4/MOV: a tmcd track
             self.audio = _AudioFeed.open(audio, self.container, self.kind) if audio else None
         except BaseException:
             self.discard()
@@ -767,6 +775,8 @@ class _FramesSink:
             "pts": [int(p) for p in self.timing.pts[:written]],
             "last_duration": self.timing.last_duration,
         }
+        if self.timing.timecode:
+            timing["timecode"] = self.timing.timecode
         (self.temp / TIMING_FILE).write_text(json.dumps(timing, indent=1) + "\n")
         if self.audio is not None:
             self._write_wav(self.temp / AUDIO_FILE)
