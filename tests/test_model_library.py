@@ -283,7 +283,6 @@ def test_unsupported_add_ons_are_unknown_with_a_note(tmp_path):
     for name, shapes, note in (
         ("cl", control_lora, "Control-LoRA"),
         ("t2i", t2i, "T2I-Adapter"),
-        ("emb", {"emb_params": (2, 768)}, "textual inversion"),
         ("odd", {"some.random.weight": (2,)}, "no known model layout"),
     ):
         info = identify(write_st(tmp_path / f"{name}.safetensors", shapes))

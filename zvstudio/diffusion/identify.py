@@ -26,8 +26,10 @@ Kind, from tensor names (first matching rule wins; see `_KIND_RULES`):
 | vae            | original    | `encoder.down.*`, `decoder.up.*`                                |
 | vae            | diffusers   | `encoder.down_blocks.*`, `decoder.up_blocks.*`                  |
 | text_encoder   | HF/OpenCLIP | `text_model.encoder.layers.*`, `transformer.resblocks.*`, T5    |
+| embedding      | A1111       | `emb_params`, `string_to_param.*` (SDXL: `clip_l` + `clip_g`)    |
+| embedding      | diffusers   | one tensor [768] or [vectors, 768] (1024: SD2)                  |
 | unknown        | (a note)    | Control-LoRA (`lora_controlnet`), T2I-Adapter (`body.N` with    |
-|                |             | `conv_in`), IP-Adapter (`image_proj.*`), TI embeddings          |
+|                |             | `conv_in`), IP-Adapter (`image_proj.*`)                         |
 
 Base, from the most to the least trusted evidence (see `_generic_base`):
 
@@ -85,6 +87,7 @@ KINDS = (
     "text_encoder",
     "motion_adapter",
     "video_model",
+    "embedding",
     "unknown",
 )
 BASES = ("sd1", "sd2", "sdxl", "sd3", "flux", "dynamicrafter", "unknown")
@@ -106,6 +109,7 @@ KIND_LABELS = {
     "text_encoder": "text encoder",
     "motion_adapter": "motion module",
     "video_model": "video model",
+    "embedding": "embedding",
     "unknown": "unrecognised file",
 }
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -262,12 +266,7 @@ _KIND_RULES = tuple(
             "T2I-Adapter (not supported)",
         ),
         ("unknown", r"^(image_proj|ip_adapter)\.", "", "IP-Adapter (not supported)"),
-        (
-            "unknown",
-            r"^(emb_params|string_to_param\..*|clip_[lg])$",
-            "",
-            "textual inversion embedding (not supported)",
-        ),
+        ("embedding", r"^(emb_params|string_to_param\..*|clip_[lg])$", "", ""),
         ("motion_adapter", r"motion_modules\.", "", ""),
         (
             "checkpoint",
@@ -300,6 +299,7 @@ _KIND_RULES = tuple(
         ),
     )
 )
+_EMBEDDING_RULE = _KindRule("embedding", re.compile(""), None, "")
 
 # Cross-attention context width -> base. The width is the input dimension of attn2's key
 # projection: a full weight [out, ctx]; a LoRA down / lora_A matrix [rank, ctx]; LoHa hada_w1_b
@@ -428,6 +428,31 @@ def _metadata_base(metadata: Mapping[str, str]) -> str | None:
     return None
 
 
+# The width of an SD text encoder's token embeddings: a textual inversion's vectors have it.
+_EMBEDDING_WIDTHS = {768: "sd1", 1024: "sd2"}
+
+
+def embedding_vectors_shape(shapes: Shapes) -> tuple[int, ...] | None:
+    """The shape of a textual inversion's vectors: A1111's `emb_params` or `string_to_param.*`
+    (SDXL's `clip_l`), or a diffusers embedding's one tensor ([width] or [vectors, width]);
+    None otherwise."""
+    for key, shape in shapes.items():
+        if key in ("emb_params", "clip_l") or key.startswith("string_to_param."):
+            return tuple(shape)
+    if len(shapes) == 1:
+        (shape,) = shapes.values()
+        if 1 <= len(shape) <= 2 and shape[-1] in _EMBEDDING_WIDTHS:
+            return tuple(shape)
+    return None
+
+
+def _embedding_base(shapes: Shapes, metadata: Mapping[str, str], name: str) -> tuple[str, str]:
+    if "clip_g" in shapes:
+        return "sdxl", ""
+    shape = embedding_vectors_shape(shapes)
+    return _EMBEDDING_WIDTHS.get(shape[-1] if shape else 0, "unknown"), ""
+
+
 def _generic_base(shapes: Shapes, metadata: Mapping[str, str], name: str) -> tuple[str, str]:
     """Checkpoints, UNets, ControlNets, LoRAs: width, then marker keys, then metadata."""
     width = _cross_attention_width(shapes)
@@ -492,6 +517,7 @@ def _video_model_base(shapes: Shapes, metadata: Mapping[str, str], name: str) ->
 
 _BASE_FINDERS: dict[str, Callable[[Shapes, Mapping[str, str], str], tuple[str, str]]] = {
     "video_model": _video_model_base,
+    "embedding": _embedding_base,
     "vae": _vae_base,
     "motion_adapter": _motion_base,
     "text_encoder": _text_encoder_base,
@@ -538,7 +564,13 @@ _KIND_DETAILS: dict[str, Callable[[Shapes], dict[str, Any]]] = {
     "checkpoint": _unet_details,
     "unet": _unet_details,
     "controlnet": _controlnet_details,
+    "embedding": lambda shapes: {"vectors": _embedding_count(shapes)},
 }
+
+
+def _embedding_count(shapes: Shapes) -> int:
+    shape = embedding_vectors_shape(shapes) or (len(shapes),)
+    return shape[0] if len(shape) == 2 else 1
 
 
 def _add_note(details: dict[str, Any], note: str) -> None:
@@ -564,6 +596,8 @@ def classify(
         None,
     )
     kind = rule.kind if rule else "unknown"
+    if rule is None and embedding_vectors_shape(shapes):  # diffusers' {token: vectors}
+        kind, rule = "embedding", _EMBEDDING_RULE
     details = _KIND_DETAILS.get(kind, lambda _: {})(shapes)
     details.update({k: metadata[k] for k in _METADATA_KEPT if k in metadata})
     if kind == "unknown":  # recognised-but-unsupported files get no base: nothing can use them
@@ -616,6 +650,7 @@ _FOLDER_KINDS = {
     "animatediff_models": "motion_adapter",
     "unet": "unet",
     "diffusion_models": "unet",
+    "embeddings": "embedding",
 }
 _NAME_BASES = tuple(
     (re.compile(pattern, re.IGNORECASE), base)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -55,6 +56,8 @@ ROOT_SUBFOLDERS = (
     "models/diffusion_models",
     "models/diffusers",
     "models/animatediff_models",
+    "models/embeddings",
+    "embeddings",
     "extensions/sd-webui-controlnet/models",
     "extensions/sd-webui-animatediff/model",
 )
@@ -280,6 +283,7 @@ def scan(
     repos is read as a Hugging Face cache. Only headers are read (no tensor data, no hashing).
     """
     report = progress or ignore_progress
+    _embeddings_under.cache_clear()  # a rescan: files may have come or gone
     seen: set[tuple[int, int]] = set()
     candidates = [c for f in folders for c in _candidates(Path(f).expanduser(), seen)]
     models = []
@@ -290,6 +294,35 @@ def scan(
             models.append(info)
     report(Progress("scanning models", len(candidates), len(candidates)))
     return sorted(models, key=lambda m: (KINDS.index(m.kind), m.name.lower(), str(m.path)))
+
+
+# An SD1.x textual inversion is kilobytes (75 vectors: 230 KB); larger files are not opened
+# when looking for embeddings.
+EMBEDDING_MAX_BYTES = 4 << 20
+
+
+def scan_embeddings(folders: Iterable[str | os.PathLike[str]]) -> list[ModelInfo]:
+    """Every textual inversion embedding under `folders`, by name (only small files are read).
+    Remembered per set of folders until the next full `scan` (the Model manager's Refresh)."""
+    return list(_embeddings_under(tuple(Path(f).expanduser() for f in folders)))
+
+
+@functools.lru_cache(maxsize=8)
+def _embeddings_under(folders: tuple[Path, ...]) -> tuple[ModelInfo, ...]:
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for folder in folders:
+        for candidate in _candidates(Path(folder).expanduser(), seen):
+            try:
+                small = candidate.path.is_file() and (
+                    candidate.path.stat().st_size <= EMBEDDING_MAX_BYTES
+                )
+            except OSError:
+                continue
+            info = _identify_candidate(candidate) if small else None
+            if info is not None and info.kind == "embedding":
+                found.append(info)
+    return tuple(sorted(found, key=lambda info: (info.name.lower(), str(info.path))))
 
 
 # ---------------------------------------------------------------------------------------------

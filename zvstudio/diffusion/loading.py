@@ -23,7 +23,7 @@ import json
 import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,8 @@ class Components:
     # Set by an offload plan (zvstudio.engine.device): offloaded weights wait in system RAM, or
     # on the meta device, between calls, so the UNet's own device is not where they compute.
     execution_device: torch.device | None = None
+    # Textual inversions added to the tokenizer and text encoder: name -> vector count.
+    embeddings: dict[str, int] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:

@@ -61,6 +61,7 @@ from zvstudio.diffusion.constraints import (
     q_sample,
     shape_aware_fusion,
 )
+from zvstudio.diffusion.embeddings import embeddings_identity, expand_prompt
 from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rgb_frames
 from zvstudio.diffusion.loading import Components
 from zvstudio.errors import ZvsError
@@ -144,10 +145,11 @@ def seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tensor:
-    """CLIP text embeddings of `prompts` (one row each), in the UNet's dtype."""
+    """CLIP text embeddings of `prompts` (one row each), in the UNet's dtype; a word that
+    names a loaded textual inversion stands for its vectors."""
     tokenizer, encoder = components.tokenizer, components.text_encoder
     tokens = tokenizer(
-        list(prompts),
+        [expand_prompt(prompt, components.embeddings) for prompt in prompts],
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
@@ -592,14 +594,21 @@ def settings_with_overrides(settings: KeySettings, params: KeyParams | None) -> 
 
 
 def diffusion_key_identity(
-    model_key: str, dtype: object, settings: KeySettings, params: KeyParams | None = None
+    model_key: str,
+    dtype: object,
+    settings: KeySettings,
+    params: KeyParams | None = None,
+    allow_pickle: bool = False,
 ) -> str:
     """A diffusion key's cache identity (besides frame and references). The precision is part
-    of it: a float16 key is not a float32 key."""
-    identity = f"diffusion:v1:{model_key}:{dtype}:{settings_with_overrides(settings, params)!r}"
+    of it: a float16 key is not a float32 key; so are the embeddings its prompts use."""
+    effective = settings_with_overrides(settings, params)
+    identity = f"diffusion:v1:{model_key}:{dtype}:{effective!r}"
     if settings.annotator != "canny":  # a plugin annotator's images depend on its version
         identity += f":{annotator_identity(settings.annotator)}"
-    return identity
+    prompts = (effective.prompt, effective.negative_prompt)
+    embeddings = embeddings_identity(prompts, allow_pickle)
+    return f"{identity}:embeddings {embeddings}" if embeddings else identity
 
 
 class DiffusionKeyRenderer(KeyRenderer):
@@ -609,16 +618,19 @@ class DiffusionKeyRenderer(KeyRenderer):
     needs_weights = True
     uses_references = True
 
-    def __init__(self, sampler: KeyFrameSampler, model_key: str) -> None:
+    def __init__(
+        self, sampler: KeyFrameSampler, model_key: str, allow_pickle: bool = False
+    ) -> None:
         self.sampler = sampler
         self.model_key = model_key
+        self.allow_pickle = allow_pickle  # which embeddings loaded: see `diffusion.embeddings`
 
     def settings_key(self) -> str:
         return self.key_identity(-1)
 
     def key_identity(self, frame_index: int, params: KeyParams | None = None) -> str:
         return diffusion_key_identity(
-            self.model_key, self.sampler.dtype, self.sampler.settings, params
+            self.model_key, self.sampler.dtype, self.sampler.settings, params, self.allow_pickle
         )
 
     def _settings_for(self, params: KeyParams | None) -> KeySettings:

@@ -106,14 +106,15 @@ def load_diffusion_models(spec: DiffusionSpec, log: LogCallback = ignore_log) ->
     log(f"diffusion device: {plan.reason}")
     # Offloaded weights are kept in system RAM and moved to the GPU by the offload hooks.
     components, controlnet = _load_models(
-        spec, plan.device if plan.offload == "none" else "cpu", plan.torch_dtype
+        spec, plan.device if plan.offload == "none" else "cpu", plan.torch_dtype, log
     )
     apply_offload(components, plan, controlnet)
     return components, controlnet
 
 
-def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype) -> tuple:
-    """(components with the LoRAs applied, ControlNet or None), on `device`."""
+def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype, log: LogCallback) -> tuple:
+    """(components with the LoRAs and embeddings applied, ControlNet or None), on `device`."""
+    from zvstudio.diffusion.embeddings import apply_embeddings, loadable_embeddings
     from zvstudio.diffusion.loading import load_sd15_components
     from zvstudio.diffusion.lora import apply_loras
 
@@ -126,6 +127,7 @@ def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype) -> tuple:
         unet_inputs=spec.unet_inputs,
     )
     apply_loras(components, list(spec.loras))  # before any offload hooks, which then cover them
+    apply_embeddings(components, loadable_embeddings(spec.allow_pickle), spec.allow_pickle, log)
     controlnet = (
         load_controlnet(spec.controlnet, device, dtype, spec.allow_pickle)
         if spec.controlnet
@@ -139,7 +141,7 @@ def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log
     from zvstudio.diffusion.sampler import DiffusionKeyRenderer
 
     sampler = build_sampler(spec, log)  # first: it checks the files and says what is wrong
-    return DiffusionKeyRenderer(sampler, diffusion_model_key(spec))
+    return DiffusionKeyRenderer(sampler, diffusion_model_key(spec), spec.allow_pickle)
 
 
 def diffusion_model_key(spec: DiffusionSpec) -> str:
@@ -173,7 +175,10 @@ class DiffusionIdentities:
     def key_identity(self, frame_index: int, params=None) -> str:
         from zvstudio.diffusion.sampler import diffusion_key_identity
 
-        return diffusion_key_identity(self.model_key, self.dtype, self.spec.settings, params)
+        spec = self.spec
+        return diffusion_key_identity(
+            self.model_key, self.dtype, spec.settings, params, spec.allow_pickle
+        )
 
 
 def model_content_id(path: Path) -> str:
