@@ -64,6 +64,7 @@ from zvstudio.diffusion.constraints import (
 from zvstudio.diffusion.embeddings import embeddings_identity, expand_prompt
 from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rgb_frames
 from zvstudio.diffusion.loading import Components
+from zvstudio.diffusion.prompts import SYNTAX_VERSION, encode_weighted, uses_syntax
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, consistency_mask, warp
 from zvstudio.keyrender import (
@@ -146,10 +147,15 @@ def seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
 
 def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tensor:
     """CLIP text embeddings of `prompts` (one row each), in the UNet's dtype; a word that
-    names a loaded textual inversion stands for its vectors."""
+    names a loaded textual inversion stands for its vectors, and weights, BREAK and long
+    prompts read as AUTOMATIC1111 reads them (`zvstudio.diffusion.prompts`)."""
     tokenizer, encoder = components.tokenizer, components.text_encoder
+    expanded = [expand_prompt(prompt, components.embeddings) for prompt in prompts]
+    if any(uses_syntax(prompt) for prompt in expanded):  # weights, BREAK or a long prompt
+        weighted = encode_weighted(tokenizer, encoder, expanded, components.device)
+        return weighted.to(components.unet.dtype)
     tokens = tokenizer(
-        [expand_prompt(prompt, components.embeddings) for prompt in prompts],
+        expanded,
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
@@ -607,6 +613,8 @@ def diffusion_key_identity(
     if settings.annotator != "canny":  # a plugin annotator's images depend on its version
         identity += f":{annotator_identity(settings.annotator)}"
     prompts = (effective.prompt, effective.negative_prompt)
+    if any(uses_syntax(prompt) for prompt in prompts):  # read otherwise than before
+        identity += f":{SYNTAX_VERSION}"
     embeddings = embeddings_identity(prompts, allow_pickle)
     return f"{identity}:embeddings {embeddings}" if embeddings else identity
 
