@@ -134,6 +134,10 @@ MATTE_CROP_TIP = (
     "and put it back: a small subject gets the model's full resolution, as 'inpaint only "
     "masked' does. The keys depend on the matte then: changing it renders them again"
 )
+PROMPT_SYNTAX = (
+    "As in AUTOMATIC1111: (word:1.3) or (word) weighs a word more, [word] less; BREAK starts "
+    "a new 75-token chunk; an embedding's name (e.g. EasyNegative) uses that embedding"
+)
 MATTE_SHOWS = "the render shows where it is white or opaque"
 MATTE_NONE = "None: the render fills the frame"
 
@@ -502,13 +506,14 @@ class RenderPanel(_Panel):
         self.prompt_edit.textChanged.connect(
             lambda: self._set("prompt", self.prompt_edit.toPlainText())
         )
-        _add_row(form, "Prompt", self.prompt_edit, "Describe the look; keys may override it")
+        tip = f"Describe the look; keys may override it. {PROMPT_SYNTAX}"
+        _add_row(form, "Prompt", self.prompt_edit, tip)
         self.negative_prompt_edit = _text_edit(2)
         self.negative_prompt_edit.setPlaceholderText("What to avoid")
         self.negative_prompt_edit.textChanged.connect(
             lambda: self._set("negative_prompt", self.negative_prompt_edit.toPlainText())
         )
-        tip = "What the model should steer away from (e.g. blurry, watermark)"
+        tip = f"What the model should steer away from (e.g. blurry, watermark). {PROMPT_SYNTAX}"
         _add_row(form, "Negative prompt", self.negative_prompt_edit, tip)
         return group
 
