@@ -90,6 +90,9 @@ class MatteAreaRenderer(KeyRenderer):
         self.needs_weights = getattr(base, "needs_weights", False)
         self.uses_references = base.uses_references
         self._areas: dict[tuple[int, tuple[int, int]], Area | None] = {}
+        # One reader per size, open for the renderer's life (one render): probing a matte
+        # video reads all of it, and keys come in order, so decoding goes on without seeks.
+        self._mattes: dict[tuple[int, int], MatteReader] = {}
         self._matte_id: str | None = None
 
     def settings_key(self) -> str:
@@ -108,8 +111,9 @@ class MatteAreaRenderer(KeyRenderer):
     def area(self, number: int, size: tuple[int, int]) -> Area | None:
         """Frame `number`'s area at `size` (width, height); None: the whole frame."""
         if (number, size) not in self._areas:
-            with MatteReader(self.matte, size, self.frame_count) as mattes:
-                self._areas[number, size] = matte_area(mattes.weights(number))
+            if size not in self._mattes:
+                self._mattes[size] = MatteReader(self.matte, size, self.frame_count)
+            self._areas[number, size] = matte_area(self._mattes[size].weights(number))
         return self._areas[number, size]
 
     def render(
