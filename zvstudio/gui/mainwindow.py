@@ -995,58 +995,53 @@ class MainWindow(QMainWindow):
         original frame (`original`, at any size, when the caller has it). None if not
         rendered."""
         image = self.rendered_frame(number)
-        mattes = self._matte_reader(image.shape[1::-1]) if image is not None else None
-        if mattes is None:
+        weights = self._matte_weights(number, image.shape[1::-1]) if image is not None else None
+        if weights is None:
             return image
         if original is None:
             original = self._reader.frame(number)
         if original.shape != image.shape:
             original = cv2.resize(original, image.shape[1::-1], interpolation=cv2.INTER_AREA)
-        try:
-            return composite(image, original, mattes.weights(number))
-        except ZvsError as exc:
-            self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
-            return image
+        return composite(image, original, weights)
 
     def matte_overlay(self, number: int, original):
         """`original` (frame `number`, any size) with the project's matte over it, tinted
         red where the original footage stays (a roto artist's view); as it is without one."""
-        mattes = self._matte_reader(original.shape[1::-1])
-        if mattes is None:
+        if self.document.project.settings.matte is None:
             self.statusBar().showMessage("No matte: choose one in the inspector", 4000)
             return original
-        try:
-            weights = mattes.weights(number)
-        except ZvsError as exc:
-            self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
+        weights = self._matte_weights(number, original.shape[1::-1])
+        if weights is None:
             return original
         kept = 1.0 - weights[..., None]
         tinted = original * (1.0 - MATTE_TINT * kept) + MATTE_RED * (MATTE_TINT * kept)
         overlay = np.clip(tinted + 0.5, 0, 255).astype(np.uint8)
-        area = matte_area(weights) if mattes.spec.crop else None
+        area = matte_area(weights) if self._matte_spec.crop else None
         if area is not None:
             corner = (area.x + area.width - 1, area.y + area.height - 1)
             line = max(1, round(min(original.shape[:2]) / 270))
             cv2.rectangle(overlay, (area.x, area.y), corner, KEY_AREA_COLOUR, line)
         return overlay
 
-    def _matte_reader(self, size: tuple[int, int]) -> MatteReader | None:
-        """The project's matte at `size`, opened once per matte and size (the render's and
-        the viewer's); None without one (or when it cannot be read: the status bar says
-        why)."""
+    def _matte_weights(self, number: int, size: tuple[int, int]):
+        """Frame `number` of the project's matte at `size` (its reader opened once per matte
+        and size: the render's and the viewer's); None without one, or when it cannot be
+        read (the status bar says why)."""
         spec = project_matte(self.document.project.settings)
         if spec != self._matte_spec:
             self._close_matte()
             self._matte_spec = spec
         if spec is None:
             return None
-        if size not in self._mattes:
-            try:
+        try:
+            if size not in self._mattes:
+                self._mattes[size] = None  # one that cannot be opened is not tried again
                 self._mattes[size] = MatteReader(spec, size, self.document.frame_count)
-            except ZvsError as exc:
-                self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
-                self._mattes[size] = None
-        return self._mattes[size]
+            mattes = self._mattes[size]
+            return mattes.weights(number) if mattes is not None else None
+        except ZvsError as exc:
+            self.statusBar().showMessage(f"The matte is not shown: {exc}", 8000)
+            return None
 
     def _close_matte(self) -> None:
         for reader in self._mattes.values():
