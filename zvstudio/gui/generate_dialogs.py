@@ -47,6 +47,7 @@ from zvstudio.engine.jobs import JobContext
 from zvstudio.errors import ZvsError
 from zvstudio.generate.dynamicrafter.config import PRESETS as DYNAMICRAFTER_PRESETS
 from zvstudio.generate.dynamicrafter.names import guess_preset
+from zvstudio.gui.file_filters import VIDEOS_FILTER
 from zvstudio.gui.inspector import IMAGE_FILTER, MODEL_FILTER, RENDER_BASES, Dialogs
 from zvstudio.media import ExportSettings
 from zvstudio.progress import LogCallback, ignore_log
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
     from zvstudio.generate.dynamicrafter.job import DynamiCrafterRequest
     from zvstudio.generate.jobs import AnimateRequest, GenerateResult, TextToVideoRequest
 
-VIDEO_FILTER = "Videos (*.mp4 *.mov *.mkv *.webm *.avi *.m4v);;All files (*)"
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")  # written as H.264, then opened in the editor
 OUTPUT_FILTER = "Videos (*.mp4 *.mov *.mkv)"
 MOTION_FILTER = "AnimateDiff motion modules (*.safetensors *.ckpt *.pt *.pth *.bin);;All files (*)"
@@ -881,7 +881,7 @@ class TextToVideoDialog(_GenerateDialog):
             "How strongly the clip holds the video's edges (0 = not at all)",
         )
         self.video_field = FileField(
-            lambda _: self.dialogs.open_file("Choose the input video", VIDEO_FILTER),
+            lambda _: self.dialogs.open_file("Choose the input video", VIDEOS_FILTER),
             "Optional: a video whose edges the clip follows",
         )
         _add_row(

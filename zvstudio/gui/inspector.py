@@ -49,11 +49,11 @@ from zvstudio.engine.request import render_size
 from zvstudio.errors import ZvsError
 from zvstudio.gui.document import Document
 from zvstudio.gui.elided_label import ElidedLabel
+from zvstudio.gui.file_filters import MATTE_FILTER
 from zvstudio.gui.style_params import StyleParamsEditor
 from zvstudio.keyrender import working_size
 from zvstudio.media import MediaInfo, clip_label, probe, sequence_path
 from zvstudio.media.matte import MAX_FEATHER
-from zvstudio.media.sequence import IMAGE_SUFFIXES
 from zvstudio.project.edits import Edit, SetKey, SetSettings, keys_every
 from zvstudio.project.model import (
     CONSTRAINT_RANGES,
@@ -118,11 +118,6 @@ POISSON_TIP = (
 RENDER_BASES = ("sd1", "unknown")  # bases the sampler can load (unknown: let it try)
 MODEL_FILTER = "Models (*.safetensors *.sft *.ckpt *.pt *.pth *.bin);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.exr *.bmp);;All files (*)"
-MATTE_FILTER = (
-    "Mattes: videos or frames of a sequence (*.mp4 *.mov *.mkv *.webm *.avi *.m4v "
-    + " ".join(f"*{suffix}" for suffix in sorted(IMAGE_SUFFIXES))
-    + ");;All files (*)"
-)
 MATTE_TIP = (
     "A clip with one frame per frame of this one, as a roto or segmentation tool exports it: "
     "the render shows where it is white (or opaque, for images with transparency), the "

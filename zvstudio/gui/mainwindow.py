@@ -48,6 +48,7 @@ from zvstudio.gui.audio import AudioPlayback, SinkFactory, qt_sink
 from zvstudio.gui.bridge import EngineBridge
 from zvstudio.gui.busy import busy_cursor
 from zvstudio.gui.document import Document
+from zvstudio.gui.file_filters import CLIP_FILTER
 from zvstudio.gui.inspector import Inspector
 from zvstudio.gui.motion import MotionView
 from zvstudio.gui.painting import PaintedKeys
@@ -86,13 +87,6 @@ from zvstudio.project.edits import (
 )
 from zvstudio.project.model import SEED_MAX
 
-_VIDEOS = "*.mp4 *.mov *.mkv *.webm *.avi *.m4v"
-_FRAMES = " ".join(f"*{suffix}" for suffix in sorted(IMAGE_SUFFIXES))
-# Choosing any frame of an image sequence takes the whole sequence as the clip.
-VIDEO_FILTER = (
-    f"Clips ({_VIDEOS} {_FRAMES});;Videos ({_VIDEOS});;"
-    f"Image sequences: any of their frames ({_FRAMES});;All files (*)"
-)
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
 STATUS_INTERVAL_MS = 400  # how often the status is refreshed while a job runs
@@ -492,7 +486,7 @@ class MainWindow(QMainWindow):
         return self.open_path(clip)
 
     def import_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Import clip", "", VIDEO_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Import clip", "", CLIP_FILTER)
         if path:
             self.open_path(path)
 
@@ -531,7 +525,7 @@ class MainWindow(QMainWindow):
         ):
             return False
         start = clip.parent if clip.parent.is_dir() else project_path.parent
-        chosen = self.choose_file(f"Locate {clip_label(clip)}", start, VIDEO_FILTER)
+        chosen = self.choose_file(f"Locate {clip_label(clip)}", start, CLIP_FILTER)
         if not chosen:
             return False
         expected = missing.clip.content_hash
@@ -561,7 +555,7 @@ class MainWindow(QMainWindow):
         if self.render_job is not None:
             self.statusBar().showMessage("Wait for the render to end, or cancel it", 5000)
             return False
-        chosen = self.choose_file("Replace clip", Path(clip.path).parent, VIDEO_FILTER)
+        chosen = self.choose_file("Replace clip", Path(clip.path).parent, CLIP_FILTER)
         if not chosen:
             return False
         try:
