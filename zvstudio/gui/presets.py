@@ -62,11 +62,10 @@ class PresetMenu(QObject):
             apply.triggered.connect(lambda _=False, name=preset.name: self.apply(name))
             delete = self.delete_menu.addAction(preset.name)
             delete.triggered.connect(lambda _=False, name=preset.name: self.delete(name))
-        for menu in (self.apply_menu, self.delete_menu):
-            menu.setEnabled(bool(presets))
         has_clip = self.window.document.project.clip is not None
         self.save_action.setEnabled(has_clip)
         self.apply_menu.setEnabled(bool(presets) and has_clip)
+        self.delete_menu.setEnabled(bool(presets))
         if problems:
             self._say(f"A preset cannot be read: {problems[0]}")
 

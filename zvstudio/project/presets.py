@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from zvstudio.errors import ProjectError
 from zvstudio.paths import config_root
@@ -93,6 +92,7 @@ def preset_path(name: str) -> Path:
 
 def save_preset(name: str, settings: RenderSettings) -> Preset:
     """Save `settings` (less CLIP_FIELDS) as the preset `name`, replacing one of that name."""
+    name = check_name(name)
     path = preset_path(name)
     look = {k: v for k, v in to_json(settings, lambda p: p).items() if k not in CLIP_FIELDS}
     data = {"format": FORMAT, "settings": look}
@@ -102,7 +102,7 @@ def save_preset(name: str, settings: RenderSettings) -> Preset:
         write_atomically(str(path), (text + "\n").encode("utf-8"))
     except OSError as exc:
         raise ProjectError(f"could not save the preset {name!r}: {exc.strerror or exc}") from exc
-    return Preset(check_name(name), path, _look(settings))
+    return Preset(name, path, _look(settings))
 
 
 def load_preset(name: str) -> Preset:
@@ -112,7 +112,7 @@ def load_preset(name: str) -> Preset:
         known = ", ".join(p.name for p in list_presets()) or "none yet"
         raise ProjectError(
             f"there is no preset {name!r} (presets: {known})",
-            hint="save one in the editor (Render > Save settings as preset) or with "
+            hint="save one in the editor (Render > Presets > Save settings as preset) or with "
             "'zvstudio presets save NAME --from PROJECT.zvs'",
         )
     return read_preset(path)
@@ -164,5 +164,5 @@ def delete_preset(name: str) -> None:
 
 def _look(settings: RenderSettings) -> RenderSettings:
     """`settings` with the clip's fields at their defaults, as a preset holds them."""
-    defaults: dict[str, Any] = {f.name: f.default for f in fields(RenderSettings)}
-    return replace(settings, **{name: defaults[name] for name in CLIP_FIELDS})
+    defaults = RenderSettings()
+    return replace(settings, **{name: getattr(defaults, name) for name in CLIP_FIELDS})
