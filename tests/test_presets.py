@@ -110,6 +110,10 @@ def test_describe_says_what_a_preset_does():
         "diffusion: dreamshaper_8.safetensors + ink:0.6, ControlNet canny 0.7, strength 0.6; "
         'a key every 6 frames; "ink drawing, high contrast"'
     )
+    with_vae = replace(LOOK, vae="/models/VAE/vae-ft-mse-840000-ema-pruned.safetensors")
+    assert describe(with_vae).startswith(
+        "diffusion: dreamshaper_8.safetensors with VAE vae-ft-mse-840000-ema-pruned + ink:0.6,"
+    )
     styled = RenderSettings(style="posterize", style_params={"levels": 3}, key_interval=12)
     assert describe(styled) == "style posterize (levels 3); a key every 12 frames"
 

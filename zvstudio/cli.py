@@ -430,11 +430,13 @@ def _with_overrides(request, args):
         export = replace(export, alpha=True)
     renderer = request.renderer
     if args.model is not None and args.style is not None:
-        from zvstudio.errors import ZvsError
-
         raise ZvsError("choose either --style (a weightless style) or --model (diffusion)")
     if args.model is not None:
         renderer = replace(renderer, kind="diffusion", diffusion=_diffusion_spec(args))
+    elif args.vae is not None:  # a project's model with another VAE
+        if renderer.kind != "diffusion":
+            raise ZvsError("--vae is for diffusion keys: give --model (or a project that uses one)")
+        renderer = replace(renderer, diffusion=replace(renderer.diffusion, vae=args.vae))
     if args.style is not None:
         renderer = replace(renderer, kind="stylize", style=args.style)
     if args.param:
@@ -1011,6 +1013,12 @@ def _add_model_options(
         metavar="PATH[:WEIGHT]",
         help="apply a LoRA (repeatable), e.g. --lora ink.safetensors:0.8",
     )
+    parser.add_argument(
+        "--vae",
+        type=Path,
+        help="a VAE file or folder to use instead of the model's own (for example "
+        "vae-ft-mse-840000-ema-pruned.safetensors, when a model's colours look washed out)",
+    )
     if controlnet_default is None:  # this command takes no ControlNet
         parser.set_defaults(controlnet=None)
     else:
@@ -1106,6 +1114,7 @@ def _model_spec(args, settings, controlnet):
         args.precision,
         args.memory_limit,
         args.offload,
+        vae=args.vae,
     )
 
 
@@ -1384,6 +1393,8 @@ def _run_dynamicrafter(args) -> int:
         raise ZvsError("DynamiCrafter animates an image: give one")
     if args.lora:
         raise ZvsError("DynamiCrafter takes no LoRAs")
+    if args.vae:
+        raise ZvsError("DynamiCrafter uses its own VAE: --vae is for SD1.x models")
     settings = DynamiCrafterSettings(
         prompt=args.prompt,
         negative_prompt=args.negative,

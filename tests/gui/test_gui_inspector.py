@@ -466,3 +466,29 @@ def test_models_and_loras_from_the_library_and_browse(qtbot, diffusion, tmp_path
     diffusion.undo_stack.undo()
     assert [lo.weight for lo in diffusion.project.settings.loras] == [1.0]
     assert diffusion.undo_stack.count() == count + 1
+
+
+def test_a_vae_from_the_library_or_browsed_and_back_to_the_checkpoints(qtbot, diffusion, tmp_path):
+    library = [
+        model(tmp_path / "dreamy.safetensors", "checkpoint"),
+        model(tmp_path / "vae-ft-mse.safetensors", "vae"),
+        model(tmp_path / "sdxl_vae.safetensors", "vae", "sdxl"),
+    ]
+    inspector = make_inspector(qtbot, diffusion, lambda: library)
+    panel = inspector.render_panel
+    combo = panel.vae_combo
+    assert item_texts(combo) == ["The checkpoint's own", "vae-ft-mse", "sdxl_vae"]
+    assert not combo.model().item(2).isEnabled()  # an SDXL VAE washes SD1.x colours out
+    choose(combo, str(tmp_path / "vae-ft-mse.safetensors"))
+    assert diffusion.project.settings.vae == str(tmp_path / "vae-ft-mse.safetensors")
+    assert diffusion.undo_stack.undoText() == "change VAE"
+
+    folder = tmp_path / "models" / "other-model"
+    inspector.dialogs.open_folder = lambda title: str(folder)
+    panel.vae_browse_button.menu().actions()[1].trigger()
+    assert diffusion.project.settings.vae == str(folder)
+    assert combo.currentText() == "other-model" and combo.toolTip() == str(folder)
+    choose(combo, None)
+    assert diffusion.project.settings.vae is None
+    diffusion.undo_stack.undo()
+    assert combo.currentData() == str(folder)

@@ -385,7 +385,7 @@ def _a(label: str) -> str:
     return f"an {label}" if re.match(r"[aeiou]|S[DX]", label) else f"a {label}"
 
 
-def _wrong_kind(info: ModelInfo, expected: str) -> str:
+def wrong_kind(info: ModelInfo, expected: str) -> str:
     role = {"checkpoint": "the model", "lora": "a LoRA", "controlnet": "a ControlNet"}
     use = f": use it as {role[info.kind]}" if info.kind in role else ""
     return f"'{info.name}' is {_a(KIND_LABELS[info.kind])}, not {_a(KIND_LABELS[expected])}{use}"
@@ -403,7 +403,7 @@ def check_compatible(
     problems = []
     supported = " or ".join(_base_label(b) for b in SUPPORTED_BASES)
     if checkpoint.kind != "checkpoint":
-        problems.append(_wrong_kind(checkpoint, "checkpoint"))
+        problems.append(wrong_kind(checkpoint, "checkpoint"))
     elif checkpoint.base not in (*SUPPORTED_BASES, "unknown"):
         problems.append(
             f"the checkpoint '{checkpoint.name}' is {_base_label(checkpoint.base)}: "
@@ -414,7 +414,7 @@ def check_compatible(
         label = KIND_LABELS[expected]
         for item in items:
             if item.kind != expected:
-                problems.append(_wrong_kind(item, expected))
+                problems.append(wrong_kind(item, expected))
             elif "unknown" not in (item.base, ckpt_base) and item.base != ckpt_base:
                 problems.append(
                     f"{label} '{item.name}' is for {_base_label(item.base)} but the checkpoint "

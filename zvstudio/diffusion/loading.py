@@ -112,44 +112,64 @@ def load_sd15_components(
     allow_pickle: bool = False,
     config_dir: Path | None = None,
     unet_inputs: Sequence[int] = (4,),
+    vae: Path | None = None,
 ) -> Components:
     """Load an SD1.x model from a diffusers folder or a single checkpoint file.
 
     `config_dir` is the reference architecture (a diffusers-layout config folder); it defaults
     to our SD1.5 configs and exists so that tests can load tiny models through the same path.
     `unet_inputs` are the UNet input channel counts the caller can use: 4 for text-to-image
-    models, 8 for InstructPix2Pix (the image latent concatenated to the noise).
+    models, 8 for InstructPix2Pix (the image latent concatenated to the noise). `vae`, a VAE
+    file or folder (`zvstudio.diffusion.vae`), replaces the model's own, which is then not
+    loaded and may be absent.
     Raises ZvsError for anything the user can fix: a missing or wrong file, a pickled file
     that was not allowed, a checkpoint that is not SD1.x.
     """
     force_offline()
     path = Path(path)
     config_dir = Path(config_dir) if config_dir is not None else sd15_config_dir()
+    own_vae = vae is None
+    if vae is not None:  # checked before the model is read: it fails fast when wrong
+        from zvstudio.diffusion.vae import check_vae
+
+        check_vae(vae, allow_pickle)
     if path.is_dir():
-        parts = _load_diffusers_folder(path, config_dir, allow_pickle, dtype, unet_inputs)
+        parts = _load_diffusers_folder(path, config_dir, allow_pickle, dtype, unet_inputs, own_vae)
         tokenizer = load_clip_tokenizer(path if model_tokenizer_dir(path) else config_dir)
         scheduler_config = _scheduler_config(config_dir, path)
     elif path.is_file():
-        parts = _load_single_file(path, config_dir, allow_pickle, dtype, unet_inputs)
+        parts = _load_single_file(path, config_dir, allow_pickle, dtype, unet_inputs, own_vae)
         tokenizer = load_clip_tokenizer(config_dir)
         scheduler_config = _scheduler_config(config_dir)
     else:
         raise ZvsError(f"Model not found: {path}")
+    unet, vae_model, text_encoder = parts
+    if vae is not None:
+        from zvstudio.diffusion.vae import load_vae
+
+        vae_model = load_vae(vae, dtype, allow_pickle, config_dir)
     # The weights already have `dtype`: diffusers' `.to(dtype=...)` logs a spurious warning.
-    unet, vae, text_encoder = (m.to(device).eval() for m in parts)
-    return Components(unet, vae, text_encoder, tokenizer, scheduler_config, path)
+    unet, vae_model, text_encoder = (m.to(device).eval() for m in (unet, vae_model, text_encoder))
+    return Components(unet, vae_model, text_encoder, tokenizer, scheduler_config, path)
 
 
 # ---------------------------------------------------------------------------- diffusers folder
 
 
 def _load_diffusers_folder(
-    path: Path, config_dir: Path, allow_pickle: bool, dtype: torch.dtype, unet_inputs=(4,)
+    path: Path,
+    config_dir: Path,
+    allow_pickle: bool,
+    dtype: torch.dtype,
+    unet_inputs=(4,),
+    own_vae: bool = True,
 ) -> tuple:
+    """(unet, vae, text_encoder); the VAE is None unless `own_vae`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    missing = [s for s in ("unet", "vae", "text_encoder") if not (path / s).is_dir()]
+    needed = ("unet", "vae", "text_encoder") if own_vae else ("unet", "text_encoder")
+    missing = [s for s in needed if not (path / s).is_dir()]
     if missing:
         raise ZvsError(
             f"{path} is not a diffusers model folder: it has no {', '.join(missing)} folder.",
@@ -162,6 +182,9 @@ def _load_diffusers_folder(
         (AutoencoderKL, "vae"),
         (CLIPTextModel, "text_encoder"),
     ):
+        if sub not in needed:
+            models.append(None)
+            continue
         kwargs = weights_kwargs(path / sub, allow_pickle)
         if sub != "text_encoder":
             kwargs["torch_dtype"] = dtype
@@ -395,21 +418,27 @@ def match_original_checkpoint(
 
     `shapes` lists the checkpoint's keys and tensor shapes. Raises ZvsError, with the count of
     missing, unexpected and misshapen tensors, unless the checkpoint fits the models exactly.
+    A VAE of None (one loaded from elsewhere) matches nothing, and the file's VAE is ignored.
     """
     from diffusers.loaders.single_file_utils import (
         convert_ldm_unet_checkpoint,
         convert_ldm_vae_checkpoint,
     )
 
-    keys = [k for k in shapes if not k.startswith(_IGNORED_PREFIXES)]
     unet, vae, text = models
+    ignored = _IGNORED_PREFIXES if vae is not None else (VAE_PREFIX,)
+    keys = [k for k in shapes if not k.startswith(ignored)]
     renames = (
         rename_map(convert_ldm_unet_checkpoint, _under(keys, UNET_PREFIX), unet.config),
-        rename_map(convert_ldm_vae_checkpoint, _under(keys, VAE_PREFIX), vae.config),
+        rename_map(convert_ldm_vae_checkpoint, _under(keys, VAE_PREFIX), vae.config)
+        if vae is not None
+        else {},
         _text_rename_map(list(text.state_dict()), _under(keys, TEXT_PREFIX)),
     )
     missing = misshapen = 0
     for model, rename in zip(models, renames, strict=True):
+        if model is None:
+            continue
         for param, tensor in model.state_dict().items():
             if param not in rename:
                 missing += 1
@@ -427,7 +456,7 @@ def match_original_checkpoint(
         raise ZvsError(
             f"{name} is not an SD1.x checkpoint: {missing} tensors missing, "
             f"{unexpected} unexpected, {misshapen} of the wrong shape.",
-            hint=_guess_what_it_is(keys),
+            hint=_guess_what_it_is(list(shapes)),
         )
     return renames
 
@@ -437,16 +466,25 @@ def _under(keys: list[str], prefix: str) -> list[str]:
 
 
 def _load_single_file(
-    path: Path, config_dir: Path, allow_pickle: bool, dtype: torch.dtype, unet_inputs=(4,)
+    path: Path,
+    config_dir: Path,
+    allow_pickle: bool,
+    dtype: torch.dtype,
+    unet_inputs=(4,),
+    own_vae: bool = True,
 ) -> tuple:
+    """(unet, vae, text_encoder); the VAE is None unless `own_vae`."""
     tensors = open_checkpoint(path, allow_pickle)
     conv_in = UNET_PREFIX + "input_blocks.0.0.weight"
     channels = tensors.shape(conv_in)[1] if conv_in in set(tensors) else None
     if channels is not None and channels != 4:
         _check_input_channels(channels, unet_inputs, path)
-    models = empty_sd15_models(config_dir, channels)
+    unet, vae, text = empty_sd15_models(config_dir, channels)
+    models = (unet, vae if own_vae else None, text)
     renames = match_original_checkpoint(models, {k: tensors.shape(k) for k in tensors}, path.name)
     for model, rename in zip(models, renames, strict=True):
+        if model is None:
+            continue
         state = {
             name: tensors[rename[name]].reshape(param.shape).to(dtype)
             for name, param in model.state_dict().items()
@@ -469,6 +507,11 @@ def _guess_what_it_is(keys: list[str]) -> str:
     elif not any(k.startswith(UNET_PREFIX) for k in keys):
         what = "not a full Stable Diffusion checkpoint (no UNet in the original layout)"
     elif absent := [n for p, n in _PARTS if not any(k.startswith(p) for k in keys)]:
+        if absent == ["VAE"]:  # pruned files leave the VAE to be chosen separately
+            return (
+                "this checkpoint has no VAE: choose one for it (--vae FILE, or VAE in the "
+                "inspector), such as vae-ft-mse-840000-ema-pruned.safetensors"
+            )
         what = f"a checkpoint without its {' and '.join(absent)}"
     else:
         what = "an SD-like checkpoint with a different architecture (inpainting, SD2, ...)"

@@ -80,6 +80,7 @@ class DiffusionSpec:
     memory_limit_gb: float | None = None  # the most GPU memory the render may count on
     offload: str = "auto"  # "none", "model" or "sequential"
     unet_inputs: tuple[int, ...] = (4,)  # UNet input channels the caller can use (8: pix2pix)
+    vae: Path | None = None  # a VAE file or folder used instead of the model's own
 
 
 def build_sampler(spec: DiffusionSpec, log: LogCallback = ignore_log) -> KeyFrameSampler:
@@ -125,6 +126,7 @@ def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype, log: LogC
         allow_pickle=spec.allow_pickle,
         config_dir=spec.config_dir,
         unet_inputs=spec.unet_inputs,
+        vae=spec.vae,
     )
     apply_loras(components, list(spec.loras))  # before any offload hooks, which then cover them
     apply_embeddings(components, loadable_embeddings(spec.allow_pickle), spec.allow_pickle, log)
@@ -145,12 +147,15 @@ def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log
 
 
 def diffusion_model_key(spec: DiffusionSpec) -> str:
-    """The content identity of a spec's model files (checkpoint, LoRAs with weights, ControlNet)."""
+    """The content identity of a spec's model files (checkpoint, LoRAs with weights,
+    ControlNet, and the VAE when it is not the model's own)."""
     files = [
         model_content_id(spec.model),
         *(f"{model_content_id(lora.path)}:{lora.weight}" for lora in spec.loras),
         model_content_id(spec.controlnet) if spec.controlnet else "",
     ]
+    if spec.vae is not None:  # appended, so keys rendered with the model's own VAE stay valid
+        files.append(f"vae={model_content_id(spec.vae)}")
     return "|".join(files)
 
 

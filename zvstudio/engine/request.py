@@ -201,4 +201,5 @@ def _project_diffusion(settings):
         key_size=settings.key_size,
     )
     loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
-    return DiffusionSpec(Path(settings.model), key_settings, loras, controlnet)
+    vae = Path(settings.vae) if settings.vae else None
+    return DiffusionSpec(Path(settings.model), key_settings, loras, controlnet, vae=vae)

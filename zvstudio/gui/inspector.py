@@ -472,10 +472,32 @@ class RenderPanel(_Panel):
         row.addWidget(self.model_browse_button)
         tip = "The Stable Diffusion 1.5 checkpoint that renders the keys"
         form.addRow(_label("Checkpoint", tip), row)
+        self._vae_row(form)
         self.lora_list = LoraList(self)
         _add_row(form, "LoRAs", self.lora_list, "LoRA files applied to the model, with weights")
         self._controlnet_rows(form)
         return group
+
+    def _vae_row(self, form: QFormLayout) -> None:
+        self.vae_combo = _combo()
+        self.vae_combo.currentIndexChanged.connect(
+            lambda: self._set("vae", self.vae_combo.currentData(), "change VAE")
+        )
+        self.vae_browse_button = QToolButton(text="Browse…")
+        menu = QMenu(self.vae_browse_button)
+        menu.addAction("VAE file…", self._browse_vae_file)
+        menu.addAction("Diffusers folder…", self._browse_vae_folder)
+        self.vae_browse_button.setMenu(menu)
+        self.vae_browse_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        row = QHBoxLayout()
+        row.addWidget(self.vae_combo, 1)
+        row.addWidget(self.vae_browse_button)
+        tip = (
+            "The VAE that turns images into latents and back. The checkpoint's own, or another "
+            "(such as vae-ft-mse-840000-ema-pruned) when its colours look washed out or it "
+            "has none"
+        )
+        form.addRow(_label("VAE", tip), row)
 
     def _controlnet_rows(self, form: QFormLayout) -> None:
         self.controlnet_combo = _combo()
@@ -827,11 +849,22 @@ class RenderPanel(_Panel):
         if path:
             self.set_model(os.path.abspath(path))
 
+    def _browse_vae_file(self) -> None:
+        path = self.dialogs.open_file("Choose an SD1.x VAE", MODEL_FILTER)
+        if path:
+            self._set("vae", os.path.abspath(path), "change VAE")
+
+    def _browse_vae_folder(self) -> None:
+        path = self.dialogs.open_folder("Choose a diffusers VAE (or model) folder")
+        if path:
+            self._set("vae", os.path.abspath(path), "change VAE")
+
     # -- refreshing --------------------------------------------------------------------------
     def _show_project(self) -> None:
         settings = self.settings
         self._show_renderer(settings)
         self._show_models(settings.model)
+        self._show_vaes(settings.vae)
         self.lora_list.show_loras(settings.loras)
         self._show_controlnets(settings.controlnet)
         self.controlnet_scale_spin.setEnabled(settings.controlnet is not None)
@@ -919,10 +952,19 @@ class RenderPanel(_Panel):
         combo.setToolTip(combo.currentData(Qt.ItemDataRole.ToolTipRole) or "")
 
     def _show_models(self, current: str | None) -> None:
-        combo = self.model_combo
+        self._show_files(self.model_combo, "checkpoint", "(choose a checkpoint)", current)
+        self.model_combo.setToolTip(current or "No checkpoint chosen yet")
+
+    def _show_vaes(self, current: str | None) -> None:
+        self._show_files(self.vae_combo, "vae", "The checkpoint's own", current)
+        self.vae_combo.setToolTip(current or "The VAE inside the checkpoint")
+
+    def _show_files(self, combo: QComboBox, kind: str, none_text: str, current: str | None):
+        """`combo` lists the library's files of `kind` (those for other bases disabled) and
+        `current` (a path), after a first item `none_text` for None."""
         combo.clear()
-        combo.addItem("(choose a checkpoint)", None)
-        for info in self.known("checkpoint"):
+        combo.addItem(none_text, None)
+        for info in self.known(kind):
             combo.addItem(info.name, str(info.path))
             combo.setItemData(combo.count() - 1, str(info.path), Qt.ItemDataRole.ToolTipRole)
             if info.base not in RENDER_BASES:
@@ -931,7 +973,6 @@ class RenderPanel(_Panel):
             combo.addItem(Path(current).name, current)
             combo.setItemData(combo.count() - 1, current, Qt.ItemDataRole.ToolTipRole)
         _select(combo, current)
-        combo.setToolTip(current or "No checkpoint chosen yet")
 
     def _show_controlnets(self, current: str | None) -> None:
         combo = self.controlnet_combo

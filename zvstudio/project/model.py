@@ -132,6 +132,8 @@ class RenderSettings(Validated):
     steps: int = field(default=20, metadata=rule("int", low=1, high=1000))
     guidance_scale: float = field(default=7.5, metadata=rule("float", low=0, high=100))
     model: str | None = field(default=None, metadata=rule("str", nullable=True, nonempty=True))
+    # A VAE file or folder used instead of the model's own (`zvstudio.diffusion.vae`).
+    vae: str | None = field(default=None, metadata=rule("path", nullable=True))
     loras: list[LoraRef] = field(default_factory=list, metadata=rule("list", item=LoraRef))
     controlnet: str | None = field(
         default="canny", metadata=rule("str", nullable=True, nonempty=True)

@@ -49,7 +49,8 @@ def describe(settings: RenderSettings) -> str:
     if settings.renderer == "diffusion":
         model = Path(settings.model).name if settings.model else "no model"
         loras = "".join(f" + {Path(lora.path).stem}:{lora.weight:g}" for lora in settings.loras)
-        what = f"diffusion: {model}{loras}"
+        vae = f" with VAE {Path(settings.vae).stem}" if settings.vae else ""
+        what = f"diffusion: {model}{vae}{loras}"
         if settings.controlnet:
             what += f", ControlNet {settings.controlnet} {settings.controlnet_scale:g}"
         what += f", strength {settings.strength:g}"
