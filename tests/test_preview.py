@@ -66,6 +66,13 @@ def test_preview_writes_the_key_png(setup, capsys):
     # did for key.png.
     assert main([*args[:-2], "--key-size", "48", "-o", str(root / "key4.png")]) == 0
     assert (cv2.imread(str(root / "key4.png")) == image).all()
+    # The prompt read from CLIP's layer before the last: another key.
+    assert main([*args[:-2], "--clip-skip", "2", "-o", str(root / "key5.png")]) == 0
+    assert not (cv2.imread(str(root / "key5.png")) == image).all()
+    capsys.readouterr()
+    assert main([*args[:-2], "--clip-skip", "3", "-o", str(root / "key6.png")]) == 1
+    assert "more than the text encoder's 2 layers" in capsys.readouterr().err
+    assert not (root / "key6.png").exists()
 
 
 def test_preview_bad_input(setup, capsys):

@@ -121,3 +121,52 @@ def test_a_long_prompt_is_read_whole_in_chunks_of_75(text_model):
     broken = encode_prompts(text_model, [f"{one} BREAK {two}"])[0]
     split = plain_encoding(text_model, [one, two])
     assert torch.allclose(broken, torch.cat([split[0], split[1]]), atol=1e-6)
+
+
+def shallower(encoder, layers: int):
+    """The same CLIP text encoder with only its first `layers` layers."""
+    from transformers import CLIPTextModel
+
+    config = encoder.config.__class__(**{**encoder.config.to_dict(), "num_hidden_layers": layers})
+    model = CLIPTextModel(config).eval()
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in encoder.state_dict().items() if k in own})
+    return model
+
+
+@torch.no_grad()
+def test_clip_skip_reads_the_layer_before_the_last_as_a1111_does(text_model):
+    """Clip skip 2 is the encoder without its last layer, its final norm kept: checked against
+    such a model built apart, on both the plain and the weighted path."""
+    from zvstudio.diffusion.prompts import encode_ids
+    from zvstudio.diffusion.sampler import encode_prompts
+
+    encoder = text_model.text_encoder
+    layers = encoder.config.num_hidden_layers
+    prompts = ["", "a red cat on a mat"]
+    ids = text_model.tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt")
+    ids = ids.input_ids
+    assert torch.equal(encode_ids(encoder, ids, 1), encoder(ids)[0])
+    expected = shallower(encoder, layers - 1)(ids)[0]
+    skipped = encode_prompts(text_model, prompts, clip_skip=2)
+    assert torch.allclose(skipped, expected, atol=1e-6)
+    assert not torch.allclose(skipped, encode_prompts(text_model, prompts), atol=1e-3)
+    weighted = encode_weighted(text_model.tokenizer, encoder, prompts, "cpu", clip_skip=2)
+    assert torch.allclose(weighted, expected, atol=1e-6)  # no weights: the same numbers
+    from zvstudio.errors import ZvsError
+
+    with pytest.raises(ZvsError, match=f"more than the text encoder's {layers} layers"):
+        encode_ids(encoder, ids, layers + 1)
+
+
+def test_clip_skip_is_checked_and_named_in_the_keys_identity():
+    from zvstudio.diffusion.sampler import KeySettings, diffusion_key_identity
+    from zvstudio.errors import ZvsError
+
+    for wrong in (0, 13):
+        with pytest.raises(ZvsError, match="clip skip must be between 1"):
+            KeySettings(clip_skip=wrong)
+    default = diffusion_key_identity("m", torch.float32, KeySettings(prompt="a fox"))
+    assert "clip" not in default  # keys rendered before clip skip existed keep their identity
+    skip = diffusion_key_identity("m", torch.float32, KeySettings(prompt="a fox", clip_skip=2))
+    assert skip == default + ":clip skip 2"

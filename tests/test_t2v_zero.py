@@ -258,6 +258,7 @@ def test_cancel_stops_generation(components):
         ({"width": 30}, "multiples of 8"),
         ({"t0": 0.95}, "t0 < t1"),
         ({"chunk_size": 1}, "chunks"),
+        ({"clip_skip": 0}, "clip skip must be between 1"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(components, changes, message):

@@ -189,7 +189,7 @@ def test_preview_with_another_vae_and_its_mistakes(tiny, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_a_project_keeps_its_vae_and_the_cli_can_change_it(tiny, tmp_path):
+def test_a_project_keeps_its_vae_and_clip_skip_and_the_cli_changes_them(tiny, tmp_path):
     from dataclasses import replace
 
     from helpers import make_clip
@@ -211,6 +211,7 @@ def test_a_project_keeps_its_vae_and_the_cli_can_change_it(tiny, tmp_path):
     )
     save_project(project, tmp_path / "walk.zvs")
     assert '"vae": "vaes/vae.safetensors"' in (tmp_path / "walk.zvs").read_text()
+    assert '"clip_skip": 1' in (tmp_path / "walk.zvs").read_text()
     request = request_from_project(load_project(tmp_path / "walk.zvs"), tmp_path / "o.mp4")
     assert request.renderer.diffusion.vae == vae_file
 
@@ -223,7 +224,13 @@ def test_a_project_keeps_its_vae_and_the_cli_can_change_it(tiny, tmp_path):
     assert request_for().renderer.diffusion.vae == vae_file
     other = tmp_path / "other.safetensors"
     assert request_for("--vae", str(other)).renderer.diffusion.vae == other
+    # --clip-skip likewise changes the project's model's settings, and nothing else.
+    skipped = request_for("--clip-skip", "2").renderer.diffusion
+    assert skipped.settings.clip_skip == 2 and skipped.vae == vae_file
+    assert request_for().renderer.diffusion.settings.clip_skip == 1
     stylized = replace(project.settings, renderer="stylize", vae=None)
     save_project(replace(project, settings=stylized), tmp_path / "walk.zvs")
     with pytest.raises(ZvsError, match="--vae is for diffusion keys"):
         request_for("--vae", str(other))
+    with pytest.raises(ZvsError, match="--clip-skip is for diffusion keys"):
+        request_for("--clip-skip", "2")

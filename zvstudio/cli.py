@@ -415,6 +415,21 @@ def _with_preset(args, settings):
     return load_preset(args.preset).applied_to(settings)
 
 
+def _project_model_overrides(renderer, args):
+    """The project's diffusion spec with the VAE and clip skip the options give."""
+    from dataclasses import replace
+
+    if renderer.kind != "diffusion":
+        given = "--vae" if args.vae is not None else "--clip-skip"
+        raise ZvsError(f"{given} is for diffusion keys: give --model (or a project that uses one)")
+    spec = renderer.diffusion
+    if args.vae is not None:
+        spec = replace(spec, vae=args.vae)
+    if args.clip_skip is not None:
+        spec = replace(spec, settings=replace(spec.settings, clip_skip=args.clip_skip))
+    return spec
+
+
 def _with_overrides(request, args):
     """Apply the command-line options that were given on top of the request."""
     from dataclasses import replace
@@ -433,10 +448,8 @@ def _with_overrides(request, args):
         raise ZvsError("choose either --style (a weightless style) or --model (diffusion)")
     if args.model is not None:
         renderer = replace(renderer, kind="diffusion", diffusion=_diffusion_spec(args))
-    elif args.vae is not None:  # a project's model with another VAE
-        if renderer.kind != "diffusion":
-            raise ZvsError("--vae is for diffusion keys: give --model (or a project that uses one)")
-        renderer = replace(renderer, diffusion=replace(renderer.diffusion, vae=args.vae))
+    elif args.vae is not None or args.clip_skip is not None:  # on a project's model
+        renderer = replace(renderer, diffusion=_project_model_overrides(renderer, args))
     if args.style is not None:
         renderer = replace(renderer, kind="stylize", style=args.style)
     if args.param:
@@ -1019,6 +1032,14 @@ def _add_model_options(
         help="a VAE file or folder to use instead of the model's own (for example "
         "vae-ft-mse-840000-ema-pruned.safetensors, when a model's colours look washed out)",
     )
+    parser.add_argument(
+        "--clip-skip",
+        type=int,
+        metavar="N",
+        help="read the prompt from CLIP's Nth layer from the end (default 1, the last; 2 for "
+        "models trained on the penultimate layer, as most anime models are), as A1111's "
+        "'Clip skip'",
+    )
     if controlnet_default is None:  # this command takes no ControlNet
         parser.set_defaults(controlnet=None)
     else:
@@ -1082,6 +1103,7 @@ def _diffusion_spec(args):
         seed=args.seed,
         controlnet_scale=controlnet.scale if controlnet else 0.7,
         key_size=args.key_size,
+        clip_skip=args.clip_skip or 1,
     )
     return _model_spec(args, settings, controlnet)
 
@@ -1249,6 +1271,7 @@ def _run_generate(args) -> int:
     settings = TextToVideoSettings(
         prompt=args.prompt,
         negative_prompt=args.negative,
+        clip_skip=args.clip_skip or 1,
         frames=args.frames,
         steps=args.steps,
         guidance_scale=args.cfg,
@@ -1361,6 +1384,7 @@ def _run_animate(args) -> int:
     settings = AnimateSettings(
         prompt=args.prompt,
         negative_prompt=args.negative,
+        clip_skip=args.clip_skip or 1,
         frames=args.frames or 16,
         steps=args.steps or 25,
         guidance_scale=args.cfg,
@@ -1395,6 +1419,8 @@ def _run_dynamicrafter(args) -> int:
         raise ZvsError("DynamiCrafter takes no LoRAs")
     if args.vae:
         raise ZvsError("DynamiCrafter uses its own VAE: --vae is for SD1.x models")
+    if args.clip_skip is not None:
+        raise ZvsError("DynamiCrafter reads its prompt its own way: --clip-skip is for SD1.x")
     settings = DynamiCrafterSettings(
         prompt=args.prompt,
         negative_prompt=args.negative,

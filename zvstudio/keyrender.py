@@ -17,6 +17,9 @@ from zvstudio.progress import CancelToken, ProgressCallback, ignore_progress
 # Diffusion renders keys at most this many pixels on the short side (SD1.x's training size) and
 # scales them to the frame's size (see zvstudio.diffusion.sampler); 0: at the frame's size.
 DEFAULT_KEY_SIZE = 512
+# The most layers a prompt may skip from CLIP's end (A1111's "Clip skip" slider; SD1.x's text
+# encoder has 12): see zvstudio.diffusion.prompts.encode_ids.
+MAX_CLIP_SKIP = 12
 
 
 def working_size(height: int, width: int, key_size: int) -> tuple[int, int]:

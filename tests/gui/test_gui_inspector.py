@@ -492,3 +492,13 @@ def test_a_vae_from_the_library_or_browsed_and_back_to_the_checkpoints(qtbot, di
     assert diffusion.project.settings.vae is None
     diffusion.undo_stack.undo()
     assert combo.currentData() == str(folder)
+
+
+def test_clip_skip_is_a_setting_of_the_sampling(qtbot, diffusion):
+    inspector = make_inspector(qtbot, diffusion)
+    spin = inspector.render_panel.clip_skip_spin
+    assert spin.value() == 1 and (spin.minimum(), spin.maximum()) == (1, 12)
+    spin.setValue(2)
+    assert diffusion.project.settings.clip_skip == 2
+    diffusion.undo_stack.undo()
+    assert diffusion.project.settings.clip_skip == 1 and spin.value() == 1

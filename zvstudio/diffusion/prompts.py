@@ -21,6 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from zvstudio.keyrender import MAX_CLIP_SKIP
+
 if TYPE_CHECKING:
     import torch
 
@@ -106,7 +108,37 @@ def chunked_tokens(tokenizer: Any, prompt: str) -> list[tuple[list[int], list[fl
     return chunks
 
 
-def encode_weighted(tokenizer: Any, encoder: Any, prompts: Sequence[str], device) -> torch.Tensor:
+def check_clip_skip(clip_skip: int) -> None:
+    """Refuse a clip skip outside A1111's range (1: none)."""
+    if not 1 <= clip_skip <= MAX_CLIP_SKIP:
+        from zvstudio.errors import ZvsError
+
+        raise ZvsError(
+            f"clip skip must be between 1 (CLIP's last layer) and {MAX_CLIP_SKIP}, got {clip_skip}",
+            hint="2 is what models trained on CLIP's penultimate layer (most anime models) want",
+        )
+
+
+def encode_ids(encoder: Any, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """CLIP's hidden states of token `ids`. With `clip_skip` N > 1 they are those N - 1 layers
+    before the last, normalised as the last ones are: A1111's "Clip skip" (2 for models
+    trained on the penultimate layer, as most anime models are)."""
+    if clip_skip <= 1:
+        return encoder(ids)[0]
+    layers = encoder.config.num_hidden_layers
+    if clip_skip > layers:
+        from zvstudio.errors import ZvsError
+
+        raise ZvsError(f"clip skip {clip_skip} skips more than the text encoder's {layers} layers")
+    hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+    # transformers >= 5.6 dropped the text_model level that earlier versions have.
+    text_model = getattr(encoder, "text_model", encoder)
+    return text_model.final_layer_norm(hidden)
+
+
+def encode_weighted(
+    tokenizer: Any, encoder: Any, prompts: Sequence[str], device, clip_skip: int = 1
+) -> torch.Tensor:
     """CLIP embeddings of `prompts` read as A1111 reads them: (prompts, 77 x chunks, width)."""
     import torch
 
@@ -121,7 +153,7 @@ def encode_weighted(tokenizer: Any, encoder: Any, prompts: Sequence[str], device
                 + [tokenizer.pad_token_id] * padding
             )
             weights.append([1.0, *token_weights, 1.0] + [1.0] * padding)
-    hidden = encoder(torch.tensor(ids, device=device))[0]
+    hidden = encode_ids(encoder, torch.tensor(ids, device=device), clip_skip)
     factors = torch.tensor(weights, device=hidden.device, dtype=hidden.dtype)[..., None]
     weighted = hidden * factors
     # Each chunk keeps its mean: weights move emphasis between tokens, not overall scale.

@@ -64,7 +64,13 @@ from zvstudio.diffusion.constraints import (
 from zvstudio.diffusion.embeddings import embeddings_identity, expand_prompt
 from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rgb_frames
 from zvstudio.diffusion.loading import Components
-from zvstudio.diffusion.prompts import SYNTAX_VERSION, encode_weighted, uses_syntax
+from zvstudio.diffusion.prompts import (
+    SYNTAX_VERSION,
+    check_clip_skip,
+    encode_ids,
+    encode_weighted,
+    uses_syntax,
+)
 from zvstudio.errors import ZvsError
 from zvstudio.flow import DISFlow, consistency_mask, warp
 from zvstudio.keyrender import (
@@ -112,10 +118,14 @@ class KeySettings:
     colour_correction: bool = False
     # Render at most this many pixels on the short side (scaled back after); 0: the frame's.
     key_size: int = DEFAULT_KEY_SIZE
+    # A1111's "Clip skip": 1 reads CLIP's last layer, 2 the one before (`encode_ids`). Left out
+    # of repr, and so of the identity of keys that keep the default (see its identity).
+    clip_skip: int = field(default=1, repr=False)
 
     def __post_init__(self) -> None:
         if self.key_size < 0:
             raise ZvsError(f"the key size must be 0 (the frame's) or more, got {self.key_size}")
+        check_clip_skip(self.clip_skip)
         if self.pixel_fusion_mode not in PIXEL_FUSION_MODES:
             raise ZvsError(
                 f"unknown pixel fusion mode {self.pixel_fusion_mode!r}",
@@ -145,14 +155,17 @@ def seeded_noise(like: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator).to(like)
 
 
-def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tensor:
+def encode_prompts(
+    components: Components, prompts: Sequence[str], clip_skip: int = 1
+) -> torch.Tensor:
     """CLIP text embeddings of `prompts` (one row each), in the UNet's dtype; a word that
     names a loaded textual inversion stands for its vectors, and weights, BREAK and long
-    prompts read as AUTOMATIC1111 reads them (`zvstudio.diffusion.prompts`)."""
+    prompts read as AUTOMATIC1111 reads them (`zvstudio.diffusion.prompts`), as does
+    `clip_skip` (`encode_ids`)."""
     tokenizer, encoder = components.tokenizer, components.text_encoder
     expanded = [expand_prompt(prompt, components.embeddings) for prompt in prompts]
     if any(uses_syntax(prompt) for prompt in expanded):  # weights, BREAK or a long prompt
-        weighted = encode_weighted(tokenizer, encoder, expanded, components.device)
+        weighted = encode_weighted(tokenizer, encoder, expanded, components.device, clip_skip)
         return weighted.to(components.unet.dtype)
     tokens = tokenizer(
         expanded,
@@ -161,7 +174,8 @@ def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tens
         truncation=True,
         return_tensors="pt",
     )
-    return encoder(tokens.input_ids.to(components.device))[0].to(components.unet.dtype)
+    hidden = encode_ids(encoder, tokens.input_ids.to(components.device), clip_skip)
+    return hidden.to(components.unet.dtype)
 
 
 def guided_noise(
@@ -530,7 +544,8 @@ class KeyFrameSampler:
             self.store.set_mode("use", record=True)
 
     def _encode_prompts(self, prompt: str) -> torch.Tensor:
-        return encode_prompts(self.components, [self.settings.negative_prompt, prompt])
+        prompts = [self.settings.negative_prompt, prompt]
+        return encode_prompts(self.components, prompts, self.settings.clip_skip)
 
     def _control_image(self, frame: np.ndarray) -> torch.Tensor | None:
         if self.controlnet is None:
@@ -615,6 +630,8 @@ def diffusion_key_identity(
     prompts = (effective.prompt, effective.negative_prompt)
     if any(uses_syntax(prompt) for prompt in prompts):  # read otherwise than before
         identity += f":{SYNTAX_VERSION}"
+    if settings.clip_skip != 1:
+        identity += f":clip skip {settings.clip_skip}"
     embeddings = embeddings_identity(prompts, allow_pickle)
     return f"{identity}:embeddings {embeddings}" if embeddings else identity
 

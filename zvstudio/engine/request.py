@@ -199,6 +199,7 @@ def _project_diffusion(settings):
         pixel_fusion_mode=settings.pixel_fusion_mode,
         colour_correction=settings.colour_correction,
         key_size=settings.key_size,
+        clip_skip=settings.clip_skip,
     )
     loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
     vae = Path(settings.vae) if settings.vae else None

@@ -37,6 +37,7 @@ from zvstudio.diffusion.loading import (
     open_checkpoint,
     weights_kwargs,
 )
+from zvstudio.diffusion.prompts import check_clip_skip
 from zvstudio.diffusion.sampler import (
     CLIP_MEMORY_HINT,
     encode_prompts,
@@ -84,6 +85,7 @@ class AnimateSettings:
     window_length: int | None = None
     width: int = 512
     height: int = 512
+    clip_skip: int = 1  # A1111's "Clip skip" (`zvstudio.diffusion.prompts.encode_ids`)
 
 
 # ------------------------------------------------------------------------------- the adapter
@@ -389,6 +391,7 @@ def animate(
 def _check_settings(settings: AnimateSettings, components: Components, adapter: Any) -> None:
     if settings.frames < 1 or settings.steps < 1:
         raise ZvsError("AnimateZero needs at least one frame and one step.")
+    check_clip_skip(settings.clip_skip)
     if settings.window_length is not None and settings.window_length < 1:
         raise ZvsError("The window length must be at least one frame.")
     longest = adapter.config.motion_max_seq_length
@@ -422,7 +425,8 @@ def same_device(a: torch.device | str, b: torch.device | str) -> bool:
 
 
 def _start(components, settings, store, progress, cancel) -> _Run:
-    embeddings = encode_prompts(components, [settings.negative_prompt, settings.prompt])
+    prompts = [settings.negative_prompt, settings.prompt]
+    embeddings = encode_prompts(components, prompts, settings.clip_skip)
     scheduler = components.make_scheduler()
     scheduler.set_timesteps(settings.steps)
     timesteps = scheduler.timesteps  # on the CPU, where the scheduler indexes its tables

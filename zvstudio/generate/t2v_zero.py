@@ -45,6 +45,7 @@ from zvstudio.diffusion.annotators import control_condition
 from zvstudio.diffusion.attention import CrossFrameAttnProcessor, select_self_attention_layers
 from zvstudio.diffusion.encoding import decode, rgb_frames
 from zvstudio.diffusion.loading import Components
+from zvstudio.diffusion.prompts import check_clip_skip
 from zvstudio.diffusion.sampler import ddim_update, encode_prompts, guided_noise, next_alpha
 from zvstudio.errors import ZvsError
 from zvstudio.progress import CancelToken, Progress, ProgressCallback, ignore_progress
@@ -85,9 +86,11 @@ class TextToVideoSettings:
     # Background smoothing: how far each frame's background moves towards frame 0's carried
     # by the motion (the paper's 0.6); 0 is off. Needs a foreground mask source.
     smooth_background: float = 0.0
+    clip_skip: int = 1  # A1111's "Clip skip" (`zvstudio.diffusion.prompts.encode_ids`)
 
     def check(self) -> None:
         """Raise `ZvsError` for settings that cannot make a clip."""
+        check_clip_skip(self.clip_skip)
         if self.frames < 1:
             raise ZvsError(f"a clip needs at least one frame, not {self.frames}")
         if self.steps < 3:
@@ -373,7 +376,7 @@ class TextToVideoZero:
         prompts = [settings.negative_prompt, settings.prompt]
         if self.instruct:  # (instruction, image), (image only), (neither)
             prompts = [settings.prompt, settings.negative_prompt, settings.negative_prompt]
-        embeddings = encode_prompts(self.components, prompts)
+        embeddings = encode_prompts(self.components, prompts, settings.clip_skip)
         latent_shape = (
             self.components.vae.config.latent_channels,
             settings.height // self.vae_scale,

@@ -58,6 +58,7 @@ from zvstudio.project.edits import Edit, SetKey, SetSettings, keys_every
 from zvstudio.project.model import (
     CONSTRAINT_RANGES,
     DEFAULT_KEY_SIZE,
+    MAX_CLIP_SKIP,
     SEED_MAX,
     KeyFrame,
     LoraRef,
@@ -551,6 +552,7 @@ class RenderPanel(_Panel):
         self.strength_spin = self._number_row(form, "strength", _spin(0, 1, 0.05))
         self.steps_spin = self._number_row(form, "steps", _int_spin(1, 1000))
         self.guidance_spin = self._number_row(form, "guidance_scale", _spin(0, 100, 0.5, 1))
+        self.clip_skip_spin = self._number_row(form, "clip_skip", _int_spin(1, MAX_CLIP_SKIP))
         key_size = _int_spin(0, 16384)
         key_size.setSingleStep(64)
         key_size.setSuffix(" px")
@@ -565,6 +567,12 @@ class RenderPanel(_Panel):
             "strength": ("Strength", "How much of the input is re-imagined (lower keeps more)"),
             "steps": ("Steps", "Sampling steps over the whole schedule (20 is usual)"),
             "guidance_scale": ("Guidance", "How closely the prompt is followed (CFG, 7.5)"),
+            "clip_skip": (
+                "CLIP skip",
+                "Which of CLIP's layers, counted from the end, reads the prompt (AUTOMATIC1111's "
+                "'Clip skip'): 1, the last, for most models; 2 for those trained on the one "
+                "before, as most anime models are",
+            ),
             "key_size": (
                 "Key size",
                 "Keys are rendered at most this many pixels on their short side, then scaled to "
@@ -925,6 +933,7 @@ class RenderPanel(_Panel):
             (self.strength_spin, "strength"),
             (self.steps_spin, "steps"),
             (self.guidance_spin, "guidance_scale"),
+            (self.clip_skip_spin, "clip_skip"),
             (self.key_size_spin, "key_size"),
             (self.controlnet_scale_spin, "controlnet_scale"),
             (self.pixel_fusion_weight_spin, "pixel_fusion_weight"),

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from zvstudio.keyrender import DEFAULT_KEY_SIZE
+from zvstudio.keyrender import DEFAULT_KEY_SIZE, MAX_CLIP_SKIP
 from zvstudio.media.sequence import sequence_path
 from zvstudio.project.hashing import content_hash
 from zvstudio.project.schema import Validated, rule
@@ -159,6 +159,8 @@ class RenderSettings(Validated):
     adain: bool = field(default=True, metadata=rule("bool"))
     colour_correction: bool = field(default=False, metadata=rule("bool"))
     key_size: int = field(default=DEFAULT_KEY_SIZE, metadata=rule("int", low=0, high=16384))
+    # A1111's "Clip skip": 2 reads the prompt from CLIP's penultimate layer (anime models).
+    clip_skip: int = field(default=1, metadata=rule("int", low=1, high=MAX_CLIP_SKIP))
     # Render and export at most this many pixels on the short side; 0: at the clip's size.
     short_side: int = field(default=0, metadata=rule("int", low=0, high=16384))
     adain_start: float = field(default=0.0, metadata=_fraction())

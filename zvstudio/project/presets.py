@@ -54,6 +54,8 @@ def describe(settings: RenderSettings) -> str:
         if settings.controlnet:
             what += f", ControlNet {settings.controlnet} {settings.controlnet_scale:g}"
         what += f", strength {settings.strength:g}"
+        if settings.clip_skip != 1:
+            what += f", clip skip {settings.clip_skip}"
     elif settings.renderer == "stylize":
         params = ", ".join(f"{k} {v}" for k, v in sorted(settings.style_params.items()))
         what = f"style {settings.style}" + (f" ({params})" if params else "")
