@@ -259,6 +259,7 @@ def test_cancel_stops_generation(components):
         ({"t0": 0.95}, "t0 < t1"),
         ({"chunk_size": 1}, "chunks"),
         ({"clip_skip": 0}, "clip skip must be between 1"),
+        ({"prompt": "a [cat|dog]"}, "reads one prompt throughout"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(components, changes, message):

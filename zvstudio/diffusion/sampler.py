@@ -64,6 +64,7 @@ from zvstudio.diffusion.constraints import (
 from zvstudio.diffusion.embeddings import embeddings_identity, expand_prompt
 from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rgb_frames
 from zvstudio.diffusion.loading import Components
+from zvstudio.diffusion.prompt_editing import EDITING_VERSION, prompts_per_step, uses_editing
 from zvstudio.diffusion.prompts import (
     SYNTAX_VERSION,
     check_clip_skip,
@@ -178,6 +179,20 @@ def encode_prompts(
     return hidden.to(components.unet.dtype)
 
 
+def encode_prompts_per_step(
+    components: Components, prompts: Sequence[str], steps: int, clip_skip: int = 1
+) -> list[torch.Tensor]:
+    """`encode_prompts` for each of `steps` sampling steps, the prompts as A1111's prompt
+    editing changes them (`zvstudio.diffusion.prompt_editing`); each distinct set of prompts
+    is encoded once, so a prompt without editing is encoded once for all steps."""
+    per_step = list(zip(*(prompts_per_step(prompt, steps) for prompt in prompts), strict=True))
+    encoded: dict[tuple[str, ...], torch.Tensor] = {}
+    for step_prompts in per_step:
+        if step_prompts not in encoded:
+            encoded[step_prompts] = encode_prompts(components, step_prompts, clip_skip)
+    return [encoded[step_prompts] for step_prompts in per_step]
+
+
 def guided_noise(
     unet: Any,
     latents: torch.Tensor,
@@ -265,7 +280,7 @@ class _Run:
     frame: np.ndarray
     scheduler: object
     timesteps: torch.Tensor
-    embeddings: torch.Tensor
+    embeddings: list[torch.Tensor]  # one per step (prompt editing may change them)
     condition: torch.Tensor | None
     is_anchor: bool
     pairs: FramePairs
@@ -382,7 +397,7 @@ class KeyFrameSampler:
             padded,
             scheduler,
             timesteps,
-            self._encode_prompts(prompt if prompt is not None else settings.prompt),
+            self._encode_prompts(prompt if prompt is not None else settings.prompt, len(timesteps)),
             self._control_image(padded),
             is_anchor,
             FramePairs(self._flow, self._flow_executor(), padded),
@@ -446,7 +461,8 @@ class KeyFrameSampler:
             t = run.timesteps[index]
             self.store.begin_step(index)
             model_t = run.model_timesteps[index]
-            epsilon = self._predict_noise(latents, model_t, run.embeddings, run.condition)
+            embeddings = run.embeddings[index]
+            epsilon = self._predict_noise(latents, model_t, embeddings, run.condition)
             alpha = run.scheduler.alphas_cumprod[int(t)].to(latents)
             x0 = (latents - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
             x0 = self._constrain(x0, index, int(t), run)
@@ -543,9 +559,9 @@ class KeyFrameSampler:
                 raise ZvsError("render the anchor key before the keys that refer to it")
             self.store.set_mode("use", record=True)
 
-    def _encode_prompts(self, prompt: str) -> torch.Tensor:
+    def _encode_prompts(self, prompt: str, steps: int) -> list[torch.Tensor]:
         prompts = [self.settings.negative_prompt, prompt]
-        return encode_prompts(self.components, prompts, self.settings.clip_skip)
+        return encode_prompts_per_step(self.components, prompts, steps, self.settings.clip_skip)
 
     def _control_image(self, frame: np.ndarray) -> torch.Tensor | None:
         if self.controlnet is None:
@@ -630,6 +646,8 @@ def diffusion_key_identity(
     prompts = (effective.prompt, effective.negative_prompt)
     if any(uses_syntax(prompt) for prompt in prompts):  # read otherwise than before
         identity += f":{SYNTAX_VERSION}"
+    if any(uses_editing(prompt) for prompt in prompts):
+        identity += f":{EDITING_VERSION}"
     if settings.clip_skip != 1:
         identity += f":clip skip {settings.clip_skip}"
     embeddings = embeddings_identity(prompts, allow_pickle)

@@ -37,6 +37,7 @@ from zvstudio.diffusion.loading import (
     open_checkpoint,
     weights_kwargs,
 )
+from zvstudio.diffusion.prompt_editing import refuse_editing
 from zvstudio.diffusion.prompts import check_clip_skip
 from zvstudio.diffusion.sampler import (
     CLIP_MEMORY_HINT,
@@ -392,6 +393,7 @@ def _check_settings(settings: AnimateSettings, components: Components, adapter: 
     if settings.frames < 1 or settings.steps < 1:
         raise ZvsError("AnimateZero needs at least one frame and one step.")
     check_clip_skip(settings.clip_skip)
+    refuse_editing((settings.prompt, settings.negative_prompt), "AnimateZero")
     if settings.window_length is not None and settings.window_length < 1:
         raise ZvsError("The window length must be at least one frame.")
     longest = adapter.config.motion_max_seq_length

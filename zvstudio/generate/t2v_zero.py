@@ -45,6 +45,7 @@ from zvstudio.diffusion.annotators import control_condition
 from zvstudio.diffusion.attention import CrossFrameAttnProcessor, select_self_attention_layers
 from zvstudio.diffusion.encoding import decode, rgb_frames
 from zvstudio.diffusion.loading import Components
+from zvstudio.diffusion.prompt_editing import refuse_editing
 from zvstudio.diffusion.prompts import check_clip_skip
 from zvstudio.diffusion.sampler import ddim_update, encode_prompts, guided_noise, next_alpha
 from zvstudio.errors import ZvsError
@@ -91,6 +92,7 @@ class TextToVideoSettings:
     def check(self) -> None:
         """Raise `ZvsError` for settings that cannot make a clip."""
         check_clip_skip(self.clip_skip)
+        refuse_editing((self.prompt, self.negative_prompt), "Text2Video-Zero")
         if self.frames < 1:
             raise ZvsError(f"a clip needs at least one frame, not {self.frames}")
         if self.steps < 3:

@@ -132,7 +132,8 @@ MATTE_CROP_TIP = (
 )
 PROMPT_SYNTAX = (
     "As in AUTOMATIC1111: (word:1.3) or (word) weighs a word more, [word] less; BREAK starts "
-    "a new 75-token chunk; an embedding's name (e.g. EasyNegative) uses that embedding"
+    "a new 75-token chunk; [cat:dog:0.5] reads cat for half the steps, then dog; [cat|dog] "
+    "alternates them; an embedding's name (e.g. EasyNegative) uses that embedding"
 )
 MATTE_SHOWS = "the render shows where it is white or opaque"
 MATTE_NONE = "None: the render fills the frame"
