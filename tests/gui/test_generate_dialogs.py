@@ -439,3 +439,35 @@ def test_generation_module_imports_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_both_dialogs_take_a_vae_and_a_clip_skip(qtbot, tmp_path, library, tiny):
+    """The checkpoint's own VAE unless one is chosen, as in the inspector; both go into the
+    request and are remembered (a VAE that is gone is dropped)."""
+    vae = tiny["model"] / "vae"  # a diffusers VAE folder
+    text = make(qtbot, TextToVideoDialog, tmp_path, library)
+    pick(text.model_picker, tiny["model"])
+    text.prompt_edit.setPlainText("a red cat")
+    policy = ModelPolicy.from_settings(CPU, tiny["config"])
+    request = text.choice().request(policy)
+    assert request.models.vae is None and request.settings.clip_skip == 1
+    assert text.vae_picker.combo.currentText() == "The checkpoint's own"
+    browse(qtbot, text, text.vae_picker.folder_button, vae)
+    text.clip_skip_spin.setValue(2)
+    request = text.choice().request(policy)
+    assert (request.models.vae, request.settings.clip_skip) == (vae, 2)
+    again = make(qtbot, TextToVideoDialog, tmp_path, library, text.remembered())
+    assert (again.vae_picker.path(), again.clip_skip_spin.value()) == (vae, 2)
+    gone = make(qtbot, TextToVideoDialog, tmp_path, library, {"vae": str(tmp_path / "no")})
+    assert gone.vae_picker.path() is None
+    text.vae_picker.set_path(tmp_path / "missing.safetensors")
+    assert "The VAE" in reason(text) and "does not exist" in reason(text)
+
+    animate = make(qtbot, AnimateDialog, tmp_path, library)
+    pick(animate.model_picker, tiny["model"])
+    pick(animate.motion_picker, tiny["motion"])
+    animate.prompt_edit.setPlainText("a red cat")
+    animate.vae_picker.set_path(vae)
+    animate.clip_skip_spin.setValue(2)
+    request = animate.choice().request(policy)
+    assert (request.models.vae, request.settings.clip_skip) == (vae, 2)

@@ -48,10 +48,17 @@ from zvstudio.errors import ZvsError
 from zvstudio.generate.dynamicrafter.config import PRESETS as DYNAMICRAFTER_PRESETS
 from zvstudio.generate.dynamicrafter.names import guess_preset
 from zvstudio.gui.file_filters import VIDEOS_FILTER
-from zvstudio.gui.inspector import IMAGE_FILTER, MODEL_FILTER, RENDER_BASES, Dialogs
+from zvstudio.gui.inspector import (
+    CLIP_SKIP_TIP,
+    IMAGE_FILTER,
+    MODEL_FILTER,
+    RENDER_BASES,
+    VAE_TIP,
+    Dialogs,
+)
 from zvstudio.media import ExportSettings
 from zvstudio.progress import LogCallback, ignore_log
-from zvstudio.project.model import SEED_MAX
+from zvstudio.project.model import MAX_CLIP_SKIP, SEED_MAX
 
 if TYPE_CHECKING:
     from zvstudio.engine.preview import DiffusionSpec
@@ -120,12 +127,16 @@ class ModelPolicy:
             config_dir,
         )
 
-    def spec(self, model: Path, controlnet: Path | None = None) -> DiffusionSpec:
+    def spec(
+        self, model: Path, controlnet: Path | None = None, vae: Path | None = None
+    ) -> DiffusionSpec:
         """The generators' DiffusionSpec (their key-renderer settings are unused)."""
         from zvstudio.diffusion.sampler import KeySettings
         from zvstudio.engine.preview import DiffusionSpec
 
-        return DiffusionSpec(model, KeySettings(), controlnet=controlnet, **self._placement())
+        return DiffusionSpec(
+            model, KeySettings(), controlnet=controlnet, vae=vae, **self._placement()
+        )
 
     def _placement(self) -> dict[str, Any]:
         """The DiffusionSpec fields these choices set."""
@@ -174,6 +185,8 @@ class TextToVideoChoice:
     controlnet: Path | None = None
     controlnet_scale: float = 1.0
     video: Path | None = None
+    vae: Path | None = None  # instead of the checkpoint's own
+    clip_skip: int = 1
 
     title = "New from text"
 
@@ -202,9 +215,10 @@ class TextToVideoChoice:
             smooth_background=self.smooth_background,
             controlnet_scale=controlnet.scale if controlnet else 1.0,
             annotator=controlnet.annotator if controlnet else "canny",
+            clip_skip=self.clip_skip,
         )
         return TextToVideoRequest(
-            policy.spec(self.model, controlnet.path if controlnet else None),
+            policy.spec(self.model, controlnet.path if controlnet else None, self.vae),
             settings,
             self.output,
             video=self.video,
@@ -239,6 +253,8 @@ class AnimateChoice:
     height: int = 512
     fps: Fraction = Fraction(8)
     image: Path | None = None
+    vae: Path | None = None  # instead of the checkpoint's own
+    clip_skip: int = 1
 
     title = "Animate image"
 
@@ -258,9 +274,10 @@ class AnimateChoice:
             window_length=self.window_length,
             width=self.width,
             height=self.height,
+            clip_skip=self.clip_skip,
         )
         return AnimateRequest(
-            policy.spec(self.model),
+            policy.spec(self.model, vae=self.vae),
             self.motion_adapter,
             settings,
             self.output,
@@ -599,7 +616,8 @@ class _GenerateDialog(QDialog):
         _add_row(form, "Negative prompt", self.negative_edit, "What the clip should not show")
         return group
 
-    def _model_picker(self) -> ModelPicker:
+    def _checkpoint_rows(self, form: QFormLayout) -> None:
+        """The SD1.x checkpoint, the VAE used instead of its own (if any), the clip skip."""
         self.model_picker = ModelPicker(
             self.models,
             "checkpoint",
@@ -607,7 +625,22 @@ class _GenerateDialog(QDialog):
             lambda: self.dialogs.open_file("Choose an SD1.x checkpoint", MODEL_FILTER),
             lambda: self.dialogs.open_folder("Choose a diffusers model folder"),
         )
-        return self.model_picker
+        _add_row(
+            form,
+            "Checkpoint",
+            self.model_picker,
+            "A Stable Diffusion 1.x checkpoint: a .safetensors file or a diffusers folder",
+        )
+        self.vae_picker = ModelPicker(
+            self.models,
+            "vae",
+            "The checkpoint's own",
+            lambda: self.dialogs.open_file("Choose an SD1.x VAE", MODEL_FILTER),
+            lambda: self.dialogs.open_folder("Choose a diffusers VAE (or model) folder"),
+        )
+        _add_row(form, "VAE", self.vae_picker, VAE_TIP)
+        self.clip_skip_spin = _int_spin(1, MAX_CLIP_SKIP)
+        _add_row(form, "CLIP skip", _row(self.clip_skip_spin), CLIP_SKIP_TIP)
 
     def _sampling_rows(
         self,
@@ -726,6 +759,9 @@ class _GenerateDialog(QDialog):
             return "Choose a Stable Diffusion 1.x model (from the list, or a file or folder)."
         if not model.exists():
             return f"The model {model} does not exist."
+        vae = self.vae_picker.path()
+        if vae is not None and not vae.exists():
+            return f"The VAE {vae} does not exist."
         return None
 
     def _size_reason(self) -> str | None:
@@ -773,6 +809,7 @@ class _GenerateDialog(QDialog):
             "prompt": self.prompt_edit.toPlainText(),
             "negative_prompt": self.negative_edit.toPlainText(),
             "model": _text(self.model_picker.path()),
+            "vae": _text(self.vae_picker.path()),
             "folder": str(output.absolute().parent) if output else None,
         }
         values.update({name: getattr(self, f"{name}_spin").value() for name in self.INT_FIELDS})
@@ -787,6 +824,9 @@ class _GenerateDialog(QDialog):
             self.negative_edit.setPlainText(values["negative_prompt"])
         if isinstance(values.get("model"), str):
             self.model_picker.set_path(values["model"])
+        vae = values.get("vae")
+        if isinstance(vae, str) and Path(vae).exists():  # a VAE that is gone is dropped
+            self.vae_picker.set_path(vae)
         for name in self.INT_FIELDS + self.FLOAT_FIELDS:
             value = values.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -797,6 +837,8 @@ class _GenerateDialog(QDialog):
         """The choice's fields both dialogs have."""
         return {
             "model": self.model_picker.path(),
+            "vae": self.vae_picker.path(),
+            "clip_skip": self.clip_skip_spin.value(),
             "output": self.output_field.path(),
             "prompt": self.prompt_edit.toPlainText().strip(),
             "negative_prompt": self.negative_edit.toPlainText().strip(),
@@ -824,7 +866,7 @@ class TextToVideoDialog(_GenerateDialog):
     edges through a ControlNet. Read the answer with `choice()` after `exec()`."""
 
     OUTPUT_STEM = "text_to_video"
-    INT_FIELDS = ("frames", "steps", "width", "height")
+    INT_FIELDS = ("frames", "steps", "width", "height", "clip_skip")
     FLOAT_FIELDS = (
         "guidance",
         "seed",
@@ -853,12 +895,7 @@ class TextToVideoDialog(_GenerateDialog):
 
     def _build(self) -> None:
         model_group, form = _group("Model")
-        _add_row(
-            form,
-            "Checkpoint",
-            self._model_picker(),
-            "A Stable Diffusion 1.x checkpoint: a .safetensors file or a diffusers folder",
-        )
+        self._checkpoint_rows(form)
         self.controlnet_picker = ModelPicker(
             self.models,
             "controlnet",
@@ -1062,6 +1099,7 @@ class AnimateDialog(_GenerateDialog):
         "steps",
         "width",
         "height",
+        "clip_skip",
         "window_length",
         "dc_frames",
         "dc_steps",
@@ -1134,12 +1172,7 @@ class AnimateDialog(_GenerateDialog):
         self._size_row(self.image_form, "The size of a generated still (multiples of 8)")
 
         self.model_group, models = _group("Models")
-        _add_row(
-            models,
-            "Checkpoint",
-            self._model_picker(),
-            "A Stable Diffusion 1.x checkpoint: a .safetensors file or a diffusers folder",
-        )
+        self._checkpoint_rows(models)
         self.motion_picker = ModelPicker(
             self.models,
             "motion_adapter",

@@ -135,6 +135,15 @@ PROMPT_SYNTAX = (
     "a new 75-token chunk; [cat:dog:0.5] reads cat for half the steps, then dog; [cat|dog] "
     "alternates them; an embedding's name (e.g. EasyNegative) uses that embedding"
 )
+VAE_TIP = (
+    "The VAE that turns images into latents and back: the checkpoint's own, or another (such "
+    "as vae-ft-mse-840000-ema-pruned) when its colours look washed out or it has none"
+)
+CLIP_SKIP_TIP = (
+    "Which of CLIP's layers, counted from the end, reads the prompt (AUTOMATIC1111's 'Clip "
+    "skip'): 1, the last, for most models; 2 for those trained on the one before, as most "
+    "anime models are"
+)
 MATTE_SHOWS = "the render shows where it is white or opaque"
 MATTE_NONE = "None: the render fills the frame"
 
@@ -494,12 +503,7 @@ class RenderPanel(_Panel):
         row = QHBoxLayout()
         row.addWidget(self.vae_combo, 1)
         row.addWidget(self.vae_browse_button)
-        tip = (
-            "The VAE that turns images into latents and back. The checkpoint's own, or another "
-            "(such as vae-ft-mse-840000-ema-pruned) when its colours look washed out or it "
-            "has none"
-        )
-        form.addRow(_label("VAE", tip), row)
+        form.addRow(_label("VAE", VAE_TIP), row)
 
     def _controlnet_rows(self, form: QFormLayout) -> None:
         self.controlnet_combo = _combo()
@@ -568,12 +572,7 @@ class RenderPanel(_Panel):
             "strength": ("Strength", "How much of the input is re-imagined (lower keeps more)"),
             "steps": ("Steps", "Sampling steps over the whole schedule (20 is usual)"),
             "guidance_scale": ("Guidance", "How closely the prompt is followed (CFG, 7.5)"),
-            "clip_skip": (
-                "CLIP skip",
-                "Which of CLIP's layers, counted from the end, reads the prompt (AUTOMATIC1111's "
-                "'Clip skip'): 1, the last, for most models; 2 for those trained on the one "
-                "before, as most anime models are",
-            ),
+            "clip_skip": ("CLIP skip", CLIP_SKIP_TIP),
             "key_size": (
                 "Key size",
                 "Keys are rendered at most this many pixels on their short side, then scaled to "
