@@ -14,14 +14,13 @@ and the model folders to every lookup of model files (`set_app_model_folders`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from zvstudio.atomic import write_atomically
 from zvstudio.errors import ZvsError
 from zvstudio.paths import config_root
 from zvstudio.project.schema import rule, rule_of, show
@@ -187,27 +186,12 @@ def save_settings(settings: AppSettings, path: str | os.PathLike[str] | None = N
     text = json.dumps(settings.to_json(), indent=2) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, text.encode("utf-8"))
+        write_atomically(str(path), text.encode("utf-8"), backup=False)
     except OSError as exc:
         raise ZvsError(
             f"cannot save the settings to {path}: {exc.strerror or exc}",
             hint="the previous settings file was not changed",
         ) from exc
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file beside `path`, fsync, rename over it: readers see the old or the new file."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def apply_settings(settings: AppSettings) -> None:

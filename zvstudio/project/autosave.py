@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from zvstudio.atomic import write_atomically
 from zvstudio.paths import config_root
-from zvstudio.project.io import load_project, save_project, write_atomically
+from zvstudio.project.io import load_project, save_project
 from zvstudio.project.model import Project
 
 

@@ -10,16 +10,13 @@ version is kept next to it as `<name>.zvs.bak`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import stat
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from zvstudio.atomic import write_atomically
 from zvstudio.errors import ProjectError
 from zvstudio.media.sequence import clip_exists
 from zvstudio.project.model import CURRENT_SCHEMA_VERSION, ClipRef, Project
@@ -28,7 +25,6 @@ from zvstudio.project.schema import BAD, problems_in, read_object, show, to_json
 FORMAT = "zvstudio-project"
 NEAR_LEVELS = 2  # a file at most this many folders above the project's folder is "near" it
 MAX_REPORTED = 30  # problems listed in one error before "... and N more"
-NEW_FILE_MODE = 0o644  # mkstemp creates 0o600; a saved project should be an ordinary file
 
 StrPath = str | os.PathLike[str]
 
@@ -233,57 +229,3 @@ def save_project(project: Project, path: StrPath) -> None:
     except OSError as exc:
         hint = "the existing file was not changed" if existed else None
         raise ProjectError(f"{failed}: {exc.strerror or exc}", hint) from exc
-
-
-def write_atomically(target: str, data: bytes) -> None:
-    """Temp file beside the target, fsync, back up the old file, rename over, fsync folder."""
-    with _temp_beside(target) as temp:
-        with open(temp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        with contextlib.suppress(OSError):  # keep the old file's permissions if there is one
-            mode = stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target) else None
-            os.chmod(temp, NEW_FILE_MODE if mode is None else mode)
-        if os.path.exists(target):
-            _back_up(target)
-        os.replace(temp, target)
-    _fsync_folder(os.path.dirname(target))
-
-
-def _back_up(target: str) -> None:
-    """Copy `target` to `<target>.bak` atomically, so the backup is never half written."""
-    with _temp_beside(target) as temp:
-        shutil.copy2(target, temp)
-        with open(temp, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temp, target + ".bak")
-
-
-@contextlib.contextmanager
-def _temp_beside(target: str) -> Iterator[str]:
-    """A new empty file in the target's folder (so renaming it over the target is atomic),
-    removed again if the block fails."""
-    folder, name = os.path.split(target)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield temp
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename itself durable. Best effort: Windows cannot open a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -17,9 +17,9 @@ import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from zvstudio.atomic import write_atomically
 from zvstudio.errors import ProjectError
 from zvstudio.paths import config_root
-from zvstudio.project.io import write_atomically
 from zvstudio.project.model import RenderSettings
 from zvstudio.project.schema import read_object, show, to_json
 
