@@ -231,7 +231,9 @@ def render_preview(
     import torch
 
     from zvstudio.diffusion.constraints import check_schedule
+    from zvstudio.diffusion.infotext import INFOTEXT_KEY, key_infotext
     from zvstudio.diffusion.sampler import out_of_memory_error
+    from zvstudio.keyrender import working_size
     from zvstudio.media import VideoReader
 
     if request.output.suffix.lower() != ".png":
@@ -250,10 +252,13 @@ def render_preview(
     warnings = check_schedule(settings.schedule, settings.strength)
     try:
         sampler = build_sampler(request.diffusion)
+        size = working_size(*frame.shape[:2], settings.key_size)[::-1]
+        clip = {"Source clip": Path(request.video).name, "Frame": request.frame}
         for seed, output in request.outputs():  # one model load for every seed
             sampler.settings = replace(settings, seed=seed)
             image = sampler.render(frame, is_anchor=True, progress=progress, cancel=cancel)
-            write_png(output, image)
+            text = key_infotext(request.diffusion, sampler.settings, size, clip)
+            write_png(output, image, {INFOTEXT_KEY: text})
     except torch.cuda.OutOfMemoryError as exc:
         raise out_of_memory_error() from exc
     return warnings

@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import io
 import json
 import os
 import re
 import secrets
 import shutil
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -254,11 +255,25 @@ def partial_sibling(path: Path) -> Path:
             return candidate
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write an RGB image as a PNG atomically: a half-written file never replaces one there."""
-    _write_bytes(
-        path, encode_image(image, "png"), "choose a folder you can write to, with free space"
-    )
+def write_png(path: Path, image: np.ndarray, text: Mapping[str, str] | None = None) -> None:
+    """Write an RGB image as a PNG atomically: a half-written file never replaces one there.
+    `text` becomes the PNG's text chunks (such as A1111's "parameters")."""
+    data = _png_with_text(image, text) if text else encode_image(image, "png")
+    _write_bytes(path, data, "choose a folder you can write to, with free space")
+
+
+def _png_with_text(image: np.ndarray, text: Mapping[str, str]) -> bytes:
+    """A PNG with text chunks, which OpenCV cannot write: Pillow's encoder (iTXt for text
+    that Latin-1 cannot hold)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG", pnginfo=info, compress_level=3)
+    return buffer.getvalue()
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
