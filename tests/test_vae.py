@@ -234,3 +234,15 @@ def test_a_project_keeps_its_vae_and_clip_skip_and_the_cli_changes_them(tiny, tm
         request_for("--vae", str(other))
     with pytest.raises(ZvsError, match="--clip-skip is for diffusion keys"):
         request_for("--clip-skip", "2")
+
+
+def test_a_model_without_a_vae_is_told_from_its_header(tiny, tmp_path):
+    from zvstudio.diffusion.identify import lacks_vae
+
+    state = {k: v for k, v in load_file(tiny["file"]).items() if "first_stage_model." not in k}
+    pruned = write(tmp_path / "pruned.safetensors", state)
+    folder = shutil.copytree(tiny["folder"], tmp_path / "no-vae")
+    shutil.rmtree(folder / "vae")
+    assert lacks_vae(pruned) and lacks_vae(folder)
+    for whole in (tiny["file"], tiny["folder"], tmp_path / "missing.safetensors"):
+        assert not lacks_vae(whole)

@@ -502,3 +502,21 @@ def test_clip_skip_is_a_setting_of_the_sampling(qtbot, diffusion):
     assert diffusion.project.settings.clip_skip == 2
     diffusion.undo_stack.undo()
     assert diffusion.project.settings.clip_skip == 1 and spin.value() == 1
+
+
+def test_a_checkpoint_without_a_vae_asks_for_one(qtbot, diffusion, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from tiny_models import write_tiny_single_file
+
+    whole = write_tiny_single_file(tmp_path / "whole.safetensors")
+    state = {k: v for k, v in load_file(whole).items() if "first_stage_model." not in k}
+    pruned = tmp_path / "pruned.safetensors"
+    save_file(state, str(pruned))
+    inspector = make_inspector(qtbot, diffusion)
+    note = inspector.render_panel.vae_note
+    inspector.render_panel.set_model(str(whole))
+    assert not note.isVisible()
+    inspector.render_panel.set_model(str(pruned))
+    assert note.isVisible() and "no VAE of its own" in note.text()
+    diffusion.push(SetSettings(replace(diffusion.project.settings, vae=str(tmp_path / "v"))))
+    assert not note.isVisible()

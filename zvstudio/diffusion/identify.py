@@ -904,6 +904,21 @@ def short_hash(path: str | os.PathLike[str]) -> str:
     return sha256_file(path)[:10]
 
 
+def lacks_vae(model: str | os.PathLike[str]) -> bool:
+    """Whether the SD model at `model` has no VAE of its own (a pruned single file, or a
+    diffusers folder without vae/), from its header or folder only; False when it cannot be
+    told."""
+    model = Path(model)
+    if model.is_dir():
+        return (model / "model_index.json").is_file() and not (model / "vae").is_dir()
+    try:
+        info = identify(model)
+    except ZvsError:
+        return False
+    parts = info.details.get("components")
+    return info.kind == "checkpoint" and parts is not None and "vae" not in parts
+
+
 def unet_input_channels(path: str | os.PathLike[str]) -> int | None:
     """The UNet input channels of an SD model (4: text-to-image, 8: InstructPix2Pix,
     9: inpainting), from its config or safetensors header: no weights read, no torch needed

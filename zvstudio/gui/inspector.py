@@ -8,6 +8,7 @@ edit, undo/redo, a newly loaded project) the widgets are refreshed from the proj
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -212,6 +213,25 @@ def key_size_note(frames: tuple[int, int] | None, key_size: int) -> str:
     if (key_width, key_height) == (width, height):
         return f"Keys at the frames' {width} × {height}"
     return f"Keys at {key_width} × {key_height}, scaled to {width} × {height}"
+
+
+def _lacks_vae(model: str | None) -> bool:
+    """Whether `model` has no VAE of its own (read once per file version: the inspector
+    refreshes on every edit)."""
+    if not model:
+        return False
+    try:
+        version = os.stat(model).st_mtime_ns
+    except OSError:
+        return False
+    return _lacks_vae_cached(model, version)
+
+
+@functools.lru_cache(maxsize=64)
+def _lacks_vae_cached(model: str, version: int) -> bool:
+    from zvstudio.diffusion.identify import lacks_vae
+
+    return lacks_vae(model)
 
 
 def _note(text: str) -> QLabel:
@@ -504,6 +524,11 @@ class RenderPanel(_Panel):
         row.addWidget(self.vae_combo, 1)
         row.addWidget(self.vae_browse_button)
         form.addRow(_label("VAE", VAE_TIP), row)
+        self.vae_note = _note(
+            "This checkpoint has no VAE of its own: choose one (such as "
+            "vae-ft-mse-840000-ema-pruned), or keys cannot be rendered."
+        )
+        form.addRow(self.vae_note)
 
     def _controlnet_rows(self, form: QFormLayout) -> None:
         self.controlnet_combo = _combo()
@@ -873,6 +898,8 @@ class RenderPanel(_Panel):
         self._show_renderer(settings)
         self._show_models(settings.model)
         self._show_vaes(settings.vae)
+        needs_vae = settings.vae is None and _lacks_vae(settings.model)
+        self.vae_note.setVisible(needs_vae)
         self.lora_list.show_loras(settings.loras)
         self._show_controlnets(settings.controlnet)
         self.controlnet_scale_spin.setEnabled(settings.controlnet is not None)
