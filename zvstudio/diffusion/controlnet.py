@@ -32,9 +32,10 @@ from zvstudio.diffusion.annotators import (
 )
 from zvstudio.diffusion.identify import BASE_LABELS, KIND_LABELS, ModelInfo, classify
 from zvstudio.diffusion.loading import (
-    _same_shape,
     force_offline,
     from_pretrained_checked,
+    load_renamed,
+    mismatches,
     open_checkpoint,
     rename_map,
     weights_kwargs,
@@ -159,14 +160,7 @@ def match_controlnet_checkpoint(
         converted = rename_map(convert_controlnet_checkpoint, list(named), model.config)
         rename = {param: named[key] for param, key in converted.items()}
     params = model.state_dict()
-    missing = sum(1 for p in params if p not in rename)
-    misshapen = sum(
-        1
-        for p, tensor in params.items()
-        if p in rename and not _same_shape(tuple(shapes[rename[p]]), tuple(tensor.shape))
-    )
-    used = {rename[p] for p in params if p in rename}
-    unexpected = sum(1 for k in scope if k not in used)
+    missing, unexpected, misshapen = mismatches(params, rename, shapes, scope)
     if missing or unexpected or misshapen:
         kind, base, details = classify(shapes, None, name)
         raise ZvsError(
@@ -183,11 +177,7 @@ def _load_single_file(
     tensors = open_checkpoint(path, allow_pickle)
     model = empty_controlnet(config_dir)
     rename = match_controlnet_checkpoint(model, {k: tensors.shape(k) for k in tensors}, path.name)
-    state = {
-        name: tensors[rename[name]].reshape(param.shape).to(dtype)
-        for name, param in model.state_dict().items()
-    }
-    model.load_state_dict(state, strict=True, assign=True)
+    load_renamed(model, tensors, rename, dtype)
     return model
 
 

@@ -22,7 +22,7 @@ import inspect
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -383,6 +383,36 @@ def _same_shape(file_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bo
     return file_shape[:n] == model_shape and all(d == 1 for d in file_shape[n:])
 
 
+def mismatches(
+    params: Mapping[str, torch.Tensor],
+    rename: Mapping[str, str],
+    shapes: Mapping[str, Sequence[int]],
+    keys: Iterable[str],
+) -> tuple[int, int, int]:
+    """(missing, unexpected, misshapen): how a file's `keys` (with `shapes`) fit a model's
+    `params`, each parameter read from the file key `rename` gives it."""
+    missing = sum(1 for p in params if p not in rename)
+    misshapen = sum(
+        1
+        for p, tensor in params.items()
+        if p in rename and not _same_shape(tuple(shapes[rename[p]]), tuple(tensor.shape))
+    )
+    used = {rename[p] for p in params if p in rename}
+    return missing, sum(1 for key in keys if key not in used), misshapen
+
+
+def load_renamed(
+    model: Any, tensors: Mapping[str, torch.Tensor], rename: Mapping[str, str], dtype
+) -> None:
+    """Fill `model` (parameters on the meta device) with `tensors`, each parameter from the
+    key `rename` gives it, in `dtype`."""
+    state = {
+        name: tensors[rename[name]].reshape(param.shape).to(dtype)
+        for name, param in model.state_dict().items()
+    }
+    model.load_state_dict(state, strict=True, assign=True)
+
+
 def empty_sd15_models(
     config_dir: Path | None = None, unet_in_channels: int | None = None
 ) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
@@ -483,13 +513,8 @@ def _load_single_file(
     models = (unet, vae if own_vae else None, text)
     renames = match_original_checkpoint(models, {k: tensors.shape(k) for k in tensors}, path.name)
     for model, rename in zip(models, renames, strict=True):
-        if model is None:
-            continue
-        state = {
-            name: tensors[rename[name]].reshape(param.shape).to(dtype)
-            for name, param in model.state_dict().items()
-        }
-        model.load_state_dict(state, strict=True, assign=True)
+        if model is not None:
+            load_renamed(model, tensors, rename, dtype)
     return models
 
 

@@ -27,8 +27,9 @@ from zvstudio.diffusion.identify import BASE_LABELS, identify
 from zvstudio.diffusion.library import check_loadable, wrong_kind
 from zvstudio.diffusion.loading import (
     VAE_PREFIX,
-    _same_shape,
     from_pretrained_checked,
+    load_renamed,
+    mismatches,
     open_checkpoint,
     rename_map,
     sd15_config_dir,
@@ -114,11 +115,7 @@ def _load_file(path: Path, config_dir: Path, dtype: torch.dtype, allow_pickle: b
     with init_empty_weights():
         model = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir, subfolder="vae"))
     rename = match_vae_file(model, {k: tensors.shape(k) for k in tensors}, path.name)
-    state = {
-        name: tensors[rename[name]].reshape(param.shape).to(dtype)
-        for name, param in model.state_dict().items()
-    }
-    model.load_state_dict(state, strict=True, assign=True)
+    load_renamed(model, tensors, rename, dtype)
     return model
 
 
@@ -138,14 +135,7 @@ def match_vae_file(model, shapes: dict[str, tuple[int, ...]], name: str) -> dict
         )
         rename = {param: bare[key.removeprefix(VAE_PREFIX)] for param, key in converted.items()}
     params = model.state_dict()
-    missing = sum(1 for p in params if p not in rename)
-    misshapen = sum(
-        1
-        for p, tensor in params.items()
-        if p in rename and not _same_shape(tuple(shapes[rename[p]]), tuple(tensor.shape))
-    )
-    used = {rename[p] for p in params if p in rename}
-    unexpected = sum(1 for key in bare.values() if key not in used)
+    missing, unexpected, misshapen = mismatches(params, rename, shapes, bare.values())
     if missing or unexpected or misshapen:
         raise ZvsError(
             f"{name} is not an SD1.x VAE: {missing} tensors missing, {unexpected} unexpected, "
