@@ -32,6 +32,7 @@ import av
 import cv2
 import numpy as np
 
+from zvstudio.atomic import write_atomically
 from zvstudio.errors import MediaError
 from zvstudio.media.probe import FrameIndex, named_layout, open_input
 from zvstudio.media.sequence import AUDIO_FILE, TIMING_FILE, find_sequence
@@ -359,12 +360,9 @@ def write_sequence_rate(clip: str | os.PathLike[str], rate: Fraction) -> Path:
 
 def _write_bytes(path: Path, data: bytes, hint: str) -> None:
     """Write a file atomically: a half-written file never replaces one there."""
-    temp = partial_sibling(path)
     try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
+        write_atomically(str(path), data, backup=False)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise MediaError(f"cannot write {path}: {exc.strerror or exc}", hint=hint) from exc
 
 
