@@ -129,10 +129,11 @@ def load_sd15_components(
     path = Path(path)
     config_dir = Path(config_dir) if config_dir is not None else sd15_config_dir()
     own_vae = vae is None
-    if vae is not None:  # checked before the model is read: it fails fast when wrong
-        from zvstudio.diffusion.vae import check_vae
+    vae_model = None
+    if vae is not None:  # loaded first: a wrong VAE fails before the model is read
+        from zvstudio.diffusion.vae import load_vae
 
-        check_vae(vae, allow_pickle)
+        vae_model = load_vae(vae, dtype, allow_pickle, config_dir)
     if path.is_dir():
         parts = _load_diffusers_folder(path, config_dir, allow_pickle, dtype, unet_inputs, own_vae)
         tokenizer = load_clip_tokenizer(path if model_tokenizer_dir(path) else config_dir)
@@ -143,11 +144,8 @@ def load_sd15_components(
         scheduler_config = _scheduler_config(config_dir)
     else:
         raise ZvsError(f"Model not found: {path}")
-    unet, vae_model, text_encoder = parts
-    if vae is not None:
-        from zvstudio.diffusion.vae import load_vae
-
-        vae_model = load_vae(vae, dtype, allow_pickle, config_dir)
+    unet, own, text_encoder = parts
+    vae_model = own if vae_model is None else vae_model
     # The weights already have `dtype`: diffusers' `.to(dtype=...)` logs a spurious warning.
     unet, vae_model, text_encoder = (m.to(device).eval() for m in (unet, vae_model, text_encoder))
     return Components(unet, vae_model, text_encoder, tokenizer, scheduler_config, path)
