@@ -17,6 +17,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from zvstudio.errors import ZvsError
+
 # Part of a key's identity when its prompt changes during sampling.
 EDITING_VERSION = "prompt editing v1"
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*")
@@ -48,8 +50,6 @@ def uses_editing(prompt: str) -> bool:
 def refuse_editing(prompts: tuple[str, ...], what: str) -> None:
     """Raise ZvsError when one of `prompts` uses prompt editing, which `what` cannot follow."""
     if any(uses_editing(prompt) for prompt in prompts):
-        from zvstudio.errors import ZvsError
-
         raise ZvsError(
             f"{what} reads one prompt throughout: prompt editing ([from:to:when], [a|b]) "
             "works for key frames",

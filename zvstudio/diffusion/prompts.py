@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from zvstudio.errors import ZvsError
 from zvstudio.keyrender import MAX_CLIP_SKIP
 
 if TYPE_CHECKING:
@@ -111,8 +112,6 @@ def chunked_tokens(tokenizer: Any, prompt: str) -> list[tuple[list[int], list[fl
 def check_clip_skip(clip_skip: int) -> None:
     """Refuse a clip skip outside A1111's range (1: none)."""
     if not 1 <= clip_skip <= MAX_CLIP_SKIP:
-        from zvstudio.errors import ZvsError
-
         raise ZvsError(
             f"clip skip must be between 1 (CLIP's last layer) and {MAX_CLIP_SKIP}, got {clip_skip}",
             hint="2 is what models trained on CLIP's penultimate layer (most anime models) want",
@@ -127,8 +126,6 @@ def encode_ids(encoder: Any, ids: torch.Tensor, clip_skip: int = 1) -> torch.Ten
         return encoder(ids)[0]
     layers = encoder.config.num_hidden_layers
     if clip_skip > layers:
-        from zvstudio.errors import ZvsError
-
         raise ZvsError(f"clip skip {clip_skip} skips more than the text encoder's {layers} layers")
     hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
     # transformers >= 5.6 dropped the text_model level that earlier versions have.
