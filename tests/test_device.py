@@ -135,7 +135,7 @@ def test_offload_follows_the_free_memory(probe, offload):
 
 
 def test_offload_thresholds_are_the_memory_estimates():
-    needs = memory_needs("float16", controlnet=True)
+    needs = memory_needs("float16", controlnets=1)
     assert needs.streamed < needs.one_stage < needs.everything
     assert needs.everything == pytest.approx(5.86, abs=0.05)  # 2.9 GB weights, 3 GB working
     cases = [
@@ -148,8 +148,8 @@ def test_offload_thresholds_are_the_memory_estimates():
     for free, offload in cases:
         assert plan_device(probe=machine(gpu(24.0, free))).offload == offload, free
     # Without a ControlNet less is needed; float32 doubles the weights and activations.
-    no_controlnet = memory_needs("float16", controlnet=False).everything
-    assert plan_device(probe=machine(gpu(6, no_controlnet)), controlnet=False).offload == "none"
+    no_controlnet = memory_needs("float16", controlnets=0).everything
+    assert plan_device(probe=machine(gpu(6, no_controlnet)), controlnets=0).offload == "none"
     assert memory_needs("float32").everything == pytest.approx(2 * needs.everything - HEADROOM_GB)
     assert plan_device(precision="float32", probe=RTX_3070).offload == "sequential"
 
@@ -259,7 +259,7 @@ def gpu_plan(offload: str) -> DevicePlan:
 def test_no_offload_moves_every_model_to_the_device():
     moves = []
     components, controlnet = recorded_components(moves)
-    apply_offload(components, gpu_plan("none"), controlnet)
+    apply_offload(components, gpu_plan("none"), [controlnet])
     assert sorted(moves) == sorted(
         (name, "cuda") for name in ("text_encoder", "vae", "unet", "controlnet")
     )
@@ -269,7 +269,7 @@ def test_no_offload_moves_every_model_to_the_device():
 def test_model_offload_keeps_one_stage_on_the_gpu():
     moves = []
     components, controlnet = recorded_components(moves)
-    apply_offload(components, gpu_plan("model"), controlnet)
+    apply_offload(components, gpu_plan("model"), [controlnet])
     assert {device for _, device in moves} == {"cpu"}  # everything starts in system RAM
     assert components.execution_device == torch.device("cuda")
 
@@ -294,7 +294,7 @@ def test_sequential_offload_streams_every_model_with_accelerate(monkeypatch):
         "accelerate.cpu_offload", lambda m, execution_device: calls.append((m, execution_device))
     )
     components, controlnet = recorded_components([])
-    apply_offload(components, gpu_plan("sequential"), controlnet)
+    apply_offload(components, gpu_plan("sequential"), [controlnet])
     assert [(m.name, str(d)) for m, d in calls] == [
         ("text_encoder", "cuda"),
         ("vae", "cuda"),
@@ -352,8 +352,8 @@ def render_with(tiny, plan: DevicePlan) -> np.ndarray:
     model, config, canny = tiny
     components = load_sd15_components(model, config_dir=config)
     controlnet = load_controlnet(canny, "cpu", torch.float32)
-    apply_offload(components, plan, controlnet)
-    sampler = KeyFrameSampler(components, SETTINGS, controlnet=controlnet)
+    apply_offload(components, plan, [controlnet])
+    sampler = KeyFrameSampler(components, SETTINGS, [controlnet])
     first = sampler.render(frame(), is_anchor=True)
     second = sampler.render(frame()[:, ::-1].copy(), is_anchor=False)
     if plan.offload == "model":

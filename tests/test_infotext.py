@@ -23,7 +23,7 @@ def test_the_infotext_reads_as_a1111_writes_it(tmp_path):
     vae = tmp_path / "vae-ft-mse.safetensors"
     vae.write_bytes(b"vae")
     control = tmp_path / "control_v11p_sd15_canny.safetensors"
-    spec = DiffusionSpec(model, None, (LoraSpec(lora, 0.6),), control, vae=vae)
+    spec = DiffusionSpec(model, None, (LoraSpec(lora, 0.6),), (control,), vae=vae)
     settings = KeySettings(
         prompt="an ink drawing, (cat:1.2)",
         negative_prompt="blurry",

@@ -224,7 +224,8 @@ def test_the_sampler_feeds_the_plugin_annotator_to_the_controlnet_and_keys_name_
 
     import torch
 
-    from zvstudio.diffusion.sampler import KeyFrameSampler, KeySettings, diffusion_key_identity
+    from zvstudio.diffusion.control import ControlStack
+    from zvstudio.diffusion.sampler import KeySettings, diffusion_key_identity
 
     load(FakeEntry("inverter", lambda api: api.register_annotator("invert", invert, version="3")))
     frame = frames()[0]
@@ -232,13 +233,8 @@ def test_the_sampler_feeds_the_plugin_annotator_to_the_controlnet_and_keys_name_
         config=SimpleNamespace(conditioning_embedding_out_channels=(16, 32, 96, 256)),
         dtype=torch.float32,
     )
-    sampler = SimpleNamespace(
-        controlnet=controlnet,
-        vae_scale=8,
-        device="cpu",
-        settings=KeySettings(annotator="invert"),
-    )
-    image = KeyFrameSampler._control_image(sampler, frame)
+    controls = ControlStack([controlnet], KeySettings(annotator="invert"))
+    image = controls.frame_conditions(frame, 8, (100, 200), "cpu")[0]
     expected = torch.from_numpy((255 - frame) / np.float32(255)).permute(2, 0, 1)
     torch.testing.assert_close(image[0], expected)
     # The annotator (with its plugin's version) is part of a key's cache identity.

@@ -171,7 +171,7 @@ def test_controlnet_conditions_the_result(components):
     sampler = KeyFrameSampler(components, SETTINGS)
     plain = sampler.render(frames()[0], is_anchor=True)
     sampler.close()
-    controlled = KeyFrameSampler(components, SETTINGS, controlnet=controlnet)
+    controlled = KeyFrameSampler(components, SETTINGS, [controlnet])
     result = controlled.render(frames()[0], is_anchor=True)
     assert np.abs(result.astype(int) - plain).mean() > 0.5
     edges = canny_condition(frames()[0], (100, 200))

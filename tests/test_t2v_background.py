@@ -135,7 +135,7 @@ def test_smoothing_needs_a_mask_source_and_text_mode(components):  # noqa: F811
         TextToVideoZero(components).latents(SMOOTHED)
     controlnet = build_tiny_controlnet(components.unet)
     with pytest.raises(ZvsError, match="camera motion"):
-        TextToVideoZero(components, controlnet, everywhere(0.0)).latents(
+        TextToVideoZero(components, [controlnet], everywhere(0.0)).latents(
             SMOOTHED, [np.zeros((32, 32, 3), np.uint8)] * SETTINGS.frames
         )
     with pytest.raises(ZvsError, match="0 to 1"):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from tiny_models import (
     build_tiny_controlnet,
+    strong_controlnet,
     write_tiny_config_dir,
     write_tiny_diffusers,
     write_tiny_pix2pix,
@@ -277,21 +278,9 @@ def _control_clip(count: int) -> list[np.ndarray]:
     return frames
 
 
-def strong_controlnet(unet):
-    """A tiny ControlNet whose zero convolutions are far from zero, so its images matter."""
-    controlnet = build_tiny_controlnet(unet, seed=2)
-    with torch.no_grad():
-        for name, parameter in controlnet.named_parameters():
-            if name.startswith(
-                ("controlnet_down", "controlnet_mid", "controlnet_cond_embedding.conv_out")
-            ):
-                parameter.mul_(50)
-    return controlnet
-
-
 def test_controlnet_video_follows_each_frames_edges(components):
     controlnet = strong_controlnet(components.unet)
-    generator = TextToVideoZero(components, controlnet=controlnet)
+    generator = TextToVideoZero(components, [controlnet])
     settings = TextToVideoSettings(**{**vars(SETTINGS), "frames": 3, "controlnet_scale": 1.0})
     still = generator.latents(settings, [_control_clip(1)[0]] * 3)
     # The same start latent and the same edges: every frame is frame 0 (up to float rounding
@@ -307,7 +296,7 @@ def test_controlnet_video_follows_each_frames_edges(components):
 
 
 def test_controlnet_needs_enough_input_frames(components):
-    generator = TextToVideoZero(components, controlnet=build_tiny_controlnet(components.unet))
+    generator = TextToVideoZero(components, [build_tiny_controlnet(components.unet)])
     with pytest.raises(ZvsError, match="needs 5 input frames, the clip gives 2"):
         generator.latents(SETTINGS, _control_clip(2))
     with pytest.raises(ZvsError, match="only through a ControlNet"):

@@ -267,6 +267,18 @@ def build_tiny_controlnet(unet, seed: int = 0):
     return controlnet.eval()
 
 
+def strong_controlnet(unet, seed: int = 2):
+    """A tiny ControlNet whose zero convolutions are far from zero, so its images matter."""
+    controlnet = build_tiny_controlnet(unet, seed=seed)
+    with torch.no_grad():
+        for name, parameter in controlnet.named_parameters():
+            if name.startswith(
+                ("controlnet_down", "controlnet_mid", "controlnet_cond_embedding.conv_out")
+            ):
+                parameter.mul_(50)
+    return controlnet
+
+
 def write_tiny_controlnet_config_dir(dest: Path, controlnet) -> Path:
     """The tiny config folder plus `controlnet/config.json`, to pass as `config_dir`."""
     write_tiny_config_dir(dest)

@@ -416,18 +416,32 @@ def _with_preset(args, settings):
 
 
 def _project_model_overrides(renderer, args):
-    """The project's diffusion spec with the VAE and clip skip the options give."""
+    """The project's diffusion spec with the VAE, clip skip and ControlNets the options give."""
     from dataclasses import replace
 
     if renderer.kind != "diffusion":
-        given = "--vae" if args.vae is not None else "--clip-skip"
+        given = next(name for name, value in _model_overrides(args) if value)
         raise ZvsError(f"{given} is for diffusion keys: give --model (or a project that uses one)")
     spec = renderer.diffusion
     if args.vae is not None:
         spec = replace(spec, vae=args.vae)
     if args.clip_skip is not None:
         spec = replace(spec, settings=replace(spec.settings, clip_skip=args.clip_skip))
+    if args.controlnet:  # instead of the project's
+        first, more = _controlnet_choices(args, default_scale=0.7)
+        controls = {"annotator": first.annotator, "controlnet_scale": first.scale}
+        settings = replace(spec.settings, **controls, more_controls=_more_controls(more))
+        spec = replace(spec, settings=settings, controlnets=(first.path, *(c.path for c in more)))
     return spec
+
+
+def _model_overrides(args) -> list[tuple[str, bool]]:
+    """The options that change a project's diffusion model, and whether each was given."""
+    return [
+        ("--vae", args.vae is not None),
+        ("--clip-skip", args.clip_skip is not None),
+        ("--controlnet", bool(args.controlnet)),
+    ]
 
 
 def _with_overrides(request, args):
@@ -448,7 +462,7 @@ def _with_overrides(request, args):
         raise ZvsError("choose either --style (a weightless style) or --model (diffusion)")
     if args.model is not None:
         renderer = replace(renderer, kind="diffusion", diffusion=_diffusion_spec(args))
-    elif args.vae is not None or args.clip_skip is not None:  # on a project's model
+    elif any(given for _, given in _model_overrides(args)):  # on a project's model
         renderer = replace(renderer, diffusion=_project_model_overrides(renderer, args))
     if args.style is not None:
         renderer = replace(renderer, kind="stylize", style=args.style)
@@ -1041,7 +1055,7 @@ def _add_model_options(
         "'Clip skip'",
     )
     if controlnet_default is None:  # this command takes no ControlNet
-        parser.set_defaults(controlnet=None)
+        parser.set_defaults(controlnet=[])
     else:
         _add_controlnet_option(parser, controlnet_default)
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -1074,10 +1088,13 @@ def _add_model_options(
 def _add_controlnet_option(parser, default_scale: float) -> None:
     parser.add_argument(
         "--controlnet",
+        action="append",
+        default=[],
         metavar="PATH[:SCALE]",
         help="a ControlNet: an annotator name such as 'canny' (found in your model folders), "
         f"a .safetensors file or a diffusers folder, with an optional :SCALE "
-        f"(default {default_scale})",
+        f"(default {default_scale}); repeat it to guide by several at once, e.g. "
+        "--controlnet canny:0.6 --controlnet depth:0.4",
     )
 
 
@@ -1092,35 +1109,41 @@ def _diffusion_spec(args):
         raise ZvsError(f"--steps must be at least 1, got {args.steps}")
     if args.key_size < 0:
         raise ZvsError(f"--key-size must be 0 (the frame's size) or more, got {args.key_size}")
-    controlnet = _controlnet_choice(args, default_scale=0.7)
+    first, more = _controlnet_choices(args, default_scale=0.7)
     settings = KeySettings(
-        annotator=controlnet.annotator if controlnet else "canny",
+        annotator=first.annotator if first else "canny",
         prompt=args.prompt,
         negative_prompt=args.negative,
         steps=args.steps,
         guidance_scale=args.cfg,
         strength=args.strength,
         seed=args.seed,
-        controlnet_scale=controlnet.scale if controlnet else 0.7,
+        controlnet_scale=first.scale if first else 0.7,
+        more_controls=_more_controls(more),
         key_size=args.key_size,
         clip_skip=args.clip_skip or 1,
     )
-    return _model_spec(args, settings, controlnet)
+    return _model_spec(args, settings, [first, *more] if first else [])
 
 
-def _controlnet_choice(args, default_scale: float):
-    """The ControlNet --controlnet names (path, scale, annotator), or None."""
-    if not args.controlnet:
-        return None
+def _controlnet_choices(args, default_scale: float) -> tuple:
+    """(the first ControlNet the --controlnet options name or None, the others): each a
+    `ControlNetChoice` (path, scale, annotator)."""
     from zvstudio.engine.preview import choose_controlnet
 
-    choice = choose_controlnet(args.controlnet, default_scale)
-    if choice.note:
-        print(f"zvstudio: note: {choice.note}", file=sys.stderr)
-    return choice
+    choices = [choose_controlnet(spec, default_scale) for spec in args.controlnet]
+    for choice in choices:
+        if choice.note:
+            print(f"zvstudio: note: {choice.note}", file=sys.stderr)
+    return (choices[0] if choices else None), choices[1:]
 
 
-def _model_spec(args, settings, controlnet):
+def _more_controls(choices) -> tuple[tuple[str, float], ...]:
+    """The settings' `more_controls` for the ControlNets after the first."""
+    return tuple((choice.annotator, choice.scale) for choice in choices)
+
+
+def _model_spec(args, settings, controlnets):
     """The DiffusionSpec of the model options, with `settings` for the key renderer."""
     from zvstudio.diffusion.lora import LoraSpec
     from zvstudio.engine.preview import DiffusionSpec
@@ -1129,7 +1152,7 @@ def _model_spec(args, settings, controlnet):
         args.model,
         settings,
         tuple(LoraSpec.parse(t) for t in args.lora),
-        controlnet.path if controlnet else None,
+        tuple(choice.path for choice in controlnets),
         args.device,
         args.allow_pickle,
         args.config,
@@ -1264,7 +1287,7 @@ def _run_generate(args) -> int:
             "give a --prompt: what the clip shows (with an InstructPix2Pix model, the "
             "instruction, e.g. 'make it winter')"
         )
-    controlnet = _controlnet_choice(args, default_scale=1.0)
+    first, more = _controlnet_choices(args, default_scale=1.0)
     if args.video is not None and not args.video.is_file():
         raise ZvsError(f"video not found: {args.video}")
     width, height = input_clip_size(args.video) if args.video else (512, 512)
@@ -1281,12 +1304,13 @@ def _run_generate(args) -> int:
         motion_field=_pair(args.motion_field, "--motion-field"),
         chunk_size=args.chunk,
         smooth_background=args.smooth_background,
-        controlnet_scale=controlnet.scale if controlnet else 1.0,
-        annotator=controlnet.annotator if controlnet else "canny",
+        controlnet_scale=first.scale if first else 1.0,
+        annotator=first.annotator if first else "canny",
+        more_controls=_more_controls(more),
         image_guidance_scale=args.image_cfg,
     )
     request = TextToVideoRequest(
-        _model_spec(args, KeySettings(), controlnet),
+        _model_spec(args, KeySettings(), [first, *more] if first else []),
         settings,
         args.output,
         video=args.video,
@@ -1395,7 +1419,7 @@ def _run_animate(args) -> int:
         height=args.height,
     )
     request = AnimateRequest(
-        _model_spec(args, KeySettings(), None),
+        _model_spec(args, KeySettings(), []),
         args.motion_adapter,
         settings,
         args.output,

@@ -198,7 +198,7 @@ def test_new_from_text_builds_the_request(qtbot, tmp_path, library, tiny, clip):
     assert s.motion_field == (4.0, -2.5)
     assert request.fps == Fraction(2997, 125)
     assert request.output == tmp_path / "text_to_video.mp4"
-    assert request.video is None and request.models.controlnet is None
+    assert request.video is None and request.models.controlnets == ()
     spec = request.models
     assert (spec.model, spec.device, spec.precision, spec.config_dir) == (
         tiny["model"],
@@ -213,7 +213,7 @@ def test_new_from_text_builds_the_request(qtbot, tmp_path, library, tiny, clip):
     dialog.controlnet_scale_spin.setValue(0.6)
     dialog.video_field.set_path(clip)
     request = dialog.choice().request(policy)
-    assert (request.models.controlnet, request.video) == (controlnet, clip)
+    assert (request.models.controlnets, request.video) == ((controlnet,), clip)
     assert (request.settings.controlnet_scale, request.settings.annotator) == (0.6, "canny")
     assert (request.settings.width, request.settings.height) == (512, 384)
 

@@ -468,6 +468,36 @@ def test_models_and_loras_from_the_library_and_browse(qtbot, diffusion, tmp_path
     assert diffusion.undo_stack.count() == count + 1
 
 
+def test_more_controlnets_are_added_weighted_and_removed(qtbot, diffusion, tmp_path):
+    from zvstudio.project import ControlNetRef
+
+    inspector = make_inspector(qtbot, diffusion)
+    controls = inspector.render_panel.more_controlnets_list
+    actions = {a.text(): a for a in controls.add_button.menu().actions() if a.text()}
+    assert (
+        actions["canny"].isEnabled() and not actions["depth (needs annotator weights)"].isEnabled()
+    )
+    actions["canny"].trigger()
+    assert diffusion.undo_stack.undoText() == "add ControlNet canny"
+    controls.rows[0].weight.setValue(0.5)
+    controls.rows[0].weight.setValue(0.4)  # one step with the 0.5
+    browsed = tmp_path / "control_v11f1p_sd15_depth.safetensors"
+    inspector.dialogs.open_file = lambda title, name_filter: str(browsed)
+    actions["ControlNet file…"].trigger()
+    settings = diffusion.project.settings
+    assert settings.more_controlnets == [ControlNetRef("canny", 0.4), ControlNetRef(str(browsed))]
+    assert [row.name.toolTip() for row in controls.rows] == ["canny", str(browsed)]
+    assert settings.controlnet == "canny"  # the first ControlNet is its own row
+    qtbot.mouseClick(controls.rows[0].remove_button, Qt.LeftButton)
+    assert diffusion.project.settings.more_controlnets == [ControlNetRef(str(browsed))]
+    assert len(controls.rows) == 1
+    diffusion.undo_stack.undo()
+    assert [row.weight.value() for row in controls.rows] == [0.4, 0.7]
+    diffusion.undo_stack.undo()  # the file
+    diffusion.undo_stack.undo()  # the weight
+    assert diffusion.project.settings.more_controlnets == [ControlNetRef("canny", 0.7)]
+
+
 def test_a_vae_from_the_library_or_browsed_and_back_to_the_checkpoints(qtbot, diffusion, tmp_path):
     library = [
         model(tmp_path / "dreamy.safetensors", "checkpoint"),

@@ -98,7 +98,7 @@ def run_dynamicrafter_benchmark(
         DynamiCrafterSettings,
     )
 
-    plan = plan_device(device, dtype or "auto", offload="none", controlnet=False)
+    plan = plan_device(device, dtype or "auto", offload="none", controlnets=0)
     config = tiny_config(preset) if tiny else preset_config(preset)
     torch_device = plan.torch_device
     started = time.perf_counter()

@@ -115,15 +115,15 @@ def _load(settings: KeysBenchSettings, model: Path) -> tuple:
     spec = DiffusionSpec(
         model,
         KeySettings(),
-        controlnet=settings.controlnet,
+        controlnets=(settings.controlnet,) if settings.controlnet else (),
         device=settings.device,
         precision=settings.precision,
         config_dir=settings.config_dir,
         offload="none",  # the GPU's own speed; offload trades it for memory
     )
-    components, controlnet = load_diffusion_models(spec)
-    if controlnet is not None:
-        return components, controlnet, str(settings.controlnet)
+    components, controlnets = load_diffusion_models(spec)
+    if controlnets:
+        return components, controlnets[0], str(settings.controlnet)
     return components, _controlnet_like(components), "shaped after the UNet (untrained)"
 
 
@@ -250,7 +250,7 @@ def _renderer(mode: str, settings: KeysBenchSettings, components, controlnet):
         key_settings = replace(key_settings, cross_frame_layers="off", schedule=off)
     else:
         key_settings = replace(key_settings, pixel_fusion_mode=mode)
-    sampler = KeyFrameSampler(components, key_settings, controlnet=controlnet)
+    sampler = KeyFrameSampler(components, key_settings, [controlnet])
 
     def render_key(frame, anchor, previous):
         if mode == "plain":

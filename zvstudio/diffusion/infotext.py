@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zvstudio import __version__
+from zvstudio.diffusion.control import control_units
 from zvstudio.errors import ZvsError
 
 INFOTEXT_KEY = "parameters"  # the PNG text chunk A1111 writes it to
@@ -44,11 +45,11 @@ def key_infotext(
     fields["Denoising strength"] = f"{settings.strength:g}"
     if settings.clip_skip != 1:
         fields["Clip skip"] = settings.clip_skip
-    if spec.controlnet is not None:
-        module, model = settings.annotator, Path(spec.controlnet).stem
-        fields["ControlNet 0"] = (
-            f"Module: {module}, Model: {model}, Weight: {settings.controlnet_scale:g}"
-        )
+    units = zip(spec.controlnets, control_units(settings), strict=False)
+    for index, (path, (module, weight)) in enumerate(units):
+        model = Path(path).stem
+        fields[f"ControlNet {index}"] = f"Module: {module}, Model: {model}, Weight: {weight:g}"
+
     if spec.loras:
         fields["Lora hashes"] = ", ".join(
             f"{Path(lora.path).stem}: {_short_hash(lora.path)}" for lora in spec.loras

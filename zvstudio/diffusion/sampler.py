@@ -61,6 +61,7 @@ from zvstudio.diffusion.constraints import (
     q_sample,
     shape_aware_fusion,
 )
+from zvstudio.diffusion.control import ControlStack, MoreControls, check_more_controls
 from zvstudio.diffusion.embeddings import embeddings_identity, expand_prompt
 from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rgb_frames
 from zvstudio.diffusion.loading import Components
@@ -122,11 +123,15 @@ class KeySettings:
     # A1111's "Clip skip": 1 reads CLIP's last layer, 2 the one before (`encode_ids`). Left out
     # of repr, and so of the identity of keys that keep the default (see its identity).
     clip_skip: int = field(default=1, repr=False)
+    # (annotator, strength) of each ControlNet after the first (`zvstudio.diffusion.control`);
+    # out of repr for the same reason as `clip_skip`.
+    more_controls: MoreControls = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.key_size < 0:
             raise ZvsError(f"the key size must be 0 (the frame's) or more, got {self.key_size}")
         check_clip_skip(self.clip_skip)
+        check_more_controls(self.more_controls)
         if self.pixel_fusion_mode not in PIXEL_FUSION_MODES:
             raise ZvsError(
                 f"unknown pixel fusion mode {self.pixel_fusion_mode!r}",
@@ -200,12 +205,13 @@ def guided_noise(
     embeddings: torch.Tensor,
     guidance_scale: float,
     controlnet: Any = None,
-    condition: torch.Tensor | None = None,
-    controlnet_scale: float = 1.0,
+    condition: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    controlnet_scale: float | Sequence[float] = 1.0,
 ) -> torch.Tensor:
     """Classifier-free guided ε (float32) from one call on the batch [latents, latents]
     (negative, then positive); `embeddings` and the ControlNet `condition` are laid out for
-    that batch."""
+    that batch. `controlnet` is one ControlNet or a `ControlStack`'s model, which takes a
+    condition and a scale for each of its ControlNets."""
     batch = torch.cat([latents, latents])
     extra = {}
     if condition is not None:
@@ -281,7 +287,7 @@ class _Run:
     scheduler: object
     timesteps: torch.Tensor
     embeddings: list[torch.Tensor]  # one per step (prompt editing may change them)
-    condition: torch.Tensor | None
+    condition: list[torch.Tensor] | None  # one image per ControlNet
     is_anchor: bool
     pairs: FramePairs
     anchor_frame: np.ndarray | None = None  # for shape-aware fusion
@@ -332,10 +338,12 @@ def pad_to_multiple(frame: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple
 class KeyFrameSampler:
     """Renders key frames in order; the first becomes the anchor of the ones that follow."""
 
-    def __init__(self, components: Components, settings: KeySettings, controlnet=None) -> None:
+    def __init__(
+        self, components: Components, settings: KeySettings, controlnets: Sequence[Any] = ()
+    ) -> None:
         self.components = components
         self.settings = settings
-        self.controlnet = controlnet
+        self.controls = ControlStack(controlnets, settings)
         self.store = ReferenceStore()
         self._installed = None
         if settings.cross_frame_layers != "off":
@@ -398,7 +406,7 @@ class KeyFrameSampler:
             scheduler,
             timesteps,
             self._encode_prompts(prompt if prompt is not None else settings.prompt, len(timesteps)),
-            self._control_image(padded),
+            self._control_images(padded),
             is_anchor,
             FramePairs(self._flow, self._flow_executor(), padded),
             seed=settings.seed,
@@ -563,19 +571,14 @@ class KeyFrameSampler:
         prompts = [self.settings.negative_prompt, prompt]
         return encode_prompts_per_step(self.components, prompts, steps, self.settings.clip_skip)
 
-    def _control_image(self, frame: np.ndarray) -> torch.Tensor | None:
-        if self.controlnet is None:
+    def _control_images(self, frame: np.ndarray) -> list[torch.Tensor] | None:
+        """Each ControlNet's image of `frame`, for the [negative, positive] batch."""
+        if not self.controls:
             return None
-        edges = control_condition(frame, self.settings.annotator, self.settings.canny_thresholds)
-        # ControlNet sees the image at 8x latent size (its embedding downsamples by 8); with
-        # SD1.x's VAE that is the frame's own size.
-        factor = 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
-        height, width = frame.shape[:2]
-        size = (width // self.vae_scale * factor, height // self.vae_scale * factor)
-        if size != (width, height):
-            edges = cv2.resize(edges, size, interpolation=cv2.INTER_NEAREST)
-        tensor = torch.from_numpy(edges).permute(2, 0, 1)[None]
-        return tensor.repeat(2, 1, 1, 1).to(self.device, self.controlnet.dtype)
+        images = self.controls.frame_conditions(
+            frame, self.vae_scale, self.settings.canny_thresholds, self.device
+        )
+        return [image.repeat(2, 1, 1, 1) for image in images]
 
     def _sdedit_start(self, frame: np.ndarray, scheduler, t) -> torch.Tensor:
         image = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -591,9 +594,9 @@ class KeyFrameSampler:
             t,
             embeddings,
             settings.guidance_scale,
-            self.controlnet,
+            self.controls.model,
             condition,
-            settings.controlnet_scale,
+            self.controls.scales,
         )
 
     def _constrain(self, x0, index, t, run) -> torch.Tensor:
@@ -650,6 +653,9 @@ def diffusion_key_identity(
         identity += f":{EDITING_VERSION}"
     if settings.clip_skip != 1:
         identity += f":clip skip {settings.clip_skip}"
+    if settings.more_controls:
+        versions = [annotator_identity(a) for a, _ in settings.more_controls if a != "canny"]
+        identity += f":more controls {list(settings.more_controls)} {versions}"
     embeddings = embeddings_identity(prompts, allow_pickle)
     return f"{identity}:embeddings {embeddings}" if embeddings else identity
 

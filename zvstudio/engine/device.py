@@ -188,9 +188,9 @@ def plan_device(
     memory_limit_gb: float | None = None,
     offload: str = "auto",
     probe: DeviceProbe | None = None,
-    controlnet: bool = True,
+    controlnets: int = 1,
 ) -> DevicePlan:
-    """The device plan for rendering with SD1.5 (`controlnet`: with a ControlNet too).
+    """The device plan for rendering with SD1.5 and that many ControlNets.
 
     `memory_limit_gb` caps the GPU memory the plan counts on (for a GPU shared with other
     work). Raises ZvsError for a device that is absent or unknown, a precision the device
@@ -204,9 +204,9 @@ def plan_device(
     if device.startswith("cuda"):
         gpu = probe.gpu(_cuda_index(device))
         dtype = resolve_precision(precision, device, gpu.bf16)
-        return _plan_cuda(device, dtype, gpu, memory_limit_gb, offload, controlnet)
+        return _plan_cuda(device, dtype, gpu, memory_limit_gb, offload, controlnets)
     dtype = resolve_precision(precision, device, bf16=device == "cpu")
-    return _plan_host(device, dtype, offload, probe.ram_gb(), controlnet, requested)
+    return _plan_host(device, dtype, offload, probe.ram_gb(), controlnets, requested)
 
 
 def resolve_device(requested: str, probe: DeviceProbe) -> str:
@@ -278,14 +278,14 @@ class MemoryNeeds:
     """GPU memory (GB) each offload mode needs, for one precision and set of models."""
 
     everything: float  # offload "none"
-    one_stage: float  # offload "model": the largest stage, the UNet with its ControlNet
+    one_stage: float  # offload "model": the largest stage, the UNet with its ControlNets
     streamed: float  # offload "sequential": activations and one layer at a time
 
 
-def memory_needs(dtype: str, controlnet: bool = True) -> MemoryNeeds:
+def memory_needs(dtype: str, controlnets: int = 1) -> MemoryNeeds:
     """Estimated GPU memory per offload mode at 512x512 (see the constants above)."""
     scale = _BYTES[dtype] / 2
-    denoiser = (UNET_GB + (CONTROLNET_GB if controlnet else 0.0)) * scale
+    denoiser = (UNET_GB + CONTROLNET_GB * controlnets) * scale
     weights = denoiser + (VAE_GB + TEXT_ENCODER_GB) * scale
     working = ACTIVATIONS_GB * scale + HEADROOM_GB
     return MemoryNeeds(weights + working, denoiser + working, working)
@@ -297,9 +297,9 @@ def _plan_cuda(
     gpu: GpuFacts,
     limit: float | None,
     offload: str,
-    controlnet: bool,
+    controlnets: int,
 ) -> DevicePlan:
-    needs = memory_needs(dtype, controlnet)
+    needs = memory_needs(dtype, controlnets)
     usable = gpu.free_gb if limit is None else min(gpu.free_gb, limit)
     memory = f"{gpu.name}, {gpu.free_gb:.1f} of {gpu.total_gb:.1f} GB free"
     if limit is not None and limit < gpu.free_gb:
@@ -355,7 +355,7 @@ def _plan_host(
     dtype: str,
     offload: str,
     ram: float | None,
-    controlnet: bool,
+    controlnets: int,
     requested: str,
 ) -> DevicePlan:
     """CPU and MPS: offload is off by default; it only makes sense between RAM and a GPU."""
@@ -370,7 +370,7 @@ def _plan_host(
         why = "Apple GPU, memory shared with the system"
         return DevicePlan(device, dtype, mode, f"mps ({why}) in {dtype} with offload {mode!r}.")
     why = "as requested" if requested.strip().lower() == "cpu" else "no GPU was found"
-    need = memory_needs(dtype, controlnet).everything
+    need = memory_needs(dtype, controlnets).everything
     memory = f"about {need:.1f} GB of RAM needed"
     if ram is not None:
         spare = "" if ram >= need else ", so expect swapping"
@@ -381,16 +381,17 @@ def _plan_host(
 # ---------------------------------------------------------------------------------- offload
 
 
-def apply_offload(components: Components, plan: DevicePlan, controlnet: Any = None) -> None:
-    """Put the loaded models (and the ControlNet, if any) where `plan` says, in place.
+def apply_offload(
+    components: Components, plan: DevicePlan, controlnets: Sequence[Any] = ()
+) -> None:
+    """Put the loaded models (and the ControlNets, if any) where `plan` says, in place.
 
     With offload the weights live in system RAM (load them there), so `components.device` is
     set to the device the models compute on, where the sampler creates its tensors.
     """
     device = plan.torch_device
     stages = [[components.text_encoder], [components.vae], [components.unet]]
-    if controlnet is not None:
-        stages[2].append(controlnet)  # called on every step, alternately with the UNet
+    stages[2].extend(controlnets)  # called on every step, alternately with the UNet
     if plan.offload == "none":
         for module in (m for stage in stages for m in stage):
             module.to(device)

@@ -72,7 +72,9 @@ class DiffusionSpec:
     model: Path
     settings: object  # zvstudio.diffusion.sampler.KeySettings
     loras: tuple = ()  # zvstudio.diffusion.lora.LoraSpec
-    controlnet: Path | None = None
+    # ControlNet files or folders, paired in order with the settings' annotators and strengths
+    # (`zvstudio.diffusion.control.control_units`)
+    controlnets: tuple[Path, ...] = ()
     device: str = "auto"
     allow_pickle: bool = False
     config_dir: Path | None = None
@@ -84,15 +86,15 @@ class DiffusionSpec:
 
 
 def build_sampler(spec: DiffusionSpec, log: LogCallback = ignore_log) -> KeyFrameSampler:
-    """Plan the device, load the model, its LoRAs and ControlNet, and make a key-frame sampler."""
+    """Plan the device, load the model, its LoRAs and ControlNets, and make a key sampler."""
     from zvstudio.diffusion.sampler import KeyFrameSampler
 
-    components, controlnet = load_diffusion_models(spec, log)
-    return KeyFrameSampler(components, spec.settings, controlnet=controlnet)
+    components, controlnets = load_diffusion_models(spec, log)
+    return KeyFrameSampler(components, spec.settings, controlnets)
 
 
 def load_diffusion_models(spec: DiffusionSpec, log: LogCallback = ignore_log) -> tuple:
-    """(components, ControlNet or None) for `spec`: the device planned, LoRAs applied, offload
+    """(components, [ControlNet, ...]) for `spec`: the device planned, LoRAs applied, offload
     hooks installed. Shared by the key renderer and the generators."""
     from zvstudio.engine.device import apply_offload, plan_device
 
@@ -101,20 +103,20 @@ def load_diffusion_models(spec: DiffusionSpec, log: LogCallback = ignore_log) ->
         spec.precision,
         spec.memory_limit_gb,
         spec.offload,
-        controlnet=spec.controlnet is not None,
+        controlnets=len(spec.controlnets),
     )
     logger.info("diffusion device: %s", plan.reason)
     log(f"diffusion device: {plan.reason}")
     # Offloaded weights are kept in system RAM and moved to the GPU by the offload hooks.
-    components, controlnet = _load_models(
+    components, controlnets = _load_models(
         spec, plan.device if plan.offload == "none" else "cpu", plan.torch_dtype, log
     )
-    apply_offload(components, plan, controlnet)
-    return components, controlnet
+    apply_offload(components, plan, controlnets)
+    return components, controlnets
 
 
 def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype, log: LogCallback) -> tuple:
-    """(components with the LoRAs and embeddings applied, ControlNet or None), on `device`."""
+    """(components with the LoRAs and embeddings applied, [ControlNet, ...]), on `device`."""
     from zvstudio.diffusion.embeddings import apply_embeddings, loadable_embeddings
     from zvstudio.diffusion.loading import load_sd15_components
     from zvstudio.diffusion.lora import apply_loras
@@ -130,12 +132,10 @@ def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype, log: LogC
     )
     apply_loras(components, list(spec.loras))  # before any offload hooks, which then cover them
     apply_embeddings(components, loadable_embeddings(spec.allow_pickle), spec.allow_pickle, log)
-    controlnet = (
-        load_controlnet(spec.controlnet, device, dtype, spec.allow_pickle)
-        if spec.controlnet
-        else None
-    )
-    return components, controlnet
+    controlnets = [
+        load_controlnet(path, device, dtype, spec.allow_pickle) for path in spec.controlnets
+    ]
+    return components, controlnets
 
 
 def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log):
@@ -148,13 +148,16 @@ def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log
 
 def diffusion_model_key(spec: DiffusionSpec) -> str:
     """The content identity of a spec's model files (checkpoint, LoRAs with weights,
-    ControlNet, and the VAE when it is not the model's own)."""
+    ControlNets, and the VAE when it is not the model's own)."""
+    first, *more = spec.controlnets or ("",)
     files = [
         model_content_id(spec.model),
         *(f"{model_content_id(lora.path)}:{lora.weight}" for lora in spec.loras),
-        model_content_id(spec.controlnet) if spec.controlnet else "",
+        model_content_id(first) if first else "",
     ]
-    if spec.vae is not None:  # appended, so keys rendered with the model's own VAE stay valid
+    # Appended, so keys rendered with one ControlNet and the model's own VAE stay valid.
+    files += [f"controlnet={model_content_id(path)}" for path in more]
+    if spec.vae is not None:
         files.append(f"vae={model_content_id(spec.vae)}")
     return "|".join(files)
 
@@ -173,7 +176,7 @@ class DiffusionIdentities:
             spec.precision,
             spec.memory_limit_gb,
             spec.offload,
-            controlnet=spec.controlnet is not None,
+            controlnets=len(spec.controlnets),
         )
         self.spec, self.dtype, self.model_key = spec, plan.torch_dtype, diffusion_model_key(spec)
 

@@ -175,19 +175,20 @@ def _project_diffusion(settings):
             "the project uses diffusion but names no model",
             hint="choose a Stable Diffusion 1.5 checkpoint in the project settings",
         )
-    controlnet, scale, annotator = None, settings.controlnet_scale, "canny"
-    if settings.controlnet:
-        choice = choose_controlnet(f"{settings.controlnet}:{settings.controlnet_scale}")
-        controlnet, scale, annotator = choice.path, choice.scale, choice.annotator
+    controls = [(settings.controlnet, settings.controlnet_scale)] if settings.controlnet else []
+    controls += [(ref.controlnet, ref.scale) for ref in settings.more_controlnets]
+    choices = [choose_controlnet(f"{name}:{scale}") for name, scale in controls]
+    first = choices[0] if choices else None
     key_settings = KeySettings(
-        annotator=annotator,
+        annotator=first.annotator if first else "canny",
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
         steps=settings.steps,
         guidance_scale=settings.guidance_scale,
         strength=settings.strength,
         seed=settings.seed,
-        controlnet_scale=scale,
+        controlnet_scale=first.scale if first else settings.controlnet_scale,
+        more_controls=tuple((choice.annotator, choice.scale) for choice in choices[1:]),
         cross_frame_layers=settings.cross_frame_layers,
         schedule=ConstraintSchedule(
             # Cross-frame attention acts at every step; its layers switch it off.
@@ -203,4 +204,5 @@ def _project_diffusion(settings):
     )
     loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
     vae = Path(settings.vae) if settings.vae else None
-    return DiffusionSpec(Path(settings.model), key_settings, loras, controlnet, vae=vae)
+    controlnets = tuple(choice.path for choice in choices)
+    return DiffusionSpec(Path(settings.model), key_settings, loras, controlnets, vae=vae)

@@ -83,9 +83,9 @@ def generate_text_to_video(
         control_frames, timing, audio = _input_clip(
             request.video, settings.frames, (settings.width, settings.height)
         )
-    components, controlnet = load_diffusion_models(models, log)
+    components, controlnets = load_diffusion_models(models, log)
     with out_of_memory_as_error():
-        frames = TextToVideoZero(components, controlnet, foreground).generate(
+        frames = TextToVideoZero(components, controlnets, foreground).generate(
             settings, control_frames, progress, cancel
         )
     write_frames(request.output, frames, timing, request.export, audio)
@@ -171,9 +171,9 @@ def _check_mode(request: TextToVideoRequest) -> DiffusionSpec:
             f"{models.model.name} is an InstructPix2Pix model: it edits a clip",
             hint="give the clip to edit with --video IN and the instruction as --prompt",
         )
-    if instruct and models.controlnet is not None:
+    if instruct and models.controlnets:
         raise ZvsError("an InstructPix2Pix model edits the clip itself: drop the ControlNet")
-    editing = request.video is not None and models.controlnet is None
+    editing = request.video is not None and not models.controlnets
     if editing and channels not in (8, None):
         raise ZvsError(
             "--video guides the clip through a ControlNet, or is edited by an InstructPix2Pix "
@@ -191,7 +191,7 @@ def _foreground_source(request: TextToVideoRequest):
     from zvstudio.diffusion.seg import find_foreground_source
     from zvstudio.generate.t2v_zero import no_foreground_source, smoothing_needs_text_mode
 
-    if request.video is not None or request.models.controlnet is not None:
+    if request.video is not None or request.models.controlnets:
         raise smoothing_needs_text_mode()
     source = find_foreground_source()
     if source is None:

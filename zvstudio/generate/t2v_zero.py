@@ -43,6 +43,12 @@ import torch.nn.functional as F
 
 from zvstudio.diffusion.annotators import control_condition
 from zvstudio.diffusion.attention import CrossFrameAttnProcessor, select_self_attention_layers
+from zvstudio.diffusion.control import (
+    ControlStack,
+    MoreControls,
+    check_more_controls,
+    frames_of,
+)
 from zvstudio.diffusion.encoding import decode, rgb_frames
 from zvstudio.diffusion.loading import Components
 from zvstudio.diffusion.prompt_editing import refuse_editing
@@ -83,6 +89,8 @@ class TextToVideoSettings:
     chunk_size: int = 8  # frames denoised together, frame 0 included in each chunk
     controlnet_scale: float = 1.0
     annotator: str = "canny"  # what turns the input clip's frames into control images
+    # (annotator, strength) of each ControlNet after the first (`zvstudio.diffusion.control`)
+    more_controls: MoreControls = ()
     image_guidance_scale: float = 1.5  # InstructPix2Pix: how closely frames keep the input
     # Background smoothing: how far each frame's background moves towards frame 0's carried
     # by the motion (the paper's 0.6); 0 is off. Needs a foreground mask source.
@@ -92,6 +100,7 @@ class TextToVideoSettings:
     def check(self) -> None:
         """Raise `ZvsError` for settings that cannot make a clip."""
         check_clip_skip(self.clip_skip)
+        check_more_controls(self.more_controls)
         refuse_editing((self.prompt, self.negative_prompt), "Text2Video-Zero")
         if self.frames < 1:
             raise ZvsError(f"a clip needs at least one frame, not {self.frames}")
@@ -277,13 +286,16 @@ def smooth_starts(
 
 # -- the generator ----------------------------------------------------------------------------
 class TextToVideoZero:
-    """Makes clips with one loaded model (and optionally a ControlNet)."""
+    """Makes clips with one loaded model (and optionally ControlNets)."""
 
     def __init__(
-        self, components: Components, controlnet=None, foreground: ForegroundMasks | None = None
+        self,
+        components: Components,
+        controlnets: Sequence = (),
+        foreground: ForegroundMasks | None = None,
     ) -> None:
         self.components = components
-        self.controlnet = controlnet
+        self.controlnets = list(controlnets)  # paired with the settings' annotators at each run
         self.foreground = foreground  # what background smoothing finds the foreground with
         self.device = components.device
         self.dtype = components.unet.dtype
@@ -302,10 +314,10 @@ class TextToVideoZero:
     ) -> list[np.ndarray]:
         """The clip's frames (RGB uint8, settings.height x settings.width).
 
-        With a ControlNet, `control_frames` (RGB, one per output frame, any size) are turned
-        into control images by `settings.annotator`. Progress: "generate" steps (with
-        background smoothing, "foreground" frames between its two passes), then "decode"
-        frames, each with the decoded frame as its preview."""
+        With ControlNets, `control_frames` (RGB, one per output frame, any size) are turned
+        into control images by their annotators (`control_units(settings)`). Progress:
+        "generate" steps (with background smoothing, "foreground" frames between its two
+        passes), then "decode" frames, each with the decoded frame as its preview."""
         frames = []
         latents = self.latents(settings, control_frames, progress, cancel)
         for latent in latents:
@@ -322,15 +334,15 @@ class TextToVideoZero:
         smoothing = settings.smooth_background > 0
         if smoothing:
             self._check_smoothing(control_frames)
+        controls = ControlStack(self.controlnets, settings)
         if self.instruct:
             conditions = self._image_latents(settings, control_frames)
         else:
-            conditions = self._conditions(settings, control_frames)
+            conditions = self._conditions(settings, controls, control_frames)
         scheduler = self.components.make_scheduler()
         scheduler.set_timesteps(settings.steps)
         groups = chunks(settings.frames, settings.chunk_size)
-        models = [self.components.unet] + ([self.controlnet] if self.controlnet else [])
-        with first_frame_attention(models, self.layout):
+        with first_frame_attention([self.components.unet, *controls.nets], self.layout):
             passes = 2 if smoothing else 1
             run, starts, first_joint = self._starts(
                 settings, scheduler, conditions is None, passes * len(groups), progress, cancel
@@ -348,13 +360,13 @@ class TextToVideoZero:
         """Every frame denoised from its start over the `joint` steps, chunk by chunk."""
         result: dict[int, torch.Tensor] = {}
         for ids in groups:
-            condition = None if conditions is None else conditions[ids]
+            condition = frames_of(conditions, ids)
             latents = run.steps(starts.for_frames(ids), joint, condition)
             result.update(zip(ids, latents, strict=True))
         return torch.stack([result[i] for i in range(frames)])
 
     def _check_smoothing(self, control_frames) -> None:
-        if self.instruct or self.controlnet is not None or control_frames is not None:
+        if self.instruct or self.controlnets or control_frames is not None:
             raise smoothing_needs_text_mode()
         if self.foreground is None:
             raise no_foreground_source()
@@ -399,7 +411,7 @@ class TextToVideoZero:
     def _image_latents(self, settings, frames) -> torch.Tensor:
         """InstructPix2Pix: the input frames' latents (the VAE's mode, unscaled, as the model
         was trained), one frame at a time to bound memory."""
-        if self.controlnet is not None:
+        if self.controlnets:
             raise ZvsError("an InstructPix2Pix model edits the clip itself: drop the ControlNet")
         _require_frames(settings, frames, "an InstructPix2Pix model")
         vae = self.components.vae
@@ -411,26 +423,24 @@ class TextToVideoZero:
             latents.append(encoded.to(self.dtype))
         return torch.cat(latents)
 
-    def _conditions(self, settings, control_frames) -> torch.Tensor | None:
-        """ControlNet images (frames, 3, H, W) in [0, 1], or None in text mode."""
-        if self.controlnet is None:
+    def _conditions(self, settings, controls: ControlStack, control_frames):
+        """Each ControlNet's images (frames, 3, H, W) in [0, 1], or None in text mode."""
+        if not controls:
             if control_frames is not None:
                 raise ZvsError("an input clip guides the video only through a ControlNet")
             return None
         _require_frames(settings, control_frames, "the ControlNet")
-        # The ControlNet sees the image at its embedding's factor times the latent size; with
-        # SD1.x's VAE and ControlNets that is the frame's own size.
-        factor = 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
-        size = (
-            settings.width // self.vae_scale * factor,
-            settings.height // self.vae_scale * factor,
-        )
-        images = [
-            control_condition(fit_frame(frame, size), settings.annotator)
-            for frame in control_frames[: settings.frames]
-        ]
-        stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-        return stacked.to(self.device, self.controlnet.dtype)
+        conditions = []
+        units = zip(controls.nets, controls.annotators, strict=True)
+        for index, (net, annotator) in enumerate(units):
+            size = controls.condition_size(index, settings.width, settings.height, self.vae_scale)
+            images = [
+                control_condition(fit_frame(frame, size), annotator)
+                for frame in control_frames[: settings.frames]
+            ]
+            stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+            conditions.append(stacked.to(self.device, net.dtype))
+        return conditions
 
     def _to_image(self, latent: torch.Tensor) -> np.ndarray:
         return rgb_frames(decode(self.components.vae, latent[None]))[0]
@@ -549,6 +559,7 @@ class _Denoise:
         # which stalls the CPU until the GPU's queued work is done.
         self.model_timesteps = timesteps.to(owner.components.device)
         self.embeddings = embeddings  # (2, tokens, C): negative, positive
+        self.controls = ControlStack(owner.controlnets, settings)
         self.counter = counter
         self.cancel = cancel
 
@@ -576,9 +587,9 @@ class _Denoise:
             t,
             embeddings,
             self.settings.guidance_scale,
-            self.owner.controlnet,
-            None if condition is None else torch.cat([condition, condition]),
-            self.settings.controlnet_scale,
+            self.controls.model,
+            None if condition is None else [torch.cat([image, image]) for image in condition],
+            self.controls.scales,
         )
 
     def _instruct_epsilon(self, latents, t, image_latents) -> torch.Tensor:

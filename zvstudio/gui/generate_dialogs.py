@@ -128,14 +128,14 @@ class ModelPolicy:
         )
 
     def spec(
-        self, model: Path, controlnet: Path | None = None, vae: Path | None = None
+        self, model: Path, controlnets: tuple[Path, ...] = (), vae: Path | None = None
     ) -> DiffusionSpec:
         """The generators' DiffusionSpec (their key-renderer settings are unused)."""
         from zvstudio.diffusion.sampler import KeySettings
         from zvstudio.engine.preview import DiffusionSpec
 
         return DiffusionSpec(
-            model, KeySettings(), controlnet=controlnet, vae=vae, **self._placement()
+            model, KeySettings(), controlnets=controlnets, vae=vae, **self._placement()
         )
 
     def _placement(self) -> dict[str, Any]:
@@ -218,7 +218,7 @@ class TextToVideoChoice:
             clip_skip=self.clip_skip,
         )
         return TextToVideoRequest(
-            policy.spec(self.model, controlnet.path if controlnet else None, self.vae),
+            policy.spec(self.model, (controlnet.path,) if controlnet else (), self.vae),
             settings,
             self.output,
             video=self.video,

@@ -61,6 +61,7 @@ from zvstudio.project.model import (
     DEFAULT_KEY_SIZE,
     MAX_CLIP_SKIP,
     SEED_MAX,
+    ControlNetRef,
     KeyFrame,
     LoraRef,
     RenderSettings,
@@ -545,6 +546,12 @@ class RenderPanel(_Panel):
         )
         tip = "How strongly the ControlNet holds the input's structure (0 = not at all)"
         _add_row(form, "ControlNet strength", self.controlnet_scale_spin, tip)
+        self.more_controlnets_list = ControlNetList(self)
+        tip = (
+            "ControlNets that guide the keys beside the first, each by its own map of the "
+            "input (edges and depth, say) at its own strength; their guidance adds up"
+        )
+        _add_row(form, "More ControlNets", self.more_controlnets_list, tip)
 
     def _prompt_group(self) -> QGroupBox:
         group = QGroupBox("Prompt")
@@ -832,6 +839,7 @@ class RenderPanel(_Panel):
         """Ask the model source again (after the library was rescanned)."""
         self.models = list(self._models_source()) if self._models_source else []
         self.lora_list.rebuild_menu()
+        self.more_controlnets_list.rebuild_menu()
         self.refresh()
 
     def known(self, kind: str) -> list[ModelInfo]:
@@ -848,8 +856,9 @@ class RenderPanel(_Panel):
     def set_model(self, path: str | None) -> None:
         self._set("model", path, "change model")
 
-    def set_loras(self, loras: list[LoraRef], text: str | None = None) -> None:
-        self._set("loras", loras, text)
+    def set_list(self, field: str, items: list[Any], text: str | None = None) -> None:
+        """Change a list setting (LoRAs, more ControlNets): one step per `text`."""
+        self._set(field, items, text)
 
     def _style_chosen(self) -> None:
         """Another style: its own parameters start at their defaults."""
@@ -900,7 +909,8 @@ class RenderPanel(_Panel):
         self._show_vaes(settings.vae)
         needs_vae = settings.vae is None and _lacks_vae(settings.model)
         self.vae_note.setVisible(needs_vae)
-        self.lora_list.show_loras(settings.loras)
+        self.lora_list.show_items(settings.loras)
+        self.more_controlnets_list.show_items(settings.more_controlnets)
         self._show_controlnets(settings.controlnet)
         self.controlnet_scale_spin.setEnabled(settings.controlnet is not None)
         for widget, field in self._value_widgets():
@@ -1035,18 +1045,17 @@ class RenderPanel(_Panel):
         _select(combo, current)
 
 
-class LoraRow(QWidget):
-    """One LoRA in use: its name, its weight and a remove button."""
+class WeightedRow(QWidget):
+    """One model in use: its name, its weight and a remove button."""
 
-    def __init__(self, lora: LoraRef) -> None:
+    def __init__(self, name: str, weight: QDoubleSpinBox, noun: str, weight_tip: str) -> None:
         super().__init__()
-        self.name = ElidedLabel(Path(lora.path).name)
-        self.name.setToolTip(lora.path)
-        self.weight = _spin(-5, 5, 0.05)
-        self.weight.setValue(lora.weight)
-        self.weight.setToolTip("The LoRA's weight (negative inverts it)")
+        self.name = ElidedLabel(Path(name).name)
+        self.name.setToolTip(name)
+        self.weight = weight
+        self.weight.setToolTip(weight_tip)
         self.remove_button = QToolButton(text="✕")
-        self.remove_button.setToolTip("Remove this LoRA")
+        self.remove_button.setToolTip(f"Remove this {noun}")
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.name, 1)
@@ -1054,23 +1063,99 @@ class LoraRow(QWidget):
         layout.addWidget(self.remove_button)
 
 
-class LoraList(QWidget):
-    """The LoRAs in use, one `LoraRow` each, and an Add button offering the library's LoRAs
-    and Browse…."""
+class WeightedList(QWidget):
+    """Models in use with a weight each (a list of `ref_type` in the settings' `field`), one
+    `WeightedRow` each, and an Add button whose menu `rebuild_menu` fills."""
+
+    field = ""
+    ref_type: Any = None
+    name_field, weight_field = "", ""
+    noun = ""
+    weight_range = (0.0, 2.0)
+    weight_tip = ""
 
     def __init__(self, panel: RenderPanel) -> None:
         super().__init__()
         self.panel = panel
-        self.rows: list[LoraRow] = []
-        self._shown: list[str] = []  # the paths the rows show
+        self.rows: list[WeightedRow] = []
+        self._shown: list[str] = []  # the names the rows show
         self._rows_layout = QVBoxLayout()
-        self.add_button = QToolButton(text="Add LoRA")
+        self.add_button = QToolButton(text=f"Add {self.noun}")
         self.add_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.add_button.setMenu(QMenu(self.add_button))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(self._rows_layout)
         layout.addWidget(self.add_button, 0, Qt.AlignmentFlag.AlignLeft)
+
+    def rebuild_menu(self) -> None:
+        raise NotImplementedError
+
+    def _items(self) -> list[Any]:
+        return list(getattr(self.panel.settings, self.field))
+
+    def _name(self, item: Any) -> str:
+        return getattr(item, self.name_field)
+
+    def add(self, name: str) -> None:
+        items = self._items()
+        if all(self._name(item) != name for item in items):
+            added = self.ref_type(**{self.name_field: name})
+            text = f"add {self.noun} {Path(name).name}"
+            self.panel.set_list(self.field, [*items, added], text)
+
+    def remove(self, index: int) -> None:
+        items = self._items()
+        gone = items.pop(index)
+        text = f"remove {self.noun} {Path(self._name(gone)).name}"
+        self.panel.set_list(self.field, items, text)
+
+    def set_weight(self, index: int, weight: float) -> None:
+        items = self._items()
+        if index < len(items) and getattr(items[index], self.weight_field) != weight:
+            items[index] = replace(items[index], **{self.weight_field: weight})
+            self.panel.set_list(self.field, items)  # merges: spinning a weight is one step
+
+    def show_items(self, items: list[Any]) -> None:
+        """Show `items`; rows are rebuilt only when the models change, so a weight being
+        typed keeps its editor."""
+        if [self._name(item) for item in items] != self._shown:
+            self._rebuild(items)
+        for row, item in zip(self.rows, items, strict=True):
+            _show(row.weight, getattr(item, self.weight_field))
+
+    def _browse_file(self, title: str) -> None:
+        path = self.panel.dialogs.open_file(title, MODEL_FILTER)
+        if path:
+            self.add(os.path.abspath(path))
+
+    def _rebuild(self, items: list[Any]) -> None:
+        for row in self.rows:
+            self._rows_layout.removeWidget(row)
+            row.deleteLater()
+        self.rows = [self._row(index, item) for index, item in enumerate(items)]
+        for row in self.rows:
+            self._rows_layout.addWidget(row)
+        self._shown = [self._name(item) for item in items]
+
+    def _row(self, index: int, item: Any) -> WeightedRow:
+        spin = _spin(*self.weight_range, 0.05)
+        spin.setValue(getattr(item, self.weight_field))
+        row = WeightedRow(self._name(item), spin, self.noun, self.weight_tip)
+        row.weight.valueChanged.connect(lambda value: self.set_weight(index, value))
+        row.remove_button.clicked.connect(lambda: self.remove(index))
+        return row
+
+
+class LoraList(WeightedList):
+    """The LoRAs in use; Add offers the library's LoRAs (those for other bases disabled) and
+    Browse…."""
+
+    field, ref_type = "loras", LoraRef
+    name_field, weight_field = "path", "weight"
+    noun = "LoRA"
+    weight_range = (-5.0, 5.0)
+    weight_tip = "The LoRA's weight (negative inverts it)"
 
     def rebuild_menu(self) -> None:
         menu = self.add_button.menu()
@@ -1081,51 +1166,40 @@ class LoraList(QWidget):
             action.setEnabled(info.base in RENDER_BASES)
         if menu.actions():
             menu.addSeparator()
-        menu.addAction("Browse…", self._browse)
+        menu.addAction("Browse…", lambda: self._browse_file("Choose a LoRA"))
 
-    def add(self, path: str) -> None:
-        loras = self.panel.settings.loras
-        if all(lora.path != path for lora in loras):
-            self.panel.set_loras([*loras, LoraRef(path)], f"add LoRA {Path(path).name}")
 
-    def remove(self, index: int) -> None:
-        loras = list(self.panel.settings.loras)
-        gone = loras.pop(index)
-        self.panel.set_loras(loras, f"remove LoRA {Path(gone.path).name}")
+class ControlNetList(WeightedList):
+    """The ControlNets guiding the keys beside the first (A1111's multi-ControlNet); Add
+    offers the annotators (each finds its ControlNet in the library, as the first does) and
+    a ControlNet file or folder."""
 
-    def set_weight(self, index: int, weight: float) -> None:
-        loras = list(self.panel.settings.loras)
-        if index < len(loras) and loras[index].weight != weight:
-            loras[index] = replace(loras[index], weight=weight)
-            self.panel.set_loras(loras)  # merges: spinning a weight is one step
+    field, ref_type, name_field, weight_field = (
+        "more_controlnets",
+        ControlNetRef,
+        "controlnet",
+        "scale",
+    )
+    noun = "ControlNet"
+    weight_tip = "How strongly this ControlNet holds its map of the input (0 = not at all)"
 
-    def show_loras(self, loras: list[LoraRef]) -> None:
-        """Show `loras`; rows are rebuilt only when the files change, so a weight being
-        typed keeps its editor."""
-        if [lora.path for lora in loras] != self._shown:
-            self._rebuild(loras)
-        for row, lora in zip(self.rows, loras, strict=True):
-            _show(row.weight, lora.weight)
+    def rebuild_menu(self) -> None:
+        menu = self.add_button.menu()
+        menu.clear()
+        for name in available_annotators():
+            menu.addAction(name, lambda name=name: self.add(name))
+        for name in (n for n in UNAVAILABLE_ANNOTATORS if n not in available_annotators()):
+            action = menu.addAction(f"{name} (needs annotator weights)")
+            action.setEnabled(False)
+            action.setToolTip(weights_hint(name) or "a plugin can add it")
+        menu.addSeparator()
+        menu.addAction("ControlNet file…", lambda: self._browse_file("Choose a ControlNet"))
+        menu.addAction("Diffusers folder…", self._browse_folder)
 
-    def _browse(self) -> None:
-        path = self.panel.dialogs.open_file("Choose a LoRA", MODEL_FILTER)
+    def _browse_folder(self) -> None:
+        path = self.panel.dialogs.open_folder("Choose a diffusers ControlNet folder")
         if path:
             self.add(os.path.abspath(path))
-
-    def _rebuild(self, loras: list[LoraRef]) -> None:
-        for row in self.rows:
-            self._rows_layout.removeWidget(row)
-            row.deleteLater()
-        self.rows = [self._row(index, lora) for index, lora in enumerate(loras)]
-        for row in self.rows:
-            self._rows_layout.addWidget(row)
-        self._shown = [lora.path for lora in loras]
-
-    def _row(self, index: int, lora: LoraRef) -> LoraRow:
-        row = LoraRow(lora)
-        row.weight.valueChanged.connect(lambda value: self.set_weight(index, value))
-        row.remove_button.clicked.connect(lambda: self.remove(index))
-        return row
 
 
 # ---------------------------------------------------------------------------------- key

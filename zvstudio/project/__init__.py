@@ -14,6 +14,7 @@ from zvstudio.project.io import (
 from zvstudio.project.model import (
     CURRENT_SCHEMA_VERSION,
     ClipRef,
+    ControlNetRef,
     FrameRange,
     KeyFrame,
     LoraRef,
@@ -28,6 +29,7 @@ __all__ = [
     "MIGRATIONS",
     "ClipMissingError",
     "ClipRef",
+    "ControlNetRef",
     "FrameRange",
     "KeyFrame",
     "LoraRef",

@@ -105,6 +105,15 @@ class LoraRef(Validated):
 
 
 @dataclass(frozen=True)
+class ControlNetRef(Validated):
+    """A ControlNet guiding the keys beside the first (`RenderSettings.controlnet`): an
+    annotator name that picks one from the model library, or a file or folder."""
+
+    controlnet: str = field(metadata=rule("str", nonempty=True))
+    scale: float = field(default=0.7, metadata=rule("float", low=0, high=2))
+
+
+@dataclass(frozen=True)
 class OutputSettings(Validated):
     """How the finished video is exported; `crf` is the H.264/H.265 quality (lower is better)."""
 
@@ -139,6 +148,10 @@ class RenderSettings(Validated):
         default="canny", metadata=rule("str", nullable=True, nonempty=True)
     )
     controlnet_scale: float = field(default=0.7, metadata=rule("float", low=0, high=2))
+    # More ControlNets, their guidance added to the first's (A1111's multi-ControlNet).
+    more_controlnets: list[ControlNetRef] = field(
+        default_factory=list, metadata=rule("list", item=ControlNetRef)
+    )
     # The cross-frame constraints (METHOD 1.1), with the sampler's defaults (`KeySettings`,
     # `ConstraintSchedule`); cross-frame attention acts at every step.
     cross_frame_layers: str = field(

@@ -131,7 +131,7 @@ def animate_dynamicrafter(
     check_checkpoint(request.checkpoint, request.allow_pickle)
     image = read_image(request.image)
     last = None if request.last_image is None else read_image(request.last_image)
-    plan = plan_device(request.device, request.precision, offload="none", controlnet=False)
+    plan = plan_device(request.device, request.precision, offload="none", controlnets=0)
     log(
         f"DynamiCrafter {name}: {settings.mode}, {config.width}x{config.height}, "
         f"{settings.frames} frames, {settings.steps} steps, on {plan.device} in {plan.dtype}"
