@@ -20,6 +20,7 @@ from tiny_models import (
 
 from zvstudio.diffusion.controlnet import (
     ControlNetChoice,
+    controlnet_annotator,
     empty_controlnet,
     load_controlnet_model,
     match_controlnet_checkpoint,
@@ -216,8 +217,15 @@ def test_resolve_paths(library):
         library["short"], 0.3, ""
     )
     assert resolve_controlnet(str(library["short"])) == (library["short"], 0.7, "")
-    path, scale, note = resolve_controlnet(str(depth))
-    assert (path, scale) == (depth, 0.7) and "canny edges" in note
+    # Its name says depth, and no depth annotator is here: said before any work, not fed
+    # canny edges it was not trained on.
+    with pytest.raises(ZvsError, match="is a depth ControlNet, and the depth annotator is not"):
+        resolve_controlnet(str(depth))
+    unnamed = library["extra"] / "my_controlnet.safetensors"
+    unnamed.write_bytes(b"")
+    path, scale, note = resolve_controlnet(str(unnamed))
+    assert (path, scale) == (unnamed, 0.7) and "fed canny edges" in note
+    assert controlnet_annotator(str(unnamed)) == "canny"
     with pytest.raises(ZvsError, match="not found"):
         resolve_controlnet(str(library["extra"] / "none.safetensors:0.5"))
 

@@ -216,7 +216,9 @@ def test_a_plugin_annotator_makes_the_control_image(tmp_path):
     with pytest.raises(ZvsError, match="not a scale"):
         resolve_controlnet("invert:abc", [found])
     assert controlnet_annotator("canny") == "canny"
-    assert controlnet_annotator(str(tmp_path / "my_invert.safetensors")) == "canny"
+    # A ControlNet given by path is fed the annotator its name names, else canny.
+    assert controlnet_annotator(str(tmp_path / "control_sd15_invert.safetensors")) == "invert"
+    assert controlnet_annotator(str(tmp_path / "my_controlnet.safetensors")) == "canny"
 
 
 def test_the_sampler_feeds_the_plugin_annotator_to_the_controlnet_and_keys_name_it():
@@ -317,11 +319,13 @@ def test_a_bad_name_fails_the_plugin():
     assert not annotators.has_annotator("Sobel Edges")
 
 
-def test_a_controlnet_path_is_still_fed_canny(tmp_path: Path):
-    """A ControlNet given by path is still fed canny edges (and says so when in doubt)."""
-    path = tmp_path / "control_sd15_depth.safetensors"
+def test_a_controlnet_path_is_fed_the_annotator_its_name_names(tmp_path: Path):
+    """lllyasviel's names (control_v11f1p_sd15_depth) say what a ControlNet was trained on:
+    a plugin's depth annotator feeds it, with no doubt to note."""
+    path = tmp_path / "control_v11f1p_sd15_depth.safetensors"
     path.write_bytes(b"")
     load(FakeEntry("midas", lambda api: api.register_annotator("depth", invert)))
-    choice = resolve_controlnet(f"{path}:0.4")
-    assert choice.path == path and "canny edges" in choice.note
-    assert controlnet_annotator(f"{path}:0.4") == "canny"
+    assert resolve_controlnet(f"{path}:0.4") == (path, 0.4, "")
+    assert controlnet_annotator(f"{path}:0.4") == "depth"
+    # The last word that names an annotator wins (a canny model fine-tuned from a depth one).
+    assert controlnet_annotator(str(tmp_path / "depth_to_canny.safetensors")) == "canny"

@@ -17,6 +17,7 @@ Pickled files are refused unless allowed, and then only plain tensors are unpick
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -223,15 +224,7 @@ def resolve_controlnet(
         path, note = _library_controlnet(word, models)
         return ControlNetChoice(path, scale, note)
     if word in UNAVAILABLE_ANNOTATORS:
-        hint = f"use {_annotator_list()}, e.g. --controlnet canny:0.7 (canny: edges from OpenCV)"
-        where = weights_hint(word)
-        if where:
-            hint = f"{where}; or {hint}"
-        raise ZvsError(
-            f"the {word} annotator is not available: it needs annotator weights, and "
-            "zvstudio works offline and downloads nothing",
-            hint=hint,
-        )
+        raise _unavailable(word)
     path = Path(target).expanduser()
     if not path.exists():
         raise ZvsError(
@@ -239,27 +232,56 @@ def resolve_controlnet(
             hint="give a ControlNet file or diffusers folder, or 'canny' to use the canny "
             "ControlNet from your model folders",
         )
-    # The control image of a path is always canny edges: one trained on others gives nonsense.
-    note = "" if "canny" in path.name.lower() else _not_canny_note(path)
-    return ControlNetChoice(path, scale, note)
+    named = annotator_named_by(path)
+    if named is not None and not has_annotator(named):
+        raise _unavailable(named, f"'{path.name}' is a {named} ControlNet, and the ")
+    return ControlNetChoice(path, scale, "" if named else _not_named_note(path))
 
 
 def controlnet_annotator(spec: str) -> str:
     """The annotator whose control image the ControlNet `spec` (as `resolve_controlnet` takes
-    it) is fed: the annotator it names, else canny (a ControlNet given by path)."""
+    it) is fed: the annotator it names, else the one its file or folder name names
+    (`annotator_named_by`), else canny."""
     target, _ = _split_scale(spec, DEFAULT_SCALE)
     word = target.strip().lower()
-    return word if has_annotator(word) else "canny"
+    if has_annotator(word):
+        return word
+    named = annotator_named_by(Path(target).expanduser())
+    return named if named is not None and has_annotator(named) else "canny"
+
+
+def annotator_named_by(path: Path) -> str | None:
+    """The annotator a ControlNet's file or folder name says it was trained on, as
+    lllyasviel's and most others' names do (control_v11f1p_sd15_depth: depth), or None. The
+    name's last word that names an annotator (available or not) wins."""
+    words = re.split(r"[^a-z0-9]+", path.name.lower())
+    for word in reversed(words):
+        if has_annotator(word) or word in UNAVAILABLE_ANNOTATORS:
+            return word
+    return None
+
+
+def _unavailable(name: str, prefix: str = "the ") -> ZvsError:
+    hint = f"use {_annotator_list()}, e.g. --controlnet canny:0.7 (canny: edges from OpenCV)"
+    where = weights_hint(name)
+    if where:
+        hint = f"{where}; or {hint}"
+    return ZvsError(
+        f"{prefix}{name} annotator is not available: it needs annotator weights, and "
+        "zvstudio works offline and downloads nothing",
+        hint=hint,
+    )
 
 
 def _annotator_list() -> str:
     return " or ".join(available_annotators())
 
 
-def _not_canny_note(path: Path) -> str:
+def _not_named_note(path: Path) -> str:
     return (
-        f"the control image is canny edges, and '{path.name}' does not say it is a canny "
-        "ControlNet: if it was trained on another annotator the result will be poor"
+        f"'{path.name}' does not say which annotator it was trained on, so it is fed canny "
+        "edges: if it was trained on another, put that annotator's name in its file name "
+        "(e.g. control_sd15_depth.safetensors)"
     )
 
 
