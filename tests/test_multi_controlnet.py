@@ -138,6 +138,8 @@ def test_counts_and_strengths_are_checked(components, setup):
     edges = setup[4]["edges_canny"]
     with pytest.raises(ZvsError, match="2 ControlNets were loaded for 1"):
         KeyFrameSampler(components, SETTINGS, [edges, edges])
+    with pytest.raises(ZvsError, match="0 ControlNets were loaded for 2"):
+        KeyFrameSampler(components, replace(SETTINGS, more_controls=(("canny", 0.5),)), [])
     with pytest.raises(ZvsError, match="strength must be a number >= 0"):
         KeySettings(more_controls=(("canny", -1.0),))
     with pytest.raises(ZvsError, match="needs \\(annotator, strength\\)"):

@@ -47,7 +47,7 @@ class ControlStack:
 
     def __init__(self, nets: Sequence[Any], settings: Any) -> None:
         units = control_units(settings)
-        if nets and len(nets) != len(units):
+        if (nets or settings.more_controls) and len(nets) != len(units):
             raise ZvsError(
                 f"{len(nets)} ControlNets were loaded for {len(units)} annotators and strengths"
             )

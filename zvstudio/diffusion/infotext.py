@@ -49,7 +49,6 @@ def key_infotext(
     for index, (path, (module, weight)) in enumerate(units):
         model = Path(path).stem
         fields[f"ControlNet {index}"] = f"Module: {module}, Model: {model}, Weight: {weight:g}"
-
     if spec.loras:
         fields["Lora hashes"] = ", ".join(
             f"{Path(lora.path).stem}: {_short_hash(lora.path)}" for lora in spec.loras
