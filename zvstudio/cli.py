@@ -428,10 +428,11 @@ def _project_model_overrides(renderer, args):
     if args.clip_skip is not None:
         spec = replace(spec, settings=replace(spec.settings, clip_skip=args.clip_skip))
     if args.controlnet:  # instead of the project's
-        first, more = _controlnet_choices(args, default_scale=0.7)
-        controls = {"annotator": first.annotator, "controlnet_scale": first.scale}
-        settings = replace(spec.settings, **controls, more_controls=_more_controls(more))
-        spec = replace(spec, settings=settings, controlnets=(first.path, *(c.path for c in more)))
+        from zvstudio.engine.preview import control_fields
+
+        choices = _controlnet_choices(args, default_scale=0.7)
+        settings = replace(spec.settings, **control_fields(choices, 0.7))
+        spec = replace(spec, settings=settings, controlnets=tuple(c.path for c in choices))
     return spec
 
 
@@ -1101,6 +1102,7 @@ def _add_controlnet_option(parser, default_scale: float) -> None:
 def _diffusion_spec(args):
     """The DiffusionSpec the diffusion options describe."""
     from zvstudio.diffusion.sampler import KeySettings
+    from zvstudio.engine.preview import control_fields
     from zvstudio.errors import ZvsError
 
     if not 0 <= args.strength <= 1:
@@ -1109,38 +1111,31 @@ def _diffusion_spec(args):
         raise ZvsError(f"--steps must be at least 1, got {args.steps}")
     if args.key_size < 0:
         raise ZvsError(f"--key-size must be 0 (the frame's size) or more, got {args.key_size}")
-    first, more = _controlnet_choices(args, default_scale=0.7)
+    choices = _controlnet_choices(args, default_scale=0.7)
     settings = KeySettings(
-        annotator=first.annotator if first else "canny",
+        **control_fields(choices, 0.7),
         prompt=args.prompt,
         negative_prompt=args.negative,
         steps=args.steps,
         guidance_scale=args.cfg,
         strength=args.strength,
         seed=args.seed,
-        controlnet_scale=first.scale if first else 0.7,
-        more_controls=_more_controls(more),
         key_size=args.key_size,
         clip_skip=args.clip_skip or 1,
     )
-    return _model_spec(args, settings, [first, *more] if first else [])
+    return _model_spec(args, settings, choices)
 
 
-def _controlnet_choices(args, default_scale: float) -> tuple:
-    """(the first ControlNet the --controlnet options name or None, the others): each a
-    `ControlNetChoice` (path, scale, annotator)."""
+def _controlnet_choices(args, default_scale: float) -> list:
+    """The ControlNets the --controlnet options name, in order: each a `ControlNetChoice`
+    (path, scale, annotator)."""
     from zvstudio.engine.preview import choose_controlnet
 
     choices = [choose_controlnet(spec, default_scale) for spec in args.controlnet]
     for choice in choices:
         if choice.note:
             print(f"zvstudio: note: {choice.note}", file=sys.stderr)
-    return (choices[0] if choices else None), choices[1:]
-
-
-def _more_controls(choices) -> tuple[tuple[str, float], ...]:
-    """The settings' `more_controls` for the ControlNets after the first."""
-    return tuple((choice.annotator, choice.scale) for choice in choices)
+    return choices
 
 
 def _model_spec(args, settings, controlnets):
@@ -1275,6 +1270,7 @@ def _add_generate(commands) -> None:
 
 def _run_generate(args) -> int:
     from zvstudio.diffusion.sampler import KeySettings
+    from zvstudio.engine.preview import control_fields
     from zvstudio.generate.jobs import (
         TextToVideoRequest,
         generate_text_to_video,
@@ -1287,7 +1283,7 @@ def _run_generate(args) -> int:
             "give a --prompt: what the clip shows (with an InstructPix2Pix model, the "
             "instruction, e.g. 'make it winter')"
         )
-    first, more = _controlnet_choices(args, default_scale=1.0)
+    choices = _controlnet_choices(args, default_scale=1.0)
     if args.video is not None and not args.video.is_file():
         raise ZvsError(f"video not found: {args.video}")
     width, height = input_clip_size(args.video) if args.video else (512, 512)
@@ -1304,13 +1300,11 @@ def _run_generate(args) -> int:
         motion_field=_pair(args.motion_field, "--motion-field"),
         chunk_size=args.chunk,
         smooth_background=args.smooth_background,
-        controlnet_scale=first.scale if first else 1.0,
-        annotator=first.annotator if first else "canny",
-        more_controls=_more_controls(more),
+        **control_fields(choices, 1.0),
         image_guidance_scale=args.image_cfg,
     )
     request = TextToVideoRequest(
-        _model_spec(args, KeySettings(), [first, *more] if first else []),
+        _model_spec(args, KeySettings(), choices),
         settings,
         args.output,
         video=args.video,

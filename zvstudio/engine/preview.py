@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zvstudio.errors import ZvsError
 from zvstudio.media.writer import write_png
@@ -63,6 +64,17 @@ def choose_controlnet(spec: str, default_scale: float | None = None) -> ControlN
     scale = DEFAULT_SCALE if default_scale is None else default_scale
     choice = resolve_controlnet(spec, default_scale=scale)
     return ControlNetChoice(choice.path, choice.scale, controlnet_annotator(spec), choice.note)
+
+
+def control_fields(choices: Sequence[ControlNetChoice], default_scale: float) -> dict[str, Any]:
+    """The settings fields (`annotator`, `controlnet_scale`, `more_controls`) of ControlNets
+    chosen in this order (`zvstudio.diffusion.control`); `default_scale` when there are none."""
+    first = choices[0] if choices else None
+    return {
+        "annotator": first.annotator if first else "canny",
+        "controlnet_scale": first.scale if first else default_scale,
+        "more_controls": tuple((choice.annotator, choice.scale) for choice in choices[1:]),
+    }
 
 
 @dataclass(frozen=True)

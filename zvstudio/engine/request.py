@@ -167,7 +167,7 @@ def _project_diffusion(settings):
     from zvstudio.diffusion.constraints import ConstraintSchedule
     from zvstudio.diffusion.lora import LoraSpec
     from zvstudio.diffusion.sampler import KeySettings
-    from zvstudio.engine.preview import DiffusionSpec, choose_controlnet
+    from zvstudio.engine.preview import DiffusionSpec, choose_controlnet, control_fields
     from zvstudio.project.model import CONSTRAINT_RANGES
 
     if not settings.model:
@@ -178,17 +178,14 @@ def _project_diffusion(settings):
     controls = [(settings.controlnet, settings.controlnet_scale)] if settings.controlnet else []
     controls += [(ref.controlnet, ref.scale) for ref in settings.more_controlnets]
     choices = [choose_controlnet(f"{name}:{scale}") for name, scale in controls]
-    first = choices[0] if choices else None
     key_settings = KeySettings(
-        annotator=first.annotator if first else "canny",
+        **control_fields(choices, settings.controlnet_scale),
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
         steps=settings.steps,
         guidance_scale=settings.guidance_scale,
         strength=settings.strength,
         seed=settings.seed,
-        controlnet_scale=first.scale if first else settings.controlnet_scale,
-        more_controls=tuple((choice.annotator, choice.scale) for choice in choices[1:]),
         cross_frame_layers=settings.cross_frame_layers,
         schedule=ConstraintSchedule(
             # Cross-frame attention acts at every step; its layers switch it off.
