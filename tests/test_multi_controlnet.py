@@ -15,7 +15,7 @@ from tiny_models import strong_controlnet, write_tiny_config_dir, write_tiny_dif
 
 from zvstudio.cli import main
 from zvstudio.diffusion.annotators import control_condition
-from zvstudio.diffusion.control import ControlStack
+from zvstudio.diffusion.control import ControlStack, control_active
 from zvstudio.diffusion.loading import load_sd15_components
 from zvstudio.diffusion.sampler import (
     KeyFrameSampler,
@@ -262,3 +262,65 @@ def test_text_to_video_takes_several_controlnets(components, setup):
     plain_edges = TextToVideoZero(components, [edges]).latents(settings, clip)
     torch.testing.assert_close(halves, whole, rtol=0, atol=1e-3)
     assert (plain_edges - whole).abs().max() > 1e-2  # the strengths matter
+
+
+# -- where the ControlNets guide (A1111's Starting and Ending Control Step) --------------------
+def test_control_steps_are_fractions_of_the_steps_run():
+    assert [control_active((0.0, 0.6), i, 15) for i in range(15)] == [True] * 9 + [False] * 6
+    assert [control_active((0.5, 1.0), i, 4) for i in range(4)] == [False, False, True, True]
+    assert all(control_active((0.0, 1.0), i, 7) for i in range(7))
+    for bad in ((0.5, 0.5), (0.6, 0.2), (-0.1, 1.0), (0.0, 1.5)):
+        with pytest.raises(ZvsError, match="ControlNet steps must run from a start"):
+            KeySettings(control_steps=bad)
+
+
+def test_the_controlnets_run_only_at_their_steps(components, setup):
+    edges = setup[4]["edges_canny"]
+    calls = []
+    hook = edges.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        early = replace(SETTINGS, control_steps=(0.0, 0.5))  # 3 steps run: the first 2
+        render(components, early, [edges])
+        assert len(calls) == 2
+        # A range that no step reaches: the ControlNet is never called, and the key is the
+        # key without one.
+        calls.clear()
+        never = replace(SETTINGS, control_steps=(0.9, 1.0))
+        unguided = render(components, never, [edges])
+        assert calls == []
+    finally:
+        hook.remove()
+    np.testing.assert_array_equal(unguided, render(components, SETTINGS, []))
+    assert "control steps" not in diffusion_key_identity("m", "fp32", SETTINGS)
+    identities = {diffusion_key_identity("m", "fp32", s) for s in (SETTINGS, early, never)}
+    assert len(identities) == 3
+
+
+def test_control_steps_from_projects_the_cli_and_the_png(setup, tmp_path, capsys):
+    from zvstudio import cli
+
+    root, model, config, clip, _ = setup
+    settings = RenderSettings(
+        renderer="diffusion",
+        model=str(model),
+        controlnet=str(root / "edges_canny"),
+        controlnet_end=0.6,
+    )
+    save_project(Project(clip=ClipRef.from_file(clip), settings=settings), tmp_path / "p.zvs")
+    request = request_from_project(load_project(tmp_path / "p.zvs"), tmp_path / "o.mp4")
+    assert request.renderer.diffusion.settings.control_steps == (0.0, 0.6)
+    assert "ControlNet edges_canny 0.7 (steps 0 to 0.6)" in describe(settings)
+    with pytest.raises(ProjectError, match="controlnet_end: must be after controlnet_start"):
+        replace(settings, controlnet_start=0.6)
+    render_args = ["render", str(tmp_path / "p.zvs"), "-o", str(tmp_path / "o.mp4")]
+    args = cli._build_parser().parse_args([*render_args, "--controlnet-steps", "0.2,0.9"])
+    spec = cli._render_request(args, tmp_path).renderer.diffusion
+    assert spec.settings.control_steps == (0.2, 0.9)
+    base = ["preview", str(clip), "--model", str(model), "--config", str(config), "--steps", "2"]
+    base += ["--device", "cpu", "-q", "--controlnet", str(root / "edges_canny")]
+    out = root / "early.png"
+    assert main([*base, "--controlnet-steps", "0,0.5", "-o", str(out)]) == 0
+    with Image.open(out) as png:
+        assert "Guidance Start: 0, Guidance End: 0.5" in png.text["parameters"]
+    assert main([*base, "--controlnet-steps", "half", "-o", str(out)]) == 1
+    assert "e.g. --controlnet-steps 0,0.6" in capsys.readouterr().err

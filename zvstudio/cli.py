@@ -427,6 +427,9 @@ def _project_model_overrides(renderer, args):
         spec = replace(spec, vae=args.vae)
     if args.clip_skip is not None:
         spec = replace(spec, settings=replace(spec.settings, clip_skip=args.clip_skip))
+    if args.controlnet_steps is not None:
+        steps = _control_steps(args)
+        spec = replace(spec, settings=replace(spec.settings, control_steps=steps))
     if args.controlnet:  # instead of the project's
         from zvstudio.engine.preview import control_fields
 
@@ -442,6 +445,7 @@ def _model_overrides(args) -> list[tuple[str, bool]]:
         ("--vae", args.vae is not None),
         ("--clip-skip", args.clip_skip is not None),
         ("--controlnet", bool(args.controlnet)),
+        ("--controlnet-steps", args.controlnet_steps is not None),
     ]
 
 
@@ -1022,6 +1026,13 @@ def _add_diffusion_options(parser, model_required: bool) -> None:
         f"frame's size (default {DEFAULT_KEY_SIZE}, what SD1.5 was trained at; 0: the frame's "
         "own size)",
     )
+    parser.add_argument(
+        "--controlnet-steps",
+        metavar="START,END",
+        help="where the ControlNets guide, as fractions of the steps a key runs (default 0,1: "
+        "all; 0,0.6 holds the structure early and leaves the details free), as A1111's "
+        "Starting and Ending Control Step",
+    )
 
 
 def _add_model_options(
@@ -1122,8 +1133,16 @@ def _diffusion_spec(args):
         seed=args.seed,
         key_size=args.key_size,
         clip_skip=args.clip_skip or 1,
+        control_steps=_control_steps(args) or (0.0, 1.0),
     )
     return _model_spec(args, settings, choices)
+
+
+def _control_steps(args) -> tuple[float, float] | None:
+    """The --controlnet-steps range, or None when not given."""
+    if args.controlnet_steps is None:
+        return None
+    return _pair(args.controlnet_steps, "--controlnet-steps", "0,0.6")
 
 
 def _controlnet_choices(args, default_scale: float) -> list:
@@ -1485,14 +1504,14 @@ def _generation_export(args, audio: bool):
     return ExportSettings(format=fmt, crf=args.crf, audio=audio)
 
 
-def _pair(text: str, option: str) -> tuple[float, float]:
+def _pair(text: str, option: str, example: str = "12,12") -> tuple[float, float]:
     """ "DX,DY" as two numbers."""
     parts = text.split(",")
     try:
         x, y = (float(part) for part in parts)
     except ValueError:
         raise ZvsError(
-            f"{option} {text!r} is not two numbers", hint=f"e.g. {option} 12,12"
+            f"{option} {text!r} is not two numbers", hint=f"e.g. {option} {example}"
         ) from None
     return x, y
 

@@ -497,6 +497,18 @@ def test_more_controlnets_are_added_weighted_and_removed(qtbot, diffusion, tmp_p
     assert diffusion.project.settings.more_controlnets == [ControlNetRef("canny", 0.7)]
 
 
+def test_controlnet_steps_are_a_range_of_the_steps(qtbot, diffusion):
+    inspector = make_inspector(qtbot, diffusion)
+    panel = inspector.render_panel
+    start, end = panel.controlnet_start_spin, panel.controlnet_end_spin
+    assert start.isEnabled() and (start.value(), end.value()) == (0.0, 1.0)
+    end.setValue(0.6)
+    assert diffusion.project.settings.controlnet_end == 0.6
+    assert start.maximum() == pytest.approx(0.59)  # never an empty range
+    diffusion.push(SetSettings(replace(diffusion.project.settings, controlnet=None)))
+    assert not start.isEnabled() and not end.isEnabled()  # no ControlNet to guide
+
+
 def test_a_vae_from_the_library_or_browsed_and_back_to_the_checkpoints(qtbot, diffusion, tmp_path):
     library = [
         model(tmp_path / "dreamy.safetensors", "checkpoint"),

@@ -23,12 +23,32 @@ from zvstudio.errors import ZvsError
 
 # (annotator, strength) of a ControlNet after the first.
 MoreControls = tuple[tuple[str, float], ...]
+# The part of the sampling steps where the ControlNets guide (A1111's "Starting/Ending
+# Control Step"), as fractions of the steps a key runs: all of them by default.
+ALL_STEPS = (0.0, 1.0)
 
 
 def control_units(settings: Any) -> list[tuple[str, float]]:
     """(annotator, strength) of each ControlNet the settings describe, the first one first
     (settings with `annotator`, `controlnet_scale` and `more_controls`)."""
     return [(settings.annotator, settings.controlnet_scale), *settings.more_controls]
+
+
+def check_control_steps(steps: tuple[float, float]) -> None:
+    """Raise ZvsError unless `steps` is a (start, end) range with 0 <= start < end <= 1."""
+    start, end = steps
+    if not 0 <= start < end <= 1:
+        raise ZvsError(
+            f"the ControlNet steps must run from a start to a later end between 0 and 1, "
+            f"got {start:g} to {end:g}",
+            hint="e.g. 0,0.6: the ControlNets guide the first 60% of the steps",
+        )
+
+
+def control_active(steps: tuple[float, float], index: int, total: int) -> bool:
+    """Whether the ControlNets guide step `index` (0-based) of `total`, as A1111 decides it:
+    the fraction of the steps done before it lies in [start, end)."""
+    return steps[0] <= index / total < steps[1]
 
 
 def check_more_controls(more: MoreControls) -> None:

@@ -45,10 +45,13 @@ def key_infotext(
     fields["Denoising strength"] = f"{settings.strength:g}"
     if settings.clip_skip != 1:
         fields["Clip skip"] = settings.clip_skip
+    start, end = settings.control_steps
+    steps = f", Guidance Start: {start:g}, Guidance End: {end:g}" if (start, end) != (0, 1) else ""
     units = zip(spec.controlnets, control_units(settings), strict=False)
     for index, (path, (module, weight)) in enumerate(units):
         model = Path(path).stem
-        fields[f"ControlNet {index}"] = f"Module: {module}, Model: {model}, Weight: {weight:g}"
+        text = f"Module: {module}, Model: {model}, Weight: {weight:g}{steps}"
+        fields[f"ControlNet {index}"] = text
     if spec.loras:
         fields["Lora hashes"] = ", ".join(
             f"{Path(lora.path).stem}: {_short_hash(lora.path)}" for lora in spec.loras

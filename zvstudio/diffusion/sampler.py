@@ -61,7 +61,14 @@ from zvstudio.diffusion.constraints import (
     q_sample,
     shape_aware_fusion,
 )
-from zvstudio.diffusion.control import ControlStack, MoreControls, check_more_controls
+from zvstudio.diffusion.control import (
+    ALL_STEPS,
+    ControlStack,
+    MoreControls,
+    check_control_steps,
+    check_more_controls,
+    control_active,
+)
 from zvstudio.diffusion.embeddings import embeddings_identity, expand_prompt
 from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rgb_frames
 from zvstudio.diffusion.loading import Components
@@ -126,12 +133,16 @@ class KeySettings:
     # (annotator, strength) of each ControlNet after the first (`zvstudio.diffusion.control`);
     # out of repr for the same reason as `clip_skip`.
     more_controls: MoreControls = field(default=(), repr=False)
+    # Where the ControlNets guide, as fractions of the steps run (`control_active`); out of
+    # repr for the same reason as `clip_skip`.
+    control_steps: tuple[float, float] = field(default=ALL_STEPS, repr=False)
 
     def __post_init__(self) -> None:
         if self.key_size < 0:
             raise ZvsError(f"the key size must be 0 (the frame's) or more, got {self.key_size}")
         check_clip_skip(self.clip_skip)
         check_more_controls(self.more_controls)
+        check_control_steps(self.control_steps)
         if self.pixel_fusion_mode not in PIXEL_FUSION_MODES:
             raise ZvsError(
                 f"unknown pixel fusion mode {self.pixel_fusion_mode!r}",
@@ -470,7 +481,9 @@ class KeyFrameSampler:
             self.store.begin_step(index)
             model_t = run.model_timesteps[index]
             embeddings = run.embeddings[index]
-            epsilon = self._predict_noise(latents, model_t, embeddings, run.condition)
+            guided = control_active(self.settings.control_steps, index, total)
+            condition = run.condition if guided else None
+            epsilon = self._predict_noise(latents, model_t, embeddings, condition)
             alpha = run.scheduler.alphas_cumprod[int(t)].to(latents)
             x0 = (latents - (1 - alpha).sqrt() * epsilon) / alpha.sqrt()
             x0 = self._constrain(x0, index, int(t), run)
@@ -656,6 +669,8 @@ def diffusion_key_identity(
     if settings.more_controls:
         versions = [annotator_identity(a) for a, _ in settings.more_controls if a != "canny"]
         identity += f":more controls {list(settings.more_controls)} {versions}"
+    if settings.control_steps != ALL_STEPS:
+        identity += f":control steps {settings.control_steps}"
     embeddings = embeddings_identity(prompts, allow_pickle)
     return f"{identity}:embeddings {embeddings}" if embeddings else identity
 

@@ -180,6 +180,7 @@ def _project_diffusion(settings):
     choices = [choose_controlnet(f"{name}:{scale}") for name, scale in controls]
     key_settings = KeySettings(
         **control_fields(choices, settings.controlnet_scale),
+        control_steps=(settings.controlnet_start, settings.controlnet_end),
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
         steps=settings.steps,

@@ -167,6 +167,10 @@ CROSS_FRAME_NOTE = (
     "All steps: attention also looks at the anchor's and the previous key's features, so "
     "every key keeps the same style."
 )
+CONTROL_STEPS_TIP = (
+    "Where the ControlNets guide, as fractions of the steps a key runs (0 to 1: all of "
+    "them). Ending early (0 to 0.6) holds the structure and leaves the details to the prompt."
+)
 RANGE_TIP = (
     "When it acts, as fractions of the sampling schedule (1 = pure noise, 0 = the final "
     "image). Sampling starts at the strength, so a range above it never runs."
@@ -546,12 +550,40 @@ class RenderPanel(_Panel):
         )
         tip = "How strongly the ControlNet holds the input's structure (0 = not at all)"
         _add_row(form, "ControlNet strength", self.controlnet_scale_spin, tip)
+        self._control_steps_row(form)
         self.more_controlnets_list = ControlNetList(self)
         tip = (
             "ControlNets that guide the keys beside the first, each by its own map of the "
             "input (edges and depth, say) at its own strength; their guidance adds up"
         )
         _add_row(form, "More ControlNets", self.more_controlnets_list, tip)
+
+    def _control_steps_row(self, form: QFormLayout) -> None:
+        self.controlnet_start_spin, self.controlnet_end_spin = _spin(0, 1, 0.05), _spin(0, 1, 0.05)
+        row = QHBoxLayout()
+        for spin, field in (
+            (self.controlnet_start_spin, "controlnet_start"),
+            (self.controlnet_end_spin, "controlnet_end"),
+        ):
+            spin.valueChanged.connect(lambda value, field=field: self._set(field, value))
+            spin.setToolTip(CONTROL_STEPS_TIP)
+        row.addWidget(self.controlnet_start_spin, 1)
+        row.addWidget(QLabel("to"))
+        row.addWidget(self.controlnet_end_spin, 1)
+        form.addRow(_label("ControlNet steps", CONTROL_STEPS_TIP), row)
+
+    def _show_control_steps(self, settings: RenderSettings) -> None:
+        start, end = self.controlnet_start_spin, self.controlnet_end_spin
+        start.setRange(0, 1)
+        end.setRange(0, 1)
+        _show(start, settings.controlnet_start)
+        _show(end, settings.controlnet_end)
+        # The range may not be empty: the model refuses end <= start.
+        start.setMaximum(settings.controlnet_end - 0.01)
+        end.setMinimum(settings.controlnet_start + 0.01)
+        guided = settings.controlnet is not None or bool(settings.more_controlnets)
+        start.setEnabled(guided)
+        end.setEnabled(guided)
 
     def _prompt_group(self) -> QGroupBox:
         group = QGroupBox("Prompt")
@@ -913,6 +945,7 @@ class RenderPanel(_Panel):
         self.more_controlnets_list.show_items(settings.more_controlnets)
         self._show_controlnets(settings.controlnet)
         self.controlnet_scale_spin.setEnabled(settings.controlnet is not None)
+        self._show_control_steps(settings)
         for widget, field in self._value_widgets():
             _show(widget, getattr(settings, field))
         self._show_constraints(settings)

@@ -148,6 +148,10 @@ class RenderSettings(Validated):
         default="canny", metadata=rule("str", nullable=True, nonempty=True)
     )
     controlnet_scale: float = field(default=0.7, metadata=rule("float", low=0, high=2))
+    # Where the ControlNets guide, as fractions of the steps a key runs (A1111's "Starting and
+    # Ending Control Step").
+    controlnet_start: float = field(default=0.0, metadata=_fraction())
+    controlnet_end: float = field(default=1.0, metadata=_fraction())
     # More ControlNets, their guidance added to the first's (A1111's multi-ControlNet).
     more_controlnets: list[ControlNetRef] = field(
         default_factory=list, metadata=rule("list", item=ControlNetRef)
@@ -197,7 +201,7 @@ class RenderSettings(Validated):
     def extra_problems(values: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         if 0 < values["short_side"] < MIN_SHORT_SIDE:
             yield "short_side", f"must be 0 (the clip's size) or at least {MIN_SHORT_SIDE}"
-        for name in CONSTRAINT_RANGES:
+        for name in (*CONSTRAINT_RANGES, "controlnet"):
             start, end = values[f"{name}_start"], values[f"{name}_end"]
             if end <= start:  # an empty range would silently never run
                 yield f"{name}_end", f"must be after {name}_start ({start}), got {end}"

@@ -56,6 +56,9 @@ def describe(settings: RenderSettings) -> str:
         if controls:
             names = " + ".join(f"{Path(name).name} {scale:g}" for name, scale in controls)
             what += f", ControlNet {names}"
+            if (settings.controlnet_start, settings.controlnet_end) != (0, 1):
+                start, end = settings.controlnet_start, settings.controlnet_end
+                what += f" (steps {start:g} to {end:g})"
         what += f", strength {settings.strength:g}"
         if settings.clip_skip != 1:
             what += f", clip skip {settings.clip_skip}"
