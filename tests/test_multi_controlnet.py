@@ -193,19 +193,22 @@ def test_preview_takes_several_controlnets(setup, capsys):
     assert '"Module: canny, Model: edges_canny, Weight: 0.7"' in text
     assert '"Module: canny, Model: other_canny, Weight: 0.7"' in text
     assert text.index("ControlNet 0") < text.index("ControlNet 1")
-    assert main([*base, "--controlnet", edges, "--controlnet", str(root / "none"), "-o", "x.png"])
+    missing = ["--controlnet", edges, "--controlnet", str(root / "none")]
+    assert main([*base, *missing, "-o", str(root / "x.png")]) == 1
     assert "ControlNet not found" in capsys.readouterr().err
 
 
+def edges_settings(root, **changes) -> RenderSettings:
+    """A diffusion project's settings with the edges ControlNet first."""
+    controlnet = str(root / "edges_canny")
+    model = str(root / "model")
+    return RenderSettings(renderer="diffusion", model=model, controlnet=controlnet, **changes)
+
+
 def test_a_project_keeps_more_controlnets(setup, tmp_path):
-    root, model, _, clip, _ = setup
-    settings = RenderSettings(
-        renderer="diffusion",
-        model=str(model),
-        controlnet=str(root / "edges_canny"),
-        controlnet_scale=0.5,
-        more_controlnets=[ControlNetRef(str(root / "other_canny"), 0.25)],
-    )
+    root, _, _, clip, _ = setup
+    more = [ControlNetRef(str(root / "other_canny"), 0.25)]
+    settings = edges_settings(root, controlnet_scale=0.5, more_controlnets=more)
     project = Project(clip=ClipRef.from_file(clip), settings=settings)
     save_project(project, tmp_path / "p.zvs")
     loaded = load_project(tmp_path / "p.zvs")
@@ -300,12 +303,7 @@ def test_control_steps_from_projects_the_cli_and_the_png(setup, tmp_path, capsys
     from zvstudio import cli
 
     root, model, config, clip, _ = setup
-    settings = RenderSettings(
-        renderer="diffusion",
-        model=str(model),
-        controlnet=str(root / "edges_canny"),
-        controlnet_end=0.6,
-    )
+    settings = edges_settings(root, controlnet_end=0.6)
     save_project(Project(clip=ClipRef.from_file(clip), settings=settings), tmp_path / "p.zvs")
     request = request_from_project(load_project(tmp_path / "p.zvs"), tmp_path / "o.mp4")
     assert request.renderer.diffusion.settings.control_steps == (0.0, 0.6)
