@@ -87,9 +87,6 @@ class ControlStack:
     def __bool__(self) -> bool:
         return bool(self.nets)
 
-    def __len__(self) -> int:
-        return len(self.nets)
-
     def condition_size(self, index: int, width: int, height: int, vae_scale: int):
         """(width, height) of ControlNet `index`'s image for a frame of that size: its
         embedding downsamples by 2**(blocks - 1), to the latent's size (with SD1.x's VAE and

@@ -345,7 +345,7 @@ class TextToVideoZero:
         with first_frame_attention([self.components.unet, *controls.nets], self.layout):
             passes = 2 if smoothing else 1
             run, starts, first_joint = self._starts(
-                settings, scheduler, conditions is None, passes * len(groups), progress, cancel
+                settings, scheduler, controls, passes * len(groups), progress, cancel
             )
             joint = range(first_joint, len(scheduler.timesteps))
             latents = self._joint(run, starts, groups, joint, conditions, settings.frames)
@@ -382,10 +382,11 @@ class TextToVideoZero:
             progress(Progress("foreground", number, len(latents)))
         return latent_masks(masks, tuple(latents.shape[-2:])).to(latents.device)
 
-    def _starts(self, settings, scheduler, with_motion: bool, chunk_count: int, progress, cancel):
-        """(the denoiser, where each frame starts, the first joint step). With motion, frame
-        0 is denoised alone to t1 and t0 first (text mode); otherwise every frame starts from
-        the same x_T at step 0 (an input clip guides them)."""
+    def _starts(self, settings, scheduler, controls, chunk_count: int, progress, cancel):
+        """(the denoiser with `controls`, where each frame starts, the first joint step). In
+        text mode, frame 0 is denoised alone to t1 and t0 first for the motion; otherwise (an
+        input clip guides the frames, through ControlNets or an InstructPix2Pix model) every
+        frame starts from the same x_T at step 0."""
         timesteps = scheduler.timesteps
         prompts = [settings.negative_prompt, settings.prompt]
         if self.instruct:  # (instruction, image), (image only), (neither)
@@ -397,13 +398,16 @@ class TextToVideoZero:
             settings.width // self.vae_scale,
         )
         start = frame_noise(latent_shape, settings.seed, -1)[None].to(self.device, self.dtype)
-        if not with_motion:
-            counter = _Counter(progress, chunk_count * len(timesteps))
-            run = _Denoise(self, settings, scheduler, timesteps, embeddings, counter, cancel)
+        guided = self.instruct or bool(controls)
+        if guided:
+            total = chunk_count * len(timesteps)
+        else:
+            i1, i0 = motion_indices(timesteps, settings, scheduler.config.num_train_timesteps)
+            total = i0 + chunk_count * (len(timesteps) - i1)
+        counter = _Counter(progress, total)
+        run = _Denoise(self, settings, scheduler, timesteps, embeddings, controls, counter, cancel)
+        if guided:
             return run, _SharedStart(start), 0
-        i1, i0 = motion_indices(timesteps, settings, scheduler.config.num_train_timesteps)
-        counter = _Counter(progress, i0 + chunk_count * (len(timesteps) - i1))
-        run = _Denoise(self, settings, scheduler, timesteps, embeddings, counter, cancel)
         x_t1 = run.steps(start, range(i1), None)
         x_t0 = run.steps(x_t1, range(i1, i0), None)
         return run, _MotionStarts(settings, scheduler, timesteps, (i1, i0), x_t1, x_t0), i1
@@ -550,7 +554,9 @@ class _SharedStart:
 class _Denoise:
     """Joint DDIM steps over a batch of frames (frame 0 first), guidance batched."""
 
-    def __init__(self, owner, settings, scheduler, timesteps, embeddings, counter, cancel):
+    def __init__(
+        self, owner, settings, scheduler, timesteps, embeddings, controls, counter, cancel
+    ):
         self.owner = owner
         self.settings = settings
         self.scheduler = scheduler
@@ -559,7 +565,7 @@ class _Denoise:
         # which stalls the CPU until the GPU's queued work is done.
         self.model_timesteps = timesteps.to(owner.components.device)
         self.embeddings = embeddings  # (2, tokens, C): negative, positive
-        self.controls = ControlStack(owner.controlnets, settings)
+        self.controls = controls  # a ControlStack
         self.counter = counter
         self.cancel = cancel
 
