@@ -192,16 +192,16 @@ class TextToVideoChoice:
 
     def request(self, policy: ModelPolicy, log: LogCallback = ignore_log) -> TextToVideoRequest:
         """The engine's request (imports torch: call it on the job thread)."""
-        from zvstudio.engine.preview import choose_controlnet
+        from zvstudio.engine.preview import choose_controlnet, control_fields
         from zvstudio.generate.jobs import TextToVideoRequest
         from zvstudio.generate.t2v_zero import TextToVideoSettings
 
-        controlnet = None
+        choices = []
         if self.controlnet is not None:
             spec = f"{self.controlnet}:{self.controlnet_scale}"
-            controlnet = choose_controlnet(spec, default_scale=self.controlnet_scale)
-            if controlnet.note:
-                log(f"note: {controlnet.note}")
+            choices.append(choose_controlnet(spec, default_scale=self.controlnet_scale))
+            if choices[0].note:
+                log(f"note: {choices[0].note}")
         settings = TextToVideoSettings(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -213,12 +213,11 @@ class TextToVideoChoice:
             height=self.height,
             motion_field=self.motion_field,
             smooth_background=self.smooth_background,
-            controlnet_scale=controlnet.scale if controlnet else 1.0,
-            annotator=controlnet.annotator if controlnet else "canny",
+            **control_fields(choices, 1.0),
             clip_skip=self.clip_skip,
         )
         return TextToVideoRequest(
-            policy.spec(self.model, (controlnet.path,) if controlnet else (), self.vae),
+            policy.spec(self.model, tuple(choice.path for choice in choices), self.vae),
             settings,
             self.output,
             video=self.video,
