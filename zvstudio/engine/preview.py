@@ -105,18 +105,22 @@ def build_sampler(spec: DiffusionSpec, log: LogCallback = ignore_log) -> KeyFram
     return KeyFrameSampler(components, spec.settings, controlnets)
 
 
+def device_plan(spec: DiffusionSpec):
+    """Where and in what precision `spec`'s models run (`zvstudio.engine.device`)."""
+    from zvstudio.engine.device import plan_device
+
+    controlnets = len(spec.controlnets)
+    return plan_device(
+        spec.device, spec.precision, spec.memory_limit_gb, spec.offload, controlnets=controlnets
+    )
+
+
 def load_diffusion_models(spec: DiffusionSpec, log: LogCallback = ignore_log) -> tuple:
     """(components, [ControlNet, ...]) for `spec`: the device planned, LoRAs applied, offload
     hooks installed. Shared by the key renderer and the generators."""
-    from zvstudio.engine.device import apply_offload, plan_device
+    from zvstudio.engine.device import apply_offload
 
-    plan = plan_device(
-        spec.device,
-        spec.precision,
-        spec.memory_limit_gb,
-        spec.offload,
-        controlnets=len(spec.controlnets),
-    )
+    plan = device_plan(spec)
     logger.info("diffusion device: %s", plan.reason)
     log(f"diffusion device: {plan.reason}")
     # Offloaded weights are kept in system RAM and moved to the GPU by the offload hooks.
@@ -181,15 +185,7 @@ class DiffusionIdentities:
     uses_references = True
 
     def __init__(self, spec: DiffusionSpec) -> None:
-        from zvstudio.engine.device import plan_device
-
-        plan = plan_device(
-            spec.device,
-            spec.precision,
-            spec.memory_limit_gb,
-            spec.offload,
-            controlnets=len(spec.controlnets),
-        )
+        plan = device_plan(spec)
         self.spec, self.dtype, self.model_key = spec, plan.torch_dtype, diffusion_model_key(spec)
 
     def key_identity(self, frame_index: int, params=None) -> str:
