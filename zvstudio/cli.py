@@ -1112,6 +1112,7 @@ def _add_controlnet_option(parser, default_scale: float) -> None:
 
 def _diffusion_spec(args):
     """The DiffusionSpec the diffusion options describe."""
+    from zvstudio.diffusion.control import ALL_STEPS
     from zvstudio.diffusion.sampler import KeySettings
     from zvstudio.engine.preview import control_fields
     from zvstudio.errors import ZvsError
@@ -1133,7 +1134,7 @@ def _diffusion_spec(args):
         seed=args.seed,
         key_size=args.key_size,
         clip_skip=args.clip_skip or 1,
-        control_steps=_control_steps(args) or (0.0, 1.0),
+        control_steps=_control_steps(args) or ALL_STEPS,
     )
     return _model_spec(args, settings, choices)
 

@@ -175,9 +175,7 @@ def _project_diffusion(settings):
             "the project uses diffusion but names no model",
             hint="choose a Stable Diffusion 1.5 checkpoint in the project settings",
         )
-    controls = [(settings.controlnet, settings.controlnet_scale)] if settings.controlnet else []
-    controls += [(ref.controlnet, ref.scale) for ref in settings.more_controlnets]
-    choices = [choose_controlnet(f"{name}:{scale}") for name, scale in controls]
+    choices = [choose_controlnet(f"{name}:{scale}") for name, scale in settings.controlnets()]
     key_settings = KeySettings(
         **control_fields(choices, settings.controlnet_scale),
         control_steps=(settings.controlnet_start, settings.controlnet_end),

@@ -581,7 +581,7 @@ class RenderPanel(_Panel):
         # The range may not be empty: the model refuses end <= start.
         start.setMaximum(settings.controlnet_end - 0.01)
         end.setMinimum(settings.controlnet_start + 0.01)
-        guided = settings.controlnet is not None or bool(settings.more_controlnets)
+        guided = bool(settings.controlnets())
         start.setEnabled(guided)
         end.setEnabled(guided)
 

@@ -206,6 +206,11 @@ class RenderSettings(Validated):
             if end <= start:  # an empty range would silently never run
                 yield f"{name}_end", f"must be after {name}_start ({start}), got {end}"
 
+    def controlnets(self) -> list[tuple[str, float]]:
+        """(annotator name or path, strength) of every ControlNet in use, the first first."""
+        first = [(self.controlnet, self.controlnet_scale)] if self.controlnet else []
+        return first + [(ref.controlnet, ref.scale) for ref in self.more_controlnets]
+
     def constraint_range(self, name: str) -> tuple[float, float] | None:
         """The (start, end) fractions of T_max where constraint `name` acts; None when off."""
         if name not in CONSTRAINT_RANGES:

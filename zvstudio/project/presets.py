@@ -51,8 +51,7 @@ def describe(settings: RenderSettings) -> str:
         loras = "".join(f" + {Path(lora.path).stem}:{lora.weight:g}" for lora in settings.loras)
         vae = f" with VAE {Path(settings.vae).stem}" if settings.vae else ""
         what = f"diffusion: {model}{vae}{loras}"
-        controls = [(settings.controlnet, settings.controlnet_scale)] if settings.controlnet else []
-        controls += [(ref.controlnet, ref.scale) for ref in settings.more_controlnets]
+        controls = settings.controlnets()
         if controls:
             names = " + ".join(f"{Path(name).name} {scale:g}" for name, scale in controls)
             what += f", ControlNet {names}"
