@@ -391,3 +391,122 @@ def write_tiny_pix2pix(dest: Path, seed: int = 5) -> Path:
             p.add_(torch.randn_like(p) * 0.02)
     unet.save_pretrained(dest / "unet")
     return dest
+
+
+# -- IP-Adapter ------------------------------------------------------------------------------
+# A CLIP vision encoder with projection; 128 wide with 2 heads, so that the head count read
+# from a single file's shapes (width / 64) is the model's own.
+TINY_VISION = {
+    "hidden_size": 128,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+    "projection_dim": 24,
+    "hidden_act": "gelu",
+}
+
+
+def build_tiny_image_encoder(seed: int = 0):
+    """A CLIPVisionModelWithProjection with seeded random weights, in eval mode."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VISION))
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return encoder.eval()
+
+
+def write_tiny_image_encoder(dest: Path, seed: int = 0) -> Path:
+    """The tiny encoder as a transformers folder (config.json + model.safetensors)."""
+    build_tiny_image_encoder(seed).save_pretrained(dest)
+    return dest
+
+
+def _cross_attention_sizes(unet) -> list[int]:
+    """The hidden size of each cross-attention layer, in the order IP-Adapter numbers them."""
+    sizes = []
+    channels = unet.config.block_out_channels
+    for name in unet.attn_processors:
+        if not name.endswith("attn2.processor"):
+            continue
+        if name.startswith("mid_block"):
+            sizes.append(channels[-1])
+        elif name.startswith("up_blocks"):
+            sizes.append(list(reversed(channels))[int(name.split(".")[1])])
+        else:
+            sizes.append(channels[int(name.split(".")[1])])
+    return sizes
+
+
+def tiny_ip_adapter(unet, layout: str = "base", seed: int = 0, strength: float = 1.0) -> dict:
+    """An IP-Adapter for `unet` and the tiny encoder in the released files' flat key layout
+    (`image_proj.*`, `ip_adapter.N.to_k_ip.weight`, N = 1, 3, 5, ...). `strength` multiplies
+    the value projections, so the image's attention can be made to matter."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    generator = torch.Generator().manual_seed(seed)
+    context = unet.config.cross_attention_dim
+
+    def random(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.1
+
+    state: dict[str, torch.Tensor] = {}
+    if layout == "base":
+        tokens, width = 4, TINY_VISION["projection_dim"]
+        state |= {
+            "image_proj.proj.weight": random(context * tokens, width),
+            "image_proj.proj.bias": random(context * tokens),
+            "image_proj.norm.weight": 1 + random(context),
+            "image_proj.norm.bias": random(context),
+        }
+    elif layout == "plus":
+        torch.manual_seed(seed)
+        resampler = IPAdapterPlusImageProjection(
+            embed_dims=TINY_VISION["hidden_size"],
+            output_dims=context,
+            hidden_dims=64,
+            depth=4,
+            dim_head=64,
+            heads=1,
+            num_queries=4,
+        )
+        for key, value in _resampler_to_original(resampler.state_dict()).items():
+            state[f"image_proj.{key}"] = value + random(*value.shape)
+    else:
+        raise ValueError(layout)
+    for index, size in enumerate(_cross_attention_sizes(unet)):
+        key_id = 2 * index + 1
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = random(size, context) * 3
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = random(size, context) * 3 * strength
+    return state
+
+
+def _resampler_to_original(state: dict) -> dict:
+    """diffusers' IPAdapterPlusImageProjection keys in the IP-Adapter Resampler's own names
+    (the inverse of diffusers' conversion)."""
+    renames = {
+        "ln0": "0.norm1",
+        "ln1": "0.norm2",
+        "attn.to_q": "0.to_q",
+        "attn.to_out.0": "0.to_out",
+        "ff.0": "1.0",
+        "ff.1.net.0.proj": "1.1",
+        "ff.1.net.2": "1.3",
+    }
+    out = {}
+    for key, value in state.items():
+        match = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", key)
+        if match is None:
+            out[key] = value
+            continue
+        layer, name, kind = match.groups()
+        if name == "attn.to_k":
+            value_key = f"layers.{layer}.attn.to_v.{kind}"
+            out[f"layers.{layer}.0.to_kv.{kind}"] = torch.cat([value, state[value_key]])
+        elif name != "attn.to_v":
+            out[f"layers.{layer}.{renames[name]}.{kind}"] = value
+    return out

@@ -33,6 +33,7 @@ FORMAT_HELP = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_model_libraries()
     parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if _opens_a_file(argv, parser):
@@ -60,6 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  (this is a bug; run again with --debug and report the traceback)"
         )
         return EXIT_ERROR
+
+
+def _quiet_model_libraries() -> None:
+    """No loading bars or notes on optional backends from transformers and the Hub: they say
+    nothing a user can act on, and our own progress and errors say what matters. Set before
+    those libraries are imported (they read the variables then); a user's own setting wins."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _opens_a_file(argv: list[str], parser: argparse.ArgumentParser) -> bool:
@@ -430,6 +439,15 @@ def _project_model_overrides(renderer, args):
     if args.controlnet_steps is not None:
         steps = _control_steps(args)
         spec = replace(spec, settings=replace(spec.settings, control_steps=steps))
+    if args.reference is not None:  # instead of the project's
+        from zvstudio.engine.preview import with_reference_models
+
+        settings = replace(spec.settings, **_reference_fields(args))
+        spec = replace(spec, settings=settings, ip_adapter=args.ip_adapter)
+        spec = with_reference_models(replace(spec, image_encoder=args.image_encoder))
+    elif args.reference_strength is not None:
+        scale = args.reference_strength
+        spec = replace(spec, settings=replace(spec.settings, reference_scale=scale))
     if args.controlnet:  # instead of the project's
         from zvstudio.engine.preview import control_fields
 
@@ -446,6 +464,8 @@ def _model_overrides(args) -> list[tuple[str, bool]]:
         ("--clip-skip", args.clip_skip is not None),
         ("--controlnet", bool(args.controlnet)),
         ("--controlnet-steps", args.controlnet_steps is not None),
+        ("--reference", args.reference is not None),
+        ("--reference-strength", args.reference_strength is not None),
     ]
 
 
@@ -1033,6 +1053,35 @@ def _add_diffusion_options(parser, model_required: bool) -> None:
         "all; 0,0.6 holds the structure early and leaves the details free), as A1111's "
         "Starting and Ending Control Step",
     )
+    _add_reference_options(parser)
+
+
+def _add_reference_options(parser) -> None:
+    from zvstudio.diffusion.ip_adapter import DEFAULT_REFERENCE_SCALE
+
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="IMAGE",
+        help="a reference image every key takes its look from (an IP-Adapter: "
+        "ip-adapter_sd15.safetensors and its image_encoder folder, found in your model folders)",
+    )
+    parser.add_argument(
+        "--reference-strength",
+        type=float,
+        metavar="W",
+        help=f"how strongly keys follow the reference image (default {DEFAULT_REFERENCE_SCALE};"
+        " 1 follows it closely, lower leaves more to the prompt)",
+    )
+    parser.add_argument(
+        "--ip-adapter", type=Path, metavar="PATH", help="the IP-Adapter file to use"
+    )
+    parser.add_argument(
+        "--image-encoder",
+        type=Path,
+        metavar="PATH",
+        help="the IP-Adapter's CLIP vision encoder (a folder or .safetensors file)",
+    )
 
 
 def _add_model_options(
@@ -1135,8 +1184,28 @@ def _diffusion_spec(args):
         key_size=args.key_size,
         clip_skip=args.clip_skip or 1,
         control_steps=_control_steps(args) or ALL_STEPS,
+        **_reference_fields(args),
     )
     return _model_spec(args, settings, choices)
+
+
+def _reference_fields(args) -> dict:
+    """The settings fields of --reference and --reference-strength (none when not given)."""
+    if args.reference is None:
+        for option, value in (
+            ("--reference-strength", args.reference_strength),
+            ("--ip-adapter", args.ip_adapter),
+            ("--image-encoder", args.image_encoder),
+        ):
+            if value is not None:
+                raise ZvsError(f"{option} is for a reference image: give --reference IMAGE too")
+        return {}
+    if not args.reference.is_file():
+        raise ZvsError(f"reference image not found: {args.reference}")
+    fields = {"reference_image": str(args.reference.resolve())}
+    if args.reference_strength is not None:
+        fields["reference_scale"] = args.reference_strength
+    return fields
 
 
 def _control_steps(args) -> tuple[float, float] | None:
@@ -1161,9 +1230,9 @@ def _controlnet_choices(args, default_scale: float) -> list:
 def _model_spec(args, settings, controlnets):
     """The DiffusionSpec of the model options, with `settings` for the key renderer."""
     from zvstudio.diffusion.lora import LoraSpec
-    from zvstudio.engine.preview import DiffusionSpec
+    from zvstudio.engine.preview import DiffusionSpec, with_reference_models
 
-    return DiffusionSpec(
+    spec = DiffusionSpec(
         args.model,
         settings,
         tuple(LoraSpec.parse(t) for t in args.lora),
@@ -1175,7 +1244,10 @@ def _model_spec(args, settings, controlnets):
         args.memory_limit,
         args.offload,
         vae=args.vae,
+        ip_adapter=getattr(args, "ip_adapter", None),
+        image_encoder=getattr(args, "image_encoder", None),
     )
+    return with_reference_models(spec)
 
 
 # -- preview ----------------------------------------------------------------------------------

@@ -88,6 +88,8 @@ KINDS = (
     "motion_adapter",
     "video_model",
     "embedding",
+    "ip_adapter",
+    "image_encoder",
     "unknown",
 )
 BASES = ("sd1", "sd2", "sdxl", "sd3", "flux", "dynamicrafter", "unknown")
@@ -110,6 +112,8 @@ KIND_LABELS = {
     "motion_adapter": "motion module",
     "video_model": "video model",
     "embedding": "embedding",
+    "ip_adapter": "IP-Adapter",
+    "image_encoder": "image encoder",
     "unknown": "unrecognised file",
 }
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -246,6 +250,8 @@ _KIND_RULES = tuple(
     _KindRule(kind, re.compile(key), re.compile(also) if also else None, note)
     for kind, key, also, note in (
         ("unknown", r"^lora_controlnet$", "", "Control-LoRA (not supported; use a ControlNet)"),
+        # Before LoRAs: Face ID adapters carry LoRA weights for the UNet beside their own.
+        ("ip_adapter", r"^ip_adapter\.\d+\.to_[kv]_ip\.", r"^image_proj\.", ""),
         # DynamiCrafter: an SD-shaped 3D UNet with a temporal block after its input conv and
         # the image query transformer beside it (before the checkpoint rule, which it matches).
         ("video_model", r"^model\.diffusion_model\.init_attn\.", r"^image_proj_model\.", ""),
@@ -265,7 +271,7 @@ _KIND_RULES = tuple(
             r"^(adapter\.)?conv_in\.",
             "T2I-Adapter (not supported)",
         ),
-        ("unknown", r"^(image_proj|ip_adapter)\.", "", "IP-Adapter (not supported)"),
+        ("image_encoder", r"^vision_model\.embeddings\.", r"^visual_projection\.", ""),
         ("embedding", r"^(emb_params|string_to_param\..*|clip_[lg])$", "", ""),
         ("motion_adapter", r"motion_modules\.", "", ""),
         (
@@ -305,6 +311,13 @@ _EMBEDDING_RULE = _KindRule("embedding", re.compile(""), None, "")
 # projection: a full weight [out, ctx]; a LoRA down / lora_A matrix [rank, ctx]; LoHa hada_w1_b
 # [rank, ctx]. 1280 is the SDXL refiner (OpenCLIP bigG alone).
 _WIDTH_BASES = {768: "sd1", 1024: "sd2", 2048: "sdxl", 1280: "sdxl"}
+
+
+def context_width_base(width: int | None) -> str:
+    """The base whose UNet takes a text context this wide ("unknown" for none)."""
+    return _WIDTH_BASES.get(width or 0, "unknown")
+
+
 _CROSS_ATTN = re.compile(
     r"attn2[._]to_k\.weight$|attn2[._]to_k(\.lora)?[._](lora_down|lora_A|down)\.weight$"
     r"|attn2\.processor\.to_k_lora\.down\.weight$|attn2[._]to_k\.hada_w1_b$"
@@ -515,7 +528,20 @@ def _video_model_base(shapes: Shapes, metadata: Mapping[str, str], name: str) ->
     return "dynamicrafter", ""
 
 
+def _ip_adapter_base(shapes: Shapes, metadata: Mapping[str, str], name: str) -> tuple[str, str]:
+    """The UNet's context width that the image tokens' key projections take."""
+    widths = _sizes(shapes, re.compile(r"^ip_adapter\.\d+\.to_k_ip\.weight$"), 1)
+    return _WIDTH_BASES.get(_most_common(widths) or 0, "unknown"), ""
+
+
+def _image_encoder_base(shapes: Shapes, metadata: Mapping[str, str], name: str) -> tuple[str, str]:
+    """CLIP vision encoders serve every base: their IP-Adapter says which."""
+    return "unknown", "CLIP vision encoder for IP-Adapters"
+
+
 _BASE_FINDERS: dict[str, Callable[[Shapes, Mapping[str, str], str], tuple[str, str]]] = {
+    "ip_adapter": _ip_adapter_base,
+    "image_encoder": _image_encoder_base,
     "video_model": _video_model_base,
     "embedding": _embedding_base,
     "vae": _vae_base,
@@ -559,7 +585,36 @@ def _controlnet_details(shapes: Shapes) -> dict[str, Any]:
     return details
 
 
+def _ip_adapter_details(shapes: Shapes) -> dict[str, Any]:
+    layouts = (
+        ("image_proj.proj.weight", "base", 1),
+        ("image_proj.proj.3.weight", "full face", None),
+        ("image_proj.latents", "plus", None),
+        ("image_proj.proj_in.weight", "plus", 1),
+        ("image_proj.proj.0.weight", "full face", 1),
+    )
+    details: dict[str, Any] = {}
+    for key, layout, axis in layouts:
+        if key in shapes:
+            details.setdefault("layout", layout)
+            if axis is not None:
+                details.setdefault("image_width", shapes[key][axis])
+    details.setdefault("layout", "Face ID (not supported)")
+    return details
+
+
+def _image_encoder_details(shapes: Shapes) -> dict[str, Any]:
+    patch = shapes.get("vision_model.embeddings.patch_embedding.weight")
+    projection = shapes.get("visual_projection.weight")
+    return {
+        "hidden_width": patch[0] if patch else None,
+        "image_width": projection[0] if projection else None,
+    }
+
+
 _KIND_DETAILS: dict[str, Callable[[Shapes], dict[str, Any]]] = {
+    "ip_adapter": _ip_adapter_details,
+    "image_encoder": _image_encoder_details,
     "lora": _lora_details,
     "checkpoint": _unet_details,
     "unet": _unet_details,
@@ -632,6 +687,7 @@ def _prediction(metadata: Mapping[str, str]) -> str | None:
 _NAME_KINDS = tuple(
     (re.compile(pattern, re.IGNORECASE), kind)
     for pattern, kind in (
+        (r"ip.?adapter", "ip_adapter"),
         (r"control|t2i.?adapter", "controlnet"),
         (r"lora|locon|loha|lycoris", "lora"),
         (r"(^|[^a-z])vae", "vae"),
@@ -651,6 +707,8 @@ _FOLDER_KINDS = {
     "unet": "unet",
     "diffusion_models": "unet",
     "embeddings": "embedding",
+    "ipadapter": "ip_adapter",
+    "clip_vision": "image_encoder",
 }
 _NAME_BASES = tuple(
     (re.compile(pattern, re.IGNORECASE), base)
@@ -696,6 +754,7 @@ _COMPONENT_KINDS = {
     "FluxTransformer2DModel": "unet",
     "SD3ControlNetModel": "controlnet",
     "FluxControlNetModel": "controlnet",
+    "CLIPVisionModelWithProjection": "image_encoder",
 }
 _COMPONENT_BASES = {
     "SD3Transformer2DModel": "sd3",
@@ -704,6 +763,7 @@ _COMPONENT_BASES = {
     "FluxControlNetModel": "flux",
 }
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+_IMAGE_ENCODER_CLASSES = {"CLIPVisionModelWithProjection"}
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -721,6 +781,8 @@ def diffusers_folder_kind(folder: Path) -> str | None:
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else None
     if config and "_class_name" in config and "_diffusers_version" in config:
         return "component"
+    if config and _IMAGE_ENCODER_CLASSES & set(config.get("architectures") or ()):
+        return "component"  # a transformers folder, listed as one model as diffusers' are
     return None
 
 
@@ -790,10 +852,14 @@ def identify_folder(folder: str | os.PathLike[str], name: str | None = None) -> 
         _add_note(details, note)
     elif layout == "component":
         config = _read_json(folder / "config.json") or {}
-        class_name = str(config.get("_class_name"))
+        class_name = str(config.get("_class_name") or (config.get("architectures") or [""])[0])
         kind = _COMPONENT_KINDS.get(class_name, "unknown")
         base, note = _config_base(class_name, config) if kind != "unknown" else ("unknown", "")
         details["class"] = class_name
+        if kind == "image_encoder":
+            note = "CLIP vision encoder for IP-Adapters"
+            details["hidden_width"] = config.get("hidden_size")
+            details["image_width"] = config.get("projection_dim")
         _add_note(details, note)
     else:
         raise ZvsError(

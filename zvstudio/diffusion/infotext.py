@@ -52,6 +52,11 @@ def key_infotext(
         model = Path(path).stem
         text = f"Module: {module}, Model: {model}, Weight: {weight:g}{steps}"
         fields[f"ControlNet {index}"] = text
+    if getattr(settings, "reference_image", "") and spec.ip_adapter is not None:
+        fields["Reference image"] = Path(settings.reference_image).name
+        fields["Reference strength"] = f"{settings.reference_scale:g}"
+        fields["IP-Adapter"] = Path(spec.ip_adapter).stem
+        fields["IP-Adapter hash"] = _short_hash(spec.ip_adapter)
     if spec.loras:
         fields["Lora hashes"] = ", ".join(
             f"{Path(lora.path).stem}: {_short_hash(lora.path)}" for lora in spec.loras

@@ -57,6 +57,8 @@ ROOT_SUBFOLDERS = (
     "models/diffusers",
     "models/animatediff_models",
     "models/embeddings",
+    "models/ipadapter",
+    "models/clip_vision",
     "embeddings",
     "extensions/sd-webui-controlnet/models",
     "extensions/sd-webui-animatediff/model",

@@ -79,6 +79,9 @@ class Components:
     execution_device: torch.device | None = None
     # Textual inversions added to the tokenizer and text encoder: name -> vector count.
     embeddings: dict[str, int] = field(default_factory=dict)
+    # The reference image's embedding, when an IP-Adapter is installed in the UNet
+    # (`zvstudio.diffusion.ip_adapter.ReferenceEmbeds`).
+    reference: Any = None
 
     @property
     def device(self) -> torch.device:

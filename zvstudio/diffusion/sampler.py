@@ -71,6 +71,12 @@ from zvstudio.diffusion.control import (
 )
 from zvstudio.diffusion.embeddings import embeddings_identity, expand_prompt
 from zvstudio.diffusion.encoding import decode, encode_mean, fidelity_encode, rgb_frames
+from zvstudio.diffusion.ip_adapter import (
+    DEFAULT_REFERENCE_SCALE,
+    check_reference_scale,
+    reference_identity,
+    set_reference_scale,
+)
 from zvstudio.diffusion.loading import Components
 from zvstudio.diffusion.prompt_editing import EDITING_VERSION, prompts_per_step, uses_editing
 from zvstudio.diffusion.prompts import (
@@ -136,6 +142,10 @@ class KeySettings:
     # Where the ControlNets guide, as fractions of the steps run (`control_active`); out of
     # repr for the same reason as `clip_skip`.
     control_steps: tuple[float, float] = field(default=ALL_STEPS, repr=False)
+    # A reference image every key takes its look from through an IP-Adapter, and how strongly
+    # (`zvstudio.diffusion.ip_adapter`); out of repr, its identity names the image's content.
+    reference_image: str = field(default="", repr=False)
+    reference_scale: float = field(default=DEFAULT_REFERENCE_SCALE, repr=False)
 
     def __post_init__(self) -> None:
         if self.key_size < 0:
@@ -143,6 +153,7 @@ class KeySettings:
         check_clip_skip(self.clip_skip)
         check_more_controls(self.more_controls)
         check_control_steps(self.control_steps)
+        check_reference_scale(self.reference_scale)
         if self.pixel_fusion_mode not in PIXEL_FUSION_MODES:
             raise ZvsError(
                 f"unknown pixel fusion mode {self.pixel_fusion_mode!r}",
@@ -218,13 +229,14 @@ def guided_noise(
     controlnet: Any = None,
     condition: torch.Tensor | Sequence[torch.Tensor] | None = None,
     controlnet_scale: float | Sequence[float] = 1.0,
+    image_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Classifier-free guided ε (float32) from one call on the batch [latents, latents]
-    (negative, then positive); `embeddings` and the ControlNet `condition` are laid out for
-    that batch. `controlnet` is one ControlNet or a `ControlStack`'s model, which takes a
-    condition and a scale for each of its ControlNets."""
+    (negative, then positive); `embeddings`, the ControlNet `condition` and an IP-Adapter's
+    `image_embeds` are laid out for that batch. `controlnet` is one ControlNet or a
+    `ControlStack`'s model, which takes a condition and a scale for each of its ControlNets."""
     batch = torch.cat([latents, latents])
-    extra = {}
+    extra: dict[str, Any] = {}
     if condition is not None:
         down, mid = controlnet(
             batch,
@@ -235,6 +247,8 @@ def guided_noise(
             return_dict=False,
         )
         extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    if image_embeds is not None:
+        extra["added_cond_kwargs"] = {"image_embeds": [image_embeds]}
     output = unet(batch, t, encoder_hidden_states=embeddings, **extra).sample
     negative, positive = output.float().chunk(2)
     return negative + guidance_scale * (positive - negative)
@@ -371,6 +385,8 @@ class KeyFrameSampler:
         vae_blocks = len(components.vae.config.block_out_channels)
         self.vae_scale = 2 ** (vae_blocks - 1)  # 8 for SD1.x
         self.multiple = self.vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
+        reference = components.reference
+        self._image_embeds = None if reference is None else reference.embeds.to(self.device)
 
     def close(self) -> None:
         """Put the UNet's original attention processors back."""
@@ -401,6 +417,7 @@ class KeyFrameSampler:
         shape-aware fusion with the anchor (in another shot: no flow leads to it).
         """
         settings = self.settings
+        self._check_reference()
         full_size = frame.shape[:2]
         size = working_size(*full_size, settings.key_size)
         frame = resized(frame, size)
@@ -439,6 +456,18 @@ class KeyFrameSampler:
         if is_anchor:
             self._anchor_render = image
         return resized(image, full_size)
+
+    def _check_reference(self) -> None:
+        """The reference image the settings name is the one embedded at loading; its strength
+        is set on the IP-Adapter's processors."""
+        wanted, loaded = self.settings.reference_image, self.components.reference
+        if (loaded.image if loaded is not None else "") != wanted:
+            raise ZvsError(
+                f"the sampler was loaded with reference image {loaded.image if loaded else None!r}"
+                f", not {wanted!r}: load the models again for another reference"
+            )
+        if loaded is not None:
+            set_reference_scale(self.components.unet, self.settings.reference_scale)
 
     def _flow_executor(self) -> ThreadPoolExecutor:
         if self._flow_thread is None:
@@ -610,6 +639,7 @@ class KeyFrameSampler:
             self.controls.model,
             condition,
             self.controls.scales,
+            self._image_embeds,
         )
 
     def _constrain(self, x0, index, t, run) -> torch.Tensor:
@@ -671,6 +701,8 @@ def diffusion_key_identity(
         identity += f":more controls {list(settings.more_controls)} {versions}"
     if settings.control_steps != ALL_STEPS:
         identity += f":control steps {settings.control_steps}"
+    if settings.reference_image:
+        identity += f":{reference_identity(settings.reference_image, settings.reference_scale)}"
     embeddings = embeddings_identity(prompts, allow_pickle)
     return f"{identity}:embeddings {embeddings}" if embeddings else identity
 

@@ -95,6 +95,23 @@ class DiffusionSpec:
     offload: str = "auto"  # "none", "model" or "sequential"
     unet_inputs: tuple[int, ...] = (4,)  # UNet input channels the caller can use (8: pix2pix)
     vae: Path | None = None  # a VAE file or folder used instead of the model's own
+    # The IP-Adapter and CLIP vision encoder of the settings' reference image (None: found in
+    # the model library when the reference is set; `with_reference_models`).
+    ip_adapter: Path | None = None
+    image_encoder: Path | None = None
+
+
+def with_reference_models(spec: DiffusionSpec) -> DiffusionSpec:
+    """`spec` with its IP-Adapter and image encoder found, when its settings have a reference
+    image and it names none (`zvstudio.diffusion.ip_adapter.resolve_reference_models`)."""
+    if not getattr(spec.settings, "reference_image", ""):
+        return spec
+    if spec.ip_adapter is not None and spec.image_encoder is not None:
+        return spec
+    from zvstudio.diffusion.ip_adapter import resolve_reference_models
+
+    adapter, encoder = resolve_reference_models(spec.ip_adapter, spec.image_encoder)
+    return replace(spec, ip_adapter=adapter, image_encoder=encoder)
 
 
 def build_sampler(spec: DiffusionSpec, log: LogCallback = ignore_log) -> KeyFrameSampler:
@@ -148,10 +165,37 @@ def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype, log: LogC
     )
     apply_loras(components, list(spec.loras))  # before any offload hooks, which then cover them
     apply_embeddings(components, loadable_embeddings(spec.allow_pickle), spec.allow_pickle, log)
+    if getattr(spec.settings, "reference_image", ""):
+        _apply_reference(components, with_reference_models(spec), log)
     controlnets = [
         load_controlnet(path, device, dtype, spec.allow_pickle) for path in spec.controlnets
     ]
     return components, controlnets
+
+
+def _apply_reference(components, spec: DiffusionSpec, log: LogCallback) -> None:
+    """Install the IP-Adapter in the UNet and embed the reference image into `components`."""
+    from zvstudio.diffusion.ip_adapter import (
+        ReferenceEmbeds,
+        adapter_layout,
+        install_ip_adapter,
+        load_image_encoder,
+        read_ip_adapter,
+        reference_embeddings,
+    )
+    from zvstudio.media.image import read_image
+
+    image_path = spec.settings.reference_image
+    image = read_image(Path(image_path))  # first: the cheapest thing to get wrong
+    adapter = read_ip_adapter(spec.ip_adapter, spec.allow_pickle)
+    install_ip_adapter(components.unet, adapter, spec.ip_adapter.name)
+    log(f"reference image {Path(image_path).name} through {spec.ip_adapter.name}")
+    encoder = load_image_encoder(spec.image_encoder, spec.allow_pickle)
+    embeds = reference_embeddings(
+        encoder, image, adapter_layout(adapter), components.unet.device, components.unet.dtype
+    )
+    del encoder  # used once: its memory goes back before sampling
+    components.reference = ReferenceEmbeds(image_path, embeds)
 
 
 def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log):
@@ -175,6 +219,10 @@ def diffusion_model_key(spec: DiffusionSpec) -> str:
     files += [f"controlnet={model_content_id(path)}" for path in more]
     if spec.vae is not None:
         files.append(f"vae={model_content_id(spec.vae)}")
+    if getattr(spec.settings, "reference_image", ""):
+        spec = with_reference_models(spec)
+        files.append(f"ip_adapter={model_content_id(spec.ip_adapter)}")
+        files.append(f"image_encoder={model_content_id(spec.image_encoder)}")
     return "|".join(files)
 
 

@@ -167,7 +167,12 @@ def _project_diffusion(settings):
     from zvstudio.diffusion.constraints import ConstraintSchedule
     from zvstudio.diffusion.lora import LoraSpec
     from zvstudio.diffusion.sampler import KeySettings
-    from zvstudio.engine.preview import DiffusionSpec, choose_controlnet, control_fields
+    from zvstudio.engine.preview import (
+        DiffusionSpec,
+        choose_controlnet,
+        control_fields,
+        with_reference_models,
+    )
     from zvstudio.project.model import CONSTRAINT_RANGES
 
     if not settings.model:
@@ -197,8 +202,14 @@ def _project_diffusion(settings):
         colour_correction=settings.colour_correction,
         key_size=settings.key_size,
         clip_skip=settings.clip_skip,
+        reference_image=settings.reference_image or "",
+        reference_scale=settings.reference_strength,
     )
     loras = tuple(LoraSpec(Path(lora.path), lora.weight) for lora in settings.loras)
     vae = Path(settings.vae) if settings.vae else None
     controlnets = tuple(choice.path for choice in choices)
-    return DiffusionSpec(Path(settings.model), key_settings, loras, controlnets, vae=vae)
+    adapter = Path(settings.ip_adapter) if settings.ip_adapter else None
+    spec = DiffusionSpec(
+        Path(settings.model), key_settings, loras, controlnets, vae=vae, ip_adapter=adapter
+    )
+    return with_reference_models(spec)

@@ -19,6 +19,7 @@ import numpy as np
 from zvstudio.errors import ZvsError
 from zvstudio.keyrender import DEFAULT_KEY_SIZE, working_size
 from zvstudio.media import ExportSettings, FrameTiming, VideoWriter, check_output
+from zvstudio.media.image import read_image
 from zvstudio.progress import (
     CancelToken,
     LogCallback,
@@ -141,19 +142,6 @@ def _still_to_animate(image: np.ndarray, log: LogCallback) -> np.ndarray:
             f"motion modules work at {STILL_SHORT_SIDE} pixels)"
         )
     return resized(image, size)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 (alpha dropped); ZvsError when it cannot be read."""
-    import cv2
-
-    if not Path(path).is_file():
-        raise ZvsError(f"image not found: {path}")
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ZvsError(f"cannot read {path} as an image", hint="use a PNG, JPEG or WebP file")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _check_mode(request: TextToVideoRequest) -> DiffusionSpec:

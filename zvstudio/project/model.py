@@ -156,6 +156,11 @@ class RenderSettings(Validated):
     more_controlnets: list[ControlNetRef] = field(
         default_factory=list, metadata=rule("list", item=ControlNetRef)
     )
+    # A reference image every key takes its look from, through an IP-Adapter (`ip_adapter`, or
+    # one from the model library), and how strongly (`zvstudio.diffusion.ip_adapter`).
+    reference_image: str | None = field(default=None, metadata=rule("path", nullable=True))
+    reference_strength: float = field(default=0.6, metadata=rule("float", low=0, high=2))
+    ip_adapter: str | None = field(default=None, metadata=rule("path", nullable=True))
     # The cross-frame constraints (METHOD 1.1), with the sampler's defaults (`KeySettings`,
     # `ConstraintSchedule`); cross-frame attention acts at every step.
     cross_frame_layers: str = field(

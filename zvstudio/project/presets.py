@@ -58,6 +58,9 @@ def describe(settings: RenderSettings) -> str:
             if (settings.controlnet_start, settings.controlnet_end) != (0, 1):
                 start, end = settings.controlnet_start, settings.controlnet_end
                 what += f" (steps {start:g} to {end:g})"
+        if settings.reference_image:
+            strength = settings.reference_strength
+            what += f", reference {Path(settings.reference_image).name} {strength:g}"
         what += f", strength {settings.strength:g}"
         if settings.clip_skip != 1:
             what += f", clip skip {settings.clip_skip}"

@@ -22,10 +22,10 @@ from zvstudio.generate.jobs import (
     DEFAULT_FPS,
     GenerateResult,
     out_of_memory_as_error,
-    read_image,
     write_frames,
 )
 from zvstudio.media import ExportSettings, FrameTiming, check_output
+from zvstudio.media.image import read_image
 from zvstudio.progress import (
     CancelToken,
     LogCallback,

@@ -1,0 +1,386 @@
+"""A reference image through an IP-Adapter: loading offline (adapter files, CLIP vision
+encoders as folders or single files), the image's attention in the UNet, the guidance batch's
+embeddings, keys rendered with it, cache identities, the model library and the command line,
+on tiny random models."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import make_clip, save_state_dict
+from PIL import Image
+from tiny_models import (
+    TINY_VISION,
+    build_tiny_image_encoder,
+    tiny_ip_adapter,
+    write_tiny_config_dir,
+    write_tiny_diffusers,
+    write_tiny_image_encoder,
+)
+
+from zvstudio.cli import main
+from zvstudio.diffusion.identify import classify, identify
+from zvstudio.diffusion.ip_adapter import (
+    PARTS,
+    adapter_layout,
+    install_ip_adapter,
+    load_image_encoder,
+    read_ip_adapter,
+    reference_embeddings,
+    resolve_reference_models,
+    set_reference_scale,
+)
+from zvstudio.diffusion.library import scan
+from zvstudio.diffusion.loading import load_sd15_components
+from zvstudio.diffusion.sampler import KeySettings, diffusion_key_identity
+from zvstudio.engine.preview import DiffusionSpec, build_sampler, diffusion_model_key
+from zvstudio.errors import ZvsError
+
+SETTINGS = KeySettings(prompt="a red cat", steps=4, strength=0.75, seed=3)
+
+
+def picture(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = np.repeat(np.repeat(rng.integers(0, 256, (6, 8, 3), np.uint8), 8, 0), 8, 1)
+    return cv2.GaussianBlur(image, (5, 5), 0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model, h94's layout (models/ip-adapter_sd15.safetensors, the plus adapter and
+    models/image_encoder/), two reference images and a clip."""
+    root = tmp_path_factory.mktemp("ipadapter")
+    model = write_tiny_diffusers(root / "model")
+    config = write_tiny_config_dir(root / "config")
+    unet = load_sd15_components(model, config_dir=config).unet
+    adapters = root / "library" / "models"
+    adapters.mkdir(parents=True)
+    save_state_dict(adapters / "ip-adapter_sd15.safetensors", tiny_ip_adapter(unet, "base"))
+    plus = tiny_ip_adapter(unet, "plus", seed=1)
+    save_state_dict(adapters / "ip-adapter-plus_sd15.safetensors", plus)
+    write_tiny_image_encoder(adapters / "image_encoder")
+    for name, seed in (("a.png", 1), ("b.png", 2)):
+        cv2.imwrite(str(root / name), cv2.cvtColor(picture(seed), cv2.COLOR_RGB2BGR))
+    clip, _, _ = make_clip(root / "c.mp4", count=3, width=64, height=48)
+    return root, model, config, adapters, clip
+
+
+@pytest.fixture
+def components(setup):
+    _, model, config, _, _ = setup
+    return load_sd15_components(model, config_dir=config)
+
+
+def frame() -> np.ndarray:
+    image = np.full((40, 56, 3), 40, np.uint8)
+    image[10:30, 12:36] = (220, 60, 40)
+    return image
+
+
+def spec_for(setup, settings: KeySettings, adapter: str = "ip-adapter_sd15") -> DiffusionSpec:
+    _, model, config, adapters, _ = setup
+    return DiffusionSpec(
+        model,
+        settings,
+        device="cpu",
+        config_dir=config,
+        ip_adapter=adapters / f"{adapter}.safetensors",
+        image_encoder=adapters / "image_encoder",
+    )
+
+
+def render_key(setup, settings: KeySettings, adapter: str = "ip-adapter_sd15") -> np.ndarray:
+    sampler = build_sampler(spec_for(setup, settings, adapter))
+    try:
+        return sampler.render(frame(), is_anchor=True).astype(int)
+    finally:
+        sampler.close()
+
+
+# -- the adapter in the UNet -------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["base", "plus"])
+def test_the_image_attends_in_every_cross_attention_layer_at_its_scale(setup, components, layout):
+    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+
+    adapters = setup[3]
+    name = "ip-adapter_sd15" if layout == "base" else "ip-adapter-plus_sd15"
+    adapter = read_ip_adapter(adapters / f"{name}.safetensors")
+    assert adapter_layout(adapter) == layout
+    plain_unet = copy.deepcopy(components.unet)
+    unet = components.unet
+    install_ip_adapter(unet, adapter, name)
+    for processor_name, processor in unet.attn_processors.items():
+        wanted = IPAdapterAttnProcessor2_0 if "attn2" in processor_name else AttnProcessor2_0
+        assert type(processor) is wanted, processor_name
+    encoder = load_image_encoder(adapters / "image_encoder")
+    embeds = {
+        seed: reference_embeddings(encoder, picture(seed), layout, "cpu", torch.float32)
+        for seed in (1, 2)
+    }
+    torch.manual_seed(0)
+    latents, text = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+
+    def noise(image_embeds: torch.Tensor) -> torch.Tensor:
+        kwargs = {"added_cond_kwargs": {"image_embeds": [image_embeds]}}
+        return unet(latents, 500, encoder_hidden_states=text, **kwargs).sample
+
+    plain = plain_unet(latents, 500, encoder_hidden_states=text).sample
+    assert set_reference_scale(unet, 0.0) == 4  # the tiny UNet's cross-attention layers
+    torch.testing.assert_close(noise(embeds[1]), plain, rtol=0, atol=1e-6)
+    set_reference_scale(unet, 1.0)
+    first, second = noise(embeds[1]), noise(embeds[2])
+    assert (first - plain).abs().mean() > 1e-3
+    assert (first - second).abs().mean() > 1e-4  # the image, not only the adapter, matters
+    set_reference_scale(unet, 0.5)
+    half = noise(embeds[1])
+    assert 0 < (half - plain).abs().mean() < (first - plain).abs().mean()
+
+
+def test_the_guidance_batchs_negative_is_what_the_adapters_were_trained_with(setup):
+    """Base adapters: zeros, and the positive is CLIP's projected image embedding; the others:
+    the penultimate layer's tokens of an all-zero pixel tensor."""
+    encoder = build_tiny_image_encoder()
+    image = picture(1)
+    base = reference_embeddings(encoder, image, "base", "cpu", torch.float32)
+    pixels = _clip_pixels(image)
+    assert base.shape == (2, 1, 24)
+    assert torch.equal(base[0], torch.zeros(1, 24))
+    torch.testing.assert_close(base[1], encoder(pixels).image_embeds)
+    plus = reference_embeddings(encoder, image, "plus", "cpu", torch.float32)
+    assert plus.shape == (2, 1, 17, 128)  # 16 patches + the class token, 128 wide
+    hidden = encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(plus[0], hidden, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plus[0], plus[1])
+
+
+def _clip_pixels(image: np.ndarray) -> torch.Tensor:
+    """CLIP's preprocessing written out: shortest side to 32 (bicubic), centre crop,
+    normalised with CLIP's mean and std."""
+    height, width = image.shape[:2]
+    scale = 32 / min(height, width)
+    size = (int(width * scale), int(height * scale))  # as transformers truncates
+    resized = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC), np.float32) / 255
+    top, left = (size[1] - 32) // 2, (size[0] - 32) // 2
+    crop = resized[top : top + 32, left : left + 32]
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+    return torch.from_numpy((crop - mean) / std).permute(2, 0, 1)[None]
+
+
+# -- keys ------------------------------------------------------------------------------------
+def test_keys_take_the_look_of_the_reference_image(setup):
+    root = setup[0]
+    plain = render_key(setup, SETTINGS)
+    with_a = replace(SETTINGS, reference_image=str(root / "a.png"), reference_scale=1.0)
+    key_a = render_key(setup, with_a)
+    key_b = render_key(setup, replace(with_a, reference_image=str(root / "b.png")))
+    silent = render_key(setup, replace(with_a, reference_scale=0.0))
+    assert np.abs(key_a - plain).mean() > 1
+    assert np.abs(key_a - key_b).mean() > 0.5
+    assert np.abs(silent - plain).max() <= 1  # strength 0: the key without a reference
+    plus = render_key(setup, with_a, "ip-adapter-plus_sd15")
+    assert np.abs(plus - plain).mean() > 1
+
+
+def test_later_keys_keep_the_reference_with_cross_frame_attention(setup):
+    root = setup[0]
+    settings = replace(SETTINGS, reference_image=str(root / "a.png"), reference_scale=1.0)
+    sampler = build_sampler(spec_for(setup, settings))
+    try:
+        anchor = sampler.render(frame(), is_anchor=True)
+        later = sampler.render(np.roll(frame(), 3, axis=1), is_anchor=False)
+        assert later.shape == anchor.shape
+        sampler.settings = replace(settings, reference_image=str(root / "b.png"))
+        with pytest.raises(ZvsError, match="load the models again"):
+            sampler.render(frame(), is_anchor=True)
+    finally:
+        sampler.close()
+    without = build_sampler(spec_for(setup, SETTINGS))
+    without.settings = settings
+    with pytest.raises(ZvsError, match="loaded with reference image None"):
+        without.render(frame(), is_anchor=True)
+
+
+def test_the_identity_names_the_images_content_and_strength(setup, tmp_path):
+    root = setup[0]
+    assert "reference" not in repr(replace(SETTINGS, reference_image="x.png"))
+    plain = diffusion_key_identity("m", "fp32", SETTINGS)
+    assert "reference" not in plain
+    with_a = replace(SETTINGS, reference_image=str(root / "a.png"))
+    moved = shutil.copyfile(root / "a.png", tmp_path / "moved.png")
+    identities = [
+        diffusion_key_identity("m", "fp32", settings)
+        for settings in (
+            with_a,
+            replace(with_a, reference_image=str(moved)),
+            replace(with_a, reference_image=str(root / "b.png")),
+            replace(with_a, reference_scale=0.9),
+        )
+    ]
+    assert identities[0] == identities[1]  # the same picture elsewhere: the same keys
+    assert len({plain, *identities}) == 4
+    key = diffusion_model_key(spec_for(setup, with_a))
+    assert "ip_adapter=" in key and "image_encoder=" in key
+    assert "ip_adapter=" not in diffusion_model_key(spec_for(setup, SETTINGS))
+    plus = diffusion_model_key(spec_for(setup, with_a, "ip-adapter-plus_sd15"))
+    assert plus != key
+
+
+# -- files -----------------------------------------------------------------------------------
+def test_the_library_lists_adapters_and_encoders_and_pairs_them(setup, tmp_path):
+    root, _, _, adapters, _ = setup
+    models = scan([root / "library"])
+    kinds = {m.name: (m.kind, m.base, m.details.get("layout")) for m in models}
+    # The tiny UNet's context (32 wide) is no real base's; SD1.5's 768 is.
+    assert kinds["ip-adapter_sd15"] == ("ip_adapter", "unknown", "base")
+    assert kinds["ip-adapter-plus_sd15"] == ("ip_adapter", "unknown", "plus")
+    sd15 = {"image_proj.proj.weight": (3072, 1024), "ip_adapter.1.to_k_ip.weight": (320, 768)}
+    assert classify(sd15)[:2] == ("ip_adapter", "sd1")
+    assert classify(sd15)[2]["image_width"] == 1024
+    assert kinds["image_encoder"][0] == "image_encoder"
+    # The plain adapter before the plus one; its encoder is the folder beside it.
+    assert resolve_reference_models(None, None, models) == (
+        adapters / "ip-adapter_sd15.safetensors",
+        adapters / "image_encoder",
+    )
+    # ComfyUI's layout: adapters in models/ipadapter, encoders as files in models/clip_vision,
+    # paired by the width the adapter takes.
+    comfy = tmp_path / "ComfyUI" / "models"
+    (comfy / "ipadapter").mkdir(parents=True)
+    (comfy / "clip_vision").mkdir()
+    shutil.copy(adapters / "ip-adapter-plus_sd15.safetensors", comfy / "ipadapter")
+    state = build_tiny_image_encoder().state_dict()
+    save_state_dict(comfy / "clip_vision" / "tiny-vit.safetensors", state)
+    narrow = {"hidden_size": 64, "num_attention_heads": 1, "projection_dim": 8}
+    save_state_dict(comfy / "clip_vision" / "another.safetensors", encoder_state(**narrow))
+    comfy_models = scan([comfy])
+    found = resolve_reference_models(None, None, comfy_models)
+    assert found[1] == comfy / "clip_vision" / "tiny-vit.safetensors"
+    # The plus adapter takes the 128-wide tokens; the base one the 24-wide embedding.
+    base = comfy / "ipadapter" / "base.safetensors"
+    shutil.copy(adapters / "ip-adapter_sd15.safetensors", base)
+    with pytest.raises(ZvsError, match="needs a CLIP vision encoder \\(24 wide\\)"):
+        resolve_reference_models(base, None, [m for m in comfy_models if m.name != "tiny-vit"])
+    with pytest.raises(ZvsError, match="needs an SD1.5 IP-Adapter"):
+        resolve_reference_models(None, None, [])
+
+
+def encoder_state(**changes) -> dict:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**{**TINY_VISION, **changes})).state_dict()
+
+
+def test_an_encoder_file_loads_as_its_folder_does(setup, tmp_path):
+    adapters = setup[3]
+    folder = load_image_encoder(adapters / "image_encoder")
+    path = save_state_dict(tmp_path / "clip_vision.safetensors", folder.state_dict())
+    single = load_image_encoder(path)
+    assert identify(path).kind == "image_encoder"
+    image = picture(4)
+    for layout in ("base", "plus"):
+        torch.testing.assert_close(
+            reference_embeddings(single, image, layout, "cpu", torch.float32),
+            reference_embeddings(folder, image, layout, "cpu", torch.float32),
+        )
+    with pytest.raises(ZvsError, match="not a CLIP vision encoder"):
+        load_image_encoder(save_state_dict(tmp_path / "x.safetensors", {"a": torch.zeros(2)}))
+
+
+def test_adapters_of_another_kind_or_base_are_refused_before_any_change(setup, components):
+    root, _, _, adapters, _ = setup
+    flat = tiny_ip_adapter(components.unet)
+    xl = {k: (torch.zeros(v.shape[0], 2048) if "_ip." in k else v) for k, v in flat.items()}
+    path = save_state_dict(root / "ip-adapter_sdxl.safetensors", xl)
+    assert identify(path).base == "sdxl"
+    before = dict(components.unet.attn_processors)
+    with pytest.raises(ZvsError, match="is for SDXL models \\(context width 2048\\) and the model"):
+        install_ip_adapter(components.unet, read_ip_adapter(path), path.name)
+    face = {k: v for k, v in flat.items() if k.startswith("ip_adapter.")}
+    face |= {"image_proj.norm.weight": torch.ones(32), "image_proj.proj.0.weight": torch.ones(4)}
+    face_path = save_state_dict(root / "ip-adapter-faceid_sd15.safetensors", face)
+    with pytest.raises(ZvsError, match="Face ID adapter"):
+        install_ip_adapter(components.unet, read_ip_adapter(face_path), "faceid")
+    assert dict(components.unet.attn_processors) == before
+    with pytest.raises(ZvsError, match="is not an IP-Adapter"):
+        read_ip_adapter(save_state_dict(root / "other.safetensors", {"x": torch.zeros(1)}))
+    # The released .bin files are pickles of {"image_proj": {...}, "ip_adapter": {...}}.
+    nested = {part: {} for part in PARTS}
+    for key, value in flat.items():
+        part, _, rest = key.partition(".")
+        nested[part][rest] = value
+    torch.save(nested, root / "ip-adapter_sd15.bin")
+    with pytest.raises(ZvsError, match="pickled"):
+        read_ip_adapter(root / "ip-adapter_sd15.bin")
+    unpickled = read_ip_adapter(root / "ip-adapter_sd15.bin", allow_pickle=True)
+    assert torch.equal(unpickled["image_proj"]["proj.weight"], flat["image_proj.proj.weight"])
+
+
+# -- the command line ------------------------------------------------------------------------
+def test_preview_with_a_reference_image(setup, capsys, monkeypatch):
+    root, model, config, adapters, clip = setup
+    monkeypatch.setenv("ZVSTUDIO_MODELS", str(root / "library"))
+    base = ["preview", str(clip), "--model", str(model), "--config", str(config)]
+    base += ["--steps", "3", "--device", "cpu", "-q", "--seed", "1"]
+    out = root / "ref.png"
+    reference = ["--reference", str(root / "a.png"), "--reference-strength", "0.8"]
+    assert main([*base, *reference, "-o", str(out)]) == 0, capsys.readouterr().err
+    with Image.open(out) as png:
+        text = png.text["parameters"]
+    assert "Reference image: a.png, Reference strength: 0.8, IP-Adapter: ip-adapter_sd15" in text
+    assert main([*base, "-o", str(root / "plain.png")]) == 0
+    difference = cv2.imread(str(out)).astype(int) - cv2.imread(str(root / "plain.png"))
+    assert np.abs(difference).mean() > 1
+    assert main([*base, "--reference-strength", "0.5", "-o", str(out)]) == 1
+    assert "--reference-strength is for a reference image" in capsys.readouterr().err
+    assert main([*base, "--reference", str(root / "none.png"), "-o", str(out)]) == 1
+    assert "reference image not found" in capsys.readouterr().err
+
+
+# -- projects --------------------------------------------------------------------------------
+def test_a_project_keeps_its_reference_image(setup, tmp_path, monkeypatch):
+    from zvstudio import cli
+    from zvstudio.engine.request import request_from_project
+    from zvstudio.project import ClipRef, Project, RenderSettings, load_project, save_project
+    from zvstudio.project.presets import describe
+
+    root, model, _, adapters, clip = setup
+    shutil.copy(root / "a.png", tmp_path / "look.png")
+    settings = RenderSettings(
+        renderer="diffusion",
+        model=str(model),
+        controlnet=None,
+        reference_image=str(tmp_path / "look.png"),
+        reference_strength=0.8,
+        ip_adapter=str(adapters / "ip-adapter-plus_sd15.safetensors"),
+    )
+    save_project(Project(clip=ClipRef.from_file(clip), settings=settings), tmp_path / "p.zvs")
+    assert '"reference_image": "look.png"' in (tmp_path / "p.zvs").read_text()  # beside it
+    loaded = load_project(tmp_path / "p.zvs")
+    assert loaded.settings == settings
+    spec = request_from_project(loaded, tmp_path / "o.mp4").renderer.diffusion
+    assert spec.settings.reference_image == str(tmp_path / "look.png")
+    assert spec.settings.reference_scale == 0.8
+    assert spec.ip_adapter == adapters / "ip-adapter-plus_sd15.safetensors"
+    assert spec.image_encoder == adapters / "image_encoder"
+    assert "reference look.png 0.8" in describe(settings)
+    # `render P.zvs --reference` replaces it for one render; --reference-strength alone
+    # changes the project's strength.
+    monkeypatch.setenv("ZVSTUDIO_MODELS", str(root / "library"))
+    render = ["render", str(tmp_path / "p.zvs"), "-o", str(tmp_path / "o.mp4")]
+    args = cli._build_parser().parse_args([*render, "--reference", str(root / "b.png")])
+    spec = cli._render_request(args, tmp_path).renderer.diffusion
+    assert spec.settings.reference_image == str(root / "b.png")
+    assert spec.ip_adapter == adapters / "ip-adapter_sd15.safetensors"  # the library's
+    args = cli._build_parser().parse_args([*render, "--reference-strength", "0.3"])
+    spec = cli._render_request(args, tmp_path).renderer.diffusion
+    assert (spec.settings.reference_image, spec.settings.reference_scale) == (
+        str(tmp_path / "look.png"),
+        0.3,
+    )
