@@ -2,10 +2,10 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python packaging/screenshots.py resources/screenshots
 
-It shows the start page, opens the demo clip, renders it (keys turn green), starts a render of a longer stretch and
-captures it midway, and opens the export dialog, then the New from text and Animate image
-dialogs; last, keys placed by motion with the risk band on a talking-head clip of
-../shared/clips (skipped without it). Uses a private cache and settings folder.
+It shows the start page, opens the demo clip, renders it (keys turn green), starts a render
+of a longer stretch and captures it midway, and opens the export dialog, then the New from
+text and Animate image dialogs; last, keys placed by motion with the risk band on a
+talking-head clip of ../shared/clips (skipped without it). Uses a private cache and settings folder.
 """
 
 from __future__ import annotations

@@ -267,14 +267,15 @@ def test_the_library_lists_adapters_and_encoders_and_pairs_them(setup, tmp_path)
     shutil.copy(adapters / "ip-adapter_sd15.safetensors", base)
     with pytest.raises(ZvsError, match="needs a CLIP vision encoder \\(24 wide\\)"):
         resolve_reference_models(base, None, [m for m in comfy_models if m.name != "tiny-vit"])
-    with pytest.raises(ZvsError, match="needs an SD1.5 IP-Adapter"):
+    with pytest.raises(ZvsError, match=r"needs an SD1\.5 IP-Adapter"):
         resolve_reference_models(None, None, [])
 
 
 def encoder_state(**changes) -> dict:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    return CLIPVisionModelWithProjection(CLIPVisionConfig(**{**TINY_VISION, **changes})).state_dict()
+    config = CLIPVisionConfig(**{**TINY_VISION, **changes})
+    return CLIPVisionModelWithProjection(config).state_dict()
 
 
 def test_an_encoder_file_loads_as_its_folder_does(setup, tmp_path):
@@ -294,7 +295,7 @@ def test_an_encoder_file_loads_as_its_folder_does(setup, tmp_path):
 
 
 def test_adapters_of_another_kind_or_base_are_refused_before_any_change(setup, components):
-    root, _, _, adapters, _ = setup
+    root = setup[0]
     flat = tiny_ip_adapter(components.unet)
     xl = {k: (torch.zeros(v.shape[0], 2048) if "_ip." in k else v) for k, v in flat.items()}
     path = save_state_dict(root / "ip-adapter_sdxl.safetensors", xl)
@@ -324,7 +325,7 @@ def test_adapters_of_another_kind_or_base_are_refused_before_any_change(setup, c
 
 # -- the command line ------------------------------------------------------------------------
 def test_preview_with_a_reference_image(setup, capsys, monkeypatch):
-    root, model, config, adapters, clip = setup
+    root, model, config, _, clip = setup
     monkeypatch.setenv("ZVSTUDIO_MODELS", str(root / "library"))
     base = ["preview", str(clip), "--model", str(model), "--config", str(config)]
     base += ["--steps", "3", "--device", "cpu", "-q", "--seed", "1"]

@@ -535,6 +535,44 @@ def test_a_vae_from_the_library_or_browsed_and_back_to_the_checkpoints(qtbot, di
     assert combo.currentData() == str(folder)
 
 
+def test_a_reference_image_with_its_strength_and_ip_adapter(qtbot, diffusion, tmp_path):
+    library = [
+        model(tmp_path / "ip-adapter_sd15.safetensors", "ip_adapter"),
+        model(tmp_path / "ip-adapter_sdxl.safetensors", "ip_adapter", "sdxl"),
+    ]
+    inspector = make_inspector(qtbot, diffusion, lambda: library)
+    panel = inspector.render_panel
+    assert panel.reference_label.full_text() == "None"
+    assert not panel.reference_strength_spin.isEnabled()
+    assert not panel.clear_reference_button.isEnabled()
+    image = tmp_path / "look.png"
+    inspector.dialogs.open_file = lambda title, name_filter: str(image)
+    panel.reference_button.click()
+    settings = diffusion.project.settings
+    assert settings.reference_image == str(image)
+    assert diffusion.undo_stack.undoText() == "choose a reference image"
+    assert panel.reference_label.full_text() == "look.png"
+    assert panel.reference_strength_spin.isEnabled()
+    assert not panel.reference_note.isVisible()  # an adapter is in the library
+    combo = panel.ip_adapter_combo
+    assert item_texts(combo) == ["From the model library", "ip-adapter_sd15", "ip-adapter_sdxl"]
+    assert not combo.model().item(2).isEnabled()
+    choose(combo, str(tmp_path / "ip-adapter_sd15.safetensors"))
+    panel.reference_strength_spin.setValue(0.9)
+    settings = diffusion.project.settings
+    assert settings.ip_adapter == str(tmp_path / "ip-adapter_sd15.safetensors")
+    assert settings.reference_strength == 0.9
+    panel.clear_reference_button.click()
+    assert diffusion.project.settings.reference_image is None
+    diffusion.undo_stack.undo()
+    assert diffusion.project.settings.reference_image == str(image)
+    # Without an IP-Adapter anywhere, the panel says what to get.
+    choose(combo, None)
+    bare = make_inspector(qtbot, diffusion, lambda: [])
+    assert bare.render_panel.reference_note.isVisible()
+    assert "ip-adapter_sd15.safetensors" in bare.render_panel.reference_note.text()
+
+
 def test_clip_skip_is_a_setting_of_the_sampling(qtbot, diffusion):
     inspector = make_inspector(qtbot, diffusion)
     spin = inspector.render_panel.clip_skip_spin

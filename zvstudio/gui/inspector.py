@@ -119,6 +119,15 @@ POISSON_TIP = (
     "each pixel (screened Poisson fusion): sharper where the two keys disagree slightly"
 )
 RENDER_BASES = ("sd1", "unknown")  # bases the sampler can load (unknown: let it try)
+REFERENCE_TIP = (
+    "An image every key takes its look from (its style, colours and subject), through an "
+    "IP-Adapter; the prompt still says what to draw"
+)
+NO_IP_ADAPTER_NOTE = (
+    "No IP-Adapter in the model folders: put ip-adapter_sd15.safetensors and its image_encoder "
+    "folder (from h94/IP-Adapter's models folder) in your models folder, or keys cannot be "
+    "rendered with a reference."
+)
 MODEL_FILTER = "Models (*.safetensors *.sft *.ckpt *.pt *.pth *.bin);;All files (*)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.exr *.bmp);;All files (*)"
 MATTE_TIP = (
@@ -512,7 +521,59 @@ class RenderPanel(_Panel):
         self.lora_list = LoraList(self)
         _add_row(form, "LoRAs", self.lora_list, "LoRA files applied to the model, with weights")
         self._controlnet_rows(form)
+        self._reference_rows(form)
         return group
+
+    def _reference_rows(self, form: QFormLayout) -> None:
+        self.reference_label = ElidedLabel()
+        self.reference_button = QPushButton("Choose…")
+        self.reference_button.clicked.connect(self._choose_reference)
+        self.clear_reference_button = QPushButton("None")
+        self.clear_reference_button.setToolTip("Keys take their look from the prompt alone")
+        self.clear_reference_button.clicked.connect(
+            lambda: self._set("reference_image", None, "remove the reference image")
+        )
+        row = QHBoxLayout()
+        row.addWidget(self.reference_label, 1)
+        row.addWidget(self.reference_button)
+        row.addWidget(self.clear_reference_button)
+        form.addRow(_label("Reference image", REFERENCE_TIP), row)
+        self.reference_strength_spin = _spin(0, 2, 0.05)
+        self.reference_strength_spin.valueChanged.connect(
+            lambda value: self._set("reference_strength", value)
+        )
+        tip = "How closely keys follow the reference image (0 = not at all, 1 = closely)"
+        _add_row(form, "Reference strength", self.reference_strength_spin, tip)
+        self.ip_adapter_combo = _combo()
+        self.ip_adapter_combo.currentIndexChanged.connect(
+            lambda: self._set(
+                "ip_adapter", self.ip_adapter_combo.currentData(), "change IP-Adapter"
+            )
+        )
+        tip = "The IP-Adapter that reads the reference image (plus adapters follow it closer)"
+        _add_row(form, "IP-Adapter", self.ip_adapter_combo, tip)
+        self.reference_note = _note(NO_IP_ADAPTER_NOTE)
+        form.addRow(self.reference_note)
+
+    def _choose_reference(self) -> None:
+        path = self.dialogs.open_file("Choose the reference image", IMAGE_FILTER)
+        if path:
+            self._set("reference_image", os.path.abspath(path), "choose a reference image")
+
+    def _show_reference(self, settings: RenderSettings) -> None:
+        current = settings.reference_image
+        self.reference_label.set_full_text(Path(current).name if current else "None")
+        self.reference_label.setToolTip(current or REFERENCE_TIP)
+        adapters = self.known("ip_adapter")
+        combo = self.ip_adapter_combo
+        self._show_files(combo, "ip_adapter", "From the model library", settings.ip_adapter)
+        for widget in (
+            self.clear_reference_button,
+            self.reference_strength_spin,
+            self.ip_adapter_combo,
+        ):
+            widget.setEnabled(bool(current))
+        self.reference_note.setVisible(bool(current) and not adapters and not settings.ip_adapter)
 
     def _vae_row(self, form: QFormLayout) -> None:
         self.vae_combo = _combo()
@@ -946,6 +1007,7 @@ class RenderPanel(_Panel):
         self._show_controlnets(settings.controlnet)
         self.controlnet_scale_spin.setEnabled(settings.controlnet is not None)
         self._show_control_steps(settings)
+        self._show_reference(settings)
         for widget, field in self._value_widgets():
             _show(widget, getattr(settings, field))
         self._show_constraints(settings)
@@ -1006,6 +1068,7 @@ class RenderPanel(_Panel):
             (self.clip_skip_spin, "clip_skip"),
             (self.key_size_spin, "key_size"),
             (self.controlnet_scale_spin, "controlnet_scale"),
+            (self.reference_strength_spin, "reference_strength"),
             (self.pixel_fusion_weight_spin, "pixel_fusion_weight"),
             (self.pixel_fusion_detail_spin, "pixel_fusion_detail"),
             (self.colour_correction_check, "colour_correction"),
