@@ -385,3 +385,31 @@ def test_a_project_keeps_its_reference_image(setup, tmp_path, monkeypatch):
         str(tmp_path / "look.png"),
         0.3,
     )
+
+
+# -- text-to-video -----------------------------------------------------------------------------
+def test_text_to_video_takes_the_reference_in_every_frame(setup, tmp_path, capsys):
+    from zvstudio.engine.preview import load_diffusion_models
+    from zvstudio.generate.t2v_zero import TextToVideoSettings, TextToVideoZero
+
+    root, model, config, adapters, _ = setup
+    settings = TextToVideoSettings(prompt="a cat", frames=3, steps=3, width=32, height=32)
+
+    def latents(reference: str = "", scale: float = 1.0) -> torch.Tensor:
+        keys = KeySettings(reference_image=reference, reference_scale=scale)
+        components, _ = load_diffusion_models(spec_for(setup, keys))
+        return TextToVideoZero(components).latents(settings)
+
+    plain = latents()
+    silent = latents(str(root / "a.png"), 0.0)
+    guided = latents(str(root / "a.png"))
+    torch.testing.assert_close(silent, plain, rtol=0, atol=1e-5)
+    for frame_index in range(3):  # every frame, not only frame 0, sees the image
+        assert (guided[frame_index] - plain[frame_index]).abs().mean() > 1e-3
+    out = tmp_path / "ref.mp4"
+    command = ["generate", "--model", str(model), "--config", str(config), "--device", "cpu"]
+    command += ["-q", "--prompt", "a cat", "--frames", "2", "--steps", "3", "--width", "32"]
+    command += ["--reference", str(root / "a.png"), "--ip-adapter"]
+    command += [str(adapters / "ip-adapter_sd15.safetensors"), "-o", str(out)]
+    assert main(command) == 0, capsys.readouterr().err
+    assert out.is_file()

@@ -1321,6 +1321,7 @@ def _add_generate(commands) -> None:
         help="make a clip from a prompt (Text2Video-Zero), or from a clip's edges with --video",
     )
     _add_model_options(parser, model_required=True, controlnet_default=1.0)
+    _add_reference_options(parser)
     _add_generation_options(parser, frames=8, steps=50)
     parser.add_argument("--width", type=int, help="multiple of 8 (default 512, or the video's)")
     parser.add_argument("--height", type=int, help="multiple of 8 (default 512, or the video's)")
@@ -1396,7 +1397,7 @@ def _run_generate(args) -> int:
         image_guidance_scale=args.image_cfg,
     )
     request = TextToVideoRequest(
-        _model_spec(args, KeySettings(), choices),
+        _model_spec(args, KeySettings(**_reference_fields(args)), choices),
         settings,
         args.output,
         video=args.video,

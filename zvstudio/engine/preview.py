@@ -182,6 +182,7 @@ def _apply_reference(components, spec: DiffusionSpec, log: LogCallback) -> None:
         load_image_encoder,
         read_ip_adapter,
         reference_embeddings,
+        set_reference_scale,
     )
     from zvstudio.media.image import read_image
 
@@ -194,8 +195,11 @@ def _apply_reference(components, spec: DiffusionSpec, log: LogCallback) -> None:
     embeds = reference_embeddings(
         encoder, image, adapter_layout(adapter), components.unet.device, components.unet.dtype
     )
-    del encoder  # used once: its memory goes back before sampling
+    # Used once: its memory goes back before sampling, whose working memory is larger than
+    # the encoder's weights, so the memory plan needs no room for it.
+    del encoder
     components.reference = ReferenceEmbeds(image_path, embeds)
+    set_reference_scale(components.unet, spec.settings.reference_scale)
 
 
 def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log):

@@ -301,6 +301,15 @@ class TextToVideoZero:
         self.dtype = components.unet.dtype
         # InstructPix2Pix UNets take the input frame's latent beside the noise.
         self.instruct = components.unet.config.in_channels == 8
+        # A reference image's embedding (an IP-Adapter in the UNet), for the guidance batch.
+        reference = components.reference
+        self.image_embeds = None if reference is None else reference.embeds.to(self.device)
+        if reference is not None and self.instruct:
+            raise ZvsError(
+                "a reference image does not work with InstructPix2Pix editing: its guidance "
+                "has no place for it",
+                hint="edit without --reference, or make a clip from a prompt with one",
+            )
         self.layout = FrameLayout(groups=3 if self.instruct else 2)
         self.vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
 
@@ -586,7 +595,11 @@ class _Denoise:
         if self.owner.instruct:
             return self._instruct_epsilon(latents, t, condition)
         # The batch is [negative frames..., positive frames...].
-        embeddings = self.embeddings.repeat_interleave(latents.shape[0], dim=0)
+        frames = latents.shape[0]
+        embeddings = self.embeddings.repeat_interleave(frames, dim=0)
+        image_embeds = self.owner.image_embeds
+        if image_embeds is not None:
+            image_embeds = image_embeds.repeat_interleave(frames, dim=0)
         return guided_noise(
             self.owner.components.unet,
             latents,
@@ -596,6 +609,7 @@ class _Denoise:
             self.controls.model,
             None if condition is None else [torch.cat([image, image]) for image in condition],
             self.controls.scales,
+            image_embeds,
         )
 
     def _instruct_epsilon(self, latents, t, image_latents) -> torch.Tensor:
