@@ -218,6 +218,28 @@ def test_new_from_text_builds_the_request(qtbot, tmp_path, library, tiny, clip):
     assert (request.settings.width, request.settings.height) == (512, 384)
 
 
+def test_new_from_text_takes_a_reference_image(qtbot, tmp_path, library, tiny):
+    dialog = make(qtbot, TextToVideoDialog, tmp_path, library)
+    pick(dialog.model_picker, tiny["model"])
+    dialog.prompt_edit.setPlainText("a red cat")
+    assert not dialog.reference_scale_spin.isEnabled()
+    policy = ModelPolicy.from_settings(CPU, tiny["config"])
+    assert dialog.choice().request(policy).models.settings.reference_image == ""
+    browse(qtbot, dialog, dialog.reference_field.button, tmp_path / "gone.png")
+    assert "The reference image" in reason(dialog) and "does not exist" in reason(dialog)
+    image = tmp_path / "look.png"
+    image.write_bytes(b"png")
+    browse(qtbot, dialog, dialog.reference_field.button, image)
+    assert reason(dialog) == "" and dialog.reference_scale_spin.isEnabled()
+    dialog.reference_scale_spin.setValue(0.85)
+    keys = dialog.choice().request(policy).models.settings
+    assert (keys.reference_image, keys.reference_scale) == (str(image), 0.85)
+    remembered = dialog.remembered()
+    again = make(qtbot, TextToVideoDialog, tmp_path, library, remembered)
+    assert again.reference_field.path() == image
+    assert again.reference_scale_spin.value() == 0.85
+
+
 @pytest.mark.parametrize("model_found", [True, False])
 def test_background_smoothing_is_offered_with_a_segmentation_model_in_text_mode(
     qtbot, tmp_path, library, tiny, clip, monkeypatch, model_found

@@ -52,6 +52,7 @@ from zvstudio.gui.inspector import (
     CLIP_SKIP_TIP,
     IMAGE_FILTER,
     MODEL_FILTER,
+    REFERENCE_TIP,
     RENDER_BASES,
     VAE_TIP,
     Dialogs,
@@ -128,15 +129,21 @@ class ModelPolicy:
         )
 
     def spec(
-        self, model: Path, controlnets: tuple[Path, ...] = (), vae: Path | None = None
+        self,
+        model: Path,
+        controlnets: tuple[Path, ...] = (),
+        vae: Path | None = None,
+        reference: tuple[Path, float] | None = None,
     ) -> DiffusionSpec:
-        """The generators' DiffusionSpec (their key-renderer settings are unused)."""
+        """The generators' DiffusionSpec; of its key-renderer settings only the reference
+        image (path, strength) is used, when given."""
         from zvstudio.diffusion.sampler import KeySettings
         from zvstudio.engine.preview import DiffusionSpec
 
-        return DiffusionSpec(
-            model, KeySettings(), controlnets=controlnets, vae=vae, **self._placement()
-        )
+        settings = KeySettings()
+        if reference is not None:
+            settings = KeySettings(reference_image=str(reference[0]), reference_scale=reference[1])
+        return DiffusionSpec(model, settings, controlnets=controlnets, vae=vae, **self._placement())
 
     def _placement(self) -> dict[str, Any]:
         """The DiffusionSpec fields these choices set."""
@@ -187,6 +194,8 @@ class TextToVideoChoice:
     video: Path | None = None
     vae: Path | None = None  # instead of the checkpoint's own
     clip_skip: int = 1
+    reference: Path | None = None  # an image every frame takes its look from (IP-Adapter)
+    reference_scale: float = 0.6
 
     title = "New from text"
 
@@ -216,8 +225,10 @@ class TextToVideoChoice:
             **control_fields(choices, 1.0),
             clip_skip=self.clip_skip,
         )
+        reference = None if self.reference is None else (self.reference, self.reference_scale)
+        controlnets = tuple(choice.path for choice in choices)
         return TextToVideoRequest(
-            policy.spec(self.model, tuple(choice.path for choice in choices), self.vae),
+            policy.spec(self.model, controlnets, self.vae, reference),
             settings,
             self.output,
             video=self.video,
@@ -874,6 +885,7 @@ class TextToVideoDialog(_GenerateDialog):
         "smoothing",
         "fps",
         "controlnet_scale",
+        "reference_scale",
     )
 
     def __init__(
@@ -930,6 +942,19 @@ class TextToVideoDialog(_GenerateDialog):
         self.video_note = QLabel()
         self.video_note.setWordWrap(True)
         form.addRow("", self.video_note)
+        self.reference_field = FileField(
+            lambda _: self.dialogs.open_file("Choose the reference image", IMAGE_FILTER),
+            "Optional: an image every frame takes its look from",
+        )
+        _add_row(form, "Reference image", self.reference_field, REFERENCE_TIP)
+        self.reference_scale_spin = _spin(0, 2, 0.05)
+        self.reference_scale_spin.setValue(0.6)
+        _add_row(
+            form,
+            "Reference strength",
+            _row(self.reference_scale_spin),
+            "How closely the clip follows the reference image (0 = not at all, 1 = closely)",
+        )
 
         clip_group, clip = _group("Clip")
         self._sampling_rows(clip, frames=8, max_frames=256, steps=50, min_steps=3)
@@ -960,6 +985,7 @@ class TextToVideoDialog(_GenerateDialog):
             self._prompt_group("What the clip shows"), model_group, clip_group, self._output_group()
         )
         self.video_field.changed.connect(self._video_changed)
+        self.reference_field.changed.connect(self._validate)
 
     def _video_changed(self) -> None:
         """Probe a newly chosen video: the size follows its aspect ratio, and the clip has at
@@ -992,6 +1018,7 @@ class TextToVideoDialog(_GenerateDialog):
     def _update_enabled(self) -> None:
         controlled = self.video_field.path() is not None
         self.controlnet_scale_spin.setEnabled(self.controlnet_picker.path() is not None)
+        self.reference_scale_spin.setEnabled(self.reference_field.path() is not None)
         self.motion_row.setEnabled(not controlled)
         self.fps_spin.setEnabled(not controlled)
         self.smoothing_spin.setEnabled(not controlled and self.has_foreground_source)
@@ -1018,6 +1045,11 @@ class TextToVideoDialog(_GenerateDialog):
         reason = self._mode_reason(controlnet, video)
         if reason:
             return reason
+        reference = self.reference_field.path()
+        if reference is not None and not reference.is_file():
+            return f"The reference image {reference} does not exist."
+        if reference is not None and self._unet_inputs.get(self.model_picker.path()) == 8:
+            return "A reference image does not work with InstructPix2Pix editing: clear it."
         if isinstance(self._video_info, str):
             return self._video_info
         if isinstance(self._video_info, tuple) and self._video_info[1] < self.frames_spin.value():
@@ -1050,6 +1082,7 @@ class TextToVideoDialog(_GenerateDialog):
         values.update(
             controlnet=_text(self.controlnet_picker.path()),
             video=_text(self.video_field.path()),
+            reference=_text(self.reference_field.path()),
         )
         return values
 
@@ -1059,6 +1092,9 @@ class TextToVideoDialog(_GenerateDialog):
         video = values.get("video")
         if isinstance(video, str) and Path(video).is_file():  # an optional input that is gone
             self.video_field.set_path(video)  # is dropped, not reported (probed on change)
+        reference = values.get("reference")
+        if isinstance(reference, str) and Path(reference).is_file():
+            self.reference_field.set_path(reference)
         super().restore(values)  # after the video: a remembered size wins over the video's
 
     def choice(self) -> TextToVideoChoice:
@@ -1071,6 +1107,8 @@ class TextToVideoDialog(_GenerateDialog):
             controlnet=self.controlnet_picker.path(),
             controlnet_scale=self.controlnet_scale_spin.value(),
             video=self.video_field.path(),
+            reference=self.reference_field.path(),
+            reference_scale=self.reference_scale_spin.value(),
         )
 
 
