@@ -84,6 +84,13 @@ def make_clip(
     return path, pts / 90000.0, time_base
 
 
+def red_square_frame() -> np.ndarray:
+    """A dark 40 x 56 frame with a red square, for keys rendered by tiny models."""
+    image = np.full((40, 56, 3), 40, np.uint8)
+    image[10:30, 12:36] = (220, 60, 40)
+    return image
+
+
 def textured_frame(height: int = 40, width: int = 56) -> np.ndarray:
     """A noisy grey frame with a red square: something for annotators to find edges in."""
     rng = np.random.default_rng(1)

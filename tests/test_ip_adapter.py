@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import make_clip, save_state_dict
+from helpers import make_clip, red_square_frame, save_state_dict
 from PIL import Image
 from tiny_models import (
     TINY_VISION,
@@ -77,12 +77,6 @@ def components(setup):
     return load_sd15_components(model, config_dir=config)
 
 
-def frame() -> np.ndarray:
-    image = np.full((40, 56, 3), 40, np.uint8)
-    image[10:30, 12:36] = (220, 60, 40)
-    return image
-
-
 def spec_for(setup, settings: KeySettings, adapter: str = "ip-adapter_sd15") -> DiffusionSpec:
     _, model, config, adapters, _ = setup
     return DiffusionSpec(
@@ -98,7 +92,7 @@ def spec_for(setup, settings: KeySettings, adapter: str = "ip-adapter_sd15") -> 
 def render_key(setup, settings: KeySettings, adapter: str = "ip-adapter_sd15") -> np.ndarray:
     sampler = build_sampler(spec_for(setup, settings, adapter))
     try:
-        return sampler.render(frame(), is_anchor=True).astype(int)
+        return sampler.render(red_square_frame(), is_anchor=True).astype(int)
     finally:
         sampler.close()
 
@@ -193,18 +187,18 @@ def test_later_keys_keep_the_reference_with_cross_frame_attention(setup):
     settings = replace(SETTINGS, reference_image=str(root / "a.png"), reference_scale=1.0)
     sampler = build_sampler(spec_for(setup, settings))
     try:
-        anchor = sampler.render(frame(), is_anchor=True)
-        later = sampler.render(np.roll(frame(), 3, axis=1), is_anchor=False)
+        anchor = sampler.render(red_square_frame(), is_anchor=True)
+        later = sampler.render(np.roll(red_square_frame(), 3, axis=1), is_anchor=False)
         assert later.shape == anchor.shape
         sampler.settings = replace(settings, reference_image=str(root / "b.png"))
         with pytest.raises(ZvsError, match="load the models again"):
-            sampler.render(frame(), is_anchor=True)
+            sampler.render(red_square_frame(), is_anchor=True)
     finally:
         sampler.close()
     without = build_sampler(spec_for(setup, SETTINGS))
     without.settings = settings
     with pytest.raises(ZvsError, match="loaded with reference image None"):
-        without.render(frame(), is_anchor=True)
+        without.render(red_square_frame(), is_anchor=True)
 
 
 def test_the_identity_names_the_images_content_and_strength(setup, tmp_path):

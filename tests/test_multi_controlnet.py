@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import make_clip
+from helpers import make_clip, red_square_frame
 from PIL import Image
 from tiny_models import strong_controlnet, write_tiny_config_dir, write_tiny_diffusers
 
@@ -61,16 +61,10 @@ def components(setup):
     return load_sd15_components(model, config_dir=config)
 
 
-def frame() -> np.ndarray:
-    image = np.full((40, 56, 3), 40, np.uint8)
-    image[10:30, 12:36] = (220, 60, 40)
-    return image
-
-
 def render(components, settings, nets) -> np.ndarray:
     sampler = KeyFrameSampler(components, settings, nets)
     try:
-        return sampler.render(frame(), is_anchor=True)
+        return sampler.render(red_square_frame(), is_anchor=True)
     finally:
         sampler.close()
 
@@ -127,9 +121,10 @@ def test_one_controlnet_split_in_two_renders_the_same_key(components, setup):
 def test_each_controlnet_sees_its_own_annotators_image(setup):
     edges, other = setup[4]["edges_canny"], setup[4]["other_canny"]
     settings = replace(SETTINGS, annotator="scribble", more_controls=(("canny", 0.5),))
-    images = ControlStack([edges, other], settings).frame_conditions(frame(), 8, (100, 200), "cpu")
+    stack = ControlStack([edges, other], settings)
+    images = stack.frame_conditions(red_square_frame(), 8, (100, 200), "cpu")
     for image, name in zip(images, ("scribble", "canny"), strict=True):
-        expected = torch.from_numpy(control_condition(frame(), name, (100, 200)))
+        expected = torch.from_numpy(control_condition(red_square_frame(), name, (100, 200)))
         torch.testing.assert_close(image[0], expected.permute(2, 0, 1))
     assert not torch.equal(images[0], images[1])
 
@@ -256,7 +251,7 @@ def test_text_to_video_takes_several_controlnets(components, setup):
 
     edges = setup[4]["edges_canny"]
     settings = TextToVideoSettings(prompt="a cat", frames=2, steps=3, width=32, height=32)
-    clip = [frame(), frame()]
+    clip = [red_square_frame(), red_square_frame()]
     split = replace(settings, controlnet_scale=0.3, more_controls=(("canny", 0.4),))
     halves = TextToVideoZero(components, [edges, edges]).latents(split, clip)
     whole = TextToVideoZero(components, [edges]).latents(
