@@ -284,6 +284,12 @@ def test_an_encoder_file_loads_as_its_folder_does(setup, tmp_path):
             reference_embeddings(single, image, layout, "cpu", torch.float32),
             reference_embeddings(folder, image, layout, "cpu", torch.float32),
         )
+    # An encoder of another width is refused before it runs, naming both files.
+    narrow = save_state_dict(tmp_path / "narrow.safetensors", encoder_state(projection_dim=8))
+    settings = replace(SETTINGS, reference_image=str(setup[0] / "a.png"))
+    spec = replace(spec_for(setup, settings), image_encoder=narrow)
+    with pytest.raises(ZvsError, match=r"'narrow\.safetensors' gives 8-wide .* takes 24-wide"):
+        build_sampler(spec)
     with pytest.raises(ZvsError, match="not a CLIP vision encoder"):
         load_image_encoder(save_state_dict(tmp_path / "x.safetensors", {"a": torch.zeros(2)}))
 
@@ -372,7 +378,11 @@ def test_a_project_keeps_its_reference_image(setup, tmp_path, monkeypatch):
     args = cli._build_parser().parse_args([*render, "--reference", str(root / "b.png")])
     spec = cli._render_request(args, tmp_path).renderer.diffusion
     assert spec.settings.reference_image == str(root / "b.png")
-    assert spec.ip_adapter == adapters / "ip-adapter_sd15.safetensors"  # the library's
+    assert spec.ip_adapter == adapters / "ip-adapter-plus_sd15.safetensors"  # the project's
+    base = adapters / "ip-adapter_sd15.safetensors"
+    args = cli._build_parser().parse_args([*render, "--ip-adapter", str(base)])
+    spec = cli._render_request(args, tmp_path).renderer.diffusion
+    assert (spec.ip_adapter, spec.image_encoder) == (base, adapters / "image_encoder")
     args = cli._build_parser().parse_args([*render, "--reference-strength", "0.3"])
     spec = cli._render_request(args, tmp_path).renderer.diffusion
     assert (spec.settings.reference_image, spec.settings.reference_scale) == (

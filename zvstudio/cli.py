@@ -439,15 +439,7 @@ def _project_model_overrides(renderer, args):
     if args.controlnet_steps is not None:
         steps = _control_steps(args)
         spec = replace(spec, settings=replace(spec.settings, control_steps=steps))
-    if args.reference is not None:  # instead of the project's
-        from zvstudio.engine.preview import with_reference_models
-
-        settings = replace(spec.settings, **_reference_fields(args))
-        spec = replace(spec, settings=settings, ip_adapter=args.ip_adapter)
-        spec = with_reference_models(replace(spec, image_encoder=args.image_encoder))
-    elif args.reference_strength is not None:
-        scale = args.reference_strength
-        spec = replace(spec, settings=replace(spec.settings, reference_scale=scale))
+    spec = _project_reference_overrides(spec, args)
     if args.controlnet:  # instead of the project's
         from zvstudio.engine.preview import control_fields
 
@@ -455,6 +447,28 @@ def _project_model_overrides(renderer, args):
         settings = replace(spec.settings, **control_fields(choices, 0.7))
         spec = replace(spec, settings=settings, controlnets=tuple(c.path for c in choices))
     return spec
+
+
+def _project_reference_overrides(spec, args):
+    """The project's spec with the reference image, strength and files the options give."""
+    from dataclasses import replace
+
+    from zvstudio.engine.preview import with_reference_models
+
+    if args.reference is not None:  # instead of the project's; its IP-Adapter stays
+        spec = replace(spec, settings=replace(spec.settings, **_reference_fields(args)))
+    elif args.reference_strength is not None:
+        scale = args.reference_strength
+        spec = replace(spec, settings=replace(spec.settings, reference_scale=scale))
+    if args.ip_adapter is None and args.image_encoder is None:
+        return spec
+    if not spec.settings.reference_image:
+        given = "--ip-adapter" if args.ip_adapter is not None else "--image-encoder"
+        raise ZvsError(f"{given} is for a reference image: give --reference IMAGE too")
+    adapter = args.ip_adapter or spec.ip_adapter
+    # Another adapter may need another encoder: found again unless given.
+    encoder = args.image_encoder or (None if args.ip_adapter else spec.image_encoder)
+    return with_reference_models(replace(spec, ip_adapter=adapter, image_encoder=encoder))
 
 
 def _model_overrides(args) -> list[tuple[str, bool]]:
@@ -466,6 +480,8 @@ def _model_overrides(args) -> list[tuple[str, bool]]:
         ("--controlnet-steps", args.controlnet_steps is not None),
         ("--reference", args.reference is not None),
         ("--reference-strength", args.reference_strength is not None),
+        ("--ip-adapter", args.ip_adapter is not None),
+        ("--image-encoder", args.image_encoder is not None),
     ]
 
 

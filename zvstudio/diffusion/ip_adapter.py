@@ -243,10 +243,20 @@ def encoder_config(state: Mapping[str, torch.Tensor], name: str) -> Any:
     )
 
 
-def encoder_width(encoder: Any, layout: str) -> int:
-    """The width of what `layout` takes from the encoder."""
+def check_encoder_fits(
+    encoder: Any, layout: str, adapter: Adapter, encoder_name: str, adapter_name: str
+) -> None:
+    """Refuse an encoder whose output is not as wide as the adapter's projection takes (a
+    ViT-bigG encoder for a ViT-H adapter), before it runs."""
     config = encoder.config
-    return config.projection_dim if layout == "base" else config.hidden_size
+    gives = config.projection_dim if layout == "base" else config.hidden_size
+    takes = embedding_width(adapter)
+    if gives != takes:
+        raise ZvsError(
+            f"the image encoder '{encoder_name}' gives {gives}-wide embeddings and the "
+            f"IP-Adapter '{adapter_name}' takes {takes}-wide ones",
+            hint="use the encoder the adapter was trained with (ViT-H/14 for ip-adapter_sd15)",
+        )
 
 
 @torch.no_grad()

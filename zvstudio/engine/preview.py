@@ -178,6 +178,7 @@ def _apply_reference(components, spec: DiffusionSpec, log: LogCallback) -> None:
     from zvstudio.diffusion.ip_adapter import (
         ReferenceEmbeds,
         adapter_layout,
+        check_encoder_fits,
         install_ip_adapter,
         load_image_encoder,
         read_ip_adapter,
@@ -192,8 +193,10 @@ def _apply_reference(components, spec: DiffusionSpec, log: LogCallback) -> None:
     install_ip_adapter(components.unet, adapter, spec.ip_adapter.name)
     log(f"reference image {Path(image_path).name} through {spec.ip_adapter.name}")
     encoder = load_image_encoder(spec.image_encoder, spec.allow_pickle)
+    layout = adapter_layout(adapter)
+    check_encoder_fits(encoder, layout, adapter, spec.image_encoder.name, spec.ip_adapter.name)
     embeds = reference_embeddings(
-        encoder, image, adapter_layout(adapter), components.unet.device, components.unet.dtype
+        encoder, image, layout, components.unet.device, components.unet.dtype
     )
     # Used once: its memory goes back before sampling, whose working memory is larger than
     # the encoder's weights, so the memory plan needs no room for it.
