@@ -531,7 +531,7 @@ def _video_model_base(shapes: Shapes, metadata: Mapping[str, str], name: str) ->
 def _ip_adapter_base(shapes: Shapes, metadata: Mapping[str, str], name: str) -> tuple[str, str]:
     """The UNet's context width that the image tokens' key projections take."""
     widths = _sizes(shapes, re.compile(r"^ip_adapter\.\d+\.to_k_ip\.weight$"), 1)
-    return _WIDTH_BASES.get(_most_common(widths) or 0, "unknown"), ""
+    return context_width_base(_most_common(widths)), ""
 
 
 def _image_encoder_base(shapes: Shapes, metadata: Mapping[str, str], name: str) -> tuple[str, str]:
@@ -585,21 +585,28 @@ def _controlnet_details(shapes: Shapes) -> dict[str, Any]:
     return details
 
 
+# An IP-Adapter's image projection: the tensor that tells its layout, and those whose input
+# width is what it takes from the image encoder (its names without the `image_proj.` prefix).
+_IP_LAYOUT_KEYS = (("proj.weight", "base"), ("proj.3.weight", "full face"), ("latents", "plus"))
+_IP_INPUT_KEYS = ("proj.weight", "proj_in.weight", "proj.0.weight")
+
+
+def ip_adapter_layout(projection: Shapes) -> tuple[str | None, int | None]:
+    """(layout, input width) of an IP-Adapter's image projection: "base" projects CLIP's image
+    embedding, "plus" and "full face" the tokens of its penultimate layer; layout None for
+    Face ID adapters (no layout tensor of the others)."""
+    layout = next((name for key, name in _IP_LAYOUT_KEYS if key in projection), None)
+    width = next((int(projection[key][-1]) for key in _IP_INPUT_KEYS if key in projection), None)
+    return layout, width
+
+
 def _ip_adapter_details(shapes: Shapes) -> dict[str, Any]:
-    layouts = (
-        ("image_proj.proj.weight", "base", 1),
-        ("image_proj.proj.3.weight", "full face", None),
-        ("image_proj.latents", "plus", None),
-        ("image_proj.proj_in.weight", "plus", 1),
-        ("image_proj.proj.0.weight", "full face", 1),
-    )
-    details: dict[str, Any] = {}
-    for key, layout, axis in layouts:
-        if key in shapes:
-            details.setdefault("layout", layout)
-            if axis is not None:
-                details.setdefault("image_width", shapes[key][axis])
-    details.setdefault("layout", "Face ID (not supported)")
+    prefix = "image_proj."
+    projection = {k.removeprefix(prefix): v for k, v in shapes.items() if k.startswith(prefix)}
+    layout, width = ip_adapter_layout(projection)
+    details: dict[str, Any] = {"layout": layout or "Face ID (not supported)"}
+    if width is not None:
+        details["image_width"] = width
     return details
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zvstudio.diffusion.identify import PICKLE_SUFFIXES, ModelInfo
+from zvstudio.diffusion.identify import PICKLE_SUFFIXES, ModelInfo, ip_adapter_layout
 from zvstudio.diffusion.loading import from_pretrained_checked, pickle_refused, weights_kwargs
 from zvstudio.errors import ZvsError
 
@@ -101,16 +101,17 @@ def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     }
 
 
+def _projection(adapter: Adapter) -> tuple[str | None, int | None]:
+    """(layout, input width) of the adapter's image projection (`ip_adapter_layout`)."""
+    return ip_adapter_layout({k: tuple(v.shape) for k, v in adapter["image_proj"].items()})
+
+
 def adapter_layout(adapter: Adapter) -> str:
-    """ "base" (projects CLIP's image embedding), "plus" or "full_face" (project the patch
+    """ "base" (projects CLIP's image embedding), "plus" or "full face" (project the patch
     tokens of CLIP's penultimate layer); Face ID adapters are refused."""
-    projection = adapter["image_proj"]
-    if "proj.weight" in projection:
-        return "base"
-    if "proj.3.weight" in projection:
-        return "full_face"
-    if "latents" in projection:
-        return "plus"
+    layout, _ = _projection(adapter)
+    if layout is not None:
+        return layout
     raise ZvsError(
         "this IP-Adapter is a Face ID adapter: it takes face embeddings from InsightFace, which "
         "zvstudio does not include",
@@ -120,11 +121,10 @@ def adapter_layout(adapter: Adapter) -> str:
 
 def embedding_width(adapter: Adapter) -> int:
     """The width of the CLIP vision output the adapter projects (its encoder's)."""
-    projection = adapter["image_proj"]
-    for key in ("proj.weight", "proj_in.weight", "proj.0.weight"):
-        if key in projection:
-            return int(projection[key].shape[-1])
-    raise ZvsError("the IP-Adapter's image projection has no input layer")
+    _, width = _projection(adapter)
+    if width is None:
+        raise ZvsError("the IP-Adapter's image projection has no input layer")
+    return width
 
 
 def check_adapter_fits(adapter: Adapter, unet: Any, name: str) -> None:
