@@ -463,8 +463,7 @@ def _project_reference_overrides(spec, args):
     if args.ip_adapter is None and args.image_encoder is None:
         return spec
     if not spec.settings.reference_image:
-        given = "--ip-adapter" if args.ip_adapter is not None else "--image-encoder"
-        raise ZvsError(f"{given} is for a reference image: give --reference IMAGE too")
+        _refuse_without_reference(args, ("--ip-adapter", "--image-encoder"))
     adapter = args.ip_adapter or spec.ip_adapter
     # Another adapter may need another encoder: found again unless given.
     encoder = args.image_encoder or (None if args.ip_adapter else spec.image_encoder)
@@ -1208,13 +1207,7 @@ def _diffusion_spec(args):
 def _reference_fields(args) -> dict:
     """The settings fields of --reference and --reference-strength (none when not given)."""
     if args.reference is None:
-        for option, value in (
-            ("--reference-strength", args.reference_strength),
-            ("--ip-adapter", args.ip_adapter),
-            ("--image-encoder", args.image_encoder),
-        ):
-            if value is not None:
-                raise ZvsError(f"{option} is for a reference image: give --reference IMAGE too")
+        _refuse_without_reference(args, ("--reference-strength", "--ip-adapter", "--image-encoder"))
         return {}
     if not args.reference.is_file():
         raise ZvsError(f"reference image not found: {args.reference}")
@@ -1222,6 +1215,13 @@ def _reference_fields(args) -> dict:
     if args.reference_strength is not None:
         fields["reference_scale"] = args.reference_strength
     return fields
+
+
+def _refuse_without_reference(args, options: Sequence[str]) -> None:
+    """Refuse the first of `options` that was given, when there is no reference image."""
+    for option in options:
+        if getattr(args, option.removeprefix("--").replace("-", "_")) is not None:
+            raise ZvsError(f"{option} is for a reference image: give --reference IMAGE too")
 
 
 def _control_steps(args) -> tuple[float, float] | None:
