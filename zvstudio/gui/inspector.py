@@ -276,6 +276,22 @@ def _form(group: QWidget) -> QFormLayout:
     return form
 
 
+def _browse_row(
+    combo: QComboBox, *actions: tuple[str, Callable[[], None]]
+) -> tuple[QToolButton, QHBoxLayout]:
+    """`combo` and a Browse… button beside it whose menu offers `actions` (text, slot)."""
+    button = QToolButton(text="Browse…")
+    menu = QMenu(button)
+    for text, slot in actions:
+        menu.addAction(text, slot)
+    button.setMenu(menu)
+    button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+    row = QHBoxLayout()
+    row.addWidget(combo, 1)
+    row.addWidget(button)
+    return button, row
+
+
 def _add_row(form: QFormLayout, text: str, widget: QWidget, tip: str) -> None:
     widget.setToolTip(tip)
     form.addRow(_label(text, tip), widget)
@@ -506,15 +522,11 @@ class RenderPanel(_Panel):
         form = _form(group)
         self.model_combo = _combo()
         self.model_combo.currentIndexChanged.connect(self._model_chosen)
-        self.model_browse_button = QToolButton(text="Browse…")
-        menu = QMenu(self.model_browse_button)
-        menu.addAction("Checkpoint file…", self._browse_model_file)
-        menu.addAction("Diffusers folder…", self._browse_model_folder)
-        self.model_browse_button.setMenu(menu)
-        self.model_browse_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
-        row = QHBoxLayout()
-        row.addWidget(self.model_combo, 1)
-        row.addWidget(self.model_browse_button)
+        self.model_browse_button, row = _browse_row(
+            self.model_combo,
+            ("Checkpoint file…", self._browse_model_file),
+            ("Diffusers folder…", self._browse_model_folder),
+        )
         tip = "The Stable Diffusion 1.5 checkpoint that renders the keys"
         form.addRow(_label("Checkpoint", tip), row)
         self._vae_row(form)
@@ -580,15 +592,11 @@ class RenderPanel(_Panel):
         self.vae_combo.currentIndexChanged.connect(
             lambda: self._set("vae", self.vae_combo.currentData(), "change VAE")
         )
-        self.vae_browse_button = QToolButton(text="Browse…")
-        menu = QMenu(self.vae_browse_button)
-        menu.addAction("VAE file…", self._browse_vae_file)
-        menu.addAction("Diffusers folder…", self._browse_vae_folder)
-        self.vae_browse_button.setMenu(menu)
-        self.vae_browse_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
-        row = QHBoxLayout()
-        row.addWidget(self.vae_combo, 1)
-        row.addWidget(self.vae_browse_button)
+        self.vae_browse_button, row = _browse_row(
+            self.vae_combo,
+            ("VAE file…", self._browse_vae_file),
+            ("Diffusers folder…", self._browse_vae_folder),
+        )
         form.addRow(_label("VAE", VAE_TIP), row)
         self.vae_note = _note(
             "This checkpoint has no VAE of its own: choose one (such as "
