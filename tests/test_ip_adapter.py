@@ -25,7 +25,7 @@ from tiny_models import (
 )
 
 from zvstudio.cli import main
-from zvstudio.diffusion.identify import classify, identify
+from zvstudio.diffusion.identify import FACE_ID_LAYOUT, classify, identify
 from zvstudio.diffusion.ip_adapter import (
     PARTS,
     adapter_layout,
@@ -238,8 +238,10 @@ def test_the_library_lists_adapters_and_encoders_and_pairs_them(setup, tmp_path)
     assert classify(sd15)[:2] == ("ip_adapter", "sd1")
     assert classify(sd15)[2]["image_width"] == 1024
     assert kinds["image_encoder"][0] == "image_encoder"
-    # The plain adapter before the plus one; its encoder is the folder beside it.
-    assert resolve_reference_models(None, None, models) == (
+    # The plain adapter before the plus one and before a Face ID one, whatever their names;
+    # its encoder is the folder beside it.
+    face_id = replace(models[0], name="a", kind="ip_adapter", details={"layout": FACE_ID_LAYOUT})
+    assert resolve_reference_models(None, None, [face_id, *models]) == (
         adapters / "ip-adapter_sd15.safetensors",
         adapters / "image_encoder",
     )

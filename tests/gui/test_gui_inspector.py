@@ -10,7 +10,7 @@ import pytest
 from helpers import make_clip
 from PySide6.QtCore import Qt
 
-from zvstudio.diffusion.identify import ModelInfo
+from zvstudio.diffusion.identify import FACE_ID_LAYOUT, ModelInfo
 from zvstudio.engine.request import request_from_project
 from zvstudio.gui.document import Document
 from zvstudio.gui.inspector import Inspector
@@ -539,6 +539,10 @@ def test_a_reference_image_with_its_strength_and_ip_adapter(qtbot, diffusion, tm
     library = [
         model(tmp_path / "ip-adapter_sd15.safetensors", "ip_adapter"),
         model(tmp_path / "ip-adapter_sdxl.safetensors", "ip_adapter", "sdxl"),
+        replace(
+            model(tmp_path / "faceid.safetensors", "ip_adapter"),
+            details={"layout": FACE_ID_LAYOUT},
+        ),
     ]
     inspector = make_inspector(qtbot, diffusion, lambda: library)
     panel = inspector.render_panel
@@ -555,8 +559,8 @@ def test_a_reference_image_with_its_strength_and_ip_adapter(qtbot, diffusion, tm
     assert panel.reference_strength_spin.isEnabled()
     assert not panel.reference_note.isVisible()  # an adapter is in the library
     combo = panel.ip_adapter_combo
-    assert item_texts(combo) == ["From the model library", "ip-adapter_sd15", "ip-adapter_sdxl"]
-    assert not combo.model().item(2).isEnabled()
+    assert item_texts(combo)[1:] == ["ip-adapter_sd15", "ip-adapter_sdxl", "faceid"]
+    assert [combo.model().item(i).isEnabled() for i in (1, 2, 3)] == [True, False, False]
     choose(combo, str(tmp_path / "ip-adapter_sd15.safetensors"))
     panel.reference_strength_spin.setValue(0.9)
     settings = diffusion.project.settings

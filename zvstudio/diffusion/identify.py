@@ -600,11 +600,15 @@ def ip_adapter_layout(projection: Shapes) -> tuple[str | None, int | None]:
     return layout, width
 
 
+# The layout the library gives Face ID adapters, which take InsightFace embeddings.
+FACE_ID_LAYOUT = "Face ID (not supported)"
+
+
 def _ip_adapter_details(shapes: Shapes) -> dict[str, Any]:
     prefix = "image_proj."
     projection = {k.removeprefix(prefix): v for k, v in shapes.items() if k.startswith(prefix)}
     layout, width = ip_adapter_layout(projection)
-    details: dict[str, Any] = {"layout": layout or "Face ID (not supported)"}
+    details: dict[str, Any] = {"layout": layout or FACE_ID_LAYOUT}
     if width is not None:
         details["image_width"] = width
     return details

@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from zvstudio.diffusion.identify import PICKLE_SUFFIXES, ModelInfo, ip_adapter_layout
+from zvstudio.diffusion.identify import (
+    FACE_ID_LAYOUT,
+    PICKLE_SUFFIXES,
+    ModelInfo,
+    ip_adapter_layout,
+)
 from zvstudio.diffusion.loading import from_pretrained_checked, pickle_refused, weights_kwargs
 from zvstudio.errors import ZvsError
 
@@ -324,6 +329,11 @@ def resolve_reference_models(
     return adapter_info.path, _library_encoder(adapter_info, models or ())
 
 
+def usable_adapter(info: ModelInfo) -> bool:
+    """Whether the library's IP-Adapter `info` can be loaded (not broken, not Face ID)."""
+    return "error" not in info.details and info.details.get("layout") != FACE_ID_LAYOUT
+
+
 def _library_adapter(models: Sequence[ModelInfo]) -> ModelInfo:
     from zvstudio.diffusion.library import home_models_folder
 
@@ -331,7 +341,7 @@ def _library_adapter(models: Sequence[ModelInfo]) -> ModelInfo:
         (
             m
             for m in models
-            if m.kind == "ip_adapter" and m.base in ("sd1", "unknown") and "error" not in m.details
+            if m.kind == "ip_adapter" and m.base in ("sd1", "unknown") and usable_adapter(m)
         ),
         key=lambda m: (m.pickled, len(m.name), m.name.lower(), str(m.path)),
     )

@@ -45,7 +45,7 @@ from zvstudio.diffusion.annotators import (
     available_annotators,
     weights_hint,
 )
-from zvstudio.diffusion.identify import ModelInfo
+from zvstudio.diffusion.identify import FACE_ID_LAYOUT, ModelInfo
 from zvstudio.engine.request import render_size
 from zvstudio.errors import ZvsError
 from zvstudio.gui.document import Document
@@ -1119,6 +1119,8 @@ class RenderPanel(_Panel):
             combo.setItemData(combo.count() - 1, str(info.path), Qt.ItemDataRole.ToolTipRole)
             if info.base not in RENDER_BASES:
                 _disable_item(combo, combo.count() - 1, f"{info.base}: zvstudio renders SD1.x")
+            elif info.details.get("layout") == FACE_ID_LAYOUT:
+                _disable_item(combo, combo.count() - 1, "Face ID adapters need InsightFace")
         if current is not None and combo.findData(current) < 0:
             combo.addItem(Path(current).name, current)
             combo.setItemData(combo.count() - 1, current, Qt.ItemDataRole.ToolTipRole)
