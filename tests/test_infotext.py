@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,35 @@ def test_preview_pngs_carry_their_seed(tmp_path):
             text = png.text[INFOTEXT_KEY]
         assert text.startswith("a red cat\nSteps: 2, Sampler: DDIM")
         assert f"Seed: {seed}," in text and "Size: 64x48" in text and "Frame: 1" in text
+
+
+def test_a_rendered_frames_parameters_are_its_keys(tmp_path):
+    from zvstudio.engine.render import frame_infotext
+    from zvstudio.engine.request import KeyRendererSpec, RenderRequest
+    from zvstudio.keyrender import KeyParams
+
+    model = tmp_path / "dreamshaper_8.safetensors"
+    model.write_bytes(b"model")
+    settings = KeySettings(prompt="a fox", seed=3, strength=0.6)
+    request = RenderRequest(
+        tmp_path / "walk.mp4",
+        tmp_path / "out.mp4",
+        KeyRendererSpec(kind="diffusion", diffusion=DiffusionSpec(model, settings)),
+        key_params=((10, KeyParams(prompt="a wolf", seed=9)),),
+    )
+    keys = [0, 10, 20]
+    # A key with overrides: its own prompt and seed, at the size its key rendered (the short
+    # side down to 512).
+    key = frame_infotext(request, 10, (1280, 720), keys)
+    assert key.split("\n")[0] == "a wolf"
+    assert "Seed: 9," in key and "Size: 910x512," in key and "Denoising strength: 0.6" in key
+    assert "Source clip: walk.mp4, Frame: 10," in key and "Propagated" not in key
+    # A propagated frame: the global settings and the keys it blends.
+    between = frame_infotext(request, 13, (640, 360), keys)
+    assert between.split("\n")[0] == "a fox"
+    assert "Seed: 3," in between and "Size: 640x360," in between
+    assert "Frame: 13, Propagated from: keys 10 and 20," in between
+    after = frame_infotext(request, 25, (640, 360), keys)
+    assert "Propagated from: keys 20," in after
+    # Stylized keys have no such parameters.
+    assert frame_infotext(replace(request, renderer=KeyRendererSpec()), 10, (64, 64), keys) is None

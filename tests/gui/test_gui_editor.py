@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from helpers import make_clip, make_colour_clip
+from PIL import Image
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
 
@@ -382,7 +383,7 @@ def tiny_model(tmp_path_factory):
     return write_tiny_diffusers(root / "model"), write_tiny_config_dir(root / "config")
 
 
-def test_try_seeds_at_a_key_and_use_the_one_picked(qtbot, window, clip, tiny_model):
+def test_try_seeds_at_a_key_and_use_the_one_picked(qtbot, window, clip, tiny_model, tmp_path):
     model, config = tiny_model
     window.diffusion_config_dir = config
     assert window.open_path(clip)
@@ -411,6 +412,13 @@ def test_try_seeds_at_a_key_and_use_the_one_picked(qtbot, window, clip, tiny_mod
     assert frame == 10 and image.shape == (80, 128, 3)  # the picked variation is shown
     assert window.rendered_frame(10) is image
     assert "Seed 7 for key 10" in window.statusBar().currentMessage()
+    # Saved, the key carries the parameters it was rendered with, as A1111 writes them.
+    window.transport.seek(10)
+    window.choose_save_path = lambda title, suggested, kinds: str(tmp_path / "key.png")
+    with Image.open(window.save_frame()) as png:
+        text = png.text["parameters"]
+    assert "Seed: 7," in text and "Steps: 2," in text and "Frame: 10," in text
+    assert f"Model: {model.name}," in text
     doc.undo_stack.undo()
     assert doc.project.key_at(10).seed is None
 
@@ -869,6 +877,8 @@ def test_go_to_a_timecode_and_save_the_frame_shown(qtbot, window, clip, tmp_path
     window.save_frame()
     still = cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB)
     assert np.array_equal(still, window.rendered_frame(18))
+    with Image.open(saved) as png:
+        assert "parameters" not in png.text  # a stylizer's: no diffusion parameters
     assert not np.array_equal(still, original)
     assert "Saved the rendered frame 18" in window.statusBar().currentMessage()
     window.viewer.set_mode("original")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from zvstudio import __version__
-from zvstudio.diffusion.control import control_units
 from zvstudio.errors import ZvsError
 
 INFOTEXT_KEY = "parameters"  # the PNG text chunk A1111 writes it to
@@ -26,6 +25,8 @@ def key_infotext(
 ) -> str:
     """The infotext of a key rendered with `spec` (a DiffusionSpec) and `settings` (its
     KeySettings, seed included) at `size` (width, height); `extra` adds fields of ours."""
+    from zvstudio.diffusion.control import control_units  # torch: not on the editor's start
+
     loras = "".join(f" <lora:{Path(lora.path).stem}:{lora.weight:g}>" for lora in spec.loras)
     lines = [settings.prompt + loras]
     if settings.negative_prompt:

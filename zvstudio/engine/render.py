@@ -544,6 +544,31 @@ def render_key_variations(
     return variations
 
 
+def frame_infotext(
+    request: RenderRequest, number: int, size: tuple[int, int], keys: Sequence[int]
+) -> str | None:
+    """A1111's infotext of output frame `number` (`size` (width, height)) as `request`
+    renders it with key frames `keys`: a key's own settings (its overrides in), a propagated
+    frame's global ones and the keys it comes from. None unless diffusion renders the keys."""
+    spec = request.renderer.diffusion
+    if request.renderer.kind != "diffusion" or spec is None:
+        return None
+    from zvstudio.diffusion.infotext import key_infotext
+    from zvstudio.diffusion.sampler import settings_with_overrides
+    from zvstudio.keyrender import working_size
+
+    extra: dict[str, object] = {"Source clip": Path(request.source).name, "Frame": number}
+    around = [] if number in keys else keys_around(keys, number, number)
+    if around:
+        extra["Propagated from"] = "keys " + " and ".join(map(str, around))
+        params = None
+    else:
+        params = dict(request.key_params).get(number)
+    settings = settings_with_overrides(spec.settings, params)
+    key_size = working_size(size[1], size[0], settings.key_size)[::-1]
+    return key_infotext(spec, settings, key_size, extra)
+
+
 def request_renderer(request: RenderRequest, frame_count: int, log: LogCallback) -> KeyRenderer:
     """The request's key renderer, for a clip of `frame_count` frames."""
     return create_key_renderer(request.renderer, log, request.matte, frame_count)

@@ -37,9 +37,10 @@ from zvstudio.appsettings import (
     load_settings,
     save_settings,
 )
+from zvstudio.diffusion.infotext import INFOTEXT_KEY
 from zvstudio.engine.jobs import ANALYSIS, JobEvent
 from zvstudio.engine.matte_keys import matte_area
-from zvstudio.engine.render import render_key_preview, render_key_variations
+from zvstudio.engine.render import frame_infotext, render_key_preview, render_key_variations
 from zvstudio.engine.request import RenderRequest, project_matte, request_from_project
 from zvstudio.engine.shots import clip_levels, prepare_clip
 from zvstudio.engine.status import RenderStatus
@@ -118,6 +119,7 @@ class MainWindow(QMainWindow):
         self.preview_job: int | None = None
         self.seeds_job: int | None = None  # Render > Try seeds
         self.preview_image = None  # the last previewed key (frame, image)
+        self.preview_request: RenderRequest | None = None  # the render it was previewed for
         self._reader: VideoReader | None = None
         self.proxy: Proxy | None = None
         self._matte_spec = None  # the matte whose readers `_mattes` holds, by size
@@ -246,7 +248,7 @@ class MainWindow(QMainWindow):
         self.save_frame_action = a("Save &frame as image…", self.save_frame, "Ctrl+Shift+E")
         self.save_frame_action.setToolTip(
             "The frame at the playhead as a PNG: its render (the original in View original, "
-            "or before it is rendered)"
+            "or before it is rendered), with its Stable Diffusion parameters as A1111 writes them"
         )
         self.export_keys_action = a("E&xport keys for painting…", self.painting.export_keys)
         self.export_keys_action.setToolTip(
@@ -742,7 +744,7 @@ class MainWindow(QMainWindow):
         self.timeline.set_clip(doc.frame_count, doc.fps, self._thumbnail if self._reader else None)
         self.motion.clip_changed()
         self.status = None
-        self.preview_image = None
+        self.preview_image = self.preview_request = None
         self.transport.seek(0)
         self._frame_changed(0)
 
@@ -854,13 +856,25 @@ class MainWindow(QMainWindow):
         if not chosen:
             return None
         path = Path(chosen).with_suffix(".png")
+        text = self._frame_parameters(frame, image) if what == "rendered" else None
         try:
-            write_png(path, image)
+            write_png(path, image, {INFOTEXT_KEY: text} if text else None)
         except ZvsError as exc:
             self.show_error("The frame was not saved", exc)
             return None
         self.statusBar().showMessage(f"Saved the {what} frame {frame} as {path}", 8000)
         return path
+
+    def _frame_parameters(self, frame: int, image) -> str | None:
+        """The A1111 parameters of the shown render of `frame` (a previewed key's are those
+        it was previewed with), for its PNG; None for renders other than diffusion's."""
+        if self.preview_image is not None and self.preview_image[0] == frame:
+            request, keys = self.preview_request, [frame]
+        else:
+            request, keys = self.current_request(), list(self.status.keys) if self.status else []
+        if request is None:
+            return None
+        return frame_infotext(request, frame, image.shape[1::-1], keys)
 
     def step(self, frames: int) -> None:
         """Stop and move the playhead `frames` on, sounding the frame reached (scrubbing)."""
@@ -1139,7 +1153,7 @@ class MainWindow(QMainWindow):
             image = render_key_preview(
                 request, number, context.progress, context.cancel, context.log
             )
-            return number, image
+            return number, image, request
 
         self.preview_job = self.bridge.submit(work, f"Preview key {number}")
         if self.viewer.mode() == "original":
@@ -1195,7 +1209,7 @@ class MainWindow(QMainWindow):
             edit = SetSettings(replace(doc.project.settings, seed=seed))  # a step of its own
             edit.text = f"use seed {seed}"
         doc.push(edit)
-        self.preview_image = (frame, image)
+        self.preview_image, self.preview_request = (frame, image), self.current_request()
         self._show_frame(self.transport.frame())
         where = f"key {frame}" if key is not None else "every key"
         self.statusBar().showMessage(f"Seed {seed} for {where} (Ctrl+Z undoes it)", 8000)
@@ -1278,7 +1292,8 @@ class MainWindow(QMainWindow):
         if event.kind == "preview" and event.image is not None:
             self.viewer.set_frames(self._reader.frame(self.transport.frame()), event.image)
         elif event.kind == "finished" and event.result is not None:
-            self.preview_image = event.result
+            number, image, self.preview_request = event.result
+            self.preview_image = (number, image)
             self.preview_job = None
             self._show_frame(self.transport.frame())
         elif event.kind in ("failed", "cancelled"):
