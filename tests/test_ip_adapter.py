@@ -39,8 +39,15 @@ from zvstudio.diffusion.ip_adapter import (
 from zvstudio.diffusion.library import scan
 from zvstudio.diffusion.loading import load_sd15_components
 from zvstudio.diffusion.sampler import KeySettings, diffusion_key_identity
-from zvstudio.engine.preview import DiffusionSpec, build_sampler, diffusion_model_key
+from zvstudio.engine.preview import (
+    DiffusionSpec,
+    build_sampler,
+    create_diffusion_renderer,
+    diffusion_model_key,
+    reference_models_key,
+)
 from zvstudio.errors import ZvsError
+from zvstudio.keyrender import KeyContext, KeyParams
 
 SETTINGS = KeySettings(prompt="a red cat", steps=4, strength=0.75, seed=3)
 
@@ -191,14 +198,48 @@ def test_later_keys_keep_the_reference_with_cross_frame_attention(setup):
         later = sampler.render(np.roll(red_square_frame(), 3, axis=1), is_anchor=False)
         assert later.shape == anchor.shape
         sampler.settings = replace(settings, reference_image=str(root / "b.png"))
-        with pytest.raises(ZvsError, match="load the models again"):
+        with pytest.raises(ZvsError, match=r"not '.*b\.png': load them again"):
             sampler.render(red_square_frame(), is_anchor=True)
     finally:
         sampler.close()
     without = build_sampler(spec_for(setup, SETTINGS))
     without.settings = settings
-    with pytest.raises(ZvsError, match="loaded with reference image None"):
+    with pytest.raises(ZvsError, match="loaded without an IP-Adapter"):
         without.render(red_square_frame(), is_anchor=True)
+
+
+def test_a_key_takes_a_reference_image_of_its_own(setup):
+    root = setup[0]
+    plain = render_key(setup, SETTINGS)
+    global_a = replace(SETTINGS, reference_image=str(root / "a.png"), reference_scale=1.0)
+    key_a = render_key(setup, global_a)
+    # Loaded for a render whose key 5 has b.png: every key's embeddings are made at once.
+    spec = replace(spec_for(setup, global_a), key_references=(str(root / "b.png"),))
+    renderer = create_diffusion_renderer(spec)
+    try:
+        frame = red_square_frame()
+        own = KeyParams(reference_image=str(root / "b.png"))
+        assert np.array_equal(renderer.render(frame, KeyContext(0)), key_a)
+        key_b = renderer.render(frame, KeyContext(5, params=own)).astype(int)
+        assert np.abs(key_b - key_a).mean() > 0.5
+        assert np.array_equal(renderer.render(frame, KeyContext(0)), key_a)  # a again after
+        identities = {renderer.key_identity(n, p) for n, p in ((0, None), (5, own))}
+        assert len(identities) == 2
+    finally:
+        renderer.sampler.close()
+    # Only key 5 has one: the adapter is loaded, yet the other keys render as without it
+    # (strength 0 skips it), so their identity and cached renders stay those of a plain render.
+    strong = replace(SETTINGS, reference_scale=1.0)  # the strength is the render's
+    spec = replace(spec_for(setup, strong), key_references=(str(root / "b.png"),))
+    renderer = create_diffusion_renderer(spec)
+    try:
+        assert np.array_equal(renderer.render(frame, KeyContext(0)), plain)
+        assert np.array_equal(renderer.render(frame, KeyContext(5, params=own)), key_b)
+        plain_identity = create_diffusion_renderer(spec_for(setup, SETTINGS)).key_identity(0)
+        assert renderer.key_identity(0) == plain_identity
+        assert "ip_adapter=" in renderer.key_identity(5, own)
+    finally:
+        renderer.sampler.close()
 
 
 def test_the_identity_names_the_images_content_and_strength(setup, tmp_path):
@@ -219,11 +260,15 @@ def test_the_identity_names_the_images_content_and_strength(setup, tmp_path):
     ]
     assert identities[0] == identities[1]  # the same picture elsewhere: the same keys
     assert len({plain, *identities}) == 4
-    key = diffusion_model_key(spec_for(setup, with_a))
-    assert "ip_adapter=" in key and "image_encoder=" in key
-    assert "ip_adapter=" not in diffusion_model_key(spec_for(setup, SETTINGS))
-    plus = diffusion_model_key(spec_for(setup, with_a, "ip-adapter-plus_sd15"))
-    assert plus != key
+    # The adapter and encoder are part of the identity of the keys that use a reference only.
+    assert diffusion_model_key(spec_for(setup, with_a)) == diffusion_model_key(
+        spec_for(setup, SETTINGS)
+    )
+    files = reference_models_key(spec_for(setup, with_a))
+    assert "ip_adapter=" in files and "image_encoder=" in files
+    assert reference_models_key(spec_for(setup, SETTINGS)) == ""
+    assert reference_models_key(spec_for(setup, with_a, "ip-adapter-plus_sd15")) != files
+    assert diffusion_key_identity("m", "fp32", with_a, None, False, files).endswith(files)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -351,6 +396,7 @@ def test_a_project_keeps_its_reference_image(setup, tmp_path, monkeypatch):
     from zvstudio import cli
     from zvstudio.engine.request import request_from_project
     from zvstudio.project import ClipRef, Project, RenderSettings, load_project, save_project
+    from zvstudio.project.model import KeyFrame
     from zvstudio.project.presets import describe
 
     root, model, _, adapters, clip = setup
@@ -363,11 +409,19 @@ def test_a_project_keeps_its_reference_image(setup, tmp_path, monkeypatch):
         reference_strength=0.8,
         ip_adapter=str(adapters / "ip-adapter-plus_sd15.safetensors"),
     )
-    save_project(Project(clip=ClipRef.from_file(clip), settings=settings), tmp_path / "p.zvs")
-    assert '"reference_image": "look.png"' in (tmp_path / "p.zvs").read_text()  # beside it
+    shutil.copy(root / "b.png", tmp_path / "shot2.png")
+    keys = [KeyFrame(0), KeyFrame(2, reference_image=str(tmp_path / "shot2.png"))]
+    project = Project(clip=ClipRef.from_file(clip), settings=settings, keyframes=keys)
+    save_project(project, tmp_path / "p.zvs")
+    text = (tmp_path / "p.zvs").read_text()
+    assert '"reference_image": "look.png"' in text  # beside it
+    assert '"reference_image": "shot2.png"' in text  # key 2's own
     loaded = load_project(tmp_path / "p.zvs")
-    assert loaded.settings == settings
-    spec = request_from_project(loaded, tmp_path / "o.mp4").renderer.diffusion
+    assert loaded.settings == settings and loaded.keyframes == keys
+    request = request_from_project(loaded, tmp_path / "o.mp4")
+    assert request.key_params == ((2, KeyParams(reference_image=str(tmp_path / "shot2.png"))),)
+    spec = request.renderer.diffusion
+    assert spec.key_references == (str(tmp_path / "shot2.png"),)
     assert spec.settings.reference_image == str(tmp_path / "look.png")
     assert spec.settings.reference_scale == 0.8
     assert spec.ip_adapter == adapters / "ip-adapter-plus_sd15.safetensors"
@@ -419,3 +473,32 @@ def test_text_to_video_takes_the_reference_in_every_frame(setup, tmp_path, capsy
     command += [str(adapters / "ip-adapter_sd15.safetensors"), "-o", str(out)]
     assert main(command) == 0, capsys.readouterr().err
     assert out.is_file()
+
+
+def test_giving_one_key_a_reference_renders_that_key_again_only(setup, tmp_path, monkeypatch):
+    from zvstudio.engine.render import render
+    from zvstudio.engine.request import request_from_project
+    from zvstudio.project import ClipRef, Project, RenderSettings
+    from zvstudio.project.model import KeyFrame
+
+    root, model, config, adapters, clip = setup
+    monkeypatch.setenv("ZVSTUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    settings = RenderSettings(
+        renderer="diffusion",
+        model=str(model),
+        controlnet=None,
+        steps=3,
+        ip_adapter=str(adapters / "ip-adapter_sd15.safetensors"),
+    )
+
+    def render_with(keys: list[KeyFrame]):
+        project = Project(clip=ClipRef.from_file(clip), settings=settings, keyframes=keys)
+        request = request_from_project(project, tmp_path / "out.mp4")
+        diffusion = replace(request.renderer.diffusion, device="cpu", config_dir=config)
+        request = replace(request, renderer=replace(request.renderer, diffusion=diffusion))
+        return render(request)
+
+    first = render_with([KeyFrame(0), KeyFrame(2)])
+    assert first.rendered_keys == 2
+    again = render_with([KeyFrame(0), KeyFrame(2, reference_image=str(root / "a.png"))])
+    assert (again.reused_keys, again.rendered_keys) == (1, 1)  # key 0 stays as it was

@@ -453,7 +453,7 @@ def _project_reference_overrides(spec, args):
     """The project's spec with the reference image, strength and files the options give."""
     from dataclasses import replace
 
-    from zvstudio.engine.preview import with_reference_models
+    from zvstudio.engine.preview import reference_images, with_reference_models
 
     if args.reference is not None:  # instead of the project's; its IP-Adapter stays
         spec = replace(spec, settings=replace(spec.settings, **_reference_fields(args)))
@@ -462,7 +462,7 @@ def _project_reference_overrides(spec, args):
         spec = replace(spec, settings=replace(spec.settings, reference_scale=scale))
     if args.ip_adapter is None and args.image_encoder is None:
         return spec
-    if not spec.settings.reference_image:
+    if not reference_images(spec):  # the project's or its keys' own
         _refuse_without_reference(args, ("--ip-adapter", "--image-encoder"))
     adapter = args.ip_adapter or spec.ip_adapter
     # Another adapter may need another encoder: found again unless given.

@@ -49,6 +49,7 @@ class KeyParams:
     negative_prompt: str | None = None
     seed: int | None = None
     strength: float | None = None
+    reference_image: str | None = None  # a reference image of its own (IP-Adapter)
 
 
 @dataclass(frozen=True)

@@ -53,11 +53,23 @@ Adapter = dict[str, dict[str, torch.Tensor]]  # {"image_proj": {...}, "ip_adapte
 
 @dataclass
 class ReferenceEmbeds:
-    """A reference image's embedding for the [negative, positive] guidance batch, as the UNet's
-    `added_cond_kwargs["image_embeds"]` takes it, and the image it came from."""
+    """Reference images' embeddings by image path, each for the [negative, positive] guidance
+    batch as the UNet's `added_cond_kwargs["image_embeds"]` takes it: the render's reference
+    and each key's own."""
 
-    image: str
-    embeds: torch.Tensor
+    by_image: dict[str, torch.Tensor]
+
+    def embeds_for(self, image: str) -> torch.Tensor:
+        """`image`'s embeddings; for "" (no reference) zeros, which at scale 0 add nothing."""
+        if not image:
+            return torch.zeros_like(next(iter(self.by_image.values())))
+        if image not in self.by_image:
+            loaded = ", ".join(repr(path) for path in self.by_image)
+            raise ZvsError(
+                f"the models were loaded with reference images {loaded}, not {image!r}: load "
+                "them again for another reference"
+            )
+        return self.by_image[image]
 
 
 # -- the adapter ------------------------------------------------------------------------------

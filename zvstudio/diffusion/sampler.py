@@ -385,8 +385,7 @@ class KeyFrameSampler:
         vae_blocks = len(components.vae.config.block_out_channels)
         self.vae_scale = 2 ** (vae_blocks - 1)  # 8 for SD1.x
         self.multiple = self.vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
-        reference = components.reference
-        self._image_embeds = None if reference is None else reference.embeds.to(self.device)
+        self._image_embeds: torch.Tensor | None = None  # this key's reference, when one is
 
     def close(self) -> None:
         """Put the UNet's original attention processors back."""
@@ -458,16 +457,20 @@ class KeyFrameSampler:
         return resized(image, full_size)
 
     def _check_reference(self) -> None:
-        """The reference image the settings name is the one embedded at loading; its strength
-        is set on the IP-Adapter's processors."""
+        """Take the embeddings of the reference image the settings name (embedded at loading)
+        and set its strength on the IP-Adapter's processors; a key without one, when others
+        have one, gets strength 0: the adapter then changes nothing."""
         wanted, loaded = self.settings.reference_image, self.components.reference
-        if (loaded.image if loaded is not None else "") != wanted:
-            raise ZvsError(
-                f"the sampler was loaded with reference image {loaded.image if loaded else None!r}"
-                f", not {wanted!r}: load the models again for another reference"
-            )
-        if loaded is not None:
-            set_reference_scale(self.components.unet, self.settings.reference_scale)
+        if loaded is None:
+            if wanted:
+                raise ZvsError(
+                    f"the models were loaded without an IP-Adapter, so reference image "
+                    f"{wanted!r} cannot be used: load them again with it"
+                )
+            return
+        self._image_embeds = loaded.embeds_for(wanted).to(self.device)
+        scale = self.settings.reference_scale if wanted else 0.0
+        set_reference_scale(self.components.unet, scale)
 
     def _flow_executor(self) -> ThreadPoolExecutor:
         if self._flow_thread is None:
@@ -667,10 +670,11 @@ class KeyFrameSampler:
 
 
 def settings_with_overrides(settings: KeySettings, params: KeyParams | None) -> KeySettings:
-    """The global settings with one key's overrides (prompt, negative, seed, strength)."""
+    """The global settings with one key's overrides (prompt, negative, seed, strength,
+    reference image)."""
     overrides = {
         name: value
-        for name in ("prompt", "negative_prompt", "seed", "strength")
+        for name in ("prompt", "negative_prompt", "seed", "strength", "reference_image")
         if params is not None and (value := getattr(params, name)) is not None
     }
     return replace(settings, **overrides)
@@ -682,9 +686,11 @@ def diffusion_key_identity(
     settings: KeySettings,
     params: KeyParams | None = None,
     allow_pickle: bool = False,
+    reference_models: str = "",
 ) -> str:
     """A diffusion key's cache identity (besides frame and references). The precision is part
-    of it: a float16 key is not a float32 key; so are the embeddings its prompts use."""
+    of it: a float16 key is not a float32 key; so are the embeddings its prompts use, and the
+    IP-Adapter and encoder (`reference_models`) of a key with a reference image."""
     effective = settings_with_overrides(settings, params)
     identity = f"diffusion:v1:{model_key}:{dtype}:{effective!r}"
     if settings.annotator != "canny":  # a plugin annotator's images depend on its version
@@ -701,8 +707,9 @@ def diffusion_key_identity(
         identity += f":more controls {list(settings.more_controls)} {versions}"
     if settings.control_steps != ALL_STEPS:
         identity += f":control steps {settings.control_steps}"
-    if settings.reference_image:
-        identity += f":{reference_identity(settings.reference_image, settings.reference_scale)}"
+    if effective.reference_image:
+        reference = reference_identity(effective.reference_image, settings.reference_scale)
+        identity += f":{reference} {reference_models}"
     embeddings = embeddings_identity(prompts, allow_pickle)
     return f"{identity}:embeddings {embeddings}" if embeddings else identity
 
@@ -715,18 +722,29 @@ class DiffusionKeyRenderer(KeyRenderer):
     uses_references = True
 
     def __init__(
-        self, sampler: KeyFrameSampler, model_key: str, allow_pickle: bool = False
+        self,
+        sampler: KeyFrameSampler,
+        model_key: str,
+        allow_pickle: bool = False,
+        reference_models: str = "",
     ) -> None:
         self.sampler = sampler
         self.model_key = model_key
         self.allow_pickle = allow_pickle  # which embeddings loaded: see `diffusion.embeddings`
+        self.reference_models = reference_models  # see `diffusion_key_identity`
 
     def settings_key(self) -> str:
         return self.key_identity(-1)
 
     def key_identity(self, frame_index: int, params: KeyParams | None = None) -> str:
+        sampler = self.sampler
         return diffusion_key_identity(
-            self.model_key, self.sampler.dtype, self.sampler.settings, params, self.allow_pickle
+            self.model_key,
+            sampler.dtype,
+            sampler.settings,
+            params,
+            self.allow_pickle,
+            self.reference_models,
         )
 
     def _settings_for(self, params: KeyParams | None) -> KeySettings:

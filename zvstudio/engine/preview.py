@@ -99,12 +99,21 @@ class DiffusionSpec:
     # the model library when the reference is set; `with_reference_models`).
     ip_adapter: Path | None = None
     image_encoder: Path | None = None
+    # Reference images single keys have of their own (`KeyParams.reference_image`), embedded
+    # with the settings' one when the models load.
+    key_references: tuple[str, ...] = ()
+
+
+def reference_images(spec: DiffusionSpec) -> list[str]:
+    """Every reference image `spec`'s keys use (the settings' first), each once."""
+    images = [getattr(spec.settings, "reference_image", ""), *spec.key_references]
+    return list(dict.fromkeys(image for image in images if image))
 
 
 def with_reference_models(spec: DiffusionSpec) -> DiffusionSpec:
     """`spec` with its IP-Adapter and image encoder found, when its settings have a reference
     image and it names none (`zvstudio.diffusion.ip_adapter.resolve_reference_models`)."""
-    if not getattr(spec.settings, "reference_image", ""):
+    if not reference_images(spec):
         return spec
     if spec.ip_adapter is not None and spec.image_encoder is not None:
         return spec
@@ -165,7 +174,7 @@ def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype, log: LogC
     )
     apply_loras(components, list(spec.loras))  # before any offload hooks, which then cover them
     apply_embeddings(components, loadable_embeddings(spec.allow_pickle), spec.allow_pickle, log)
-    if getattr(spec.settings, "reference_image", ""):
+    if reference_images(spec):
         _apply_reference(components, with_reference_models(spec), log)
     controlnets = [
         load_controlnet(path, device, dtype, spec.allow_pickle) for path in spec.controlnets
@@ -174,7 +183,7 @@ def _load_models(spec: DiffusionSpec, device: str, dtype: torch.dtype, log: LogC
 
 
 def _apply_reference(components, spec: DiffusionSpec, log: LogCallback) -> None:
-    """Install the IP-Adapter in the UNet and embed the reference image into `components`."""
+    """Install the IP-Adapter in the UNet and embed the reference images into `components`."""
     from zvstudio.diffusion.ip_adapter import (
         ReferenceEmbeds,
         adapter_layout,
@@ -187,22 +196,25 @@ def _apply_reference(components, spec: DiffusionSpec, log: LogCallback) -> None:
     )
     from zvstudio.media.image import read_image
 
-    image_path = spec.settings.reference_image
-    image = read_image(Path(image_path))  # first: the cheapest thing to get wrong
+    paths = reference_images(spec)
+    images = [read_image(Path(path)) for path in paths]  # first: the cheapest to get wrong
     adapter = read_ip_adapter(spec.ip_adapter, spec.allow_pickle)
     install_ip_adapter(components.unet, adapter, spec.ip_adapter.name)
-    log(f"reference image {Path(image_path).name} through {spec.ip_adapter.name}")
+    names = ", ".join(Path(path).name for path in paths)
+    log(f"reference image{'s' * (len(paths) > 1)} {names} through {spec.ip_adapter.name}")
     encoder = load_image_encoder(spec.image_encoder, spec.allow_pickle)
     layout = adapter_layout(adapter)
     check_encoder_fits(encoder, layout, adapter, spec.image_encoder.name, spec.ip_adapter.name)
-    embeds = reference_embeddings(
-        encoder, image, layout, components.unet.device, components.unet.dtype
-    )
+    unet = components.unet
+    embeds = {
+        path: reference_embeddings(encoder, image, layout, unet.device, unet.dtype)
+        for path, image in zip(paths, images, strict=True)
+    }
     # Used once: its memory goes back before sampling, whose working memory is larger than
     # the encoder's weights, so the memory plan needs no room for it.
     del encoder
-    components.reference = ReferenceEmbeds(image_path, embeds)
-    set_reference_scale(components.unet, spec.settings.reference_scale)
+    components.reference = ReferenceEmbeds(embeds)
+    set_reference_scale(unet, spec.settings.reference_scale)
 
 
 def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log):
@@ -210,7 +222,9 @@ def create_diffusion_renderer(spec: DiffusionSpec, log: LogCallback = ignore_log
     from zvstudio.diffusion.sampler import DiffusionKeyRenderer
 
     sampler = build_sampler(spec, log)  # first: it checks the files and says what is wrong
-    return DiffusionKeyRenderer(sampler, diffusion_model_key(spec), spec.allow_pickle)
+    return DiffusionKeyRenderer(
+        sampler, diffusion_model_key(spec), spec.allow_pickle, reference_models_key(spec)
+    )
 
 
 def diffusion_model_key(spec: DiffusionSpec) -> str:
@@ -226,11 +240,18 @@ def diffusion_model_key(spec: DiffusionSpec) -> str:
     files += [f"controlnet={model_content_id(path)}" for path in more]
     if spec.vae is not None:
         files.append(f"vae={model_content_id(spec.vae)}")
-    if getattr(spec.settings, "reference_image", ""):
-        spec = with_reference_models(spec)
-        files.append(f"ip_adapter={model_content_id(spec.ip_adapter)}")
-        files.append(f"image_encoder={model_content_id(spec.image_encoder)}")
     return "|".join(files)
+
+
+def reference_models_key(spec: DiffusionSpec) -> str:
+    """The content identity of the IP-Adapter and image encoder, when `spec`'s keys use a
+    reference: part of the identity of the keys that do only, so a key given a reference of
+    its own leaves the others' renders valid (the adapter changes nothing at strength 0)."""
+    if not reference_images(spec):
+        return ""
+    spec = with_reference_models(spec)
+    adapter, encoder = model_content_id(spec.ip_adapter), model_content_id(spec.image_encoder)
+    return f"ip_adapter={adapter}|image_encoder={encoder}"
 
 
 class DiffusionIdentities:
@@ -242,13 +263,19 @@ class DiffusionIdentities:
     def __init__(self, spec: DiffusionSpec) -> None:
         plan = device_plan(spec)
         self.spec, self.dtype, self.model_key = spec, plan.torch_dtype, diffusion_model_key(spec)
+        self.reference_models = reference_models_key(spec)
 
     def key_identity(self, frame_index: int, params=None) -> str:
         from zvstudio.diffusion.sampler import diffusion_key_identity
 
         spec = self.spec
         return diffusion_key_identity(
-            self.model_key, self.dtype, spec.settings, params, spec.allow_pickle
+            self.model_key,
+            self.dtype,
+            spec.settings,
+            params,
+            spec.allow_pickle,
+            self.reference_models,
         )
 
 

@@ -15,7 +15,7 @@ from zvstudio.media.matte import MatteSpec
 from zvstudio.media.probe import MediaInfo
 from zvstudio.media.writer import ALPHA_FORMATS, ExportSettings, format_for
 from zvstudio.project import Project
-from zvstudio.project.model import MIN_SHORT_SIDE, OutputSettings, RenderSettings
+from zvstudio.project.model import MIN_SHORT_SIDE, KeyFrame, OutputSettings, RenderSettings
 from zvstudio.propagate.segment import PropagationSettings
 
 KEY_PLACEMENTS = ("even", "motion")
@@ -115,8 +115,7 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
         key_params=tuple(
             (key.frame, params)
             for key in project.keyframes
-            if (params := KeyParams(key.prompt, key.negative_prompt, key.seed, key.strength))
-            != KeyParams()
+            if (params := key_params(key)) != KeyParams()
         ),
         propagation=PropagationSettings(
             synthesis=settings.synthesis, blend=settings.blend, poisson=settings.poisson
@@ -125,6 +124,11 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
         short_side=settings.short_side,
         matte=project_matte(settings),
     )
+
+
+def key_params(key: KeyFrame) -> KeyParams:
+    """A project key's overrides as the key renderer takes them."""
+    return KeyParams(key.prompt, key.negative_prompt, key.seed, key.strength, key.reference_image)
 
 
 def export_settings(output: Path, out: OutputSettings, has_matte: bool) -> ExportSettings:
@@ -157,13 +161,15 @@ def _project_renderer(project: Project) -> KeyRendererSpec:
         params = tuple(sorted(settings.style_params.items()))
         return KeyRendererSpec(kind="stylize", style=settings.style, params=params, painted=painted)
     if settings.renderer == "diffusion":
-        diffusion = _project_diffusion(settings)
+        references = (k.reference_image for k in project.keyframes if not k.painted_image)
+        diffusion = _project_diffusion(settings, tuple(r for r in references if r))
         return KeyRendererSpec(kind="diffusion", diffusion=diffusion, painted=painted)
     raise ZvsError(f"unknown renderer '{settings.renderer}' in the project")
 
 
-def _project_diffusion(settings):
-    """The diffusion spec of a project's settings (the model files are checked when loaded)."""
+def _project_diffusion(settings, key_references: tuple[str, ...] = ()):
+    """The diffusion spec of a project's settings and its keys' own reference images (the
+    model files are checked when loaded)."""
     from zvstudio.diffusion.constraints import ConstraintSchedule
     from zvstudio.diffusion.lora import LoraSpec
     from zvstudio.diffusion.sampler import KeySettings
@@ -210,6 +216,12 @@ def _project_diffusion(settings):
     controlnets = tuple(choice.path for choice in choices)
     adapter = Path(settings.ip_adapter) if settings.ip_adapter else None
     spec = DiffusionSpec(
-        Path(settings.model), key_settings, loras, controlnets, vae=vae, ip_adapter=adapter
+        Path(settings.model),
+        key_settings,
+        loras,
+        controlnets,
+        vae=vae,
+        ip_adapter=adapter,
+        key_references=key_references,
     )
     return with_reference_models(spec)

@@ -301,9 +301,12 @@ class TextToVideoZero:
         self.dtype = components.unet.dtype
         # InstructPix2Pix UNets take the input frame's latent beside the noise.
         self.instruct = components.unet.config.in_channels == 8
-        # A reference image's embedding (an IP-Adapter in the UNet), for the guidance batch.
+        # The reference image's embedding (an IP-Adapter in the UNet; a generated clip has one
+        # reference), for the guidance batch.
         reference = components.reference
-        self.image_embeds = None if reference is None else reference.embeds.to(self.device)
+        self.image_embeds = None
+        if reference is not None:
+            self.image_embeds = next(iter(reference.by_image.values())).to(self.device)
         if reference is not None and self.instruct:
             raise ZvsError(
                 "a reference image does not work with InstructPix2Pix editing: its guidance "

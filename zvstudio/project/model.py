@@ -94,6 +94,8 @@ class KeyFrame(Validated):
         default=None, metadata=rule("float", nullable=True, low=0, high=1)
     )
     painted_image: str | None = field(default=None, metadata=rule("path", nullable=True))
+    # A reference image of its own, instead of the project's (`RenderSettings.reference_image`)
+    reference_image: str | None = field(default=None, metadata=rule("path", nullable=True))
 
 
 @dataclass(frozen=True)
