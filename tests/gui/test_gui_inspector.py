@@ -240,6 +240,33 @@ def test_key_seed_and_strength_overrides(qtbot, diffusion):
     assert diffusion.project.key_at(5) == KeyFrame(5, seed=SEED_MAX, strength=0.4)
 
 
+def test_a_key_takes_a_reference_image_of_its_own(qtbot, diffusion, tmp_path):
+    look = tmp_path / "look.png"
+    diffusion.push(SetSettings(replace(diffusion.project.settings, reference_image=str(look))))
+    inspector = make_inspector(qtbot, diffusion)
+    panel, render = inspector.key_panel, inspector.render_panel
+    inspector.set_current_key(5)
+    assert panel.reference_label.full_text() == "look.png"  # the project's, greyed
+    assert not panel.reference_label.isEnabled() and not panel.clear_reference_button.isEnabled()
+    shot = tmp_path / "shot2.png"
+    inspector.dialogs.open_file = lambda title, name_filter: str(shot)
+    qtbot.mouseClick(panel.reference_button, Qt.LeftButton)
+    assert diffusion.project.key_at(5).reference_image == str(shot)
+    assert diffusion.undo_stack.undoText() == "give key 5 a reference image"
+    assert panel.reference_label.full_text() == "shot2.png" and panel.reference_label.isEnabled()
+    assert panel.clear_reference_button.isEnabled()
+    # Without the project's, the key's own keeps the strength and adapter rows in use.
+    render.clear_reference_button.click()
+    assert diffusion.project.settings.reference_image is None
+    assert render.reference_strength_spin.isEnabled() and render.ip_adapter_combo.isEnabled()
+    qtbot.mouseClick(panel.clear_reference_button, Qt.LeftButton)
+    assert diffusion.project.key_at(5) == KeyFrame(5)
+    assert panel.reference_label.full_text() == "None"
+    assert not render.reference_strength_spin.isEnabled()
+    diffusion.undo_stack.undo()
+    assert panel.reference_label.full_text() == "shot2.png"
+
+
 def test_no_key_selected_says_so(qtbot, diffusion):
     inspector = make_inspector(qtbot, diffusion)
     inspector.set_current_key(6)  # not a key

@@ -577,15 +577,14 @@ class RenderPanel(_Panel):
         self.reference_label.set_full_text(Path(current).name if current else "None")
         self.reference_label.setToolTip(current or REFERENCE_TIP)
         adapters = self.known("ip_adapter")
+        # The strength and adapter serve keys' own references too.
+        used = bool(current) or any(k.reference_image for k in self.document.project.keyframes)
         combo = self.ip_adapter_combo
         self._show_files(combo, "ip_adapter", "From the model library", settings.ip_adapter)
-        for widget in (
-            self.clear_reference_button,
-            self.reference_strength_spin,
-            self.ip_adapter_combo,
-        ):
-            widget.setEnabled(bool(current))
-        self.reference_note.setVisible(bool(current) and not adapters and not settings.ip_adapter)
+        self.clear_reference_button.setEnabled(bool(current))
+        self.reference_strength_spin.setEnabled(used)
+        self.ip_adapter_combo.setEnabled(used)
+        self.reference_note.setVisible(used and not adapters and not settings.ip_adapter)
 
     def _vae_row(self, form: QFormLayout) -> None:
         self.vae_combo = _combo()
@@ -1346,7 +1345,9 @@ class KeyPanel(_Panel):
         self.key_box = QGroupBox()
         layout = QVBoxLayout(self.key_box)
         self.overrides_box = QWidget()
-        self.overrides = self._override_rows(_form(self.overrides_box))
+        form = _form(self.overrides_box)
+        self.overrides = self._override_rows(form)
+        self._reference_row(form)
         layout.addWidget(self.overrides_box)
         layout.addLayout(self._painted_rows())
         outer = QVBoxLayout(self)
@@ -1379,6 +1380,39 @@ class KeyPanel(_Panel):
             box.addWidget(editor)
             form.addRow(_label(text, tip), box)
         return overrides
+
+    def _reference_row(self, form: QFormLayout) -> None:
+        self.reference_label = ElidedLabel()
+        self.reference_button = QPushButton("Choose…")
+        self.reference_button.setToolTip("A reference image for this key instead of the project's")
+        self.reference_button.clicked.connect(self._choose_reference)
+        self.clear_reference_button = QPushButton("Project's")
+        self.clear_reference_button.setToolTip(
+            "Use the project's reference image (Render settings > Model)"
+        )
+        self.clear_reference_button.clicked.connect(lambda: self.set_reference(None))
+        row = QHBoxLayout()
+        row.addWidget(self.reference_label, 1)
+        row.addWidget(self.reference_button)
+        row.addWidget(self.clear_reference_button)
+        tip = (
+            "The image this key takes its look from, through an IP-Adapter: another shot's "
+            "look; the strength and adapter are the project's"
+        )
+        form.addRow(_label("Reference image", tip), row)
+
+    def set_reference(self, path: str | None) -> None:
+        key = self.key()
+        if key is not None and key.reference_image != path:
+            text = f"give key {key.frame} a reference image"
+            if path is None:
+                text = f"use the project's reference for key {key.frame}"
+            self._push(lambda: SetKey(replace(key, reference_image=path)), text)
+
+    def _choose_reference(self) -> None:
+        path = self.dialogs.open_file("Choose this key's reference image", IMAGE_FILTER)
+        if path:
+            self.set_reference(os.path.abspath(path))
 
     def _painted_rows(self) -> QVBoxLayout:
         self.painted_label = QLabel()
@@ -1437,6 +1471,15 @@ class KeyPanel(_Panel):
             self._push(lambda: SetKey(replace(key, **{field: value}), field=field))
 
     # -- refreshing --------------------------------------------------------------------------
+    def _show_reference(self, key: KeyFrame) -> None:
+        own, project = key.reference_image, self.settings.reference_image
+        shown = own or project
+        self.reference_label.set_full_text(Path(shown).name if shown else "None")
+        tip = own or f"The project's reference image: {project or 'none'}"
+        self.reference_label.setToolTip(tip)
+        self.reference_label.setEnabled(bool(own))  # greyed while inherited, as overrides are
+        self.clear_reference_button.setEnabled(bool(own))
+
     def _show_project(self) -> None:
         key = self.key()
         self.placeholder.setVisible(key is None)
@@ -1446,6 +1489,7 @@ class KeyPanel(_Panel):
         self.key_box.setTitle(f"Key at frame {key.frame}")
         for field, override in self.overrides.items():
             override.show(getattr(key, field), getattr(self.settings, field))
+        self._show_reference(key)
         # Prompts, seeds and strengths are the diffusion renderer's; paintings are anyone's.
         self.overrides_box.setVisible(self.settings.renderer == "diffusion")
         painted = key.painted_image

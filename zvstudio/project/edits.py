@@ -116,8 +116,8 @@ def keys_every(
     project: Project, interval: int, frame_count: int, cuts: Sequence[int] = ()
 ) -> ReplaceKeys:
     """Keys every `interval` frames over the render range, counted again from each shot cut
-    (`cuts`: the first frames of shots); keys that carry overrides (a prompt, seed, strength or
-    painting) stay where they are, and keys on the grid keep theirs."""
+    (`cuts`: the first frames of shots); keys that carry overrides (a prompt, seed, strength,
+    reference or painting) stay where they are, and keys on the grid keep theirs."""
     if interval < 1:
         raise ZvsError(f"the key interval must be at least 1, got {interval}")
     span = project.frame_range or FrameRange(0, max(frame_count - 1, 0))
@@ -127,8 +127,8 @@ def keys_every(
 
 def keys_at(project: Project, frames: Sequence[int], text: str) -> ReplaceKeys:
     """Keys at `frames` (e.g. placed by motion) in place of the plain keys; keys that carry
-    overrides (a prompt, seed, strength or painting) stay where they are, and keys at `frames`
-    keep theirs."""
+    overrides (a prompt, seed, strength, reference or painting) stay where they are, and keys
+    at `frames` keep theirs."""
     chosen = {frame: KeyFrame(frame) for frame in frames}
     for key in project.keyframes:
         if key.frame in chosen or key != KeyFrame(key.frame):
