@@ -387,6 +387,7 @@ def _render_request(args, scratch: Path):
         project = load_project(args.input)
         check_clip(project, args.input)
         project.settings = _with_preset(args, project.settings)
+        _check_project_files(project, args)
         request = request_from_project(project, args.output)
     else:
         source = args.input
@@ -413,6 +414,28 @@ def _render_request(args, scratch: Path):
             flow_preset=DEMO_FLOW if args.demo else "fine",
         )
     return _with_overrides(request, args)
+
+
+def _check_project_files(project, args) -> None:
+    """Refuse a project whose files (models, LoRAs, reference images, matte, paintings) are
+    not all there, naming every one, before any work; files the options replace count not."""
+    from zvstudio.project.files import describe_missing, missing_files
+
+    replaced = {
+        "VAE": args.vae is not None,
+        "ControlNet": bool(args.controlnet),
+        "IP-Adapter": args.ip_adapter is not None,
+        "reference image": args.reference is not None,
+    }
+    missing = [f for f in missing_files(project) if not replaced.get(f.what)]
+    if missing:
+        count = f"{len(missing)} file{'s' * (len(missing) > 1)}"
+        raise ZvsError(
+            f"the project refers to {count} that {'are' if len(missing) > 1 else 'is'} not "
+            f"there:\n{describe_missing(missing)}",
+            hint="move them back, or open the project in the editor: File > Find missing "
+            "files… finds them in a folder",
+        )
 
 
 def _with_preset(args, settings):

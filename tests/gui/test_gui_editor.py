@@ -255,6 +255,34 @@ def test_a_moved_clip_is_located_and_its_renders_found_again(qtbot, window, tmp_
     assert load_project(project_file).clip.path == str(moved)
 
 
+def test_a_projects_moved_files_are_found_in_a_folder(qtbot, window, clip, tmp_path):
+    painting = tmp_path / "paint" / "frame_000010.png"
+    painting.parent.mkdir()
+    cv2.imwrite(str(painting), np.zeros((80, 128, 3), np.uint8))
+    assert window.open_path(clip)
+    window.document.push(SetKey(KeyFrame(10, painted_image=str(painting))))
+    assert window.save_to(tmp_path / "story.zvs")
+    window.document.new()
+    moved = tmp_path / "drive" / "job" / "paint" / painting.name
+    moved.parent.mkdir(parents=True)
+    painting.rename(moved)
+
+    questions = []
+    window.ask = lambda title, text, buttons: questions.append(text) or QMessageBox.Open
+    window.choose_folder = lambda title, folder: str(tmp_path / "drive")
+    assert window.open_path(tmp_path / "story.zvs")
+    assert len(questions) == 1 and f"key 10's painting: {painting}" in questions[0]
+    doc = window.document
+    assert doc.project.key_at(10).painted_image == str(moved) and doc.dirty
+    assert doc.undo_stack.undoText() == "relink 1 file"
+    assert window.statusBar().currentMessage().startswith("Found 1 of 1 file in")
+    window.find_missing_files()  # nothing is missing now: no question
+    assert len(questions) == 1
+    assert window.statusBar().currentMessage() == "No file of this project is missing"
+    doc.undo_stack.undo()
+    assert doc.project.key_at(10).painted_image == str(painting)
+
+
 def test_locating_another_file_asks_again_and_can_be_declined(qtbot, window, clip, tmp_path):
     source = tmp_path / "walk.mp4"
     source.write_bytes(clip.read_bytes())

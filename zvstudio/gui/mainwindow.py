@@ -80,12 +80,14 @@ from zvstudio.project import ClipMissingError, content_hash
 from zvstudio.project.autosave import Autosaver
 from zvstudio.project.edits import (
     MoveKey,
+    RelinkFiles,
     RemoveKey,
     SetFrameRange,
     SetKey,
     SetSettings,
     mark_range,
 )
+from zvstudio.project.files import describe_missing, find_moved, missing_files
 from zvstudio.project.model import SEED_MAX
 
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
@@ -210,6 +212,11 @@ class MainWindow(QMainWindow):
             "Another file as the project's clip (a new version of the edit): keys and "
             "settings are kept"
         )
+        self.missing_files_action = a("Find &missing files…", self.find_missing_files)
+        self.missing_files_action.setToolTip(
+            "Find the project's models, LoRAs, reference images, matte and paintings in a "
+            "folder, after they moved"
+        )
         self.sequence_rate_action = a("Frame ra&te of sequence…", self.sequence_rate_dialog)
         self.sequence_rate_action.setToolTip(
             "How many frames a second an image sequence plays at (its images carry no timing); "
@@ -310,7 +317,9 @@ class MainWindow(QMainWindow):
         self.recent_menu = file_menu.addMenu("Open &recent")
         file_menu.addActions([self.save_action, self.save_as_action])
         file_menu.addSeparator()
-        file_menu.addActions([self.import_action, self.replace_clip_action])
+        file_menu.addActions(
+            [self.import_action, self.replace_clip_action, self.missing_files_action]
+        )
         file_menu.addActions([self.sequence_rate_action, self.export_action])
         file_menu.addAction(self.save_frame_action)
         file_menu.addSeparator()
@@ -505,6 +514,7 @@ class MainWindow(QMainWindow):
                     if not self._locate_clip(missing):
                         return False
                 self._remember(path)
+                self.find_missing_files(on_open=True)
             else:
                 self.document.import_clip(path)
         except ZvsError as exc:
@@ -547,6 +557,41 @@ class MainWindow(QMainWindow):
         message = f"Clip relinked to {chosen}" + "".join(f"; {note}" for note in notes)
         self.statusBar().showMessage(message + ". Save to keep it.", 15_000)
         return True
+
+    def find_missing_files(self, on_open: bool = False) -> int | None:
+        """Offer to search a folder for the project's missing files (models, LoRAs, reference
+        images, matte, paintings) and relink those found, as one undo step; how many were
+        relinked, None when none is missing or the user declines."""
+        missing = missing_files(self.document.project)
+        if not missing:
+            if not on_open:
+                self.statusBar().showMessage("No file of this project is missing", 5000)
+            return None
+        count = f"{len(missing)} file{'s' * (len(missing) > 1)}"
+        question = (
+            f"{count} this project uses {'are' if len(missing) > 1 else 'is'} not where it "
+            f"says:\n\n{describe_missing(missing)}\n\nOpen a folder to search for "
+            f"{'them' if len(missing) > 1 else 'it'}? Files of the same name in it and its "
+            "subfolders take their place."
+        )
+        buttons = QMessageBox.Open | QMessageBox.Ignore
+        if self.ask("Missing files", question, buttons) != QMessageBox.Open:
+            return None
+        project_path = self.document.path
+        start = project_path.parent if project_path is not None else Path.home()
+        folder = self.choose_folder("Search for the missing files in", start)
+        if not folder:
+            return None
+        with busy_cursor():  # a large folder takes a moment
+            moved = find_moved(missing, folder)
+        if moved:
+            self.document.push(RelinkFiles(moved))
+        still = len(missing) - len(moved)
+        message = f"Found {len(moved)} of {count} in {folder}"
+        if still:
+            message += f"; {still} still missing (File > Find missing files…)"
+        self.statusBar().showMessage(message + ". Save to keep it.", 15_000)
+        return len(moved)
 
     def replace_clip_dialog(self) -> bool:
         """Ask for another file to be the project's clip; True when it was replaced."""

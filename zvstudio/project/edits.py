@@ -245,3 +245,24 @@ def relink_clip(project: Project, clip: ClipRef, frame_count: int) -> list[str]:
         )
     project.clip = clip
     return notes
+
+
+class RelinkFiles(Edit):
+    """Point the project's settings and keys at where their files went (`moved`: old path ->
+    new path, from `zvstudio.project.files.find_moved`), as one step."""
+
+    def __init__(self, moved: dict[str, str]) -> None:
+        self.moved = dict(moved)
+        self.old: tuple[RenderSettings, list[KeyFrame]] | None = None
+        self.text = f"relink {len(moved)} file{'s' * (len(moved) != 1)}"
+
+    def apply(self, project: Project) -> None:
+        from zvstudio.project.files import relinked
+
+        self.old = (project.settings, list(project.keyframes))
+        project.settings, project.keyframes = relinked(project, self.moved)
+
+    def revert(self, project: Project) -> None:
+        if self.old is not None:
+            project.settings, keys = self.old
+            project.keyframes = list(keys)
