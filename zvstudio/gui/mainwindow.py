@@ -569,8 +569,9 @@ class MainWindow(QMainWindow):
             return None
         count = f"{len(missing)} file{'s' * (len(missing) > 1)}"
         question = (
-            f"{count} this project uses {'are' if len(missing) > 1 else 'is'} not where it "
-            f"says:\n\n{describe_missing(missing)}\n\nOpen a folder to search for "
+            f"{count} this project uses {'are' if len(missing) > 1 else 'is'} missing (moved, "
+            f"renamed, or on a drive that is not connected):\n\n{describe_missing(missing)}"
+            "\n\nOpen a folder to search for "
             f"{'them' if len(missing) > 1 else 'it'}? Files of the same name in it and its "
             "subfolders take their place."
         )
