@@ -591,7 +591,7 @@ class MainWindow(QMainWindow):
         message = f"Found {len(moved)} of {count} in {folder}"
         if still:
             message += f"; {still} still missing (File > Find missing files…)"
-        self.statusBar().showMessage(message + ". Save to keep it.", 15_000)
+        self.statusBar().showMessage(message + (". Save to keep it." if moved else ""), 15_000)
         return len(moved)
 
     def replace_clip_dialog(self) -> bool:
