@@ -126,4 +126,8 @@ def test_rendering_a_project_with_missing_files_names_them_all_first(tmp_path, c
     image = touch(tmp_path / "other.png")
     assert main([*render, "--reference", image]) != 0
     assert "refers to 2 files" in capsys.readouterr().err
+    # Another model, or a style, leaves the project's model files unused; paintings stay.
+    for option in (["--model", str(tmp_path / "other.safetensors")], ["--style", "pencil"]):
+        assert main([*render, *option]) != 0
+        assert "refers to 1 file that is not there:\nkey 0's painting" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()

@@ -419,14 +419,20 @@ def _render_request(args, scratch: Path):
 def _check_project_files(project, args) -> None:
     """Refuse a project whose files (models, LoRAs, reference images, matte, paintings) are
     not all there, naming every one, before any work; files the options replace count not."""
-    from zvstudio.project.files import describe_missing, missing_files
+    from dataclasses import replace
 
+    from zvstudio.project.files import MODEL_FILES, describe_missing, missing_files
+
+    if args.style is not None:  # a style renders the keys: the project's models are not used
+        project = replace(project, settings=replace(project.settings, renderer="stylize"))
     replaced = {
         "VAE": args.vae is not None,
         "ControlNet": bool(args.controlnet),
         "IP-Adapter": args.ip_adapter is not None,
         "reference image": args.reference is not None,
     }
+    if args.model is not None:  # another model with its own options: none of the project's
+        replaced |= dict.fromkeys(MODEL_FILES, True)
     missing = [f for f in missing_files(project) if not replaced.get(f.what)]
     if missing:
         count = f"{len(missing)} file{'s' * (len(missing) > 1)}"

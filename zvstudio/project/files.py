@@ -18,6 +18,8 @@ from zvstudio.media.sequence import clip_exists
 from zvstudio.project.model import KeyFrame, Project, RenderSettings
 
 MAX_SEARCHED = 500_000  # folder entries a search looks at before it gives up on the rest
+# What the diffusion settings' own files are (`ProjectFile.what`), in the inspector's order.
+MODEL_FILES = ("checkpoint", "VAE", "LoRA", "ControlNet", "IP-Adapter", "reference image")
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,14 @@ def project_files(project: Project) -> list[ProjectFile]:
 
 
 def _model_files(settings: RenderSettings) -> Iterator[ProjectFile]:
+    checkpoint, vae, lora, controlnet, ip_adapter, reference = MODEL_FILES
     named = [
-        ("checkpoint", settings.model),
-        ("VAE", settings.vae),
-        *(("LoRA", lora.path) for lora in settings.loras),
-        *(("ControlNet", name) for name, _ in settings.controlnets() if _is_path(name)),
-        ("IP-Adapter", settings.ip_adapter),
-        ("reference image", settings.reference_image),
+        (checkpoint, settings.model),
+        (vae, settings.vae),
+        *((lora, ref.path) for ref in settings.loras),
+        *((controlnet, name) for name, _ in settings.controlnets() if _is_path(name)),
+        (ip_adapter, settings.ip_adapter),
+        (reference, settings.reference_image),
     ]
     yield from (ProjectFile(what, path) for what, path in named if path)
 
