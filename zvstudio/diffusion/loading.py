@@ -468,13 +468,9 @@ def match_original_checkpoint(
     )
     missing = misshapen = 0
     for model, rename in zip(models, renames, strict=True):
-        if model is None:
-            continue
-        for param, tensor in model.state_dict().items():
-            if param not in rename:
-                missing += 1
-            elif not _same_shape(tuple(shapes[rename[param]]), tuple(tensor.shape)):
-                misshapen += 1
+        if model is not None:  # unexpected keys are counted over the three models below
+            absent, _, wrong = mismatches(model.state_dict(), rename, shapes, ())
+            missing, misshapen = missing + absent, misshapen + wrong
     used = {k for rename in renames for k in rename.values()}
     unexpected = sum(
         1
