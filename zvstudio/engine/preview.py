@@ -111,8 +111,8 @@ def reference_images(spec: DiffusionSpec) -> list[str]:
 
 
 def with_reference_models(spec: DiffusionSpec) -> DiffusionSpec:
-    """`spec` with its IP-Adapter and image encoder found, when its settings have a reference
-    image and it names none (`zvstudio.diffusion.ip_adapter.resolve_reference_models`)."""
+    """`spec` with its IP-Adapter and image encoder found, when its keys use a reference image
+    (`reference_images`) and it names none (`ip_adapter.resolve_reference_models`)."""
     if not reference_images(spec):
         return spec
     if spec.ip_adapter is not None and spec.image_encoder is not None:

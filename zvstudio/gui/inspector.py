@@ -276,6 +276,22 @@ def _form(group: QWidget) -> QFormLayout:
     return form
 
 
+def _image_row(
+    choose: Callable[[], None], clear_text: str, clear: Callable[[], None]
+) -> tuple[ElidedLabel, QPushButton, QPushButton, QHBoxLayout]:
+    """An image's name, a Choose… button and a button (`clear_text`) that clears it."""
+    label = ElidedLabel()
+    choose_button = QPushButton("Choose…")
+    choose_button.clicked.connect(choose)
+    clear_button = QPushButton(clear_text)
+    clear_button.clicked.connect(clear)
+    row = QHBoxLayout()
+    row.addWidget(label, 1)
+    row.addWidget(choose_button)
+    row.addWidget(clear_button)
+    return label, choose_button, clear_button, row
+
+
 def _browse_row(
     combo: QComboBox, *actions: tuple[str, Callable[[], None]]
 ) -> tuple[QToolButton, QHBoxLayout]:
@@ -537,18 +553,12 @@ class RenderPanel(_Panel):
         return group
 
     def _reference_rows(self, form: QFormLayout) -> None:
-        self.reference_label = ElidedLabel()
-        self.reference_button = QPushButton("Choose…")
-        self.reference_button.clicked.connect(self._choose_reference)
-        self.clear_reference_button = QPushButton("None")
-        self.clear_reference_button.setToolTip("Keys take their look from the prompt alone")
-        self.clear_reference_button.clicked.connect(
-            lambda: self._set("reference_image", None, "remove the reference image")
+        self.reference_label, self.reference_button, self.clear_reference_button, row = _image_row(
+            self._choose_reference,
+            "None",
+            lambda: self._set("reference_image", None, "remove the reference image"),
         )
-        row = QHBoxLayout()
-        row.addWidget(self.reference_label, 1)
-        row.addWidget(self.reference_button)
-        row.addWidget(self.clear_reference_button)
+        self.clear_reference_button.setToolTip("Keys take their look from the prompt alone")
         form.addRow(_label("Reference image", REFERENCE_TIP), row)
         self.reference_strength_spin = _spin(0, 2, 0.05)
         self.reference_strength_spin.valueChanged.connect(
@@ -1382,19 +1392,13 @@ class KeyPanel(_Panel):
         return overrides
 
     def _reference_row(self, form: QFormLayout) -> None:
-        self.reference_label = ElidedLabel()
-        self.reference_button = QPushButton("Choose…")
+        self.reference_label, self.reference_button, self.clear_reference_button, row = _image_row(
+            self._choose_reference, "Project's", lambda: self.set_reference(None)
+        )
         self.reference_button.setToolTip("A reference image for this key instead of the project's")
-        self.reference_button.clicked.connect(self._choose_reference)
-        self.clear_reference_button = QPushButton("Project's")
         self.clear_reference_button.setToolTip(
             "Use the project's reference image (Render settings > Model)"
         )
-        self.clear_reference_button.clicked.connect(lambda: self.set_reference(None))
-        row = QHBoxLayout()
-        row.addWidget(self.reference_label, 1)
-        row.addWidget(self.reference_button)
-        row.addWidget(self.clear_reference_button)
         tip = (
             "The image this key takes its look from, through an IP-Adapter: another shot's "
             "look; the strength and adapter are the project's"
