@@ -238,7 +238,7 @@ def test_resolve_missing_and_unsupported(library, tmp_path, monkeypatch):
         ("openpose", "body_pose_model.pth"),
         ("mlsd", "mlsd_large_512_fp32.pth"),
         ("seg:0.8", "ZVSTUDIO_SEG_MODEL"),
-        ("normal", None),
+        ("normal", "ZVSTUDIO_DEPTH_MODEL"),
     ):
         with pytest.raises(ZvsError, match="is not available") as err:
             resolve_controlnet(spec)

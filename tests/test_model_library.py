@@ -811,7 +811,7 @@ def test_models_command_lists_what_it_finds(tmp_path, monkeypatch, capsys):
     assert [(m["name"], m["kind"], m["base"]) for m in listed] == [("inkwash", "lora", "sd1")]
     annotator_files = report["annotators"]
     assert annotator_files["hed/softedge"] == str(hed)
-    assert annotator_files["depth"] is None and annotator_files["lineart"] is None
+    assert annotator_files["depth/normal"] is None and annotator_files["lineart"] is None
     assert main(["models", "--folder", str(install)]) == 0
     out = capsys.readouterr().out
     assert "inkwash" in out and f"hed/softedge: {hed}" in out

@@ -43,6 +43,8 @@ UNAVAILABLE_ANNOTATORS = (
 # The weights each annotator backed by the user's files needs, for messages.
 WEIGHTS_NEEDED = {
     "depth": "a transformers depth model (Depth Anything or DPT, with model.safetensors)",
+    "normal": "a transformers depth model (Depth Anything or DPT, with model.safetensors; "
+    "normals are drawn from its depth)",
     "hed": "lllyasviel's ControlNetHED.pth",
     "softedge": "lllyasviel's ControlNetHED.pth",
     "lineart": "lllyasviel's sk_model.pth",
@@ -52,7 +54,11 @@ WEIGHTS_NEEDED = {
     "model.safetensors)",
 }
 # The annotators backed by a transformers model folder, which may also be named by a variable.
-MODEL_FOLDER_VARIABLES = {"depth": "ZVSTUDIO_DEPTH_MODEL", "seg": "ZVSTUDIO_SEG_MODEL"}
+MODEL_FOLDER_VARIABLES = {
+    "depth": "ZVSTUDIO_DEPTH_MODEL",
+    "normal": "ZVSTUDIO_DEPTH_MODEL",
+    "seg": "ZVSTUDIO_SEG_MODEL",
+}
 
 
 def weights_hint(name: str) -> str:
@@ -111,7 +117,7 @@ def _local_kinds() -> tuple:
     from zvstudio.diffusion.seg import SegAnnotator, find_seg_model
 
     return (
-        (("depth",), find_depth_model, DepthAnnotator),
+        (("depth", "normal"), find_depth_model, DepthAnnotator),
         (("hed", "softedge"), find_hed_weights, HedAnnotator),
         (("lineart",), find_lineart_weights, LineartAnnotator),
         (("openpose",), find_openpose_weights, OpenposeAnnotator),
@@ -145,7 +151,13 @@ def refresh_local_annotators() -> None:
         if found is not None:
             annotator = make(found)
             for name in names:
-                _annotators[name] = _Annotator(annotator, version=annotator.identity)
+                # One model may draw several kinds of image (depth and normals).
+                draws = (
+                    annotator.annotator_for(name)
+                    if hasattr(annotator, "annotator_for")
+                    else annotator
+                )
+                _annotators[name] = _Annotator(draws, version=annotator.identity)
 
 
 def local_annotator_files(folders=None) -> dict[str, str | None]:

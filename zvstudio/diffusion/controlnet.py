@@ -256,9 +256,15 @@ def annotator_named_by(path: Path) -> str | None:
     name's last word that names an annotator (available or not) wins."""
     words = re.split(r"[^a-z0-9]+", path.name.lower())
     for word in reversed(words):
+        word = NAME_ALIASES.get(word, word)
         if has_annotator(word) or word in UNAVAILABLE_ANNOTATORS:
             return word
     return None
+
+
+# Words of ControlNets' names that mean an annotator by another name (lllyasviel's
+# control_v11p_sd15_normalbae follows normal maps).
+NAME_ALIASES = {"normalbae": "normal"}
 
 
 def _unavailable(name: str, prefix: str = "the ") -> ZvsError:

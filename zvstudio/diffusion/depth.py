@@ -112,12 +112,26 @@ class TransformersAnnotator:
 
 
 class DepthAnnotator(TransformersAnnotator):
-    """annotate(rgb) -> the depth map as RGB uint8 (near bright), the frame's size."""
+    """annotate(rgb) -> the depth map as RGB uint8 (near bright), the frame's size;
+    `normals(rgb)` -> the normal map drawn from it, for normal ControlNets."""
 
     auto_model = "AutoModelForDepthEstimation"
     what = "depth model"
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        grey = np.round(self.relative_depth(rgb) * 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+
+    def normals(self, rgb: np.ndarray) -> np.ndarray:
+        return normals_from_depth(self.relative_depth(rgb))
+
+    def annotator_for(self, name: str):
+        """The callable that draws annotator `name`'s images ("depth" or "normal")."""
+        return self.normals if name == "normal" else self
+
+    def relative_depth(self, rgb: np.ndarray) -> np.ndarray:
+        """The model's depth of `rgb` at its size, float32 stretched to 0 (farthest) .. 1
+        (nearest)."""
         import torch
         import torch.nn.functional as F
 
@@ -128,8 +142,34 @@ class DepthAnnotator(TransformersAnnotator):
         depth = depth.reshape(1, 1, *depth.shape[-2:]).float()
         depth = F.interpolate(depth, size=rgb.shape[:2], mode="bicubic", align_corners=False)[0, 0]
         # These models predict relative inverse depth (disparity): larger is nearer, which is
-        # what depth ControlNets were trained on. Stretch it to the full 8-bit range.
+        # what depth ControlNets were trained on.
         low, high = depth.min(), depth.max()
         scaled = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
-        grey = (scaled * 255).round().to(torch.uint8).numpy()
-        return np.repeat(grey[..., None], 3, axis=2)
+        return scaled.clamp(0, 1).numpy().astype(np.float32)
+
+
+# Normal maps as ControlNet's "normal from MiDaS" draws them (the maps sd-controlnet-normal
+# was trained on, and which normalbae ControlNets follow too: the same axes, red facing left,
+# green up, blue towards the viewer). The relative depth is read as a relief whose nearest
+# point stands NORMAL_RELIEF short sides in front of its farthest, so that a map does not
+# depend on the frame's size or on the depth model's units, which differ between models.
+NORMAL_RELIEF = 0.5
+# Where the relative depth is below this the surface is drawn facing the camera: the far
+# background is flat, as in ControlNet's preprocessor (its "background threshold").
+NORMAL_BACKGROUND = 0.4
+
+
+def normals_from_depth(relative_depth: np.ndarray) -> np.ndarray:
+    """The normal map (RGB uint8) of a relative depth map (0 far .. 1 near, HxW float)."""
+    import cv2
+
+    relief = relative_depth.astype(np.float32) * (NORMAL_RELIEF * min(relative_depth.shape))
+    # A 3x3 Sobel sums eight times the slope per pixel.
+    slope_x = cv2.Sobel(relief, cv2.CV_32F, 1, 0, ksize=3) / 8
+    slope_y = cv2.Sobel(relief, cv2.CV_32F, 0, 1, ksize=3) / 8
+    background = relative_depth < NORMAL_BACKGROUND
+    slope_x[background] = 0
+    slope_y[background] = 0
+    normal = np.stack([slope_x, slope_y, np.ones_like(slope_x)], axis=2)
+    normal /= np.linalg.norm(normal, axis=2, keepdims=True)
+    return np.clip(normal * 127.5 + 127.5, 0, 255).astype(np.uint8)
