@@ -284,6 +284,12 @@ def _add_render(commands) -> None:
         "change it, and a project keeps its matte",
     )
     render_parser.add_argument(
+        "--version",
+        metavar="NAME",
+        help="with a project: render one of the versions kept in it (Render > Versions in "
+        "the editor) instead of its current settings and keys",
+    )
+    render_parser.add_argument(
         "--size",
         type=int,
         metavar="PIXELS",
@@ -386,10 +392,16 @@ def _render_request(args, scratch: Path):
 
         project = load_project(args.input)
         check_clip(project, args.input)
+        if args.version is not None:
+            from zvstudio.project.versions import find_version, version_project
+
+            project = version_project(project, find_version(project, args.version))
         project.settings = _with_preset(args, project.settings)
         _check_project_files(project, args)
         request = request_from_project(project, args.output)
     else:
+        if args.version is not None:
+            raise ZvsError("--version NAME renders a version kept in a project (.zvs)")
         source = args.input
         if args.demo:
             from zvstudio.demo import write_demo_clip

@@ -13,7 +13,14 @@ from dataclasses import replace
 
 from zvstudio.errors import ZvsError
 from zvstudio.media.cuts import keys_by_shot
-from zvstudio.project.model import ClipRef, FrameRange, KeyFrame, Project, RenderSettings
+from zvstudio.project.model import (
+    ClipRef,
+    FrameRange,
+    KeyFrame,
+    Project,
+    RenderSettings,
+    Version,
+)
 
 
 class Edit(ABC):
@@ -259,10 +266,97 @@ class RelinkFiles(Edit):
     def apply(self, project: Project) -> None:
         from zvstudio.project.files import relinked
 
-        self.old = (project.settings, list(project.keyframes))
+        self.old = (project.settings, list(project.keyframes), list(project.versions))
         project.settings, project.keyframes = relinked(project, self.moved)
+        # Restoring a version later must not bring the dead paths back.
+        versions = []
+        for version in project.versions:
+            settings, keys = relinked(version, self.moved)
+            versions.append(replace(version, settings=settings, keyframes=keys))
+        project.versions = versions
+
+    def revert(self, project: Project) -> None:
+        if self.old is not None:
+            project.settings, keys, versions = self.old
+            project.keyframes, project.versions = list(keys), list(versions)
+
+
+class KeepVersion(Edit):
+    """Keep the project's look as `version` (from `versions.current_look`), in place of a
+    version of the same name."""
+
+    def __init__(self, version: Version) -> None:
+        self.version = version
+        self.old: list[Version] = []
+        self.text = f"keep the version {version.name}"
+
+    def apply(self, project: Project) -> None:
+        self.old = list(project.versions)
+        names = [v.name for v in project.versions]
+        if self.version.name in names:
+            project.versions[names.index(self.version.name)] = self.version
+        else:
+            project.versions.append(self.version)
+
+    def revert(self, project: Project) -> None:
+        project.versions = list(self.old)
+
+
+class RestoreVersion(Edit):
+    """Make the version `name`'s settings and keys the project's; the versions stay."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.old: tuple[RenderSettings, list[KeyFrame]] | None = None
+        self.text = f"restore the version {name}"
+
+    def apply(self, project: Project) -> None:
+        from zvstudio.project.versions import find_version
+
+        version = find_version(project, self.name)
+        self.old = (project.settings, list(project.keyframes))
+        project.settings, project.keyframes = version.settings, list(version.keyframes)
 
     def revert(self, project: Project) -> None:
         if self.old is not None:
             project.settings, keys = self.old
             project.keyframes = list(keys)
+
+
+class DeleteVersion(Edit):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.old: list[Version] = []
+        self.text = f"delete the version {name}"
+
+    def apply(self, project: Project) -> None:
+        from zvstudio.project.versions import find_version
+
+        find_version(project, self.name)  # an unknown name is refused, changing nothing
+        self.old = list(project.versions)
+        project.versions = [v for v in project.versions if v.name != self.name]
+
+    def revert(self, project: Project) -> None:
+        project.versions = list(self.old)
+
+
+class RenameVersion(Edit):
+    def __init__(self, name: str, new_name: str) -> None:
+        from zvstudio.project.versions import check_version_name
+
+        self.name, self.new_name = name, check_version_name(new_name)
+        self.old: list[Version] = []
+        self.text = f"rename the version {name}"
+
+    def apply(self, project: Project) -> None:
+        from zvstudio.project.versions import find_version
+
+        version = find_version(project, self.name)
+        if self.new_name != self.name and self.new_name in {v.name for v in project.versions}:
+            raise ZvsError(f"a version named {self.new_name!r} exists already")
+        self.old = list(project.versions)
+        renamed = replace(version, name=self.new_name)
+        project.versions = [renamed if v is version else v for v in project.versions]
+
+    def revert(self, project: Project) -> None:
+        project.versions = list(self.old)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from zvstudio.media.sequence import clip_exists
-from zvstudio.project.model import KeyFrame, Project, RenderSettings
+from zvstudio.project.model import KeyFrame, Project, RenderSettings, Version
 
 MAX_SEARCHED = 500_000  # folder entries a search looks at before it gives up on the rest
 # What the diffusion settings' own files are (`ProjectFile.what`), in the inspector's order.
@@ -115,8 +115,11 @@ def _common_tail(old: Path, new: Path) -> int:
     return count
 
 
-def relinked(project: Project, moved: Mapping[str, str]) -> tuple[RenderSettings, list[KeyFrame]]:
-    """The project's settings and keys with each path in `moved` replaced by where it went."""
+def relinked(
+    project: Project | Version, moved: Mapping[str, str]
+) -> tuple[RenderSettings, list[KeyFrame]]:
+    """The settings and keys of a project (or of one of its versions) with each path in
+    `moved` replaced by where it went."""
 
     def new(path: str | None) -> str | None:
         return moved.get(path, path) if path else path

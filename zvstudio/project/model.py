@@ -227,6 +227,22 @@ class RenderSettings(Validated):
         return getattr(self, f"{name}_start"), getattr(self, f"{name}_end")
 
 
+@dataclass(frozen=True)
+class Version(Validated):
+    """A look the artist kept, to compare renders with and to go back to: the render settings
+    and the keys (with their overrides) as they were. Its renders stay in the cache, found
+    again by their content, so comparing costs no render while the cache keeps them."""
+
+    name: str = field(metadata=rule("str", nonempty=True))
+    settings: RenderSettings = field(
+        default_factory=RenderSettings, metadata=rule("object", item=RenderSettings)
+    )
+    keyframes: list[KeyFrame] = field(
+        default_factory=list, metadata=rule("list", item=KeyFrame, unique="frame")
+    )
+    kept: str = field(default="", metadata=rule("str"))  # when, as ISO 8601 local time
+
+
 @dataclass
 class Project(Validated):
     """The whole document. `keyframes` is kept sorted by frame with unique frames; change it
@@ -241,6 +257,9 @@ class Project(Validated):
     )
     settings: RenderSettings = field(
         default_factory=RenderSettings, metadata=rule("object", item=RenderSettings)
+    )
+    versions: list[Version] = field(
+        default_factory=list, metadata=rule("list", item=Version, unique="name")
     )
     schema_version: int = field(
         default=CURRENT_SCHEMA_VERSION, metadata=rule("int", choices=(CURRENT_SCHEMA_VERSION,))
