@@ -22,9 +22,11 @@ from zvstudio.project import (
 from zvstudio.project.edits import (
     Edit,
     MoveKey,
+    RelinkFiles,
     RemoveKey,
     ReplaceClip,
     ReplaceKeys,
+    RestoreVersion,
     SetFrameRange,
     SetKey,
     SetSettings,
@@ -238,6 +240,9 @@ class Document(QObject):
         if isinstance(edit, SetKey | RemoveKey | MoveKey | ReplaceKeys | ReplaceClip):
             self.keys_changed.emit()
         elif isinstance(edit, SetSettings):
+            self.settings_changed.emit()
+        elif isinstance(edit, RestoreVersion | RelinkFiles):
+            self.keys_changed.emit()
             self.settings_changed.emit()
         if isinstance(edit, SetFrameRange | ReplaceClip):
             self.range_changed.emit()

@@ -61,6 +61,7 @@ from zvstudio.gui.status import StatusWatcher
 from zvstudio.gui.timeline import TimelineWidget, parse_position, source_frame
 from zvstudio.gui.transport import Transport
 from zvstudio.gui.transport_bar import TransportBar
+from zvstudio.gui.versions import VersionMenu
 from zvstudio.gui.viewer import ViewerWidget
 from zvstudio.hashing import text_hash
 from zvstudio.media import Proxy, VideoReader, clip_hash, clip_label
@@ -88,7 +89,8 @@ from zvstudio.project.edits import (
     mark_range,
 )
 from zvstudio.project.files import describe_missing, find_moved, missing_files
-from zvstudio.project.model import SEED_MAX
+from zvstudio.project.model import SEED_MAX, Project
+from zvstudio.project.versions import find_version
 
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
@@ -282,7 +284,7 @@ class MainWindow(QMainWindow):
             f"Render the key at the playhead with {SEED_TRIES} seeds side by side, and use the "
             "one you pick (Stable Diffusion keys)"
         )
-        self.render_action = a("&Render", self.start_render, "Ctrl+R")
+        self.render_action = a("&Render", lambda: self.start_render(), "Ctrl+R")
         self.cancel_action = a("&Cancel render", self.cancel_render, "Ctrl+.")
         self.models_action = a("&Model manager…", self.models_dialog)
         self.view_actions = [
@@ -367,6 +369,7 @@ class MainWindow(QMainWindow):
         render.addActions([self.render_action, self.cancel_action])
         render.addSeparator()
         self.presets = PresetMenu(self, render.addMenu("Pre&sets"))
+        self.versions = VersionMenu(self, render.addMenu("&Versions"))
         view = bar.addMenu("&View")
         view.addActions(self.view_actions)
         view.addSeparator()
@@ -773,6 +776,7 @@ class MainWindow(QMainWindow):
 
     def _clip_loaded(self) -> None:
         self._close_media()
+        self.versions.compare(None)  # another project, or another clip: other renders
         doc = self.document
         self.centre.setCurrentWidget(self.start_page if doc.project.clip is None else self.player)
         if doc.project.clip is not None and doc.info is not None:
@@ -942,6 +946,7 @@ class MainWindow(QMainWindow):
         self._show_keys()
         self.motion.refresh()
         self.refresh_status()
+        self.versions.document_changed()
         self._refresh_title()
 
     def _refresh_title(self) -> None:
@@ -1035,8 +1040,23 @@ class MainWindow(QMainWindow):
             self.viewer.set_frames(self.matte_overlay(number, original), None)
         else:
             self.viewer.set_frames(original, self.shown_render(number, original))
+        self._show_compared(number, original)
         seconds = number / self.document.fps
         self.frame_label.setText(f"frame {number} / {count - 1}   {seconds:7.2f} s")
+
+    def show_current_frame(self) -> None:
+        self._show_frame(self.transport.frame())
+
+    def _show_compared(self, number: int, original) -> None:
+        """The compared version's render, through the matte when the version has the
+        project's (a version with another matte is shown as rendered)."""
+        label = self.versions.compared_label()
+        image = self.versions.compared_frame(number) if label is not None else None
+        if image is not None:
+            version = find_version(self.document.project, self.versions.compared)
+            if project_matte(version.settings) == project_matte(self.document.project.settings):
+                image = self._through_matte(number, image, original)
+        self.viewer.set_compared(image, label)
 
     def rendered_frame(self, number: int):
         """The frame's render from the cache (or the last preview of that key), or None."""
@@ -1049,7 +1069,11 @@ class MainWindow(QMainWindow):
         original frame (`original`, at any size, when the caller has it). None if not
         rendered."""
         image = self.rendered_frame(number)
-        weights = self._matte_weights(number, image.shape[1::-1]) if image is not None else None
+        return self._through_matte(number, image, original) if image is not None else None
+
+    def _through_matte(self, number: int, image, original=None):
+        """`image` (frame `number`'s render) through the project's matte over the original."""
+        weights = self._matte_weights(number, image.shape[1::-1])
         if weights is None:
             return image
         if original is None:
@@ -1107,7 +1131,11 @@ class MainWindow(QMainWindow):
     # -- render status ------------------------------------------------------------------------
     def current_request(self, output: Path | None = None) -> RenderRequest | None:
         """The render the project describes (None with no clip); errors go to the status bar."""
-        project = self.document.project
+        return self.request_for(self.document.project, output)
+
+    def request_for(self, project: Project, output: Path | None = None) -> RenderRequest | None:
+        """The render `project` (the document's, or one of its versions) describes, with the
+        editor's model settings; None with no clip, errors go to the status bar."""
         if project.clip is None:
             return None
         from zvstudio.gui.generate_dialogs import ModelPolicy
@@ -1166,17 +1194,20 @@ class MainWindow(QMainWindow):
         )
 
     # -- jobs ---------------------------------------------------------------------------------
-    def start_render(self) -> int | None:
-        """Render the project into the cache (and the working file); returns the job id."""
+    def start_render(
+        self, request: RenderRequest | None = None, title: str | None = None
+    ) -> int | None:
+        """Render the project (or `request`, a version's) into the cache (and the working
+        file); returns the job id."""
         if self.render_job is not None:
             self.statusBar().showMessage("A render is already running", 4000)
             return None
-        request = self.current_request()
+        request = request or self.current_request()
         if request is None:
             return None
         request.output.parent.mkdir(parents=True, exist_ok=True)
         span = self.document.project.frame_range
-        title = f"Render {self.document.name}"
+        title = title or f"Render {self.document.name}"
         if span is not None:
             title += f", frames {span.first}–{span.last}"
         self.render_job = self.bridge.submit_render(request, title)
@@ -1329,6 +1360,7 @@ class MainWindow(QMainWindow):
             self.render_job = None
             self.status_timer.stop()
             self.refresh_status()
+            self.versions.refresh_status()
             if event.kind == "failed" and event.error is not None:
                 self.show_error("The render failed", event.error)
             elif event.kind == "finished":
@@ -1524,6 +1556,7 @@ class MainWindow(QMainWindow):
         self.transport.stop()
         self.bridge.shutdown()
         self.status_watcher.shutdown()
+        self.versions.shutdown()
         self.autosaver.discard()
         self._close_media()
 

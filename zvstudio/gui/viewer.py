@@ -45,7 +45,9 @@ def numpy_to_qimage(array: np.ndarray) -> QImage:
 
 
 class ViewerWidget(QWidget):
-    """Custom-painted frame viewer; `set_frames(original, rendered)` shows a position."""
+    """Custom-painted frame viewer; `set_frames(original, rendered)` shows a position.
+    With `set_compared(image, label)` the split and side-by-side views show another render
+    (a kept version's) where they showed the original, to compare two looks."""
 
     MODES = MODES
     mode_changed = Signal(str)
@@ -54,6 +56,8 @@ class ViewerWidget(QWidget):
         super().__init__(parent)
         self._original: QImage | None = None
         self._rendered: QImage | None = None
+        self._compared: QImage | None = None
+        self._compared_label: str | None = None  # None: not comparing
         self._mode = "split"
         self._split = 0.5
         self._fitted = True  # the view follows the widget's size until the user zooms or pans
@@ -81,9 +85,27 @@ class ViewerWidget(QWidget):
             self._fitted = True  # another clip: a zoom into the last one means nothing here
         self.update()
 
+    def set_compared(self, image: np.ndarray | None, label: str | None) -> None:
+        """Compare the render with `image` (RGB uint8, None: not rendered) named `label`, on
+        the left of the split and side-by-side views; a None label shows the original there."""
+        self._compared = None if image is None else numpy_to_qimage(image)
+        self._compared_label = label
+        self._scaled.pop("compared", None)
+        self.update()
+
+    def compared_label(self) -> str | None:
+        return self._compared_label
+
     def shown_image(self, which: str) -> QImage | None:
-        """The "original" or "rendered" frame as it is shown (None: a placeholder)."""
-        return self._original if which == "original" else self._rendered
+        """The "original", "rendered" or "compared" frame as it is shown (None: a
+        placeholder)."""
+        return {"original": self._original, "compared": self._compared}.get(which, self._rendered)
+
+    def _left(self) -> tuple[str, str]:
+        """What the left of the split and side-by-side views shows, and its tag."""
+        if self._compared_label is None:
+            return "original", "Original"
+        return "compared", self._compared_label
 
     def image_size(self) -> QSize:
         """Size of the image space both frames are drawn in (the original's, when present)."""
@@ -209,10 +231,10 @@ class ViewerWidget(QWidget):
 
     def _frame(self, painter: QPainter, area: QRectF, which: str) -> None:
         """Draw one frame clipped to `area`, placed by the view of the viewport it lies in."""
-        image = self._original if which == "original" else self._rendered
+        image = self.shown_image(which)
         if image is None:
-            text = "No clip" if which == "original" else "Not rendered yet"
-            self._placeholder(painter, area, text)
+            texts = {"original": "No clip", "compared": "Not rendered in this version"}
+            self._placeholder(painter, area, texts.get(which, "Not rendered yet"))
             return
         target = self.image_rect().translated(self._viewport_at(area.topLeft()))
         if self.zoom() < 1:
@@ -237,23 +259,25 @@ class ViewerWidget(QWidget):
     def _paint_split(self, painter: QPainter) -> None:
         x = self.divider_x()
         full = QRectF(self.rect())
-        self._frame(painter, QRectF(0, 0, x, full.height()), "original")
+        left, tag = self._left()
+        self._frame(painter, QRectF(0, 0, x, full.height()), left)
         self._frame(painter, QRectF(x, 0, full.width() - x, full.height()), "rendered")
         painter.setPen(QPen(QColor(240, 240, 240, 200), 1.5))
         painter.drawLine(QPointF(x, 0), QPointF(x, full.height()))
         self._handle(painter, QPointF(x, full.height() / 2))
-        self._tag(painter, "Original", full, Qt.AlignLeft)
+        self._tag(painter, tag, full, Qt.AlignLeft)
         self._tag(painter, "Rendered", full, Qt.AlignRight)
 
     def _paint_side_by_side(self, painter: QPainter) -> None:
         half = self._viewport_size().width()
         left = QRectF(0, 0, half, self.height())
         right = QRectF(half, 0, self.width() - half, self.height())
-        self._frame(painter, left, "original")
+        which, tag = self._left()
+        self._frame(painter, left, which)
         self._frame(painter, right, "rendered")
         painter.setPen(QPen(_BACKGROUND, 2))
         painter.drawLine(QPointF(half, 0), QPointF(half, self.height()))
-        self._tag(painter, "Original", left, Qt.AlignLeft)
+        self._tag(painter, tag, left, Qt.AlignLeft)
         self._tag(painter, "Rendered", right, Qt.AlignRight)
 
     def _handle(self, painter: QPainter, centre: QPointF) -> None:
