@@ -242,6 +242,25 @@ def test_a_key_takes_a_reference_image_of_its_own(setup):
         renderer.sampler.close()
 
 
+def test_a_key_takes_a_reference_strength_of_its_own(setup):
+    root = setup[0]
+    plain = render_key(setup, SETTINGS)
+    global_a = replace(SETTINGS, reference_image=str(root / "a.png"), reference_scale=1.0)
+    renderer = create_diffusion_renderer(spec_for(setup, global_a))
+    try:
+        frame = red_square_frame()
+        key_a = renderer.render(frame, KeyContext(0)).astype(int)
+        off = KeyParams(reference_strength=0.0)  # this key does without the look
+        assert np.array_equal(renderer.render(frame, KeyContext(3, params=off)), plain)
+        half = KeyParams(reference_strength=0.5)
+        key_half = renderer.render(frame, KeyContext(6, params=half)).astype(int)
+        assert np.abs(key_half - key_a).mean() > 0.2 and np.abs(key_half - plain).mean() > 0.2
+        identities = {renderer.key_identity(n, p) for n, p in ((0, None), (3, off), (6, half))}
+        assert len(identities) == 3  # each strength is a render of its own in the cache
+    finally:
+        renderer.sampler.close()
+
+
 def test_the_identity_names_the_images_content_and_strength(setup, tmp_path):
     root = setup[0]
     assert "reference" not in repr(replace(SETTINGS, reference_image="x.png"))
@@ -410,7 +429,10 @@ def test_a_project_keeps_its_reference_image(setup, tmp_path, monkeypatch):
         ip_adapter=str(adapters / "ip-adapter-plus_sd15.safetensors"),
     )
     shutil.copy(root / "b.png", tmp_path / "shot2.png")
-    keys = [KeyFrame(0), KeyFrame(2, reference_image=str(tmp_path / "shot2.png"))]
+    keys = [
+        KeyFrame(0, reference_strength=0.3),
+        KeyFrame(2, reference_image=str(tmp_path / "shot2.png")),
+    ]
     project = Project(clip=ClipRef.from_file(clip), settings=settings, keyframes=keys)
     save_project(project, tmp_path / "p.zvs")
     text = (tmp_path / "p.zvs").read_text()
@@ -419,7 +441,10 @@ def test_a_project_keeps_its_reference_image(setup, tmp_path, monkeypatch):
     loaded = load_project(tmp_path / "p.zvs")
     assert loaded.settings == settings and loaded.keyframes == keys
     request = request_from_project(loaded, tmp_path / "o.mp4")
-    assert request.key_params == ((2, KeyParams(reference_image=str(tmp_path / "shot2.png"))),)
+    assert request.key_params == (
+        (0, KeyParams(reference_strength=0.3)),
+        (2, KeyParams(reference_image=str(tmp_path / "shot2.png"))),
+    )
     spec = request.renderer.diffusion
     assert spec.key_references == (str(tmp_path / "shot2.png"),)
     assert spec.settings.reference_image == str(tmp_path / "look.png")

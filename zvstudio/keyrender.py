@@ -50,6 +50,7 @@ class KeyParams:
     seed: int | None = None
     strength: float | None = None
     reference_image: str | None = None  # a reference image of its own (IP-Adapter)
+    reference_strength: float | None = None  # its (or the global reference's) strength
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,24 @@ def test_a_key_takes_a_reference_image_of_its_own(qtbot, diffusion, tmp_path):
     assert panel.reference_label.full_text() == "shot2.png"
 
 
+def test_a_key_takes_a_reference_strength_of_its_own(qtbot, diffusion, tmp_path):
+    inspector = make_inspector(qtbot, diffusion)
+    inspector.set_current_key(5)
+    strength = inspector.key_panel.overrides["reference_strength"]
+    assert not strength.check.isEnabled()  # no reference image: a strength would do nothing
+    look = tmp_path / "look.png"
+    settings = replace(diffusion.project.settings, reference_image=str(look))
+    diffusion.push(SetSettings(replace(settings, reference_strength=0.6)))
+    assert strength.check.isEnabled() and not strength.check.isChecked()
+    assert strength.editor.value() == 0.6 and not strength.editor.isEnabled()  # the project's
+    strength.check.setChecked(True)
+    strength.editor.setValue(1.2)
+    assert diffusion.project.key_at(5) == KeyFrame(5, reference_strength=1.2)
+    strength.check.setChecked(False)
+    assert diffusion.project.key_at(5) == KeyFrame(5)
+    assert strength.editor.value() == 0.6
+
+
 def test_no_key_selected_says_so(qtbot, diffusion):
     inspector = make_inspector(qtbot, diffusion)
     inspector.set_current_key(6)  # not a key

@@ -669,12 +669,23 @@ class KeyFrameSampler:
         self._anchor_frame, _ = pad_to_multiple(resized(frame, size), self.multiple)
 
 
+# Each per-key override (`KeyParams`) and the setting it replaces.
+OVERRIDDEN_SETTINGS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "seed": "seed",
+    "strength": "strength",
+    "reference_image": "reference_image",
+    "reference_strength": "reference_scale",
+}
+
+
 def settings_with_overrides(settings: KeySettings, params: KeyParams | None) -> KeySettings:
     """The global settings with one key's overrides (prompt, negative, seed, strength,
-    reference image)."""
+    reference image and its strength)."""
     overrides = {
-        name: value
-        for name in ("prompt", "negative_prompt", "seed", "strength", "reference_image")
+        setting: value
+        for name, setting in OVERRIDDEN_SETTINGS.items()
         if params is not None and (value := getattr(params, name)) is not None
     }
     return replace(settings, **overrides)
@@ -708,7 +719,7 @@ def diffusion_key_identity(
     if settings.control_steps != ALL_STEPS:
         identity += f":control steps {settings.control_steps}"
     if effective.reference_image:
-        reference = reference_identity(effective.reference_image, settings.reference_scale)
+        reference = reference_identity(effective.reference_image, effective.reference_scale)
         identity += f":{reference} {reference_models}"
     embeddings = embeddings_identity(prompts, allow_pickle)
     return f"{identity}:embeddings {embeddings}" if embeddings else identity

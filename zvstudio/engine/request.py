@@ -128,7 +128,14 @@ def request_from_project(project: Project, output: Path) -> RenderRequest:
 
 def key_params(key: KeyFrame) -> KeyParams:
     """A project key's overrides as the key renderer takes them."""
-    return KeyParams(key.prompt, key.negative_prompt, key.seed, key.strength, key.reference_image)
+    return KeyParams(
+        key.prompt,
+        key.negative_prompt,
+        key.seed,
+        key.strength,
+        key.reference_image,
+        key.reference_strength,
+    )
 
 
 def export_settings(output: Path, out: OutputSettings, has_matte: bool) -> ExportSettings:

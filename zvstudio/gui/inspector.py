@@ -1356,8 +1356,24 @@ class KeyPanel(_Panel):
         layout = QVBoxLayout(self.key_box)
         self.overrides_box = QWidget()
         form = _form(self.overrides_box)
-        self.overrides = self._override_rows(form)
+        self.overrides = self._override_rows(
+            form,
+            {
+                "prompt": ("Prompt", _text_edit(3), "This key's own prompt"),
+                "negative_prompt": (
+                    "Negative prompt",
+                    _text_edit(2),
+                    "This key's negative prompt",
+                ),
+                "seed": ("Seed", _seed_spin(), "This key's own seed"),
+                "strength": ("Strength", _spin(0, 1, 0.05), "This key's own strength"),
+            },
+        )
         self._reference_row(form)
+        tip = "How strongly this key takes the look of its reference image (own or the project's)"
+        self.overrides |= self._override_rows(
+            form, {"reference_strength": ("Reference strength", _spin(0, 2, 0.05), tip)}
+        )
         layout.addWidget(self.overrides_box)
         layout.addLayout(self._painted_rows())
         outer = QVBoxLayout(self)
@@ -1367,13 +1383,10 @@ class KeyPanel(_Panel):
         self._loading = False
         self.refresh()
 
-    def _override_rows(self, form: QFormLayout) -> dict[str, Override]:
-        editors = {
-            "prompt": ("Prompt", _text_edit(3), "This key's own prompt"),
-            "negative_prompt": ("Negative prompt", _text_edit(2), "This key's negative prompt"),
-            "seed": ("Seed", _seed_spin(), "This key's own seed"),
-            "strength": ("Strength", _spin(0, 1, 0.05), "This key's own strength"),
-        }
+    def _override_rows(
+        self, form: QFormLayout, editors: dict[str, tuple[str, QWidget, str]]
+    ) -> dict[str, Override]:
+        """A row per override field: (label, editor, tooltip) each."""
         overrides = {}
         for field, (text, editor, tip) in editors.items():
             check = QCheckBox("override")
@@ -1401,7 +1414,7 @@ class KeyPanel(_Panel):
         )
         tip = (
             "The image this key takes its look from, through an IP-Adapter: another shot's "
-            "look; the strength and adapter are the project's"
+            "look; the adapter is the project's"
         )
         form.addRow(_label("Reference image", tip), row)
 
@@ -1494,6 +1507,9 @@ class KeyPanel(_Panel):
         for field, override in self.overrides.items():
             override.show(getattr(key, field), getattr(self.settings, field))
         self._show_reference(key)
+        # A strength without an image to take the look from would change nothing.
+        has_reference = bool(key.reference_image or self.settings.reference_image)
+        self.overrides["reference_strength"].check.setEnabled(has_reference)
         # Prompts, seeds and strengths are the diffusion renderer's; paintings are anyone's.
         self.overrides_box.setVisible(self.settings.renderer == "diffusion")
         painted = key.painted_image

@@ -61,7 +61,7 @@ from zvstudio.gui.status import StatusWatcher
 from zvstudio.gui.timeline import TimelineWidget, parse_position, source_frame
 from zvstudio.gui.transport import Transport
 from zvstudio.gui.transport_bar import TransportBar
-from zvstudio.gui.versions import VersionMenu
+from zvstudio.gui.versions import COMPARED_MODES, VersionMenu
 from zvstudio.gui.viewer import ViewerWidget
 from zvstudio.hashing import text_hash
 from zvstudio.media import Proxy, VideoReader, clip_hash, clip_label
@@ -1051,7 +1051,8 @@ class MainWindow(QMainWindow):
         """The compared version's render, through the matte when the version has the
         project's (a version with another matte is shown as rendered)."""
         label = self.versions.compared_label()
-        image = self.versions.compared_frame(number) if label is not None else None
+        shown = label is not None and self.viewer.mode() in COMPARED_MODES
+        image = self.versions.compared_frame(number) if shown else None  # read only if seen
         if image is not None:
             version = find_version(self.document.project, self.versions.compared)
             if project_matte(version.settings) == project_matte(self.document.project.settings):

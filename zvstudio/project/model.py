@@ -96,6 +96,10 @@ class KeyFrame(Validated):
     painted_image: str | None = field(default=None, metadata=rule("path", nullable=True))
     # A reference image of its own, instead of the project's (`RenderSettings.reference_image`)
     reference_image: str | None = field(default=None, metadata=rule("path", nullable=True))
+    # How strongly this key takes the look of its reference (own or the project's)
+    reference_strength: float | None = field(
+        default=None, metadata=rule("float", nullable=True, low=0, high=2)
+    )
 
 
 @dataclass(frozen=True)
