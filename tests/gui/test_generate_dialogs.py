@@ -17,6 +17,7 @@ from tiny_models import (
     write_tiny_diffusers,
     write_tiny_pix2pix,
 )
+from windows import shown_window
 
 from zvstudio.appsettings import AppSettings, load_settings
 from zvstudio.diffusion.identify import ModelInfo
@@ -30,7 +31,6 @@ from zvstudio.gui.generate_dialogs import (
     TextToVideoChoice,
     TextToVideoDialog,
 )
-from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.media import probe
 
 CPU = AppSettings(device="cpu", precision="fp32")
@@ -349,15 +349,9 @@ def test_dialogs_take_back_remembered_values(qtbot, tmp_path, library, tiny, cli
 
 @pytest.fixture
 def window(qtbot, library, tiny):
-    win = MainWindow(CPU)
+    win = shown_window(qtbot, CPU)
     win.models = list(library)
     win.diffusion_config_dir = tiny["config"]
-    win.errors = []
-    win.show_error = lambda title, error: win.errors.append(f"{title}: {error}")
-    win.ask = lambda *args: QMessageBox.Discard
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
     yield win
     win.shutdown()
 

@@ -17,6 +17,7 @@ from helpers import make_clip, make_colour_clip
 from PIL import Image
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QMessageBox
+from windows import shown_window
 
 from zvstudio.appsettings import AppSettings
 from zvstudio.cli import main as main_cli
@@ -39,13 +40,7 @@ def clip(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def window(qtbot):
-    win = MainWindow(AppSettings())
-    win.errors = []
-    win.show_error = lambda title, error: win.errors.append(f"{title}: {error}")
-    win.ask = lambda *args: QMessageBox.Discard
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
+    win = shown_window(qtbot, AppSettings())
     win.activateWindow()
     yield win
     win.shutdown()

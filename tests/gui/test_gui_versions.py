@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from helpers import make_clip
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import QMessageBox
+from windows import shown_window
 
 from zvstudio.appsettings import AppSettings
-from zvstudio.gui.mainwindow import MainWindow
 from zvstudio.gui.versions import DELETE
 from zvstudio.project import load_project
 from zvstudio.project.edits import SetSettings
@@ -28,13 +27,7 @@ def clip(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def window(qtbot):
-    win = MainWindow(AppSettings())
-    win.errors = []
-    win.show_error = lambda title, error: win.errors.append(f"{title}: {error}")
-    win.ask = lambda *args: QMessageBox.Discard
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitExposed(win)
+    win = shown_window(qtbot, AppSettings())
     yield win
     win.shutdown()
 
