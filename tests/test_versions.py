@@ -173,3 +173,23 @@ def test_a_rendered_version_is_found_in_the_cache_and_rendered_by_name(tmp_path,
     assert "no version named 'Nope'" in capsys.readouterr().err
     assert main(["render", str(clip), "--version", "Poster", "-o", str(tmp_path / "m")]) == 1
     assert "kept in a project" in capsys.readouterr().err
+
+
+def test_the_command_line_lists_a_projects_versions(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "shot.zvs"
+    project = project_with_ink()
+    save_project(project, path)
+    assert main(["versions", str(path)]) == 0
+    assert "has no versions" in capsys.readouterr().out
+    KeepVersion(current_look(project, "Ink")).apply(project)
+    project.settings = POSTER
+    save_project(project, path)
+    assert main(["versions", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Ink (kept " in out and ", 2 keys)" in out and "style pencil" in out
+    assert "differs from now in: style, style params, matte" in out
+    assert main(["versions", str(path), "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["versions"]
+    assert entry["name"] == "Ink" and entry["differs_in"] == ["style", "style params", "matte"]

@@ -107,6 +107,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_animate(commands)
     _add_styles(commands)
     _add_presets(commands)
+    _add_versions(commands)
     _add_models(commands)
     _add_cache(commands)
     _add_bench(commands)
@@ -1645,6 +1646,45 @@ def _pair(text: str, option: str, example: str = "12,12") -> tuple[float, float]
             f"{option} {text!r} is not two numbers", hint=f"e.g. {option} {example}"
         ) from None
     return x, y
+
+
+# -- versions ---------------------------------------------------------------------------------
+def _add_versions(commands) -> None:
+    parser = commands.add_parser(
+        "versions", help="list the versions (looks kept to compare) of a project"
+    )
+    parser.add_argument("project", type=Path, help="a .zvs project")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(command="versions", run=_run_versions)
+
+
+def _run_versions(args) -> int:
+    from zvstudio.project import load_project
+    from zvstudio.project.presets import describe
+    from zvstudio.project.versions import differences
+
+    project = load_project(args.project)
+    entries = [
+        {
+            "name": version.name,
+            "kept": version.kept,
+            "keys": len(version.keyframes),
+            "does": describe(version.settings),
+            "differs_in": differences(project, version),
+        }
+        for version in project.versions
+    ]
+    if args.json:
+        print(json.dumps({"project": str(args.project), "versions": entries}, indent=2))
+        return 0
+    if not entries:
+        print(f"{args.project} has no versions: keep one in the editor (Render > Versions)")
+    for entry in entries:
+        now = ", ".join(entry["differs_in"]) or "nothing: it is the project's look now"
+        print(f"{entry['name']} (kept {entry['kept'].replace('T', ' ')}, {entry['keys']} keys)")
+        print(f"  {entry['does']}")
+        print(f"  differs from now in: {now}")
+    return 0
 
 
 # -- presets ----------------------------------------------------------------------------------
