@@ -216,6 +216,23 @@ def test_new_from_text_builds_the_request(qtbot, tmp_path, library, tiny, clip):
     assert (request.models.controlnets, request.video) == ((controlnet,), clip)
     assert (request.settings.controlnet_scale, request.settings.annotator) == (0.6, "canny")
     assert (request.settings.width, request.settings.height) == (512, 384)
+    assert request.settings.more_controls == ()
+
+    # A second ControlNet guides beside the first, fed its own annotator's map.
+    scribble = tmp_path / "control_sd15_scribble"
+    scribble.mkdir()
+    dialog.second_controlnet_picker.set_path(tmp_path / "gone")
+    assert "The ControlNet" in reason(dialog) and "gone does not exist" in reason(dialog)
+    dialog.second_controlnet_picker.set_path(scribble)
+    dialog.second_controlnet_scale_spin.setValue(0.4)
+    assert reason(dialog) == "" and dialog.second_controlnet_scale_spin.isEnabled()
+    request = dialog.choice().request(policy)
+    assert request.models.controlnets == (controlnet, scribble)
+    assert request.settings.more_controls == (("scribble", 0.4),)
+    # Without a first ControlNet the second is not used (and cannot be changed).
+    dialog.controlnet_picker.clear()
+    assert not dialog.second_controlnet_picker.isEnabled()
+    assert dialog._second_controlnet() is None
 
 
 def test_new_from_text_takes_a_reference_image(qtbot, tmp_path, library, tiny):
@@ -332,6 +349,8 @@ def test_dialogs_take_back_remembered_values(qtbot, tmp_path, library, tiny, cli
     pick(first.model_picker, tiny["model"])
     first.prompt_edit.setPlainText("a red cat")
     first.controlnet_picker.set_path(controlnet)
+    first.second_controlnet_picker.set_path(controlnet)
+    first.second_controlnet_scale_spin.setValue(0.3)
     first.video_field.set_path(clip)
     first.frames_spin.setValue(4)
     first.width_spin.setValue(128)  # chosen after the video's size

@@ -191,6 +191,8 @@ class TextToVideoChoice:
     fps: Fraction = Fraction(8)
     controlnet: Path | None = None
     controlnet_scale: float = 1.0
+    # ControlNets guiding beside the first, (file or folder, strength) each: their guidance adds up
+    more_controlnets: tuple[tuple[Path, float], ...] = ()
     video: Path | None = None
     vae: Path | None = None  # instead of the checkpoint's own
     clip_skip: int = 1
@@ -207,10 +209,11 @@ class TextToVideoChoice:
 
         choices = []
         if self.controlnet is not None:
-            spec = f"{self.controlnet}:{self.controlnet_scale}"
-            choices.append(choose_controlnet(spec, default_scale=self.controlnet_scale))
-            if choices[0].note:
-                log(f"note: {choices[0].note}")
+            units = [(self.controlnet, self.controlnet_scale), *self.more_controlnets]
+            for path, scale in units:
+                choices.append(choose_controlnet(f"{path}:{scale}", default_scale=scale))
+                if choices[-1].note:
+                    log(f"note: {choices[-1].note}")
         settings = TextToVideoSettings(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -885,6 +888,7 @@ class TextToVideoDialog(_GenerateDialog):
         "smoothing",
         "fps",
         "controlnet_scale",
+        "second_controlnet_scale",
         "reference_scale",
     )
 
@@ -927,6 +931,28 @@ class TextToVideoDialog(_GenerateDialog):
             "ControlNet strength",
             _row(self.controlnet_scale_spin),
             "How strongly the clip holds the video's edges (0 = not at all)",
+        )
+        self.second_controlnet_picker = ModelPicker(
+            self.models,
+            "controlnet",
+            "None",
+            lambda: self.dialogs.open_file("Choose a second ControlNet", MODEL_FILTER),
+            lambda: self.dialogs.open_folder("Choose a diffusers ControlNet folder"),
+        )
+        _add_row(
+            form,
+            "Second ControlNet",
+            self.second_controlnet_picker,
+            "Another map of the input video guiding beside the first, at its own strength "
+            "(e.g. depth beside canny edges); their guidance adds up",
+        )
+        self.second_controlnet_scale_spin = _spin(0, 2, 0.05)
+        self.second_controlnet_scale_spin.setValue(0.5)
+        _add_row(
+            form,
+            "Second strength",
+            _row(self.second_controlnet_scale_spin),
+            "How strongly the clip holds the second ControlNet's map (0 = not at all)",
         )
         self.video_field = FileField(
             lambda _: self.dialogs.open_file("Choose the input video", VIDEOS_FILTER),
@@ -1017,7 +1043,11 @@ class TextToVideoDialog(_GenerateDialog):
 
     def _update_enabled(self) -> None:
         controlled = self.video_field.path() is not None
-        self.controlnet_scale_spin.setEnabled(self.controlnet_picker.path() is not None)
+        controlnet = self.controlnet_picker.path() is not None
+        self.controlnet_scale_spin.setEnabled(controlnet)
+        self.second_controlnet_picker.setEnabled(controlnet)
+        second = self.second_controlnet_picker.path() is not None
+        self.second_controlnet_scale_spin.setEnabled(controlnet and second)
         self.reference_scale_spin.setEnabled(self.reference_field.path() is not None)
         self.motion_row.setEnabled(not controlled)
         self.fps_spin.setEnabled(not controlled)
@@ -1040,8 +1070,10 @@ class TextToVideoDialog(_GenerateDialog):
         if not self.prompt_edit.toPlainText().strip():
             return "Write a prompt: it is what the clip shows."
         controlnet, video = self.controlnet_picker.path(), self.video_field.path()
-        if controlnet is not None and not controlnet.exists():
-            return f"The ControlNet {controlnet} does not exist."
+        second = self._second_controlnet()
+        for path in (controlnet, second):
+            if path is not None and not path.exists():
+                return f"The ControlNet {path} does not exist."
         reason = self._mode_reason(controlnet, video)
         if reason:
             return reason
@@ -1077,18 +1109,27 @@ class TextToVideoDialog(_GenerateDialog):
             )
         return None
 
+    def _second_controlnet(self) -> Path | None:
+        """The second ControlNet, while a first is chosen (else it is not used)."""
+        return self.second_controlnet_picker.path() if self.controlnet_picker.path() else None
+
     def remembered(self) -> dict[str, Any]:
         values = super().remembered()
         values.update(
             controlnet=_text(self.controlnet_picker.path()),
+            second_controlnet=_text(self.second_controlnet_picker.path()),
             video=_text(self.video_field.path()),
             reference=_text(self.reference_field.path()),
         )
         return values
 
     def restore(self, values: Mapping[str, Any]) -> None:
-        if isinstance(values.get("controlnet"), str):
-            self.controlnet_picker.set_path(values["controlnet"])
+        for key, picker in (
+            ("controlnet", self.controlnet_picker),
+            ("second_controlnet", self.second_controlnet_picker),
+        ):
+            if isinstance(values.get(key), str):
+                picker.set_path(values[key])
         video = values.get("video")
         if isinstance(video, str) and Path(video).is_file():  # an optional input that is gone
             self.video_field.set_path(video)  # is dropped, not reported (probed on change)
@@ -1106,6 +1147,11 @@ class TextToVideoDialog(_GenerateDialog):
             smooth_background=self.smoothing_spin.value() if self.smoothing_spin.isEnabled() else 0,
             controlnet=self.controlnet_picker.path(),
             controlnet_scale=self.controlnet_scale_spin.value(),
+            more_controlnets=tuple(
+                (path, self.second_controlnet_scale_spin.value())
+                for path in (self._second_controlnet(),)
+                if path is not None
+            ),
             video=self.video_field.path(),
             reference=self.reference_field.path(),
             reference_scale=self.reference_scale_spin.value(),
