@@ -90,7 +90,6 @@ from zvstudio.project.edits import (
 )
 from zvstudio.project.files import describe_missing, find_moved, missing_files
 from zvstudio.project.model import SEED_MAX, Project
-from zvstudio.project.versions import find_version
 
 PROJECT_FILTER = "zvstudio projects (*.zvs)"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".gif"}
@@ -1050,13 +1049,14 @@ class MainWindow(QMainWindow):
     def _show_compared(self, number: int, original) -> None:
         """The compared version's render, through the matte when the version has the
         project's (a version with another matte is shown as rendered)."""
-        label = self.versions.compared_label()
-        shown = label is not None and self.viewer.mode() in COMPARED_MODES
+        label, version = self.versions.compared_label(), self.versions.compared_version()
+        shown = version is not None and self.viewer.mode() in COMPARED_MODES
         image = self.versions.compared_frame(number) if shown else None  # read only if seen
-        if image is not None:
-            version = find_version(self.document.project, self.versions.compared)
-            if project_matte(version.settings) == project_matte(self.document.project.settings):
-                image = self._through_matte(number, image, original)
+        same_matte = shown and project_matte(version.settings) == project_matte(
+            self.document.project.settings
+        )
+        if image is not None and same_matte:
+            image = self._through_matte(number, image, original)
         self.viewer.set_compared(image, label)
 
     def rendered_frame(self, number: int):

@@ -208,6 +208,10 @@ class VersionMenu(QObject):
     def compared_label(self) -> str | None:
         return f"Version: {self.compared}" if self.compared is not None else None
 
+    def compared_version(self) -> Version | None:
+        """The version compared with, while it is in the project."""
+        return next((v for v in self.project.versions if v.name == self.compared), None)
+
     def compared_frame(self, number: int):
         """The compared version's render of frame `number` (RGB uint8), or None."""
         if self.compared is None or self.status is None:
