@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import make_clip
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 from windows import shown_window
 
@@ -129,3 +130,9 @@ def test_a_version_not_in_the_cache_is_rendered_without_changing_the_project(qtb
     assert not versions.render_action.isEnabled()
     compare_action(window, "&Nothing (the original)").trigger()
     assert viewer.compared_label() is None and versions.compared is None
+    # Shift+K flips between the version last compared with and the original.
+    window.timeline.setFocus()
+    qtbot.keyClick(window.timeline, Qt.Key_K, Qt.ShiftModifier)
+    assert versions.compared == "Cartoon" and viewer.compared_label() == "Version: Cartoon"
+    qtbot.keyClick(window.timeline, Qt.Key_K, Qt.ShiftModifier)
+    assert versions.compared is None and viewer.compared_label() is None

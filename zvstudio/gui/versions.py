@@ -40,6 +40,7 @@ class VersionMenu(QObject):
         self.window = window
         self.menu = menu
         self.compared: str | None = None  # the version the viewer compares with
+        self.last_compared: str | None = None  # what `toggle` compares with again
         self.status: RenderStatus | None = None  # the compared version's renders
         self.watcher = StatusWatcher(self)
         self.watcher.ready.connect(self._status_ready)
@@ -53,6 +54,14 @@ class VersionMenu(QObject):
         )
         self.keep_action.triggered.connect(lambda: self.keep())
         window.addAction(self.keep_action)  # its shortcut works with the menu closed
+        self.toggle_action = QAction("&Toggle the comparison", menu)
+        self.toggle_action.setShortcut(QKeySequence("Shift+K"))
+        self.toggle_action.setToolTip(
+            "Compare with the version last compared with (or the newest), or stop comparing: "
+            "flip between the two looks and the original"
+        )
+        self.toggle_action.triggered.connect(lambda: self.toggle())
+        window.addAction(self.toggle_action)
         self.compare_menu = QMenu("&Compare with", menu)
         self.compare_menu.setToolTipsVisible(True)
         self.render_action = QAction("Render the &compared version", menu)
@@ -68,6 +77,7 @@ class VersionMenu(QObject):
         menu.setToolTipsVisible(True)
         menu.addAction(self.keep_action)
         menu.addMenu(self.compare_menu)
+        menu.addAction(self.toggle_action)
         menu.addAction(self.render_action)
         menu.addSeparator()
         menu.addMenu(self.restore_menu)
@@ -85,6 +95,7 @@ class VersionMenu(QObject):
         versions = self.project.versions
         has_clip = self.project.clip is not None
         self.keep_action.setEnabled(has_clip)
+        self.toggle_action.setEnabled(bool(versions) and has_clip)
         for submenu in (self.compare_menu, self.restore_menu, self.rename_menu, self.delete_menu):
             submenu.clear()
             submenu.setEnabled(bool(versions) and has_clip)
@@ -148,6 +159,8 @@ class VersionMenu(QObject):
 
     def compare(self, name: str | None) -> None:
         """Show the version `name`'s render left of the viewer's divider (None: the original)."""
+        if self.compared is not None:
+            self.last_compared = self.compared
         self.compared, self.status = name, None
         if name is not None and self.window.viewer.mode() not in COMPARED_MODES:
             self.window.viewer.set_mode("split")
@@ -155,6 +168,16 @@ class VersionMenu(QObject):
         self.window.show_current_frame()
         if name is not None:
             self._say(f"Comparing with the version “{name}”, left of the divider")
+
+    def toggle(self) -> None:
+        """Stop comparing, or compare with the version last compared with (the newest when
+        that one is gone)."""
+        if self.compared is not None:
+            self.compare(None)
+            return
+        names = [v.name for v in self.project.versions]
+        if names and self.project.clip is not None:
+            self.compare(self.last_compared if self.last_compared in names else names[-1])
 
     def restore(self, name: str) -> bool:
         """Make the version `name`'s settings and keys the project's, as one undo step."""
