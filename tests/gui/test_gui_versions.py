@@ -114,7 +114,9 @@ def test_a_version_not_in_the_cache_is_rendered_without_changing_the_project(qtb
     versions, viewer = window.versions, window.viewer
     look(window, style="cartoon", key_interval=4)
     window.ask_text = lambda title, label, text: "Cartoon"
-    versions.keep()
+    window.timeline.setFocus()
+    qtbot.keyClick(window.timeline, Qt.Key_K, Qt.ControlModifier)  # the menu never opened
+    assert [v.name for v in window.document.project.versions] == ["Cartoon"]
     look(window, style="posterize")
     compare_action(window, "Cartoon").trigger()
     qtbot.waitUntil(lambda: versions.status is not None, timeout=10_000)
@@ -131,7 +133,6 @@ def test_a_version_not_in_the_cache_is_rendered_without_changing_the_project(qtb
     compare_action(window, "&Nothing (the original)").trigger()
     assert viewer.compared_label() is None and versions.compared is None
     # Shift+K flips between the version last compared with and the original.
-    window.timeline.setFocus()
     qtbot.keyClick(window.timeline, Qt.Key_K, Qt.ShiftModifier)
     assert versions.compared == "Cartoon" and viewer.compared_label() == "Version: Cartoon"
     qtbot.keyClick(window.timeline, Qt.Key_K, Qt.ShiftModifier)

@@ -94,8 +94,7 @@ class VersionMenu(QObject):
         """Rebuild the submenus from the project's versions."""
         versions = self.project.versions
         has_clip = self.project.clip is not None
-        self.keep_action.setEnabled(has_clip)
-        self.toggle_action.setEnabled(bool(versions) and has_clip)
+        self._enable_shortcuts()
         for submenu in (self.compare_menu, self.restore_menu, self.rename_menu, self.delete_menu):
             submenu.clear()
             submenu.setEnabled(bool(versions) and has_clip)
@@ -113,6 +112,12 @@ class VersionMenu(QObject):
             delete.triggered.connect(lambda _=False, n=version.name: self.delete(n))
         needs_render = self.status is None or not self.status.complete
         self.render_action.setEnabled(self.compared is not None and needs_render)
+
+    def _enable_shortcuts(self) -> None:
+        """Enable the actions with shortcuts, which work while the menu is closed."""
+        has_clip = self.project.clip is not None
+        self.keep_action.setEnabled(has_clip)
+        self.toggle_action.setEnabled(has_clip and bool(self.project.versions))
 
     def _add_compare(self, group: QActionGroup, text: str, name: str | None, tip: str) -> None:
         action = self.compare_menu.addAction(text)
@@ -250,6 +255,7 @@ class VersionMenu(QObject):
     def document_changed(self) -> None:
         """Stop comparing with a version that is gone (deleted, renamed, undone); the clip or
         range may have changed, so look for the renders again."""
+        self._enable_shortcuts()
         if self.compared is None:
             return
         if all(v.name != self.compared for v in self.project.versions):
