@@ -1661,7 +1661,7 @@ def _add_versions(commands) -> None:
 def _run_versions(args) -> int:
     from zvstudio.project import load_project
     from zvstudio.project.presets import describe
-    from zvstudio.project.versions import differences
+    from zvstudio.project.versions import differences, kept_when
 
     project = load_project(args.project)
     entries = [
@@ -1679,9 +1679,9 @@ def _run_versions(args) -> int:
         return 0
     if not entries:
         print(f"{args.project} has no versions: keep one in the editor (Render > Versions)")
-    for entry in entries:
+    for version, entry in zip(project.versions, entries, strict=True):
         now = ", ".join(entry["differs_in"]) or "nothing: it is the project's look now"
-        print(f"{entry['name']} (kept {entry['kept'].replace('T', ' ')}, {entry['keys']} keys)")
+        print(f"{entry['name']} (kept {kept_when(version)}, {entry['keys']} keys)")
         print(f"  {entry['does']}")
         print(f"  differs from now in: {now}")
     return 0

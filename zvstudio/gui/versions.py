@@ -21,7 +21,9 @@ from zvstudio.project.versions import (
     differences,
     find_version,
     is_current,
+    kept_when,
     next_version_name,
+    version_named,
     version_project,
 )
 
@@ -129,7 +131,7 @@ class VersionMenu(QObject):
 
     def _tip(self, version: Version) -> str:
         changed = differences(self.project, version)
-        kept = f"kept {version.kept.replace('T', ' ')}" if version.kept else "kept"
+        kept = f"kept {kept_when(version)}" if version.kept else "kept"
         if not changed:
             return f"{kept}; the project's settings and keys now"
         return f"{kept}; differs from now in: {', '.join(changed)}"
@@ -147,7 +149,7 @@ class VersionMenu(QObject):
                 return None
         try:
             name = check_version_name(name)
-            if any(v.name == name for v in self.project.versions):
+            if version_named(self.project, name) is not None:
                 text = f"A version named “{name}” exists. Replace it with the look of now?"
                 if self.window.choose("Keep this version", text, [REPLACE]) != REPLACE:
                     return None
@@ -238,7 +240,7 @@ class VersionMenu(QObject):
 
     def compared_version(self) -> Version | None:
         """The version compared with, while it is in the project."""
-        return next((v for v in self.project.versions if v.name == self.compared), None)
+        return version_named(self.project, self.compared)
 
     def compared_frame(self, number: int):
         """The compared version's render of frame `number` (RGB uint8), or None."""
@@ -258,7 +260,7 @@ class VersionMenu(QObject):
         self._enable_shortcuts()
         if self.compared is None:
             return
-        if all(v.name != self.compared for v in self.project.versions):
+        if self.compared_version() is None:
             self.compare(None)
         else:
             self.refresh_status()

@@ -21,6 +21,7 @@ from zvstudio.project.model import (
     RenderSettings,
     Version,
 )
+from zvstudio.project.versions import check_version_name, find_version, version_named
 
 
 class Edit(ABC):
@@ -260,7 +261,7 @@ class RelinkFiles(Edit):
 
     def __init__(self, moved: dict[str, str]) -> None:
         self.moved = dict(moved)
-        self.old: tuple[RenderSettings, list[KeyFrame]] | None = None
+        self.old: tuple[RenderSettings, list[KeyFrame], list[Version]] | None = None
         self.text = f"relink {len(moved)} file{'s' * (len(moved) != 1)}"
 
     def apply(self, project: Project) -> None:
@@ -292,11 +293,11 @@ class KeepVersion(Edit):
 
     def apply(self, project: Project) -> None:
         self.old = list(project.versions)
-        names = [v.name for v in project.versions]
-        if self.version.name in names:
-            project.versions[names.index(self.version.name)] = self.version
-        else:
+        replaced = version_named(project, self.version.name)
+        if replaced is None:
             project.versions.append(self.version)
+        else:
+            project.versions[project.versions.index(replaced)] = self.version
 
     def revert(self, project: Project) -> None:
         project.versions = list(self.old)
@@ -311,8 +312,6 @@ class RestoreVersion(Edit):
         self.text = f"restore the version {name}"
 
     def apply(self, project: Project) -> None:
-        from zvstudio.project.versions import find_version
-
         version = find_version(project, self.name)
         self.old = (project.settings, list(project.keyframes))
         project.settings, project.keyframes = version.settings, list(version.keyframes)
@@ -330,8 +329,6 @@ class DeleteVersion(Edit):
         self.text = f"delete the version {name}"
 
     def apply(self, project: Project) -> None:
-        from zvstudio.project.versions import find_version
-
         find_version(project, self.name)  # an unknown name is refused, changing nothing
         self.old = list(project.versions)
         project.versions = [v for v in project.versions if v.name != self.name]
@@ -342,17 +339,13 @@ class DeleteVersion(Edit):
 
 class RenameVersion(Edit):
     def __init__(self, name: str, new_name: str) -> None:
-        from zvstudio.project.versions import check_version_name
-
         self.name, self.new_name = name, check_version_name(new_name)
         self.old: list[Version] = []
         self.text = f"rename the version {name}"
 
     def apply(self, project: Project) -> None:
-        from zvstudio.project.versions import find_version
-
         version = find_version(project, self.name)
-        if self.new_name != self.name and self.new_name in {v.name for v in project.versions}:
+        if self.new_name != self.name and version_named(project, self.new_name) is not None:
             raise ZvsError(f"a version named {self.new_name!r} exists already")
         self.old = list(project.versions)
         renamed = replace(version, name=self.new_name)

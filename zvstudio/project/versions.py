@@ -39,11 +39,16 @@ def next_version_name(project: Project) -> str:
     return f"Version {number}"
 
 
+def version_named(project: Project, name: str | None) -> Version | None:
+    """The project's version `name`, or None."""
+    return next((v for v in project.versions if v.name == name), None)
+
+
 def find_version(project: Project, name: str) -> Version:
     """The project's version `name`; the error names those there are."""
-    for version in project.versions:
-        if version.name == name:
-            return version
+    version = version_named(project, name)
+    if version is not None:
+        return version
     names = ", ".join(f"'{v.name}'" for v in project.versions)
     raise ProjectError(
         f"the project has no version named {name!r}",
@@ -51,6 +56,11 @@ def find_version(project: Project, name: str) -> Version:
         if names
         else "it has none: keep one in the editor (Render > Versions > Keep this version)",
     )
+
+
+def kept_when(version: Version) -> str:
+    """When the version was kept, for a reader ("2026-11-25 10:00:00")."""
+    return version.kept.replace("T", " ")
 
 
 def current_look(project: Project, name: str) -> Version:
