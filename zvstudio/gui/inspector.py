@@ -1139,25 +1139,34 @@ class RenderPanel(_Panel):
         combo = self.controlnet_combo
         combo.clear()
         combo.addItem("None", None)
-        available = available_annotators()
-        for name in available:
+        for name in available_annotators():
             combo.addItem(name, name)
-        for name in (n for n in UNAVAILABLE_ANNOTATORS if n not in available):
-            combo.addItem(f"{name} (needs annotator weights)", name)
-            where = weights_hint(name)
-            tip = (
-                f"{name} needs annotator weights, which zvstudio does not download: "
-                + (
-                    f"{where} (zvstudio models says what it finds)"
-                    if where
-                    else "zvstudio cannot run it yet, but a plugin can add it"
-                )
-                + "; else use canny"
-            )
+        for name, text, tip in _missing_annotators():
+            combo.addItem(text, name)
             _disable_item(combo, combo.count() - 1, tip)
         if current is not None and combo.findData(current) < 0:  # a ControlNet file's path
             combo.addItem(Path(current).name, current)
         _select(combo, current)
+
+
+def _missing_annotators() -> list[tuple[str, str, str]]:
+    """(name, menu text, tooltip) of each annotator zvstudio knows whose weights are not on
+    disk, for the ControlNet menus to offer greyed with where to put them."""
+    available = available_annotators()
+    missing = []
+    for name in (n for n in UNAVAILABLE_ANNOTATORS if n not in available):
+        where = weights_hint(name)
+        tip = (
+            f"{name} needs annotator weights, which zvstudio does not download: "
+            + (
+                f"{where} (zvstudio models says what it finds)"
+                if where
+                else "zvstudio cannot run it yet, but a plugin can add it"
+            )
+            + "; else use canny"
+        )
+        missing.append((name, f"{name} (needs annotator weights)", tip))
+    return missing
 
 
 class WeightedRow(QWidget):
@@ -1303,10 +1312,10 @@ class ControlNetList(WeightedList):
         menu.clear()
         for name in available_annotators():
             menu.addAction(name, lambda name=name: self.add(name))
-        for name in (n for n in UNAVAILABLE_ANNOTATORS if n not in available_annotators()):
-            action = menu.addAction(f"{name} (needs annotator weights)")
+        for _, text, tip in _missing_annotators():
+            action = menu.addAction(text)
             action.setEnabled(False)
-            action.setToolTip(weights_hint(name) or "a plugin can add it")
+            action.setToolTip(tip)
         menu.addSeparator()
         menu.addAction("ControlNet file…", lambda: self._browse_file("Choose a ControlNet"))
         menu.addAction("Diffusers folder…", self._browse_folder)
