@@ -21,7 +21,6 @@ face recognition model zvstudio does not have, and are refused with that reason.
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from zvstudio.diffusion.identify import (
     ModelInfo,
     ip_adapter_layout,
 )
-from zvstudio.diffusion.loading import from_pretrained_checked, pickle_refused, weights_kwargs
+from zvstudio.diffusion.loading import from_pretrained_checked, read_pickled, weights_kwargs
 from zvstudio.errors import ZvsError
 
 DEFAULT_REFERENCE_SCALE = 0.6  # how strongly keys follow the reference (0: not at all)
@@ -101,12 +100,7 @@ def read_ip_adapter(path: Path, allow_pickle: bool = False) -> Adapter:
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if not allow_pickle:
-        raise pickle_refused(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ZvsError(f"{path.name} holds more than plain tensors: {exc}") from exc
+    data = read_pickled(path, allow_pickle)
     if not isinstance(data, dict):
         raise ZvsError(f"{path.name} does not contain a state dict")
     return {

@@ -313,6 +313,21 @@ class _Tensors(Mapping[str, torch.Tensor]):
         return tuple(self._source.get_slice(key).get_shape())
 
 
+def read_pickled(path: Path, allow_pickle: bool) -> Any:
+    """What a pickled weights file holds, read as plain tensors only (never Python objects);
+    refused unless pickles are allowed."""
+    if not allow_pickle:
+        raise pickle_refused(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ZvsError(
+            f"{path.name} holds more than plain tensors (Python objects), so it is not "
+            f"loaded even though pickled files are allowed: {exc}",
+            hint="convert it to .safetensors with a tool you trust",
+        ) from exc
+
+
 def open_checkpoint(path: Path, allow_pickle: bool) -> _Tensors:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -328,16 +343,7 @@ def open_checkpoint(path: Path, allow_pickle: bool) -> _Tensors:
             f"{path.name}: unsupported model file type {suffix!r}.",
             hint="use a .safetensors checkpoint or a diffusers model folder",
         )
-    if not allow_pickle:
-        raise pickle_refused(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ZvsError(
-            f"{path.name} holds more than plain tensors (Python objects), so it is not "
-            f"loaded even though pickled files are allowed: {exc}",
-            hint="convert it to .safetensors with a tool you trust",
-        ) from exc
+    data = read_pickled(path, allow_pickle)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]  # Lightning-style checkpoint
     if not isinstance(data, dict):
