@@ -911,13 +911,7 @@ class TextToVideoDialog(_GenerateDialog):
     def _build(self) -> None:
         model_group, form = _group("Model")
         self._checkpoint_rows(form)
-        self.controlnet_picker = ModelPicker(
-            self.models,
-            "controlnet",
-            "None (text only)",
-            lambda: self.dialogs.open_file("Choose a ControlNet", MODEL_FILTER),
-            lambda: self.dialogs.open_folder("Choose a diffusers ControlNet folder"),
-        )
+        self.controlnet_picker = self._controlnet_picker("None (text only)", "a ControlNet")
         _add_row(
             form,
             "ControlNet",
@@ -932,13 +926,7 @@ class TextToVideoDialog(_GenerateDialog):
             _row(self.controlnet_scale_spin),
             "How strongly the clip holds the video's edges (0 = not at all)",
         )
-        self.second_controlnet_picker = ModelPicker(
-            self.models,
-            "controlnet",
-            "None",
-            lambda: self.dialogs.open_file("Choose a second ControlNet", MODEL_FILTER),
-            lambda: self.dialogs.open_folder("Choose a diffusers ControlNet folder"),
-        )
+        self.second_controlnet_picker = self._controlnet_picker("None", "a second ControlNet")
         _add_row(
             form,
             "Second ControlNet",
@@ -1012,6 +1000,16 @@ class TextToVideoDialog(_GenerateDialog):
         )
         self.video_field.changed.connect(self._video_changed)
         self.reference_field.changed.connect(self._validate)
+
+    def _controlnet_picker(self, none_text: str, what: str) -> ModelPicker:
+        """A ControlNet from the library, a file or a diffusers folder (`what`: for titles)."""
+        return ModelPicker(
+            self.models,
+            "controlnet",
+            none_text,
+            lambda: self.dialogs.open_file(f"Choose {what}", MODEL_FILTER),
+            lambda: self.dialogs.open_folder("Choose a diffusers ControlNet folder"),
+        )
 
     def _video_changed(self) -> None:
         """Probe a newly chosen video: the size follows its aspect ratio, and the clip has at
@@ -1141,16 +1139,15 @@ class TextToVideoDialog(_GenerateDialog):
     def choice(self) -> TextToVideoChoice:
         """The clip asked for; raises ZvsError while the dialog shows a reason."""
         self._check()
+        second = self._second_controlnet()
         return TextToVideoChoice(
             **self._common(),
             motion_field=(self.motion_x_spin.value(), self.motion_y_spin.value()),
             smooth_background=self.smoothing_spin.value() if self.smoothing_spin.isEnabled() else 0,
             controlnet=self.controlnet_picker.path(),
             controlnet_scale=self.controlnet_scale_spin.value(),
-            more_controlnets=tuple(
-                (path, self.second_controlnet_scale_spin.value())
-                for path in (self._second_controlnet(),)
-                if path is not None
+            more_controlnets=(
+                ((second, self.second_controlnet_scale_spin.value()),) if second else ()
             ),
             video=self.video_field.path(),
             reference=self.reference_field.path(),
