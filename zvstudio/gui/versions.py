@@ -43,6 +43,7 @@ class VersionMenu(QObject):
         self.menu = menu
         self.compared: str | None = None  # the version the viewer compares with
         self.last_compared: str | None = None  # what `toggle` compares with again
+        self._looked_up: tuple = ()  # what the status was last looked up for (`_what_renders`)
         self.status: RenderStatus | None = None  # the compared version's renders
         self.watcher = StatusWatcher(self)
         self.watcher.ready.connect(self._status_ready)
@@ -252,7 +253,14 @@ class VersionMenu(QObject):
         """Find the compared version's renders again (in the background)."""
         request = self._request() if self.compared is not None else None
         if request is not None:
+            self._looked_up = self._what_renders()
             self.watcher.refresh(request, self.window.document.info)
+
+    def _what_renders(self) -> tuple:
+        """What the compared version's renders depend on: its look, the clip and the range
+        (not the project's own settings and keys)."""
+        project = self.project
+        return self.compared_version(), project.clip, project.frame_range
 
     def document_changed(self) -> None:
         """Stop comparing with a version that is gone (deleted, renamed, undone); the clip or
@@ -262,7 +270,7 @@ class VersionMenu(QObject):
             return
         if self.compared_version() is None:
             self.compare(None)
-        else:
+        elif self._what_renders() != self._looked_up:  # not on every edit of the project's look
             self.refresh_status()
 
     def shutdown(self) -> None:
